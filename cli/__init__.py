@@ -1,0 +1,1 @@
+"""The ``rwkv-edge`` command line: parsing only; the library does the work."""

@@ -1,0 +1,1 @@
+"""Compilers from the exported step to deployable bundles (TVM, Core ML)."""

@@ -1,0 +1,1 @@
+"""The bundled RWKV-7 demo model and the script that trained it."""

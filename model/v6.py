@@ -1,0 +1,110 @@
+"""RWKV-6 "Finch" (x060): data-dependent token shift and decay through small LoRAs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import group_norm_heads, n_layers, token_shift
+from .checkpoint import StateDict
+from .state import LayerState
+from .v4 import Block, vec
+from .v5 import MatrixStateModel, wkv5
+
+
+@dataclass(frozen=True)
+class ConfigV6:
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    head_size: int
+    n_head: int
+    ffn_dim: int
+    mix_lora: int  # rank of the data-dependent token-shift LoRA (5 of them share the input matrix)
+    decay_lora: int
+    time_state: bool  # the checkpoint carries a tuned initial WKV state
+
+    @classmethod
+    def from_state_dict(cls, t: StateDict) -> "ConfigV6":
+        vocab_size, n_embd = t["emb.weight"].shape
+        n_head, head_size = t["blocks.0.att.time_faaaa"].shape[:2]
+        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layers(t), head_size=head_size,
+                   n_head=n_head, ffn_dim=t["blocks.0.ffn.key.weight"].shape[0],
+                   mix_lora=t["blocks.0.att.time_maa_w2"].shape[1],
+                   decay_lora=t["blocks.0.att.time_decay_w1"].shape[1],
+                   time_state="blocks.0.att.time_state" in t)
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: ConfigV6) -> None:
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.H, self.N = H, N
+        for name in ("x", "w", "k", "v", "r", "g"):
+            setattr(self, f"time_maa_{name}", vec(C))
+        self.time_maa_w1 = nn.Parameter(torch.empty(C, 5 * cfg.mix_lora))
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, cfg.mix_lora, C))
+        self.time_decay = vec(C)
+        self.time_decay_w1 = nn.Parameter(torch.empty(C, cfg.decay_lora))
+        self.time_decay_w2 = nn.Parameter(torch.empty(cfg.decay_lora, C))
+        self.time_faaaa = nn.Parameter(torch.empty(H, N))  # the bonus of the current token ("u")
+        if cfg.time_state:
+            self.time_state = nn.Parameter(torch.empty(H, N, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.gate = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
+
+    def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
+        dx = token_shift(x, s["att_shift"]) - x  # (..., T, C)
+        lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1)  # (..., T, 5*D)
+        lora = torch.einsum("...id,idc->...ic", lora.unflatten(-1, (5, -1)), self.time_maa_w2)  # (..., T, 5, C)
+        mw, mk, mv, mr, mg = lora.unbind(-2)
+        xw = x + dx * (self.time_maa_w + mw)
+        xk = x + dx * (self.time_maa_k + mk)
+        xv = x + dx * (self.time_maa_v + mv)
+        xr = x + dx * (self.time_maa_r + mr)
+        xg = x + dx * (self.time_maa_g + mg)
+
+        heads = lambda t: t.float().unflatten(-1, (self.H, self.N))  # noqa: E731  (..., T, C) -> (..., T, H, N)
+        r, k, v = heads(self.receptance(xr)), heads(self.key(xk)), heads(self.value(xv))
+        g = F.silu(self.gate(xg))
+        log_decay = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        decay = torch.exp(-torch.exp(heads(log_decay)))  # (..., T, H, N)
+        y, wkv = wkv5(r, decay, k, v, self.time_faaaa.float(), s["wkv"])
+        y = group_norm_heads(y.flatten(-2), self.ln_x).to(x.dtype)
+        return self.output(y * g), {"att_shift": x[..., -1, :].float(), "wkv": wkv}
+
+
+class ChannelMix(nn.Module):
+    """The v6 feed-forward: as v4/v5 with the token shift written x + (prev - x) * maa."""
+
+    def __init__(self, n_embd: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.time_maa_k, self.time_maa_r = vec(n_embd), vec(n_embd)
+        self.key = nn.Linear(n_embd, ffn_dim, bias=False)
+        self.receptance = nn.Linear(n_embd, n_embd, bias=False)
+        self.value = nn.Linear(ffn_dim, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dx = token_shift(x, shift) - x
+        r = torch.sigmoid(self.receptance(x + dx * self.time_maa_r))
+        k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2  # (..., T, F)
+        return r * self.value(k), x[..., -1, :].float()
+
+
+class RWKV6(MatrixStateModel):
+    version = "v6"
+    config_class = ConfigV6
+
+    def __init__(self, config: ConfigV6) -> None:
+        super().__init__(config)
+        C = config.n_embd
+        self.blocks = nn.ModuleList(
+            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim)) for i in range(config.n_layer)
+        )

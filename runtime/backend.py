@@ -1,0 +1,69 @@
+"""Backends run the step contract on named numpy arrays: token -> logits, state.* -> state_out.*."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import TokenError
+from ..model import RWKVModel, StateTensor, state_from_named, state_to_named
+
+NamedState = dict[str, np.ndarray]  # contract input names ("state.3.wkv") -> fp32 arrays
+
+
+def check_token_ids(tokens: list[int], vocab_size: int) -> None:
+    """Raise TokenError before an id outside [0, vocab_size) reaches a backend (compiled ones read out of bounds)."""
+    for token in tokens:
+        if not 0 <= token < vocab_size:
+            raise TokenError(f"token id {token} is outside the vocabulary [0, {vocab_size})")
+
+
+class Backend(Protocol):
+    """One compiled or eager model behind the step contract."""
+
+    name: str
+    vocab_size: int
+
+    def state_spec(self) -> list[StateTensor]: ...
+
+    def init_state(self) -> NamedState: ...
+
+    def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
+        """(token, state) -> (logits (V,) fp32, next state under the input names)."""
+        ...
+
+    def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        """Feed several tokens; return the logits after the last one and the state."""
+        ...
+
+
+class TorchBackend:
+    """The PyTorch model itself: the reference every other backend is compared with."""
+
+    name = "torch"
+
+    def __init__(self, model: RWKVModel) -> None:
+        self.model = model
+        self.vocab_size = model.config.vocab_size
+
+    def state_spec(self) -> list[StateTensor]:
+        return self.model.state_spec()
+
+    def init_state(self) -> NamedState:
+        return _to_numpy(self.model.init_state())
+
+    def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
+        return self.prefill([token], state)
+
+    def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        import torch
+
+        named = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
+        with torch.inference_mode():
+            logits, new_state = self.model.forward(tokens, state_from_named(named, self.state_spec()))
+        return logits[-1].numpy(), _to_numpy(new_state)
+
+
+def _to_numpy(state) -> NamedState:
+    return {k: v.numpy() for k, v in state_to_named(state).items()}

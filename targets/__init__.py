@@ -1,0 +1,1 @@
+"""Named deployment targets (frozen dataclasses keyed by a readable name)."""

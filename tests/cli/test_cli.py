@@ -1,0 +1,99 @@
+"""The command line as a user meets it: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rwkv_edge.cli.main import main
+from rwkv_edge.model import load_model, state_to_named
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_is_instant_and_imports_no_torch():
+    probe = "import sys; from rwkv_edge.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
+def test_info(version, make_ckpt, capsys):
+    code, out, _ = run(capsys, "info", str(make_ckpt(version)))
+    assert code == 0
+    assert f"[{version}]" in out and "n_layer       2" in out and "state         per layer: att_shift (128,)" in out
+
+
+def test_info_defaults_to_the_demo_model(capsys):
+    code, out, _ = run(capsys, "info", "--json")
+    assert code == 0 and '"version": "v7"' in out and '"vocab_size": 256' in out
+
+
+@pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
+def test_trace_writes_contract_names(version, make_ckpt, tmp_path, capsys):
+    path, out_file = make_ckpt(version), tmp_path / "trace.npz"
+    code, out, _ = run(capsys, "trace", str(path), "--tokens", "1,2,3", "--out", str(out_file))
+    assert code == 0 and "traced 3 tokens" in out
+    trace = np.load(out_file)
+    model = load_model(path)
+    state = model.init_state()
+    for i, token in enumerate([1, 2, 3]):
+        logits, state = model.step(token, state)
+        np.testing.assert_array_equal(trace["logits"][i], logits.numpy())
+    assert trace["tokens"].tolist() == [1, 2, 3] and trace["logits"].dtype == np.float32
+    expected = {k.replace("state.", "state_out.", 1): v.numpy() for k, v in state_to_named(state).items()}
+    assert set(trace.files) == {"tokens", "logits", *expected}
+    for name, value in expected.items():
+        np.testing.assert_array_equal(trace[name], value)
+    assert list(tmp_path.iterdir()) == [out_file], "no temporary files left behind"
+
+
+def test_generate_demo_greedy_is_deterministic_and_pythonic(capsys):
+    code, out, _ = run(capsys, "generate", "--prompt", "def ", "-n", "120", "--temperature", "0")
+    assert code == 0 and out.startswith("def ")
+    assert run(capsys, "generate", "--prompt", "def ", "-n", "120", "--temperature", "0")[1] == out
+    assert any(word in out for word in ("self", "return", "(", ":\n"))
+
+
+def test_generate_sampling_depends_on_seed(capsys):
+    a = run(capsys, "generate", "--prompt", "import ", "-n", "60", "--seed", "1")[1]
+    b = run(capsys, "generate", "--prompt", "import ", "-n", "60", "--seed", "2")[1]
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["info", "/nonexistent/model.pth"], "no such checkpoint file"),
+        (["trace", "--tokens", "1,300", "--out", "x.npz"], "token id 300 is outside the vocabulary [0, 256)"),
+        (["generate", "--prompt", ""], "the prompt must contain at least one token"),
+        (["generate", "--prompt", "a", "--temperature", "-1"], "temperature must be >= 0"),
+        (["generate", "--prompt", "a", "--tokenizer", "world"], "token id"),
+    ],
+)
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["trace", "--tokens", "1,x", "--out", "t.npz"], ["generate"], ["bogus"], ["generate", "--prompt", "a", "-n", "0"]])
+def test_bad_arguments_exit_2(argv, capsys):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "usage:" in err
+
+
+def test_cli_entry_point_runs_as_a_program(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rwkv_edge.cli", "info", str(tmp_path / "missing.pth")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("rwkv-edge: error:") and "Traceback" not in proc.stderr
