@@ -37,28 +37,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the config as JSON")
     p.set_defaults(run=cmd_info)
 
-    p = sub.add_parser("generate", help="generate text with the PyTorch model")
-    _checkpoint_arg(p)
+    p = sub.add_parser("generate", help="generate text from a checkpoint or an exported artifact")
+    _source_arg(p)
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("-n", type=_positive_int, default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (default 0.85)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     _tokenizer_args(p)
+    _backend_arg(p)
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("trace", help="run step over tokens from the initial state; save logits and state")
-    _checkpoint_arg(p)
+    _source_arg(p)
     p.add_argument("--tokens", required=True, type=_token_list, help="comma-separated token ids, e.g. 1,2,3")
     p.add_argument("--out", required=True, type=Path, help="output .npz (tokens, logits, state_out.*)")
-    p.add_argument("--backend", choices=["torch"], default="torch", help="runtime to trace (default torch)")
+    _backend_arg(p)
     p.set_defaults(run=cmd_trace)
+
+    export = sub.add_parser("export", help="export a checkpoint to a deployable format").add_subparsers(
+        required=True, metavar="FORMAT")
+    p = export.add_parser("onnx", help="single-step ONNX graph (+ prefill graph) with the state as named I/O")
+    _checkpoint_arg(p)
+    p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="weights and compute; the state stays fp32 (default fp32)")
+    p.add_argument("--prefill-chunk", type=int, default=16, metavar="T",
+                   help="tokens per prefill call; 0 exports no prefill graph (default 16)")
+    p.add_argument("--prefill-all-logits", action="store_true", help="prefill returns the logits of all T positions")
+    p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis instead of batch 1")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18)")
+    p.set_defaults(run=cmd_export_onnx)
+
+    p = sub.add_parser("verify", help="roll out an artifact against its PyTorch model; write parity.json/.png")
+    p.add_argument("artifact", type=Path, help="artifact directory (from `rwkv-edge export onnx`)")
+    p.add_argument("--steps", type=_positive_int, default=64, help="rollout length (default 64)")
+    p.add_argument("--greedy-tokens", type=int, default=128, help="greedy generation length, 0 to skip (default 128)")
+    p.add_argument("--checkpoint", type=Path, help="source checkpoint, if it moved since the export")
+    p.set_defaults(run=cmd_verify)
     return parser
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", type=Path,
                    help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
+
+
+def _source_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", type=Path,
+                   help="checkpoint file or artifact directory (default: the bundled RWKV-7 demo model)")
+
+
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="torch runs the checkpoint (an artifact's source); onnxruntime an exported artifact")
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -113,28 +145,49 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from ..model.tokenizer import load_tokenizer, tokenizer_for_vocab
-    from ..runtime import Sampler, TorchBackend, generate
+    from ..runtime import Sampler, generate
+    from ..runtime.open import open_backend
 
     sampler = Sampler(args.temperature, args.top_p, args.seed)
-    model = _load(args)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_for_vocab(model.config.vocab_size), args.tokenizer_file)
+    backend = open_backend(args.source, args.backend)
+    tokenizer = load_tokenizer(args.tokenizer or tokenizer_for_vocab(backend.vocab_size), args.tokenizer_file)
     prompt = tokenizer.encode(args.prompt)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    for token in generate(TorchBackend(model), prompt, args.n, sampler):
+    for token in generate(backend, prompt, args.n, sampler):
         sys.stdout.write(text.decode(tokenizer.decode_bytes([token])))
         sys.stdout.flush()
     sys.stdout.write(text.decode(b"", final=True) + "\n")
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from ..runtime import TorchBackend, run_trace, save_trace
+    from ..runtime import run_trace, save_trace
+    from ..runtime.open import open_backend
 
-    trace = run_trace(TorchBackend(_load(args)), args.tokens)
+    trace = run_trace(open_backend(args.source, args.backend), args.tokens)
     save_trace(trace, args.out)
     top1 = trace.logits.argmax(-1).tolist()
     print(f"traced {len(args.tokens)} tokens on {args.backend}: logits {trace.logits.shape}, "
           f"{len(trace.state)} state tensors -> {args.out} (greedy next tokens {top1[:8]}{' ...' if len(top1) > 8 else ''})")
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from ..export.onnx import OnnxOptions, export_onnx
+    from ..model import DEMO_CHECKPOINT
+
+    options = OnnxOptions(args.precision, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset)
+    checkpoint = args.checkpoint or DEMO_CHECKPOINT
+    print(f"export onnx: {checkpoint} -> {args.out}  ({options})")
+    export_onnx(checkpoint, args.out, options)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..runtime.verify import verify_artifact
+
+    report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
+                             checkpoint=args.checkpoint)
+    print(report.summary())
+    return 0 if report.passed else 1
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -21,6 +21,11 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return torch.cat([prev, x[..., :-1, :]], dim=-2)
 
 
+def to_heads(t: torch.Tensor, n_head: int, head_size: int) -> torch.Tensor:
+    """Split channels into heads, in fp32.  (..., T, C) -> (..., T, H, N)"""
+    return t.float().unflatten(-1, (n_head, head_size))
+
+
 def group_norm_heads(y: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """GroupNorm with one group per head over the last axis.  (..., C) -> (..., C)"""
     flat = y.reshape(-1, y.shape[-1])  # (B*T, C)

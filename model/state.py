@@ -18,6 +18,8 @@ import torch
 
 from ..errors import StateError
 
+CONTRACT_VERSION = "1.0"  # of docs/onnx-contract.md; bump on any change to names, shapes or dtypes
+
 LayerState = dict[str, torch.Tensor]
 State = list[LayerState]
 

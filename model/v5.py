@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import group_norm_heads, n_layers, token_shift
+from .base import group_norm_heads, n_layers, to_heads, token_shift
 from .checkpoint import StateDict
 from .state import LayerState, StateTensor, zero_state
 from .v4 import Block, ChannelMix, RecurrentModel, lerp_shift, vec
@@ -94,10 +94,9 @@ class TimeMix(nn.Module):
 
     def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
         prev = token_shift(x, s["att_shift"])
-        heads = lambda t: t.float().unflatten(-1, (self.H, self.N))  # noqa: E731  (..., T, C) -> (..., T, H, N)
-        r = heads(self.receptance(lerp_shift(x, prev, self.time_mix_r)))
-        k = heads(self.key(lerp_shift(x, prev, self.time_mix_k)))
-        v = heads(self.value(lerp_shift(x, prev, self.time_mix_v)))
+        r = to_heads(self.receptance(lerp_shift(x, prev, self.time_mix_r)), self.H, self.N)
+        k = to_heads(self.key(lerp_shift(x, prev, self.time_mix_k)), self.H, self.N)
+        v = to_heads(self.value(lerp_shift(x, prev, self.time_mix_v)), self.H, self.N)
         g = F.silu(self.gate(lerp_shift(x, prev, self.time_mix_g)))
         decay = torch.exp(-torch.exp(self.time_decay.float()))  # (H, N)
         y, wkv = wkv5(r, decay, k, v, self.time_faaaa.float(), s["wkv"])

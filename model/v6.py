@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import group_norm_heads, n_layers, token_shift
+from .base import group_norm_heads, n_layers, to_heads, token_shift
 from .checkpoint import StateDict
 from .state import LayerState
 from .v4 import Block, vec
@@ -71,7 +71,9 @@ class TimeMix(nn.Module):
         xr = x + dx * (self.time_maa_r + mr)
         xg = x + dx * (self.time_maa_g + mg)
 
-        heads = lambda t: t.float().unflatten(-1, (self.H, self.N))  # noqa: E731  (..., T, C) -> (..., T, H, N)
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return to_heads(t, self.H, self.N)
+
         r, k, v = heads(self.receptance(xr)), heads(self.key(xk)), heads(self.value(xv))
         g = F.silu(self.gate(xg))
         log_decay = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2

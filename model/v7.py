@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RWKVModel, group_norm_heads, n_layers, token_shift
+from .base import RWKVModel, group_norm_heads, n_layers, to_heads, token_shift
 from .checkpoint import StateDict
 from .state import LayerState, State, StateTensor
 
@@ -91,8 +91,8 @@ class TimeMix(nn.Module):
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
         decay = torch.exp(-0.606531 * torch.sigmoid((self.w0 + w).float()))  # in (exp(-e^-0.5), 1)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, C) -> (..., T, H, N) fp32
-            return t.float().unflatten(-1, (H, N))
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return to_heads(t, H, N)
 
         y, wkv = wkv7(heads(r), heads(decay), heads(k), heads(v), kk.float(), heads(a), s["wkv"])
         y = group_norm_heads(y.flatten(-2).to(x.dtype), self.ln_x)

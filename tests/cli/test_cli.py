@@ -97,3 +97,50 @@ def test_cli_entry_point_runs_as_a_program(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rwkv_edge.cli", "info", str(tmp_path / "missing.pth")],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("rwkv-edge: error:") and "Traceback" not in proc.stderr
+
+
+def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, capsys):
+    ckpt, out = make_ckpt("v6"), tmp_path / "onnx"
+    code, text, _ = run(capsys, "export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "4")
+    assert code == 0 and "step:" in text and "nodes" in text and "wrote model.onnx, prefill.onnx" in text
+    code, text, _ = run(capsys, "verify", str(out), "--steps", "16", "--greedy-tokens", "8")
+    assert code == 0 and "\nPASS  onnxruntime vs torch, fp32, 16/16 steps" in text
+    traces = {}
+    for backend in ("torch", "onnxruntime"):
+        traces[backend] = tmp_path / f"{backend}.npz"
+        assert run(capsys, "trace", str(out), "--backend", backend, "--tokens", "5,6,7", "--out", str(traces[backend]))[0] == 0
+    torch_trace, ort_trace = np.load(traces["torch"]), np.load(traces["onnxruntime"])
+    assert torch_trace.files == ort_trace.files
+    for name in torch_trace.files:
+        np.testing.assert_allclose(ort_trace[name], torch_trace[name], rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make_ckpt, tmp_path, capsys):
+    import shutil
+
+    from rwkv_edge.manifest import read_manifest, write_manifest
+
+    good, other = tmp_path / "good", tmp_path / "other"
+    for ckpt, out in ((make_ckpt("v7"), good), (make_ckpt("v7", seed=5), other)):
+        assert run(capsys, "export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "0")[0] == 0
+    shutil.copy(other / "model.onnx", good / "model.onnx")  # same contract, different weights
+    write_manifest(read_manifest(good), good)
+    code, text, _ = run(capsys, "verify", str(good), "--steps", "8", "--greedy-tokens", "0")
+    assert code == 1 and "\nFAIL  onnxruntime vs torch" in text and "logits: max|Δ|/std" in text
+    assert '"passed": false' in (good / "parity.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["verify", "."], "no manifest.json (not an rwkv-edge artifact)"),
+        (["trace", ".", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "no manifest.json"),
+        (["trace", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "needs an artifact directory"),
+        (["export", "onnx", "/nonexistent.pth", "-o", "out"], "no such checkpoint file"),
+        (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "prefill chunk must be >= 0"),
+    ],
+)
+def test_artifact_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1 and message in err, err

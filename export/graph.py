@@ -1,0 +1,42 @@
+"""The step and prefill graphs: the model's forward with the state flattened to named tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..model import RWKVModel, state_from_named, state_to_named
+
+
+class ContractGraph(nn.Module):
+    """(token(s), *state) -> (logits, *state_out), every tensor with a leading batch axis.
+
+    step:    token (B,) int64          -> logits (B, V)
+    prefill: tokens (B, T) int64       -> logits (B, V) of the last position, or (B, T, V) with all_logits
+    State tensors are fp32 (B, *shape) on both sides, in ``model.state_spec()`` order.
+    """
+
+    def __init__(self, model: RWKVModel, chunk: int | None = None, all_logits: bool = False) -> None:
+        super().__init__()
+        self.model, self.chunk, self.all_logits = model, chunk, all_logits
+        self.spec = model.state_spec()
+
+    def forward(self, tokens: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.chunk is None:
+            tokens = tokens.unsqueeze(-1)  # (B,) -> (B, 1)
+        state = state_from_named({t.input_name: s for t, s in zip(self.spec, states)}, self.spec)
+        logits, new_state = self.model(tokens, state)  # (B, T, V)
+        if not self.all_logits:
+            logits = logits[:, -1, :]
+        return (logits, *state_to_named(new_state).values())
+
+    def input_names(self) -> list[str]:
+        return ["token" if self.chunk is None else "tokens"] + [t.input_name for t in self.spec]
+
+    def output_names(self) -> list[str]:
+        return ["logits"] + [t.output_name for t in self.spec]
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor, ...]:
+        shape = (batch,) if self.chunk is None else (batch, self.chunk)
+        tokens = torch.zeros(shape, dtype=torch.long)
+        return (tokens, *state_to_named(self.model.init_state((batch,))).values())

@@ -1,0 +1,179 @@
+"""``rwkv-edge export onnx``: checkpoint -> model.onnx (+ prefill.onnx) + manifest.json.
+
+Stages: load the checkpoint, trace the step graph with torch.export and the onnxscript-based
+exporter, clean it up (onnxscript optimizer: constant folding, redundant Reshape/Cast/Unsqueeze
+removed), stamp the contract metadata, check it with ``onnx.checker`` (full check), then move the
+files into place. Everything is written in a temporary directory first, so an interrupted export
+leaves no model.onnx behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import ArtifactError, OptionError
+from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
+from ..model import ARCHITECTURES, RWKVModel, load_model, state_to_named
+from ..model.state import CONTRACT_VERSION
+from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+from .graph import ContractGraph
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+INITIAL_STATE = "initial_state.npz"
+EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph itself
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    precision: str = "fp32"  # weights and compute; the state stays fp32 at the interface
+    prefill_chunk: int = 16  # tokens per prefill call; 0: no prefill graph
+    prefill_all_logits: bool = False  # prefill returns (B, T, V) instead of the last position
+    dynamic_batch: bool = False  # a symbolic batch axis instead of batch 1
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        if self.prefill_chunk < 0:
+            raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
+        if self.opset < 18:
+            raise OptionError(f"opset must be >= 18, got {self.opset}")
+
+
+def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOptions = OnnxOptions(),
+                log: Callable[[str], None] = print) -> Manifest:
+    """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    _prepare_output(out_dir)
+    with _stage(log, "load checkpoint"):
+        model = load_model(checkpoint, dtype=PRECISIONS[options.precision])
+        sha = sha256_file(checkpoint)
+    log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
+        f"vocab {model.config.vocab_size}, {options.precision}")
+    manifest = _manifest(model, checkpoint, sha, options)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+        graphs = {"step": (ContractGraph(model), "model.onnx")}
+        if options.prefill_chunk:
+            graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), "prefill.onnx")
+        for role, (graph, name) in graphs.items():
+            files = _export_graph(graph, Path(tmp) / name, manifest, options, log, role)
+            manifest.files.update(dict.fromkeys(files))
+        if _save_initial_state(model, Path(tmp) / INITIAL_STATE):
+            manifest.initial_state = INITIAL_STATE
+            manifest.files[INITIAL_STATE] = {}
+        for name in manifest.files:
+            (out_dir / name).unlink(missing_ok=True)
+            shutil.move(Path(tmp) / name, out_dir / name)
+    write_manifest(manifest, out_dir)
+    log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
+    return manifest
+
+
+def _prepare_output(out_dir: Path) -> None:
+    """Create ``out_dir`` and drop a stale manifest, so a half-finished export never looks valid."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir)
+        probe.close()
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {out_dir}: {e.strerror}") from None
+
+
+def _save_initial_state(model: RWKVModel, path: Path) -> bool:
+    """Write the model's initial state if it is not the spec's fills (v5/v6 ``time_state``)."""
+    import numpy as np
+
+    state = {k: v.numpy() for k, v in state_to_named(model.init_state()).items()}
+    if all(np.all(state[t.input_name] == t.fill) for t in model.state_spec()):
+        return False
+    with open(path, "wb") as f:
+        np.savez(f, **state)
+    return True
+
+
+def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions) -> Manifest:
+    import onnx
+    import onnxscript
+
+    try:
+        tokenizer = tokenizer_for_vocab(model.config.vocab_size)
+    except TokenizerError:
+        tokenizer = "unknown"
+    graphs = {"step": {"file": "model.onnx"}}
+    if options.prefill_chunk:
+        graphs["prefill"] = {"file": "prefill.onnx", "chunk": options.prefill_chunk,
+                             "all_logits": options.prefill_all_logits}
+    return Manifest(
+        kind="onnx", contract_version=CONTRACT_VERSION, architecture=model.version,
+        config=model.describe(), tokenizer=tokenizer, precision=options.precision,
+        batch="dynamic" if options.dynamic_batch else 1,
+        state=model.state_spec(),
+        source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs,
+        tools={"rwkv_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+               "onnxscript": onnxscript.__version__, "opset": str(options.opset)},
+    )
+
+
+def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options: OnnxOptions,
+                  log: Callable[[str], None], role: str) -> list[str]:
+    """Trace, clean up, stamp and check one graph; returns the file names written."""
+    batch_dim = torch.export.Dim("batch", min=1, max=4096) if options.dynamic_batch else None
+    inputs = graph.example_inputs(batch=2 if batch_dim else 1)
+    dynamic_shapes = ({0: batch_dim}, tuple({0: batch_dim} for _ in inputs[1:])) if batch_dim else None
+    with _stage(log, f"export {role} graph"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph, inputs, dynamo=True, opset_version=options.opset, optimize=False, verbose=False,
+            input_names=graph.input_names(), output_names=graph.output_names(), dynamic_shapes=dynamic_shapes,
+        )
+    before = len(program.model.graph)
+    with _stage(log, f"clean up {role} graph"):
+        program.optimize()
+    log(f"  {role}: {before} -> {len(program.model.graph)} nodes")
+    program.model.metadata_props.update(_metadata(manifest, role))
+    weights = sum(p.numel() * p.element_size() for p in graph.parameters())
+    with _stage(log, f"save and check {path.name}"):
+        program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
+        import onnx
+
+        onnx.checker.check_model(str(path), full_check=True)
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.stem))
+
+
+def _metadata(manifest: Manifest, role: str) -> dict[str, str]:
+    return {
+        "rwkv_edge.contract_version": manifest.contract_version,
+        "rwkv_edge.graph": role,
+        "rwkv_edge.architecture": manifest.architecture,
+        "rwkv_edge.config": json.dumps(manifest.config),
+        "rwkv_edge.tokenizer": manifest.tokenizer,
+        "rwkv_edge.precision": manifest.precision,
+        "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
+        "rwkv_edge.tools": json.dumps(manifest.tools),
+    }
+
+
+class _stage:
+    """Log a stage's name, then its wall time when it ends."""
+
+    def __init__(self, log: Callable[[str], None], name: str) -> None:
+        self.log, self.name = log, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        self.log(f"{self.name} ...")
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.log(f"  {self.name}: {time.perf_counter() - self.start:.1f} s")

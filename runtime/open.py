@@ -1,0 +1,29 @@
+"""Open a backend by name over a checkpoint file or an artifact directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import OptionError
+from ..manifest import read_manifest
+from ..model import DEMO_CHECKPOINT, load_model
+from .backend import Backend, TorchBackend
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
+    """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint);
+    ``onnxruntime`` runs an artifact directory made by ``export onnx``. No source: the demo model."""
+    source = Path(source) if source is not None else None
+    if backend == "torch":
+        if source is not None and source.is_dir():
+            source = Path(read_manifest(source).source["checkpoint"])
+        return TorchBackend(load_model(source or DEMO_CHECKPOINT))
+    if backend == "onnxruntime":
+        if source is None or not source.is_dir():
+            raise OptionError("--backend onnxruntime needs an artifact directory made by `rwkv-edge export onnx`")
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(source)
+    raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,174 @@
+"""ONNX export of every registered architecture at both precisions, verified on onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from rwkv_edge.errors import ArtifactError, StateError, UnknownArchitectureError
+from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.model import ARCHITECTURES, load_model, state_to_named
+from rwkv_edge.model.state import CONTRACT_VERSION
+from rwkv_edge.runtime import TorchBackend
+from rwkv_edge.runtime.ort_backend import OrtBackend
+from rwkv_edge.runtime.verify import verify_artifact
+
+CONTRACT_DOC = Path(__file__).parents[2] / "docs" / "onnx-contract.md"
+CHUNK = 4  # a short prefill graph keeps the export quick; the demo model's test uses the default
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def exported(make_ckpt, tmp_path_factory):
+    """exported(version, precision) -> artifact directory, exported once per module."""
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(version: str, precision: str) -> Path:
+        if (version, precision) not in done:
+            out = tmp_path_factory.mktemp(f"onnx-{version}-{precision}")
+            ckpt = make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
+            export_onnx(ckpt, out, OnnxOptions(precision=precision, prefill_chunk=CHUNK), log=quiet)
+            done[version, precision] = out
+        return done[version, precision]
+
+    return get
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_export_verifies(version, precision, exported):
+    out = exported(version, precision)
+    report = verify_artifact(out, steps=64, greedy_tokens=32, log=quiet)
+    assert report.passed, report.summary()
+    assert report.n_steps == 64 and any("prefill graph" in line for line in report.what_ran)
+    saved = json.loads((out / "parity.json").read_text())
+    assert saved["passed"] and saved["precision"] == precision
+    assert (out / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_graph_follows_the_contract(version, exported):
+    out = exported(version, "fp16")
+    manifest = json.loads((out / "manifest.json").read_text())
+    step = onnx.load(out / "model.onnx")
+    onnx.checker.check_model(step, full_check=True)
+    assert [i.name for i in step.graph.input] == ["token"] + [s["input"] for s in manifest["state"]]
+    assert [o.name for o in step.graph.output] == ["logits"] + [s["output"] for s in manifest["state"]]
+    elem = {i.name: i.type.tensor_type.elem_type for i in [*step.graph.input, *step.graph.output]}
+    assert elem.pop("token") == onnx.TensorProto.INT64
+    assert set(elem.values()) == {onnx.TensorProto.FLOAT}, "state and logits stay fp32 at an fp16 interface"
+    dims = [d.dim_value for d in step.graph.input[1].type.tensor_type.shape.dim]
+    assert dims == [1, *manifest["state"][0]["shape"]]
+    assert max(op.version for op in step.opset_import if op.domain in ("", "ai.onnx")) >= 18
+
+
+def test_metadata_matches_the_contract_document(exported, make_ckpt):
+    out = exported("v7", "fp32")
+    meta = {p.key: p.value for p in onnx.load(out / "model.onnx").metadata_props}
+    documented = re.findall(r"^\| `(rwkv_edge\.[a-z_0-9]+)` \|", CONTRACT_DOC.read_text(), re.M)
+    assert sorted(documented) == sorted(meta)
+    assert f"version {CONTRACT_VERSION}" in CONTRACT_DOC.read_text().splitlines()[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert meta["rwkv_edge.contract_version"] == manifest["contract_version"] == CONTRACT_VERSION
+    assert meta["rwkv_edge.architecture"] == "v7" and meta["rwkv_edge.tokenizer"] == "bytes"
+    assert json.loads(meta["rwkv_edge.config"]) == load_model(make_ckpt("v7")).describe()
+    import hashlib
+
+    assert meta["rwkv_edge.checkpoint_sha256"] == hashlib.sha256(make_ckpt("v7").read_bytes()).hexdigest()
+    roles = re.findall(r"`(att_shift|wkv_num|wkv_den|wkv_max|ffn_shift|wkv)`", CONTRACT_DOC.read_text())
+    for version in ARCHITECTURES:
+        assert {t.role for t in load_model(make_ckpt(version)).state_spec()} <= set(roles)
+
+
+def test_prefill_equals_single_steps_and_can_return_all_logits(make_ckpt, tmp_path):
+    ckpt = make_ckpt("v6")
+    export_onnx(ckpt, tmp_path, OnnxOptions(prefill_chunk=5, prefill_all_logits=True), log=quiet)
+    ort, ref = OrtBackend(tmp_path), TorchBackend(load_model(ckpt))
+    tokens = [3, 1, 4, 1, 5]
+    logits, state = ort.run_prefill_chunk(tokens, ort.init_state())
+    assert logits.shape == (5, 256)
+    ref_state = ref.init_state()
+    for i, token in enumerate(tokens):
+        ref_logits, ref_state = ref.step(token, ref_state)
+        np.testing.assert_allclose(logits[i], ref_logits, rtol=0, atol=1e-4)
+    for name, value in ref_state.items():
+        np.testing.assert_allclose(state[name], value, rtol=0, atol=1e-4)
+    long_logits, _ = ort.prefill(list(range(13)), ort.init_state())  # 2 chunks + 3 steps
+    np.testing.assert_allclose(long_logits, ref.prefill(list(range(13)), ref.init_state())[0], rtol=0, atol=1e-4)
+
+
+def test_dynamic_batch(make_ckpt, tmp_path):
+    import onnxruntime as ort
+
+    ckpt = make_ckpt("v5")
+    export_onnx(ckpt, tmp_path, OnnxOptions(prefill_chunk=0, dynamic_batch=True), log=quiet)
+    assert not (tmp_path / "prefill.onnx").exists()
+    model = load_model(ckpt)
+    tokens = torch.tensor([7, 8, 9])
+    feeds = {"token": tokens.numpy(), **{k: v.numpy() for k, v in state_to_named(model.init_state((3,))).items()}}
+    logits = ort.InferenceSession(str(tmp_path / "model.onnx")).run(["logits"], feeds)[0]
+    assert logits.shape == (3, 256)
+    for b in range(3):
+        np.testing.assert_allclose(logits[b], model.step(int(tokens[b]), model.init_state())[0].numpy(), rtol=0, atol=1e-4)
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    ckpt = tmp_path / "odd.pth"
+    torch.save({"emb.weight": torch.zeros(4, 4), "blocks.0.ffn.key.weight": torch.zeros(4, 4)}, ckpt)
+    with pytest.raises(UnknownArchitectureError):
+        export_onnx(ckpt, tmp_path / "out", log=quiet)
+
+
+def test_unwritable_output(make_ckpt, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        export_onnx(make_ckpt("v4"), blocker / "out", log=quiet)
+
+
+def test_interrupted_export_leaves_nothing_that_looks_valid(make_ckpt, tmp_path):
+    out = tmp_path / "out"
+    export_onnx(make_ckpt("v4"), out, OnnxOptions(prefill_chunk=0), log=quiet)  # an earlier, complete export
+
+    def interrupt_while_saving(line: str) -> None:
+        if line.startswith("save and check"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(make_ckpt("v7"), out, OnnxOptions(prefill_chunk=0), log=interrupt_while_saving)
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "temporary files and the stale manifest are gone"
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        verify_artifact(out, log=quiet)
+
+
+def test_verify_refuses_a_modified_artifact(exported, tmp_path):
+    import shutil
+
+    out = shutil.copytree(exported("v4", "fp32"), tmp_path / "copy")
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (out / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        verify_artifact(out, log=quiet)
+
+
+def test_verify_without_a_model(tmp_path):
+    with pytest.raises(ArtifactError, match="not an rwkv-edge artifact"):
+        verify_artifact(tmp_path, log=quiet)
+
+
+def test_runtime_rejects_a_state_of_the_wrong_shape(exported):
+    backend = OrtBackend(exported("v7", "fp32"))
+    state = backend.init_state()
+    state["state.1.wkv"] = np.zeros((2, 64, 32), np.float32)
+    with pytest.raises(StateError, match=r"state\.1\.wkv has shape \(2, 64, 32\), expected \(2, 64, 64\)"):
+        backend.step(0, state)
