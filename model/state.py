@@ -42,6 +42,18 @@ class StateTensor:
         return f"state_out.{self.layer}.{self.role}"
 
 
+def matrix_state_spec(n_layer: int, n_embd: int, n_head: int, head_size: int) -> list[StateTensor]:
+    """The v5/v6/v7 state: token shift, [head, key, value] WKV matrix, token shift, per layer."""
+    spec = []
+    for i in range(n_layer):
+        spec += [
+            StateTensor(i, "att_shift", (n_embd,)),
+            StateTensor(i, "wkv", (n_head, head_size, head_size)),
+            StateTensor(i, "ffn_shift", (n_embd,)),
+        ]
+    return spec
+
+
 def zero_state(spec: list[StateTensor], batch: tuple[int, ...] = ()) -> State:
     """A fresh state: every tensor filled with its spec's fill value, fp32."""
     n_layer = 1 + max(t.layer for t in spec)

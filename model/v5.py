@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import group_norm_heads, n_layers, to_heads, token_shift
 from .checkpoint import StateDict
-from .state import LayerState, StateTensor, zero_state
+from .state import LayerState, StateTensor, matrix_state_spec, zero_state
 from .v4 import Block, ChannelMix, RecurrentModel, lerp_shift, vec
 
 
@@ -48,23 +48,12 @@ def wkv5(r, decay, k, v, bonus, wkv):
     return torch.stack(ys, dim=-3), wkv
 
 
-def heads_state_spec(cfg) -> list[StateTensor]:
-    """v5 and v6 state: shift, [H, N, N] WKV matrix, shift per layer."""
-    spec = []
-    for i in range(cfg.n_layer):
-        spec += [
-            StateTensor(i, "att_shift", (cfg.n_embd,)),
-            StateTensor(i, "wkv", (cfg.n_head, cfg.head_size, cfg.head_size)),
-            StateTensor(i, "ffn_shift", (cfg.n_embd,)),
-        ]
-    return spec
-
-
 class MatrixStateModel(RecurrentModel):
     """v5/v6: the zero state, except for a checkpoint's tuned initial WKV state (``att.time_state``)."""
 
     def state_spec(self) -> list[StateTensor]:
-        return heads_state_spec(self.config)
+        c = self.config
+        return matrix_state_spec(c.n_layer, c.n_embd, c.n_head, c.head_size)
 
     def init_state(self, batch: tuple[int, ...] = ()):
         state = zero_state(self.state_spec(), batch)
@@ -75,13 +64,13 @@ class MatrixStateModel(RecurrentModel):
         return state
 
 
-class TimeMix(nn.Module):
-    def __init__(self, cfg: ConfigV5) -> None:
+class MatrixTimeMix(nn.Module):
+    """What the v5 and v6 time-mix blocks share: projections, bonus, optional initial state, read-out."""
+
+    def __init__(self, cfg) -> None:
         super().__init__()
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
         self.H, self.N = H, N
-        self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g = vec(C), vec(C), vec(C), vec(C)
-        self.time_decay = nn.Parameter(torch.empty(H, N))
         self.time_faaaa = nn.Parameter(torch.empty(H, N))  # the bonus of the current token ("u")
         if cfg.time_state:
             self.time_state = nn.Parameter(torch.empty(H, N, N))
@@ -92,16 +81,31 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
 
-    def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
-        prev = token_shift(x, s["att_shift"])
-        r = to_heads(self.receptance(lerp_shift(x, prev, self.time_mix_r)), self.H, self.N)
-        k = to_heads(self.key(lerp_shift(x, prev, self.time_mix_k)), self.H, self.N)
-        v = to_heads(self.value(lerp_shift(x, prev, self.time_mix_v)), self.H, self.N)
-        g = F.silu(self.gate(lerp_shift(x, prev, self.time_mix_g)))
-        decay = torch.exp(-torch.exp(self.time_decay.float()))  # (H, N)
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        return to_heads(t, self.H, self.N)
+
+    def read_out(self, x: torch.Tensor, r, k, v, g: torch.Tensor, decay: torch.Tensor, s: LayerState):
+        """Run the WKV recurrence and project its per-head norm, gated.  r, k, v: (..., T, H, N)"""
         y, wkv = wkv5(r, decay, k, v, self.time_faaaa.float(), s["wkv"])
         y = group_norm_heads(y.flatten(-2), self.ln_x).to(x.dtype)
         return self.output(y * g), {"att_shift": x[..., -1, :].float(), "wkv": wkv}
+
+
+class TimeMix(MatrixTimeMix):
+    def __init__(self, cfg: ConfigV5) -> None:
+        super().__init__(cfg)
+        C = cfg.n_embd
+        self.time_mix_k, self.time_mix_v, self.time_mix_r, self.time_mix_g = vec(C), vec(C), vec(C), vec(C)
+        self.time_decay = nn.Parameter(torch.empty(cfg.n_head, cfg.head_size))
+
+    def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
+        prev = token_shift(x, s["att_shift"])
+        r = self.heads(self.receptance(lerp_shift(x, prev, self.time_mix_r)))
+        k = self.heads(self.key(lerp_shift(x, prev, self.time_mix_k)))
+        v = self.heads(self.value(lerp_shift(x, prev, self.time_mix_v)))
+        g = F.silu(self.gate(lerp_shift(x, prev, self.time_mix_g)))
+        decay = torch.exp(-torch.exp(self.time_decay.float()))  # (H, N)
+        return self.read_out(x, r, k, v, g, decay, s)
 
 
 class RWKV5(MatrixStateModel):

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import group_norm_heads, n_layers, to_heads, token_shift
+from .base import n_layers, token_shift
 from .checkpoint import StateDict
 from .state import LayerState
 from .v4 import Block, vec
-from .v5 import MatrixStateModel, wkv5
+from .v5 import MatrixStateModel, MatrixTimeMix
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,10 @@ class ConfigV6:
                    time_state="blocks.0.att.time_state" in t)
 
 
-class TimeMix(nn.Module):
+class TimeMix(MatrixTimeMix):
     def __init__(self, cfg: ConfigV6) -> None:
-        super().__init__()
-        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
-        self.H, self.N = H, N
+        super().__init__(cfg)
+        C = cfg.n_embd
         for name in ("x", "w", "k", "v", "r", "g"):
             setattr(self, f"time_maa_{name}", vec(C))
         self.time_maa_w1 = nn.Parameter(torch.empty(C, 5 * cfg.mix_lora))
@@ -50,15 +49,6 @@ class TimeMix(nn.Module):
         self.time_decay = vec(C)
         self.time_decay_w1 = nn.Parameter(torch.empty(C, cfg.decay_lora))
         self.time_decay_w2 = nn.Parameter(torch.empty(cfg.decay_lora, C))
-        self.time_faaaa = nn.Parameter(torch.empty(H, N))  # the bonus of the current token ("u")
-        if cfg.time_state:
-            self.time_state = nn.Parameter(torch.empty(H, N, N))
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.gate = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
 
     def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
         dx = token_shift(x, s["att_shift"]) - x  # (..., T, C)
@@ -71,16 +61,11 @@ class TimeMix(nn.Module):
         xr = x + dx * (self.time_maa_r + mr)
         xg = x + dx * (self.time_maa_g + mg)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return to_heads(t, self.H, self.N)
-
-        r, k, v = heads(self.receptance(xr)), heads(self.key(xk)), heads(self.value(xv))
+        r, k, v = self.heads(self.receptance(xr)), self.heads(self.key(xk)), self.heads(self.value(xv))
         g = F.silu(self.gate(xg))
         log_decay = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-        decay = torch.exp(-torch.exp(heads(log_decay)))  # (..., T, H, N)
-        y, wkv = wkv5(r, decay, k, v, self.time_faaaa.float(), s["wkv"])
-        y = group_norm_heads(y.flatten(-2), self.ln_x).to(x.dtype)
-        return self.output(y * g), {"att_shift": x[..., -1, :].float(), "wkv": wkv}
+        decay = torch.exp(-torch.exp(self.heads(log_decay)))  # (..., T, H, N)
+        return self.read_out(x, r, k, v, g, decay, s)
 
 
 class ChannelMix(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import RWKVModel, group_norm_heads, n_layers, to_heads, token_shift
 from .checkpoint import StateDict
-from .state import LayerState, State, StateTensor
+from .state import LayerState, State, StateTensor, matrix_state_spec
 
 
 @dataclass(frozen=True)
@@ -158,14 +158,7 @@ class RWKV7(RWKVModel):
 
     def state_spec(self) -> list[StateTensor]:
         c = self.config
-        spec = []
-        for i in range(c.n_layer):
-            spec += [
-                StateTensor(i, "att_shift", (c.n_embd,)),
-                StateTensor(i, "wkv", (c.n_head, c.head_size, c.head_size)),
-                StateTensor(i, "ffn_shift", (c.n_embd,)),
-            ]
-        return spec
+        return matrix_state_spec(c.n_layer, c.n_embd, c.n_head, c.head_size)
 
     def run_blocks(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         new_state, v_first = [], None

@@ -4,11 +4,15 @@ Data: the ``*.py`` files of the running Python's standard library (``sysconfig.g
 sorted by path, skipping tests, site-packages and generated tables (encodings/, pydoc_data/); every
 20th file is held out for validation.  Vocabulary: the 256 byte values (``ByteTokenizer``).
 Model: RWKV-7, 4 layers, n_embd 128, head_size 64, ffn 512 (1.0M parameters, 4 MB fp32).
-Training: RWKV-LM style init, AdamW (peak lr 3e-3, 30 warmup steps, cosine to 10% over the time
-budget), random 128-byte windows, batch 32; the WKV recurrence runs as a compiled per-token step
+Training: RWKV-LM style init, AdamW (peak lr 4e-3, 30 warmup steps, cosine to 10% over the time
+budget), random 128-byte windows, batch 16; the WKV recurrence runs as a compiled per-token step
 (same maths as ``v7.wkv7``) where torch.compile works.
 
-Result of ``python -m rwkv_edge.model.demo.train`` (2 CPU threads, shared machine): RESULTS
+Result of ``python -m rwkv_edge.model.demo.train`` (torch 2.13, 2 CPU threads of a shared machine):
+2438 steps, 5.0M bytes (about half an epoch) in 13.6 minutes in all; train loss 1.065 nats
+(1.54 bits/byte), validation loss 1.269 nats = 1.83 bits/byte.  Greedy decoding from "import "
+writes an indented ``def __init__(self, other):`` with a docstring, then loops on a phrase.
+``--steps N`` trains a fixed number of steps instead of a time budget, for a reproducible run.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ..synthetic import make_checkpoint
 from ..tokenizer import ByteTokenizer
 
 N_LAYER, N_EMBD, HEAD_SIZE = 4, 128, 64
-BATCH, CTX, PEAK_LR, WARMUP = 32, 128, 3e-3, 30
+BATCH, CTX, PEAK_LR, WARMUP = 16, 128, 4e-3, 30
 SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__", "encodings", "pydoc_data"}
 DEFAULT_OUT = Path(__file__).with_name("rwkv7-demo.pth")
 
@@ -81,7 +85,8 @@ def initial_tensors(seed: int = 0) -> StateDict:
         for lora in "wavg":
             t[a + lora + "1"] = torch.zeros_like(t[a + lora + "1"])
             t[a + lora + "2"] = ortho(t[a + lora + "2"], 0.1)
-        t[a + "k_k"], t[a + "k_a"], t[a + "r_k"] = torch.full((1, 1, C), 0.85), torch.ones(1, 1, C), torch.zeros_like(t[a + "r_k"])
+        t[a + "k_k"], t[a + "k_a"] = torch.full((1, 1, C), 0.85), torch.ones(1, 1, C)
+        t[a + "r_k"] = torch.zeros_like(t[a + "r_k"])
         for w, bound in dict(receptance=0.5, key=0.05, value=0.5).items():
             t[a + w + ".weight"] = uniform(C, C, bound=bound / math.sqrt(C))
         t[a + "output.weight"] = torch.zeros(C, C)
@@ -159,7 +164,8 @@ def greedy(model: torch.nn.Module, prompt: str, n: int = 200) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=13.0, help="training time budget (default 13)")
+    parser.add_argument("--minutes", type=float, default=13.5,
+                        help="training time budget, compiling included (default 13.5)")
     parser.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead (reproducible)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-compile", action="store_true", help="use the eager recurrence")
@@ -184,15 +190,16 @@ def main() -> None:
     if not args.no_compile:
         compiled = compiled_wkv7()
         try:
-            ok = check_kernel(compiled)  # also compiles it for the training shapes
-            kernel = compiled if ok else kernel
-            print("" if ok else "compiled recurrence disagrees with v7.wkv7: eager", end="", flush=True)
+            if check_kernel(compiled):  # also compiles it for the training shapes
+                kernel = compiled
+            else:
+                print("compiled recurrence disagrees with v7.wkv7", flush=True)
         except Exception as e:  # no C++ compiler, unsupported platform, ...
             print(f"torch.compile unavailable ({type(e).__name__}: {e}): eager", flush=True)
         print(f"recurrence: {'compiled' if kernel is compiled else 'eager'} ({time.time() - t_train:.0f}s)", flush=True)
 
-    step, recent, tokens = 0, [], 0
-    t_log = t_train
+    step, tokens, t_log = 0, 0, t_train
+    recent: list[float] = []
     with wkv_kernel(kernel):
         while True:
             progress = step / args.steps if args.steps else (time.time() - t_train) / budget
@@ -220,7 +227,8 @@ def main() -> None:
         vx, vy = windows(val, 256, torch.Generator().manual_seed(1234))
         val_loss = sum(float(loss_of(model, a, b)) for a, b in zip(vx.split(64), vy.split(64))) / 4
     train_loss = sum(recent) / len(recent)
-    print(f"done: {step} steps, {tokens / 1e6:.2f}M tokens, {t_done - t_train:.0f}s training, {time.time() - t_done:.0f}s validation")
+    print(f"done: {step} steps, {tokens / 1e6:.2f}M tokens, {t_done - t_train:.0f}s training, "
+          f"{time.time() - t_done:.0f}s validation")
     print(f"train loss {train_loss:.4f} nats ({train_loss / math.log(2):.3f} bits/byte), "
           f"val loss {val_loss:.4f} nats ({val_loss / math.log(2):.3f} bits/byte)")
 

@@ -77,7 +77,7 @@ def test_generate_sampling_depends_on_seed(capsys):
         (["trace", "--tokens", "1,300", "--out", "x.npz"], "token id 300 is outside the vocabulary [0, 256)"),
         (["generate", "--prompt", ""], "the prompt must contain at least one token"),
         (["generate", "--prompt", "a", "--temperature", "-1"], "temperature must be >= 0"),
-        (["generate", "--prompt", "a", "--tokenizer", "world"], "token id"),
+        (["generate", "--prompt", "Hello world", "--tokenizer", "world"], "token id 33155 is outside"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
