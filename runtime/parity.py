@@ -27,13 +27,17 @@ from ..errors import OptionError
 from .backend import Backend, NamedState, check_token_ids
 from .generate import Sampler, generate
 
-# Placeholders, to be set from measurements of each runtime against the PyTorch model.
+# Limits on max|Δ|/std(ref) and top-1 agreement, against the fp32 PyTorch model over 64 steps.
+# Measured worst cases (onnxruntime 1.32 CPU; v4-v7 random 2x128 models, v7 with a 65536 vocabulary,
+# the demo model; `rwkv-edge export onnx ... && rwkv-edge verify ...`):
+#   fp32: logits 3.1e-06, state 1.6e-05, top-1 always 100%
+#   fp16: logits 1.8e-02 (65536 vocabulary), state 2.3e-02 (demo model, wkv), top-1 always 100%
 FP32_LOGITS_SCALED_MAX = 1e-4  # max|Δ|/std(ref) of the logits
 FP32_STATE_SCALED_MAX = 1e-4  # max|Δ|/std(ref) of every state tensor
 FP32_TOP1_MIN = 1.0  # fraction of steps whose argmax agrees
-FP16_LOGITS_SCALED_MAX = 5e-2
+FP16_LOGITS_SCALED_MAX = 5e-2  # fp16 rounding of weights and activations: ~3x the worst measured
 FP16_STATE_SCALED_MAX = 5e-2
-FP16_TOP1_MIN = 0.9
+FP16_TOP1_MIN = 0.95  # near-ties may flip in fp16; 3 flips in 64 steps are tolerated
 
 # Floor of the denominator of the relative error: reference values closer to zero than this (the
 # exact zeros of a fresh or saturated state, say) are divided by REL_EPS instead of by themselves.

@@ -172,3 +172,14 @@ def test_runtime_rejects_a_state_of_the_wrong_shape(exported):
     state["state.1.wkv"] = np.zeros((2, 64, 32), np.float32)
     with pytest.raises(StateError, match=r"state\.1\.wkv has shape \(2, 64, 32\), expected \(2, 64, 64\)"):
         backend.step(0, state)
+
+
+def test_demo_model_with_default_options(tmp_path):
+    """The README's main job: export the bundled model with the defaults; greedy output must match."""
+    from rwkv_edge.model import DEMO_CHECKPOINT
+
+    export_onnx(DEMO_CHECKPOINT, tmp_path, log=quiet)
+    report = verify_artifact(tmp_path, log=quiet)
+    assert report.passed, report.summary()
+    assert report.greedy is not None and report.greedy.identical and len(report.greedy.reference_tokens) == 128
+    assert json.loads((tmp_path / "manifest.json").read_text())["graphs"]["prefill"]["chunk"] == 16
