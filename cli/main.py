@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="roll out an artifact against its PyTorch model; write parity.json/.png")
     p.add_argument("artifact", type=Path, help="artifact directory (from `rwkv-edge export onnx`)")
     p.add_argument("--steps", type=_positive_int, default=64, help="rollout length (default 64)")
-    p.add_argument("--greedy-tokens", type=int, default=128, help="greedy generation length, 0 to skip (default 128)")
+    p.add_argument("--greedy-tokens", type=_non_negative_int, default=128, help="greedy generation length, 0 to skip (default 128)")
     p.add_argument("--checkpoint", type=Path, help="source checkpoint, if it moved since the export")
     p.set_defaults(run=cmd_verify)
     return parser
@@ -83,6 +84,8 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
 
 
+# The choices below repeat the library's registries (TOKENIZER_NAMES, runtime.open.BACKENDS) so that
+# `--help` needs no torch import; tests/cli checks that they agree.
 def _source_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint file or artifact directory (default: the bundled RWKV-7 demo model)")
@@ -106,6 +109,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _token_list(text: str) -> list[int]:
     try:
         tokens = [int(t) for t in text.split(",") if t.strip()]
@@ -116,20 +126,14 @@ def _token_list(text: str) -> list[int]:
     return tokens
 
 
-def _load(args: argparse.Namespace):
-    from ..model import DEMO_CHECKPOINT, load_model
-
-    return load_model(args.checkpoint or DEMO_CHECKPOINT)
-
-
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import ARCHITECTURES, DEMO_CHECKPOINT
+    from ..model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
 
-    model = _load(args)
+    model = load_model(args.checkpoint or DEMO_CHECKPOINT)
     info = model.describe()
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
-    info["state_floats"] = sum(_numel(t.shape) for t in spec)
+    info["state_floats"] = sum(math.prod(t.shape) for t in spec)
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -188,13 +192,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              checkpoint=args.checkpoint)
     print(report.summary())
     return 0 if report.passed else 1
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ leaves no model.onnx behind.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -133,6 +134,8 @@ def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options:
     dynamic_shapes = ({0: batch_dim}, tuple({0: batch_dim} for _ in inputs[1:])) if batch_dim else None
     with _stage(log, f"export {role} graph"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # the exporter's registry logs one line per missing torchvision op: not ours to fix
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         program = torch.onnx.export(
             graph, inputs, dynamo=True, opset_version=options.opset, optimize=False, verbose=False,
             input_names=graph.input_names(), output_names=graph.output_names(), dynamic_shapes=dynamic_shapes,

@@ -144,3 +144,13 @@ def test_artifact_errors_are_one_line(argv, message, capsys, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, *argv)
     assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_cli_choices_match_the_library():
+    from rwkv_edge.cli.main import build_parser
+    from rwkv_edge.model.tokenizer import TOKENIZER_NAMES
+    from rwkv_edge.runtime.open import BACKENDS
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    choices = {a.dest: tuple(a.choices) for a in sub["generate"]._actions if a.choices}
+    assert choices == {"tokenizer": TOKENIZER_NAMES, "backend": BACKENDS}
