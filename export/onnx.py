@@ -3,8 +3,9 @@
 Stages: load the checkpoint, trace the step graph with torch.export and the onnxscript-based
 exporter, clean it up (onnxscript optimizer: constant folding, redundant Reshape/Cast/Unsqueeze
 removed), stamp the contract metadata, check it with ``onnx.checker`` (full check), then move the
-files into place. Everything is written in a temporary directory first, so an interrupted export
-leaves no model.onnx behind.
+files into place. An earlier artifact in the output directory is removed first (its manifest
+before its files), everything is written in a temporary directory, and manifest.json comes last:
+an interrupted export leaves nothing that passes for an artifact.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..errors import ArtifactError, OptionError
-from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
+from ..manifest import MANIFEST, Manifest, read_manifest, sha256_file, write_manifest
 from ..model import ARCHITECTURES, RWKVModel, load_model, state_to_named
 from ..model.state import CONTRACT_VERSION
 from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
@@ -55,10 +56,11 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
                 log: Callable[[str], None] = print) -> Manifest:
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    _prepare_output(out_dir)
+    _check_writable(out_dir)
     with _stage(log, "load checkpoint"):
         model = load_model(checkpoint, dtype=PRECISIONS[options.precision])
         sha = sha256_file(checkpoint)
+    _clear_previous_artifact(out_dir)
     log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
         f"vocab {model.config.vocab_size}, {options.precision}")
     manifest = _manifest(model, checkpoint, sha, options)
@@ -80,15 +82,24 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     return manifest
 
 
-def _prepare_output(out_dir: Path) -> None:
-    """Create ``out_dir`` and drop a stale manifest, so a half-finished export never looks valid."""
+def _check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and make sure files can be written there, before any long work."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir)
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=out_dir).close()
     except OSError as e:
         raise ArtifactError(f"cannot write to {out_dir}: {e.strerror}") from None
+
+
+def _clear_previous_artifact(out_dir: Path) -> None:
+    """Remove an earlier export (its manifest first), so no mix of old and new files ever looks valid."""
+    try:
+        previous = list(read_manifest(out_dir).files)
+    except ArtifactError:
+        previous = []
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for name in [*previous, "parity.json", "parity.png"]:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _save_initial_state(model: RWKVModel, path: Path) -> bool:

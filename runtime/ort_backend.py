@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StateError
+from ..errors import ArtifactError, StateError
 from ..manifest import Manifest, initial_state, read_manifest
 from ..model import StateTensor
 from .backend import NamedState, check_token_ids
@@ -29,7 +29,11 @@ class OrtBackend:
         options.log_severity_level = 3
 
         def session(name: str):
-            return ort.InferenceSession(str(self.directory / name), options, providers=["CPUExecutionProvider"])
+            try:
+                return ort.InferenceSession(str(self.directory / name), options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own types for unreadable or invalid graphs
+                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ArtifactError(f"{self.directory / name}: onnxruntime cannot load it: {message}") from None
 
         graphs = self.manifest.graphs
         self.step_session = session(graphs["step"]["file"])

@@ -121,11 +121,15 @@ def test_dynamic_batch(make_ckpt, tmp_path):
         np.testing.assert_allclose(logits[b], model.step(int(tokens[b]), model.init_state())[0].numpy(), rtol=0, atol=1e-4)
 
 
-def test_unknown_architecture_is_refused(tmp_path):
+def test_unknown_architecture_is_refused_and_leaves_an_earlier_export_intact(exported, tmp_path):
+    import shutil
+
     ckpt = tmp_path / "odd.pth"
     torch.save({"emb.weight": torch.zeros(4, 4), "blocks.0.ffn.key.weight": torch.zeros(4, 4)}, ckpt)
+    out = shutil.copytree(exported("v4", "fp32"), tmp_path / "out")
     with pytest.raises(UnknownArchitectureError):
-        export_onnx(ckpt, tmp_path / "out", log=quiet)
+        export_onnx(ckpt, out, log=quiet)
+    assert verify_artifact(out, steps=4, greedy_tokens=0, log=quiet).passed
 
 
 def test_unwritable_output(make_ckpt, tmp_path):
@@ -145,7 +149,7 @@ def test_interrupted_export_leaves_nothing_that_looks_valid(make_ckpt, tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
         export_onnx(make_ckpt("v7"), out, OnnxOptions(prefill_chunk=0), log=interrupt_while_saving)
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"], "temporary files and the stale manifest are gone"
+    assert list(out.iterdir()) == [], "the earlier export, its manifest and the temporary files are gone"
     with pytest.raises(ArtifactError, match="no manifest.json"):
         verify_artifact(out, log=quiet)
 
