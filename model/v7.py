@@ -108,7 +108,8 @@ def wkv7(r, decay, k, v, kk, a, wkv):
     S' = diag(decay) S - (kk * a) (kk^T S) + k v^T ;  y = r^T S'
     """
     ys = []
-    for r_t, w_t, k_t, v_t, kk_t, a_t in zip(*(z.unbind(-3) for z in (r, decay, k, v, kk, a))):  # (..., H, N)
+    for t in range(r.shape[-3]):
+        r_t, w_t, k_t, v_t, kk_t, a_t = (z[..., t, :, :] for z in (r, decay, k, v, kk, a))  # (..., H, N)
         removal = (kk_t * a_t).unsqueeze(-1) * (kk_t.unsqueeze(-2) @ wkv)  # (..., H, N, N)
         wkv = w_t.unsqueeze(-1) * wkv - removal + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
         ys.append((r_t.unsqueeze(-2) @ wkv).squeeze(-2))  # (..., H, N)
