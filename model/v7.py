@@ -105,15 +105,19 @@ def wkv7(r, decay, k, v, kk, a, wkv):
     """The delta-rule recurrence over T, state [head, key, value].
 
     r, decay, k, v, kk, a: (..., T, H, N); wkv: (..., H, N, N) -> y (..., T, H, N), wkv.
-    S' = diag(decay) S - (kk * a) (kk^T S) + k v^T ;  y = r^T S'
     """
     ys = []
     for t in range(r.shape[-3]):
-        r_t, w_t, k_t, v_t, kk_t, a_t = (z[..., t, :, :] for z in (r, decay, k, v, kk, a))  # (..., H, N)
-        removal = (kk_t * a_t).unsqueeze(-1) * (kk_t.unsqueeze(-2) @ wkv)  # (..., H, N, N)
-        wkv = w_t.unsqueeze(-1) * wkv - removal + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-        ys.append((r_t.unsqueeze(-2) @ wkv).squeeze(-2))  # (..., H, N)
+        y, wkv = wkv7_step(wkv, *(z[..., t, :, :] for z in (r, decay, k, v, kk, a)))
+        ys.append(y)
     return torch.stack(ys, dim=-3), wkv
+
+
+def wkv7_step(wkv, r_t, w_t, k_t, v_t, kk_t, a_t):
+    """One token: S' = diag(w) S - (kk * a) (kk^T S) + k v^T ;  y = r^T S'.  (..., H, N) each."""
+    removal = (kk_t * a_t).unsqueeze(-1) * (kk_t.unsqueeze(-2) @ wkv)  # (..., H, N, N)
+    wkv = w_t.unsqueeze(-1) * wkv - removal + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+    return (r_t.unsqueeze(-2) @ wkv).squeeze(-2), wkv  # (..., H, N)
 
 
 class ChannelMix(nn.Module):

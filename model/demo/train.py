@@ -100,12 +100,7 @@ def initial_tensors(seed: int = 0) -> StateDict:
 
 def compiled_wkv7() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``v7.wkv7`` with a torch.compile'd token step and unbind over T (cheap backward)."""
-
-    @torch.compile(dynamic=False)
-    def step(wkv, r_t, w_t, k_t, v_t, kk_t, a_t):  # type: ignore[no-untyped-def]
-        removal = (kk_t * a_t).unsqueeze(-1) * (kk_t.unsqueeze(-2) @ wkv)
-        wkv = w_t.unsqueeze(-1) * wkv - removal + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-        return (r_t.unsqueeze(-2) @ wkv).squeeze(-2), wkv
+    step = torch.compile(v7.wkv7_step, dynamic=False)
 
     def wkv7(r, decay, k, v, kk, a, wkv):  # type: ignore[no-untyped-def]
         ys = []
@@ -128,6 +123,8 @@ def check_kernel(kernel: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> bo
     with torch.no_grad():
         want = v7.wkv7(*inputs, wkv)
     got = kernel(*(t.requires_grad_(True) for t in inputs), wkv)
+    # the compiled kernel fuses and reorders fp32 arithmetic over 128 steps: agreement to ~1e-6 is
+    # typical; 1e-4 separates that from a wrong kernel, whose error is of order 1
     return all(torch.allclose(x, y, rtol=1e-4, atol=1e-4) for x, y in zip(got, want))
 
 

