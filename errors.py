@@ -39,3 +39,7 @@ class OptionError(RwkvEdgeError):
 
 class ArtifactError(RwkvEdgeError):
     """An output file cannot be written where it was asked for."""
+
+
+class UnknownTargetError(RwkvEdgeError):
+    """No deployment target has the requested name."""

@@ -19,7 +19,7 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class Manifest:
-    kind: str  # "onnx", later "tvm", "coreml"
+    kind: str  # "onnx", "coreml"
     contract_version: str
     architecture: str
     config: dict[str, Any]
@@ -32,6 +32,7 @@ class Manifest:
     tools: dict[str, str]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> sha256, bytes
     initial_state: str | None = None  # .npz of the state before the first token, where not just the fills
+    target: dict[str, Any] | None = None  # compiled artifacts: the resolved target settings
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,7 +78,7 @@ def read_manifest(directory: str | Path, kind: str | None = None) -> Manifest:
     path = directory / MANIFEST
     if not path.is_file():
         what = "not a directory" if not directory.is_dir() else f"no {MANIFEST} (not an rwkv-edge artifact)"
-        raise ArtifactError(f"{directory}: {what}; create one with `rwkv-edge export onnx CKPT -o DIR`")
+        raise ArtifactError(f"{directory}: {what}; create one with `rwkv-edge export onnx` or `rwkv-edge compile`")
     try:
         manifest = Manifest.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:

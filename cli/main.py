@@ -70,11 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18)")
     p.set_defaults(run=cmd_export_onnx)
 
+    p = sub.add_parser("compile", help="compile a checkpoint for a deployment target (see `rwkv-edge targets`)")
+    _checkpoint_arg(p)
+    p.add_argument("--target", required=True, help="target name, e.g. ios-coreml or macos-coreml")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
+    p.add_argument("--stateful", action="store_true",
+                   help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
+    p.add_argument("--precision", help="compute precision, fp16 or fp32 (default: the target's)")
+    p.add_argument("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (default: the target's)")
+    p.add_argument("--deployment", help="Core ML: minimum deployment target, e.g. iOS17, iOS18, macOS15")
+    p.add_argument("--quantize", help="Core ML: compress the weights to int8 (per channel) or int4 (blocks of 32, iOS 18)")
+    p.add_argument("--prefill-chunk", type=int, default=16, metavar="T",
+                   help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
+    p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("targets", help="list the deployment targets and their settings")
+    p.set_defaults(run=cmd_targets)
+
     p = sub.add_parser("verify", help="roll out an artifact against its PyTorch model; write parity.json/.png")
-    p.add_argument("artifact", type=Path, help="artifact directory (from `rwkv-edge export onnx`)")
+    p.add_argument("artifact", type=Path, help="artifact directory (from `export onnx` or `compile`), or its .mlpackage")
     p.add_argument("--steps", type=_positive_int, default=64, help="rollout length (default 64)")
     p.add_argument("--greedy-tokens", type=_non_negative_int, default=128, help="greedy generation length, 0 to skip (default 128)")
     p.add_argument("--checkpoint", type=Path, help="source checkpoint, if it moved since the export")
+    p.add_argument("--executor", choices=["predict", "mil"],
+                   help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
+                        "default off macOS)")
     p.set_defaults(run=cmd_verify)
     return parser
 
@@ -92,8 +112,9 @@ def _source_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="torch runs the checkpoint (an artifact's source); onnxruntime an exported artifact")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "coreml"], default="torch",
+                   help="torch runs the checkpoint (an artifact's source); onnxruntime an ONNX artifact; "
+                        "coreml a Core ML artifact (Core ML on macOS, coremltools' reference evaluation elsewhere)")
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -185,11 +206,33 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     export_onnx(checkpoint, args.out, options)
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from ..compile.coreml import CoreMLOptions, compile_coreml
+    from ..model import DEMO_CHECKPOINT
+    from ..targets import get_target
+
+    target = get_target(args.target)
+    options = CoreMLOptions(target.name, args.stateful, args.precision, args.compute_units, args.deployment,
+                            args.quantize, args.prefill_chunk)
+    checkpoint = args.checkpoint or DEMO_CHECKPOINT
+    print(f"compile: {checkpoint} -> {args.out}")
+    compile_coreml(checkpoint, args.out, options)
+
+
+def cmd_targets(args: argparse.Namespace) -> None:
+    from ..targets import TARGETS
+
+    for name, target in sorted(TARGETS.items()):
+        print(name)
+        for key, value in target.settings().items():
+            print(f"  {key:<14} {value}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..runtime.verify import verify_artifact
 
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
-                             checkpoint=args.checkpoint)
+                             checkpoint=args.checkpoint, executor=args.executor)
     print(report.summary())
     return 0 if report.passed else 1
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,15 +21,15 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..errors import ArtifactError, OptionError
-from ..manifest import MANIFEST, Manifest, read_manifest, sha256_file, write_manifest
-from ..model import ARCHITECTURES, RWKVModel, load_model, state_to_named
+from ..errors import OptionError
+from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
+from ..model import ARCHITECTURES, RWKVModel, load_model
 from ..model.state import CONTRACT_VERSION
-from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+from .artifact import (INITIAL_STATE, check_writable, clear_previous_artifact, move_into_place,
+                       save_initial_state, stage, tokenizer_name)
 from .graph import ContractGraph
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-INITIAL_STATE = "initial_state.npz"
 EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph itself
 
 
@@ -56,11 +54,11 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
                 log: Callable[[str], None] = print) -> Manifest:
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    _check_writable(out_dir)
-    with _stage(log, "load checkpoint"):
+    check_writable(out_dir)
+    with stage(log, "load checkpoint"):
         model = load_model(checkpoint, dtype=PRECISIONS[options.precision])
         sha = sha256_file(checkpoint)
-    _clear_previous_artifact(out_dir)
+    clear_previous_artifact(out_dir)
     log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
         f"vocab {model.config.vocab_size}, {options.precision}")
     manifest = _manifest(model, checkpoint, sha, options)
@@ -71,64 +69,26 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
         for role, (graph, name) in graphs.items():
             files = _export_graph(graph, Path(tmp) / name, manifest, options, log, role)
             manifest.files.update(dict.fromkeys(files))
-        if _save_initial_state(model, Path(tmp) / INITIAL_STATE):
+        if save_initial_state(model, Path(tmp) / INITIAL_STATE):
             manifest.initial_state = INITIAL_STATE
             manifest.files[INITIAL_STATE] = {}
-        for name in manifest.files:
-            (out_dir / name).unlink(missing_ok=True)
-            shutil.move(Path(tmp) / name, out_dir / name)
+        move_into_place(Path(tmp), out_dir)
     write_manifest(manifest, out_dir)
     log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
     return manifest
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` and make sure files can be written there, before any long work."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=out_dir).close()
-    except OSError as e:
-        raise ArtifactError(f"cannot write to {out_dir}: {e.strerror}") from None
-
-
-def _clear_previous_artifact(out_dir: Path) -> None:
-    """Remove an earlier export (its manifest first), so no mix of old and new files ever looks valid."""
-    try:
-        previous = list(read_manifest(out_dir).files)
-    except ArtifactError:
-        previous = []
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for name in [*previous, "parity.json", "parity.png"]:
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _save_initial_state(model: RWKVModel, path: Path) -> bool:
-    """Write the model's initial state if it is not the spec's fills (v5/v6 ``time_state``)."""
-    import numpy as np
-
-    state = {k: v.numpy() for k, v in state_to_named(model.init_state()).items()}
-    if all(np.all(state[t.input_name] == t.fill) for t in model.state_spec()):
-        return False
-    with open(path, "wb") as f:
-        np.savez(f, **state)
-    return True
 
 
 def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions) -> Manifest:
     import onnx
     import onnxscript
 
-    try:
-        tokenizer = tokenizer_for_vocab(model.config.vocab_size)
-    except TokenizerError:
-        tokenizer = "unknown"
     graphs = {"step": {"file": "model.onnx"}}
     if options.prefill_chunk:
         graphs["prefill"] = {"file": "prefill.onnx", "chunk": options.prefill_chunk,
                              "all_logits": options.prefill_all_logits}
     return Manifest(
         kind="onnx", contract_version=CONTRACT_VERSION, architecture=model.version,
-        config=model.describe(), tokenizer=tokenizer, precision=options.precision,
+        config=model.describe(), tokenizer=tokenizer_name(model), precision=options.precision,
         batch="dynamic" if options.dynamic_batch else 1,
         state=model.state_spec(),
         source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs,
@@ -143,7 +103,7 @@ def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options:
     batch_dim = torch.export.Dim("batch", min=1, max=4096) if options.dynamic_batch else None
     inputs = graph.example_inputs(batch=2 if batch_dim else 1)
     dynamic_shapes = ({0: batch_dim}, tuple({0: batch_dim} for _ in inputs[1:])) if batch_dim else None
-    with _stage(log, f"export {role} graph"), warnings.catch_warnings():
+    with stage(log, f"export {role} graph"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the exporter's registry logs one line per missing torchvision op: not ours to fix
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -152,12 +112,12 @@ def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options:
             input_names=graph.input_names(), output_names=graph.output_names(), dynamic_shapes=dynamic_shapes,
         )
     before = len(program.model.graph)
-    with _stage(log, f"clean up {role} graph"):
+    with stage(log, f"clean up {role} graph"):
         program.optimize()
     log(f"  {role}: {before} -> {len(program.model.graph)} nodes")
     program.model.metadata_props.update(_metadata(manifest, role))
     weights = sum(p.numel() * p.element_size() for p in graph.parameters())
-    with _stage(log, f"save and check {path.name}"):
+    with stage(log, f"save and check {path.name}"):
         program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
         import onnx
 
@@ -176,18 +136,3 @@ def _metadata(manifest: Manifest, role: str) -> dict[str, str]:
         "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
         "rwkv_edge.tools": json.dumps(manifest.tools),
     }
-
-
-class _stage:
-    """Log a stage's name, then its wall time when it ends."""
-
-    def __init__(self, log: Callable[[str], None], name: str) -> None:
-        self.log, self.name = log, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-        self.log(f"{self.name} ...")
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is None:
-            self.log(f"  {self.name}: {time.perf_counter() - self.start:.1f} s")

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import TokenError
 from .checkpoint import StateDict, check_tensors
@@ -27,9 +28,10 @@ def to_heads(t: torch.Tensor, n_head: int, head_size: int) -> torch.Tensor:
 
 
 def group_norm_heads(y: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm with one group per head over the last axis.  (..., C) -> (..., C)"""
-    flat = y.reshape(-1, y.shape[-1])  # (B*T, C)
-    return norm(flat).reshape(y.shape)
+    """GroupNorm with one group per head over the last axis, in fp32 (the variance of WKV outputs
+    overflows fp16).  (..., C) -> (..., C) fp32"""
+    flat = y.reshape(-1, y.shape[-1]).float()  # (B*T, C)
+    return F.group_norm(flat, norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).reshape(y.shape)
 
 
 def n_layers(tensors: StateDict) -> int:

@@ -53,7 +53,7 @@ class TimeMix(MatrixTimeMix):
     def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
         dx = token_shift(x, s["att_shift"]) - x  # (..., T, C)
         lora = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1)  # (..., T, 5*D)
-        lora = torch.einsum("...id,idc->...ic", lora.unflatten(-1, (5, -1)), self.time_maa_w2)  # (..., T, 5, C)
+        lora = (lora.unflatten(-1, (5, -1)).unsqueeze(-2) @ self.time_maa_w2).squeeze(-2)  # (..., T, 5, C)
         mw, mk, mv, mr, mg = lora.unbind(-2)
         xw = x + dx * (self.time_maa_w + mw)
         xk = x + dx * (self.time_maa_k + mk)

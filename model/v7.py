@@ -95,7 +95,7 @@ class TimeMix(nn.Module):
             return to_heads(t, H, N)
 
         y, wkv = wkv7(heads(r), heads(decay), heads(k), heads(v), kk.float(), heads(a), s["wkv"])
-        y = group_norm_heads(y.flatten(-2).to(x.dtype), self.ln_x)
+        y = group_norm_heads(y.flatten(-2), self.ln_x).to(x.dtype)
         bonus = (heads(r * k) * self.r_k).sum(-1, keepdim=True) * heads(v)  # (..., T, H, N)
         y = y + bonus.flatten(-2).to(x.dtype)
         return self.output(y * g), x[..., -1, :].float(), wkv, v_first

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import TokenError
+from ..errors import StateError, TokenError
 from ..model import RWKVModel, StateTensor, state_from_named, state_to_named
 
 NamedState = dict[str, np.ndarray]  # contract input names ("state.3.wkv") -> fp32 arrays
@@ -17,6 +17,31 @@ def check_token_ids(tokens: list[int], vocab_size: int) -> None:
     for token in tokens:
         if not 0 <= token < vocab_size:
             raise TokenError(f"token id {token} is outside the vocabulary [0, {vocab_size})")
+
+
+def check_named_state(state: NamedState, spec: list[StateTensor]) -> None:
+    """Raise StateError naming the first state tensor that is missing or mis-shaped (shapes without batch)."""
+    for t in spec:
+        value = state.get(t.input_name)
+        if value is None:
+            raise StateError(f"state tensor {t.input_name} is missing")
+        if tuple(np.shape(value)) != t.shape:
+            raise StateError(f"state tensor {t.input_name} has shape {tuple(np.shape(value))}, expected {t.shape}")
+
+
+def prefill_in_chunks(backend, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+    """Whole chunks through ``backend.run_prefill_chunk``, the remainder through ``backend.step``:
+    (logits (V,) after the last token, state)."""
+    check_token_ids(tokens, backend.vocab_size)
+    logits = None
+    n_chunks = len(tokens) // backend.chunk if backend.chunk else 0
+    for i in range(n_chunks):
+        logits, state = backend.run_prefill_chunk(tokens[i * backend.chunk:(i + 1) * backend.chunk], state)
+        if logits.ndim == 2:  # a prefill graph that returns all positions: (T, V)
+            logits = logits[-1]
+    for token in tokens[n_chunks * backend.chunk:]:
+        logits, state = backend.step(token, state)
+    return logits, state
 
 
 class Backend(Protocol):

@@ -9,12 +9,13 @@ from ..manifest import read_manifest
 from ..model import DEMO_CHECKPOINT, load_model
 from .backend import Backend, TorchBackend
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "coreml")
 
 
 def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
     """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint);
-    ``onnxruntime`` runs an artifact directory made by ``export onnx``. No source: the demo model."""
+    ``onnxruntime`` runs an artifact directory made by ``export onnx``, ``coreml`` one made by
+    ``compile --target *-coreml``. No source: the demo model."""
     source = Path(source) if source is not None else None
     if backend == "torch":
         if source is not None and source.is_dir():
@@ -26,4 +27,10 @@ def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
         from .ort_backend import OrtBackend
 
         return OrtBackend(source)
+    if backend == "coreml":
+        from .coreml_backend import CoreMLBackend, artifact_directory
+
+        if source is None or not artifact_directory(source).is_dir():
+            raise OptionError("--backend coreml needs an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`")
+        return CoreMLBackend(source)
     raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ArtifactError, StateError
 from ..manifest import Manifest, initial_state, read_manifest
 from ..model import StateTensor
-from .backend import NamedState, check_token_ids
+from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 
 
 class OrtBackend:
@@ -53,18 +53,8 @@ class OrtBackend:
         return self._run(self.step_session, np.array([token], dtype=np.int64), state)
 
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-        """Whole chunks through prefill.onnx, the remainder one step at a time."""
-        check_token_ids(tokens, self.vocab_size)
-        logits = None
-        n_chunks = len(tokens) // self.chunk if self.chunk else 0
-        for i in range(n_chunks):
-            chunk = np.array([tokens[i * self.chunk:(i + 1) * self.chunk]], dtype=np.int64)  # (1, T)
-            logits, state = self._run(self.prefill_session, chunk, state)
-            if logits.ndim == 2:  # a prefill graph exported with all logits: (T, V)
-                logits = logits[-1]
-        for token in tokens[n_chunks * self.chunk:]:
-            logits, state = self.step(token, state)
-        return logits, state
+        """Whole chunks through the prefill graph, the remainder one step at a time."""
+        return prefill_in_chunks(self, tokens, state)
 
     def run_prefill_chunk(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
         """One call of the prefill graph as exported: logits (V,) or (T, V), and the state."""
@@ -74,16 +64,8 @@ class OrtBackend:
         return self._run(self.prefill_session, np.array([tokens], dtype=np.int64), state)
 
     def _run(self, session, tokens: np.ndarray, state: NamedState) -> tuple[np.ndarray, NamedState]:
-        self._check_state(state)
+        check_named_state(state, self.spec)
         feeds = {session.get_inputs()[0].name: tokens}
         feeds.update({t.input_name: np.asarray(state[t.input_name], dtype=np.float32)[None] for t in self.spec})
         outputs = session.run(None, feeds)
         return outputs[0][0], {t.input_name: out[0] for t, out in zip(self.spec, outputs[1:])}
-
-    def _check_state(self, state: NamedState) -> None:
-        for t in self.spec:
-            value = state.get(t.input_name)
-            if value is None:
-                raise StateError(f"state tensor {t.input_name} is missing")
-            if tuple(np.shape(value)) != t.shape:
-                raise StateError(f"state tensor {t.input_name} has shape {tuple(np.shape(value))}, expected {t.shape}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..manifest import check_hashes, read_manifest, sha256_file
+from ..manifest import Manifest, check_hashes, read_manifest, sha256_file
 from ..model import load_model
 from ..model.tokenizer import load_tokenizer
 from .backend import Backend, TorchBackend
@@ -23,33 +23,67 @@ ROLLOUT_TEXT = (
 
 
 def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int = 128,
-                    checkpoint: str | Path | None = None, log: Callable[[str], None] = print) -> ParityReport:
+                    checkpoint: str | Path | None = None, log: Callable[[str], None] = print,
+                    executor: str | None = None) -> ParityReport:
     """Roll out ``steps`` tokens on the artifact and on the PyTorch model, each on its own state;
-    check the prefill graph against single steps; compare greedy generation; save parity.json/.png."""
-    directory = Path(directory)
-    manifest = read_manifest(directory, kind="onnx")
+    check the prefill graph against single steps; compare greedy generation; save parity.json/.png.
+
+    ONNX artifacts run on onnxruntime. Core ML artifacts (a directory, or the .mlpackage in it) get
+    a spec check, then run on Core ML (macOS) or coremltools' value inference (``executor``)."""
+    from .coreml_backend import artifact_directory
+
+    directory = artifact_directory(directory)
+    manifest = read_manifest(directory)
+    if manifest.kind not in ("onnx", "coreml"):
+        raise ArtifactError(f"{directory}: cannot verify a {manifest.kind} artifact")
     check_hashes(manifest, directory)
     source = Path(checkpoint or manifest.source["checkpoint"])
     if not source.is_file():
         raise ArtifactError(f"source checkpoint {source} not found; pass it with --checkpoint")
     if sha256_file(source) != manifest.source["sha256"]:
         raise ArtifactError(f"{source} is not the checkpoint this artifact was exported from (sha256 differs)")
-    log(f"verify {directory}: {manifest.architecture}, {manifest.precision}, against {source}")
-    reference, candidate = TorchBackend(load_model(source)), OrtBackend(directory)
+    tolerance = tolerance_key(manifest)
+    log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {tolerance}, against {source}")
+    reference = TorchBackend(load_model(source))
+    if manifest.kind == "onnx":
+        import onnxruntime
+
+        candidate = OrtBackend(directory)
+        ran = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, on this machine"
+    else:
+        candidate, ran, spec_check = _open_coreml(manifest, directory, executor)
+        log(spec_check.summary())
     tokens = rollout_tokens(manifest.tokenizer, reference.vocab_size, steps)
 
-    report = compare_rollouts(reference, candidate, tokens, manifest.precision)
-    import onnxruntime
-
-    report.what_ran.insert(0, f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, on this machine; "
-                              "reference: the PyTorch model in fp32")
-    if candidate.prefill_session is not None:
+    report = compare_rollouts(reference, candidate, tokens, tolerance)
+    report.what_ran.insert(0, f"{ran}; reference: the PyTorch model in fp32")
+    if manifest.kind == "coreml":
+        report.what_ran.insert(1, spec_check.summary())
+        report.failures[:0] = [f"spec: {problem}" for problem in spec_check.problems]
+        report.details["ops"] = spec_check.ops
+    if candidate.chunk:
         _check_prefill(report, reference, candidate, tokens)
     if greedy_tokens and report.n_steps == len(tokens):  # a broken candidate stopped the rollout early
         report.add_greedy(greedy_identity(reference, candidate, tokens[:16], greedy_tokens))
     json_path, png_path = report.save(directory)
     log(f"wrote {json_path} and {png_path}")
     return report
+
+
+def tolerance_key(manifest: Manifest) -> str:
+    """Which TOLERANCES entry an artifact is judged by: its weight compression, else its precision."""
+    quantization = (manifest.target or {}).get("quantization", "none")
+    return manifest.precision if quantization == "none" else quantization
+
+
+def _open_coreml(manifest: Manifest, directory: Path, executor: str | None):
+    from .coreml_backend import CoreMLBackend, describe_executor
+    from .coreml_mil import MilProgram
+    from .coreml_spec import check_spec
+
+    candidate = CoreMLBackend(directory, executor)
+    program = MilProgram(candidate.package)
+    return candidate, describe_executor(candidate.executor), check_spec(manifest, program.spec, program.program)
 
 
 def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:
@@ -60,7 +94,7 @@ def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:
     return np.random.default_rng(0).integers(0, vocab_size, n).tolist()
 
 
-def _check_prefill(report: ParityReport, reference: Backend, candidate: OrtBackend, tokens: list[int]) -> None:
+def _check_prefill(report: ParityReport, reference: Backend, candidate: Backend, tokens: list[int]) -> None:
     """One call of the prefill graph must equal T single steps of the reference."""
     chunk = candidate.chunk
     tokens = (tokens * (chunk // len(tokens) + 1))[:chunk]
@@ -68,12 +102,13 @@ def _check_prefill(report: ParityReport, reference: Backend, candidate: OrtBacke
     logits, state = candidate.run_prefill_chunk(tokens, candidate.init_state())
     logits = logits[-1] if logits.ndim == 2 else logits
     worst = {"logits": _scaled(ref_logits, logits)}
-    worst.update({name: _scaled(value, state[name]) for name, value in ref_state.items()})
+    if report.tolerance.state_scaled is not None:
+        worst.update({name: _scaled(value, state[name]) for name, value in ref_state.items()})
     name = max(worst, key=worst.get)
     report.what_ran.append(f"prefill graph: {chunk} tokens in one call vs {chunk} steps of the reference; "
                            f"worst max|Δ|/std {worst[name]:.2e} ({name})")
     limit = report.tolerance.logits_scaled if name == "logits" else report.tolerance.state_scaled
-    if worst[name] > limit:
+    if limit is not None and worst[name] > limit:
         report.failures.append(f"prefill {name}: max|Δ|/std {worst[name]:.2e} exceeds {limit:.0e}")
 
 

@@ -138,6 +138,11 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["trace", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "needs an artifact directory"),
         (["export", "onnx", "/nonexistent.pth", "-o", "out"], "no such checkpoint file"),
         (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "prefill chunk must be >= 0"),
+        (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: ios-coreml, macos-coreml"),
+        (["compile", "--target", "ios-coreml", "--stateful", "--deployment", "iOS17", "-o", "out"],
+         "--stateful needs Core ML states, available from iOS18"),
+        (["compile", "--target", "ios-coreml", "--compute-units", "GPU", "-o", "out"], "unknown compute units 'GPU'"),
+        (["trace", "--backend", "coreml", "--tokens", "1", "--out", "t.npz"], "--backend coreml needs an artifact"),
     ],
 )
 def test_artifact_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
@@ -154,3 +159,20 @@ def test_cli_choices_match_the_library():
     sub = build_parser()._subparsers._group_actions[0].choices
     choices = {a.dest: tuple(a.choices) for a in sub["generate"]._actions if a.choices}
     assert choices == {"tokenizer": TOKENIZER_NAMES, "backend": BACKENDS}
+
+
+def test_compile_coreml_verify_and_trace(tmp_path, capsys):
+    out = tmp_path / "demo-coreml"
+    code, printed, _ = run(capsys, "compile", "--target", "ios-coreml", "-o", str(out))
+    assert code == 0 and "target: platform iOS, deployment iOS17" in printed and (out / "model.mlpackage").is_dir()
+    code, printed, _ = run(capsys, "verify", str(out / "model.mlpackage"), "--steps", "16", "--greedy-tokens", "16")
+    assert code == 0 and "spec check: passed" in printed and "\nPASS  coreml-mil vs torch, fp16" in printed
+    code, _, _ = run(capsys, "trace", str(out), "--backend", "coreml", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
+    assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
+
+
+def test_targets_lists_every_target(capsys):
+    from rwkv_edge.targets import TARGETS
+
+    code, printed, _ = run(capsys, "targets")
+    assert code == 0 and [line for line in printed.splitlines() if not line.startswith(" ")] == sorted(TARGETS)

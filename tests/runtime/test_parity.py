@@ -193,5 +193,7 @@ def test_save_writes_json_and_png_and_no_temporary_files(checkpoint, reference, 
 
 
 def test_unknown_precision_lists_the_known_ones(reference):
-    with pytest.raises(OptionError, match="fp32, fp16"):
-        compare_rollouts(reference, reference, TOKENS, "int4")
+    with pytest.raises(OptionError, match="fp32, fp16, int8, int4"):
+        compare_rollouts(reference, reference, TOKENS, "bf16")
+
+

@@ -1,0 +1,315 @@
+"""``rwkv-edge compile CKPT --target ios-coreml|macos-coreml``: the PyTorch step -> model.mlpackage.
+
+Core ML converts from the PyTorch step (``torch.jit.trace``), not from ONNX. Two forms:
+
+- explicit state (default): ``token`` int32 (1,) and every state tensor fp32 (1, ...) in,
+  ``logits`` fp32 (1, V) and every ``state_out`` tensor out, named by the contract with dots
+  turned into underscores (``state_3_wkv``);
+- stateful (``--stateful``, iOS 18 / macOS 15): only ``token`` in and ``logits`` out; the state
+  lives in Core ML states (fp16, Core ML has no other state type) updated in place.
+
+From iOS 18 / macOS 15 the package is multifunction: ``decode`` (1 token) and ``prefill``
+(T tokens) share one copy of the weights. Before that it holds ``main``, the decode step only.
+
+fp16 compute keeps the parts that fp16 cannot carry in fp32: every op on the WKV recurrence (any
+path from a ``wkv`` state input to a ``wkv`` state output) and the normalisations, whose
+variances overflow fp16 on real activations. Weights can be compressed to int8 (per channel) or
+int4 (per block of 32, iOS 18 / macOS 15).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import OptionError
+from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
+from ..model import ARCHITECTURES, RWKVModel, load_model
+from ..model.state import CONTRACT_VERSION
+from ..targets import CoreMLTarget, coreml_name, get_target
+from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
+from ..export.artifact import (INITIAL_STATE, artifact_files, check_writable, clear_previous_artifact,
+                               move_into_place, save_initial_state, stage, tokenizer_name)
+from ..export.graph import ContractGraph
+
+PACKAGE = "model.mlpackage"
+PRECISIONS = ("fp16", "fp32")
+QUANTIZATIONS = {"int8": "iOS16", "int4": "iOS18"}  # weight compression -> oldest iOS that runs it
+MULTIFUNCTION_IOS = 18  # multifunction packages (and states) need iOS 18 / macOS 15
+INT4_BLOCK = 32
+# Ops kept in fp32 under fp16 compute: normalisations and the reductions they decompose into.
+FP32_OP_TYPES = frozenset({"layer_norm", "instance_norm", "batch_norm", "l2_norm", "reduce_mean", "reduce_sum",
+                           "reduce_l2_norm", "reduce_sum_square", "square", "sqrt", "rsqrt", "pow"})
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    target: str = "ios-coreml"
+    stateful: bool = False  # Core ML states (fp16) instead of explicit fp32 state I/O
+    precision: str | None = None  # compute precision, "fp16" or "fp32"; default: the target's
+    compute_units: str | None = None  # ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default: the target's
+    deployment: str | None = None  # minimum deployment target, e.g. "iOS18"; default: per form
+    quantize: str | None = None  # weight compression: "int8" or "int4"
+    prefill_chunk: int = 16  # tokens per prefill call (multifunction packages only); 0: decode only
+
+    def resolve(self) -> "CoreMLPlan":
+        """Check every option against the target; OptionError naming the first that does not fit."""
+        target = get_target(self.target)
+        if not isinstance(target, CoreMLTarget):
+            raise OptionError(f"target {self.target!r} is not a Core ML target")
+        deployment = target.deployment(self.stateful, self.deployment)
+        precision = self.precision or target.precision
+        if precision not in PRECISIONS:
+            raise OptionError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+        if self.prefill_chunk < 0:
+            raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
+        ios = _ios_equivalent(deployment)
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZATIONS:
+                raise OptionError(f"unknown quantization {self.quantize!r}; choose {', '.join(QUANTIZATIONS)}")
+            if ios < deployment_order(QUANTIZATIONS[self.quantize]):
+                raise OptionError(f"{self.quantize} weights need iOS 18 / macOS 15; {deployment} is too old")
+        multifunction = ios >= MULTIFUNCTION_IOS and self.prefill_chunk > 0
+        return CoreMLPlan(target, deployment, precision, check_compute_units(self.compute_units or target.compute_units),
+                          self.stateful, self.quantize, self.prefill_chunk if multifunction else 0)
+
+
+@dataclass(frozen=True)
+class CoreMLPlan:
+    """Resolved options: what will be built."""
+
+    target: CoreMLTarget
+    deployment: str
+    precision: str
+    compute_units: str
+    stateful: bool
+    quantize: str | None
+    prefill_chunk: int  # 0: a single-function package holding the decode step as "main"
+
+    @property
+    def functions(self) -> dict[str, int | None]:
+        """Function name -> tokens per call (None: the single-token step)."""
+        if not self.prefill_chunk:
+            return {"main": None}
+        return {"decode": None, "prefill": self.prefill_chunk}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.target.name, "platform": self.target.platform, "deployment": self.deployment,
+                "compute_units": self.compute_units, "form": "stateful" if self.stateful else "explicit",
+                "state_dtype": "fp16" if self.stateful else "fp32", "token_dtype": "int32",
+                "quantization": self.quantize or "none", "functions": list(self.functions)}
+
+
+def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLOptions = CoreMLOptions(),
+                   log: Callable[[str], None] = print) -> Manifest:
+    """Convert ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json; returns the manifest."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    plan = options.resolve()
+    log("target: " + ", ".join(f"{k} {v}" for k, v in plan.describe().items() if k != "name") + f" ({plan.target.name})")
+    log(f"precision: {plan.precision} compute" + (", the WKV recurrence and norms in fp32" if plan.precision == "fp16" else ""))
+    check_writable(out_dir)
+    with stage(log, "load checkpoint"):
+        model = load_model(checkpoint)
+        sha = sha256_file(checkpoint)
+    clear_previous_artifact(out_dir)
+    log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
+        f"vocab {model.config.vocab_size}")
+    manifest = _manifest(model, checkpoint, sha, plan)
+    with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
+        tmp = Path(tmp)
+        build = tmp / "build"
+        build.mkdir()
+        parts = {}
+        for function, chunk in plan.functions.items():
+            with stage(log, f"convert {function}" + (f" ({chunk} tokens)" if chunk else "")):
+                mlmodel = _convert(model, chunk, plan)
+            if plan.quantize:
+                with stage(log, f"compress {function} weights to {plan.quantize}"):
+                    mlmodel = _compress(mlmodel, plan.quantize)
+            _stamp(mlmodel, manifest, function)
+            parts[function] = build / f"{function}.mlpackage"
+            mlmodel.save(str(parts[function]))
+        with stage(log, f"save {PACKAGE}"):
+            _package(parts, tmp / PACKAGE)
+        shutil.rmtree(build)
+        if save_initial_state(model, tmp / INITIAL_STATE):
+            manifest.initial_state = INITIAL_STATE
+        manifest.files = dict.fromkeys(artifact_files(tmp))
+        move_into_place(tmp, out_dir)
+    write_manifest(manifest, out_dir)
+    size = sum(meta["bytes"] for meta in manifest.files.values())
+    log(f"wrote {PACKAGE} ({size / 1e6:.1f} MB), {MANIFEST} to {out_dir}")
+    return manifest
+
+
+class StatefulGraph(nn.Module):
+    """tokens -> logits; the state lives in fp16 buffers that become Core ML states, updated in place."""
+
+    def __init__(self, model: RWKVModel, chunk: int | None = None) -> None:
+        super().__init__()
+        self.contract = ContractGraph(model, chunk)
+        self.names = [coreml_name(t.input_name) for t in self.contract.spec]
+        for t, name in zip(self.contract.spec, self.names):
+            self.register_buffer(name, torch.full((1, *t.shape), max(-65504.0, min(t.fill, 65504.0)), dtype=torch.float16))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        states = [getattr(self, name).float() for name in self.names]
+        logits, *new_states = self.contract(tokens, *states)
+        for name, new in zip(self.names, new_states):
+            getattr(self, name)[:] = new.clamp(-65504, 65504).half()  # (1, ...) fp16, in place
+        return logits
+
+
+def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
+    """Trace one function (the single step, or ``chunk`` tokens) and convert it to an ML program."""
+    ct = import_coremltools()
+
+    graph = ContractGraph(model, chunk)
+    tokens = graph.example_inputs(1)[0].to(torch.int32)
+    token_input = ct.TensorType(name="token" if chunk is None else "tokens", shape=tuple(tokens.shape), dtype=np.int32)
+    if plan.stateful:
+        module = StatefulGraph(model, chunk).eval()
+        example = (tokens,)
+        inputs = [token_input]
+        outputs = [ct.TensorType(name="logits", dtype=np.float32)]
+        states = [ct.StateType(wrapped_type=ct.TensorType(shape=(1, *t.shape), dtype=np.float16), name=name)
+                  for t, name in zip(graph.spec, module.names)]
+    else:
+        module = graph.eval()
+        example = (tokens, *graph.example_inputs(1)[1:])
+        inputs = [token_input] + [ct.TensorType(name=coreml_name(t.input_name), shape=(1, *t.shape), dtype=np.float32)
+                                  for t in graph.spec]
+        outputs = [ct.TensorType(name=coreml_name(name), dtype=np.float32) for name in graph.output_names()]
+        states = None
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.precision == "fp16"
+                 else ct.precision.FLOAT32)
+    with quiet_coremltools(), torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return ct.convert(traced, inputs=inputs, outputs=outputs, states=states, convert_to="mlprogram",
+                          minimum_deployment_target=_ct_target(plan.deployment), compute_precision=precision,
+                          compute_units=getattr(ct.ComputeUnit, plan.compute_units), skip_model_load=True)
+
+
+class Fp16Selector:
+    """``op_selector`` of FP16ComputePrecision: True for the ops that run in fp16.
+
+    Kept in fp32: the normalisation ops (FP32_OP_TYPES) and the WKV recurrence, i.e. every op on a
+    path from a ``wkv*`` state (an input, or a ``read_state``) to a ``wkv*`` state output (a
+    function output, or a ``coreml_update_state``)."""
+
+    def __init__(self) -> None:
+        self._recurrence: dict[int, set[int]] = {}
+
+    def __call__(self, op) -> bool:
+        if op.op_type in FP32_OP_TYPES:
+            return False
+        block = op.enclosing_block
+        if id(block) not in self._recurrence:
+            self._recurrence[id(block)] = _recurrence_ops(block)
+        return id(op) not in self._recurrence[id(block)]
+
+
+def _recurrence_ops(block) -> set[int]:
+    """ids of the ops that lie on a path from a wkv state to a wkv state output."""
+    def is_wkv(name: str) -> bool:
+        return name.split("_")[-1].startswith("wkv") or "_wkv" in name
+
+    sources = [v for name, v in block.inputs.items() if is_wkv(name)] if hasattr(block, "inputs") else []
+    sinks = [v for v in block.outputs if is_wkv(v.name)]
+    for op in block.operations:
+        if op.op_type == "read_state" and is_wkv(op.input.name):
+            sources.extend(op.outputs)
+        if op.op_type == "coreml_update_state" and is_wkv(op.state.name):
+            sinks.append(op.value)
+    downstream, stack = set(), [op for v in sources for op in v.child_ops]
+    while stack:
+        op = stack.pop()
+        if id(op) not in downstream:
+            downstream.add(id(op))
+            stack.extend(child for out in op.outputs for child in out.child_ops)
+    upstream, stack = set(), [v.op for v in sinks if v.op is not None]
+    while stack:
+        op = stack.pop()
+        if id(op) not in upstream:
+            upstream.add(id(op))
+            stack.extend(v.op for v in op.get_flattened_inputs() if v.op is not None)
+    return downstream & upstream
+
+
+def _compress(mlmodel, quantize: str):
+    """int8 per output channel, or int4 in blocks of INT4_BLOCK along the input axis."""
+    import coremltools.optimize.coreml as cto
+
+    if quantize == "int8":
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+    else:
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                                block_size=INT4_BLOCK)
+    with quiet_coremltools():
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+
+
+def _package(parts: dict[str, Path], out: Path) -> None:
+    """One function: copy its package. Several: a multifunction package sharing identical weights."""
+    ct = import_coremltools()
+
+    if list(parts) == ["main"]:
+        shutil.copytree(parts["main"], out)
+        return
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    for function, path in parts.items():
+        descriptor.add_function(str(path), src_function_name="main", target_function_name=function)
+    descriptor.default_function_name = "decode"
+    with quiet_coremltools():
+        ct.utils.save_multifunction(descriptor, str(out))
+
+
+def _stamp(mlmodel, manifest: Manifest, function: str) -> None:
+    """The contract metadata, inside the package as well as in manifest.json."""
+    mlmodel.short_description = f"rwkv-edge {manifest.architecture} step ({function}), contract {manifest.contract_version}"
+    mlmodel.version = __version__
+    mlmodel.user_defined_metadata.update({
+        "rwkv_edge.contract_version": manifest.contract_version,
+        "rwkv_edge.architecture": manifest.architecture,
+        "rwkv_edge.config": json.dumps(manifest.config),
+        "rwkv_edge.tokenizer": manifest.tokenizer,
+        "rwkv_edge.form": manifest.target["form"],
+        "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
+    })
+
+
+def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) -> Manifest:
+    ct = import_coremltools()
+
+    graphs: dict[str, Any] = {"step": {"file": PACKAGE, "function": next(iter(plan.functions))}}
+    if plan.prefill_chunk:
+        graphs["prefill"] = {"file": PACKAGE, "function": "prefill", "chunk": plan.prefill_chunk}
+    return Manifest(
+        kind="coreml", contract_version=CONTRACT_VERSION, architecture=model.version,
+        config=model.describe(), tokenizer=tokenizer_name(model), precision=plan.precision, batch=1,
+        state=model.state_spec(), source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
+        graphs=graphs, target=plan.describe(),
+        tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
+    )
+
+
+def _ct_target(deployment: str):
+    ct = import_coremltools()
+
+    return getattr(ct.target, deployment)
+
+
+def _ios_equivalent(deployment: str) -> int:
+    """Core ML feature level of a deployment target, as an iOS version (macOS 15 ~ iOS 18)."""
+    n = deployment_order(deployment)
+    return n + 3 if deployment.startswith("macOS") else n
