@@ -222,7 +222,7 @@ class Fp16Selector:
 def _recurrence_ops(block) -> set[int]:
     """ids of the ops that lie on a path from a wkv state to a wkv state output."""
     def is_wkv(name: str) -> bool:
-        return name.split("_")[-1].startswith("wkv") or "_wkv" in name
+        return "_wkv" in name  # state_3_wkv, state_out_3_wkv_num, ...
 
     sources = [v for name, v in block.inputs.items() if is_wkv(name)] if hasattr(block, "inputs") else []
     sinks = [v for v in block.outputs if is_wkv(v.name)]
