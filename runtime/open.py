@@ -9,13 +9,13 @@ from ..manifest import read_manifest
 from ..model import DEMO_CHECKPOINT, load_model
 from .backend import Backend, TorchBackend
 
-BACKENDS = ("torch", "onnxruntime", "coreml")
+BACKENDS = ("torch", "onnxruntime", "coreml", "tvm")
 
 
 def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
     """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint);
     ``onnxruntime`` runs an artifact directory made by ``export onnx``, ``coreml`` one made by
-    ``compile --target *-coreml``. No source: the demo model."""
+    ``compile --target *-coreml``, ``tvm`` a bundle made by ``compile --target <cpu>``. No source: the demo model."""
     source = Path(source) if source is not None else None
     if backend == "torch":
         if source is not None and source.is_dir():
@@ -33,4 +33,11 @@ def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
         if source is None or not artifact_directory(source).is_dir():
             raise OptionError("--backend coreml needs an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`")
         return CoreMLBackend(source)
+    if backend == "tvm":
+        if source is None or not source.is_dir():
+            raise OptionError("--backend tvm needs a bundle made by `rwkv-edge compile --target x86_64-host` (or "
+                              "another CPU target this machine runs)")
+        from .tvm_backend import TvmBackend
+
+        return TvmBackend(source)
     raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

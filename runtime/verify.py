@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, OptionError
 from ..manifest import Manifest, check_hashes, read_manifest, sha256_file
 from ..model import load_model
 from ..model.tokenizer import load_tokenizer
@@ -24,18 +24,21 @@ ROLLOUT_TEXT = (
 
 def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int = 128,
                     checkpoint: str | Path | None = None, log: Callable[[str], None] = print,
-                    executor: str | None = None) -> ParityReport:
+                    executor: str | None = None, remote=None) -> ParityReport:
     """Roll out ``steps`` tokens on the artifact and on the PyTorch model, each on its own state;
     check the prefill graph against single steps; compare greedy generation; save parity.json/.png.
 
     ONNX artifacts run on onnxruntime. Core ML artifacts (a directory, or the .mlpackage in it) get
-    a spec check, then run on Core ML (macOS) or coremltools' value inference (``executor``)."""
+    a spec check, then run on Core ML (macOS) or coremltools' value inference (``executor``). TVM
+    bundles run here, or on the device behind ``remote`` (a ``tvm_backend.Remote``: RPC server or tracker)."""
     from .coreml_backend import artifact_directory
 
     directory = artifact_directory(directory)
     manifest = read_manifest(directory)
-    if manifest.kind not in ("onnx", "coreml"):
+    if manifest.kind not in ("onnx", "coreml", "tvm"):
         raise ArtifactError(f"{directory}: cannot verify a {manifest.kind} artifact")
+    if remote is not None and manifest.kind != "tvm":
+        raise OptionError(f"{directory}: --rpc and --tracker run TVM bundles; this is a {manifest.kind} artifact")
     check_hashes(manifest, directory)
     source = Path(checkpoint or manifest.source["checkpoint"])
     if not source.is_file():
@@ -50,6 +53,8 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 
         candidate = OrtBackend(directory)
         ran = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, on this machine"
+    elif manifest.kind == "tvm":
+        candidate, ran = _open_tvm(directory, remote)
     else:
         candidate, ran, spec_check = _open_coreml(manifest, directory, executor)
         log(spec_check.summary())
@@ -74,6 +79,15 @@ def tolerance_key(manifest: Manifest) -> str:
     """Which TOLERANCES entry an artifact is judged by: its weight compression, else its precision."""
     quantization = (manifest.target or {}).get("quantization", "none")
     return manifest.precision if quantization == "none" else quantization
+
+
+def _open_tvm(directory: Path, remote):
+    import tvm
+
+    from .tvm_backend import TvmBackend
+
+    candidate = TvmBackend(directory, remote)
+    return candidate, f"TVM {tvm.__version__} Relax VM on {candidate.where}"
 
 
 def _open_coreml(manifest: Manifest, directory: Path, executor: str | None):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..errors import UnknownTargetError
 from .coreml import COREML_TARGETS, CoreMLTarget, coreml_name
+from .tvm import TVM_TARGETS, TvmTarget
 
-Target = CoreMLTarget
-TARGETS: dict[str, Target] = {**COREML_TARGETS}
+Target = CoreMLTarget | TvmTarget
+TARGETS: dict[str, Target] = {**TVM_TARGETS, **COREML_TARGETS}
 
 
 def get_target(name: str) -> Target:
@@ -16,4 +17,4 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
-__all__ = ["TARGETS", "CoreMLTarget", "Target", "coreml_name", "get_target"]
+__all__ = ["TARGETS", "CoreMLTarget", "Target", "TvmTarget", "coreml_name", "get_target"]

@@ -1,0 +1,229 @@
+"""CPU schedules for the decode step: packed weight GEMVs and parallel, vectorised elementwise kernels.
+
+A decode step is a chain of matrix-vector products over weights that do not fit in any cache, so
+its speed is the speed at which it streams weights from memory. Two things get it there:
+
+1. **Packed weights** (a Relax rewrite, before fusion). Every ``matmul(x, W)`` with a constant
+   ``W`` (K, N) becomes a GEMV over ``W`` repacked as (N / tile, K, tile): one tile of ``tile``
+   output columns reads one contiguous block of K x tile weights, so each thread streams memory
+   front to back. Relax's fusion then folds the token-shift interpolation before it and the
+   activation or residual add after it into the same kernel, as it does for ``matmul``.
+2. **Schedules** (TIR, after fusion), per fused kernel:
+   - GEMV: producers inlined (the interpolation is recomputed per tile: K flops against K x tile
+     loads), tiles in parallel over threads, the K loop unrolled, ``tile`` accumulators held in
+     vector registers, the epilogue applied to each tile as it completes;
+   - elementwise kernels (the WKV state update, interpolations): every intermediate inlined, the
+     output loops fused, split across threads and vectorised;
+   - anything else (norms over one row of C, small reductions) keeps the default lowering.
+
+Tile width and unroll depth are per target (``targets/tuned/*.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
+PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """What a target tunes: GEMV tile width (output columns per tile, a multiple of the vector
+    width), unroll depth of the K loop, and the vector width of elementwise kernels (floats)."""
+
+    tile: int = 32
+    unroll: int = 4
+    vector: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tile % self.vector or self.unroll < 1:
+            raise ValueError(f"schedule parameters out of range: {self}")
+
+
+def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:
+    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` into packed GEMVs; returns the module and the count."""
+    rewriter = _PackGemv(mod, params.tile)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get(), rewriter.count
+
+
+def packed_gemv(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
+    """y[..., j] = sum_k x[..., k] * W[k, j] with W stored as packed[j // tile, k, j % tile]: (..., K) -> (..., n)."""
+    *lead, k_len = x.shape
+    tile = packed.shape[2]
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * packed[i[-1] // tile, k, i[-1] % tile], axis=k),
+                      name=GEMV_BLOCK)
+
+
+def pack_weight(weight: np.ndarray, tile: int) -> np.ndarray:
+    """(K, N) -> (ceil(N / tile), K, tile), zero-padded: tile j holds columns j*tile ... j*tile + tile - 1."""
+    k_len, n = weight.shape
+    groups = -(-n // tile)
+    padded = np.zeros((k_len, groups * tile), dtype=weight.dtype)
+    padded[:, :n] = weight
+    return np.ascontiguousarray(padded.reshape(k_len, groups, tile).transpose(1, 0, 2))
+
+
+@mutator
+class _PackGemv(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, tile: int) -> None:
+        super().__init__(mod)
+        self.tile = tile
+        self.count = 0
+        self.matmul = tvm.ir.Op.get("relax.matmul")
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        weight = call.args[1] if call.op == self.matmul else None
+        if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 2:
+            return call
+        k_len, n = weight.value.shape
+        x_shape = call.args[0].ty.shape
+        dims = [int(d) for d in x_shape] if x_shape is not None else [0]
+        if dims[-1] != k_len or any(d != 1 for d in dims[:-1]):
+            return call  # only the decode GEMV (one row); prefill-shaped matmuls keep the default
+        self.count += 1
+        packed = relax.const(pack_weight(weight.value.numpy(), self.tile))
+        return self.builder_.call_te(packed_gemv, call.args[0], packed, n, primfunc_name_hint=GEMV_BLOCK)
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuSchedule")
+class ApplyCpuSchedules:
+    """Schedule every PrimFunc that one of the rules recognises; the rest keep the default lowering."""
+
+    def __init__(self, params: ScheduleParams, log: Callable[[str], None] | None = None) -> None:
+        self.params = params
+        self.log = log
+        self.counts: dict[str, int] = {}
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        scheduled = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            for name, rule in (("gemv", schedule_gemv), ("elementwise", schedule_elementwise)):
+                sch = rule(func, self.params)
+                if sch is not None:
+                    scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                    break
+            else:
+                self.counts["default"] = self.counts.get("default", 0) + 1
+        for gvar, func in scheduled.items():
+            mod[gvar] = func
+        return mod
+
+
+def schedule_gemv(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule | None:
+    """Tiles over output columns in parallel, K unrolled, accumulators in registers, epilogue per tile."""
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(GEMV_BLOCK)
+    except (RuntimeError, ValueError):
+        return None
+    try:
+        _inline_producers(sch, block)
+        *lead, n, k = sch.get_loops(block)
+        n_extent = int(sch.get(n).extent)
+        tile = params.tile if n_extent % params.tile == 0 else _largest_divisor(n_extent, params.tile, params.vector)
+        if tile is None:
+            return None
+        n_outer, n_inner = sch.split(n, [None, tile])
+        unroll = params.unroll if int(sch.get(k).extent) % params.unroll == 0 else 1
+        k_outer, k_inner = sch.split(k, [None, unroll])
+        sch.reorder(*lead, n_outer, k_outer, k_inner, n_inner)
+        outer = sch.fuse(*lead, n_outer)
+        accumulate = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(accumulate, outer)
+        sch.vectorize(sch.get_loops(accumulate)[-1])
+        for consumer in _epilogue(sch, accumulate):
+            try:
+                sch.reverse_compute_inline(consumer)
+            except s_tir.ScheduleError:  # it reads another tensor as well: apply it per tile instead
+                sch.reverse_compute_at(consumer, outer)
+                sch.vectorize(sch.get_loops(consumer)[-1])
+        sch.vectorize(n_inner)
+        if unroll > 1:
+            sch.unroll(k_inner)
+        if n_extent // tile > 1:
+            sch.parallel(outer)
+        init = sch.decompose_reduction(block, k_outer)  # last: loops cannot be annotated after it
+        sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+    except (RuntimeError, ValueError):
+        return None
+
+
+def schedule_elementwise(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule | None:
+    """A kernel with no reduction: intermediates inlined, output loops fused, threads x vector lanes."""
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if any(_is_reduction(sch, b) for b in blocks):
+            return None
+        outputs = sch.get_output_blocks(sch.get_sblock("root"))
+        for block in reversed(blocks):
+            if not any(sch.get(block).same_as(sch.get(o)) for o in outputs):
+                try:
+                    sch.compute_inline(block)
+                except s_tir.ScheduleError:
+                    pass
+        for block in sch.get_output_blocks(sch.get_sblock("root")):
+            loops = sch.get_loops(block)
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            extent = int(sch.get(fused).extent)
+            if extent < params.vector:
+                continue
+            if extent % params.vector == 0:
+                outer, inner = sch.split(fused, [None, params.vector])
+                sch.vectorize(inner)
+                fused = outer
+            if extent >= PARALLEL_MIN:
+                sch.parallel(fused)
+        return sch
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _inline_producers(sch: s_tir.Schedule, block) -> None:
+    """Inline every elementwise producer chain feeding the GEMV (the token-shift interpolation)."""
+    pending = list(sch.get_producers(block))
+    while pending:
+        producer = pending.pop()
+        upstream = list(sch.get_producers(producer))
+        try:
+            sch.compute_inline(producer)
+        except s_tir.ScheduleError:
+            continue
+        pending.extend(upstream)
+
+
+def _epilogue(sch: s_tir.Schedule, block) -> list:
+    """The chain of elementwise consumers after ``block``, nearest first."""
+    chain = []
+    consumers = sch.get_consumers(block)
+    while len(consumers) == 1 and not _is_reduction(sch, consumers[0]):
+        chain.append(consumers[0])
+        consumers = sch.get_consumers(consumers[0])
+    return chain
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def _largest_divisor(extent: int, most: int, step: int) -> int | None:
+    for tile in range(most, step - 1, -step):
+        if extent % tile == 0:
+            return tile
+    return None

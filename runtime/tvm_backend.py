@@ -1,0 +1,147 @@
+"""A TVM bundle behind the step contract: on this machine, or on a board through TVM's RPC server."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, OptionError, PlatformError, ToolError
+from ..manifest import Manifest, check_hashes, read_manifest
+from ..model import StateTensor
+from .backend import NamedState, check_named_state, check_token_ids
+
+HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+RPC_TIMEOUT_S = 10  # connecting, and each remote call's session
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where a bundle runs instead of here: a TVM RPC server (``host:port``) or a tracker and key."""
+
+    address: str  # "host:port" of the server, or of the tracker when ``key`` is set
+    key: str | None = None
+    timeout_s: float = RPC_TIMEOUT_S
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise OptionError(f"expected HOST:PORT, got {self.address!r}")
+        return host, int(port)
+
+    def describe(self) -> str:
+        return f"tracker {self.address}, key {self.key}" if self.key else f"RPC server {self.address}"
+
+
+class TvmBackend:
+    """``model.so`` of a bundle made by ``rwkv-edge compile --target <cpu>``, run by the Relax VM."""
+
+    name = "tvm"
+    chunk = 0  # no prefill graph: prompts run step by step
+
+    def __init__(self, directory: str | Path, remote: Remote | None = None) -> None:
+        self.directory = Path(directory)
+        self.manifest: Manifest = read_manifest(self.directory, kind="tvm")
+        check_hashes(self.manifest, self.directory)
+        if not self.manifest.target.get("linked", True):
+            raise PlatformError(f"{self.directory}: holds unlinked objects ({self.manifest.graphs['step']['file']}); "
+                                f"{self.manifest.target['name']} bundles need their final link first")
+        self.vocab_size = int(self.manifest.config["vocab_size"])
+        self.spec: list[StateTensor] = self.manifest.state
+        self.remote = remote
+        self.where = self._where()
+        self._vm, self._device = self._load()
+        initial = self._vm["initial_state"]() if remote is None else self._remote_call("initial_state", [])
+        self._initial = {t.input_name: np.asarray(_numpy(v))[0] for t, v in zip(self.spec, initial)}
+
+    def state_spec(self) -> list[StateTensor]:
+        return self.spec
+
+    def init_state(self) -> NamedState:
+        return {k: v.copy() for k, v in self._initial.items()}
+
+    def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
+        check_token_ids([token], self.vocab_size)  # compiled gathers read out of bounds otherwise
+        check_named_state(state, self.spec)
+        import tvm
+
+        args = [tvm.runtime.tensor(np.array([token], dtype=np.int64), self._device)]
+        args += [tvm.runtime.tensor(np.ascontiguousarray(state[t.input_name], dtype=np.float32)[None], self._device)
+                 for t in self.spec]
+        outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
+        logits, *new_state = (_numpy(v) for v in outputs)
+        return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
+
+    def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        """The prompt one step at a time (the bundle holds the decode step only)."""
+        check_token_ids(tokens, self.vocab_size)
+        logits = None
+        for token in tokens:
+            logits, state = self.step(token, state)
+        return logits, state
+
+    def _where(self) -> str:
+        triple = self.manifest.target["triple"]
+        if self.remote is not None:
+            return f"{self.remote.describe()} ({triple})"
+        here = HOST_TRIPLES.get(platform.machine())
+        if here != triple:
+            raise PlatformError(f"{self.directory} was built for {triple} ({self.manifest.target['name']}); this "
+                                f"machine is {platform.machine()}: run it with --rpc on a {triple} device, or "
+                                f"with the C++ runner under qemu (rwkv_edge.runtime.native_runner)")
+        return f"this machine ({triple})"
+
+    def _load(self):
+        import tvm
+        from tvm import relax
+
+        library = self.directory / self.manifest.graphs["step"]["file"]
+        if self.remote is None:
+            try:
+                module = tvm.runtime.load_module(str(library))
+            except Exception as e:  # a library that does not load is a broken artifact
+                raise ArtifactError(f"{library}: TVM cannot load it: {_first_line(e)}") from None
+            device = tvm.cpu()
+            return relax.VirtualMachine(module, device), device
+        session = connect(self.remote)
+        try:
+            session.upload(str(library))
+            module = session.load_module(library.name)
+        except Exception as e:
+            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {_first_line(e)}") from None
+        device = session.cpu()
+        self._session = session  # keep the connection alive as long as the VM
+        return relax.VirtualMachine(module, device), device
+
+    def _remote_call(self, function: str, args: list):
+        """Over RPC a tuple return cannot be indexed: set inputs, invoke, fetch each output."""
+        self._vm.set_input(function, *args)
+        self._vm.invoke_stateful(function)
+        outputs = self._vm.get_outputs(function)
+        return [outputs[i] for i in range(len(outputs))] if hasattr(outputs, "__len__") else outputs
+
+
+def connect(remote: Remote):
+    """An RPC session with the server or a device from the tracker; ToolError, not a hang, when none answers."""
+    from tvm import rpc
+
+    host, port = remote.host_port()
+    try:
+        if remote.key:
+            tracker = rpc.connect_tracker(host, port)
+            return tracker.request(remote.key, session_timeout=0, max_retry=1)
+        return rpc.connect(host, port, session_timeout=0)
+    except Exception as e:
+        raise ToolError(f"{remote.describe()}: no TVM RPC server answered ({_first_line(e)}); start one with "
+                        f"`python -m rwkv_edge.runtime.rpc_server` on the device") from None
+
+
+def _numpy(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

@@ -1,0 +1,90 @@
+"""TVM CPU targets: the LLVM target, the cross-compiler, the core to emulate, the tuned schedule data.
+
+The schedule data of each target lives in ``targets/tuned/NAME.json`` (GEMV tile width, K unroll,
+vector width), written by ``scripts/tune_schedules.py``: measured on the host for ``x86_64-host``,
+derived from the core's vector registers for the ARM targets (no ARM hardware was timed; emulated
+timings say nothing about ARM speed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TUNED = Path(__file__).parent / "tuned"
+HOST_MACHINES = {"x86_64": "x86_64-linux-gnu", "AMD64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+                 "arm64": "aarch64-linux-gnu"}
+
+
+@dataclass(frozen=True)
+class TvmTarget:
+    """A CPU for ``rwkv-edge compile --target``: TVM compiles the ONNX step with the project's schedules."""
+
+    name: str
+    description: str
+    triple: str  # LLVM target triple; also what the bundle's model.so runs on
+    mcpu: str | None  # None: the build machine's own CPU (native)
+    mattr: tuple[str, ...] = ()
+    cores: int | None = None  # threads the schedules plan for; None: this machine's
+    cross_compiler: str | None = None  # links model.so; None: the host's cc
+    cross_package: str | None = None  # the Debian package that provides it
+    qemu_cpu: str | None = None  # the oldest core of the family, for -cpu under qemu-aarch64
+    link_note: str | None = None  # what a final link needs beyond this machine
+    precision: str = "fp32"
+    kind: str = field(default="tvm")
+
+    def tvm_target(self) -> dict[str, Any]:
+        """The TVM target as a JSON dict (TVM 0.27 takes no CLI strings)."""
+        target: dict[str, Any] = {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu or host_cpu(),
+                                  "num-cores": self.cores or os.cpu_count() or 1}
+        if self.mattr:
+            target["mattr"] = list(self.mattr)
+        return target
+
+    def schedule_data(self) -> dict[str, Any]:
+        """The committed tuning record: {"params": {...}, "source": "..."}."""
+        return json.loads((TUNED / f"{self.name}.json").read_text())
+
+    def runs_here(self) -> bool:
+        return HOST_MACHINES.get(platform.machine()) == self.triple
+
+    def settings(self) -> dict[str, str]:
+        settings = {"backend": "TVM (ONNX -> Relax, rwkv-edge CPU schedules)", "description": self.description,
+                    "triple": self.triple, "cpu": self.mcpu or "native (this machine's)",
+                    "features": ",".join(self.mattr) or "default for the cpu", "precision": self.precision,
+                    "linker": self.cross_compiler or "host cc"}
+        if self.qemu_cpu:
+            settings["emulated as"] = f"qemu-aarch64 -cpu {self.qemu_cpu}"
+        if self.link_note:
+            settings["note"] = self.link_note
+        return settings
+
+
+def host_cpu() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+_AARCH64 = {"triple": "aarch64-linux-gnu", "cross_compiler": "aarch64-linux-gnu-gcc",
+            "cross_package": "gcc-aarch64-linux-gnu"}
+
+TVM_TARGETS = {
+    "x86_64-host": TvmTarget("x86_64-host", "this x86-64 Linux machine, native LLVM", "x86_64-linux-gnu", None),
+    "aarch64-linux": TvmTarget("aarch64-linux", "64-bit ARM Linux, ARMv8-A + NEON (Cortex-A53 baseline)",
+                               mcpu="cortex-a53", mattr=("+neon",), cores=4, qemu_cpu="cortex-a53", **_AARCH64),
+    "raspberry-pi-4": TvmTarget("raspberry-pi-4", "Raspberry Pi 4 (Cortex-A72, 64-bit OS)", mcpu="cortex-a72",
+                                mattr=("+neon",), cores=4, qemu_cpu="cortex-a72", **_AARCH64),
+    "raspberry-pi-5": TvmTarget("raspberry-pi-5", "Raspberry Pi 5 (Cortex-A76, 64-bit OS)", mcpu="cortex-a76",
+                                mattr=("+neon", "+dotprod"), cores=4, qemu_cpu="cortex-a76", **_AARCH64),
+    "android-arm64": TvmTarget("android-arm64", "Android phones, ARMv8.2-A + dotprod + fp16 (arm64-v8a)",
+                               triple="aarch64-linux-android", mcpu="cortex-a55",
+                               mattr=("+v8.2a", "+neon", "+dotprod", "+fullfp16"), cores=8, qemu_cpu=None,
+                               cross_compiler=None, cross_package=None,
+                               link_note="model.so is linked with the Android NDK's clang: set TVM_NDK_CC; "
+                                         "without it the bundle holds model.tar (objects to link)"),
+}
