@@ -43,3 +43,11 @@ class ArtifactError(RwkvEdgeError):
 
 class UnknownTargetError(RwkvEdgeError):
     """No deployment target has the requested name."""
+
+
+class ToolError(RwkvEdgeError):
+    """A program or library rwkv-edge needs (compiler, emulator, TVM runtime) is missing or failed."""
+
+
+class PlatformError(RwkvEdgeError):
+    """An artifact was built for a machine this one can run neither natively nor under emulation."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import RwkvEdgeError
+from ..errors import OptionError, RwkvEdgeError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18)")
     p.set_defaults(run=cmd_export_onnx)
 
-    p = sub.add_parser("compile", help="compile a checkpoint for a deployment target (see `rwkv-edge targets`)")
-    _checkpoint_arg(p)
-    p.add_argument("--target", required=True, help="target name, e.g. ios-coreml or macos-coreml")
+    p = sub.add_parser("compile", help="compile a checkpoint or an ONNX export for a deployment target "
+                                       "(see `rwkv-edge targets`)")
+    p.add_argument("checkpoint", nargs="?", type=Path,
+                   help="checkpoint (.pth / .safetensors), or for TVM targets an ONNX export (its directory or "
+                        "model.onnx); default: the bundled demo model")
+    p.add_argument("--target", required=True,
+                   help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--stateful", action="store_true",
                    help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", help="Core ML: compress the weights to int8 (per channel) or int4 (blocks of 32, iOS 18)")
     p.add_argument("--prefill-chunk", type=int, default=16, metavar="T",
                    help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
+    p.add_argument("--no-schedules", action="store_true",
+                   help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
@@ -95,7 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["predict", "mil"],
                    help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
                         "default off macOS)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="TVM: run the bundle on the device behind this TVM RPC server")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="TVM: ask this RPC tracker for a device (with --key)")
+    p.add_argument("--key", help="TVM: the device key registered with the tracker")
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("bench", help="decode latency, prefill speed and peak memory per backend, against the "
+                                     "memory-bandwidth bound of this machine")
+    p.add_argument("source", nargs="?", type=Path,
+                   help="checkpoint, or an artifact directory: its backend runs it, the others its source checkpoint "
+                        "(default: the bundled RWKV-7 demo model)")
+    p.add_argument("--backends", default="torch,onnxruntime,tvm", metavar="LIST",
+                   help="comma-separated (default torch,onnxruntime,tvm)")
+    p.add_argument("--steps", type=_positive_int, default=128, help="timed decode steps (default 128)")
+    p.add_argument("--warmup", type=_non_negative_int, default=16, help="untimed decode steps first (default 16)")
+    p.add_argument("--prefill", type=_non_negative_int, default=64, help="prompt tokens for prefill tokens/s, 0 to skip (default 64)")
+    p.add_argument("--threads", type=_positive_int, help="threads per backend (default: every usable core)")
+    p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
+    p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="also save the whole report as JSON")
+    p.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -112,9 +137,10 @@ def _source_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "coreml"], default="torch",
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "coreml", "tvm"], default="torch",
                    help="torch runs the checkpoint (an artifact's source); onnxruntime an ONNX artifact; "
-                        "coreml a Core ML artifact (Core ML on macOS, coremltools' reference evaluation elsewhere)")
+                        "coreml a Core ML artifact (Core ML on macOS, coremltools' reference evaluation elsewhere); "
+                        "tvm a TVM bundle built for this machine")
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -207,16 +233,28 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from ..compile.coreml import CoreMLOptions, compile_coreml
     from ..model import DEMO_CHECKPOINT
     from ..targets import get_target
 
     target = get_target(args.target)
+    source = args.checkpoint or DEMO_CHECKPOINT
+    print(f"compile: {source} -> {args.out}")
+    if target.kind == "tvm":
+        from ..compile.tvm import TvmOptions, compile_tvm
+
+        coreml_only = [flag for flag, value in (("--stateful", args.stateful), ("--compute-units", args.compute_units),
+                                                ("--deployment", args.deployment), ("--quantize", args.quantize))
+                       if value]
+        if coreml_only or args.precision not in (None, "fp32"):
+            raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only or ['--precision'])} "
+                              f"applies to Core ML targets only (TVM bundles compute in fp32)")
+        compile_tvm(source, args.out, TvmOptions(target.name, schedules=not args.no_schedules))
+        return
+    from ..compile.coreml import CoreMLOptions, compile_coreml
+
     options = CoreMLOptions(target.name, args.stateful, args.precision, args.compute_units, args.deployment,
                             args.quantize, args.prefill_chunk)
-    checkpoint = args.checkpoint or DEMO_CHECKPOINT
-    print(f"compile: {checkpoint} -> {args.out}")
-    compile_coreml(checkpoint, args.out, options)
+    compile_coreml(source, args.out, options)
 
 
 def cmd_targets(args: argparse.Namespace) -> None:
@@ -231,10 +269,34 @@ def cmd_targets(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..runtime.verify import verify_artifact
 
+    remote = None
+    if args.rpc or args.tracker:
+        from ..runtime.tvm_backend import Remote
+
+        if args.rpc and args.tracker:
+            raise OptionError("give --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
+        if args.tracker and not args.key:
+            raise OptionError("--tracker needs --key, the device key registered with the tracker")
+        remote = Remote(args.rpc or args.tracker, args.key if args.tracker else None)
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
-                             checkpoint=args.checkpoint, executor=args.executor)
+                             checkpoint=args.checkpoint, executor=args.executor, remote=remote)
     print(report.summary())
     return 0 if report.passed else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..runtime.bench import BenchOptions, check_output, run_bench, save_report
+
+    options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
+                           args.prefill, threads=args.threads, rebuild=args.rebuild)
+    if args.json:
+        check_output(args.json)
+    report = run_bench(args.source, options, work=args.work)
+    print()
+    print(report.table())
+    if args.json:
+        print(f"wrote {save_report(report, args.json)}")
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

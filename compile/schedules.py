@@ -180,6 +180,8 @@ def schedule_elementwise(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.S
                     pass
         for block in sch.get_output_blocks(sch.get_sblock("root")):
             loops = sch.get_loops(block)
+            if not loops:
+                continue
             fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
             extent = int(sch.get(fused).extent)
             if extent < params.vector:
@@ -196,16 +198,17 @@ def schedule_elementwise(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.S
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:
-    """Inline every elementwise producer chain feeding the GEMV (the token-shift interpolation)."""
-    pending = list(sch.get_producers(block))
-    while pending:
-        producer = pending.pop()
-        upstream = list(sch.get_producers(producer))
-        try:
-            sch.compute_inline(producer)
-        except s_tir.ScheduleError:
+    """Inline every elementwise block that is not an output into its consumers: the interpolation
+    feeding the GEMV, and side inputs of the epilogue (which must not stay outside the tile loop)."""
+    root = sch.get_sblock("root")
+    keep = [sch.get(b) for b in sch.get_output_blocks(root)] + [sch.get(block)]
+    for other in reversed(sch.get_child_blocks(root)):
+        if any(sch.get(other).same_as(k) for k in keep) or _is_reduction(sch, other):
             continue
-        pending.extend(upstream)
+        try:
+            sch.compute_inline(other)
+        except s_tir.ScheduleError:
+            pass
 
 
 def _epilogue(sch: s_tir.Schedule, block) -> list:

@@ -83,8 +83,9 @@ def _linker(target: TvmTarget) -> Callable | None:
     from tvm.support import cc
 
     if target.triple == "aarch64-linux-android":
-        ndk = os.environ.get("TVM_NDK_CC")
-        return cc.cross_compiler(ndk) if ndk else None
+        from tvm.support import ndk
+
+        return ndk.create_shared if os.environ.get("TVM_NDK_CC") else None
     if target.cross_compiler is None:
         return None if not target.runs_here() else cc.create_shared
     if shutil.which(target.cross_compiler) is None:
@@ -138,12 +139,10 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     params = ScheduleParams(**target.schedule_data()["params"])
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, fuse, schedule"):
-        mod = relax.transform.FoldConstant()(mod)
         if options.schedules:
             mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
         mod = tvm.ir.transform.Sequential([
-            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-            relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
         ])(mod)
         if options.schedules:
             schedule = ApplyCpuSchedules(params)
@@ -157,7 +156,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
 
 def _export(executable, path: Path, linker: Callable | None) -> None:
     if linker is None:
-        from tvm.contrib import tar
+        from tvm.support import tar
 
         executable.export_library(str(path), fcompile=tar.tar)
     else:

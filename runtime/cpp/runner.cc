@@ -1,0 +1,474 @@
+// rwkv-edge-runner: run an rwkv-edge TVM bundle (model.so + manifest.json) one token at a time.
+//
+//   rwkv-edge-runner BUNDLE_DIR --tokens 1,2,3 [--out OUTDIR] [--state-in DIR] [--repeat K]
+//
+// Loads BUNDLE_DIR/model.so (a Relax VM executable), takes the state before the first token from
+// its `initial_state()` function (or from DIR/state_{i}.npy with --state-in), feeds the tokens
+// through `main(token, state...) -> (logits, state'...)`, each step on the state the last one
+// returned, and writes into OUTDIR (default: the current directory)
+//   logits.npy   (T, V) float32, the logits after each token
+//   state_{i}.npy the final state tensors in manifest order, shaped as the model returns them
+//   step_ms.npy  (T + K,) float64, the time of each call to `main`
+// --repeat K times K more greedy decode steps after the rollout (they change none of the files
+// above except step_ms.npy). Needs only libtvm_runtime.so and libtvm_ffi.so, and only the
+// tvm-ffi headers (the apache-tvm wheel's tvm/include lacks headers that tvm/runtime/*.h include).
+// Exit status: 0 done, 1 TVM failed to load or run the model, 2 bad arguments, bundle or input;
+// every error is one line on stderr.
+
+#include <dlpack/dlpack.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace ffi = tvm::ffi;
+namespace json = tvm::ffi::json;
+
+constexpr int kExitRuntime = 1;  // TVM failed while loading or running the model
+constexpr int kExitInput = 2;    // bad arguments, bundle or input: the user can fix it
+constexpr int kPooledAllocator = 2;  // tvm::runtime::memory::AllocatorType::kPooled
+
+// The target triple of the bundles this build runs: the first field names the architecture.
+#if defined(__aarch64__) && defined(__ANDROID__)
+constexpr const char* kHostTriple = "aarch64-linux-android";
+#elif defined(__aarch64__)
+constexpr const char* kHostTriple = "aarch64-linux-gnu";
+#elif defined(__x86_64__)
+constexpr const char* kHostTriple = "x86_64-linux-gnu";
+#else
+#error "rwkv-edge-runner is built for x86_64 and aarch64 only"
+#endif
+
+// A mistake the user can fix (exit 2); everything else that goes wrong is a runtime failure (exit 1).
+struct InputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string bundle;
+  std::string out = ".";
+  std::string state_in;  // a directory of state_{i}.npy; empty: initial_state()
+  std::vector<int64_t> tokens;
+  int repeat = 0;
+};
+
+struct StateSpec {
+  std::string output;          // "state_out.3.wkv"
+  std::vector<int64_t> shape;  // without the batch axis
+};
+
+struct Bundle {
+  int64_t vocab_size = 0;
+  std::string triple;
+  std::vector<StateSpec> state;  // in the order of main's state inputs and outputs
+};
+
+// ---------------------------------------------------------------------------------------------
+// command line
+
+const char* kUsage =
+    "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--out OUTDIR] [--state-in DIR] [--repeat K]";
+
+int64_t ParseInt(const std::string& text, const std::string& what) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size()) throw InputError(what + ": not an integer: '" + text + "'");
+  return value;
+}
+
+Options ParseArgs(int argc, char** argv) {
+  Options opt;
+  bool have_tokens = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw InputError(arg + " needs a value; " + kUsage);
+      return argv[++i];
+    };
+    if (arg == "--tokens") {
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) opt.tokens.push_back(ParseInt(item, "--tokens"));
+      have_tokens = true;
+    } else if (arg == "--out") {
+      opt.out = value();
+    } else if (arg == "--state-in") {
+      opt.state_in = value();
+    } else if (arg == "--repeat") {
+      int64_t k = ParseInt(value(), "--repeat");
+      if (k < 0 || k > 1000000) throw InputError("--repeat must be in [0, 1000000], got " + std::to_string(k));
+      opt.repeat = static_cast<int>(k);
+    } else if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage << "\n";
+      std::exit(0);
+    } else if (!arg.empty() && arg[0] == '-') {
+      throw InputError("unknown option " + arg + "; " + kUsage);
+    } else if (opt.bundle.empty()) {
+      opt.bundle = arg;
+    } else {
+      throw InputError("unexpected argument '" + arg + "'; " + kUsage);
+    }
+  }
+  if (opt.bundle.empty()) throw InputError(std::string("no bundle directory given; ") + kUsage);
+  if (!have_tokens || opt.tokens.empty()) throw InputError(std::string("no tokens given; ") + kUsage);
+  return opt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// manifest.json
+
+std::string ReadText(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw InputError(path + ": cannot be read (not an rwkv-edge TVM bundle?)");
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+json::Value Field(const json::Object& obj, const char* key, const std::string& where) {
+  auto it = obj.find(ffi::String(key));
+  if (it == obj.end()) throw InputError(where + ": no field '" + key + "'");
+  return (*it).second;
+}
+
+template <typename T>
+T As(const json::Value& value, const std::string& what) {
+  std::optional<T> v = value.try_cast<T>();
+  if (!v.has_value()) throw InputError(what + " has an unexpected type");
+  return *v;
+}
+
+Bundle ReadManifest(const std::string& dir) {
+  std::string path = dir + "/manifest.json";
+  ffi::String error;
+  json::Value root = json::Parse(ffi::String(ReadText(path)), &error);
+  if (!error.empty()) throw InputError(path + ": unreadable JSON (" + std::string(error) + ")");
+  auto manifest = As<json::Object>(root, path);
+  auto kind = As<ffi::String>(Field(manifest, "kind", path), path + ": kind");
+  if (kind != "tvm") throw InputError(dir + ": holds a " + std::string(kind) + " artifact, not a TVM bundle");
+
+  Bundle bundle;
+  auto config = As<json::Object>(Field(manifest, "config", path), path + ": config");
+  bundle.vocab_size = As<int64_t>(Field(config, "vocab_size", path + ": config"), path + ": config.vocab_size");
+  auto target = As<json::Object>(Field(manifest, "target", path), path + ": target");
+  bundle.triple = As<ffi::String>(Field(target, "triple", path + ": target"), path + ": target.triple");
+  for (const json::Value& item : As<json::Array>(Field(manifest, "state", path), path + ": state")) {
+    auto entry = As<json::Object>(item, path + ": state entry");
+    StateSpec spec;
+    spec.output = As<ffi::String>(Field(entry, "output", path + ": state entry"), path + ": state output");
+    for (const json::Value& d : As<json::Array>(Field(entry, "shape", path + ": state entry"), path + ": shape")) {
+      spec.shape.push_back(As<int64_t>(d, path + ": state shape"));
+    }
+    bundle.state.push_back(std::move(spec));
+  }
+  return bundle;
+}
+
+void CheckTriple(const Bundle& bundle, const std::string& dir) {
+  if (bundle.triple != kHostTriple) {
+    throw InputError(dir + ": bundle compiled for " + bundle.triple + "; this runner runs " + kHostTriple +
+                     " bundles (use the runner built for " + bundle.triple + ")");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NPY v1.0 files (little-endian, C order)
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string dims;
+  for (int64_t d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  return "(" + dims + (shape.size() == 1 ? ",)" : ")");  // Python's tuple syntax, as NPY headers want
+}
+
+// Write to PATH.partial, then rename: an interrupted run leaves no half-written .npy behind.
+void WriteNpy(const std::string& path, const char* descr, const void* data, size_t nbytes,
+              const std::vector<int64_t>& shape) {
+  std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': " + ShapeText(shape) + ", }";
+  size_t total = 10 + header.size() + 1;  // magic + version + length, the dict, '\n'
+  header.append((64 - total % 64) % 64, ' ');
+  header += '\n';
+  std::string tmp = path + ".partial";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw InputError(path + ": cannot be written");
+    uint16_t len = static_cast<uint16_t>(header.size());
+    const char magic[] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
+    char len_le[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
+    f.write(magic, sizeof(magic));
+    f.write(len_le, 2);
+    f.write(header.data(), static_cast<std::streamsize>(header.size()));
+    f.write(static_cast<const char*>(data), static_cast<std::streamsize>(nbytes));
+    if (!f) throw InputError(path + ": write failed");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw InputError(path + ": cannot be renamed into place");
+}
+
+// A float32 C-order array; its shape must hold `want` (shape without the batch axis) with or
+// without a leading batch axis of 1.
+std::vector<float> ReadNpyF32(const std::string& path, const std::vector<int64_t>& want) {
+  std::string text = ReadText(path);
+  if (text.size() < 10 || text.compare(0, 6, "\x93NUMPY") != 0) throw InputError(path + ": not an NPY file");
+  int major = static_cast<unsigned char>(text[6]);
+  size_t len = 0, start = 0;
+  if (major == 1) {
+    len = static_cast<unsigned char>(text[8]) | static_cast<unsigned char>(text[9]) << 8;
+    start = 10;
+  } else if (major == 2 || major == 3) {
+    if (text.size() < 12) throw InputError(path + ": truncated NPY header");
+    for (int b = 3; b >= 0; --b) len = len << 8 | static_cast<unsigned char>(text[8 + b]);
+    start = 12;
+  } else {
+    throw InputError(path + ": NPY version " + std::to_string(major) + " is not supported");
+  }
+  if (text.size() < start + len) throw InputError(path + ": truncated NPY header");
+  std::string header = text.substr(start, len);
+  auto has = [&](const char* s) { return header.find(s) != std::string::npos; };
+  if (!has("'descr': '<f4'") || !has("'fortran_order': False")) {
+    throw InputError(path + ": expected a float32 C-order array (header " + header.substr(0, header.find('}') + 1) + ")");
+  }
+  size_t open = header.find('(', header.find("'shape'"));
+  size_t close = header.find(')', open);
+  if (open == std::string::npos || close == std::string::npos) throw InputError(path + ": NPY header without a shape");
+  std::vector<int64_t> shape;
+  std::stringstream dims(header.substr(open + 1, close - open - 1));
+  for (std::string d; std::getline(dims, d, ',');) {
+    d.erase(std::remove(d.begin(), d.end(), ' '), d.end());
+    if (!d.empty()) shape.push_back(ParseInt(d, path + ": shape"));
+  }
+  std::vector<int64_t> batched = want;
+  batched.insert(batched.begin(), 1);
+  if (shape != want && shape != batched) {
+    throw InputError(path + ": shape " + ShapeText(shape) + ", expected " + ShapeText(batched));
+  }
+  size_t count = 1;
+  for (int64_t d : want) count *= static_cast<size_t>(d);
+  if (text.size() != start + len + count * sizeof(float)) throw InputError(path + ": data size does not match its shape");
+  std::vector<float> data(count);
+  std::memcpy(data.data(), text.data() + start + len, count * sizeof(float));
+  return data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the model
+
+const DLDevice kCPU{kDLCPU, 0};
+
+// Host memory aligned as TVM's own allocator aligns it (compiled kernels may assume it).
+struct AlignedAlloc {
+  static constexpr size_t kAlign = 64;
+  void AllocData(DLTensor* t) {
+    size_t bytes = static_cast<size_t>(ffi::GetDataSize(*t));
+    t->data = std::aligned_alloc(kAlign, (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign);
+    if (t->data == nullptr) throw std::bad_alloc();
+  }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+ffi::Tensor Empty(const std::vector<int64_t>& shape, DLDataType dtype) {
+  return ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::ShapeView(shape.data(), shape.size()), dtype, kCPU);
+}
+
+// A CPU tensor of `dtype` with the shape given (checked), as a pointer to its first element.
+template <typename T>
+const T* Data(const ffi::Tensor& t, DLDataType dtype, const std::vector<int64_t>& shape, const std::string& what) {
+  std::vector<int64_t> got(t.shape().begin(), t.shape().end());
+  if (t.dtype().code != dtype.code || t.dtype().bits != dtype.bits || t.dtype().lanes != 1) {
+    throw std::runtime_error(what + " has an unexpected dtype");
+  }
+  if (got != shape) throw std::runtime_error(what + " has shape " + ShapeText(got) + ", expected " + ShapeText(shape));
+  if (t.device().device_type != kDLCPU) throw std::runtime_error(what + " is not on the CPU");
+  if (!t.IsContiguous()) throw std::runtime_error(what + " is not contiguous");
+  return reinterpret_cast<const T*>(static_cast<const char*>(t.data_ptr()) + t.byte_offset());
+}
+
+std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> b = shape;
+  b.insert(b.begin(), 1);
+  return b;
+}
+
+class Model {
+ public:
+  Model(const std::string& so_path, const Bundle& bundle) : bundle_(bundle), token_(Empty({1}, DLDataType{kDLInt, 64, 1})) {
+    ffi::Module lib = ffi::Module::LoadFromFile(so_path);
+    ffi::Module vm = Get(lib, "vm_load_executable", so_path)().cast<ffi::Module>();
+    Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    main_ = Get(vm, "main", so_path);
+    initial_state_ = Get(vm, "initial_state", so_path);
+  }
+
+  std::vector<ffi::Tensor> InitialState() const { return CheckState(initial_state_().cast<ffi::Array<ffi::Any>>(), 0, "initial_state()"); }
+
+  // One step: writes the logits (V floats) and returns the new state.
+  std::vector<ffi::Tensor> Step(int64_t token, const std::vector<ffi::Tensor>& state, float* logits) {
+    static_cast<int64_t*>(token_.data_ptr())[0] = token;
+    std::vector<ffi::AnyView> args;
+    args.reserve(1 + state.size());
+    args.emplace_back(token_);
+    for (const ffi::Tensor& t : state) args.emplace_back(t);
+    ffi::Any ret;
+    main_.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+    auto outputs = ret.cast<ffi::Array<ffi::Any>>();
+    if (outputs.size() != 1 + bundle_.state.size()) {
+      throw std::runtime_error("main() returned " + std::to_string(outputs.size()) + " outputs, expected " +
+                               std::to_string(1 + bundle_.state.size()) + " (logits and the state)");
+    }
+    auto out = outputs[0].cast<ffi::Tensor>();
+    const float* src = Data<float>(out, DLDataType{kDLFloat, 32, 1}, {1, bundle_.vocab_size}, "logits");
+    std::memcpy(logits, src, static_cast<size_t>(bundle_.vocab_size) * sizeof(float));
+    return CheckState(outputs, 1, "main()");
+  }
+
+  // The state read from DIR/state_{i}.npy, in manifest order.
+  std::vector<ffi::Tensor> LoadState(const std::string& dir) const {
+    std::vector<ffi::Tensor> state;
+    for (size_t i = 0; i < bundle_.state.size(); ++i) {
+      const StateSpec& spec = bundle_.state[i];
+      std::vector<float> data = ReadNpyF32(dir + "/state_" + std::to_string(i) + ".npy", spec.shape);
+      ffi::Tensor t = Empty(Batched(spec.shape), DLDataType{kDLFloat, 32, 1});
+      std::memcpy(t.data_ptr(), data.data(), data.size() * sizeof(float));
+      state.push_back(t);
+    }
+    return state;
+  }
+
+ private:
+  static ffi::Function Get(const ffi::Module& mod, const char* name, const std::string& so_path) {
+    ffi::Optional<ffi::Function> f = mod->GetFunction(name);
+    if (!f.has_value()) {
+      throw InputError(so_path + ": has no function '" + name + "' (not a Relax VM executable made by rwkv-edge compile?)");
+    }
+    return *f;
+  }
+
+  std::vector<ffi::Tensor> CheckState(const ffi::Array<ffi::Any>& values, size_t first, const std::string& fn) const {
+    if (values.size() != first + bundle_.state.size()) {
+      throw std::runtime_error(fn + " returned " + std::to_string(values.size() - first) + " state tensors; the manifest lists " +
+                               std::to_string(bundle_.state.size()));
+    }
+    std::vector<ffi::Tensor> state;
+    for (size_t i = 0; i < bundle_.state.size(); ++i) {
+      auto t = values[first + i].cast<ffi::Tensor>();
+      Data<float>(t, DLDataType{kDLFloat, 32, 1}, Batched(bundle_.state[i].shape), fn + " " + bundle_.state[i].output);
+      state.push_back(t);
+    }
+    return state;
+  }
+
+  Bundle bundle_;
+  ffi::Tensor token_;
+  ffi::Function main_, initial_state_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int64_t ArgMax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
+
+int Run(const Options& opt) {
+  Bundle bundle = ReadManifest(opt.bundle);
+  CheckTriple(bundle, opt.bundle);
+  for (size_t i = 0; i < opt.tokens.size(); ++i) {
+    int64_t t = opt.tokens[i];
+    if (t < 0 || t >= bundle.vocab_size) {  // the compiled embedding lookup does not check
+      throw InputError("token id " + std::to_string(t) + " (position " + std::to_string(i) + ") is outside the vocabulary [0, " +
+                       std::to_string(bundle.vocab_size) + ")");
+    }
+  }
+  Model model(opt.bundle + "/model.so", bundle);
+  std::vector<ffi::Tensor> state = opt.state_in.empty() ? model.InitialState() : model.LoadState(opt.state_in);
+
+  const int64_t V = bundle.vocab_size, T = static_cast<int64_t>(opt.tokens.size());
+  std::vector<float> logits(static_cast<size_t>(T * V));
+  std::vector<double> step_ms;
+  using Clock = std::chrono::steady_clock;
+  for (int64_t i = 0; i < T; ++i) {
+    float* row = logits.data() + i * V;
+    auto t0 = Clock::now();
+    state = model.Step(opt.tokens[i], state, row);
+    step_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    int64_t top = ArgMax(row, V);
+    std::printf("step %lld: token %lld -> top-1 %lld (%.4f)  %.3f ms\n", static_cast<long long>(i),
+                static_cast<long long>(opt.tokens[i]), static_cast<long long>(top), row[top], step_ms.back());
+  }
+
+  std::error_code ec;
+  std::filesystem::create_directories(opt.out, ec);
+  if (ec) throw InputError(opt.out + ": cannot create the output directory (" + ec.message() + ")");
+  WriteNpy(opt.out + "/logits.npy", "<f4", logits.data(), logits.size() * sizeof(float), {T, V});
+  for (size_t i = 0; i < state.size(); ++i) {
+    const ffi::Tensor& t = state[i];
+    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    const float* data = Data<float>(t, DLDataType{kDLFloat, 32, 1}, shape, bundle.state[i].output);
+    WriteNpy(opt.out + "/state_" + std::to_string(i) + ".npy", "<f4", data, t.numel() * sizeof(float), shape);
+  }
+
+  std::vector<float> scratch(static_cast<size_t>(V));
+  int64_t token = ArgMax(logits.data() + (T - 1) * V, V);
+  std::vector<double> decode_ms;
+  for (int k = 0; k < opt.repeat; ++k) {  // greedy decode from the final state, timed only
+    auto t0 = Clock::now();
+    state = model.Step(token, state, scratch.data());
+    decode_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    token = ArgMax(scratch.data(), V);
+  }
+  std::vector<double> all_ms = step_ms;
+  all_ms.insert(all_ms.end(), decode_ms.begin(), decode_ms.end());
+  WriteNpy(opt.out + "/step_ms.npy", "<f8", all_ms.data(), all_ms.size() * sizeof(double), {static_cast<int64_t>(all_ms.size())});
+
+  bool timed_decode = !decode_ms.empty();
+  std::printf("done: %lld steps, vocab %lld, %zu state tensors, %s; median step %.3f ms over %zu %s\n",
+              static_cast<long long>(T), static_cast<long long>(V), state.size(), kHostTriple,
+              Median(timed_decode ? decode_ms : step_ms), timed_decode ? decode_ms.size() : step_ms.size(),
+              timed_decode ? "decode steps after the rollout" : "rollout steps (the first includes warm-up)");
+  return 0;
+}
+
+// The first line of a message: errors are one line on stderr.
+std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(ParseArgs(argc, argv));
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "rwkv-edge-runner: error: %s\n", FirstLine(e.what()).c_str());
+    return kExitInput;
+  } catch (const ffi::Error& e) {
+    std::fprintf(stderr, "rwkv-edge-runner: TVM error: %s: %s\n", e.kind().c_str(), FirstLine(e.message()).c_str());
+    return kExitRuntime;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rwkv-edge-runner: error: %s\n", FirstLine(e.what()).c_str());
+    return kExitRuntime;
+  }
+}

@@ -1,0 +1,272 @@
+"""The C++ runner a board runs (``runtime/cpp``): build it for x86-64 or aarch64, run a bundle with it.
+
+``build_runner(arch)`` configures and builds ``rwkv-edge-runner`` with CMake against the TVM
+runtime libraries of that architecture (the installed apache-tvm / apache-tvm-ffi wheels for the
+host; for aarch64 on an x86-64 host, the aarch64 wheels that ``scripts/install-arm-tools.sh``
+unpacks into ``$RWKV_EDGE_ARM_ROOT/site``). ``run_bundle`` checks a TVM bundle against its manifest,
+runs its tokens through the runner, natively or under ``qemu-aarch64-static -cpu <core>``, and reads
+back the logits, the final state and the step times. Nothing here imports TVM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, OptionError, PlatformError, ToolError
+from ..manifest import check_hashes, read_manifest
+from .backend import NamedState, check_named_state, check_token_ids
+
+SOURCES = Path(__file__).parent / "cpp"
+RUNNER = "rwkv-edge-runner"
+LIBRARY = "model.so"  # the bundle's compiled step, linked for its target
+STAMP = "sources.sha256"  # written last into a finished build directory
+INSTALL_SCRIPT = "scripts/install-arm-tools.sh"
+ARCHES = ("x86_64", "aarch64")  # target-triple spelling
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """How an x86-64 host builds and runs code of another architecture."""
+
+    compiler: str  # the cross C++ compiler
+    compiler_package: str  # the Debian package that installs it
+    toolchain_file: str  # CMake toolchain file in runtime/cpp
+    qemu: str  # the user-mode emulator
+    qemu_package: str
+    sysroot: str  # the target's libc, installed with the cross compiler: qemu's -L
+
+
+EMULATION: dict[tuple[str, str], Emulation] = {  # (host, bundle architecture) -> tools
+    ("x86_64", "aarch64"): Emulation("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "aarch64-linux-gnu.cmake",
+                                     "qemu-aarch64-static", "qemu-user-static", "/usr/aarch64-linux-gnu"),
+}
+
+
+@dataclass(frozen=True)
+class RunnerResult:
+    """What one run of the native runner produced."""
+
+    logits: np.ndarray  # (T, V) float32, after each token
+    state: dict[str, np.ndarray]  # manifest output names ("state_out.0.wkv") -> final state, no batch axis
+    step_ms: np.ndarray  # (T,) wall time of each rollout step; the first includes warm-up
+    decode_ms: np.ndarray  # (repeat,) wall time of each extra greedy decode step
+    command: list[str]  # the command that ran (qemu and its -cpu included)
+    stdout: str  # the runner's per-step lines and summary
+
+
+def host_arch() -> str:
+    """This machine's architecture in target-triple spelling (``x86_64``, ``aarch64``)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def arm_root() -> Path:
+    """Where ``scripts/install-arm-tools.sh`` puts the aarch64 libraries: $RWKV_EDGE_ARM_ROOT."""
+    return Path(os.environ.get("RWKV_EDGE_ARM_ROOT") or Path.home() / ".cache" / "rwkv-edge" / "aarch64")
+
+
+def runner_unavailable(arch: str) -> str | None:
+    """Why a runner for ``arch`` cannot be built and run on this machine, or None when it can.
+
+    Names the missing tool and what installs it; the test suite uses it as its skip reason.
+    """
+    _check_arch(arch)
+    host = host_arch()
+    native, emulation = arch == host, EMULATION.get((host, arch))
+    if not native and emulation is None:
+        return f"{arch} code runs neither natively nor under emulation on this {host} machine"
+    problems = []
+    if shutil.which("cmake") is None:
+        problems.append("cmake is not installed (apt-get install cmake)")
+    hint = f" (or run {INSTALL_SCRIPT})"
+    if native and shutil.which("g++") is None and shutil.which("c++") is None:
+        problems.append("no C++ compiler (apt-get install g++)")
+    if emulation is not None:
+        e = emulation
+        if shutil.which(e.compiler) is None:
+            problems.append(f"{e.compiler} is not installed (apt-get install {e.compiler_package}){hint}")
+        if shutil.which(e.qemu) is None:
+            problems.append(f"{e.qemu} is not installed (apt-get install {e.qemu_package}){hint}")
+    try:
+        _tvm_dirs(arch)
+    except ToolError as e:
+        problems.append(str(e))
+    return "; ".join(problems) or None
+
+
+def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """Build ``rwkv-edge-runner`` for ``arch`` (default: this machine's); returns the binary's path.
+
+    The build lives in ``build_dir`` (default ``~/.cache/rwkv-edge/runner-{arch}``) and is reused
+    while the sources, the toolchain and the TVM libraries it was built against hash the same.
+    """
+    arch = arch or host_arch()
+    reason = runner_unavailable(arch)
+    if reason:
+        raise ToolError(f"cannot build {RUNNER} for {arch}: {reason}")
+    build_dir = Path(build_dir) if build_dir else _cache_root() / f"runner-{arch}"
+    binary = build_dir / RUNNER
+    includes, libs = _tvm_dirs(arch)
+    emulation = EMULATION.get((host_arch(), arch))
+    cross = emulation is not None
+    options = [f"-DTVM_INCLUDE_DIRS={includes}", f"-DTVM_LIB_DIRS={';'.join(map(str, libs))}"]
+    if emulation:
+        options.append(f"-DCMAKE_TOOLCHAIN_FILE={SOURCES / emulation.toolchain_file}")
+    key = _build_key(options, libs)
+    stamp = build_dir / STAMP
+    if binary.is_file() and stamp.is_file() and stamp.read_text().strip() == key:
+        return binary
+    log(f"building {RUNNER} for {arch}{' (cross-compiled)' if cross else ''} in {build_dir}")
+    log(f"  TVM headers {includes}; libraries {', '.join(map(str, libs))}")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    _run_tool(["cmake", "-S", str(SOURCES), "-B", str(build_dir), *generator, *options], "cmake configure")
+    _run_tool(["cmake", "--build", str(build_dir), "--parallel"], "cmake build")
+    stamp.write_text(key + "\n")
+    log(f"  built {binary}")
+    return binary
+
+
+def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | None = None, repeat: int = 0,
+               state: NamedState | None = None, runner: str | Path | None = None,
+               log: Callable[[str], None] = print) -> RunnerResult:
+    """Run ``tokens`` through the TVM bundle in ``bundle_dir`` with the native runner.
+
+    The bundle's files must hash as its manifest says. An aarch64 bundle on an x86-64 host runs
+    under qemu with ``-cpu`` = ``emulate_cpu`` or the target's ``qemu_cpu``. ``state`` (contract input
+    names) replaces the bundle's initial state; ``repeat`` times that many extra decode steps.
+    ``runner`` is a prebuilt binary for the bundle's architecture (default: ``build_runner``).
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir, kind="tvm")
+    check_hashes(manifest, bundle_dir)
+    if not tokens:
+        raise OptionError("the runner needs at least one token")
+    if repeat < 0:
+        raise OptionError(f"repeat must be >= 0, got {repeat}")
+    check_token_ids(list(tokens), manifest.config["vocab_size"])
+    arch, prefix = _launcher(bundle_dir, manifest.target or {}, emulate_cpu)
+    if LIBRARY not in manifest.files:
+        raise ArtifactError(f"{bundle_dir}: holds no linked {LIBRARY} (files: {', '.join(manifest.files)}); "
+                            "link it for the target first")
+    binary = Path(runner) if runner else build_runner(arch, log=log)
+    with tempfile.TemporaryDirectory(prefix="rwkv-edge-runner-") as tmp:
+        out = Path(tmp) / "out"
+        command = [*prefix, str(binary), str(bundle_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out)]
+        if repeat:
+            command += ["--repeat", str(repeat)]
+        if state is not None:
+            check_named_state(state, manifest.state)
+            state_dir = Path(tmp) / "state-in"
+            state_dir.mkdir()
+            for i, t in enumerate(manifest.state):
+                np.save(state_dir / f"state_{i}.npy", np.ascontiguousarray(state[t.input_name], dtype=np.float32))
+            command += ["--state-in", str(state_dir)]
+        done = subprocess.run(command, capture_output=True, text=True, env=_runner_env(arch))
+        if done.returncode != 0:
+            lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+            raise ToolError(f"{RUNNER} failed (exit {done.returncode}) on {bundle_dir}: {lines[-1]}")
+        times = np.load(out / "step_ms.npy")
+        return RunnerResult(
+            logits=np.load(out / "logits.npy"),
+            state={t.output_name: np.load(out / f"state_{i}.npy").reshape(t.shape)
+                   for i, t in enumerate(manifest.state)},
+            step_ms=times[:len(tokens)],
+            decode_ms=times[len(tokens):],
+            command=command,
+            stdout=done.stdout,
+        )
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHES:
+        raise OptionError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHES)}")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rwkv-edge"
+
+
+def _tvm_dirs(arch: str) -> tuple[Path, list[Path]]:
+    """(tvm-ffi include folder, [folder of libtvm_runtime.so, folder of libtvm_ffi.so]) for ``arch``."""
+    if arch == host_arch():
+        specs = {name: importlib.util.find_spec(name) for name in ("tvm", "tvm_ffi")}  # finds, does not import
+        missing = [name for name, spec in specs.items() if spec is None or not spec.submodule_search_locations]
+        if missing:
+            raise ToolError(f"the TVM runtime is not installed ({', '.join(missing)} missing): "
+                            "pip install -c constraints.txt apache-tvm apache-tvm-ffi")
+        tvm, ffi = (Path(specs[name].submodule_search_locations[0]) for name in ("tvm", "tvm_ffi"))
+        hint = "reinstall apache-tvm and apache-tvm-ffi"
+    else:
+        site = arm_root() / "site"
+        tvm, ffi = site / "tvm", site / "tvm_ffi"
+        hint = f"run {INSTALL_SCRIPT} (aarch64 wheels of apache-tvm and apache-tvm-ffi, unpacked into {site})"
+    needed = [ffi / "include" / "tvm" / "ffi" / "extra" / "module.h", tvm / "lib" / "libtvm_runtime.so",
+              ffi / "lib" / "libtvm_ffi.so"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ToolError(f"{arch} TVM runtime files are missing ({', '.join(missing)}): {hint}")
+    return ffi / "include", [tvm / "lib", ffi / "lib"]
+
+
+def _build_key(options: list[str], libs: list[Path]) -> str:
+    """sha256 over the runner's sources, the CMake options and the libraries it links."""
+    h = hashlib.sha256()
+    for path in sorted(SOURCES.iterdir()):
+        if path.is_file() and path.suffix in (".cc", ".h", ".txt", ".cmake"):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update("\0".join(options).encode())
+    for lib in (libs[0] / "libtvm_runtime.so", libs[1] / "libtvm_ffi.so"):
+        st = lib.stat()
+        h.update(f"{lib}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _run_tool(command: list[str], what: str) -> None:
+    """Run a build step; its output is shown only when it fails."""
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        tail = "\n".join((e.stdout + e.stderr).strip().splitlines()[-20:])
+        raise ToolError(f"{what} of {RUNNER} failed (exit {e.returncode}): {' '.join(command)}\n{tail}") from None
+
+
+def _launcher(bundle_dir: Path, target: dict, emulate_cpu: str | None) -> tuple[str, list[str]]:
+    """(the bundle's architecture, the command prefix that runs its code here: [] or qemu ...)."""
+    triple = target.get("triple")
+    if not triple:
+        raise ArtifactError(f"{bundle_dir}: the manifest names no target triple; recompile with `rwkv-edge compile`")
+    arch, host = triple.split("-")[0], host_arch()
+    linux_gnu = triple == f"{arch}-linux-gnu"  # the runner is a glibc program (Android would need the NDK)
+    if linux_gnu and arch == host:
+        if emulate_cpu:
+            raise OptionError(f"{bundle_dir} runs natively on this {host} machine; emulate_cpu applies under qemu only")
+        return arch, []
+    emulation = EMULATION.get((host, arch)) if linux_gnu else None
+    if emulation is None:
+        runs = [f"{host}-linux-gnu natively"] + [f"{b}-linux-gnu under qemu" for h, b in EMULATION if h == host]
+        raise PlatformError(f"{bundle_dir}: compiled for {triple}; this {host} machine runs bundles for "
+                            f"{' and '.join(runs)}")
+    cpu = emulate_cpu or target.get("qemu_cpu")
+    return arch, [emulation.qemu, *(["-cpu", cpu] if cpu else []), "-L", emulation.sysroot]
+
+
+def _runner_env(arch: str) -> dict[str, str]:
+    """The environment of the runner: its TVM libraries first on the library path (the rpath has them too)."""
+    env = dict(os.environ)
+    libs = os.pathsep.join(str(p) for p in _tvm_dirs(arch)[1])
+    env["LD_LIBRARY_PATH"] = libs + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return env

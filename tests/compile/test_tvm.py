@@ -1,0 +1,228 @@
+"""TVM CPU bundles: every version compiled with the project's schedules and verified against PyTorch.
+
+aarch64 bundles run under qemu in tests/runtime/test_native_runner.py (the C++ runner) and over
+RPC in tests/runtime/test_rpc_verify.py; here: the host build, the generated code, bad input.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rwkv_edge.compile.tvm import LIBRARY, OBJECTS, TvmOptions, compile_tvm
+from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
+                              UnknownTargetError)
+from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.manifest import read_manifest
+from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT
+from rwkv_edge.runtime.tvm_backend import Remote, TvmBackend, connect
+from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.targets import TARGETS, TvmTarget, get_target
+
+TVM_TARGETS = sorted(name for name, t in TARGETS.items() if isinstance(t, TvmTarget))
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def onnx_export(make_ckpt, tmp_path_factory):
+    """onnx_export(version) -> ONNX artifact directory (decode step only), exported once per module."""
+    done: dict[str, Path] = {}
+
+    def get(version: str) -> Path:
+        if version not in done:
+            ckpt = DEMO_CHECKPOINT if version == "demo" else (
+                make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version))
+            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
+            export_onnx(ckpt, done[version], OnnxOptions(prefill_chunk=0), log=quiet)
+        return done[version]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def bundle(onnx_export, tmp_path_factory):
+    """bundle(version, target) -> bundle directory, compiled once per module."""
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(version: str, target: str = "x86_64-host") -> Path:
+        if (version, target) not in done:
+            done[version, target] = tmp_path_factory.mktemp(f"tvm-{version}-{target}")
+            compile_tvm(onnx_export(version), done[version, target], TvmOptions(target), log=quiet)
+        return done[version, target]
+
+    return get
+
+
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_every_version_compiles_for_the_host_and_matches_pytorch(version, bundle):
+    report = verify_artifact(bundle(version), steps=32, greedy_tokens=0, log=quiet)
+    assert report.passed, report.summary()
+    assert report.n_steps == 32
+    manifest = read_manifest(bundle(version))
+    assert manifest.kind == "tvm" and manifest.target["name"] == "x86_64-host"
+    kernels = manifest.target["kernels"]
+    assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
+
+
+def test_the_bundle_carries_its_initial_state(bundle, onnx_export):
+    """v5 with a trained time_state: initial_state() in model.so returns it, and the .npz travels along."""
+    directory = bundle("v5")
+    backend = TvmBackend(directory)
+    with np.load(onnx_export("v5") / "initial_state.npz") as saved:
+        for name, value in backend.init_state().items():
+            np.testing.assert_array_equal(value, saved[name])
+    assert "initial_state.npz" in read_manifest(directory).files
+
+
+def test_schedules_change_the_code_not_the_numbers(onnx_export, bundle, tmp_path):
+    """The default lowering and the scheduled build agree to float rounding on the same steps."""
+    plain = tmp_path / "plain"
+    compile_tvm(onnx_export("v7"), plain, TvmOptions(schedules=False), log=quiet)
+    assert read_manifest(plain).target["schedules"] is None
+    a, b = TvmBackend(plain), TvmBackend(bundle("v7"))
+    sa, sb = a.init_state(), b.init_state()
+    for token in [1, 7, 200, 3, 3, 90]:
+        la, sa = a.step(token, sa)
+        lb, sb = b.step(token, sb)
+    np.testing.assert_allclose(lb, la, rtol=1e-4, atol=1e-4 * float(np.abs(la).max()))
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+def test_host_gemv_loops_are_vector_fma(bundle):
+    """The packed GEMV kernels compile to packed fused multiply-adds (AVX2/AVX-512 or SSE)."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(bundle("v7") / LIBRARY)],
+                          check=True, capture_output=True, text=True).stdout
+    kernels = _kernels(_functions(text, "gemv"))
+    assert kernels, "no GEMV kernel in the library"
+    for name, body in kernels.items():
+        assert "vfmadd" in body and "ps" in body or "mulps" in body, f"{name} is not vectorised"
+
+
+def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
+    """The same schedules emit NEON fmla on 4 lanes for the Cortex-A53 baseline."""
+    if shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("aarch64-linux-gnu-objdump") is None:
+        pytest.skip("aarch64 GNU toolchain missing: apt-get install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu "
+                    "(scripts/install-arm-tools.sh)")
+    compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("aarch64-linux"), log=quiet)
+    manifest = read_manifest(tmp_path)
+    assert manifest.target["triple"] == "aarch64-linux-gnu" and manifest.target["qemu_cpu"] == "cortex-a53"
+    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(tmp_path / LIBRARY)],
+                          check=True, capture_output=True, text=True).stdout
+    kernels = _kernels(_functions(text, "gemv"))
+    assert kernels
+    for name, body in kernels.items():
+        assert re.search(r"fmla\s+v\d+\.4s", body), f"{name} has no 4-lane NEON fmla"
+    with pytest.raises(PlatformError, match="aarch64-linux-gnu"):
+        TvmBackend(tmp_path)  # built for another architecture: refused, not loaded
+
+
+def test_android_without_ndk_writes_objects_and_says_so(onnx_export, tmp_path, monkeypatch):
+    monkeypatch.delenv("TVM_NDK_CC", raising=False)
+    lines: list[str] = []
+    compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("android-arm64"), log=lines.append)
+    manifest = read_manifest(tmp_path)
+    assert OBJECTS in manifest.files and manifest.target["linked"] is False
+    assert any("NDK" in line for line in lines)
+    with pytest.raises(PlatformError, match="final link"):
+        TvmBackend(tmp_path)
+
+
+def test_every_tvm_target_has_settings_and_tuning_data():
+    assert {"x86_64-host", "aarch64-linux", "raspberry-pi-4", "raspberry-pi-5", "android-arm64"} <= set(TVM_TARGETS)
+    for name in TVM_TARGETS:
+        target = get_target(name)
+        assert target.tvm_target()["kind"] == "llvm"
+        params = target.schedule_data()["params"]
+        assert params["tile"] % params["vector"] == 0
+        assert target.settings()["triple"] == target.triple
+
+
+def test_unknown_target_lists_the_tvm_ones(onnx_export, tmp_path):
+    with pytest.raises(UnknownTargetError, match="aarch64-linux.*raspberry-pi-5.*x86_64-host"):
+        compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("raspberry-pi-9"), log=quiet)
+    with pytest.raises(OptionError, match="coreml target"):
+        compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("ios-coreml"), log=quiet)
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_cross_compiler_names_the_package(onnx_export, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ToolError, match="gcc-aarch64-linux-gnu"):
+        compile_tvm(onnx_export("v7"), tmp_path / "out", TvmOptions("raspberry-pi-5"), log=quiet)
+
+
+def test_corrupted_library_is_refused(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle("v7"), copy)
+    data = bytearray((copy / LIBRARY).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / LIBRARY).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        TvmBackend(copy)
+    with pytest.raises(ArtifactError, match="sha256"):
+        verify_artifact(copy, steps=4, greedy_tokens=0, log=quiet)
+
+
+def test_failed_compile_leaves_the_previous_bundle(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle("v7"), copy)
+    with pytest.raises(ArtifactError):
+        compile_tvm(tmp_path / "missing.pth", copy, log=quiet)
+    assert verify_artifact(copy, steps=4, greedy_tokens=0, log=quiet).passed
+
+
+def test_bad_tokens_and_state_are_refused_before_the_library(bundle):
+    backend = TvmBackend(bundle("v7"))
+    state = backend.init_state()
+    with pytest.raises(TokenError, match="outside the vocabulary"):
+        backend.step(backend.vocab_size, state)
+    name = next(iter(state))
+    with pytest.raises(StateError, match=name):
+        backend.step(1, {**state, name: np.zeros((3,), np.float32)})
+
+
+def test_rpc_server_that_is_not_there_fails_fast():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ToolError, match="no TVM RPC server answered"):
+        connect(Remote(f"127.0.0.1:{port}"))
+    assert time.monotonic() - start < 30
+    with pytest.raises(OptionError, match="HOST:PORT"):
+        Remote("nonsense").host_port()
+
+
+def _kernels(functions: dict[str, str]) -> dict[str, str]:
+    """Kernel name -> the text of its wrapper and its parallel body (``__tvm_ffi_K``, ``K``, ``K_compute_``)."""
+    kernels: dict[str, str] = {}
+    for name, body in functions.items():
+        kernel = name.removeprefix("__tvm_ffi_").removesuffix("_compute_")
+        kernels[kernel] = kernels.get(kernel, "") + body
+    return kernels
+
+
+def _functions(disassembly: str, needle: str) -> dict[str, str]:
+    """Function name -> body text of the functions in an objdump listing whose name contains ``needle``."""
+    functions: dict[str, list[str]] = {}
+    current = None
+    for line in disassembly.splitlines():
+        if line.endswith(">:"):
+            name = line.split("<", 1)[1][:-2]
+            current = name if needle in name else None
+            if current:
+                functions[current] = []
+        elif current and line.strip():
+            functions[current].append(line)
+    return {name: "\n".join(lines) for name, lines in functions.items()}
