@@ -51,6 +51,7 @@ class TvmBackend:
         self.vocab_size = int(self.manifest.config["vocab_size"])
         self.spec: list[StateTensor] = self.manifest.state
         self.remote = remote
+        self._session = None
         self.where = self._where()
         self._vm, self._device = self._load()
         initial = self._vm["initial_state"]() if remote is None else self._remote_call("initial_state", [])
@@ -115,6 +116,13 @@ class TvmBackend:
         self._session = session  # keep the connection alive as long as the VM
         return relax.VirtualMachine(module, device), device
 
+    def close(self) -> None:
+        """Release the library (and the RPC session: a TVM server serves one session at a time)."""
+        import gc
+
+        self._vm = self._session = self._device = None
+        gc.collect()  # the VM's get_outputs closure is a reference cycle that holds the session
+
     def _remote_call(self, function: str, args: list):
         """Over RPC a tuple return cannot be indexed: set inputs, invoke, fetch each output."""
         self._vm.set_input(function, *args)
@@ -124,18 +132,14 @@ class TvmBackend:
 
 
 def connect(remote: Remote):
-    """An RPC session with the server or a device from the tracker; ToolError, not a hang, when none answers."""
-    from tvm import rpc
+    """An RPC session with the server, or with a device the tracker hands out; RpcConnectError (a
+    ToolError) within ``remote.timeout_s`` when none answers, never a hang."""
+    from .rpc_server import connect as connect_server, request_from_tracker
 
     host, port = remote.host_port()
-    try:
-        if remote.key:
-            tracker = rpc.connect_tracker(host, port)
-            return tracker.request(remote.key, session_timeout=0, max_retry=1)
-        return rpc.connect(host, port, session_timeout=0)
-    except Exception as e:
-        raise ToolError(f"{remote.describe()}: no TVM RPC server answered ({_first_line(e)}); start one with "
-                        f"`python -m rwkv_edge.runtime.rpc_server` on the device") from None
+    if remote.key:
+        return request_from_tracker(host, port, remote.key, timeout=remote.timeout_s)
+    return connect_server(host, port, timeout=remote.timeout_s)
 
 
 def _numpy(value) -> np.ndarray:

@@ -70,6 +70,7 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
         _check_prefill(report, reference, candidate, tokens)
     if greedy_tokens and report.n_steps == len(tokens):  # a broken candidate stopped the rollout early
         report.add_greedy(greedy_identity(reference, candidate, tokens[:16], greedy_tokens))
+    getattr(candidate, "close", lambda: None)()  # a remote device serves one session at a time
     json_path, png_path = report.save(directory)
     log(f"wrote {json_path} and {png_path}")
     return report

@@ -1,0 +1,71 @@
+"""verify over TVM RPC: the parity rollout on a device behind an RPC server on 127.0.0.1, native
+and under qemu-aarch64 (a stand-in for a board; its timings mean nothing), and through a tracker."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+from rwkv_edge.errors import ToolError
+from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server, rpc_tracker
+from rwkv_edge.runtime.tvm_backend import Remote
+from rwkv_edge.runtime.verify import verify_artifact
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def bundles(make_ckpt, tmp_path_factory):
+    """bundles(target) -> a v7 bundle for that target (one ONNX export shared)."""
+    onnx_dir = tmp_path_factory.mktemp("onnx-v7")
+    export_onnx(make_ckpt("v7"), onnx_dir, OnnxOptions(prefill_chunk=0), log=quiet)
+    done = {}
+
+    def get(target: str):
+        if target not in done:
+            done[target] = tmp_path_factory.mktemp(f"rpc-{target}")
+            compile_tvm(onnx_dir, done[target], TvmOptions(target), log=quiet)
+        return done[target]
+
+    return get
+
+
+def test_verify_through_a_native_rpc_server(bundles):
+    with rpc_server() as (host, port):
+        report = verify_artifact(bundles("x86_64-host"), steps=16, greedy_tokens=16, remote=Remote(f"{host}:{port}"),
+                                 log=quiet)
+        assert report.passed, report.summary()
+        assert any(f"RPC server {host}:{port}" in line for line in report.what_ran)
+        # the session was released: the server (one session at a time) takes the next client
+        assert verify_artifact(bundles("x86_64-host"), steps=2, greedy_tokens=0, remote=Remote(f"{host}:{port}"),
+                               log=quiet).passed
+
+
+def test_verify_an_aarch64_bundle_on_an_emulated_board(bundles):
+    reason = emulation_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with rpc_server(emulate="cortex-a53") as (host, port):
+        report = verify_artifact(bundles("aarch64-linux"), steps=16, greedy_tokens=0, remote=Remote(f"{host}:{port}"),
+                                 log=quiet)
+    assert report.passed, report.summary()
+    assert report.n_steps == 16
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tornado") is None, reason="TVM's RPC tracker needs tornado")
+def test_verify_through_a_tracker(bundles):
+    with rpc_tracker() as tracker, rpc_server(tracker=tracker, key="pc") as _:
+        remote = Remote(f"{tracker[0]}:{tracker[1]}", key="pc")
+        assert verify_artifact(bundles("x86_64-host"), steps=8, greedy_tokens=0, remote=remote, log=quiet).passed
+
+
+def test_a_missing_server_is_one_clear_error(bundles):
+    from rwkv_edge.runtime.rpc_server import free_port
+
+    with pytest.raises(ToolError, match="no TVM RPC server at 127.0.0.1"):
+        verify_artifact(bundles("x86_64-host"), steps=2, remote=Remote(f"127.0.0.1:{free_port()}"), log=quiet)
