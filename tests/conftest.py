@@ -27,3 +27,53 @@ def make_ckpt(checkpoint_dir):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def onnx_export(make_ckpt, tmp_path_factory):
+    """onnx_export(version) -> ONNX export (decode step only) of a tiny checkpoint; v5/v6 carry a
+    trained initial state. Shared by the TVM tests."""
+    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+
+    done: dict[str, Path] = {}
+
+    def get(version: str) -> Path:
+        if version not in done:
+            ckpt = make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
+            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
+            export_onnx(ckpt, done[version], OnnxOptions(prefill_chunk=0), log=lambda _: None)
+        return done[version]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tvm_bundle(onnx_export, tmp_path_factory):
+    """tvm_bundle(version, target="x86_64-host") -> a TVM bundle compiled once per session (copy it before changing it)."""
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(version: str, target: str = "x86_64-host") -> Path:
+        if (version, target) not in done:
+            done[version, target] = tmp_path_factory.mktemp(f"tvm-{version}-{target}")
+            compile_tvm(onnx_export(version), done[version, target], TvmOptions(target), log=lambda _: None)
+        return done[version, target]
+
+    return get
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*argv) -> (exit code, stdout, stderr) of ``rwkv-edge argv`` run in-process."""
+    from rwkv_edge.cli.main import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -8,17 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from rwkv_edge.cli.main import main
 from rwkv_edge.model import load_model, state_to_named
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_is_instant_and_imports_no_torch():
@@ -27,21 +18,21 @@ def test_help_is_instant_and_imports_no_torch():
 
 
 @pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
-def test_info(version, make_ckpt, capsys):
-    code, out, _ = run(capsys, "info", str(make_ckpt(version)))
+def test_info(version, make_ckpt, cli):
+    code, out, _ = cli("info", str(make_ckpt(version)))
     assert code == 0
     assert f"[{version}]" in out and "n_layer       2" in out and "state         per layer: att_shift (128,)" in out
 
 
-def test_info_defaults_to_the_demo_model(capsys):
-    code, out, _ = run(capsys, "info", "--json")
+def test_info_defaults_to_the_demo_model(cli):
+    code, out, _ = cli("info", "--json")
     assert code == 0 and '"version": "v7"' in out and '"vocab_size": 256' in out
 
 
 @pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
-def test_trace_writes_contract_names(version, make_ckpt, tmp_path, capsys):
+def test_trace_writes_contract_names(version, make_ckpt, tmp_path, cli):
     path, out_file = make_ckpt(version), tmp_path / "trace.npz"
-    code, out, _ = run(capsys, "trace", str(path), "--tokens", "1,2,3", "--out", str(out_file))
+    code, out, _ = cli("trace", str(path), "--tokens", "1,2,3", "--out", str(out_file))
     assert code == 0 and "traced 3 tokens" in out
     trace = np.load(out_file)
     model = load_model(path)
@@ -57,16 +48,16 @@ def test_trace_writes_contract_names(version, make_ckpt, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [out_file], "no temporary files left behind"
 
 
-def test_generate_demo_greedy_is_deterministic_and_pythonic(capsys):
-    code, out, _ = run(capsys, "generate", "--prompt", "def ", "-n", "120", "--temperature", "0")
+def test_generate_demo_greedy_is_deterministic_and_pythonic(cli):
+    code, out, _ = cli("generate", "--prompt", "def ", "-n", "120", "--temperature", "0")
     assert code == 0 and out.startswith("def ")
-    assert run(capsys, "generate", "--prompt", "def ", "-n", "120", "--temperature", "0")[1] == out
+    assert cli("generate", "--prompt", "def ", "-n", "120", "--temperature", "0")[1] == out
     assert any(word in out for word in ("self", "return", "(", ":\n"))
 
 
-def test_generate_sampling_depends_on_seed(capsys):
-    a = run(capsys, "generate", "--prompt", "import ", "-n", "60", "--seed", "1")[1]
-    b = run(capsys, "generate", "--prompt", "import ", "-n", "60", "--seed", "2")[1]
+def test_generate_sampling_depends_on_seed(cli):
+    a = cli("generate", "--prompt", "import ", "-n", "60", "--seed", "1")[1]
+    b = cli("generate", "--prompt", "import ", "-n", "60", "--seed", "2")[1]
     assert a != b
 
 
@@ -80,16 +71,16 @@ def test_generate_sampling_depends_on_seed(capsys):
         (["generate", "--prompt", "Hello world", "--tokenizer", "world"], "token id 33155 is outside"),
     ],
 )
-def test_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_input_is_one_line(argv, message, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(*argv)
     assert code == 1
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", [["trace", "--tokens", "1,x", "--out", "t.npz"], ["generate"], ["bogus"], ["generate", "--prompt", "a", "-n", "0"]])
-def test_bad_arguments_exit_2(argv, capsys):
-    code, _, err = run(capsys, *argv)
+def test_bad_arguments_exit_2(argv, cli):
+    code, _, err = cli(*argv)
     assert code == 2 and "usage:" in err
 
 
@@ -99,33 +90,33 @@ def test_cli_entry_point_runs_as_a_program(tmp_path):
     assert proc.returncode == 1 and proc.stderr.startswith("rwkv-edge: error:") and "Traceback" not in proc.stderr
 
 
-def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, capsys):
+def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, cli):
     ckpt, out = make_ckpt("v6"), tmp_path / "onnx"
-    code, text, _ = run(capsys, "export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "4")
+    code, text, _ = cli("export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "4")
     assert code == 0 and "step:" in text and "nodes" in text and "wrote model.onnx, prefill.onnx" in text
-    code, text, _ = run(capsys, "verify", str(out), "--steps", "16", "--greedy-tokens", "8")
+    code, text, _ = cli("verify", str(out), "--steps", "16", "--greedy-tokens", "8")
     assert code == 0 and "\nPASS  onnxruntime vs torch, fp32, 16/16 steps" in text
     traces = {}
     for backend in ("torch", "onnxruntime"):
         traces[backend] = tmp_path / f"{backend}.npz"
-        assert run(capsys, "trace", str(out), "--backend", backend, "--tokens", "5,6,7", "--out", str(traces[backend]))[0] == 0
+        assert cli("trace", str(out), "--backend", backend, "--tokens", "5,6,7", "--out", str(traces[backend]))[0] == 0
     torch_trace, ort_trace = np.load(traces["torch"]), np.load(traces["onnxruntime"])
     assert torch_trace.files == ort_trace.files
     for name in torch_trace.files:  # fp32 onnxruntime vs torch: measured gaps <= 2e-5
         np.testing.assert_allclose(ort_trace[name], torch_trace[name], rtol=0, atol=1e-4, err_msg=name)
 
 
-def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make_ckpt, tmp_path, capsys):
+def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make_ckpt, tmp_path, cli):
     import shutil
 
     from rwkv_edge.manifest import read_manifest, write_manifest
 
     good, other = tmp_path / "good", tmp_path / "other"
     for ckpt, out in ((make_ckpt("v7"), good), (make_ckpt("v7", seed=5), other)):
-        assert run(capsys, "export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "0")[0] == 0
+        assert cli("export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "0")[0] == 0
     shutil.copy(other / "model.onnx", good / "model.onnx")  # same contract, different weights
     write_manifest(read_manifest(good), good)
-    code, text, _ = run(capsys, "verify", str(good), "--steps", "8", "--greedy-tokens", "0")
+    code, text, _ = cli("verify", str(good), "--steps", "8", "--greedy-tokens", "0")
     assert code == 1 and "\nFAIL  onnxruntime vs torch" in text and "logits: max|Δ|/std" in text
     assert '"passed": false' in (good / "parity.json").read_text()
 
@@ -138,16 +129,21 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["trace", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "needs an artifact directory"),
         (["export", "onnx", "/nonexistent.pth", "-o", "out"], "no such checkpoint file"),
         (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "prefill chunk must be >= 0"),
-        (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: ios-coreml, macos-coreml"),
+        (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: aarch64-linux, "
+         "android-arm64, ios-coreml, macos-coreml, raspberry-pi-4, raspberry-pi-5, x86_64-host"),
+        (["compile", "--target", "x86_64-host", "--quantize", "int8", "-o", "out"],
+         "x86_64-host is a TVM target: --quantize applies to Core ML targets only"),
+        (["trace", "--backend", "tvm", "--tokens", "1", "--out", "t.npz"], "--backend tvm needs a bundle"),
+        (["verify", ".", "--tracker", "127.0.0.1:9190"], "--tracker needs --key"),
         (["compile", "--target", "ios-coreml", "--stateful", "--deployment", "iOS17", "-o", "out"],
          "--stateful needs Core ML states, available from iOS18"),
         (["compile", "--target", "ios-coreml", "--compute-units", "GPU", "-o", "out"], "unknown compute units 'GPU'"),
         (["trace", "--backend", "coreml", "--tokens", "1", "--out", "t.npz"], "--backend coreml needs an artifact"),
     ],
 )
-def test_artifact_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+def test_artifact_errors_are_one_line(argv, message, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, *argv)
+    code, _, err = cli(*argv)
     assert code == 1 and err.count("\n") == 1 and message in err, err
 
 
@@ -161,18 +157,30 @@ def test_cli_choices_match_the_library():
     assert choices == {"tokenizer": TOKENIZER_NAMES, "backend": BACKENDS}
 
 
-def test_compile_coreml_verify_and_trace(tmp_path, capsys):
+def test_compile_coreml_verify_and_trace(tmp_path, cli):
     out = tmp_path / "demo-coreml"
-    code, printed, _ = run(capsys, "compile", "--target", "ios-coreml", "-o", str(out))
+    code, printed, _ = cli("compile", "--target", "ios-coreml", "-o", str(out))
     assert code == 0 and "target: platform iOS, deployment iOS17" in printed and (out / "model.mlpackage").is_dir()
-    code, printed, _ = run(capsys, "verify", str(out / "model.mlpackage"), "--steps", "16", "--greedy-tokens", "16")
+    code, printed, _ = cli("verify", str(out / "model.mlpackage"), "--steps", "16", "--greedy-tokens", "16")
     assert code == 0 and "spec check: passed" in printed and "\nPASS  coreml-mil vs torch, fp16" in printed
-    code, _, _ = run(capsys, "trace", str(out), "--backend", "coreml", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
+    code, _, _ = cli("trace", str(out), "--backend", "coreml", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
     assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
 
 
-def test_targets_lists_every_target(capsys):
+def test_compile_tvm_verify_and_trace(tmp_path, cli, onnx_export):
+    out = tmp_path / "host"
+    code, printed, _ = cli("compile", str(onnx_export("v7") / "model.onnx"), "--target", "x86_64-host", "-o", str(out))
+    assert code == 0 and "target x86_64-host: {'kind': 'llvm'" in printed and "gemv kernels" in printed
+    code, printed, _ = cli("verify", str(out), "--steps", "16", "--greedy-tokens", "16")
+    assert code == 0 and "\nPASS  tvm vs torch, fp32" in printed and "Relax VM on this machine" in (out / "parity.json").read_text()
+    code, _, _ = cli("trace", str(out), "--backend", "tvm", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
+    assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
+    code, _, err = cli("verify", str(out), "--rpc", "127.0.0.1:1")
+    assert code != 0 and err.count("\n") == 1 and "no TVM RPC server at 127.0.0.1:1" in err
+
+
+def test_targets_lists_every_target(cli):
     from rwkv_edge.targets import TARGETS
 
-    code, printed, _ = run(capsys, "targets")
+    code, printed, _ = cli("targets")
     assert code == 0 and [line for line in printed.splitlines() if not line.startswith(" ")] == sorted(TARGETS)

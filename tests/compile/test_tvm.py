@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ import pytest
 from rwkv_edge.compile.tvm import LIBRARY, OBJECTS, TvmOptions, compile_tvm
 from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
                               UnknownTargetError)
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.manifest import read_manifest
-from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT
+from rwkv_edge.model import ARCHITECTURES
 from rwkv_edge.runtime.tvm_backend import Remote, TvmBackend, connect
 from rwkv_edge.runtime.verify import verify_artifact
 from rwkv_edge.targets import TARGETS, TvmTarget, get_target
@@ -31,50 +29,20 @@ def quiet(_: str) -> None:
     pass
 
 
-@pytest.fixture(scope="module")
-def onnx_export(make_ckpt, tmp_path_factory):
-    """onnx_export(version) -> ONNX artifact directory (decode step only), exported once per module."""
-    done: dict[str, Path] = {}
-
-    def get(version: str) -> Path:
-        if version not in done:
-            ckpt = DEMO_CHECKPOINT if version == "demo" else (
-                make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version))
-            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
-            export_onnx(ckpt, done[version], OnnxOptions(prefill_chunk=0), log=quiet)
-        return done[version]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def bundle(onnx_export, tmp_path_factory):
-    """bundle(version, target) -> bundle directory, compiled once per module."""
-    done: dict[tuple[str, str], Path] = {}
-
-    def get(version: str, target: str = "x86_64-host") -> Path:
-        if (version, target) not in done:
-            done[version, target] = tmp_path_factory.mktemp(f"tvm-{version}-{target}")
-            compile_tvm(onnx_export(version), done[version, target], TvmOptions(target), log=quiet)
-        return done[version, target]
-
-    return get
-
-
 @pytest.mark.parametrize("version", list(ARCHITECTURES))
-def test_every_version_compiles_for_the_host_and_matches_pytorch(version, bundle):
-    report = verify_artifact(bundle(version), steps=32, greedy_tokens=0, log=quiet)
+def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bundle):
+    report = verify_artifact(tvm_bundle(version), steps=32, greedy_tokens=0, log=quiet)
     assert report.passed, report.summary()
     assert report.n_steps == 32
-    manifest = read_manifest(bundle(version))
+    manifest = read_manifest(tvm_bundle(version))
     assert manifest.kind == "tvm" and manifest.target["name"] == "x86_64-host"
     kernels = manifest.target["kernels"]
     assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
 
 
-def test_the_bundle_carries_its_initial_state(bundle, onnx_export):
+def test_the_bundle_carries_its_initial_state(tvm_bundle, onnx_export):
     """v5 with a trained time_state: initial_state() in model.so returns it, and the .npz travels along."""
-    directory = bundle("v5")
+    directory = tvm_bundle("v5")
     backend = TvmBackend(directory)
     with np.load(onnx_export("v5") / "initial_state.npz") as saved:
         for name, value in backend.init_state().items():
@@ -82,12 +50,12 @@ def test_the_bundle_carries_its_initial_state(bundle, onnx_export):
     assert "initial_state.npz" in read_manifest(directory).files
 
 
-def test_schedules_change_the_code_not_the_numbers(onnx_export, bundle, tmp_path):
+def test_schedules_change_the_code_not_the_numbers(onnx_export, tvm_bundle, tmp_path):
     """The default lowering and the scheduled build agree to float rounding on the same steps."""
     plain = tmp_path / "plain"
     compile_tvm(onnx_export("v7"), plain, TvmOptions(schedules=False), log=quiet)
     assert read_manifest(plain).target["schedules"] is None
-    a, b = TvmBackend(plain), TvmBackend(bundle("v7"))
+    a, b = TvmBackend(plain), TvmBackend(tvm_bundle("v7"))
     sa, sb = a.init_state(), b.init_state()
     for token in [1, 7, 200, 3, 3, 90]:
         la, sa = a.step(token, sa)
@@ -96,9 +64,9 @@ def test_schedules_change_the_code_not_the_numbers(onnx_export, bundle, tmp_path
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
-def test_host_gemv_loops_are_vector_fma(bundle):
+def test_host_gemv_loops_are_vector_fma(tvm_bundle):
     """The packed GEMV kernels compile to packed fused multiply-adds (AVX2/AVX-512 or SSE)."""
-    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(bundle("v7") / LIBRARY)],
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tvm_bundle("v7") / LIBRARY)],
                           check=True, capture_output=True, text=True).stdout
     kernels = _kernels(_functions(text, "gemv"))
     assert kernels, "no GEMV kernel in the library"
@@ -159,9 +127,9 @@ def test_missing_cross_compiler_names_the_package(onnx_export, tmp_path, monkeyp
         compile_tvm(onnx_export("v7"), tmp_path / "out", TvmOptions("raspberry-pi-5"), log=quiet)
 
 
-def test_corrupted_library_is_refused(bundle, tmp_path):
+def test_corrupted_library_is_refused(tvm_bundle, tmp_path):
     copy = tmp_path / "bundle"
-    shutil.copytree(bundle("v7"), copy)
+    shutil.copytree(tvm_bundle("v7"), copy)
     data = bytearray((copy / LIBRARY).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / LIBRARY).write_bytes(bytes(data))
@@ -171,16 +139,16 @@ def test_corrupted_library_is_refused(bundle, tmp_path):
         verify_artifact(copy, steps=4, greedy_tokens=0, log=quiet)
 
 
-def test_failed_compile_leaves_the_previous_bundle(bundle, tmp_path):
+def test_failed_compile_leaves_the_previous_bundle(tvm_bundle, tmp_path):
     copy = tmp_path / "bundle"
-    shutil.copytree(bundle("v7"), copy)
+    shutil.copytree(tvm_bundle("v7"), copy)
     with pytest.raises(ArtifactError):
         compile_tvm(tmp_path / "missing.pth", copy, log=quiet)
     assert verify_artifact(copy, steps=4, greedy_tokens=0, log=quiet).passed
 
 
-def test_bad_tokens_and_state_are_refused_before_the_library(bundle):
-    backend = TvmBackend(bundle("v7"))
+def test_bad_tokens_and_state_are_refused_before_the_library(tvm_bundle):
+    backend = TvmBackend(tvm_bundle("v7"))
     state = backend.init_state()
     with pytest.raises(TokenError, match="outside the vocabulary"):
         backend.step(backend.vocab_size, state)

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from rwkv_edge.cli.main import main
 from rwkv_edge.errors import OptionError
 from rwkv_edge.manifest import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
@@ -127,25 +126,17 @@ def test_bad_backend_names_raise(backends, message):
         BenchOptions(backends=backends)
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.mark.parametrize("argv,message", [
     (["bench", "--backends", "torch,tensorrt"], "unknown backend 'tensorrt'; choose from torch, onnxruntime, tvm"),
     (["bench", "--json", "/nonexistent/dir/bench.json"], "cannot write /nonexistent/dir/bench.json"),
     (["bench", "/nonexistent/model.pth"], "no such checkpoint file"),
 ])
-def test_cli_errors_are_one_line(argv, message, capsys):
-    code, out, err = run_cli(capsys, *argv)
+def test_cli_errors_are_one_line(argv, message, cli):
+    code, out, err = cli(*argv)
     assert code == 1 and err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
-def test_cli_rejects_zero_steps(capsys):
-    code, _, err = run_cli(capsys, "bench", "--steps", "0")
+def test_cli_rejects_zero_steps(cli):
+    code, _, err = cli("bench", "--steps", "0")
     assert code == 2 and "usage:" in err

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import ArtifactError, PlatformError, TokenError, ToolError
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.manifest import read_manifest
 from rwkv_edge.model import ARCHITECTURES, load_model
 from rwkv_edge.runtime import TorchBackend
@@ -42,48 +40,19 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(make_ckpt):
-    """checkpoint(version) -> a tiny random checkpoint (v5/v6 with a trained initial state)."""
-    return lambda version: make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
+def bundle(tvm_bundle):
+    """bundle(version, arch) -> the session's TVM bundle of that version for that architecture."""
+    return lambda version, arch: tvm_bundle(version, TARGETS[arch])
 
 
 @pytest.fixture(scope="module")
-def onnx_export(checkpoint, tmp_path_factory):
-    """onnx_export(version) -> an ONNX artifact directory (step graph only), shared by both architectures."""
-    done: dict[str, Path] = {}
-
-    def get(version: str) -> Path:
-        if version not in done:
-            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
-            export_onnx(checkpoint(version), done[version], OnnxOptions(prefill_chunk=0), log=quiet)
-        return done[version]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def bundle(onnx_export, tmp_path_factory):
-    """bundle(version, arch) -> a compiled TVM bundle directory, compiled once per module."""
-    done: dict[tuple[str, str], Path] = {}
-
-    def get(version: str, arch: str) -> Path:
-        if (version, arch) not in done:
-            out = tmp_path_factory.mktemp(f"tvm-{version}-{arch}")
-            compile_tvm(onnx_export(version), out, TvmOptions(target=TARGETS[arch]), log=quiet)
-            done[version, arch] = out
-        return done[version, arch]
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint):
+def reference(onnx_export):
     """reference(version) -> (logits (T, V), final state by output name) of the PyTorch model over TOKENS."""
     done: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
     def get(version: str):
         if version not in done:
-            backend = TorchBackend(load_model(checkpoint(version)))
+            backend = TorchBackend(load_model(read_manifest(onnx_export(version)).source["checkpoint"]))
             state, logits = backend.init_state(), []
             for token in TOKENS:
                 step_logits, state = backend.step(token, state)

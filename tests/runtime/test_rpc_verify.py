@@ -7,9 +7,7 @@ import importlib.util
 
 import pytest
 
-from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import ToolError
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server, rpc_tracker
 from rwkv_edge.runtime.tvm_backend import Remote
 from rwkv_edge.runtime.verify import verify_artifact
@@ -20,19 +18,9 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundles(make_ckpt, tmp_path_factory):
-    """bundles(target) -> a v7 bundle for that target (one ONNX export shared)."""
-    onnx_dir = tmp_path_factory.mktemp("onnx-v7")
-    export_onnx(make_ckpt("v7"), onnx_dir, OnnxOptions(prefill_chunk=0), log=quiet)
-    done = {}
-
-    def get(target: str):
-        if target not in done:
-            done[target] = tmp_path_factory.mktemp(f"rpc-{target}")
-            compile_tvm(onnx_dir, done[target], TvmOptions(target), log=quiet)
-        return done[target]
-
-    return get
+def bundles(tvm_bundle):
+    """bundles(target) -> the session's v7 bundle for that target."""
+    return lambda target: tvm_bundle("v7", target)
 
 
 def test_verify_through_a_native_rpc_server(bundles):
