@@ -57,7 +57,8 @@ def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IR
 
 
 def packed_gemv(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
-    """y[..., j] = sum_k x[..., k] * W[k, j] with W stored as packed[j // tile, k, j % tile]: (..., K) -> (..., n)."""
+    """y[..., j] = sum_k x[..., k] * W[k, j] with W stored as packed[j // tile, k, j % tile]: (..., K) -> (..., n),
+    n a multiple of the tile (the padding columns are zero)."""
     *lead, k_len = x.shape
     tile = packed.shape[2]
     k = te.reduce_axis((0, k_len), "k")
@@ -93,8 +94,12 @@ class _PackGemv(PyExprMutator):
         if dims[-1] != k_len or any(d != 1 for d in dims[:-1]):
             return call  # only the decode GEMV (one row); prefill-shaped matmuls keep the default
         self.count += 1
-        packed = relax.const(pack_weight(weight.value.numpy(), self.tile))
-        return self.builder_.call_te(packed_gemv, call.args[0], packed, n, primfunc_name_hint=GEMV_BLOCK)
+        packed = pack_weight(weight.value.numpy(), self.tile)
+        padded = packed.shape[0] * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
+        gemv = self.builder_.call_te(packed_gemv, call.args[0], relax.const(packed), padded, primfunc_name_hint=GEMV_BLOCK)
+        if padded == n:
+            return gemv
+        return relax.op.strided_slice(self.builder_.emit(gemv), axes=[len(dims) - 1], begin=[0], end=[n])
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuSchedule")
@@ -134,9 +139,9 @@ def schedule_gemv(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
     try:
         _inline_producers(sch, block)
         *lead, n, k = sch.get_loops(block)
-        n_extent = int(sch.get(n).extent)
-        tile = params.tile if n_extent % params.tile == 0 else _largest_divisor(n_extent, params.tile, params.vector)
-        if tile is None:
+        n_extent = int(sch.get(n).extent)  # a multiple of the tile: the rewrite pads N
+        tile = params.tile
+        if n_extent % tile:
             return None
         n_outer, n_inner = sch.split(n, [None, tile])
         unroll = params.unroll if int(sch.get(k).extent) % params.unroll == 0 else 1
@@ -223,10 +228,3 @@ def _epilogue(sch: s_tir.Schedule, block) -> list:
 
 def _is_reduction(sch: s_tir.Schedule, block) -> bool:
     return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
-
-
-def _largest_divisor(extent: int, most: int, step: int) -> int | None:
-    for tile in range(most, step - 1, -step):
-        if extent % tile == 0:
-            return tile
-    return None

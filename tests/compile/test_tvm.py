@@ -40,6 +40,14 @@ def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bu
     assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
 
 
+def test_a_vocabulary_of_no_whole_tiles_is_padded(make_ckpt, tmp_path):
+    """RWKV-4 Pile models have 50277 tokens: the head's columns are padded to whole tiles, then sliced."""
+    compile_tvm(make_ckpt("v4", vocab_size=1001), tmp_path, log=quiet)
+    report = verify_artifact(tmp_path, steps=16, greedy_tokens=0, log=quiet)
+    assert report.passed, report.summary()
+    assert TvmBackend(tmp_path).step(1000, TvmBackend(tmp_path).init_state())[0].shape == (1001,)
+
+
 def test_the_bundle_carries_its_initial_state(tvm_bundle, onnx_export):
     """v5 with a trained time_state: initial_state() in model.so returns it, and the .npz travels along."""
     directory = tvm_bundle("v5")
