@@ -30,6 +30,7 @@ from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
+MATMUL_BLOCK = "matmul"  # TVM's matmul: one row times an activation matrix (the WKV read-out r @ S)
 PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
 
 
@@ -130,11 +131,13 @@ class ApplyCpuSchedules:
 
 
 def schedule_gemv(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule | None:
-    """Tiles over output columns in parallel, K unrolled, accumulators in registers, epilogue per tile."""
+    """Tiles over output columns in parallel, K unrolled, accumulators in registers, epilogue per tile.
+
+    Also schedules TVM's own ``matmul`` of one row by a matrix whose columns are contiguous (the
+    WKV read-out, per head): the same loop nest over an unpacked matrix."""
     sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock(GEMV_BLOCK)
-    except (RuntimeError, ValueError):
+    block = _find_block(sch, (GEMV_BLOCK, MATMUL_BLOCK))
+    if block is None:
         return None
     try:
         _inline_producers(sch, block)
@@ -200,6 +203,15 @@ def schedule_elementwise(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.S
         return sch
     except (RuntimeError, ValueError, TypeError):
         return None
+
+
+def _find_block(sch: s_tir.Schedule, names: tuple[str, ...]):
+    for name in names:
+        try:
+            return sch.get_sblock(name)
+        except (RuntimeError, ValueError):
+            continue
+    return None
 
 
 def _inline_producers(sch: s_tir.Schedule, block) -> None:

@@ -66,14 +66,24 @@ class TvmBackend:
     def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
         check_token_ids([token], self.vocab_size)  # compiled gathers read out of bounds otherwise
         check_named_state(state, self.spec)
+        args = [self._tensor(np.array([token], dtype=np.int64))]
+        args += [self._tensor(np.asarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
+        outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
+        logits, *new_state = (self._array(v) for v in outputs)
+        return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
+
+    def _tensor(self, array: np.ndarray):
+        """numpy -> TVM; on this machine without a copy where the array allows it (a state this
+        backend returned: TVM's own 64-byte-aligned memory), which halves a small model's step."""
         import tvm
 
-        args = [tvm.runtime.tensor(np.array([token], dtype=np.int64), self._device)]
-        args += [tvm.runtime.tensor(np.ascontiguousarray(state[t.input_name], dtype=np.float32)[None], self._device)
-                 for t in self.spec]
-        outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
-        logits, *new_state = (_numpy(v) for v in outputs)
-        return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
+        if self.remote is None and array.flags.c_contiguous and array.ctypes.data % 64 == 0:
+            return tvm.runtime.from_dlpack(array)
+        return tvm.runtime.tensor(np.ascontiguousarray(array), self._device)
+
+    def _array(self, value) -> np.ndarray:
+        """TVM -> numpy: a view of the VM's fresh output here, a copy from a remote device."""
+        return np.from_dlpack(value) if self.remote is None else _numpy(value)
 
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
         """The prompt one step at a time (the bundle holds the decode step only)."""
