@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RwkvEdgeError, ToolError
+from .native_runner import arm_root
 from .rpc_serve import READY
 
 SERVE_SCRIPT = Path(__file__).with_name("rpc_serve.py")
@@ -59,12 +60,6 @@ class EmulationUnavailableError(ToolError):
 
 
 # --- the aarch64 emulator -------------------------------------------------------------------------
-def arm_root() -> Path:
-    """Where install-arm-tools.sh put the aarch64 site/ and sysroot/ ($RWKV_EDGE_ARM_ROOT)."""
-    default = Path.home() / ".cache" / "rwkv-edge" / "aarch64"
-    return Path(os.environ.get("RWKV_EDGE_ARM_ROOT") or default)
-
-
 @dataclass(frozen=True)
 class Aarch64Emulator:
     """qemu-user plus an arm64 Debian root with CPython 3.11 and aarch64 TVM runtime wheels."""

@@ -72,6 +72,16 @@ class TvmBackend:
         logits, *new_state = (self._array(v) for v in outputs)
         return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
 
+    def time_decode(self, repeat: int = 20, number: int = 5) -> list[float]:
+        """Milliseconds per decode step, measured where the library runs (on the device, over RPC)
+        by TVM's time_evaluator: ``repeat`` figures, each the mean of ``number`` calls after a warm-up."""
+        state = self.init_state()
+        args = [self._tensor(np.array([1], dtype=np.int64))]
+        args += [self._tensor(np.ascontiguousarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
+        self._vm.set_input("main", *args)
+        timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
+        return [float(seconds) * 1e3 for seconds in timer("main").results]
+
     def _tensor(self, array: np.ndarray):
         """numpy -> TVM; on this machine without a copy where the array allows it (a state this
         backend returned: TVM's own 64-byte-aligned memory), which halves a small model's step."""

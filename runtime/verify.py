@@ -70,6 +70,8 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
         _check_prefill(report, reference, candidate, tokens)
     if greedy_tokens and report.n_steps == len(tokens):  # a broken candidate stopped the rollout early
         report.add_greedy(greedy_identity(reference, candidate, tokens[:16], greedy_tokens))
+    if manifest.kind == "tvm":
+        log(_time_decode(report, candidate))
     getattr(candidate, "close", lambda: None)()  # a remote device serves one session at a time
     json_path, png_path = report.save(directory)
     log(f"wrote {json_path} and {png_path}")
@@ -80,6 +82,17 @@ def tolerance_key(manifest: Manifest) -> str:
     """Which TOLERANCES entry an artifact is judged by: its weight compression, else its precision."""
     quantization = (manifest.target or {}).get("quantization", "none")
     return manifest.precision if quantization == "none" else quantization
+
+
+def _time_decode(report: ParityReport, candidate) -> str:
+    """The decode step's latency where the bundle ran (a figure from an emulator says nothing about the hardware)."""
+    times = candidate.time_decode()
+    median = float(np.median(times))
+    report.details["decode_ms"] = {"median": median, "min": min(times), "max": max(times), "samples": times,
+                                   "where": candidate.where, "method": "TVM time_evaluator, 20 x mean of 5 calls"}
+    report.what_ran.append(f"decode step timed on {candidate.where}: median {median:.3f} ms "
+                           f"(TVM time_evaluator, 20 x 5 calls; under an emulator this is not the hardware's speed)")
+    return report.what_ran[-1]
 
 
 def _open_tvm(directory: Path, remote):

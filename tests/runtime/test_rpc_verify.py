@@ -29,6 +29,9 @@ def test_verify_through_a_native_rpc_server(bundles):
                                  log=quiet)
         assert report.passed, report.summary()
         assert any(f"RPC server {host}:{port}" in line for line in report.what_ran)
+        timing = report.details["decode_ms"]  # measured on the device by TVM's time_evaluator
+        assert f"RPC server {host}:{port}" in timing["where"] and len(timing["samples"]) == 20
+        assert all(t > 0 for t in timing["samples"])
         # the session was released: the server (one session at a time) takes the next client
         assert verify_artifact(bundles("x86_64-host"), steps=2, greedy_tokens=0, remote=Remote(f"{host}:{port}"),
                                log=quiet).passed
