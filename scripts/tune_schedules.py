@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,7 +32,10 @@ def main() -> int:
     parser.add_argument("--unrolls", default="1,4,8")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--dry-run", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="TVM worker threads (default: every CPU; TVM's own default is the physical cores)")
     args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
 
     import onnx
     import tvm
@@ -79,7 +83,7 @@ def main() -> int:
     record = {"params": {"tile": best["tile"], "unroll": best["unroll"], "vector": best["vector"]},
               "source": f"timed by scripts/tune_schedules.py on {_cpu_name()} ({manifest.config.get('n_layer')} layers x "
                         f"{manifest.config.get('n_embd')}, vocab {manifest.config.get('vocab_size')}, fp32), "
-                        f"median of {args.steps} decode steps",
+                        f"median of {args.steps} decode steps, {args.threads} threads",
               "table": rows}
     print(f"best: tile {best['tile']}, unroll {best['unroll']}: {best['median_ms']:.2f} ms/token")
     if not args.dry_run:
