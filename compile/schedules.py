@@ -21,7 +21,6 @@ Tile width and unroll depth are per target (``targets/tuned/*.json``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,10 +106,9 @@ class _PackGemv(PyExprMutator):
 class ApplyCpuSchedules:
     """Schedule every PrimFunc that one of the rules recognises; the rest keep the default lowering."""
 
-    def __init__(self, params: ScheduleParams, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, params: ScheduleParams) -> None:
         self.params = params
-        self.log = log
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # rule -> kernels it scheduled
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         scheduled = {}

@@ -56,7 +56,11 @@ class TvmTarget:
         settings = {"backend": "TVM (ONNX -> Relax, rwkv-edge CPU schedules)", "description": self.description,
                     "triple": self.triple, "cpu": self.mcpu or "native (this machine's)",
                     "features": ",".join(self.mattr) or "default for the cpu", "precision": self.precision,
-                    "linker": self.cross_compiler or "host cc"}
+                    "linker": self.cross_compiler or ("the Android NDK's clang ($TVM_NDK_CC)" if self.link_note
+                                                      else "host cc")}
+        params = self.schedule_data()["params"]
+        settings["schedules"] = (f"GEMV tile {params['tile']}, K unroll {params['unroll']}, vector {params['vector']} "
+                                 f"(targets/tuned/{self.name}.json)")
         if self.qemu_cpu:
             settings["emulated as"] = f"qemu-aarch64 -cpu {self.qemu_cpu}"
         if self.link_note:
