@@ -33,13 +33,13 @@ from torch import nn
 
 from .. import __version__
 from ..errors import OptionError
-from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
-from ..model import ARCHITECTURES, RWKVModel, load_model
+from ..manifest import MANIFEST, Manifest, write_manifest
+from ..model import RWKVModel
 from ..model.state import CONTRACT_VERSION
 from ..targets import CoreMLTarget, coreml_name, get_target
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
 from ..export.artifact import (INITIAL_STATE, artifact_files, check_writable, clear_previous_artifact,
-                               move_into_place, save_initial_state, stage, tokenizer_name)
+                               load_source, move_into_place, save_initial_state, stage, tokenizer_name)
 from ..export.graph import ContractGraph
 
 PACKAGE = "model.mlpackage"
@@ -118,12 +118,8 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
     log("target: " + ", ".join(f"{k} {v}" for k, v in plan.describe().items() if k != "name") + f" ({plan.target.name})")
     log(f"precision: {plan.precision} compute" + (", the WKV recurrence and norms in fp32" if plan.precision == "fp16" else ""))
     check_writable(out_dir)
-    with stage(log, "load checkpoint"):
-        model = load_model(checkpoint)
-        sha = sha256_file(checkpoint)
+    model, sha = load_source(checkpoint, log)
     clear_previous_artifact(out_dir)
-    log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
-        f"vocab {model.config.vocab_size}")
     manifest = _manifest(model, checkpoint, sha, plan)
     with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
         tmp = Path(tmp)

@@ -9,14 +9,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import ArtifactError
-from ..manifest import MANIFEST, read_manifest
-from ..model import RWKVModel, state_to_named
+from ..manifest import MANIFEST, read_manifest, sha256_file
+from ..model import ARCHITECTURES, RWKVModel, load_model, state_to_named
 from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
 
 INITIAL_STATE = "initial_state.npz"
 REPORTS = ("parity.json", "parity.png")
+
+
+def load_source(checkpoint: Path, log: Callable[[str], None], dtype: torch.dtype = torch.float32,
+                note: str = "") -> tuple[RWKVModel, str]:
+    """Load the checkpoint an artifact is made from (a timed stage) and its sha256; log what it is."""
+    with stage(log, "load checkpoint"):
+        model = load_model(checkpoint, dtype=dtype)
+        sha = sha256_file(checkpoint)
+    log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
+        f"vocab {model.config.vocab_size}{note}")
+    return model, sha
 
 
 def check_writable(out_dir: Path) -> None:

@@ -22,10 +22,10 @@ import torch
 
 from .. import __version__
 from ..errors import OptionError
-from ..manifest import MANIFEST, Manifest, sha256_file, write_manifest
-from ..model import ARCHITECTURES, RWKVModel, load_model
+from ..manifest import MANIFEST, Manifest, write_manifest
+from ..model import RWKVModel
 from ..model.state import CONTRACT_VERSION
-from .artifact import (INITIAL_STATE, check_writable, clear_previous_artifact, move_into_place,
+from .artifact import (INITIAL_STATE, check_writable, clear_previous_artifact, load_source, move_into_place,
                        save_initial_state, stage, tokenizer_name)
 from .graph import ContractGraph
 
@@ -55,12 +55,8 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     check_writable(out_dir)
-    with stage(log, "load checkpoint"):
-        model = load_model(checkpoint, dtype=PRECISIONS[options.precision])
-        sha = sha256_file(checkpoint)
+    model, sha = load_source(checkpoint, log, PRECISIONS[options.precision], f", {options.precision}")
     clear_previous_artifact(out_dir)
-    log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
-        f"vocab {model.config.vocab_size}, {options.precision}")
     manifest = _manifest(model, checkpoint, sha, options)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         graphs = {"step": (ContractGraph(model), "model.onnx")}

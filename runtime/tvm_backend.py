@@ -55,7 +55,7 @@ class TvmBackend:
         self.where = self._where()
         self._vm, self._device = self._load()
         initial = self._vm["initial_state"]() if remote is None else self._remote_call("initial_state", [])
-        self._initial = {t.input_name: np.asarray(_numpy(v))[0] for t, v in zip(self.spec, initial)}
+        self._initial = {t.input_name: _numpy(v)[0] for t, v in zip(self.spec, initial)}
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
@@ -66,8 +66,7 @@ class TvmBackend:
     def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
         check_token_ids([token], self.vocab_size)  # compiled gathers read out of bounds otherwise
         check_named_state(state, self.spec)
-        args = [self._tensor(np.array([token], dtype=np.int64))]
-        args += [self._tensor(np.asarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
+        args = self._arguments(token, state)
         outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
         logits, *new_state = (self._array(v) for v in outputs)
         return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
@@ -75,12 +74,14 @@ class TvmBackend:
     def time_decode(self, repeat: int = 20, number: int = 5) -> list[float]:
         """Milliseconds per decode step, measured where the library runs (on the device, over RPC)
         by TVM's time_evaluator: ``repeat`` figures, each the mean of ``number`` calls after a warm-up."""
-        state = self.init_state()
-        args = [self._tensor(np.array([1], dtype=np.int64))]
-        args += [self._tensor(np.ascontiguousarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
-        self._vm.set_input("main", *args)
+        self._vm.set_input("main", *self._arguments(1, self.init_state()))
         timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
         return [float(seconds) * 1e3 for seconds in timer("main").results]
+
+    def _arguments(self, token: int, state: NamedState) -> list:
+        """``main``'s inputs: token (1,) int64, then every state tensor with its batch axis, in manifest order."""
+        args = [self._tensor(np.array([token], dtype=np.int64))]
+        return args + [self._tensor(np.asarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
 
     def _tensor(self, array: np.ndarray):
         """numpy -> TVM; on this machine without a copy where the array allows it (a state this
@@ -123,7 +124,7 @@ class TvmBackend:
             try:
                 module = tvm.runtime.load_module(str(library))
             except Exception as e:  # a library that does not load is a broken artifact
-                raise ArtifactError(f"{library}: TVM cannot load it: {_first_line(e)}") from None
+                raise ArtifactError(f"{library}: TVM cannot load it: {_last_line(e)}") from None
             device = tvm.cpu()
             return relax.VirtualMachine(module, device), device
         session = connect(self.remote)
@@ -131,7 +132,7 @@ class TvmBackend:
             session.upload(str(library))
             module = session.load_module(library.name)
         except Exception as e:
-            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {_first_line(e)}") from None
+            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {_last_line(e)}") from None
         device = session.cpu()
         self._session = session  # keep the connection alive as long as the VM
         return relax.VirtualMachine(module, device), device
@@ -166,6 +167,6 @@ def _numpy(value) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def _first_line(e: Exception) -> str:
+def _last_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__

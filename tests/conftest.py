@@ -30,7 +30,13 @@ def make_ckpt(checkpoint_dir):
 
 
 @pytest.fixture(scope="session")
-def onnx_export(make_ckpt, tmp_path_factory):
+def version_ckpt(make_ckpt):
+    """version_ckpt(version) -> the tiny checkpoint artifact tests use: v5/v6 with a trained initial state."""
+    return lambda version: make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
+
+
+@pytest.fixture(scope="session")
+def onnx_export(version_ckpt, tmp_path_factory):
     """onnx_export(version) -> ONNX export (decode step only) of a tiny checkpoint; v5/v6 carry a
     trained initial state. Shared by the TVM tests."""
     from rwkv_edge.export.onnx import OnnxOptions, export_onnx
@@ -39,9 +45,8 @@ def onnx_export(make_ckpt, tmp_path_factory):
 
     def get(version: str) -> Path:
         if version not in done:
-            ckpt = make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
             done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
-            export_onnx(ckpt, done[version], OnnxOptions(prefill_chunk=0), log=lambda _: None)
+            export_onnx(version_ckpt(version), done[version], OnnxOptions(prefill_chunk=0), log=lambda _: None)
         return done[version]
 
     return get

@@ -40,15 +40,14 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def compiled(make_ckpt, tmp_path_factory):
+def compiled(version_ckpt, tmp_path_factory):
     """compiled(version, form) -> artifact directory, compiled once per module."""
     done: dict[tuple[str, str], Path] = {}
 
     def get(version: str, form: str) -> Path:
         if (version, form) not in done:
             out = tmp_path_factory.mktemp(f"coreml-{version}-{form}")
-            ckpt = make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
-            compile_coreml(ckpt, out, FORMS[form], log=quiet)
+            compile_coreml(version_ckpt(version), out, FORMS[form], log=quiet)
             done[version, form] = out
         return done[version, form]
 

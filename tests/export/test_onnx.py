@@ -28,15 +28,14 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(make_ckpt, tmp_path_factory):
+def exported(version_ckpt, tmp_path_factory):
     """exported(version, precision) -> artifact directory, exported once per module."""
     done: dict[tuple[str, str], Path] = {}
 
     def get(version: str, precision: str) -> Path:
         if (version, precision) not in done:
             out = tmp_path_factory.mktemp(f"onnx-{version}-{precision}")
-            ckpt = make_ckpt(version, time_state=True) if version in ("v5", "v6") else make_ckpt(version)
-            export_onnx(ckpt, out, OnnxOptions(precision=precision, prefill_chunk=CHUNK), log=quiet)
+            export_onnx(version_ckpt(version), out, OnnxOptions(precision=precision, prefill_chunk=CHUNK), log=quiet)
             done[version, precision] = out
         return done[version, precision]
 

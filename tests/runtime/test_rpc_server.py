@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 import pytest
+import tvm
+from tvm import relax
 
 from rwkv_edge.runtime.rpc_server import (
     EmulationUnavailableError,
@@ -24,9 +26,6 @@ from rwkv_edge.runtime.rpc_server import (
     rpc_server,
     rpc_tracker,
 )
-
-tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed")
-from tvm import relax  # noqa: E402
 
 CPU = "cortex-a53"  # the emulated core: ARMv8.0-A + NEON, what the aarch64 build below asks for
 EMULATION = emulation_unavailable_reason()
