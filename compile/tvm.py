@@ -58,6 +58,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     check_writable(out_dir)
     with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
         onnx_dir = _onnx_export(source, Path(tmp) / "onnx", log)
+        if onnx_dir.resolve() == out_dir.resolve():
+            raise OptionError(f"{out_dir} holds the ONNX export to compile: write the bundle to another directory")
         onnx_manifest = read_manifest(onnx_dir, kind="onnx")
         check_hashes(onnx_manifest, onnx_dir)
         _check_exportable(onnx_manifest, onnx_dir)

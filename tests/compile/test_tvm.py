@@ -140,6 +140,13 @@ def test_only_fp32_batch_1_exports_compile(option, make_ckpt, tmp_path):
     assert not any((tmp_path / "out").iterdir())
 
 
+def test_the_bundle_cannot_overwrite_its_own_onnx_export(onnx_export, tmp_path):
+    source = shutil.copytree(onnx_export("v7"), tmp_path / "onnx")
+    with pytest.raises(OptionError, match="holds the ONNX export"):
+        compile_tvm(source, source, log=quiet)
+    assert read_manifest(source).kind == "onnx"
+
+
 def test_missing_cross_compiler_names_the_package(onnx_export, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ToolError, match="gcc-aarch64-linux-gnu"):
