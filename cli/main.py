@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint (.pth / .safetensors), or for TVM targets an ONNX export (its directory or "
                         "model.onnx); default: the bundled demo model")
     p.add_argument("--target", required=True,
-                   help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, ios-coreml")
+                   help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--stateful", action="store_true",
                    help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
+    p.add_argument("--weights", choices=["fp32", "fp16"],
+                   help="TVM GPU targets: store the matrix weights in fp16 (summed in fp32; state stays fp32)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
@@ -120,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also save the whole report as JSON")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: every row on this machine's NVIDIA GPU (torch eager, the TVM bundle for its CUDA "
+                        "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
+                        "(default cpu)")
+    p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
+                   help="with --device cuda: the TVM bundle's GEMV weights (compile --weights; default fp32)")
+    p.add_argument("--target", metavar="NAME",
+                   help="the TVM row's target (default x86_64-host; with --device cuda the newest CUDA target "
+                        "this GPU runs, e.g. cuda-sm90 on an H100)")
     p.set_defaults(run=cmd_bench)
     return parser
 
@@ -248,8 +259,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
         if coreml_only or args.precision not in (None, "fp32"):
             raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only or ['--precision'])} "
                               f"applies to Core ML targets only (TVM bundles compute in fp32)")
-        compile_tvm(source, args.out, TvmOptions(target.name, schedules=not args.no_schedules))
+        compile_tvm(source, args.out, TvmOptions(target.name, schedules=not args.no_schedules,
+                                                 weights=args.weights or "fp32"))
         return
+    if args.weights:
+        raise OptionError(f"--weights applies to TVM GPU targets; {target.name} takes --precision / --quantize")
     from ..compile.coreml import CoreMLOptions, compile_coreml
 
     options = CoreMLOptions(target.name, args.stateful, args.precision, args.compute_units, args.deployment,
@@ -281,14 +295,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
                              checkpoint=args.checkpoint, executor=args.executor, remote=remote)
     print(report.summary())
-    return 0 if report.passed else 1
+    return report.exit_code  # 3: a GPU bundle built but not executed here (no GPU)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..runtime.bench import BenchOptions, check_output, run_bench, save_report
 
     options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
-                           args.prefill, threads=args.threads, rebuild=args.rebuild)
+                           args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
+                           tvm_weights=args.weights, tvm_target=args.target)
     if args.json:
         check_output(args.json)
     report = run_bench(args.source, options, work=args.work)

@@ -1,9 +1,10 @@
-"""``rwkv-edge compile DIR/model.onnx|CKPT --target CPU``: the ONNX step -> a TVM bundle.
+"""``rwkv-edge compile DIR/model.onnx|CKPT --target CPU|GPU``: the ONNX step -> a TVM bundle.
 
 Stages: (export the checkpoint to ONNX first, when given one), import the step graph into Relax,
 pack the GEMV weights, fuse, apply the project's CPU schedules (``compile/schedules.py``) with the
 target's tuned parameters, build for the target, and link ``model.so`` (with the target's
-cross-compiler). The bundle:
+cross-compiler). GPU targets (``compile/gpu.py``) keep the weights out of the library and the
+device code's source beside it. The bundle:
 
 - ``model.so``: a Relax VM executable with the weights inside. Functions: ``main(token int64 (1,),
   state...) -> (logits (1, V), state_out...)`` with the state in manifest order, and
@@ -12,7 +13,9 @@ cross-compiler). The bundle:
 - ``manifest.json``: kind ``tvm``, the resolved target, TVM version, contract version, checkpoint
   sha256, the state spec and the sha256 of every file;
 - the tokenizer's vocabulary file where the model uses one (World, 20B), ``initial_state.npz``
-  where the model ships a trained initial state.
+  where the model ships a trained initial state;
+- GPU targets: ``params.safetensors`` (``main`` takes the weights after the state), the device
+  code (``kernels.cu`` + ``kernels.ptx``, or ``kernels.metal``); Apple hosts get ``model.tar``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from typing import Any
 from .. import __version__
 from ..errors import ArtifactError, OptionError, ToolError
 from ..manifest import MANIFEST, Manifest, check_hashes, initial_state, read_manifest, write_manifest
-from ..targets import TvmTarget, get_target
+from ..targets import GpuTarget, TvmTarget, get_target
+from ..targets.tvm import host_triple
 from ..export.artifact import INITIAL_STATE, check_writable, clear_previous_artifact, move_into_place, stage
 
 LIBRARY = "model.so"
@@ -43,14 +47,24 @@ GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
+    weights: str = "fp32"  # GPU targets: "fp16" stores the GEMV weights in fp16 (summed in fp32)
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("fp32", "fp16"):
+            raise OptionError(f"unknown weights {self.weights!r}; choose fp32 or fp16")
 
 
 def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
                 log: Callable[[str], None] = print) -> Manifest:
     """Compile an ONNX export (its directory or model.onnx) or a checkpoint for ``options.target``."""
     target = get_target(options.target)
-    if not isinstance(target, TvmTarget):
+    if not isinstance(target, (TvmTarget, GpuTarget)):
         raise OptionError(f"{target.name} is a {target.kind} target; compile_tvm takes TVM targets")
+    gpu = isinstance(target, GpuTarget)
+    if not gpu and options.weights != "fp32":
+        raise OptionError(f"--weights {options.weights} is for GPU targets; {target.name} computes in fp32")
+    if gpu and not options.schedules:
+        raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
     source, out_dir = Path(source), Path(out_dir)
     linker = _linker(target)
     log(f"target {target.name}: {target.tvm_target()}, schedules "
@@ -65,26 +79,40 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         _check_exportable(onnx_manifest, onnx_dir)
         mod = _import(onnx_dir / onnx_manifest.graphs["step"]["file"], log)
         mod = _add_initial_state(mod, onnx_manifest, onnx_dir)
-        executable, counts = _build(mod, target, options, log)
-        clear_previous_artifact(out_dir)
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
+        if gpu:
+            from .gpu import PARAMS, build_gpu, device_files, save_params
+
+            with _without_gather_warnings():
+                executable, counts, params = build_gpu(mod, target, options.weights, bundle, log)
+            extra = device_files(target)
+        else:
+            executable, counts = _build(mod, target, options, log)
+            extra, params = [], None
+        clear_previous_artifact(out_dir)
         library = LIBRARY if linker is not None else OBJECTS
         with stage(log, f"link {library}"):
             _export(executable, bundle / library, linker)
-        manifest = _manifest(onnx_manifest, target, options, library, counts)
-        for name in _copy_extras(onnx_manifest, onnx_dir, bundle):
+        if params is not None:
+            with stage(log, f"write {PARAMS}"):
+                save_params(params, bundle / PARAMS)
+            extra.append(PARAMS)
+        manifest = _manifest(onnx_manifest, target, options, library, counts, params)
+        for name in extra + _copy_extras(onnx_manifest, onnx_dir, bundle):
             manifest.files[name] = {}
         move_into_place(bundle, out_dir)
     write_manifest(manifest, out_dir)
     log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
+    if gpu:
+        log(f"built, not executed: {manifest.target['executed']}")
     return manifest
 
 
-def _linker(target: TvmTarget) -> Callable | None:
-    """The function that links model.so; None where only objects can be written (no NDK)."""
+def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
+    """The function that links model.so; None where only objects can be written (no NDK, Apple hosts)."""
     from tvm.support import cc
 
     if target.triple == "aarch64-linux-android":
@@ -92,7 +120,7 @@ def _linker(target: TvmTarget) -> Callable | None:
 
         return ndk.create_shared if os.environ.get("TVM_NDK_CC") else None
     if target.cross_compiler is None:
-        return None if not target.runs_here() else cc.create_shared
+        return cc.create_shared if target.triple == host_triple() else None
     if shutil.which(target.cross_compiler) is None:
         raise ToolError(f"{target.cross_compiler} not found: install the Debian package {target.cross_package} "
                         f"(or run scripts/install-arm-tools.sh)")
@@ -226,21 +254,36 @@ def _vocabulary_file(tokenizer: str) -> Path | None:
     return None
 
 
-def _manifest(onnx_manifest: Manifest, target: TvmTarget, options: TvmOptions, library: str,
-              counts: dict[str, int]) -> Manifest:
+def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: TvmOptions, library: str,
+              counts: dict[str, int], params: list | None) -> Manifest:
     import tvm
 
     target_record: dict[str, Any] = {"name": target.name, "triple": target.triple, "tvm": target.tvm_target(),
                                      "qemu_cpu": target.qemu_cpu, "linked": library == LIBRARY,
                                      "schedules": target.schedule_data() if options.schedules else None,
-                                     "kernels": counts}
+                                     "kernels": counts, "device": getattr(target, "device", "cpu")}
+    step: dict[str, Any] = {"file": library, "function": "main"}
+    if isinstance(target, GpuTarget):
+        from .gpu import PARAMS, device_files
+
+        target_record.update(arch=target.arch, weights=options.weights, device_code=device_files(target),
+                             executed=_executed(target, library))
+        step.update(params=PARAMS, num_params=len(params))
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
         config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, precision=onnx_manifest.precision,
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
-        graphs={"step": {"file": library, "function": "main"}, "initial_state": {"function": "initial_state"}},
+        graphs={"step": step, "initial_state": {"function": "initial_state"}},
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
         files={library: {}}, initial_state=INITIAL_STATE if onnx_manifest.initial_state else None,
         target=target_record,
     )
 
+
+def _executed(target: GpuTarget, library: str) -> str:
+    """What the build machine ran of a GPU bundle: nothing; which step proves it where."""
+    if target.device == "cuda":
+        return (f"none of it: host code linked into {library} and device code compiled by nvcc for {target.arch} "
+                f"(cubin + PTX) on the build machine; `rwkv-edge verify` on a machine with the GPU runs it")
+    return (f"none of it: host objects in {library} and Metal source not compiled (no Metal compiler on Linux); "
+            f"link and verify on the Apple device (docs/tvm-gpu.md)")

@@ -5,6 +5,12 @@ A decode step of an RWKV model reads every weight once (the embedding: one row) 
 two flops per weight read, so on a CPU its speed is set by how fast memory delivers the weights.
 The bound is ``weight bytes per token / read bandwidth``, both measured in the same run.
 
+On a GPU (``device="cuda"``) the same rows run there: PyTorch eagerly with the model and state on
+the GPU, the TVM bundle compiled for the GPU's CUDA target (GEMV weights fp32 or fp16), onnxruntime
+where its CUDA provider is installed. Each timed step ends with a synchronisation, the read
+bandwidth is that of GPU memory (torch.amax timed with CUDA events), and each row's bound counts
+the bytes its own weights take (2 per GEMV weight with fp16 weights).
+
 Every backend runs in its own subprocess (``python -m rwkv_edge.runtime.bench decode SPEC``), one
 after the other, with the same thread count, so that the peak RSS is that backend's alone and no
 two of the bench's measurements overlap; the read bandwidth is measured the same way before and
@@ -23,12 +29,13 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,8 +51,11 @@ from ..model.checkpoint import StateDict, read_checkpoint
 
 SCHEMA = "rwkv-edge.bench/1"
 BACKENDS = ("torch", "onnxruntime", "tvm")  # in the order a run reports them
+DEVICES = ("cpu", "cuda")
+WEIGHTS = ("fp32", "fp16")  # what the torch and TVM rows store their weights in (fp16: GPU only)
 ARTIFACT_KINDS = {"onnxruntime": "onnx", "tvm": "tvm"}  # the manifest kind each backend runs
 BYTES_PER_VALUE = 4  # every backend computes in fp32 here
+GPU_BANDWIDTH_MIB = 2048  # the GPU's read-bandwidth buffer: 40 x an H100's 50 MB L2
 _TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")  # TVM's log prefix
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS")
 
@@ -61,9 +71,12 @@ class BenchOptions:
     bandwidth_mib: int | None = None  # read-bandwidth buffer; None: max(512 MiB, 16 x last-level cache)
     bandwidth_repeats: int = 10  # timed reductions before and again after the backends
     onnx_prefill_chunk: int = 16  # the ONNX export's prefill graph; 0: prefill runs as single steps
-    tvm_target: str = "x86_64-host"
+    tvm_target: str | None = None  # None: x86_64-host, or on "cuda" the newest CUDA target the GPU runs
     rebuild: bool = False  # export / compile again even when the cached artifact matches
     seed: int = 0  # the token ids fed to every backend
+    device: str = "cpu"  # where every row runs: "cpu" or "cuda" (an NVIDIA GPU)
+    tvm_weights: str = "fp32"  # GPU bundles: the GEMV weights' dtype (compile --weights)
+    torch_weights: str = "fp32"  # the PyTorch model's dtype (fp16: on the GPU only)
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -83,9 +96,39 @@ class BenchOptions:
             raise OptionError(f"threads must be >= 1, got {self.threads}")
         if self.bandwidth_mib is not None and self.bandwidth_mib < 1:
             raise OptionError(f"the bandwidth buffer must be >= 1 MiB, got {self.bandwidth_mib}")
+        if self.device not in DEVICES:
+            raise OptionError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        for name in ("tvm_weights", "torch_weights"):
+            if getattr(self, name) not in WEIGHTS:
+                raise OptionError(f"{name.replace('_', ' ')} must be one of {', '.join(WEIGHTS)}, got {getattr(self, name)!r}")
+            if self.device == "cpu" and getattr(self, name) != "fp32":
+                raise OptionError(f"{getattr(self, name)} weights ({name}) run on a GPU only: add --device cuda "
+                                  "(on the CPU every backend computes with fp32 weights)")
+        if self.tvm_target is not None:
+            check_target_device(self.tvm_target, self.device)
 
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
+
+    def weights_of(self, backend: str) -> str:
+        """The dtype ``backend``'s row keeps its weights in (onnxruntime: the fp32 export)."""
+        return {"torch": self.torch_weights, "tvm": self.tvm_weights}.get(backend, "fp32")
+
+
+def check_target_device(target: str, device: str) -> None:
+    """OptionError if ``target`` is a TVM target of the other kind of device (CPU against GPU);
+    an unknown name is left to the TVM row, which reports it unavailable."""
+    from ..targets.gpu import GPU_TARGETS
+    from ..targets.tvm import TVM_TARGETS
+
+    gpu = GPU_TARGETS.get(target)
+    if device == "cpu" and gpu is not None:
+        raise OptionError(f"{target} is a GPU target ({gpu.device}); bench it with device cuda (--device cuda)")
+    if device == "cuda" and target in TVM_TARGETS:
+        raise OptionError(f"{target} is a CPU target; on device cuda the TVM row runs a CUDA target "
+                          f"({', '.join(n for n, t in GPU_TARGETS.items() if t.device == 'cuda')})")
+    if device == "cuda" and gpu is not None and gpu.device != "cuda":
+        raise OptionError(f"{target} is a {gpu.device} target (an Apple GPU); device cuda runs CUDA targets")
 
 
 @dataclass
@@ -106,8 +149,12 @@ class BackendRun:
     peak_rss_mib: float = 0.0  # the worker process's peak resident set, imports included
     base_rss_mib: float = 0.0  # its resident set after the imports, before the backend opened
     details: dict[str, Any] = field(default_factory=dict)  # versions, prefill chunk, ...
-    vs_bound: float | None = None  # median decode latency / bound
+    vs_bound: float | None = None  # median decode latency / this row's bound
     vs_onnxruntime: float | None = None  # median decode latency / onnxruntime's
+    weights: str = "fp32"  # the dtype its weights are stored in (fp16: GPU rows only)
+    weight_bytes_per_token: int = 0  # what its decode step reads, for its weights' dtype
+    bound_ms: float | None = None  # weight_bytes_per_token / the measured read bandwidth
+    vs_torch: float | None = None  # median decode latency / the torch row's
 
     @property
     def ok(self) -> bool:
@@ -148,39 +195,68 @@ class BenchReport:
         return cls(**{**fields, "runs": [BackendRun(**r) for r in fields["runs"]]})
 
     def table(self) -> str:
-        """The run as text: the machine, the bound, one row per backend."""
+        """The run as text: the machine, the bound, one row per backend (on a GPU: with its weights' dtype)."""
         m, w, bw, o = self.machine, self.weights, self.bandwidth, self.options
+        gpu = m.get("gpu")
+        cache = (f"the GPU's {gpu['l2_mib']:.0f} MiB L2 cache, so the memory bound" if gpu else
+                 f"the {m['last_level_cache_mib']:.0f} MiB last-level cache, so the DRAM bound")
+        other = sorted({(r.backend, r.weights, r.weight_bytes_per_token, r.bound_ms) for r in self.runs
+                        if r.weights != w["precision"] and r.bound_ms is not None})
         lines = [
             f"model     {self.model['label']}: {self.model['n_layer']} layers x {self.model['n_embd']}, "
             f"vocab {self.model['vocab_size']}, {self.model['parameters']:,} parameters ({self.model['checkpoint']})",
             f"machine   {m['cpu']}, {m['physical_cores']} cores / {m['logical_cpus']} logical CPUs, "
             f"{m['threads']} threads per backend; load average {m['load_average_start'][0]:.2f} at start, "
             f"{m['load_average_end'][0]:.2f} at end",
+            *([f"gpu       {gpu['name']} ({gpu['arch']}, {gpu['memory_mib']:.0f} MiB, {gpu['multiprocessors']} SMs, "
+               f"{gpu['l2_mib']:.0f} MiB L2; torch CUDA {gpu['torch_cuda']})"] if gpu else []),
             f"weights   {w['bytes_per_token'] / 1e6:.2f} MB read per decode token ({w['precision']}, "
-            f"embedding: one row)" + (f"; they fit in the {m['last_level_cache_mib']:.0f} MiB last-level cache, "
-                                      "so the DRAM bound need not bind" if w["fits_in_cache"] else ""),
+            f"embedding: one row)" + (f"; they fit in {cache} need not bind" if w["fits_in_cache"] else "")
+            + "".join(f"; {backend} {weights}: {n / 1e6:.2f} MB ({_layout(backend, weights)})"
+                      for backend, weights, n, _ in other),
             f"bandwidth {bw['gb_s']:.1f} GB/s read (median of {len(bw['samples_gb_s'])}: {bw['method']}; "
-            f"range {min(bw['samples_gb_s']):.1f}-{max(bw['samples_gb_s']):.1f})",
-            f"bound     {self.bound_ms:.3f} ms/token = {1e3 / self.bound_ms:.0f} tokens/s",
+            f"range {min(bw['samples_gb_s']):.1f}-{max(bw['samples_gb_s']):.1f})"
+            + (f"; device-to-device copy {bw['copy_gb_s']:.1f} GB/s (bytes read + written)" if "copy_gb_s" in bw else ""),
+            f"bound     {self.bound_ms:{'.4g' if gpu else '.3f'}} ms/token = {1e3 / self.bound_ms:.0f} tokens/s"
+            + "".join(f"; {backend} {weights}: {bound:.4g} ms/token" for backend, weights, _, bound in other),
             f"decode    {o['warmup']} warm-up + {o['steps']} timed steps; prefill {o['prefill']} tokens, "
-            f"median of {o['prefill_repeats']} calls",
+            f"median of {o['prefill_repeats']} calls" + ("; every timed call ends with a GPU synchronisation" if gpu else ""),
             "prefill   " + "; ".join(f"{r.backend}: {_prefill_mode(r)}" for r in self.runs if r.ok),
             *([f"busy      the machine was busy before the run (load average {m['load_average_start'][0]:.2f} on "
                f"{m['usable_cpus']} CPUs): the figures include contention"] if self.busy else []),
             "",
-            f"{'backend':<12} {'decode ms/token':>15} {'p10-p90':>17} {'x bound':>8} {'x ORT':>6} "
-            f"{'prefill tok/s':>13} {'peak RSS MiB':>12} {'(base)':>7}",
         ]
+        if gpu:
+            lines.append(f"{'backend':<12} {'weights':>7} {'decode ms/token':>15} {'p10-p90':>17} {'x bound':>8} "
+                         f"{'x torch':>7} {'prefill tok/s':>13} {'peak RSS MiB':>12} {'(base)':>7}")
+        else:
+            lines.append(f"{'backend':<12} {'decode ms/token':>15} {'p10-p90':>17} {'x bound':>8} {'x ORT':>6} "
+                         f"{'prefill tok/s':>13} {'peak RSS MiB':>12} {'(base)':>7}")
         for r in self.runs:
             if not r.ok:
                 lines.append(f"{r.backend:<12} {r.status}: {r.reason}")
                 continue
             d = r.decode_ms
             prefill = f"{r.prefill_tok_s:13.0f}" if r.prefill_tok_s is not None else f"{'-':>13}"
+            if gpu:
+                vs_torch = f"{r.vs_torch:7.2f}" if r.vs_torch is not None else f"{'-':>7}"
+                lines.append(f"{r.backend:<12} {r.weights:>7} {d['median']:15.3f} {_span(d['p10'], d['p90']):>17} "
+                             f"{r.vs_bound:8.2f} {vs_torch} {prefill} {r.peak_rss_mib:12.0f} "
+                             f"{f'({r.base_rss_mib:.0f})':>7}")
+                continue
             vs_ort = f"{r.vs_onnxruntime:6.2f}" if r.vs_onnxruntime is not None else f"{'-':>6}"
             lines.append(f"{r.backend:<12} {d['median']:15.3f} {_span(d['p10'], d['p90']):>17} {r.vs_bound:8.2f} "
                          f"{vs_ort} {prefill} {r.peak_rss_mib:12.0f} {f'({r.base_rss_mib:.0f})':>7}")
         return "\n".join(lines)
+
+
+def _layout(backend: str, weights: str) -> str:
+    """How a row stores its weights, in words."""
+    if weights == "fp32":
+        return "every weight fp32"
+    if backend == "torch":
+        return f"every weight {weights}"
+    return f"GEMV weights {weights}, the rest fp32"
 
 
 def _prefill_mode(run: BackendRun) -> str:
@@ -195,13 +271,50 @@ def _span(lo: float, hi: float) -> str:
 
 
 # -- the memory-bandwidth bound -------------------------------------------------------------------
-def weight_bytes_per_token(tensors: StateDict, bytes_per_value: int = BYTES_PER_VALUE) -> int:
+def weight_bytes_per_token(tensors: StateDict, bytes_per_value: int = BYTES_PER_VALUE,
+                           gemv_bytes_per_value: int | None = None) -> int:
     """Bytes of weights one decode step reads: every tensor the model uses once, except the
-    embedding, of which one row (the token's)."""
+    embedding, of which one row (the token's). ``gemv_bytes_per_value``: the matrices the step
+    multiplies a row by (``gemv_weight_names``) take that many bytes each, the rest ``bytes_per_value``
+    (a GPU bundle's fp16 weights: 2, with everything else fp32)."""
     unused = set(ARCHITECTURES[detect_version(tensors)].model_class.unused_keys)
-    values = sum(t.shape[-1] if name == "emb.weight" else t.numel()
-                 for name, t in tensors.items() if name not in unused)
-    return values * bytes_per_value
+    gemv = gemv_weight_names(tensors) if gemv_bytes_per_value is not None else set()
+    total = 0
+    for name, t in tensors.items():
+        if name in unused:
+            continue
+        values = t.shape[-1] if name == "emb.weight" else t.numel()
+        total += values * (gemv_bytes_per_value if name in gemv else bytes_per_value)
+    return total
+
+
+def gemv_weight_names(tensors: StateDict) -> set[str]:
+    """The 2-D weights a decode step multiplies a row by (linear layers, LoRA matrices, the head):
+    what the exported graph holds as constant MatMul operands and a GPU bundle stores in its
+    ``--weights`` dtype. Found by running the model once on the meta device (no memory, no compute)
+    and recording every 2-D parameter that reaches a matmul; the embedding is a gather, per-head
+    parameters such as ``r_k`` are elementwise."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    model_class = ARCHITECTURES[detect_version(tensors)].model_class
+    model = model_class.from_state_dict({k: torch.empty(t.shape, dtype=torch.float32, device="meta")
+                                         for k, t in tensors.items()})
+    names = {id(p): name for name, p in model.named_parameters()}
+    found: set[str] = set()
+    matmuls = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm}
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in matmuls:
+                found.update(names[id(a)] for a in args if isinstance(a, torch.Tensor) and id(a) in names and a.dim() == 2)
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), Record(), torch.inference_mode():
+        x = torch.zeros(1, model.config.n_embd)  # (T=1, C): one token past the embedding
+        x, _ = model.run_blocks(x, model.init_state())
+        model.head(model.ln_out(x))
+    return found
 
 
 def bound_ms(bytes_per_token: int, gb_s: float) -> float:
@@ -268,20 +381,27 @@ def default_work_dir() -> Path:
 def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(), work: str | Path | None = None,
               log: Callable[[str], None] = print) -> BenchReport:
     """Measure every backend of ``options`` on ``source`` (a checkpoint, an artifact directory, or
-    None for the demo model). Exports and compiles go to ``work`` (default: ~/.cache/rwkv-edge/bench)."""
+    None for the demo model). Exports and compiles go to ``work`` (default: ~/.cache/rwkv-edge/bench).
+    ``options.device`` "cuda" without a usable GPU: OptionError before anything runs."""
     start, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     threads = options.resolved_threads()
+    arch = cuda_arch() if options.device == "cuda" else None
     machine = machine_info(threads)
-    checkpoint, given = _resolve_source(source, options)
+    checkpoint, given, options = _resolve_source(source, options)
+    if options.tvm_target is None:
+        options = replace(options, tvm_target=default_cuda_target(arch) if arch else "x86_64-host")
     tensors = read_checkpoint(checkpoint)
     sha = sha256_file(checkpoint)
     model = _model_info(checkpoint, sha, tensors)
     weights = {"bytes_per_token": weight_bytes_per_token(tensors), "precision": "fp32",
                "bytes_per_value": BYTES_PER_VALUE}
     weights["fits_in_cache"] = weights["bytes_per_token"] <= machine["last_level_cache_mib"] * (1 << 20)
+    row_bytes = {b: row_weight_bytes(tensors, b, options.weights_of(b)) for b in options.backends}
     del tensors
     log(f"bench {checkpoint}: {model['label']} {model['n_layer']} x {model['n_embd']}, "
-        f"backends {', '.join(options.backends)}, {threads} threads")
+        f"backends {', '.join(options.backends)}, {threads} threads"
+        + (f"; on the GPU ({arch}): torch {options.torch_weights}, TVM {options.tvm_target} with "
+           f"{options.tvm_weights} weights" if arch else ""))
 
     work = Path(work) if work is not None else default_work_dir()
     sources, runs, preparation = {}, {}, {}
@@ -290,8 +410,17 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
             sources[backend] = checkpoint
             continue
         try:
-            sources[backend] = given.get(backend) or _prepare(backend, checkpoint, sha, options, work, log, preparation,
-                                                              onnx=sources.get("onnxruntime"))
+            if backend in given:
+                sources[backend] = given[backend]
+                continue
+            if backend == "onnxruntime" and arch and (why := ort_cuda_unavailable()):
+                raise _Unavailable(why)
+            onnx = sources.get("onnxruntime")
+            if backend == "tvm" and arch and onnx is None:  # one decode-step export for the builds of every --weights
+                if why := tvm_unavailable(options.tvm_target):
+                    raise _Unavailable(why)
+                onnx = _prepare("onnx", checkpoint, sha, options, work, log, preparation)
+            sources[backend] = _prepare(backend, checkpoint, sha, options, work, log, preparation, onnx=onnx)
         except _Unavailable as e:
             runs[backend] = BackendRun(backend, "unavailable", str(e), threads=threads)
             log(f"{backend}: unavailable: {e}")
@@ -299,27 +428,108 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
             runs[backend] = BackendRun(backend, "failed", str(e), threads=threads)
             log(f"{backend}: failed: {e}")
 
-    buffer = (options.bandwidth_mib << 20) if options.bandwidth_mib else bandwidth_buffer_bytes()
-    samples = measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
+    if arch:
+        buffer = (options.bandwidth_mib or GPU_BANDWIDTH_MIB) << 20
+        before = measure_gpu_bandwidth(buffer, options.bandwidth_repeats, log)
+    else:
+        buffer = (options.bandwidth_mib << 20) if options.bandwidth_mib else bandwidth_buffer_bytes()
+        samples = measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
     for backend in options.backends:
         if backend not in runs:
             runs[backend] = _measure(backend, sources[backend], options, threads, log)
-    samples += measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
+    if arch:
+        after = measure_gpu_bandwidth(buffer, options.bandwidth_repeats, log)
+        samples, copies = before["read_gb_s"] + after["read_gb_s"], before["copy_gb_s"] + after["copy_gb_s"]
+        machine["gpu"] = before["gpu"]
+        weights["fits_in_cache"] = weights["bytes_per_token"] <= machine["gpu"]["l2_mib"] * (1 << 20)
+    else:
+        samples += measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
     gb_s = float(np.median(samples))
     bandwidth = {"gb_s": gb_s, "samples_gb_s": samples, "buffer_mib": buffer >> 20,
                  "method": f"torch.amax over {buffer >> 20} MiB of fp32, {threads} threads, before and after the backends"}
+    if arch:
+        bandwidth["method"] = (f"torch.amax over {buffer >> 20} MiB of fp32 on the GPU, timed with CUDA events, "
+                               "before and after the backends")
+        bandwidth.update(copy_gb_s=float(np.median(copies)), copy_samples_gb_s=copies,
+                         copy_method=f"copy of {buffer >> 21} MiB from one half of the buffer to the other, "
+                                     "bytes read + written")
     bound = bound_ms(weights["bytes_per_token"], gb_s)
 
     ordered = [runs[b] for b in options.backends]
-    reference = runs.get("onnxruntime")
+    reference, eager = runs.get("onnxruntime"), runs.get("torch")
     for r in ordered:
+        r.weights, r.weight_bytes_per_token = options.weights_of(r.backend), row_bytes[r.backend]
+        r.bound_ms = bound_ms(r.weight_bytes_per_token, gb_s)
         if r.ok:
-            r.vs_bound = r.decode_ms["median"] / bound
+            r.vs_bound = r.decode_ms["median"] / r.bound_ms
             if reference is not None and reference.ok:
                 r.vs_onnxruntime = r.decode_ms["median"] / reference.decode_ms["median"]
+            if eager is not None and eager.ok:
+                r.vs_torch = r.decode_ms["median"] / eager.decode_ms["median"]
     machine["load_average_end"] = list(os.getloadavg())
     return BenchReport(machine, model, {**asdict(options), "backends": list(options.backends), "threads": threads}, weights, bandwidth, bound, ordered,
                        preparation, started, time.perf_counter() - start)
+
+
+def row_weight_bytes(tensors: StateDict, backend: str, weights: str) -> int:
+    """Bytes of weights ``backend``'s decode step reads with its weights in ``weights``: PyTorch in
+    fp16 holds every weight in fp16; a GPU bundle's ``--weights fp16`` the GEMV weights alone."""
+    if weights == "fp32":
+        return weight_bytes_per_token(tensors)
+    if backend == "torch":
+        return weight_bytes_per_token(tensors, bytes_per_value=2)
+    return weight_bytes_per_token(tensors, gemv_bytes_per_value=2)
+
+
+# -- the GPU ----------------------------------------------------------------------------------------
+def cuda_arch() -> str:
+    """The arch of the GPU bench runs on (``"sm_90"``); OptionError saying what is missing where
+    PyTorch cannot use a CUDA GPU here (the torch row and the bandwidth probe run through it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return f"sm_{major}{minor}"
+    from .cuda import cuda_device_arch
+
+    if cuda_device_arch() is None:
+        raise OptionError("--device cuda: no CUDA GPU is visible here (neither PyTorch nor TVM's CUDA runtime "
+                          "finds one); run it on a machine with an NVIDIA GPU and its driver, or bench the CPU")
+    raise OptionError(f"--device cuda: torch {torch.__version__} cannot use this machine's GPU (a CPU-only build?); "
+                      "the torch row and the bandwidth probe need a CUDA build of torch")
+
+
+def default_cuda_target(arch: str) -> str:
+    """The newest CUDA target of GPU_TARGETS whose arch a GPU of ``arch`` runs (an sm_80 cubin runs
+    on sm_86; PTX carries sm_90 onto newer GPUs) and whose host is this machine; where none fits,
+    the oldest, and the TVM row says why it cannot run."""
+    from ..targets.gpu import GPU_TARGETS
+    from ..targets.tvm import host_triple
+
+    here = [t for t in GPU_TARGETS.values() if t.device == "cuda" and t.triple == host_triple()]
+    if not here:
+        raise OptionError(f"no CUDA target has this machine's host ({platform.machine()}); "
+                          f"CUDA targets: {', '.join(t.name for t in GPU_TARGETS.values() if t.device == 'cuda')}")
+    fits = [t for t in here if _sm(t.arch) <= _sm(arch)]
+    return max(fits, key=lambda t: _sm(t.arch)).name if fits else min(here, key=lambda t: _sm(t.arch)).name
+
+
+def _sm(arch: str) -> int:
+    return int(arch.removeprefix("sm_").rstrip("a"))
+
+
+def ort_cuda_unavailable() -> str | None:
+    """Why onnxruntime cannot run on the GPU here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return None
+    return (f"onnxruntime {onnxruntime.__version__} here has no CUDA provider (that is the onnxruntime-gpu "
+            "package); it runs on the CPU only")
 
 
 def check_output(path: str | Path) -> None:
@@ -342,13 +552,14 @@ class _Unavailable(Exception):
     """A backend this build or this machine cannot run (not an error of the user's)."""
 
 
-def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[Path, dict[str, Path]]:
-    """(checkpoint, {backend: artifact directory given by the user})."""
+def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[Path, dict[str, Path], BenchOptions]:
+    """(checkpoint, {backend: artifact directory given by the user}, the options with a given
+    bundle's target). OptionError for a bundle of another device or weights than ``options`` ask for."""
     if source is None:
-        return DEMO_CHECKPOINT, {}
+        return DEMO_CHECKPOINT, {}, options
     source = Path(source)
     if not source.is_dir():
-        return source, {}
+        return source, {}, options
     manifest = read_manifest(source)
     backend = next((b for b, kind in ARTIFACT_KINDS.items() if kind == manifest.kind), None)
     if backend is None:
@@ -357,13 +568,29 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if manifest.precision != "fp32":
         raise OptionError(f"{source}: a {manifest.precision} artifact; bench compares backends at fp32 "
                           "(export or compile with --precision fp32)")
+    if backend == "tvm":
+        options = _bundle_options(source, manifest.target or {}, options)
     check_hashes(manifest, source)
     checkpoint = Path(manifest.source["checkpoint"])
     if not checkpoint.is_file():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
     if sha256_file(checkpoint) != manifest.source["sha256"]:
         raise ArtifactError(f"{checkpoint} is not the checkpoint {source} was made from (sha256 differs)")
-    return checkpoint, {backend: source} if backend in options.backends else {}
+    return checkpoint, {backend: source} if backend in options.backends else {}, options
+
+
+def _bundle_options(source: Path, target: dict[str, Any], options: BenchOptions) -> BenchOptions:
+    """``options`` for the TVM bundle ``source`` (its ``target`` record): same device, same weights,
+    its target name."""
+    name, device, weights = target.get("name"), target.get("device", "cpu"), target.get("weights", "fp32")
+    if (device == "cpu") != (options.device == "cpu"):
+        flag = "leave out --device cuda" if device == "cpu" else f"add --device {device}"
+        raise OptionError(f"{source}: a TVM bundle for {name} ({device}); bench runs it on device {options.device}: {flag}")
+    if weights != options.tvm_weights:
+        raise OptionError(f"{source}: a bundle with {weights} weights; pass --weights {weights}")
+    if options.tvm_target not in (None, name):
+        raise OptionError(f"{source}: a bundle for {name}, not {options.tvm_target} (--target)")
+    return replace(options, tvm_target=name)
 
 
 def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any]:
@@ -380,22 +607,27 @@ def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any
 def _prepare(backend: str, checkpoint: Path, sha: str, options: BenchOptions, work: Path,
              log: Callable[[str], None], preparation: dict[str, Any], onnx: Path | None = None) -> Path:
     """The artifact ``backend`` runs, made from ``checkpoint`` under ``work`` unless a matching one is
-    there. TVM compiles the ONNX export ``onnx`` where this run has one (the same graph, exported once)."""
+    there. TVM compiles the ONNX export ``onnx`` where this run has one (the same graph, exported once).
+    ``backend`` "onnx": the decode-step export alone, for the GPU builds when onnxruntime does not run."""
     if backend == "tvm" and (why := tvm_unavailable(options.tvm_target)):
         raise _Unavailable(why)
     out = work / f"{checkpoint.stem}-{sha[:12]}"
-    if backend == "onnxruntime":
-        out /= f"onnx-fp32-prefill{options.onnx_prefill_chunk}"
-        what, argv = "export onnx", ["export", "onnx", str(checkpoint), "-o", str(out),
-                                     "--prefill-chunk", str(options.onnx_prefill_chunk)]
+    if backend in ("onnxruntime", "onnx"):
+        chunk = _prefill_chunk(backend, options)
+        out /= f"onnx-fp32-prefill{chunk}"
+        what, argv = "export onnx", ["export", "onnx", str(checkpoint), "-o", str(out), "--prefill-chunk", str(chunk)]
     else:
-        out /= f"tvm-{options.tvm_target}"
-        what, argv = f"compile {options.tvm_target}", ["compile", str(onnx or checkpoint), "--target",
-                                                       options.tvm_target, "-o", str(out)]
+        gpu = _gpu_target(options.tvm_target)
+        out /= tvm_bundle_name(options.tvm_target, options.tvm_weights)
+        what = f"compile {options.tvm_target}" + (f" --weights {options.tvm_weights}" if gpu else "")
+        argv = ["compile", str(onnx or checkpoint), "--target", options.tvm_target, "-o", str(out)]
+        argv += ["--weights", options.tvm_weights] if gpu else []
     if not options.rebuild and _cached(backend, out, sha, options):
         log(f"{backend}: reusing {out} (same checkpoint sha256, files match its manifest; --rebuild to redo)")
         preparation[backend] = {"artifact": str(out), "reused": True}
         return out
+    if backend == "tvm" and gpu and gpu.device == "cuda" and shutil.which("nvcc") is None:
+        raise _Unavailable("nvcc not found: compiling for a CUDA target needs the CUDA toolkit's nvcc on PATH")
     log(f"{backend}: {what} -> {out}")
     start = time.perf_counter()
     _run_cli(argv, what, log)
@@ -403,13 +635,34 @@ def _prepare(backend: str, checkpoint: Path, sha: str, options: BenchOptions, wo
     return out
 
 
+def tvm_bundle_name(target: str, weights: str) -> str:
+    """The cache directory of a bundle: the target, and for GPU targets the weights' dtype."""
+    return f"tvm-{target}-{weights}" if _gpu_target(target) else f"tvm-{target}"
+
+
+def _gpu_target(name: str):
+    from ..targets.gpu import GPU_TARGETS
+
+    return GPU_TARGETS.get(name)
+
+
+def _prefill_chunk(backend: str, options: BenchOptions) -> int:
+    return options.onnx_prefill_chunk if backend == "onnxruntime" else 0
+
+
 def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
-    """Whether ``out`` holds an intact fp32 artifact of the checkpoint with this sha256, made as asked."""
+    """Whether ``out`` holds an intact fp32 artifact of the checkpoint with this sha256, made as asked:
+    an export with the same prefill graph, a bundle for the same target with the same weights."""
     try:
         manifest = read_manifest(out)
-        made_as_asked = manifest.kind == ARTIFACT_KINDS[backend] and manifest.precision == "fp32" and (
-            manifest.graphs.get("prefill", {}).get("chunk", 0) == options.onnx_prefill_chunk
-            if backend == "onnxruntime" else (manifest.target or {}).get("name") == options.tvm_target)
+        if backend == "tvm":
+            target = manifest.target or {}
+            made_as_asked = (manifest.kind == "tvm" and manifest.precision == "fp32"
+                             and target.get("name") == options.tvm_target
+                             and target.get("weights", "fp32") == options.tvm_weights)
+        else:
+            made_as_asked = (manifest.kind == "onnx" and manifest.precision == "fp32"
+                             and manifest.graphs.get("prefill", {}).get("chunk", 0) == _prefill_chunk(backend, options))
         if manifest.source.get("sha256") != sha or not made_as_asked:
             return False
         check_hashes(manifest, out)
@@ -419,7 +672,7 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
 
 
 def tvm_unavailable(target: str) -> str | None:
-    """Why the TVM row cannot run in this build, or None."""
+    """Why the TVM row cannot run in this build or on this machine, or None."""
     import importlib.util
 
     from . import open as opener
@@ -432,6 +685,11 @@ def tvm_unavailable(target: str) -> str | None:
 
     if target not in TARGETS:
         return f"no target {target!r} in this build"
+    gpu = _gpu_target(target)
+    if gpu is not None and not gpu.runs_here():
+        from ..targets.gpu import unavailable_reason
+
+        return f"{target}: {unavailable_reason(gpu.device, gpu.arch, gpu.triple)}"
     return None
 
 
@@ -459,10 +717,12 @@ def _run_cli(argv: list[str], what: str, log: Callable[[str], None]) -> None:
 
 # -- workers --------------------------------------------------------------------------------------
 def _measure(backend: str, source: Path, options: BenchOptions, threads: int, log: Callable[[str], None]) -> BackendRun:
-    log(f"{backend}: {options.warmup} + {options.steps} decode steps, prefill {options.prefill} tokens, {threads} threads ...")
+    where = f" on the GPU, {options.weights_of(backend)} weights" if options.device != "cpu" else ""
+    log(f"{backend}: {options.warmup} + {options.steps} decode steps, prefill {options.prefill} tokens, "
+        f"{threads} threads{where} ...")
     spec = {"backend": backend, "source": str(source), "threads": threads, "warmup": options.warmup,
             "steps": options.steps, "prefill": options.prefill, "prefill_repeats": options.prefill_repeats,
-            "seed": options.seed}
+            "seed": options.seed, "device": options.device, "weights": options.weights_of(backend)}
     start = time.perf_counter()
     try:
         result = _run_worker("decode", spec, threads)
@@ -481,6 +741,18 @@ def measure_bandwidth(buffer_bytes: int, repeats: int, threads: int, log: Callab
     samples = _run_worker("bandwidth", {"bytes": buffer_bytes, "repeats": repeats, "threads": threads}, threads)
     log(f"read bandwidth: median {np.median(samples):.1f} GB/s")
     return samples
+
+
+def measure_gpu_bandwidth(buffer_bytes: int, repeats: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """GPU memory in a subprocess: ``repeats`` timed torch.amax reductions over a ``buffer_bytes``
+    buffer (read GB/s) and as many copies of one half of it to the other (GB/s read + written),
+    each timed with CUDA events; and what the GPU is."""
+    log(f"GPU bandwidth: {repeats} x torch.amax over {buffer_bytes >> 20} MiB, {repeats} copies of "
+        f"{buffer_bytes >> 21} MiB ...")
+    result = _run_worker("bandwidth", {"bytes": buffer_bytes, "repeats": repeats, "threads": 1, "device": "cuda"}, 1)
+    log(f"GPU bandwidth: median {np.median(result['read_gb_s']):.1f} GB/s read, "
+        f"{np.median(result['copy_gb_s']):.1f} GB/s copied (read + written), {result['gpu']['name']}")
+    return result
 
 
 def _run_worker(mode: str, spec: dict[str, Any], threads: int) -> Any:
@@ -506,8 +778,11 @@ def _rss_mib(field_name: str = "VmRSS") -> float:
 def _decode_worker(spec: dict[str, Any]) -> dict[str, Any]:
     base_rss = _rss_mib()
     backend_name, threads = spec["backend"], spec["threads"]
+    device, weights = spec.get("device", "cpu"), spec.get("weights", "fp32")
     start = time.perf_counter()
-    backend = _open(backend_name, spec["source"], threads)
+    backend = _open(backend_name, spec["source"], threads, device, weights)
+    # on a GPU a step returns once its kernels are queued: every timed call waits for them
+    sync = backend.sync if device != "cpu" and hasattr(backend, "sync") else None
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(spec["seed"])
     tokens = rng.integers(0, backend.vocab_size, spec["warmup"] + spec["steps"]).tolist()
@@ -516,6 +791,8 @@ def _decode_worker(spec: dict[str, Any]) -> dict[str, Any]:
     state = backend.init_state()
     for token in tokens[:spec["warmup"]]:
         _, state = backend.step(token, state)
+    if sync:
+        sync()
     times = []
     gc.collect()
     gc.disable()
@@ -523,14 +800,20 @@ def _decode_worker(spec: dict[str, Any]) -> dict[str, Any]:
         for token in tokens[spec["warmup"]:]:
             t0 = time.perf_counter_ns()
             _, state = backend.step(token, state)
+            if sync:
+                sync()
             times.append((time.perf_counter_ns() - t0) / 1e6)
         prefill_s = []
         if prompt:
             backend.prefill(prompt, backend.init_state())  # untimed: first calls of a prefill graph allocate
+            if sync:
+                sync()
             for _ in range(spec["prefill_repeats"]):
                 fresh = backend.init_state()
                 t0 = time.perf_counter()
                 backend.prefill(prompt, fresh)
+                if sync:
+                    sync()
                 prefill_s.append(time.perf_counter() - t0)
     finally:
         gc.enable()
@@ -542,26 +825,50 @@ def _decode_worker(spec: dict[str, Any]) -> dict[str, Any]:
                       "max": float(ms.max())},
         "decode_steps": len(times), "prefill_tokens": len(prompt),
         "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
-        "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss, "details": _details(backend_name, backend),
+        "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss,
+        "details": _details(backend_name, backend, device),
     }
 
 
-def _open(backend: str, source: str, threads: int):
-    """The backend, with ``threads`` intra-op threads (TVM reads TVM_NUM_THREADS, set by the parent)."""
+def _open(backend: str, source: str, threads: int, device: str = "cpu", weights: str = "fp32"):
+    """The backend, with ``threads`` intra-op threads (TVM reads TVM_NUM_THREADS, set by the parent);
+    on ``device`` "cuda": PyTorch's model moved to the GPU in ``weights``, onnxruntime's CUDA provider,
+    the TVM bundle where its manifest says (a CUDA bundle runs on the GPU)."""
     if backend == "onnxruntime":
         from .ort_backend import OrtBackend
 
-        return OrtBackend(source, threads=threads)
+        ort_backend = OrtBackend(source, threads=threads)
+        if device == "cuda":
+            _use_cuda_provider(ort_backend)
+        return ort_backend
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
+        if device != "cpu":
+            from ..model import load_model
+            from .backend import TorchBackend
+
+            return TorchBackend(load_model(source, dtype={"fp32": torch.float32, "fp16": torch.float16}[weights]),
+                                device=device)
     from .open import open_backend
 
     return open_backend(source, backend)
 
 
-def _details(name: str, backend) -> dict[str, Any]:
+def _use_cuda_provider(backend) -> None:
+    """Rebuild an OrtBackend's sessions on onnxruntime's CUDA provider (inputs and outputs still
+    cross as numpy arrays, so every call copies the state to the GPU and back)."""
+    import onnxruntime as ort
+
+    options = backend.step_session.get_session_options()
+    for attribute, role in (("step_session", "step"), ("prefill_session", "prefill")):
+        if getattr(backend, attribute) is not None:
+            path = backend.directory / backend.manifest.graphs[role]["file"]
+            setattr(backend, attribute, ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"]))
+
+
+def _details(name: str, backend, device: str = "cpu") -> dict[str, Any]:
     details: dict[str, Any] = {"prefill_chunk": getattr(backend, "chunk", 0)}
     module = {"torch": "torch", "onnxruntime": "onnxruntime", "tvm": "tvm"}[name]
     details[module] = getattr(sys.modules.get(module), "__version__", None)
@@ -569,15 +876,23 @@ def _details(name: str, backend) -> dict[str, Any]:
         import torch
 
         details["intra_op_threads"] = torch.get_num_threads()
+        if device != "cpu":
+            details["dtype"] = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
+            details["gpu"] = torch.cuda.get_device_name(0)
+            details["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / (1 << 20)
     if name == "onnxruntime":
-        details["provider"] = "CPUExecutionProvider"
+        details["provider"] = backend.step_session.get_providers()[0] if device != "cpu" else "CPUExecutionProvider"
+    if device != "cpu" and getattr(backend, "where", None):
+        details["where"] = backend.where
     manifest = getattr(backend, "manifest", None)
     if manifest is not None:
         details["artifact_target"] = manifest.target
     return details
 
 
-def _bandwidth_worker(spec: dict[str, Any]) -> list[float]:
+def _bandwidth_worker(spec: dict[str, Any]) -> list[float] | dict[str, Any]:
+    if spec.get("device", "cpu") != "cpu":
+        return _gpu_bandwidth_worker(spec)
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -592,6 +907,39 @@ def _bandwidth_worker(spec: dict[str, Any]) -> list[float]:
         buffer.amax().item()
         samples.append(buffer.numel() * 4 / (time.perf_counter() - t0) / 1e9)
     return samples
+
+
+def _gpu_bandwidth_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OptionError(f"torch {torch.__version__} sees no CUDA GPU")
+    n = spec["bytes"] // 4
+    half = n // 2
+    buffer = torch.arange(n, dtype=torch.float32, device="cuda")  # (n,): written once, every page resident
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def seconds(work: Callable[[], Any]) -> float:
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def read() -> Any:
+        return buffer.amax()
+
+    def copy() -> Any:
+        return buffer[half:2 * half].copy_(buffer[:half])
+
+    read(), copy()  # warm-up: kernels loaded, clocks up
+    reads = [n * 4 / seconds(read) / 1e9 for _ in range(spec["repeats"])]
+    copies = [2 * half * 4 / seconds(copy) / 1e9 for _ in range(spec["repeats"])]
+    props = torch.cuda.get_device_properties(0)
+    gpu = {"name": props.name, "arch": f"sm_{props.major}{props.minor}", "memory_mib": props.total_memory / (1 << 20),
+           "multiprocessors": props.multi_processor_count, "l2_mib": getattr(props, "L2_cache_size", 0) / (1 << 20),
+           "torch_cuda": torch.version.cuda}
+    return {"read_gb_s": reads, "copy_gb_s": copies, "gpu": gpu}
 
 
 def _worker_main(argv: list[str]) -> None:

@@ -124,6 +124,10 @@ class ParityReport:
         return not self.failures
 
     @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    @property
     def top1_agreement(self) -> float:
         return sum(self.top1) / len(self.top1) if self.top1 else 0.0
 

@@ -1,4 +1,4 @@
-"""A TVM bundle behind the step contract: on this machine, or on a board through TVM's RPC server."""
+"""A TVM bundle behind the step contract: on this machine (CPU or GPU), or on a board through TVM's RPC server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,24 @@ from .backend import NamedState, check_named_state, check_token_ids
 
 HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 RPC_TIMEOUT_S = 10  # connecting, and each remote call's session
+_PREBUILT_CUDA: dict[str, bytes] = {}  # sha256 of a CUDA bundle's kernels.cu -> its fatbin, for TVM's compile callback
+
+
+class DeviceTensor:
+    """A state tensor that stays on the GPU between steps; numpy on demand (``np.asarray``), batch axis hidden."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, tensor) -> None:
+        self.tensor = tensor  # (1, ...) on the device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.tensor.shape[1:])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self.tensor.numpy()[0]
+        return array if dtype is None else array.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -36,7 +54,10 @@ class Remote:
 
 
 class TvmBackend:
-    """``model.so`` of a bundle made by ``rwkv-edge compile --target <cpu>``, run by the Relax VM."""
+    """``model.so`` of a bundle made by ``rwkv-edge compile --target <cpu|gpu>``, run by the Relax VM.
+
+    GPU bundles: the weights (params.safetensors) are uploaded once and the state stays on the GPU
+    between steps (``DeviceTensor`` values); ``sync()`` waits for the GPU."""
 
     name = "tvm"
     chunk = 0  # no prefill graph: prompts run step by step
@@ -45,15 +66,15 @@ class TvmBackend:
         self.directory = Path(directory)
         self.manifest: Manifest = read_manifest(self.directory, kind="tvm")
         check_hashes(self.manifest, self.directory)
-        if not self.manifest.target.get("linked", True):
-            raise PlatformError(f"{self.directory}: holds unlinked objects ({self.manifest.graphs['step']['file']}); "
-                                f"{self.manifest.target['name']} bundles need their final link first")
+        self.device_kind = self.manifest.target.get("device", "cpu")
         self.vocab_size = int(self.manifest.config["vocab_size"])
         self.spec: list[StateTensor] = self.manifest.state
         self.remote = remote
         self._session = None
+        self.library = self._library()
         self.where = self._where()
         self._vm, self._device = self._load()
+        self._params = self._load_params()
         initial = self._vm["initial_state"]() if remote is None else self._remote_call("initial_state", [])
         self._initial = {t.input_name: _numpy(v)[0] for t, v in zip(self.spec, initial)}
 
@@ -68,8 +89,14 @@ class TvmBackend:
         check_named_state(state, self.spec)
         args = self._arguments(token, state)
         outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
-        logits, *new_state = (self._array(v) for v in outputs)
-        return logits[0], {t.input_name: s[0] for t, s in zip(self.spec, new_state)}
+        logits, *new_state = outputs
+        if self.device_kind != "cpu" and self.remote is None:
+            return _numpy(logits)[0], {t.input_name: DeviceTensor(s) for t, s in zip(self.spec, new_state)}
+        return self._array(logits)[0], {t.input_name: self._array(s)[0] for t, s in zip(self.spec, new_state)}
+
+    def sync(self) -> None:
+        """Wait until the device has finished what was launched (GPU kernels run asynchronously)."""
+        self._device.sync()
 
     def time_decode(self, repeat: int = 20, number: int = 5) -> list[float]:
         """Milliseconds per decode step, measured where the library runs (on the device, over RPC)
@@ -79,16 +106,21 @@ class TvmBackend:
         return [float(seconds) * 1e3 for seconds in timer("main").results]
 
     def _arguments(self, token: int, state: NamedState) -> list:
-        """``main``'s inputs: token (1,) int64, then every state tensor with its batch axis, in manifest order."""
+        """``main``'s inputs: token (1,) int64, every state tensor with its batch axis in manifest order,
+        then the weights of a GPU bundle."""
         args = [self._tensor(np.array([token], dtype=np.int64))]
-        return args + [self._tensor(np.asarray(state[t.input_name], dtype=np.float32)[None]) for t in self.spec]
+        for t in self.spec:
+            value = state[t.input_name]
+            resident = isinstance(value, DeviceTensor) and value.tensor.device == self._device
+            args.append(value.tensor if resident else self._tensor(np.asarray(value, dtype=np.float32)[None]))
+        return args + self._params
 
     def _tensor(self, array: np.ndarray):
         """numpy -> TVM; on this machine without a copy where the array allows it (a state this
         backend returned: TVM's own 64-byte-aligned memory), which halves a small model's step."""
         import tvm
 
-        if self.remote is None and array.flags.c_contiguous and array.ctypes.data % 64 == 0:
+        if self.device_kind == "cpu" and self.remote is None and array.flags.c_contiguous and array.ctypes.data % 64 == 0:
             return tvm.runtime.from_dlpack(array)
         return tvm.runtime.tensor(np.ascontiguousarray(array), self._device)
 
@@ -108,6 +140,15 @@ class TvmBackend:
         triple = self.manifest.target["triple"]
         if self.remote is not None:
             return f"{self.remote.describe()} ({triple})"
+        if self.device_kind != "cpu":
+            from ..targets.gpu import unavailable_reason
+
+            arch = self.manifest.target.get("arch")
+            why = unavailable_reason(self.device_kind, arch, triple)
+            if why is not None:
+                raise PlatformError(f"{self.directory} ({self.manifest.target['name']} bundle, "
+                                    f"{self.device_kind}{' ' + arch if arch else ''}): {why}")
+            return f"this machine's {self.device_kind} GPU ({triple} host)"
         here = HOST_TRIPLES.get(platform.machine())
         if here != triple:
             raise PlatformError(f"{self.directory} was built for {triple} ({self.manifest.target['name']}); this "
@@ -119,29 +160,67 @@ class TvmBackend:
         import tvm
         from tvm import relax
 
-        library = self.directory / self.manifest.graphs["step"]["file"]
+        library = self.library
         if self.remote is None:
+            self._register_fatbin()
             try:
                 module = tvm.runtime.load_module(str(library))
+                device = tvm.device(self.device_kind)
+                return relax.VirtualMachine(module, device), device
             except Exception as e:  # a library that does not load is a broken artifact
                 raise ArtifactError(f"{library}: TVM cannot load it: {_last_line(e)}") from None
-            device = tvm.cpu()
-            return relax.VirtualMachine(module, device), device
         session = connect(self.remote)
         try:
             session.upload(str(library))
             module = session.load_module(library.name)
         except Exception as e:
             raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {_last_line(e)}") from None
-        device = session.cpu()
+        device = session.device(self.device_kind)
         self._session = session  # keep the connection alive as long as the VM
         return relax.VirtualMachine(module, device), device
+
+    def _library(self) -> Path:
+        """model.so; for Apple bundles the one linked on the Mac from model.tar (docs/tvm-gpu.md)."""
+        name = self.manifest.graphs["step"]["file"]
+        if self.manifest.target.get("linked", True):
+            return self.directory / name
+        linked = self.directory / "model.so"
+        if self.device_kind == "metal" and (linked.is_file() or platform.system() != "Darwin"):
+            return linked  # off a Mac, _where says where it runs
+        raise PlatformError(f"{self.directory}: holds unlinked objects ({name}); "
+                            f"{self.manifest.target['name']} bundles need their final link first"
+                            + (" (on the Mac: link model.tar into model.so, docs/tvm-gpu.md)"
+                               if self.device_kind == "metal" else ""))
+
+    def _register_fatbin(self) -> None:
+        """A CUDA bundle's kernels come precompiled (kernels.fatbin): TVM asks its compile callback for
+        them when the library loads, and gets the fatbin made from exactly this source."""
+        if self.device_kind != "cuda":
+            return
+        import tvm_ffi
+
+        from ..compile.gpu import CUDA_SOURCE, FATBIN
+
+        _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = (self.directory / FATBIN).read_bytes()
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
+
+    def _load_params(self) -> list:
+        """The weights of a GPU bundle, on the device once; CPU bundles carry theirs inside model.so."""
+        name = self.manifest.graphs["step"].get("params")
+        if name is None:
+            return []
+        import tvm
+
+        from ..compile.gpu import load_params
+
+        return [tvm.runtime.tensor(v, self._device) for v in load_params(self.directory / name)]
 
     def close(self) -> None:
         """Release the library (and the RPC session: a TVM server serves one session at a time)."""
         import gc
 
         self._vm = self._session = self._device = None
+        self._params = []
         gc.collect()  # the VM's get_outputs closure is a reference cycle that holds the session
 
     def _remote_call(self, function: str, args: list):
@@ -161,6 +240,16 @@ def connect(remote: Remote):
     if remote.key:
         return request_from_tracker(host, port, remote.key, timeout=remote.timeout_s)
     return connect_server(host, port, timeout=remote.timeout_s)
+
+
+def _prebuilt_fatbin(code: str, *_target) -> bytes:
+    """TVM's CUDA compile callback: the fatbin a loaded bundle brought for this source, never a compiler."""
+    import hashlib
+
+    binary = _PREBUILT_CUDA.get(hashlib.sha256(code.encode()).hexdigest())
+    if binary is None:
+        raise ArtifactError("a CUDA library asked for kernels no loaded bundle's kernels.fatbin was compiled from")
+    return binary
 
 
 def _numpy(value) -> np.ndarray:

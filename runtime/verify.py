@@ -30,7 +30,8 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 
     ONNX artifacts run on onnxruntime. Core ML artifacts (a directory, or the .mlpackage in it) get
     a spec check, then run on Core ML (macOS) or coremltools' value inference (``executor``). TVM
-    bundles run here, or on the device behind ``remote`` (a ``tvm_backend.Remote``: RPC server or tracker)."""
+    bundles run here, or on the device behind ``remote`` (a ``tvm_backend.Remote``: RPC server or tracker).
+    A GPU bundle where its GPU is absent gets a ``BuildReport`` instead: built, not executed."""
     from .coreml_backend import artifact_directory
 
     directory = artifact_directory(directory)
@@ -40,6 +41,12 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     if remote is not None and manifest.kind != "tvm":
         raise OptionError(f"{directory}: --rpc and --tracker run TVM bundles; this is a {manifest.kind} artifact")
     check_hashes(manifest, directory)
+    if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
+        from .build_check import check_gpu_build
+
+        build = check_gpu_build(manifest, directory, why)
+        log(f"wrote {build.save(directory)}")
+        return build
     source = Path(checkpoint or manifest.source["checkpoint"])
     if not source.is_file():
         raise ArtifactError(f"source checkpoint {source} not found; pass it with --checkpoint")
@@ -78,10 +85,23 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     return report
 
 
+def _gpu_absent(manifest: Manifest) -> str | None:
+    """Why a GPU bundle cannot run here (None for CPU bundles and where the GPU is present)."""
+    target = manifest.target or {}
+    if target.get("device", "cpu") == "cpu":
+        return None
+    from ..targets.gpu import unavailable_reason
+
+    return unavailable_reason(target["device"], target.get("arch"), target["triple"])
+
+
 def tolerance_key(manifest: Manifest) -> str:
     """Which TOLERANCES entry an artifact is judged by: its weight compression, else its precision."""
-    quantization = (manifest.target or {}).get("quantization", "none")
-    return manifest.precision if quantization == "none" else quantization
+    target = manifest.target or {}
+    quantization = target.get("quantization", "none")
+    if quantization != "none":
+        return quantization
+    return "fp16" if target.get("weights") == "fp16" else manifest.precision
 
 
 def _time_decode(report: ParityReport, candidate) -> str:

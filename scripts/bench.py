@@ -1,12 +1,21 @@
-"""Decode benchmark of the bundled demo model and of a 0.1B-shape RWKV-7, every backend on this machine.
+"""Decode benchmark of the bundled demo model and of RWKV-7 0.1B- and 1.5B-shape models, every backend,
+on this machine's CPU or its NVIDIA GPU.
 
-The 0.1B shape is that of RWKV-7 0.1B (12 layers x 768, vocab 65536) with seeded random weights:
-speed depends on shapes, not on values. The checkpoint is made once under --work and reused while
-its sha256 matches the one recorded beside it. For each model this prints `rwkv-edge bench`'s table,
-saves bench-<model>.json in --json-dir, and ends with a Markdown table of all rows.
+The 0.1B shape is that of RWKV-7 0.1B (12 layers x 768), the 1.5B shape that of RWKV-7 1.5B (24 layers
+x 2048), both with vocab 65536, head size 64 and seeded random weights: speed depends on shapes, not
+on values. Each checkpoint is made once under --work and reused while its sha256 matches the one
+recorded beside it. For each model (and on a GPU each --weights choice) this prints `rwkv-edge
+bench`'s table, saves bench-<model>.json (on a GPU bench-<model>-cuda-<weights>.json) in --json-dir,
+and ends with a Markdown table of all rows.
+
+On a GPU (--device cuda) each --weights choice is one bench run: the TVM bundle compiled with those
+GEMV weights and PyTorch eager with its model in the same dtype; onnxruntime (fp32 exports only)
+runs in the fp32 run, where its CUDA provider is installed. "x torch" compares with the PyTorch row
+of the same run, so an fp16 bundle is compared with fp16 PyTorch.
 
     python scripts/bench.py --work ~/.cache/rwkv-edge/bench --json-dir .
     python scripts/bench.py --models 0.1b --backends torch,onnxruntime
+    python scripts/bench.py --device cuda --models 0.1b,1.5b --weights fp32,fp16
     python scripts/bench.py --make-0.1b rwkv7-0.1b-shape.pth     # only write the checkpoint
 """
 
@@ -23,37 +32,44 @@ from rwkv_edge.errors import RwkvEdgeError
 from rwkv_edge.manifest import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.runtime.bench import (BenchOptions, BenchReport, check_output, default_work_dir, run_bench,
-                                     save_report)
+from rwkv_edge.runtime.bench import (WEIGHTS, BenchOptions, BenchReport, check_output, cuda_arch, default_work_dir,
+                                     run_bench, save_report)
 
-SHAPE_01B = {"version": "v7", "n_layer": 12, "n_embd": 768, "vocab_size": 65536, "head_size": 64, "seed": 0}
-CHECKPOINT_01B = "rwkv7-0.1b-shape-random.pth"
+SHAPES = {  # make_checkpoint's arguments
+    "0.1b": {"version": "v7", "n_layer": 12, "n_embd": 768, "vocab_size": 65536, "head_size": 64, "seed": 0},
+    "1.5b": {"version": "v7", "n_layer": 24, "n_embd": 2048, "vocab_size": 65536, "head_size": 64, "seed": 0},
+}
+CHECKPOINTS = {name: f"rwkv7-{name}-shape-random.pth" for name in SHAPES}
+MODELS = ("demo", *SHAPES)
 
 
-def make_01b(path: Path) -> Path:
-    """Write the 0.1B-shape checkpoint at ``path``, or reuse the one there if it is what SHAPE_01B makes.
+def make_shape(name: str, path: Path) -> Path:
+    """Write the checkpoint of shape ``name`` at ``path``, or reuse the one there if it is what SHAPES[name] makes.
 
     Beside it, ``PATH.json`` records the arguments and the sha256 it was written with."""
+    shape = SHAPES[name]
     record = path.with_name(path.name + ".json")
     if path.is_file() and record.is_file():
         saved = json.loads(record.read_text())
-        if saved.get("make_checkpoint") == SHAPE_01B and saved.get("sha256") == sha256_file(path):
-            print(f"0.1b: reusing {path}")
+        if saved.get("make_checkpoint") == shape and saved.get("sha256") == sha256_file(path):
+            print(f"{name}: reusing {path}")
             return path
     start = time.perf_counter()
-    print(f"0.1b: writing {path} ...", flush=True)
+    print(f"{name}: writing {path} ...", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    version, kwargs = SHAPE_01B["version"], {k: v for k, v in SHAPE_01B.items() if k != "version"}
+    version, kwargs = shape["version"], {k: v for k, v in shape.items() if k != "version"}
     with atomic_path(path) as tmp:
         save_checkpoint(make_checkpoint(version, **kwargs), tmp)
     with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps({"make_checkpoint": SHAPE_01B, "sha256": sha256_file(path)}, indent=2) + "\n")
-    print(f"0.1b: {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s")
+        tmp.write_text(json.dumps({"make_checkpoint": shape, "sha256": sha256_file(path)}, indent=2) + "\n")
+    print(f"{name}: {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s")
     return path
 
 
 def markdown(reports: dict[str, BenchReport]) -> str:
-    """All rows of all models as one Markdown table, after a line with each model's bound."""
+    """All rows of all runs as one Markdown table, after a line with each run's bound."""
+    if any(r.options.get("device", "cpu") != "cpu" for r in reports.values()):
+        return _markdown_gpu(reports)
     bounds = ", ".join(f"{name} {r.bound_ms:.3f} ms/token ({r.weights['bytes_per_token'] / 1e6:.1f} MB at "
                        f"{r.bandwidth['gb_s']:.1f} GB/s)" for name, r in reports.items())
     lines = [f"Memory-bandwidth bounds: {bounds}.", "",
@@ -72,45 +88,103 @@ def markdown(reports: dict[str, BenchReport]) -> str:
     return "\n".join(lines)
 
 
+def _markdown_gpu(reports: dict[str, BenchReport]) -> str:
+    """The GPU table: each row with its weights' dtype and its own bound; x torch within its run."""
+    first = next(iter(reports.values()))
+    gpu = first.machine.get("gpu", {})
+    bandwidths = ", ".join(f"{name} {r.bandwidth['gb_s']:.0f} GB/s read / {r.bandwidth['copy_gb_s']:.0f} GB/s copied"
+                           for name, r in reports.items() if "copy_gb_s" in r.bandwidth)
+    lines = [f"GPU: {gpu.get('name', '?')} ({gpu.get('arch', '?')}); memory bandwidth measured in each run "
+             f"(torch.amax read; device-to-device copy, bytes read + written): {bandwidths}. "
+             "Bound: the weight bytes a row reads per token at that read bandwidth; x torch: against the PyTorch "
+             "row of the same run (same weights dtype).", "",
+             "| model | backend | weights | decode ms/token (p10-p90) | bound ms/token | x bound | x torch | "
+             "prefill tok/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, report in reports.items():
+        model = name.split(" ")[0]
+        for r in report.runs:
+            if not r.ok:
+                lines.append(f"| {model} | {r.backend} | {r.weights} | {r.status}: {r.reason} | | | | | |")
+                continue
+            d = r.decode_ms
+            vs_torch = f"{r.vs_torch:.2f}" if r.vs_torch is not None else "-"
+            prefill = f"{r.prefill_tok_s:.0f}" if r.prefill_tok_s is not None else "-"
+            lines.append(f"| {model} | {r.backend} | {r.weights} | {d['median']:.3f} ({d['p10']:.3f}-{d['p90']:.3f}) | "
+                         f"{r.bound_ms:.4g} | {r.vs_bound:.2f} | {vs_torch} | {prefill} | {r.peak_rss_mib:.0f} |")
+    return "\n".join(lines)
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="demo,0.1b", help="comma-separated: demo, 0.1b (default both)")
+    parser.add_argument("--models", default="demo,0.1b", help=f"comma-separated: {', '.join(MODELS)} (default demo,0.1b)")
     parser.add_argument("--backends", default="torch,onnxruntime,tvm")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: every row on this machine's NVIDIA GPU (default cpu)")
+    parser.add_argument("--weights", default="fp32",
+                        help="with --device cuda, comma-separated: fp32, fp16; one bench run each (default fp32)")
+    parser.add_argument("--target", help="the TVM row's target (default: x86_64-host, or the GPU's newest CUDA target)")
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--threads", type=int, help="per backend (default: every usable core)")
     parser.add_argument("--work", type=Path, default=default_work_dir(),
-                        help="the 0.1B checkpoint, exports and compiled bundles (default ~/.cache/rwkv-edge/bench)")
+                        help="the model checkpoints, exports and compiled bundles (default ~/.cache/rwkv-edge/bench)")
     parser.add_argument("--json-dir", type=Path, default=Path("."), help="where bench-<model>.json go (default .)")
     parser.add_argument("--rebuild", action="store_true", help="export and compile again")
-    parser.add_argument("--make-0.1b", type=Path, metavar="PATH", dest="make_01b",
-                        help="only write the 0.1B-shape checkpoint to PATH, then exit")
+    for name in SHAPES:
+        parser.add_argument(f"--make-{name}", type=Path, metavar="PATH", dest=f"make_{name.replace('.', '')}",
+                            help=f"only write the {name.upper()}-shape checkpoint to PATH, then exit")
     args = parser.parse_args()
     try:
-        if args.make_01b:
-            make_01b(args.make_01b)
+        made = [(name, getattr(args, f"make_{name.replace('.', '')}")) for name in SHAPES]
+        if any(path for _, path in made):
+            for name, path in made:
+                if path:
+                    make_shape(name, path)
             return 0
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = [m for m in models if m not in ("demo", "0.1b")]
+        models, weights = _csv(args.models), _csv(args.weights)
+        unknown = [m for m in models if m not in MODELS]
         if unknown or not models:
-            parser.error(f"unknown model {unknown[0] if unknown else '(none)'!r}; choose demo, 0.1b")
-        options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps,
-                               args.warmup, args.prefill, threads=args.threads, rebuild=args.rebuild)
+            parser.error(f"unknown model {unknown[0] if unknown else '(none)'!r}; choose {', '.join(MODELS)}")
+        if not weights or any(w not in WEIGHTS for w in weights) or len(set(weights)) != len(weights):
+            parser.error(f"--weights {args.weights!r}: a comma-separated list of {', '.join(WEIGHTS)}, each once")
+        if args.device == "cuda":
+            cuda_arch()  # a machine without a GPU fails here, before any checkpoint is written
+        runs = {}  # (model, weights) -> options
         for name in models:
-            check_output(args.json_dir / f"bench-{name}.json")
+            for w in weights:
+                backends = [b for b in _csv(args.backends) if w == "fp32" or b != "onnxruntime"]  # ORT: fp32 exports
+                if backends:
+                    runs[name, w] = BenchOptions(
+                        tuple(backends), args.steps, args.warmup, args.prefill, threads=args.threads,
+                        rebuild=args.rebuild, device=args.device, tvm_target=args.target, tvm_weights=w,
+                        torch_weights=w if args.device != "cpu" else "fp32")
+        if not runs:
+            parser.error("nothing to run: onnxruntime runs fp32 exports only (add fp32 to --weights, or another backend)")
+        paths = {key: args.json_dir / _report_name(*key, args.device) for key in runs}
+        for path in paths.values():
+            check_output(path)
         reports = {}
-        for name in models:
-            checkpoint = DEMO_CHECKPOINT if name == "demo" else make_01b(args.work / CHECKPOINT_01B)
-            reports[name] = report = run_bench(checkpoint, options, work=args.work)
+        for (name, w), options in runs.items():
+            checkpoint = DEMO_CHECKPOINT if name == "demo" else make_shape(name, args.work / CHECKPOINTS[name])
+            label = name if args.device == "cpu" else f"{name} {w}"
+            reports[label] = report = run_bench(checkpoint, options, work=args.work)
             print(f"\n{report.table()}\n")
-            print(f"wrote {save_report(report, args.json_dir / f'bench-{name}.json')} "
-                  f"(bench took {report.wall_s:.0f} s)\n", flush=True)
+            print(f"wrote {save_report(report, paths[name, w])} (bench took {report.wall_s:.0f} s)\n", flush=True)
     except RwkvEdgeError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         return 1
     print(markdown(reports))
     return 1 if any(r.failed for r in reports.values()) else 0
+
+
+def _report_name(model: str, weights: str, device: str) -> str:
+    return f"bench-{model}.json" if device == "cpu" else f"bench-{model}-{device}-{weights}.json"
 
 
 if __name__ == "__main__":

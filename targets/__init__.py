@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..errors import UnknownTargetError
 from .coreml import COREML_TARGETS, CoreMLTarget, coreml_name
+from .gpu import GPU_TARGETS, GpuTarget
 from .tvm import TVM_TARGETS, TvmTarget
 
-Target = CoreMLTarget | TvmTarget
-TARGETS: dict[str, Target] = {**TVM_TARGETS, **COREML_TARGETS}
+Target = CoreMLTarget | TvmTarget | GpuTarget
+TARGETS: dict[str, Target] = {**TVM_TARGETS, **GPU_TARGETS, **COREML_TARGETS}
 
 
 def get_target(name: str) -> Target:
@@ -17,4 +18,4 @@ def get_target(name: str) -> Target:
     return TARGETS[name]
 
 
-__all__ = ["TARGETS", "CoreMLTarget", "Target", "TvmTarget", "coreml_name", "get_target"]
+__all__ = ["TARGETS", "CoreMLTarget", "GpuTarget", "Target", "TvmTarget", "coreml_name", "get_target"]

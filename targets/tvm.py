@@ -50,7 +50,7 @@ class TvmTarget:
         return json.loads((TUNED / f"{self.name}.json").read_text())
 
     def runs_here(self) -> bool:
-        return HOST_MACHINES.get(platform.machine()) == self.triple
+        return host_triple() == self.triple
 
     def settings(self) -> dict[str, str]:
         settings = {"backend": "TVM (ONNX -> Relax, rwkv-edge CPU schedules)", "description": self.description,
@@ -66,6 +66,11 @@ class TvmTarget:
         if self.link_note:
             settings["note"] = self.link_note
         return settings
+
+
+def host_triple() -> str | None:
+    """This machine's LLVM triple (Linux), None for a machine no target is built for."""
+    return HOST_MACHINES.get(platform.machine())
 
 
 def host_cpu() -> str:

@@ -54,16 +54,18 @@ def onnx_export(version_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tvm_bundle(onnx_export, tmp_path_factory):
-    """tvm_bundle(version, target="x86_64-host") -> a TVM bundle compiled once per session (copy it before changing it)."""
+    """tvm_bundle(version, target="x86_64-host", weights="fp32") -> a TVM bundle compiled once per
+    session (copy it before changing it)."""
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 
-    done: dict[tuple[str, str], Path] = {}
+    done: dict[tuple[str, str, str], Path] = {}
 
-    def get(version: str, target: str = "x86_64-host") -> Path:
-        if (version, target) not in done:
-            done[version, target] = tmp_path_factory.mktemp(f"tvm-{version}-{target}")
-            compile_tvm(onnx_export(version), done[version, target], TvmOptions(target), log=lambda _: None)
-        return done[version, target]
+    def get(version: str, target: str = "x86_64-host", weights: str = "fp32") -> Path:
+        key = (version, target, weights)
+        if key not in done:
+            done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}")
+            compile_tvm(onnx_export(version), done[key], TvmOptions(target, weights=weights), log=lambda _: None)
+        return done[key]
 
     return get
 

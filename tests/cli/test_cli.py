@@ -130,7 +130,8 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["export", "onnx", "/nonexistent.pth", "-o", "out"], "no such checkpoint file"),
         (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "prefill chunk must be >= 0"),
         (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: aarch64-linux, "
-         "android-arm64, ios-coreml, macos-coreml, raspberry-pi-4, raspberry-pi-5, x86_64-host"),
+         "android-arm64, apple-m-metal, cuda-sm80, cuda-sm89, cuda-sm90, ios-coreml, ios-metal, jetson-orin, "
+         "macos-coreml, raspberry-pi-4, raspberry-pi-5, x86_64-host"),
         (["compile", "--target", "x86_64-host", "--quantize", "int8", "-o", "out"],
          "x86_64-host is a TVM target: --quantize applies to Core ML targets only"),
         (["trace", "--backend", "tvm", "--tokens", "1", "--out", "t.npz"], "--backend tvm needs a bundle"),

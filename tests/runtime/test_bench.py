@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from rwkv_edge.errors import OptionError
@@ -12,7 +13,8 @@ from rwkv_edge.manifest import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint
 from rwkv_edge.runtime import bench
-from rwkv_edge.runtime.bench import BenchOptions, BenchReport, bound_ms, run_bench, save_report, weight_bytes_per_token
+from rwkv_edge.runtime.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
+                                     weight_bytes_per_token)
 
 QUICK = BenchOptions(backends=("torch", "onnxruntime", "tvm"), steps=6, warmup=2, prefill=5, prefill_repeats=2,
                      threads=1, bandwidth_mib=32, bandwidth_repeats=2, onnx_prefill_chunk=0)
@@ -140,3 +142,270 @@ def test_cli_errors_are_one_line(argv, message, cli):
 def test_cli_rejects_zero_steps(cli):
     code, _, err = cli("bench", "--steps", "0")
     assert code == 2 and "usage:" in err
+
+
+# -- GPU options: their mechanics without a GPU ----------------------------------------------------
+def _no_cuda_gpu() -> bool:
+    import torch
+
+    from rwkv_edge.runtime.cuda import cuda_device_arch
+
+    return not torch.cuda.is_available() and cuda_device_arch() is None
+
+
+needs_no_gpu = pytest.mark.skipif(not _no_cuda_gpu(), reason="a CUDA GPU is present: the error is for machines without one")
+
+
+@needs_no_gpu
+def test_device_cuda_without_a_gpu_is_one_clear_error(tmp_path, cli):
+    with pytest.raises(OptionError, match="--device cuda: no CUDA GPU is visible here"):
+        run_bench(None, BenchOptions(device="cuda"), work=tmp_path, log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was exported or compiled
+    code, out, err = cli("bench", "--device", "cuda", "--work", str(tmp_path))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "no CUDA GPU is visible here" in err
+
+
+@needs_no_gpu
+def test_bench_script_refuses_cuda_before_writing_a_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    script = bench.Path(__file__).parents[2] / "scripts" / "bench.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cuda", "--models", "1.5b", "--weights", "fp32,fp16",
+                           "--work", str(tmp_path), "--json-dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no CUDA GPU is visible here" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"device": "tpu"}, "unknown device 'tpu'; choose from cpu, cuda"),
+    ({"tvm_weights": "int8", "device": "cuda"}, "tvm weights must be one of fp32, fp16, got 'int8'"),
+    ({"tvm_weights": "fp16"}, r"fp16 weights \(tvm_weights\) run on a GPU only: add --device cuda"),
+    ({"torch_weights": "fp16"}, r"fp16 weights \(torch_weights\) run on a GPU only"),
+    ({"tvm_target": "cuda-sm90"}, "cuda-sm90 is a GPU target"),
+    ({"tvm_target": "x86_64-host", "device": "cuda"}, "x86_64-host is a CPU target; on device cuda the TVM row runs a "
+                                                      "CUDA target"),
+    ({"tvm_target": "apple-m-metal", "device": "cuda"}, "apple-m-metal is a metal target"),
+])
+def test_gpu_options_are_checked(kwargs, message):
+    with pytest.raises(OptionError, match=message):
+        BenchOptions(**kwargs)
+
+
+def test_gpu_options_that_hold():
+    options = BenchOptions(device="cuda", tvm_weights="fp16", torch_weights="fp16", tvm_target="cuda-sm80")
+    assert [options.weights_of(b) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: the fp32 export
+    assert BenchOptions().tvm_target is None and BenchOptions().device == "cpu"
+
+
+@pytest.mark.parametrize("arch,target", [("sm_90", "cuda-sm90"), ("sm_90a", "cuda-sm90"), ("sm_89", "cuda-sm89"),
+                                         ("sm_86", "cuda-sm80"), ("sm_80", "cuda-sm80"), ("sm_120", "cuda-sm90"),
+                                         ("sm_75", "cuda-sm80")])  # older than every target: its row says why
+def test_default_cuda_target_is_the_newest_the_gpu_runs(arch, target, monkeypatch):
+    import rwkv_edge.targets.tvm as cpu_targets
+
+    monkeypatch.setattr(cpu_targets, "host_triple", lambda: "x86_64-linux-gnu")
+    assert bench.default_cuda_target(arch) == target
+
+
+def test_default_cuda_target_on_a_jetson(monkeypatch):
+    import rwkv_edge.targets.tvm as cpu_targets
+
+    monkeypatch.setattr(cpu_targets, "host_triple", lambda: "aarch64-linux-gnu")
+    assert bench.default_cuda_target("sm_87") == "jetson-orin"
+
+
+def test_bundle_cache_keys_hold_target_and_weights():
+    assert bench.tvm_bundle_name("x86_64-host", "fp32") == "tvm-x86_64-host"  # CPU caches keep their place
+    names = {bench.tvm_bundle_name(t, w) for t in ("cuda-sm80", "cuda-sm90") for w in ("fp32", "fp16")}
+    assert names == {"tvm-cuda-sm80-fp32", "tvm-cuda-sm80-fp16", "tvm-cuda-sm90-fp32", "tvm-cuda-sm90-fp16"}
+
+
+def _fake_bundle(export: bench.Path, out: bench.Path, target: dict) -> bench.Path:
+    """A copy of an ONNX export whose manifest says it is a TVM bundle with ``target``."""
+    import shutil
+
+    from rwkv_edge.manifest import read_manifest, write_manifest
+
+    shutil.copytree(export, out)
+    manifest = read_manifest(out)
+    manifest.kind, manifest.target = "tvm", target
+    write_manifest(manifest, out)
+    return out
+
+
+def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path):
+    sha = report.model["sha256"]
+    export = bench.Path(report.preparation["onnxruntime"]["artifact"])
+    gpu = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm90", "device": "cuda", "arch": "sm_90", "weights": "fp16"})
+    asked = BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp16")
+    assert bench._cached("tvm", gpu, sha, asked)
+    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp32"))
+    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", tvm_weights="fp16"))
+    cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"})  # no weights: fp32
+    assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))
+    assert not bench._cached("tvm", cpu, sha, asked)
+
+
+def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
+    monkeypatch.setattr(bench, "_run_cli", lambda argv, what, log: calls.append(argv))
+    monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    checkpoint, sha, onnx = DEMO_CHECKPOINT, report.model["sha256"], bench.Path("export")
+    for weights in ("fp32", "fp16"):
+        options = BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights=weights)
+        out = bench._prepare("tvm", checkpoint, sha, options, tmp_path, lambda line: None, {}, onnx=onnx)
+        assert out.name == f"tvm-cuda-sm90-{weights}"
+        assert calls[-1] == ["compile", "export", "--target", "cuda-sm90", "-o", str(out), "--weights", weights]
+    out = bench._prepare("tvm", checkpoint, sha, BenchOptions(tvm_target="x86_64-host"), tmp_path, lambda line: None, {})
+    assert calls[-1] == ["compile", str(checkpoint), "--target", "x86_64-host", "-o", str(out)]  # CPU: as before
+    out = bench._prepare("onnx", checkpoint, sha, BenchOptions(device="cuda"), tmp_path, lambda line: None, {})
+    assert out.name == "onnx-fp32-prefill0" and calls[-1][-2:] == ["--prefill-chunk", "0"]
+
+
+def test_gpu_compiles_without_nvcc_are_unavailable(report, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    options = BenchOptions(device="cuda", tvm_target="cuda-sm90")
+    with pytest.raises(bench._Unavailable, match="nvcc not found"):
+        bench._prepare("tvm", DEMO_CHECKPOINT, report.model["sha256"], options, tmp_path, lambda line: None, {})
+
+
+def test_a_given_gpu_bundle_sets_device_weights_and_target(report, tmp_path):
+    export = bench.Path(report.preparation["onnxruntime"]["artifact"])
+    bundle = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm89", "device": "cuda", "arch": "sm_89", "weights": "fp16"})
+    with pytest.raises(OptionError, match="a TVM bundle for cuda-sm89 \\(cuda\\); .*: add --device cuda"):
+        bench._resolve_source(bundle, BenchOptions())
+    with pytest.raises(OptionError, match="a bundle with fp16 weights; pass --weights fp16"):
+        bench._resolve_source(bundle, BenchOptions(device="cuda"))
+    with pytest.raises(OptionError, match="a bundle for cuda-sm89, not cuda-sm90"):
+        bench._resolve_source(bundle, BenchOptions(device="cuda", tvm_weights="fp16", tvm_target="cuda-sm90"))
+    checkpoint, given, options = bench._resolve_source(bundle, BenchOptions(device="cuda", tvm_weights="fp16"))
+    assert checkpoint == DEMO_CHECKPOINT and given == {"tvm": bundle} and options.tvm_target == "cuda-sm89"
+
+
+def test_fp16_weight_bytes_count_gemv_weights_at_two_bytes():
+    C, V, L = 64, 256, 3  # the model of test_weight_bytes_match_a_hand_count
+    gemv = (2 * C * 32 + 2 * C * 32 + 2 * C * 64  # w1 w2, a1 a2, g1 g2
+            + 4 * C * C + 4 * C * C + 4 * C * C)  # receptance key value output, ffn key, ffn value
+    other = 6 * C + 2 * C + 2 * C + C + 2 * C + C + 4 * C  # x_*, w0 a0, k_k k_a, r_k, ln_x, ffn x_k, ln1 ln2
+    values_gemv = L * gemv + (L - 1) * 2 * C * 16 + V * C  # + v1 v2 past layer 0, the head
+    values_other = L * other + (L - 1) * C + 2 * C + 2 * C + C  # + v0 past layer 0, ln0, ln_out, one emb row
+    tensors = make_checkpoint("v7", n_layer=L, n_embd=C, vocab_size=V, head_size=32)
+    assert weight_bytes_per_token(tensors, gemv_bytes_per_value=2) == 2 * values_gemv + 4 * values_other
+    assert bench.row_weight_bytes(tensors, "tvm", "fp16") == 2 * values_gemv + 4 * values_other
+    assert bench.row_weight_bytes(tensors, "torch", "fp16") == 2 * (values_gemv + values_other)  # all of it fp16
+    assert bench.row_weight_bytes(tensors, "tvm", "fp32") == weight_bytes_per_token(tensors)
+    names = bench.gemv_weight_names(tensors)
+    assert "head.weight" in names and "blocks.1.att.v1" in names and "blocks.0.att.v1" not in names  # unused there
+    assert not {"emb.weight", "blocks.0.att.r_k", "blocks.0.ln1.weight"} & names
+
+
+@pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
+def test_gemv_weights_are_every_matrix_but_the_embedding_and_per_head_ones(version):
+    tensors = make_checkpoint(version, n_layer=2, n_embd=128, vocab_size=256, head_size=64)
+    per_head = {"att.time_decay", "att.time_faaaa", "att.r_k"}  # (H, N): elementwise, no matmul
+    matrices = {k for k, t in tensors.items() if t.dim() == 2 and k != "emb.weight"
+                and not any(k.endswith(p) for p in per_head) and k not in ("blocks.0.att.v1", "blocks.0.att.v2")}
+    assert bench.gemv_weight_names(tensors) == matrices
+
+
+def test_fp16_bytes_match_what_a_gpu_bundle_stores(tvm_bundle, version_ckpt):
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed here: no CUDA bundle to compare with")
+    from safetensors.numpy import load_file
+
+    from rwkv_edge.manifest import read_manifest
+    from rwkv_edge.model.checkpoint import read_checkpoint
+
+    bundle = tvm_bundle("v7", "cuda-sm90", "fp16")
+    tensors = read_checkpoint(read_manifest(bundle).source["checkpoint"])
+    params = load_file(str(bundle / "params.safetensors"))
+    stored = sum(v.nbytes for v in params.values() if v.dtype == "float16")
+    assert stored == 2 * sum(tensors[name].numel() for name in bench.gemv_weight_names(tensors))
+
+
+def test_torch_state_stays_on_its_device_between_steps():
+    """TorchBackend's device path, on "cpu:0" (no GPU here): same logits as the numpy path, and the
+    state it returns goes back in without a copy."""
+    from rwkv_edge.model import load_model
+    from rwkv_edge.runtime.backend import TorchBackend, TorchDeviceTensor
+
+    host, device = TorchBackend(load_model(DEMO_CHECKPOINT)), TorchBackend(load_model(DEMO_CHECKPOINT), device="cpu:0")
+    state_h, state_d = host.init_state(), device.init_state()
+    for token in (1, 2, 3):
+        logits_h, state_h = host.step(token, state_h)
+        logits_d, next_d = device.step(token, state_d)
+        assert isinstance(logits_d, np.ndarray) and np.array_equal(logits_h, logits_d)
+        value = next(iter(next_d.values()))
+        assert isinstance(value, TorchDeviceTensor) and value.dtype == np.float32
+        assert device._on_device(value) is value.tensor
+        state_d = next_d
+    for name, array in state_h.items():
+        assert state_d[name].shape == array.shape and np.array_equal(np.asarray(state_d[name]), array)
+
+
+@pytest.fixture
+def gpu_report(monkeypatch, tmp_path):
+    """run_bench's GPU path with the GPU faked: no worker runs; every row's median is given."""
+    medians = {"torch": 8.0, "tvm": 0.5}
+    monkeypatch.setattr(bench, "cuda_arch", lambda: "sm_90")
+    monkeypatch.setattr(bench, "ort_cuda_unavailable", lambda: "no CUDA provider in this test")
+    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
+    monkeypatch.setattr(bench, "_prepare", lambda backend, *args, **kwargs: tmp_path / backend)
+    monkeypatch.setattr(bench, "measure_gpu_bandwidth", lambda buffer, repeats, log: {
+        "read_gb_s": [3000.0] * repeats, "copy_gb_s": [2800.0] * repeats,
+        "gpu": {"name": "Fake H100", "arch": "sm_90", "memory_mib": 81559.0, "multiprocessors": 132,
+                "l2_mib": 0.5, "torch_cuda": "13.0"}})
+
+    def measure(backend, source, options, threads, log):
+        d = {k: medians[backend] for k in ("median", "p10", "p90", "mean", "min", "max")}
+        return BackendRun(backend, "ok", source=str(source), threads=threads, decode_ms=d, decode_steps=options.steps)
+
+    monkeypatch.setattr(bench, "_measure", measure)
+    options = BenchOptions(device="cuda", tvm_weights="fp16", torch_weights="fp16", bandwidth_repeats=2)
+    return run_bench(None, options, work=tmp_path, log=lambda line: None)
+
+
+def test_gpu_rows_each_have_their_own_bound(gpu_report):
+    from rwkv_edge.model.checkpoint import read_checkpoint
+
+    tensors = read_checkpoint(DEMO_CHECKPOINT)
+    torch_run, ort_run, tvm_run = gpu_report.runs
+    assert gpu_report.options["tvm_target"] == "cuda-sm90" and gpu_report.options["device"] == "cuda"
+    assert ort_run.status == "unavailable" and ort_run.reason == "no CUDA provider in this test"
+    assert (torch_run.weights, tvm_run.weights) == ("fp16", "fp16")
+    assert torch_run.weight_bytes_per_token == weight_bytes_per_token(tensors, 2)
+    assert tvm_run.weight_bytes_per_token == weight_bytes_per_token(tensors, gemv_bytes_per_value=2)
+    assert gpu_report.bandwidth["gb_s"] == 3000.0 and gpu_report.bandwidth["copy_gb_s"] == 2800.0
+    assert len(gpu_report.bandwidth["samples_gb_s"]) == 4  # before and after the rows
+    for run in (torch_run, tvm_run):
+        assert run.bound_ms == pytest.approx(bound_ms(run.weight_bytes_per_token, 3000.0))
+        assert run.vs_bound == pytest.approx(run.decode_ms["median"] / run.bound_ms)
+    assert gpu_report.bound_ms == pytest.approx(bound_ms(weight_bytes_per_token(tensors), 3000.0))  # fp32 figure
+    assert tvm_run.vs_torch == pytest.approx(0.5 / 8.0) and torch_run.vs_torch == 1.0
+    assert gpu_report.machine["gpu"]["name"] == "Fake H100" and not gpu_report.weights["fits_in_cache"]
+
+
+def test_gpu_table_and_json(gpu_report, tmp_path):
+    table = gpu_report.table()
+    assert "\ngpu       Fake H100 (sm_90" in table and "device-to-device copy 2800.0 GB/s" in table
+    assert "x torch" in table and "x ORT" not in table and "tvm fp16:" in table and "GPU synchronisation" in table
+    assert "\ntvm             fp16 " in table and "\nonnxruntime  unavailable: no CUDA provider in this test" in table
+    data = json.loads(save_report(gpu_report, tmp_path / "bench.json").read_text())
+    assert BenchReport.from_json(data) == gpu_report
+
+
+def test_bench_cli_choices_match_the_library(cli):
+    from rwkv_edge.cli.main import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    choices = {a.dest: tuple(a.choices) for a in sub["bench"]._actions if a.choices}
+    assert choices == {"device": bench.DEVICES, "weights": bench.WEIGHTS}
+    code, _, err = cli("bench", "--weights", "fp16")
+    assert code == 1 and err.count("\n") == 1 and "add --device cuda" in err
+    code, _, err = cli("bench", "--target", "cuda-sm90")
+    assert code == 1 and err.count("\n") == 1 and "cuda-sm90 is a GPU target" in err

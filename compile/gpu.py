@@ -1,0 +1,108 @@
+"""The GPU half of ``compile_tvm``: weights out of the library, GPU schedules, device code kept beside it.
+
+- CUDA: TVM 0.27 stores the kernels' CUDA C source in model.so and compiles it when the library
+  loads (through a ``tvm_callback_cuda_compile`` function). The bundle compiles it ahead of time
+  instead: nvcc makes ``kernels.fatbin`` (cubin for the target's arch plus its PTX, which newer
+  GPUs JIT), and the backend (``runtime/tvm_backend.py``) answers TVM's callback with it for
+  exactly the source it was made from (sha256 of ``kernels.cu``). ``kernels.ptx`` is kept too.
+- Metal: no Metal compiler exists for Linux, so the library keeps the Metal Shading Language
+  source, which the Mac compiles when it loads the library; the source is written to the bundle
+  (``kernels.metal``) and the host objects go into model.tar (no Mach-O linker here).
+- Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ToolError
+from ..targets.gpu import GpuTarget
+
+PARAMS = "params.safetensors"
+CUDA_SOURCE, PTX, FATBIN, MSL = "kernels.cu", "kernels.ptx", "kernels.fatbin", "kernels.metal"
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
+
+
+def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None]):
+    """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
+    device code's source (and PTX) into ``bundle``."""
+    import tvm
+    from tvm import relax
+
+    from ..export.artifact import stage
+    from .gpu_schedules import ApplyGpuSchedules, gpu_weights
+
+    tvm_target = tvm.target.Target(target.tvm_target())
+    with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, fuse, GPU schedules"):
+        mod, values, gemvs = gpu_weights(mod, WEIGHT_DTYPES[weights])
+        mod = tvm.ir.transform.Sequential([
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+        ])(mod)
+        schedule = ApplyGpuSchedules(tvm_target)
+        mod = schedule(mod)
+    counts = {"row gemv": gemvs, **{f"{rule} kernels": n for rule, n in schedule.counts.items()}}
+    log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items())
+        + f"; {len(values)} weight tensors, {sum(v.nbytes for v in values) / 1e6:.1f} MB")
+    with stage(log, f"build for {target.device} {target.arch or ''} (host {target.triple})".replace("  ", " ")):
+        executable = tvm.compile(mod, tvm_target)
+    source = _device_source(executable.mod, target.device)
+    if target.device == "metal":
+        (bundle / MSL).write_text(source)
+    else:
+        with stage(log, f"nvcc: {CUDA_SOURCE} -> {FATBIN} ({target.arch} cubin + PTX), {PTX}"):
+            nvcc_fatbin(source, target.arch, bundle)
+    return executable, counts, values
+
+
+def device_files(target: GpuTarget) -> list[str]:
+    """The device-code files a bundle for ``target`` carries beside the library."""
+    return [CUDA_SOURCE, PTX, FATBIN] if target.device == "cuda" else [MSL]
+
+
+def save_params(values: list[np.ndarray], path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({f"w{i}": np.ascontiguousarray(v) for i, v in enumerate(values)}, str(path))
+    path.chmod(0o644)
+
+
+def load_params(path: Path) -> list[np.ndarray]:
+    """The weights in ``main``'s order (no pickle: safetensors)."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    return [tensors[f"w{i}"] for i in range(len(tensors))]
+
+
+def nvcc_fatbin(code: str, arch: str, bundle: Path) -> None:
+    """CUDA C -> ``kernels.fatbin`` (cubin for ``arch`` + its PTX) and ``kernels.ptx``, beside ``kernels.cu``."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise ToolError("nvcc not found: CUDA targets compile their kernels with the CUDA toolkit's nvcc "
+                        "(CUDA 13: put /usr/local/cuda/bin on PATH)")
+    number = arch.removeprefix("sm_")
+    source = bundle / CUDA_SOURCE
+    source.write_text(code)
+    for flags, out in ((["--ptx", f"-arch=compute_{number}"], PTX),
+                       (["--fatbin", "-gencode", f"arch=compute_{number},code=[sm_{number},compute_{number}]"], FATBIN)):
+        proc = subprocess.run([nvcc, *flags, "-O3", "-o", str(bundle / out), str(source)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise ToolError(f"nvcc failed for {arch}: {lines[-1] if lines else f'exit {proc.returncode}'}")
+
+
+def _device_source(module, kind: str) -> str:
+    """The source of the first imported module of ``kind`` (the Metal library) under ``module``."""
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if current.kind == kind:
+            return current.inspect_source()
+        stack.extend(current.imports)
+    raise ToolError(f"the build produced no {kind} module")

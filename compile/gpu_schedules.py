@@ -1,0 +1,229 @@
+"""GPU schedules for the decode step: row-major weight GEMVs, a per-head WKV rule, dlight for the rest.
+
+A decode step on a GPU is a chain of matrix-vector products (memory bound: every weight is read
+once per token) plus a small per-head state update. Three parts:
+
+1. **Row GEMVs** (a Relax rewrite, before fusion). Every ``matmul(x, W)`` with a constant ``W``
+   (K, N) and one row of ``x`` becomes a GEMV over ``W`` stored transposed, (N, K), optionally in
+   fp16 (accumulated in fp32): each output row's weights are contiguous, which is the layout
+   dlight's GEMV rule reads with whole warps (coalesced, vectorised loads, a warp-shuffle sum).
+2. **Weights as parameters** (after the rewrite): every large constant leaves the library and
+   becomes a trailing parameter of ``main``, saved in ``params.safetensors`` (a GPU library holds
+   kernels only; a 1.5B model's 6 GB of weights could not be linked into a shared object).
+3. **Schedules** (TIR, after fusion), first match wins per kernel:
+   - WKV state update (elementwise over a (1, H, N, N) state): one thread block per head, the
+     head's N x N state read once and written once, every intermediate in registers;
+   - per-head matrix-vector products with the state ((1, H, 1, K) @ (1, H, K, N): the WKV
+     read-out and RWKV-7's S·a): one block per head, one thread per output column (coalesced
+     state reads), the row vector staged in shared memory;
+   - dlight's GEMV, Reduction, GeneralReduction rules, then Fallback for the rest (per kernel:
+     dlight's GEMV rule can assert on some fused kernels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+GEMV_BLOCK = "gemv"
+LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
+WKV_THREADS = 256  # threads of the state-update block (one block per head)
+
+
+def row_gemv(x: te.Tensor, weight: te.Tensor) -> te.Tensor:
+    """y[n] = sum_k x[k] * W[n, k], summed in fp32 whatever W's dtype: (1, K) -> (1, N)."""
+    n_len, k_len = weight.shape
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute((1, n_len), lambda i, n: te.sum(x[i, k] * weight[n, k].astype("float32"), axis=k),
+                      name=GEMV_BLOCK)
+
+
+@mutator
+class _GpuWeights(PyExprMutator):
+    """Rewrites one-row matmuls by constant weights into row GEMVs and lifts large constants into parameters."""
+
+    def __init__(self, mod: tvm.IRModule, weight_dtype: str) -> None:
+        super().__init__(mod)
+        self.weight_dtype = weight_dtype
+        self.gemvs = 0
+        self.params: list[relax.Var] = []
+        self.values: list[np.ndarray] = []
+        self.lifted: dict[tuple, relax.Var] = {}  # content -> parameter: a tensor used twice is stored once
+        self.matmul = tvm.ir.Op.get("relax.matmul")
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        weight = call.args[1] if call.op == self.matmul and len(call.args) == 2 else None
+        if isinstance(weight, tvm.ir.expr.Constant) and len(weight.value.shape) == 2:
+            k_len, n = weight.value.shape
+            shape = call.args[0].ty.shape
+            dims = [int(d) for d in shape] if shape is not None else [0]
+            if dims[-1] == k_len and all(d == 1 for d in dims[:-1]):  # one row: the decode step
+                self.gemvs += 1
+                rows = self._lift(np.ascontiguousarray(weight.value.numpy().T.astype(self.weight_dtype)))
+                x = self.builder_.emit(relax.op.reshape(call.args[0], (1, k_len)))
+                y = self.builder_.emit_te(row_gemv, x, rows, primfunc_name_hint=GEMV_BLOCK)
+                return relax.op.reshape(y, [*dims[:-1], n])
+        args = [self._lift(a.value.numpy()) if _large_constant(a) else a for a in call.args]
+        return relax.Call(call.op, args, call.attrs, call.ty_args) if any(
+            not a.same_as(b) for a, b in zip(args, call.args)) else call
+
+    def _lift(self, array: np.ndarray) -> relax.Var:
+        key = (array.shape, str(array.dtype), hashlib.sha256(array.data).digest())
+        if key not in self.lifted:
+            self.lifted[key] = relax.Var(f"w{len(self.params)}", relax.TensorType(array.shape, str(array.dtype)))
+            self.params.append(self.lifted[key])
+            self.values.append(array)
+        return self.lifted[key]
+
+
+def _large_constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.expr.Constant) and int(np.prod(expr.value.shape)) >= LIFT_MIN_ELEMENTS
+
+
+def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32",
+                function: str = "main") -> tuple[tvm.IRModule, list[np.ndarray], int]:
+    """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` with a constant (K, N)
+    ``W``, and every large constant of ``function`` moved into trailing parameters (``num_input``
+    marks where they start). Returns the module, the parameters' values in order, and the GEMV count."""
+    rewriter = _GpuWeights(mod, weight_dtype)
+    func = mod[function]
+    body = rewriter.visit_expr(func.body)
+    lifted = relax.Function(list(func.params) + rewriter.params, body, func.ret_ty, func.is_pure, func.attrs)
+    mod = rewriter.builder_.get()
+    mod[function] = lifted.with_attr("num_input", len(func.params))
+    return mod, rewriter.values, rewriter.gemvs
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeGpuSchedule")
+class ApplyGpuSchedules:
+    """The WKV rules, then dlight's GPU rules, per PrimFunc; ``counts`` says which rule took how many."""
+
+    def __init__(self, target: tvm.target.Target) -> None:
+        self.target = target
+        self.counts: dict[str, int] = {}
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        from tvm.s_tir import dlight
+
+        rules = [("wkv update", _rule(schedule_state_update)), ("wkv matvec", _rule(schedule_head_matvec)),
+                 ("gemv", dlight.gpu.GEMV()), ("reduction", dlight.gpu.Reduction()),
+                 ("general reduction", dlight.gpu.GeneralReduction()), ("fallback", dlight.gpu.Fallback())]
+        scheduled = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            for name, rule in rules:
+                try:
+                    sch = rule.apply(func, self.target, False)
+                except Exception:  # dlight's GEMV rule asserts on some fused kernels: try the next rule
+                    sch = None
+                if isinstance(sch, list):
+                    sch = sch[0] if sch else None
+                if sch is not None:
+                    scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                    break
+            else:
+                raise RuntimeError(f"no GPU schedule rule applies to {gvar.name_hint}")
+        for gvar, func in scheduled.items():
+            mod[gvar] = func
+        return mod
+
+
+class _rule:
+    """A schedule function in dlight's rule interface."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+
+    def apply(self, func: tirx.PrimFunc, target, _tunable: bool):
+        return self.function(func)
+
+
+def schedule_state_update(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    """An elementwise kernel whose output is a (1, H, N, N) state: block per head, state in registers."""
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    outputs = sch.get_output_blocks(root)
+    if len(outputs) != 1 or any(_is_reduction(sch, b) for b in blocks):
+        return None
+    extents = _extents(sch, outputs[0])
+    if len(extents) != 4 or extents[0] != 1 or extents[2] != extents[3] or extents[2] < 16:
+        return None
+    try:
+        for block in reversed(blocks):
+            if not sch.get(block).same_as(sch.get(outputs[0])):
+                sch.compute_inline(block)
+        batch, head, row, col = sch.get_loops(outputs[0])
+        cell = sch.fuse(row, col)
+        threads = min(WKV_THREADS, extents[2] * extents[3])
+        _, thread = sch.split(cell, [None, threads])
+        sch.reorder(thread)  # serial loop over the head's cells outside, threads inside: coalesced
+        sch.bind(sch.fuse(batch, head), "blockIdx.x")
+        sch.bind(thread, "threadIdx.x")
+        return sch
+    except (RuntimeError, ValueError):
+        return None
+
+
+def schedule_head_matvec(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    """(1, H, 1, K) @ (1, H, K, N) per head, plus elementwise pro/epilogue: block per head, thread per column."""
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    reductions = [b for b in sch.get_child_blocks(root) if _is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    block = reductions[0]
+    extents = _extents(sch, block)
+    if len(extents) != 5 or extents[0] != 1 or extents[2] != 1 or extents[3] < 16:
+        return None
+    try:
+        output = sch.get(sch.get_output_blocks(root)[0])
+        for other in reversed(sch.get_child_blocks(root)):
+            if not (sch.get(other).same_as(sch.get(block)) or sch.get(other).same_as(output)):
+                sch.compute_inline(other)  # the row vector's producers: recomputed per read, in registers
+        accumulate = sch.cache_write(block, 0, "local")
+        consumers = sch.get_consumers(accumulate)
+        while consumers:  # the epilogue, applied as each column's sum is written
+            sch.reverse_compute_inline(consumers[0])
+            consumers = sch.get_consumers(accumulate)
+        batch, head, one, col, k = sch.get_loops(block)
+        head_loop = sch.fuse(batch, head, one)
+        vector = _vector_input(sch, block)
+        if vector is not None and extents[3] == extents[4]:  # K loaders = N threads
+            shared = sch.cache_read(block, vector, "shared")
+            sch.compute_at(shared, head_loop)
+            sch.bind(sch.fuse(*sch.get_loops(shared)[1:]), "threadIdx.x")
+        sch.bind(head_loop, "blockIdx.x")
+        sch.bind(col, "threadIdx.x")
+        sch.reverse_compute_at(accumulate, col)
+        sch.decompose_reduction(block, k)
+        return sch
+    except (RuntimeError, ValueError):
+        return None
+
+
+def _vector_input(sch: s_tir.Schedule, block) -> int | None:
+    """Index of the read buffer that is the per-head row vector (1, H, 1, K), if any."""
+    for index, region in enumerate(sch.get(block).reads):
+        shape = [int(d) for d in region.source.shape]
+        if len(shape) == 4 and shape[2] == 1:
+            return index
+    return None
+
+
+def _extents(sch: s_tir.Schedule, block) -> list[int]:
+    try:
+        return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
+    except TypeError:  # a symbolic extent
+        return []
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
