@@ -110,7 +110,7 @@ class ApplyGpuSchedules:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from tvm.s_tir import dlight
 
-        rules = [("wkv update", _rule(schedule_state_update)), ("wkv matvec", _rule(schedule_head_matvec)),
+        rules = [("wkv update", _FunctionRule(schedule_state_update)), ("wkv matvec", _FunctionRule(schedule_head_matvec)),
                  ("gemv", dlight.gpu.GEMV()), ("reduction", dlight.gpu.Reduction()),
                  ("general reduction", dlight.gpu.GeneralReduction()), ("fallback", dlight.gpu.Fallback())]
         scheduled = {}
@@ -135,7 +135,7 @@ class ApplyGpuSchedules:
         return mod
 
 
-class _rule:
+class _FunctionRule:
     """A schedule function in dlight's rule interface."""
 
     def __init__(self, function) -> None:

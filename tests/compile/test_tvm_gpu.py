@@ -148,13 +148,15 @@ def test_cuda_without_nvcc_names_the_toolkit(onnx_export, tmp_path, monkeypatch)
 
 @needs_nvcc
 def test_a_broken_device_code_file_is_reported(tvm_bundle, tmp_path, cli):
-    if TARGETS["cuda-sm80"].runs_here():
-        pytest.skip("the GPU is present: verify runs the bundle instead")
+    from rwkv_edge.runtime.build_check import check_gpu_build
+
     directory = tmp_path / "b"
     shutil.copytree(tvm_bundle("v4", "cuda-sm80"), directory)
     (directory / PTX).write_text("// nothing\n")
     code, _, err = cli("verify", str(directory))
     assert code != 0 and "sha256" in err  # the manifest's hashes catch it first
+    report = check_gpu_build(read_manifest(directory), directory, "no GPU")  # and the device-code check too
+    assert report.exit_code == 1 and "kernels.ptx lacks" in report.problems[0], report.summary()
 
 
 @needs_cuda_gpu
