@@ -113,7 +113,7 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
         logits, *_ = vm["main"](*args, *params)
         expected, state = reference.step(token, state)
         scaled = np.abs(logits.numpy()[0] - expected).max() / expected.std()
-        assert scaled < (1e-5 if weights == "fp32" else 2e-2), scaled  # fp16 limit of TOLERANCES: 3e-2
+        assert scaled < (1e-5 if weights == "fp32" else 2e-2), scaled  # within the fp16 limit (5e-2): fp16 weights, fp32 sums
 
 
 def test_gpu_bundles_refuse_to_run_without_their_gpu(tvm_bundle):
