@@ -51,3 +51,10 @@ class ToolError(RwkvEdgeError):
 
 class PlatformError(RwkvEdgeError):
     """An artifact was built for a machine this one can run neither natively nor under emulation."""
+
+
+def one_line(error: BaseException, last: bool = False) -> str:
+    """The first (or last) non-empty line of another library's error message, for a one-line error
+    of ours; the exception's type name when it says nothing."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]).strip() if lines else type(error).__name__

@@ -6,15 +6,22 @@ import argparse
 import codecs
 import json
 import math
+import re
+import signal
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..errors import OptionError, RwkvEdgeError
 
+MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
+MAX_CHUNK = 4096  # prefill tokens per call
+MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up as Ctrl-C does
     try:
         return args.run(args) or 0
     except RwkvEdgeError as e:
@@ -23,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rwkv-edge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text from a checkpoint or an exported artifact")
     _source_arg(p)
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("-n", type=_positive_int, default=200, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (default 0.85)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("-n", type=_bounded_int(1, MAX_TOKENS), default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=_temperature, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-p", type=_probability, default=0.85, help="nucleus sampling mass, in (0, 1] (default 0.85)")
+    p.add_argument("--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="sampling seed, >= 0 (default 0)")
     _tokenizer_args(p)
     _backend_arg(p)
     p.set_defaults(run=cmd_generate)
@@ -52,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="run step over tokens from the initial state; save logits and state")
     _source_arg(p)
     p.add_argument("--tokens", required=True, type=_token_list, help="comma-separated token ids, e.g. 1,2,3")
-    p.add_argument("--out", required=True, type=Path, help="output .npz (tokens, logits, state_out.*)")
+    p.add_argument("--out", required=True, type=_output_file, help="output .npz (tokens, logits, state_out.*)")
     _backend_arg(p)
     p.set_defaults(run=cmd_trace)
 
@@ -63,11 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="weights and compute; the state stays fp32 (default fp32)")
-    p.add_argument("--prefill-chunk", type=int, default=16, metavar="T",
+    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="tokens per prefill call; 0 exports no prefill graph (default 16)")
     p.add_argument("--prefill-all-logits", action="store_true", help="prefill returns the logits of all T positions")
     p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis instead of batch 1")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18)")
+    p.add_argument("--opset", type=_bounded_int(18, MAX_OPSET), default=18,
+                   help=f"ONNX opset, 18 to {MAX_OPSET} (default 18)")
     p.set_defaults(run=cmd_export_onnx)
 
     p = sub.add_parser("compile", help="compile a checkpoint or an ONNX export for a deployment target "
@@ -84,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (default: the target's)")
     p.add_argument("--deployment", help="Core ML: minimum deployment target, e.g. iOS17, iOS18, macOS15")
     p.add_argument("--quantize", help="Core ML: compress the weights to int8 (per channel) or int4 (blocks of 32, iOS 18)")
-    p.add_argument("--prefill-chunk", type=int, default=16, metavar="T",
+    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
@@ -97,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="roll out an artifact against its PyTorch model; write parity.json/.png")
     p.add_argument("artifact", type=Path, help="artifact directory (from `export onnx` or `compile`), or its .mlpackage")
-    p.add_argument("--steps", type=_positive_int, default=64, help="rollout length (default 64)")
-    p.add_argument("--greedy-tokens", type=_non_negative_int, default=128, help="greedy generation length, 0 to skip (default 128)")
+    p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=64, help="rollout length (default 64)")
+    p.add_argument("--greedy-tokens", type=_bounded_int(0, MAX_TOKENS), default=128,
+                   help="greedy generation length, 0 to skip (default 128)")
+    p.add_argument("--expect-sha256", type=_sha256, metavar="HEX",
+                   help="the manifest's sha256 printed when the artifact was built: anything else fails before it loads")
     p.add_argument("--checkpoint", type=Path, help="source checkpoint, if it moved since the export")
     p.add_argument("--executor", choices=["predict", "mil"],
                    help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
@@ -115,10 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the bundled RWKV-7 demo model)")
     p.add_argument("--backends", default="torch,onnxruntime,tvm", metavar="LIST",
                    help="comma-separated (default torch,onnxruntime,tvm)")
-    p.add_argument("--steps", type=_positive_int, default=128, help="timed decode steps (default 128)")
-    p.add_argument("--warmup", type=_non_negative_int, default=16, help="untimed decode steps first (default 16)")
-    p.add_argument("--prefill", type=_non_negative_int, default=64, help="prompt tokens for prefill tokens/s, 0 to skip (default 64)")
-    p.add_argument("--threads", type=_positive_int, help="threads per backend (default: every usable core)")
+    p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=128, help="timed decode steps (default 128)")
+    p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
+    p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
+                   help="prompt tokens for prefill tokens/s, 0 to skip (default 64)")
+    p.add_argument("--threads", type=_bounded_int(1, 4096), help="threads per backend (default: every usable core)")
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also save the whole report as JSON")
@@ -160,18 +178,56 @@ def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer-file", type=Path, help="vocabulary file for world/20b, if not the packaged one")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
+def _temperature(text: str) -> float:
+    value = _float(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 is greedy), got {value}")
     return value
+
+
+def _probability(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _output_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name, e.g. {path / 'trace.npz'}")
+    return path
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"expected the 64 hex digits of a sha256, got {text!r}")
+    return text.lower()
 
 
 def _token_list(text: str) -> list[int]:
@@ -264,6 +320,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
         return
     if args.weights:
         raise OptionError(f"--weights applies to TVM GPU targets; {target.name} takes --precision / --quantize")
+    if source.is_dir() or source.suffix == ".onnx":
+        raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
+                          f"give the .pth / .safetensors file (an export's manifest.json names it)")
     from ..compile.coreml import CoreMLOptions, compile_coreml
 
     options = CoreMLOptions(target.name, args.stateful, args.precision, args.compute_units, args.deployment,
@@ -293,7 +352,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise OptionError("--tracker needs --key, the device key registered with the tracker")
         remote = Remote(args.rpc or args.tracker, args.key if args.tracker else None)
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
-                             checkpoint=args.checkpoint, executor=args.executor, remote=remote)
+                             checkpoint=args.checkpoint, executor=args.executor, remote=remote,
+                             expect_sha256=args.expect_sha256)
     print(report.summary())
     return report.exit_code  # 3: a GPU bundle built but not executed here (no GPU)
 

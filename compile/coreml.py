@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +31,13 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..artifact import ArtifactWriter, Manifest
+from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
-from ..manifest import MANIFEST, Manifest, write_manifest
 from ..model import RWKVModel
-from ..model.state import CONTRACT_VERSION
 from ..targets import CoreMLTarget, coreml_name, get_target
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
-from ..export.artifact import (INITIAL_STATE, artifact_files, check_writable, clear_previous_artifact,
-                               load_source, move_into_place, save_initial_state, stage, tokenizer_name)
+from ..export.artifact import INITIAL_STATE, load_source, report_commit, save_initial_state, stage, tokenizer_name
 from ..export.graph import ContractGraph
 
 PACKAGE = "model.mlpackage"
@@ -117,14 +115,9 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
     plan = options.resolve()
     log("target: " + ", ".join(f"{k} {v}" for k, v in plan.describe().items() if k != "name") + f" ({plan.target.name})")
     log(f"precision: {plan.precision} compute" + (", the WKV recurrence and norms in fp32" if plan.precision == "fp16" else ""))
-    check_writable(out_dir)
-    model, sha = load_source(checkpoint, log)
-    clear_previous_artifact(out_dir)
-    manifest = _manifest(model, checkpoint, sha, plan)
-    with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
-        tmp = Path(tmp)
-        build = tmp / "build"
-        build.mkdir()
+    with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
+        model, sha = load_source(checkpoint, log)
+        manifest = _manifest(model, checkpoint, sha, plan)
         parts = {}
         for function, chunk in plan.functions.items():
             with stage(log, f"convert {function}" + (f" ({chunk} tokens)" if chunk else "")):
@@ -133,18 +126,16 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
                 with stage(log, f"compress {function} weights to {plan.quantize}"):
                     mlmodel = _compress(mlmodel, plan.quantize)
             _stamp(mlmodel, manifest, function)
-            parts[function] = build / f"{function}.mlpackage"
+            parts[function] = writer.scratch / f"{function}.mlpackage"
             mlmodel.save(str(parts[function]))
         with stage(log, f"save {PACKAGE}"):
-            _package(parts, tmp / PACKAGE)
-        shutil.rmtree(build)
-        if save_initial_state(model, tmp / INITIAL_STATE):
+            _package(parts, writer.dir / PACKAGE)
+        if save_initial_state(model, writer.dir / INITIAL_STATE):
             manifest.initial_state = INITIAL_STATE
-        manifest.files = dict.fromkeys(artifact_files(tmp))
-        move_into_place(tmp, out_dir)
-    write_manifest(manifest, out_dir)
+        sha256 = writer.commit(manifest)
     size = sum(meta["bytes"] for meta in manifest.files.values())
-    log(f"wrote {PACKAGE} ({size / 1e6:.1f} MB), {MANIFEST} to {out_dir}")
+    log(f"{PACKAGE}: {size / 1e6:.1f} MB")
+    report_commit(log, writer.out, manifest, sha256)
     return manifest
 
 

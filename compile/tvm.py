@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..artifact import Artifact, ArtifactWriter, Manifest, open_artifact
 from ..errors import ArtifactError, OptionError, ToolError
-from ..manifest import MANIFEST, Manifest, check_hashes, initial_state, read_manifest, write_manifest
+from ..export.artifact import INITIAL_STATE, report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
 from ..targets.tvm import host_triple
-from ..export.artifact import INITIAL_STATE, check_writable, clear_previous_artifact, move_into_place, stage
 
 LIBRARY = "model.so"
 OBJECTS = "model.tar"  # a target whose final link needs a toolchain this machine lacks (Android NDK)
@@ -65,45 +65,33 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         raise OptionError(f"--weights {options.weights} is for GPU targets; {target.name} computes in fp32")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
-    source, out_dir = Path(source), Path(out_dir)
+    source = Path(source)
     linker = _linker(target)
     log(f"target {target.name}: {target.tvm_target()}, schedules "
         f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
-    check_writable(out_dir)
-    with tempfile.TemporaryDirectory(prefix=".compile-", dir=out_dir) as tmp:
-        onnx_dir = _onnx_export(source, Path(tmp) / "onnx", log)
-        if onnx_dir.resolve() == out_dir.resolve():
-            raise OptionError(f"{out_dir} holds the ONNX export to compile: write the bundle to another directory")
-        onnx_manifest = read_manifest(onnx_dir, kind="onnx")
-        check_hashes(onnx_manifest, onnx_dir)
-        _check_exportable(onnx_manifest, onnx_dir)
-        mod = _import(onnx_dir / onnx_manifest.graphs["step"]["file"], log)
-        mod = _add_initial_state(mod, onnx_manifest, onnx_dir)
-        bundle = Path(tmp) / "bundle"
-        bundle.mkdir()
+    with ArtifactWriter(out_dir, log, reads=[source]) as writer:
+        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", log), kind="onnx")
+        _check_exportable(onnx.manifest, onnx.directory)
+        step = onnx.graph("step")
+        mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
+        bundle = writer.dir
         if gpu:
-            from .gpu import PARAMS, build_gpu, device_files, save_params
+            from .gpu import PARAMS, build_gpu, save_params
 
             with _without_gather_warnings():
                 executable, counts, params = build_gpu(mod, target, options.weights, bundle, log)
-            extra = device_files(target)
         else:
             executable, counts = _build(mod, target, options, log)
-            extra, params = [], None
-        clear_previous_artifact(out_dir)
+            params = None
         library = LIBRARY if linker is not None else OBJECTS
         with stage(log, f"link {library}"):
             _export(executable, bundle / library, linker)
         if params is not None:
             with stage(log, f"write {PARAMS}"):
                 save_params(params, bundle / PARAMS)
-            extra.append(PARAMS)
-        manifest = _manifest(onnx_manifest, target, options, library, counts, params)
-        for name in extra + _copy_extras(onnx_manifest, onnx_dir, bundle):
-            manifest.files[name] = {}
-        move_into_place(bundle, out_dir)
-    write_manifest(manifest, out_dir)
-    log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
+        _copy_extras(onnx, bundle)
+        manifest = _manifest(onnx.manifest, target, options, library, counts, params)
+        report_commit(log, writer.out, manifest, writer.commit(manifest))
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
     if gpu:
@@ -128,7 +116,8 @@ def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
 
 
 def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Path:
-    """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export."""
+    """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export
+    into ``scratch``."""
     if source.is_dir():
         return source
     if source.suffix == ".onnx":
@@ -160,14 +149,32 @@ def _import(path: Path, log: Callable[[str], None]):
         return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
 
 
-def _add_initial_state(mod, manifest: Manifest, directory: Path):
-    """Add ``initial_state() -> (state...)``: the state before the first token, batch axis included."""
+def _embedding_rows(step: Path) -> int:
+    """Rows of the embedding that the token indexes, read from the graph itself: the range of valid
+    token ids, which the bundle reports through ``vocab_size()`` (the compiled gather does not check)."""
+    import onnx
+
+    graph = onnx.load(str(step), load_external_data=False).graph
+    weights = {w.name: w for w in graph.initializer}
+    fed = {graph.input[0].name}  # the token, and what shape ops make of it
+    for node in graph.node:
+        if node.op_type == "Gather" and node.input[1] in fed and node.input[0] in weights:
+            return int(weights[node.input[0]].dims[0])
+        if node.op_type in ("Unsqueeze", "Reshape", "Squeeze", "Cast", "Identity") and node.input[0] in fed:
+            fed.update(node.output)
+    raise ArtifactError(f"{step}: no embedding lookup of the token input found; not an rwkv-edge step graph")
+
+
+def _add_contract_functions(mod, state: dict, manifest: Manifest, rows: int):
+    """Add ``initial_state() -> (state...)`` (batch axis included) and ``vocab_size() -> int64 (1,)``."""
+    import numpy as np
     from tvm import relax
 
-    values = initial_state(manifest, directory)
     builder = relax.BlockBuilder(mod)
     with builder.function("initial_state", params=[]):
-        builder.emit_func_output(relax.Tuple([relax.const(values[t.input_name][None]) for t in manifest.state]))
+        builder.emit_func_output(relax.Tuple([relax.const(state[t.input_name][None]) for t in manifest.state]))
+    with builder.function("vocab_size", params=[]):
+        builder.emit_func_output(relax.const(np.array([rows], dtype=np.int64), "int64"))  # else int32
     return builder.get()
 
 
@@ -224,17 +231,13 @@ def _export(executable, path: Path, linker: Callable | None) -> None:
         executable.export_library(str(path), fcompile=linker)
 
 
-def _copy_extras(onnx_manifest: Manifest, onnx_dir: Path, bundle: Path) -> list[str]:
+def _copy_extras(onnx: Artifact, bundle: Path) -> None:
     """The tokenizer's vocabulary file and the trained initial state, where there are any."""
-    names = []
-    if onnx_manifest.initial_state:
-        shutil.copy2(onnx_dir / onnx_manifest.initial_state, bundle / INITIAL_STATE)
-        names.append(INITIAL_STATE)
-    vocabulary = _vocabulary_file(onnx_manifest.tokenizer)
+    if onnx.manifest.initial_state:
+        shutil.copy2(onnx.path(onnx.manifest.initial_state), bundle / INITIAL_STATE)
+    vocabulary = _vocabulary_file(onnx.manifest.tokenizer)
     if vocabulary is not None:
         shutil.copy2(vocabulary, bundle / vocabulary.name)
-        names.append(vocabulary.name)
-    return names
 
 
 def _vocabulary_file(tokenizer: str) -> Path | None:
@@ -273,9 +276,9 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
         config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, precision=onnx_manifest.precision,
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
-        graphs={"step": step, "initial_state": {"function": "initial_state"}},
+        graphs={"step": step, "initial_state": {"function": "initial_state"}, "vocab_size": {"function": "vocab_size"}},
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
-        files={library: {}}, initial_state=INITIAL_STATE if onnx_manifest.initial_state else None,
+        initial_state=INITIAL_STATE if onnx_manifest.initial_state else None,
         target=target_record,
     )
 

@@ -3,16 +3,15 @@
 Stages: load the checkpoint, trace the step graph with torch.export and the onnxscript-based
 exporter, clean it up (onnxscript optimizer: constant folding, redundant Reshape/Cast/Unsqueeze
 removed), stamp the contract metadata, check it with ``onnx.checker`` (full check), then move the
-files into place. An earlier artifact in the output directory is removed first (its manifest
-before its files), everything is written in a temporary directory, and manifest.json comes last:
-an interrupted export leaves nothing that passes for an artifact.
+files into place. Everything is written beside the output directory and swapped in whole when it
+is complete (``artifact/writer.py``): an earlier artifact there stays intact until that moment,
+and after an error or an interruption.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +20,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..artifact import ArtifactWriter, Manifest
+from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
-from ..manifest import MANIFEST, Manifest, write_manifest
 from ..model import RWKVModel
-from ..model.state import CONTRACT_VERSION
-from .artifact import (INITIAL_STATE, check_writable, clear_previous_artifact, load_source, move_into_place,
-                       save_initial_state, stage, tokenizer_name)
+from .artifact import INITIAL_STATE, load_source, report_commit, save_initial_state, stage, tokenizer_name
 from .graph import ContractGraph
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -53,24 +51,18 @@ class OnnxOptions:
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOptions = OnnxOptions(),
                 log: Callable[[str], None] = print) -> Manifest:
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    check_writable(out_dir)
-    model, sha = load_source(checkpoint, log, PRECISIONS[options.precision], f", {options.precision}")
-    clear_previous_artifact(out_dir)
-    manifest = _manifest(model, checkpoint, sha, options)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+    checkpoint = Path(checkpoint)
+    with ArtifactWriter(out_dir, log) as writer:
+        model, sha = load_source(checkpoint, log, PRECISIONS[options.precision], f", {options.precision}")
+        manifest = _manifest(model, checkpoint, sha, options)
         graphs = {"step": (ContractGraph(model), "model.onnx")}
         if options.prefill_chunk:
             graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), "prefill.onnx")
         for role, (graph, name) in graphs.items():
-            files = _export_graph(graph, Path(tmp) / name, manifest, options, log, role)
-            manifest.files.update(dict.fromkeys(files))
-        if save_initial_state(model, Path(tmp) / INITIAL_STATE):
+            _export_graph(graph, writer.dir / name, manifest, options, log, role)
+        if save_initial_state(model, writer.dir / INITIAL_STATE):
             manifest.initial_state = INITIAL_STATE
-            manifest.files[INITIAL_STATE] = {}
-        move_into_place(Path(tmp), out_dir)
-    write_manifest(manifest, out_dir)
-    log(f"wrote {', '.join(manifest.files)} and {MANIFEST} to {out_dir}")
+        report_commit(log, writer.out, manifest, writer.commit(manifest))
     return manifest
 
 
@@ -94,8 +86,8 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
 
 
 def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options: OnnxOptions,
-                  log: Callable[[str], None], role: str) -> list[str]:
-    """Trace, clean up, stamp and check one graph; returns the file names written."""
+                  log: Callable[[str], None], role: str) -> None:
+    """Trace, clean up, stamp and check one graph (``path``, and ``path``.data for weights above 2 GB)."""
     batch_dim = torch.export.Dim("batch", min=1, max=4096) if options.dynamic_batch else None
     inputs = graph.example_inputs(batch=2 if batch_dim else 1)
     dynamic_shapes = ({0: batch_dim}, tuple({0: batch_dim} for _ in inputs[1:])) if batch_dim else None
@@ -118,7 +110,6 @@ def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options:
         import onnx
 
         onnx.checker.check_model(str(path), full_check=True)
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.stem))
 
 
 def _metadata(manifest: Manifest, role: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -34,10 +35,45 @@ def group_norm_heads(y: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     return F.group_norm(flat, norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).reshape(y.shape)
 
 
-def n_layers(tensors: StateDict) -> int:
-    """Number of blocks, from the ``blocks.{i}.`` keys."""
-    ids = {int(k.split(".")[1]) for k in tensors if k.startswith("blocks.")}
-    return 1 + max(ids) if ids else 0
+def token_ids(tokens: Any) -> torch.Tensor:
+    """Token ids as a long tensor: ints, numpy integers, (nested) lists of them, or integer tensors and
+    arrays. Anything else (floats, even 1.0; bools; strings) raises TokenError before any conversion."""
+    if isinstance(tokens, (list, tuple)):
+        for t in _flatten(tokens):
+            if not _is_int(t):
+                raise _not_an_id(t)
+        return torch.as_tensor(tokens, dtype=torch.long)
+    if _is_int(tokens):
+        return torch.as_tensor(tokens, dtype=torch.long)
+    if not (isinstance(tokens, torch.Tensor) or hasattr(tokens, "__array__")) or isinstance(tokens, (str, bytes)):
+        raise _not_an_id(tokens)
+    try:
+        ids = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a numpy array of objects
+        raise _not_an_id(tokens) from None
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise _not_an_id(ids.flatten()[0].item() if ids.numel() else ids, ids.dtype)
+    return ids.long()
+
+
+def _flatten(items: list | tuple):
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _is_int(value: Any) -> bool:
+    """An integer id: int or numpy integer (not bool), or a 0-d integer tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (value.dtype == torch.bool or value.is_floating_point() or value.is_complex())
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _not_an_id(value: Any, dtype: Any = None) -> TokenError:
+    kind = dtype if dtype is not None else type(value).__name__
+    return TokenError(f"token id {value!r} ({kind}) is not an integer; pass integer ids (e.g. from the tokenizer)")
 
 
 class RWKVModel(nn.Module):
@@ -62,7 +98,7 @@ class RWKVModel(nn.Module):
     @classmethod
     def from_state_dict(cls, tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint") -> "RWKVModel":
         """Build the model whose shapes the tensors imply, checking every key and shape."""
-        config = cls.config_class.from_state_dict(tensors)
+        config = cls.config_class.from_state_dict(tensors, source)
         with torch.device("meta"):
             model = cls(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -88,13 +124,13 @@ class RWKVModel(nn.Module):
 
     def step(self, token: int | torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token in RNN form: (token, state) -> (logits (V,), new state). Pure: ``state`` is unchanged."""
-        tokens = torch.as_tensor(token, dtype=torch.long).reshape(1)
+        tokens = token_ids(token).reshape(1)
         logits, state = self.forward(tokens, state)
         return logits[0], state
 
     def forward(self, tokens: torch.Tensor | list[int], state: State | None = None) -> tuple[torch.Tensor, State]:
         """Sequence form: tokens (..., T) -> (logits (..., T, V) fp32, state after the last token)."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        tokens = token_ids(tokens)
         if tokens.dim() == 0 or tokens.shape[-1] == 0:
             raise TokenError("forward needs at least one token")
         batch = tuple(tokens.shape[:-1])

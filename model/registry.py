@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UnknownArchitectureError
 from .base import RWKVModel
-from .checkpoint import StateDict, read_checkpoint
+from .checkpoint import StateDict, check_values, open_checkpoint
 from .v4 import RWKV4
 from .v5 import RWKV5
 from .v6 import RWKV6
@@ -45,7 +45,7 @@ def detect_version(tensors: StateDict) -> str:
             f"(found {', '.join(sorted(tensors)[:5])}{', ...' if len(tensors) > 5 else ''})"
         )
     att = {k.split(".", 3)[3] for k in tensors if k.startswith("blocks.0.att.")}
-    if {"r_k", "x_r"} <= att:
+    if "x_r" in att:  # v7 only; its config then names any other missing key
         return "v7"
     if "time_maa_x" in att:
         return "v6"
@@ -64,10 +64,22 @@ def detect_version(tensors: StateDict) -> str:
 
 
 def model_from_state_dict(tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint") -> RWKVModel:
-    """Detect the version and build the model, checking every key and shape."""
-    return ARCHITECTURES[detect_version(tensors)].model_class.from_state_dict(tensors, dtype=dtype, source=source)
+    """Check the values, detect the version and build the model, checking every key and shape."""
+    check_values(tensors, source)
+    return _build(tensors, dtype, source)
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RWKVModel, str]:
+    """Load a ``.pth`` or ``.safetensors`` checkpoint of any supported version (computed in ``dtype``),
+    and the sha256 of the exact bytes it was built from."""
+    checkpoint = open_checkpoint(path)  # values checked
+    return _build(checkpoint.tensors, dtype, str(path)), checkpoint.sha256
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel:
     """Load a ``.pth`` or ``.safetensors`` checkpoint of any supported version (computed in ``dtype``)."""
-    return model_from_state_dict(read_checkpoint(path), dtype=dtype, source=str(path))
+    return load_checkpoint(path, dtype)[0]
+
+
+def _build(tensors: StateDict, dtype: torch.dtype, source: str) -> RWKVModel:
+    return ARCHITECTURES[detect_version(tensors)].model_class.from_state_dict(tensors, dtype=dtype, source=source)

@@ -12,46 +12,13 @@ thing in every architecture that has them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ..contract import CONTRACT_VERSION, StateTensor, matrix_state_spec  # noqa: F401 (re-exported)
 from ..errors import StateError
-
-CONTRACT_VERSION = "1.0"  # of docs/onnx-contract.md; bump on any change to names, shapes or dtypes
 
 LayerState = dict[str, torch.Tensor]
 State = list[LayerState]
-
-
-@dataclass(frozen=True)
-class StateTensor:
-    """One tensor of the state: where it lives, its shape and its value in the zero state."""
-
-    layer: int
-    role: str
-    shape: tuple[int, ...]
-    fill: float = 0.0
-
-    @property
-    def input_name(self) -> str:
-        return f"state.{self.layer}.{self.role}"
-
-    @property
-    def output_name(self) -> str:
-        return f"state_out.{self.layer}.{self.role}"
-
-
-def matrix_state_spec(n_layer: int, n_embd: int, n_head: int, head_size: int) -> list[StateTensor]:
-    """The v5/v6/v7 state: token shift, [head, key, value] WKV matrix, token shift, per layer."""
-    spec = []
-    for i in range(n_layer):
-        spec += [
-            StateTensor(i, "att_shift", (n_embd,)),
-            StateTensor(i, "wkv", (n_head, head_size, head_size)),
-            StateTensor(i, "ffn_shift", (n_embd,)),
-        ]
-    return spec
 
 
 def zero_state(spec: list[StateTensor], batch: tuple[int, ...] = ()) -> State:

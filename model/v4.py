@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import RWKVModel, n_layers, token_shift
-from .checkpoint import StateDict
+from .base import RWKVModel, token_shift
+from .checkpoint import StateDict, dims, n_layers
 from .state import LayerState, State, StateTensor
 
 
@@ -20,10 +20,11 @@ class ConfigV4:
     ffn_dim: int
 
     @classmethod
-    def from_state_dict(cls, t: StateDict) -> "ConfigV4":
-        vocab_size, n_embd = t["emb.weight"].shape
-        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layers(t),
-                   ffn_dim=t["blocks.0.ffn.key.weight"].shape[0])
+    def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV4":
+        n_layer = n_layers(t, source)
+        vocab_size, n_embd = dims(t, "emb.weight", 2, source)  # (V, C)
+        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer,
+                   ffn_dim=dims(t, "blocks.0.ffn.key.weight", 2, source)[0])  # (F, C)
 
 
 def vec(c: int) -> nn.Parameter:

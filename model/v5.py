@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import group_norm_heads, n_layers, to_heads, token_shift
-from .checkpoint import StateDict
+from .base import group_norm_heads, to_heads, token_shift
+from .checkpoint import StateDict, dims, heads, n_layers
 from .state import LayerState, StateTensor, matrix_state_spec, zero_state
 from .v4 import Block, ChannelMix, RecurrentModel, lerp_shift, vec
 
@@ -25,11 +25,12 @@ class ConfigV5:
     time_state: bool  # the checkpoint carries a tuned initial WKV state
 
     @classmethod
-    def from_state_dict(cls, t: StateDict) -> "ConfigV5":
-        vocab_size, n_embd = t["emb.weight"].shape
-        n_head, head_size = t["blocks.0.att.time_faaaa"].shape[:2]
-        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layers(t), head_size=head_size,
-                   n_head=n_head, ffn_dim=t["blocks.0.ffn.key.weight"].shape[0],
+    def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV5":
+        n_layer = n_layers(t, source)
+        vocab_size, n_embd = dims(t, "emb.weight", 2, source)  # (V, C)
+        n_head, head_size = heads(t, "blocks.0.att.time_faaaa", n_embd, source)  # (H, N)
+        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, head_size=head_size,
+                   n_head=n_head, ffn_dim=dims(t, "blocks.0.ffn.key.weight", 2, source)[0],
                    time_state="blocks.0.att.time_state" in t)
 
 

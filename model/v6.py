@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import n_layers, token_shift
-from .checkpoint import StateDict
+from .base import token_shift
+from .checkpoint import StateDict, dims
 from .state import LayerState
 from .v4 import Block, vec
-from .v5 import MatrixStateModel, MatrixTimeMix
+from .v5 import ConfigV5, MatrixStateModel, MatrixTimeMix
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,10 @@ class ConfigV6:
     time_state: bool  # the checkpoint carries a tuned initial WKV state
 
     @classmethod
-    def from_state_dict(cls, t: StateDict) -> "ConfigV6":
-        vocab_size, n_embd = t["emb.weight"].shape
-        n_head, head_size = t["blocks.0.att.time_faaaa"].shape[:2]
-        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layers(t), head_size=head_size,
-                   n_head=n_head, ffn_dim=t["blocks.0.ffn.key.weight"].shape[0],
-                   mix_lora=t["blocks.0.att.time_maa_w2"].shape[1],
-                   decay_lora=t["blocks.0.att.time_decay_w1"].shape[1],
-                   time_state="blocks.0.att.time_state" in t)
+    def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV6":
+        shared = dataclasses.asdict(ConfigV5.from_state_dict(t, source))  # sizes, heads, time_state
+        return cls(**shared, mix_lora=dims(t, "blocks.0.att.time_maa_w2", 3, source)[1],  # (5, D, C)
+                   decay_lora=dims(t, "blocks.0.att.time_decay_w1", 2, source)[1])  # (C, D)
 
 
 class TimeMix(MatrixTimeMix):

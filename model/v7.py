@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RWKVModel, group_norm_heads, n_layers, to_heads, token_shift
-from .checkpoint import StateDict
+from .base import RWKVModel, group_norm_heads, to_heads, token_shift
+from .checkpoint import StateDict, dims, heads, n_layers
 from .state import LayerState, State, StateTensor, matrix_state_spec
 
 
@@ -27,17 +27,21 @@ class ConfigV7:
     gate_lora: int
 
     @classmethod
-    def from_state_dict(cls, t: StateDict) -> "ConfigV7":
-        vocab_size, n_embd = t["emb.weight"].shape
-        n_head, head_size = t["blocks.0.att.r_k"].shape
-        n_layer = n_layers(t)
+    def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV7":
+        n_layer = n_layers(t, source)
+        vocab_size, n_embd = dims(t, "emb.weight", 2, source)  # (V, C)
+        n_head, head_size = heads(t, "blocks.0.att.r_k", n_embd, source)  # (H, N)
+
+        def lora(key: str) -> int:  # (C, D)
+            return dims(t, key, 2, source)[1]
+
         return cls(
             vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, head_size=head_size, n_head=n_head,
-            ffn_dim=t["blocks.0.ffn.key.weight"].shape[0],
-            decay_lora=t["blocks.0.att.w1"].shape[1],
-            iclr_lora=t["blocks.0.att.a1"].shape[1],
-            value_lora=t["blocks.1.att.v1"].shape[1] if n_layer > 1 else 0,
-            gate_lora=t["blocks.0.att.g1"].shape[1],
+            ffn_dim=dims(t, "blocks.0.ffn.key.weight", 2, source)[0],
+            decay_lora=lora("blocks.0.att.w1"),
+            iclr_lora=lora("blocks.0.att.a1"),
+            value_lora=lora("blocks.1.att.v1") if n_layer > 1 else 0,
+            gate_lora=lora("blocks.0.att.g1"),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -13,18 +14,37 @@ NamedState = dict[str, np.ndarray]  # contract input names ("state.3.wkv") -> fp
 
 
 def check_token_ids(tokens: list[int], vocab_size: int) -> None:
-    """Raise TokenError before an id outside [0, vocab_size) reaches a backend (compiled ones read out of bounds)."""
+    """Raise TokenError before an id that is not an integer in [0, vocab_size) reaches a backend
+    (compiled ones read out of bounds); at least one id."""
+    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__len__") or len(tokens) == 0:
+        raise TokenError(f"expected a non-empty list of token ids, got {tokens!r:.60}")
     for token in tokens:
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+            raise TokenError(f"token id {token!r:.40} is not an integer")
         if not 0 <= token < vocab_size:
             raise TokenError(f"token id {token} is outside the vocabulary [0, {vocab_size})")
 
 
 def check_named_state(state: NamedState, spec: list[StateTensor]) -> None:
-    """Raise StateError naming the first state tensor that is missing or mis-shaped (shapes without batch)."""
+    """Raise StateError naming the first state tensor that is missing, unexpected, mis-shaped or not
+    numeric (shapes without the batch axis)."""
+    if not isinstance(state, Mapping):
+        raise StateError(f"the state must be a dict of contract names to arrays, got {type(state).__name__}")
+    unexpected = sorted(set(state) - {t.input_name for t in spec}, key=str)
+    if unexpected:
+        raise StateError(f"unexpected state tensor {unexpected[0]!r}; expected {spec[0].input_name}, ...")
     for t in spec:
         value = state.get(t.input_name)
         if value is None:
             raise StateError(f"state tensor {t.input_name} is missing")
+        dtype = getattr(value, "dtype", None)
+        if dtype is None:
+            try:
+                dtype = np.asarray(value).dtype
+            except ValueError:  # a ragged nesting of lists
+                dtype = np.dtype(object)
+        if np.dtype(dtype).kind not in "fiu":
+            raise StateError(f"state tensor {t.input_name} holds {dtype} values, expected float32")
         if tuple(np.shape(value)) != t.shape:
             raise StateError(f"state tensor {t.input_name} has shape {tuple(np.shape(value))}, expected {t.shape}")
 
@@ -90,6 +110,8 @@ class TorchBackend:
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
         import torch
 
+        check_token_ids(tokens, self.vocab_size)
+        check_named_state(state, self.state_spec())
         if self.device == "cpu":
             named = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
             with torch.inference_mode():

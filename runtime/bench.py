@@ -44,10 +44,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import ArtifactError, OptionError, RwkvEdgeError
-from ..manifest import check_hashes, read_manifest, sha256_file
+from ..artifact import open_artifact, sha256_file
 from ..model import ARCHITECTURES, DEMO_CHECKPOINT, detect_version
-from ..model.base import n_layers
-from ..model.checkpoint import StateDict, read_checkpoint
+from ..model.checkpoint import StateDict, n_layers, open_checkpoint
 
 SCHEMA = "rwkv-edge.bench/1"
 BACKENDS = ("torch", "onnxruntime", "tvm")  # in the order a run reports them
@@ -390,8 +389,9 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
     checkpoint, given, options = _resolve_source(source, options)
     if options.tvm_target is None:
         options = replace(options, tvm_target=default_cuda_target(arch) if arch else "x86_64-host")
-    tensors = read_checkpoint(checkpoint)
-    sha = sha256_file(checkpoint)
+    read = open_checkpoint(checkpoint)
+    tensors, sha = read.tensors, read.sha256
+    del read
     model = _model_info(checkpoint, sha, tensors)
     weights = {"bytes_per_token": weight_bytes_per_token(tensors), "precision": "fp32",
                "bytes_per_value": BYTES_PER_VALUE}
@@ -560,7 +560,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     source = Path(source)
     if not source.is_dir():
         return source, {}, options
-    manifest = read_manifest(source)
+    manifest = open_artifact(source).manifest
     backend = next((b for b, kind in ARTIFACT_KINDS.items() if kind == manifest.kind), None)
     if backend is None:
         raise OptionError(f"{source}: a {manifest.kind} artifact; bench runs {', '.join(ARTIFACT_KINDS.values())} "
@@ -570,7 +570,6 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
                           "(export or compile with --precision fp32)")
     if backend == "tvm":
         options = _bundle_options(source, manifest.target or {}, options)
-    check_hashes(manifest, source)
     checkpoint = Path(manifest.source["checkpoint"])
     if not checkpoint.is_file():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
@@ -654,7 +653,7 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
     """Whether ``out`` holds an intact fp32 artifact of the checkpoint with this sha256, made as asked:
     an export with the same prefill graph, a bundle for the same target with the same weights."""
     try:
-        manifest = read_manifest(out)
+        manifest = open_artifact(out).manifest
         if backend == "tvm":
             target = manifest.target or {}
             made_as_asked = (manifest.kind == "tvm" and manifest.precision == "fp32"
@@ -665,7 +664,6 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
                              and manifest.graphs.get("prefill", {}).get("chunk", 0) == _prefill_chunk(backend, options))
         if manifest.source.get("sha256") != sha or not made_as_asked:
             return False
-        check_hashes(manifest, out)
     except (ArtifactError, KeyError, AttributeError):
         return False
     return True
@@ -864,7 +862,7 @@ def _use_cuda_provider(backend) -> None:
     options = backend.step_session.get_session_options()
     for attribute, role in (("step_session", "step"), ("prefill_session", "prefill")):
         if getattr(backend, attribute) is not None:
-            path = backend.directory / backend.manifest.graphs[role]["file"]
+            path = backend.artifact.graph(role)
             setattr(backend, attribute, ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"]))
 
 

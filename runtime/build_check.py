@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_path
-from ..manifest import Manifest
+from ..artifact import Artifact
 
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # 0xBA55ED50, little-endian
@@ -59,28 +59,28 @@ class BuildReport:
         return path
 
 
-def check_gpu_build(manifest: Manifest, directory: Path, reason: str) -> BuildReport:
+def check_gpu_build(artifact: Artifact, reason: str) -> BuildReport:
     """Read the bundle's device code, library and weights file; nothing is executed."""
-    target = manifest.target
-    report = BuildReport(str(directory), target["name"], reason)
+    target, step = artifact.manifest.target, artifact.manifest.graphs["step"]
+    report = BuildReport(str(artifact.directory), target["name"], reason)
     if target["device"] == "cuda":
-        _check_cuda(report, directory, target["arch"])
+        _check_cuda(report, artifact, target["arch"])
     else:
-        _check_metal(report, directory)
-    _check_library(report, directory / manifest.graphs["step"]["file"])
-    _check_params(report, directory / manifest.graphs["step"]["params"], manifest.graphs["step"]["num_params"])
+        _check_metal(report, artifact)
+    _check_library(report, artifact.graph("step"))
+    _check_params(report, artifact.path(step["params"]), step["num_params"])
     return report
 
 
-def _check_cuda(report: BuildReport, directory: Path, arch: str) -> None:
-    kernels = sorted(set(_CUDA_KERNEL.findall((directory / "kernels.cu").read_text())))
-    entries = set(_PTX_ENTRY.findall((directory / "kernels.ptx").read_text()))
+def _check_cuda(report: BuildReport, artifact: Artifact, arch: str) -> None:
+    kernels = sorted(set(_CUDA_KERNEL.findall(artifact.path("kernels.cu").read_text())))
+    entries = set(_PTX_ENTRY.findall(artifact.path("kernels.ptx").read_text()))
     missing = [k for k in kernels if k not in entries]
     if not kernels or missing:
         report.problems.append(f"kernels.ptx lacks {len(missing)} of the {len(kernels)} kernels of kernels.cu")
     else:
         report.checks.append(f"kernels.cu: {len(kernels)} kernels, each with a PTX entry in kernels.ptx")
-    fatbin = (directory / "kernels.fatbin").read_bytes()
+    fatbin = artifact.path("kernels.fatbin").read_bytes()
     if not fatbin.startswith(FATBIN_MAGIC):
         report.problems.append("kernels.fatbin is not a CUDA fatbin")
         return
@@ -88,7 +88,7 @@ def _check_cuda(report: BuildReport, directory: Path, arch: str) -> None:
     if cuobjdump is None:
         report.checks.append(f"kernels.fatbin: a fatbin, {len(fatbin)} bytes (cuobjdump absent: its cubins not listed)")
         return
-    listing = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(directory / "kernels.fatbin")],
+    listing = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(artifact.path("kernels.fatbin"))],
                              capture_output=True, text=True).stdout
     if f".{arch}." not in listing:
         report.problems.append(f"kernels.fatbin holds no cubin for {arch}")
@@ -97,8 +97,8 @@ def _check_cuda(report: BuildReport, directory: Path, arch: str) -> None:
                              + " (cuobjdump)")
 
 
-def _check_metal(report: BuildReport, directory: Path) -> None:
-    kernels = sorted(set(_METAL_KERNEL.findall((directory / "kernels.metal").read_text())))
+def _check_metal(report: BuildReport, artifact: Artifact) -> None:
+    kernels = sorted(set(_METAL_KERNEL.findall(artifact.path("kernels.metal").read_text())))
     if not kernels:
         report.problems.append("kernels.metal declares no kernel")
     else:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Artifact, Manifest, open_artifact
 from ..errors import ArtifactError, OptionError, StateError
-from ..manifest import Manifest, initial_state, read_manifest
 from ..model import StateTensor
 from ..targets.coreml import coreml_name, import_coremltools, quiet_coremltools
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
@@ -45,22 +45,23 @@ def artifact_directory(path: str | Path) -> Path:
 class CoreMLBackend:
     """model.mlpackage: ``decode`` (or ``main``) for single steps, ``prefill`` where the package has it."""
 
-    def __init__(self, directory: str | Path, executor: str | None = None) -> None:
-        self.directory = artifact_directory(directory)
-        self.manifest: Manifest = read_manifest(self.directory, kind="coreml")
+    def __init__(self, artifact: Artifact | str | Path, executor: str | None = None) -> None:
         self.executor = executor or default_executor()
         if self.executor not in EXECUTORS:
             raise OptionError(f"unknown Core ML executor {self.executor!r}; choose {', '.join(EXECUTORS)}")
+        if not isinstance(artifact, Artifact):
+            artifact = open_artifact(artifact_directory(artifact), kind="coreml")
+        self.artifact, self.directory, self.manifest = artifact, artifact.directory, artifact.manifest
         self.name = f"coreml-{self.executor}"
-        self.vocab_size = int(self.manifest.config["vocab_size"])
         self.spec = self.manifest.state
         self.stateful = self.manifest.target["form"] == "stateful"
         graphs = self.manifest.graphs
         self.step_function = graphs["step"]["function"]
         self.prefill_function = graphs["prefill"]["function"] if "prefill" in graphs else None
         self.chunk = graphs["prefill"]["chunk"] if "prefill" in graphs else 0
-        self.package = self.directory / graphs["step"]["file"]
-        self._initial = initial_state(self.manifest, self.directory)
+        self.package = artifact.graph("step")
+        self.vocab_size = _vocabulary(self.package, self.step_function, self.manifest.vocab_size)
+        self._initial = artifact.initial_state()
         self._run = self._mil_runner() if self.executor == "mil" else self._predict_runner()
 
     def state_spec(self) -> list[StateTensor]:
@@ -142,6 +143,23 @@ class CoreMLBackend:
             return outputs, {name: np.asarray(core_state.read_state(name)) for name in states}
 
         return run
+
+
+def _vocabulary(package: Path, function: str, vocab_size: int) -> int:
+    """The token range, from the package's spec (the width of the step function's logits); the
+    manifest must agree."""
+    ct = import_coremltools()
+    try:
+        with quiet_coremltools():
+            spec = ct.utils.load_spec(str(package))
+    except Exception as e:  # coremltools' own errors for an unreadable package
+        raise ArtifactError(f"{package}: coremltools cannot read it: {e}") from None
+    description = {f.name: f for f in spec.description.functions}.get(function, spec.description)
+    logits = [list(o.type.multiArrayType.shape) for o in description.output if o.name == "logits"]
+    if not logits or logits[0][-1:] != [vocab_size]:
+        raise ArtifactError(f"{package}: the {function} function's logits are {logits[0] if logits else 'missing'}, "
+                            f"the manifest says vocab_size {vocab_size}")
+    return vocab_size
 
 
 def _to_fp16(value: np.ndarray) -> np.ndarray:

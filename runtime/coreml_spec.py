@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..manifest import Manifest
+from ..artifact import Manifest
 from ..targets.coreml import coreml_name
 
 # Core ML specification version of each minimum deployment target

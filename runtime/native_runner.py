@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, OptionError, PlatformError, ToolError
-from ..manifest import check_hashes, read_manifest
+from ..artifact import open_artifact
 from .backend import NamedState, check_named_state, check_token_ids
 
 SOURCES = Path(__file__).parent / "cpp"
@@ -151,13 +151,12 @@ def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | Non
     ``runner`` is a prebuilt binary for the bundle's architecture (default: ``build_runner``).
     """
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir, kind="tvm")
-    check_hashes(manifest, bundle_dir)
+    manifest = open_artifact(bundle_dir, kind="tvm").manifest
     if not tokens:
         raise OptionError("the runner needs at least one token")
     if repeat < 0:
         raise OptionError(f"repeat must be >= 0, got {repeat}")
-    check_token_ids(list(tokens), manifest.config["vocab_size"])
+    check_token_ids(list(tokens), manifest.vocab_size)  # the runner checks them against the library's range too
     arch, prefix = _launcher(bundle_dir, manifest.target or {}, emulate_cpu)
     if LIBRARY not in manifest.files:
         raise ArtifactError(f"{bundle_dir}: holds no linked {LIBRARY} (files: {', '.join(manifest.files)}); "

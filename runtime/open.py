@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OptionError
-from ..manifest import read_manifest
+from ..artifact import read_manifest
 from ..model import DEMO_CHECKPOINT, load_model
 from .backend import Backend, TorchBackend
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, StateError
-from ..manifest import Manifest, initial_state, read_manifest
+from ..artifact import Artifact, Manifest, open_artifact
+from ..errors import ArtifactError, StateError, one_line
 from ..model import StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 
@@ -17,30 +17,33 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, directory: str | Path, threads: int | None = None) -> None:
+    def __init__(self, artifact: Artifact | str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        self.directory = Path(directory)
-        self.manifest: Manifest = read_manifest(self.directory, kind="onnx")
-        self.vocab_size = int(self.manifest.config["vocab_size"])
+        self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, kind="onnx")
+        self.directory = self.artifact.directory
+        self.manifest: Manifest = self.artifact.manifest
+        self.spec = self.manifest.state
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
 
-        def session(name: str):
+        def session(role: str):
+            path = self.artifact.graph(role)
             try:
-                return ort.InferenceSession(str(self.directory / name), options, providers=["CPUExecutionProvider"])
+                loaded = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own types for unreadable or invalid graphs
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ArtifactError(f"{self.directory / name}: onnxruntime cannot load it: {message}") from None
+                raise ArtifactError(f"{path}: onnxruntime cannot load it: {one_line(e)}") from None
+            _check_io(loaded, self.spec, path)
+            return loaded
 
         graphs = self.manifest.graphs
-        self.step_session = session(graphs["step"]["file"])
-        self.prefill_session = session(graphs["prefill"]["file"]) if "prefill" in graphs else None
+        self.step_session = session("step")
+        self.prefill_session = session("prefill") if "prefill" in graphs else None
         self.chunk = graphs["prefill"]["chunk"] if "prefill" in graphs else 0
-        self.spec = self.manifest.state
-        self._initial = initial_state(self.manifest, self.directory)
+        self.vocab_size = _vocabulary(self.step_session, self.manifest, self.artifact.graph("step"))
+        self._initial = self.artifact.initial_state()
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
@@ -67,5 +70,31 @@ class OrtBackend:
         check_named_state(state, self.spec)
         feeds = {session.get_inputs()[0].name: tokens}
         feeds.update({t.input_name: np.asarray(state[t.input_name], dtype=np.float32)[None] for t in self.spec})
-        outputs = session.run(None, feeds)
+        try:
+            outputs = session.run(None, feeds)
+        except Exception as e:  # onnxruntime's own error types: a graph that breaks at run time
+            raise ArtifactError(f"{self.directory}: onnxruntime failed running the graph: {one_line(e)}") from None
         return outputs[0][0], {t.input_name: out[0] for t, out in zip(self.spec, outputs[1:])}
+
+
+def _check_io(session, spec: list[StateTensor], path: Path) -> None:
+    """ArtifactError unless the graph's inputs and outputs are the contract's names, in the manifest's order."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    want_in, want_out = [t.input_name for t in spec], ["logits"] + [t.output_name for t in spec]
+    if inputs[1:] != want_in or inputs[:1] not in (["token"], ["tokens"]) or outputs != want_out:
+        raise ArtifactError(f"{path}: its inputs/outputs ({', '.join(inputs[:3])}, ... -> {', '.join(outputs[:2])}, "
+                            "...) are not the state the manifest lists: the graph belongs to another model")
+    for t, value in zip(spec, session.get_inputs()[1:]):
+        if [d for d in value.shape[1:]] != list(t.shape):
+            raise ArtifactError(f"{path}: {t.input_name} has shape {value.shape[1:]} in the graph, "
+                                f"{list(t.shape)} in the manifest")
+
+
+def _vocabulary(session, manifest: Manifest, path: Path) -> int:
+    """The token range, from the graph (its logits' width); the manifest must agree."""
+    width = session.get_outputs()[0].shape[-1]
+    if width != manifest.vocab_size:
+        raise ArtifactError(f"{path}: the graph's logits have {width} entries, the manifest says vocab_size "
+                            f"{manifest.vocab_size}")
+    return width

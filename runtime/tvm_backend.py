@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, OptionError, PlatformError, ToolError
-from ..manifest import Manifest, check_hashes, read_manifest
+from ..artifact import Artifact, Manifest, open_artifact
+from ..errors import ArtifactError, OptionError, PlatformError, ToolError, one_line
 from ..model import StateTensor
 from .backend import NamedState, check_named_state, check_token_ids
 
@@ -62,12 +67,11 @@ class TvmBackend:
     name = "tvm"
     chunk = 0  # no prefill graph: prompts run step by step
 
-    def __init__(self, directory: str | Path, remote: Remote | None = None) -> None:
-        self.directory = Path(directory)
-        self.manifest: Manifest = read_manifest(self.directory, kind="tvm")
-        check_hashes(self.manifest, self.directory)
-        self.device_kind = self.manifest.target.get("device", "cpu")
-        self.vocab_size = int(self.manifest.config["vocab_size"])
+    def __init__(self, artifact: Artifact | str | Path, remote: Remote | None = None) -> None:
+        self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, kind="tvm")
+        self.directory = self.artifact.directory
+        self.manifest: Manifest = self.artifact.manifest
+        self.device_kind = self.manifest.target["device"]
         self.spec: list[StateTensor] = self.manifest.state
         self.remote = remote
         self._session = None
@@ -75,8 +79,8 @@ class TvmBackend:
         self.where = self._where()
         self._vm, self._device = self._load()
         self._params = self._load_params()
-        initial = self._vm["initial_state"]() if remote is None else self._remote_call("initial_state", [])
-        self._initial = {t.input_name: _numpy(v)[0] for t, v in zip(self.spec, initial)}
+        self.vocab_size = self._vocabulary()
+        self._initial = self._initial_state()
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
@@ -87,9 +91,7 @@ class TvmBackend:
     def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
         check_token_ids([token], self.vocab_size)  # compiled gathers read out of bounds otherwise
         check_named_state(state, self.spec)
-        args = self._arguments(token, state)
-        outputs = self._vm["main"](*args) if self.remote is None else self._remote_call("main", args)
-        logits, *new_state = outputs
+        logits, *new_state = self._call("main", self._arguments(token, state))
         if self.device_kind != "cpu" and self.remote is None:
             return _numpy(logits)[0], {t.input_name: DeviceTensor(s) for t, s in zip(self.spec, new_state)}
         return self._array(logits)[0], {t.input_name: self._array(s)[0] for t, s in zip(self.spec, new_state)}
@@ -136,6 +138,28 @@ class TvmBackend:
             logits, state = self.step(token, state)
         return logits, state
 
+    def _call(self, function: str, args: list):
+        return self._vm[function](*args) if self.remote is None else self._remote_call(function, args)
+
+    def _vocabulary(self) -> int:
+        """The token range, from the library itself (the rows of its embedding); the manifest must agree."""
+        if "vocab_size" not in self.manifest.graphs:
+            raise ArtifactError(f"{self.directory}: built by an older rwkv-edge (no vocab_size function): recompile it")
+        rows = int(_numpy(self._call("vocab_size", []))[0])
+        if rows != self.manifest.vocab_size:
+            raise ArtifactError(f"{self.library}: its embedding has {rows} rows, the manifest says vocab_size "
+                                f"{self.manifest.vocab_size}")
+        return rows
+
+    def _initial_state(self) -> NamedState:
+        """``initial_state()`` of the library, checked against the manifest's state spec."""
+        values = [_numpy(v) for v in self._call("initial_state", [])]
+        shapes = [tuple(v.shape) for v in values]
+        if shapes != [(1, *t.shape) for t in self.spec]:
+            raise ArtifactError(f"{self.library}: its state ({len(values)} tensors) is not the one the manifest lists "
+                                f"({len(self.spec)}): the library belongs to another model")
+        return {t.input_name: v[0] for t, v in zip(self.spec, values)}
+
     def _where(self) -> str:
         triple = self.manifest.target["triple"]
         if self.remote is not None:
@@ -164,17 +188,18 @@ class TvmBackend:
         if self.remote is None:
             self._register_fatbin()
             try:
-                module = tvm.runtime.load_module(str(library))
+                with _content_name(library, self.manifest.files.get(library.name, {}).get("sha256")) as name:
+                    module = tvm.runtime.load_module(name)
                 device = tvm.device(self.device_kind)
                 return relax.VirtualMachine(module, device), device
             except Exception as e:  # a library that does not load is a broken artifact
-                raise ArtifactError(f"{library}: TVM cannot load it: {_last_line(e)}") from None
+                raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
         session = connect(self.remote)
         try:
             session.upload(str(library))
             module = session.load_module(library.name)
         except Exception as e:
-            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {_last_line(e)}") from None
+            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {one_line(e, last=True)}") from None
         device = session.device(self.device_kind)
         self._session = session  # keep the connection alive as long as the VM
         return relax.VirtualMachine(module, device), device
@@ -182,9 +207,9 @@ class TvmBackend:
     def _library(self) -> Path:
         """model.so; for Apple bundles the one linked on the Mac from model.tar (docs/tvm-gpu.md)."""
         name = self.manifest.graphs["step"]["file"]
-        if self.manifest.target.get("linked", True):
-            return self.directory / name
-        linked = self.directory / "model.so"
+        if self.manifest.target["linked"]:
+            return self.artifact.path(name)
+        linked = self.directory / "model.so"  # linked on the Mac beside the bundle: not covered by the manifest
         if self.device_kind == "metal" and (linked.is_file() or platform.system() != "Darwin"):
             return linked  # off a Mac, _where says where it runs
         raise PlatformError(f"{self.directory}: holds unlinked objects ({name}); "
@@ -201,7 +226,7 @@ class TvmBackend:
 
         from ..compile.gpu import CUDA_SOURCE, FATBIN
 
-        _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = (self.directory / FATBIN).read_bytes()
+        _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = self.artifact.path(FATBIN).read_bytes()
         tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
 
     def _load_params(self) -> list:
@@ -213,7 +238,7 @@ class TvmBackend:
 
         from ..compile.gpu import load_params
 
-        return [tvm.runtime.tensor(v, self._device) for v in load_params(self.directory / name)]
+        return [tvm.runtime.tensor(v, self._device) for v in load_params(self.artifact.path(name))]
 
     def close(self) -> None:
         """Release the library (and the RPC session: a TVM server serves one session at a time)."""
@@ -242,6 +267,29 @@ def connect(remote: Remote):
     return connect_server(host, port, timeout=remote.timeout_s)
 
 
+@contextlib.contextmanager
+def _content_name(library: Path, sha256: str | None) -> Iterator[str]:
+    """A path to ``library`` for loading that is unique to its content: a hard link (or a copy, across
+    file systems) named by its sha256 in a private folder, there while it loads. TVM loads a library
+    by its real path and the dynamic loader hands back an already loaded library of the same path,
+    so reloading a bundle rebuilt in the same directory would otherwise run the old code."""
+    if sha256 is None:  # a Metal bundle's model.so, linked on the Mac: no recorded hash
+        yield str(library)
+        return
+    folder = Path(tempfile.gettempdir()) / f"rwkv-edge-libraries-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    name = folder / f"{sha256}-{os.getpid()}{library.suffix}"
+    name.unlink(missing_ok=True)
+    try:
+        os.link(library, name)
+    except OSError:
+        shutil.copyfile(library, name)
+    try:
+        yield str(name)
+    finally:
+        name.unlink(missing_ok=True)
+
+
 def _prebuilt_fatbin(code: str, *_target) -> bytes:
     """TVM's CUDA compile callback: the fatbin a loaded bundle brought for this source, never a compiler."""
     import hashlib
@@ -254,8 +302,3 @@ def _prebuilt_fatbin(code: str, *_target) -> bytes:
 
 def _numpy(value) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-
-
-def _last_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[-1] if text else type(e).__name__

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Artifact, Manifest, open_artifact
 from ..errors import ArtifactError, OptionError
-from ..manifest import Manifest, check_hashes, read_manifest, sha256_file
-from ..model import load_model
+from ..model import load_checkpoint
 from ..model.tokenizer import load_tokenizer
 from .backend import Backend, TorchBackend
 from .ort_backend import OrtBackend
@@ -24,46 +24,45 @@ ROLLOUT_TEXT = (
 
 def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int = 128,
                     checkpoint: str | Path | None = None, log: Callable[[str], None] = print,
-                    executor: str | None = None, remote=None) -> ParityReport:
+                    executor: str | None = None, remote=None, expect_sha256: str | None = None) -> ParityReport:
     """Roll out ``steps`` tokens on the artifact and on the PyTorch model, each on its own state;
     check the prefill graph against single steps; compare greedy generation; save parity.json/.png.
 
     ONNX artifacts run on onnxruntime. Core ML artifacts (a directory, or the .mlpackage in it) get
     a spec check, then run on Core ML (macOS) or coremltools' value inference (``executor``). TVM
     bundles run here, or on the device behind ``remote`` (a ``tvm_backend.Remote``: RPC server or tracker).
-    A GPU bundle where its GPU is absent gets a ``BuildReport`` instead: built, not executed."""
+    A GPU bundle where its GPU is absent gets a ``BuildReport`` instead: built, not executed.
+    ``expect_sha256`` pins the manifest: anything else fails before a file is loaded."""
     from .coreml_backend import artifact_directory
 
-    directory = artifact_directory(directory)
-    manifest = read_manifest(directory)
-    if manifest.kind not in ("onnx", "coreml", "tvm"):
-        raise ArtifactError(f"{directory}: cannot verify a {manifest.kind} artifact")
+    artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
+    directory, manifest = artifact.directory, artifact.manifest
     if remote is not None and manifest.kind != "tvm":
         raise OptionError(f"{directory}: --rpc and --tracker run TVM bundles; this is a {manifest.kind} artifact")
-    check_hashes(manifest, directory)
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 
-        build = check_gpu_build(manifest, directory, why)
+        build = check_gpu_build(artifact, why)
         log(f"wrote {build.save(directory)}")
         return build
     source = Path(checkpoint or manifest.source["checkpoint"])
     if not source.is_file():
         raise ArtifactError(f"source checkpoint {source} not found; pass it with --checkpoint")
-    if sha256_file(source) != manifest.source["sha256"]:
+    model, sha = load_checkpoint(source)
+    if sha != manifest.source["sha256"]:
         raise ArtifactError(f"{source} is not the checkpoint this artifact was exported from (sha256 differs)")
     tolerance = tolerance_key(manifest)
     log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {tolerance}, against {source}")
-    reference = TorchBackend(load_model(source))
+    reference = TorchBackend(model)
     if manifest.kind == "onnx":
         import onnxruntime
 
-        candidate = OrtBackend(directory)
+        candidate = OrtBackend(artifact)
         ran = f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, on this machine"
     elif manifest.kind == "tvm":
-        candidate, ran = _open_tvm(directory, remote)
+        candidate, ran = _open_tvm(artifact, remote)
     else:
-        candidate, ran, spec_check = _open_coreml(manifest, directory, executor)
+        candidate, ran, spec_check = _open_coreml(artifact, executor)
         log(spec_check.summary())
     tokens = rollout_tokens(manifest.tokenizer, reference.vocab_size, steps)
 
@@ -87,8 +86,8 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 
 def _gpu_absent(manifest: Manifest) -> str | None:
     """Why a GPU bundle cannot run here (None for CPU bundles and where the GPU is present)."""
-    target = manifest.target or {}
-    if target.get("device", "cpu") == "cpu":
+    target = manifest.target
+    if target["device"] == "cpu":
         return None
     from ..targets.gpu import unavailable_reason
 
@@ -115,23 +114,23 @@ def _time_decode(report: ParityReport, candidate) -> str:
     return report.what_ran[-1]
 
 
-def _open_tvm(directory: Path, remote):
+def _open_tvm(artifact: Artifact, remote):
     import tvm
 
     from .tvm_backend import TvmBackend
 
-    candidate = TvmBackend(directory, remote)
+    candidate = TvmBackend(artifact, remote)
     return candidate, f"TVM {tvm.__version__} Relax VM on {candidate.where}"
 
 
-def _open_coreml(manifest: Manifest, directory: Path, executor: str | None):
+def _open_coreml(artifact: Artifact, executor: str | None):
     from .coreml_backend import CoreMLBackend, describe_executor
     from .coreml_mil import MilProgram
     from .coreml_spec import check_spec
 
-    candidate = CoreMLBackend(directory, executor)
+    candidate = CoreMLBackend(artifact, executor)
     program = MilProgram(candidate.package)
-    return candidate, describe_executor(candidate.executor), check_spec(manifest, program.spec, program.program)
+    return candidate, describe_executor(candidate.executor), check_spec(artifact.manifest, program.spec, program.program)
 
 
 def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rwkv_edge.atomic import atomic_path
 from rwkv_edge.errors import RwkvEdgeError
-from rwkv_edge.manifest import sha256_file
+from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
 from rwkv_edge.runtime.bench import (WEIGHTS, BenchOptions, BenchReport, check_output, cuda_arch, default_work_dir,

@@ -45,7 +45,7 @@ def main() -> int:
     from tvm.relax.frontend.onnx import from_onnx
 
     from rwkv_edge.compile.schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
-    from rwkv_edge.manifest import initial_state, read_manifest
+    from rwkv_edge.artifact import open_artifact
     from rwkv_edge.targets import get_target
     from rwkv_edge.targets.tvm import TUNED
 
@@ -53,11 +53,12 @@ def main() -> int:
     if target.kind != "tvm" or not target.runs_here():
         print(f"{args.target}: only a TVM target that runs on this machine can be timed", file=sys.stderr)
         return 2
-    manifest = read_manifest(args.onnx_dir, kind="onnx")
+    artifact = open_artifact(args.onnx_dir, kind="onnx")
+    manifest = artifact.manifest
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        imported = from_onnx(onnx.load(str(args.onnx_dir / manifest.graphs["step"]["file"])), keep_params_in_input=False)
-    state = initial_state(manifest, args.onnx_dir)
+        imported = from_onnx(onnx.load(str(artifact.graph("step"))), keep_params_in_input=False)
+    state = artifact.initial_state()
     tvm_target = tvm.target.Target(target.tvm_target())
     vector = target.schedule_data()["params"]["vector"]
     built = {}

@@ -84,3 +84,25 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def rehash():
+    """rehash(directory, edit=None) -> path of manifest.json: apply ``edit(data)`` to the manifest's JSON,
+    list and hash every file again and rewrite it, as a user who tampers with an artifact would."""
+    import json
+
+    from rwkv_edge.artifact import MANIFEST, REPORTS, sha256_file
+
+    def run(directory: Path, edit=None) -> Path:
+        path = directory / MANIFEST
+        data = json.loads(path.read_text())
+        names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                       if p.is_file() and p.name != MANIFEST and p.name not in REPORTS)
+        data["files"] = {n: {"sha256": sha256_file(directory / n), "bytes": (directory / n).stat().st_size} for n in names}
+        if edit is not None:
+            edit(data)
+        path.write_text(json.dumps(data))
+        return path
+
+    return run

@@ -319,6 +319,13 @@ class Model {
     Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
     main_ = Get(vm, "main", so_path);
     initial_state_ = Get(vm, "initial_state", so_path);
+    // The token range comes from the library (its embedding's rows), not from the manifest.
+    auto rows = Get(vm, "vocab_size", so_path)().cast<ffi::Tensor>();
+    int64_t vocab = *Data<int64_t>(rows, DLDataType{kDLInt, 64, 1}, {1}, "vocab_size()");
+    if (vocab != bundle_.vocab_size) {
+      throw InputError(so_path + ": its embedding has " + std::to_string(vocab) + " rows, the manifest says vocab_size " +
+                       std::to_string(bundle_.vocab_size));
+    }
   }
 
   std::vector<ffi::Tensor> InitialState() const { return CheckState(initial_state_().cast<ffi::Array<ffi::Any>>(), 0, "initial_state()"); }
@@ -397,6 +404,7 @@ int64_t ArgMax(const float* x, int64_t n) { return std::max_element(x, x + n) - 
 int Run(const Options& opt) {
   Bundle bundle = ReadManifest(opt.bundle);
   CheckTriple(bundle, opt.bundle);
+  Model model(opt.bundle + "/model.so", bundle);  // checks the manifest's vocab_size against the library's
   for (size_t i = 0; i < opt.tokens.size(); ++i) {
     int64_t t = opt.tokens[i];
     if (t < 0 || t >= bundle.vocab_size) {  // the compiled embedding lookup does not check
@@ -404,7 +412,6 @@ int Run(const Options& opt) {
                        std::to_string(bundle.vocab_size) + ")");
     }
   }
-  Model model(opt.bundle + "/model.so", bundle);
   std::vector<ffi::Tensor> state = opt.state_in.empty() ? model.InitialState() : model.LoadState(opt.state_in);
 
   const int64_t V = bundle.vocab_size, T = static_cast<int64_t>(opt.tokens.size());

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +69,6 @@ def test_generate_sampling_depends_on_seed(cli):
         (["info", "/nonexistent/model.pth"], "no such checkpoint file"),
         (["trace", "--tokens", "1,300", "--out", "x.npz"], "token id 300 is outside the vocabulary [0, 256)"),
         (["generate", "--prompt", ""], "the prompt must contain at least one token"),
-        (["generate", "--prompt", "a", "--temperature", "-1"], "temperature must be >= 0"),
         (["generate", "--prompt", "Hello world", "--tokenizer", "world"], "token id 33155 is outside"),
     ],
 )
@@ -78,10 +79,26 @@ def test_bad_input_is_one_line(argv, message, cli, tmp_path, monkeypatch):
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["trace", "--tokens", "1,x", "--out", "t.npz"], ["generate"], ["bogus"], ["generate", "--prompt", "a", "-n", "0"]])
-def test_bad_arguments_exit_2(argv, cli):
+@pytest.mark.parametrize("argv,message", [
+    (["trace", "--tokens", "1,x", "--out", "t.npz"], "expected comma-separated integers"),
+    (["generate"], "required: --prompt"),
+    (["bogus"], "invalid choice"),
+    (["generate", "--prompt", "a", "-n", "0"], "must be between 1 and"),
+    (["generate", "--prompt", "a", "--temperature", "-1"], "must be >= 0"),
+    (["generate", "--prompt", "a", "--temperature", "nan"], "expected a finite number"),
+    (["generate", "--prompt", "a", "--top-p", "0"], "must be in (0, 1]"),
+    (["generate", "--prompt", "a", "--seed", "-1"], "must be between 0 and"),
+    (["trace", "--tokens", "1", "--out", "."], "is a directory; give a file name"),
+    (["verify", ".", "--steps", str(10**15)], "must be between 1 and 1,000,000"),
+    (["verify", ".", "--expect-sha256", "abc"], "expected the 64 hex digits of a sha256"),
+    (["export", "onnx", "-o", "out", "--opset", "99"], "must be between 18 and 28"),
+    (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "must be between 0 and"),
+])
+def test_bad_arguments_exit_2_before_any_work(argv, message, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code, _, err = cli(*argv)
-    assert code == 2 and "usage:" in err
+    assert code == 2 and "usage:" in err and message in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_entry_point_runs_as_a_program(tmp_path):
@@ -106,16 +123,14 @@ def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, cli):
         np.testing.assert_allclose(ort_trace[name], torch_trace[name], rtol=0, atol=1e-4, err_msg=name)
 
 
-def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make_ckpt, tmp_path, cli):
+def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make_ckpt, tmp_path, cli, rehash):
     import shutil
-
-    from rwkv_edge.manifest import read_manifest, write_manifest
 
     good, other = tmp_path / "good", tmp_path / "other"
     for ckpt, out in ((make_ckpt("v7"), good), (make_ckpt("v7", seed=5), other)):
         assert cli("export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "0")[0] == 0
     shutil.copy(other / "model.onnx", good / "model.onnx")  # same contract, different weights
-    write_manifest(read_manifest(good), good)
+    rehash(good)
     code, text, _ = cli("verify", str(good), "--steps", "8", "--greedy-tokens", "0")
     assert code == 1 and "\nFAIL  onnxruntime vs torch" in text and "logits: max|Δ|/std" in text
     assert '"passed": false' in (good / "parity.json").read_text()
@@ -128,7 +143,6 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["trace", ".", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "no manifest.json"),
         (["trace", "--backend", "onnxruntime", "--tokens", "1", "--out", "t.npz"], "needs an artifact directory"),
         (["export", "onnx", "/nonexistent.pth", "-o", "out"], "no such checkpoint file"),
-        (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "prefill chunk must be >= 0"),
         (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: aarch64-linux, "
          "android-arm64, apple-m-metal, cuda-sm80, cuda-sm89, cuda-sm90, ios-coreml, ios-metal, jetson-orin, "
          "macos-coreml, raspberry-pi-4, raspberry-pi-5, x86_64-host"),
@@ -146,6 +160,14 @@ def test_artifact_errors_are_one_line(argv, message, cli, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(*argv)
     assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_the_opset_range_is_onnx_s():
+    import onnx
+
+    from rwkv_edge.cli.main import MAX_OPSET
+
+    assert MAX_OPSET == onnx.defs.onnx_opset_version()
 
 
 def test_cli_choices_match_the_library():
@@ -185,3 +207,53 @@ def test_targets_lists_every_target(cli):
 
     code, printed, _ = cli("targets")
     assert code == 0 and [line for line in printed.splitlines() if not line.startswith(" ")] == sorted(TARGETS)
+
+
+def _bad_inputs(tmp_path: Path, make_ckpt, onnx_export) -> dict[str, list[str]]:
+    """Command lines over bad files of every kind the reliability review found, made under tmp_path."""
+    import shutil
+
+    import torch
+
+    from rwkv_edge.model.synthetic import make_checkpoint
+
+    tensors = make_checkpoint("v4", n_layer=3)
+    gap = {k: v for k, v in tensors.items() if not k.startswith("blocks.1.")}
+    torch.save(gap, tmp_path / "gap.pth")
+    torch.save({**tensors, "head.weight": tensors["head.weight"] * float("nan")}, tmp_path / "nan.pth")
+    torch.save({**tensors, "blocks.99999999.ln1.weight": tensors["blocks.0.ln1.weight"]}, tmp_path / "bomb.pth")
+    shutil.copy(onnx_export("v4") / "model.onnx", tmp_path / "model.pth")
+    (tmp_path / "notes.pth").write_text("a text file")
+    bad_json = Path(shutil.copytree(onnx_export("v4"), tmp_path / "string"))
+    (bad_json / "manifest.json").write_text('"a manifest"')
+    outside = Path(shutil.copytree(onnx_export("v4"), tmp_path / "outside"))
+    data = json.loads((outside / "manifest.json").read_text())
+    data["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
+    (outside / "manifest.json").write_text(json.dumps(data))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("user data")
+    return {
+        "layer gap": ["info", str(tmp_path / "gap.pth")],
+        "NaN weights": ["info", str(tmp_path / "nan.pth")],
+        "stray layer index": ["info", str(tmp_path / "bomb.pth")],
+        "ONNX named .pth": ["info", str(tmp_path / "model.pth")],
+        "text named .pth": ["info", str(tmp_path / "notes.pth")],
+        "directory as checkpoint": ["info", str(tmp_path / "mine")],
+        "manifest a JSON string": ["verify", str(bad_json)],
+        "file outside the artifact": ["trace", str(outside), "--backend", "onnxruntime", "--tokens", "1",
+                                      "--out", str(tmp_path / "t.npz")],
+        "a user's directory as -o": ["export", "onnx", str(make_ckpt("v4")), "-o", str(tmp_path / "mine")],
+    }
+
+
+@pytest.mark.parametrize("case,message", [
+    ("layer gap", "layer 1 is missing"), ("NaN weights", "head.weight holds NaN or Inf"), ("stray layer index", "99999999"),
+    ("ONNX named .pth", "is an ONNX model"), ("text named .pth", "a text file"),
+    ("directory as checkpoint", "is a directory"), ("manifest a JSON string", "expected a JSON object"),
+    ("file outside the artifact", "not a relative path inside"),
+    ("a user's directory as -o", "never deletes files it did not write"),
+])
+def test_every_class_of_bad_input_is_one_line(case, message, cli, tmp_path, make_ckpt, onnx_export):
+    code, _, err = cli(*_bad_inputs(tmp_path, make_ckpt, onnx_export)[case])
+    assert code == 1 and err.count("\n") == 1 and err.startswith("rwkv-edge: error: ") and message in err, err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "user data"

@@ -13,7 +13,7 @@ import pytest
 from rwkv_edge.compile.gpu import CUDA_SOURCE, FATBIN, MSL, PARAMS, PTX, load_params
 from rwkv_edge.compile.tvm import OBJECTS, TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError, PlatformError, ToolError
-from rwkv_edge.manifest import read_manifest
+from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES
 from rwkv_edge.runtime.build_check import NOT_EXECUTED_EXIT
 from rwkv_edge.runtime.cuda import cuda_device_arch
@@ -148,14 +148,16 @@ def test_cuda_without_nvcc_names_the_toolkit(onnx_export, tmp_path, monkeypatch)
 
 @needs_nvcc
 def test_a_broken_device_code_file_is_reported(tvm_bundle, tmp_path, cli):
+    from rwkv_edge.artifact import Artifact
     from rwkv_edge.runtime.build_check import check_gpu_build
 
     directory = tmp_path / "b"
     shutil.copytree(tvm_bundle("v4", "cuda-sm80"), directory)
     (directory / PTX).write_text("// nothing\n")
     code, _, err = cli("verify", str(directory))
-    assert code != 0 and "sha256" in err  # the manifest's hashes catch it first
-    report = check_gpu_build(read_manifest(directory), directory, "no GPU")  # and the device-code check too
+    assert code != 0 and "kernels.ptx" in err and "modified or partly written" in err  # the manifest catches it first
+    unchecked = Artifact(directory, read_manifest(directory), manifest_sha256="")  # bypass the hashes:
+    report = check_gpu_build(unchecked, "no GPU")  # the device-code check catches it too
     assert report.exit_code == 1 and "kernels.ptx lacks" in report.problems[0], report.summary()
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import pickle
+import re
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
-from rwkv_edge.errors import CheckpointError, ShapeError, UnknownArchitectureError
-from rwkv_edge.model import ARCHITECTURES, detect_version, load_model, model_from_state_dict
+from rwkv_edge.errors import CheckpointError, ShapeError, TokenError, UnknownArchitectureError
+from rwkv_edge.model import ARCHITECTURES, detect_version, load_checkpoint, load_model, model_from_state_dict
+from rwkv_edge.model import checkpoint
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint, save_checkpoint
 
 
@@ -144,3 +153,268 @@ def test_missing_and_unexpected_tensors_are_named():
     tensors["blocks.1.att.extra"] = torch.zeros(3)
     with pytest.raises(ShapeError, match=r"missing blocks\.1\.ffn\.value\.weight; unexpected blocks\.1\.att\.extra"):
         model_from_state_dict(tensors)
+
+
+
+# -- layer indices: parsed strictly, contiguous from 0, checked before anything is built -------------
+@pytest.mark.parametrize("version", ARCHITECTURES)
+def test_stray_huge_layer_index_fails_fast(version, tmp_path):
+    tensors = make_checkpoint(version)
+    tensors["blocks.99999999.ln1.weight"] = torch.ones(128)
+    path = save_checkpoint(tensors, tmp_path / "stray.pth")
+    start = time.perf_counter()
+    with pytest.raises(ShapeError, match=r"layer 2 is missing, but key blocks\.99999999\.ln1\.weight names layer 99999999"):
+        load_model(path)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("index", ["x", "-1", "01", " 1", "1e3", ""])
+def test_layer_index_must_be_an_integer(index):
+    tensors = make_checkpoint("v7")
+    tensors[f"blocks.{index}.ln1.weight"] = torch.ones(128)
+    with pytest.raises(ShapeError, match=rf"key blocks\.{index}\.ln1\.weight has layer index '{index}', not an integer"):
+        model_from_state_dict(tensors)
+
+
+@pytest.mark.parametrize("version", ARCHITECTURES)
+def test_layer_gap_names_the_missing_layer(version):
+    tensors = {k: v for k, v in make_checkpoint(version, n_layer=3).items() if not k.startswith("blocks.1.")}
+    with pytest.raises(ShapeError, match=r"layer 1 is missing, but key blocks\.2\.\S+ names layer 2"):
+        model_from_state_dict(tensors)
+
+
+# -- the shapes a config reads: present, of the right rank, non-empty, heads dividing the width -------
+CONFIG_KEYS = {
+    "v4": ["emb.weight", "blocks.0.ffn.key.weight"],
+    "v5": ["emb.weight", "blocks.0.ffn.key.weight", "blocks.0.att.time_faaaa"],
+    "v6": ["emb.weight", "blocks.0.ffn.key.weight", "blocks.0.att.time_faaaa", "blocks.0.att.time_maa_w2",
+           "blocks.0.att.time_decay_w1"],
+    "v7": ["emb.weight", "blocks.0.ffn.key.weight", "blocks.0.att.r_k", "blocks.0.att.w1", "blocks.0.att.a1",
+           "blocks.0.att.g1", "blocks.1.att.v1"],
+}
+
+
+def test_config_keys_cover_every_architecture():
+    assert set(CONFIG_KEYS) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("version,key", [(v, k) for v, keys in CONFIG_KEYS.items() for k in keys])
+def test_config_names_each_missing_key(version, key):
+    tensors = make_checkpoint(version)
+    del tensors[key]
+    with pytest.raises(ShapeError, match=rf"src: missing {key}; the model's configuration is read from it"):
+        ARCHITECTURES[version].model_class.config_class.from_state_dict(tensors, "src")
+
+
+@pytest.mark.parametrize("version,key", [("v6", "blocks.0.att.time_maa_w2"), ("v6", "blocks.0.att.time_decay_w1"),
+                                         ("v7", "blocks.0.att.r_k"), ("v7", "blocks.0.att.w1"), ("v7", "blocks.0.att.a1"),
+                                         ("v7", "blocks.0.att.g1"), ("v7", "blocks.1.att.v1")])
+def test_missing_lora_key_is_a_shape_error(version, key, tmp_path):
+    tensors = make_checkpoint(version)
+    del tensors[key]
+    path = save_checkpoint(tensors, tmp_path / "m.pth")
+    with pytest.raises(ShapeError, match=rf"m\.pth: missing {key};"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("shape", [(256 * 128,), (1, 256, 128)])
+def test_emb_of_the_wrong_rank(version, shape):
+    tensors = make_checkpoint(version)
+    tensors["emb.weight"] = tensors["emb.weight"].reshape(shape)
+    with pytest.raises(ShapeError, match=rf"emb\.weight has shape {re.escape(str(shape))} \({len(shape)}-d\), expected a 2-d tensor"):
+        model_from_state_dict(tensors)
+
+
+def test_lora_of_the_wrong_rank():
+    tensors = make_checkpoint("v6")
+    tensors["blocks.0.att.time_maa_w2"] = tensors["blocks.0.att.time_maa_w2"].flatten(0, 1)
+    with pytest.raises(ShapeError, match=r"time_maa_w2 has shape \(160, 128\) \(2-d\), expected a 3-d tensor"):
+        model_from_state_dict(tensors)
+
+
+@pytest.mark.parametrize("version,key,shape", [("v4", "emb.weight", (0, 128)), ("v7", "blocks.0.att.w1", (128, 0)),
+                                               ("v6", "blocks.0.att.time_decay_w1", (128, 0))])
+def test_zero_sized_dimension(version, key, shape):
+    tensors = make_checkpoint(version)
+    tensors[key] = torch.zeros(shape)
+    with pytest.raises(ShapeError, match=rf"{key} has shape {re.escape(str(shape))}, expected no zero-sized dimension"):
+        model_from_state_dict(tensors)
+
+
+@pytest.mark.parametrize("version,key", [("v5", "blocks.0.att.time_faaaa"), ("v6", "blocks.0.att.time_faaaa"),
+                                         ("v7", "blocks.0.att.r_k")])
+def test_head_size_must_divide_the_width(version, key):
+    tensors = make_checkpoint(version)
+    tensors[key] = torch.zeros(3, 50)
+    with pytest.raises(ShapeError, match=rf"{key} has shape \(3, 50\): 3 heads x 50 = 150 channels, expected .* n_embd = 128"):
+        model_from_state_dict(tensors)
+
+
+# -- values: floating point and finite -------------------------------------------------------------
+@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
+def test_non_float_tensors_are_refused(version, dtype, tmp_path):
+    tensors = make_checkpoint(version)
+    tensors["blocks.1.ln2.weight"] = tensors["blocks.1.ln2.weight"].to(dtype)
+    tensors["head.weight"] = tensors["head.weight"].to(dtype)  # later: the first one is named
+    path = save_checkpoint(tensors, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match=rf"m\.pth: tensor blocks\.1\.ln2\.weight has dtype {dtype}; expected floating-point"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_tensor_is_named(version, value, tmp_path):
+    tensors = make_checkpoint(version)
+    tensors["blocks.1.ffn.value.weight"][3, 7] = value
+    tensors["head.weight"][0, 0] = value  # later: the first one is named
+    path = save_checkpoint(tensors, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: tensor blocks\.1\.ffn\.value\.weight holds NaN or Inf"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_non_finite_half_precision(dtype):
+    tensors = make_checkpoint("v5", dtype=dtype)
+    tensors["blocks.0.att.time_decay"][1, 2] = math.inf
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.att\.time_decay holds NaN or Inf"):
+        model_from_state_dict(tensors)
+
+
+def test_finite_check_in_slices_sees_every_row(monkeypatch):
+    monkeypatch.setattr(checkpoint, "_FINITE_SLICE", 1000)  # emb.weight (256, 128): slices of 7 rows
+    tensors = make_checkpoint("v4")
+    tensors["emb.weight"][-1, -1] = math.nan
+    with pytest.raises(CheckpointError, match=r"emb\.weight holds NaN"):
+        model_from_state_dict(tensors)
+
+
+# -- the file type comes from the content, not the suffix ------------------------------------------
+def test_safetensors_named_pth_and_pth_named_safetensors_load(tmp_path):
+    tensors = make_checkpoint("v7")
+    st = save_checkpoint(tensors, tmp_path / "m.safetensors").rename(tmp_path / "st.pth")
+    pth = save_checkpoint(tensors, tmp_path / "m.pth").rename(tmp_path / "pth.safetensors")
+    for path in (st, pth):
+        model = load_model(path)
+        assert torch.equal(model.emb.weight, tensors["emb.weight"]), path
+
+
+def test_onnx_model_is_named(tmp_path):
+    import onnx
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.pth"
+    path.write_bytes(onnx.helper.make_model(graph, producer_name="rwkv-edge").SerializeToString())
+    with pytest.raises(CheckpointError, match=r"model\.pth: is an ONNX model, not a checkpoint: .*rwkv-edge compile"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"just some text\n", r"notes\.pth: is a text file, not a checkpoint \(it starts 'just some text'\)"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", r"is a Git LFS pointer, not the checkpoint"),
+    (b"", r"notes\.pth: is empty \(0 bytes\), not a checkpoint"),
+    (b"\x1f\x8b\x08\x00" + bytes(range(256)), r"notes\.pth: unknown format \(first bytes 1f 8b 08 00"),
+])
+def test_not_a_checkpoint_says_what_it_is(content, message, tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+def test_directory(tmp_path):
+    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file; pass the \.pth"):
+        load_model(tmp_path)
+
+
+def test_artifact_directory(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "onnx", "source": {"checkpoint": "/models/m.pth"}}))
+    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file: it is an rwkv-edge artifact "
+                                              r"directory .* need the \.pth or \.safetensors file \(this one was made from /models/m\.pth\)"):
+        load_model(tmp_path)
+
+
+def test_file_changing_while_read(tmp_path, monkeypatch):
+    path = save_checkpoint(make_checkpoint("v4"), tmp_path / "m.pth")
+    real_fstat = checkpoint.os.fstat
+    monkeypatch.setattr(checkpoint.os, "fstat", lambda fd: type("Stat", (), {"st_size": real_fstat(fd).st_size + 10})())
+    with pytest.raises(CheckpointError, match=r"the file changed while it was read \(\d+ bytes read, \d+ expected"):
+        load_model(path)
+
+
+def test_pickled_code_in_a_safetensors_named_file_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    torch.save({"emb.weight": torch.zeros(2, 2), "payload": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refusing to load: the file needs pickled Python code"):
+        load_model(path)
+    assert not marker.exists()
+
+
+# -- one private copy: the sha256 of the parsed bytes, and a model that outlives the file ----------
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_load_checkpoint_returns_the_sha256_of_the_file(suffix, tmp_path):
+    path = save_checkpoint(make_checkpoint("v6"), tmp_path / f"m{suffix}")
+    model, sha = load_checkpoint(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model.version == "v6"
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_without_memfd_the_copy_is_a_bytesio(suffix, tmp_path, monkeypatch):
+    tensors = make_checkpoint("v5")
+    path = save_checkpoint(tensors, tmp_path / f"m{suffix}")
+    monkeypatch.setattr(checkpoint, "_memfd", lambda: None)
+    model, sha = load_checkpoint(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert torch.equal(model.head.weight, tensors["head.weight"])
+
+
+_REWRITE_WHILE_LOADED = """
+import sys, torch
+from rwkv_edge.model import load_checkpoint
+model, _ = load_checkpoint(sys.argv[1])
+with open(sys.argv[1], "wb") as f:  # truncate and rewrite the same file in place
+    f.write(b"rewritten")
+logits, _ = model.step(3, model.init_state())
+assert torch.isfinite(logits).all()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a file open for reading cannot be rewritten on Windows")
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_model_survives_its_file_being_rewritten(suffix, tmp_path):
+    path = save_checkpoint(make_checkpoint("v7"), tmp_path / f"m{suffix}")
+    run = subprocess.run([sys.executable, "-c", _REWRITE_WHILE_LOADED, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, f"exit {run.returncode} (-7 is SIGBUS): {run.stderr[-2000:]}"
+
+
+# -- token ids: integers only -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def v4_model():
+    return model_from_state_dict(make_checkpoint("v4"))
+
+
+@pytest.mark.parametrize("tokens,named", [
+    (1.5, "1.5"), (1.0, "1.0"), (True, "True"), ("7", "'7'"), (np.float32(2.0), "2.0"),
+    ([1, 2.5], "2.5"), ([[1], [False]], "False"), (torch.tensor([1.0, 2.0]), "1.0"), (np.array([3.0]), "3.0"),
+    (torch.tensor([True]), "True"),
+])
+def test_non_integer_token_ids_are_refused(v4_model, tokens, named):
+    with pytest.raises(TokenError, match=rf"token id {re.escape(named)} \(.*\) is not an integer"):
+        v4_model.forward(tokens)
+    if not isinstance(tokens, (list, np.ndarray, torch.Tensor)):
+        with pytest.raises(TokenError, match="is not an integer"):
+            v4_model.step(tokens, v4_model.init_state())
+
+
+@pytest.mark.parametrize("tokens", [[3, 5], np.array([3, 5], dtype=np.uint8), torch.tensor([3, 5], dtype=torch.int32),
+                                    [np.int64(3), torch.tensor(5)]])
+def test_integer_token_ids_of_any_kind(v4_model, tokens):
+    logits, _ = v4_model.forward(tokens)
+    assert torch.equal(logits, v4_model.forward([3, 5])[0])
+    state = v4_model.init_state()
+    assert torch.equal(v4_model.step(np.int32(3), state)[0], v4_model.step(3, state)[0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rwkv_edge.errors import OptionError
-from rwkv_edge.manifest import sha256_file
+from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint
 from rwkv_edge.runtime import bench
@@ -221,28 +221,24 @@ def test_bundle_cache_keys_hold_target_and_weights():
     assert names == {"tvm-cuda-sm80-fp32", "tvm-cuda-sm80-fp16", "tvm-cuda-sm90-fp32", "tvm-cuda-sm90-fp16"}
 
 
-def _fake_bundle(export: bench.Path, out: bench.Path, target: dict) -> bench.Path:
+def _fake_bundle(export: bench.Path, out: bench.Path, target: dict, rehash) -> bench.Path:
     """A copy of an ONNX export whose manifest says it is a TVM bundle with ``target``."""
     import shutil
 
-    from rwkv_edge.manifest import read_manifest, write_manifest
-
     shutil.copytree(export, out)
-    manifest = read_manifest(out)
-    manifest.kind, manifest.target = "tvm", target
-    write_manifest(manifest, out)
+    rehash(out, lambda data: data.update(kind="tvm", target={"triple": "x86_64-linux-gnu", "linked": True, **target}))
     return out
 
 
-def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path):
+def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash):
     sha = report.model["sha256"]
     export = bench.Path(report.preparation["onnxruntime"]["artifact"])
-    gpu = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm90", "device": "cuda", "arch": "sm_90", "weights": "fp16"})
+    gpu = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm90", "device": "cuda", "arch": "sm_90", "weights": "fp16"}, rehash)
     asked = BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp16")
     assert bench._cached("tvm", gpu, sha, asked)
     assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp32"))
     assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", tvm_weights="fp16"))
-    cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"})  # no weights: fp32
+    cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"}, rehash)  # no weights: fp32
     assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))
     assert not bench._cached("tvm", cpu, sha, asked)
 
@@ -272,9 +268,9 @@ def test_gpu_compiles_without_nvcc_are_unavailable(report, tmp_path, monkeypatch
         bench._prepare("tvm", DEMO_CHECKPOINT, report.model["sha256"], options, tmp_path, lambda line: None, {})
 
 
-def test_a_given_gpu_bundle_sets_device_weights_and_target(report, tmp_path):
+def test_a_given_gpu_bundle_sets_device_weights_and_target(report, tmp_path, rehash):
     export = bench.Path(report.preparation["onnxruntime"]["artifact"])
-    bundle = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm89", "device": "cuda", "arch": "sm_89", "weights": "fp16"})
+    bundle = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm89", "device": "cuda", "arch": "sm_89", "weights": "fp16"}, rehash)
     with pytest.raises(OptionError, match="a TVM bundle for cuda-sm89 \\(cuda\\); .*: add --device cuda"):
         bench._resolve_source(bundle, BenchOptions())
     with pytest.raises(OptionError, match="a bundle with fp16 weights; pass --weights fp16"):
@@ -318,7 +314,7 @@ def test_fp16_bytes_match_what_a_gpu_bundle_stores(tvm_bundle, version_ckpt):
         pytest.skip("nvcc is not installed here: no CUDA bundle to compare with")
     from safetensors.numpy import load_file
 
-    from rwkv_edge.manifest import read_manifest
+    from rwkv_edge.artifact import read_manifest
     from rwkv_edge.model.checkpoint import read_checkpoint
 
     bundle = tvm_bundle("v7", "cuda-sm90", "fp16")

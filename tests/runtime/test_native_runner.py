@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rwkv_edge.errors import ArtifactError, PlatformError, TokenError, ToolError
-from rwkv_edge.manifest import read_manifest
+from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES, load_model
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime import native_runner
@@ -140,6 +140,17 @@ def test_token_outside_the_vocabulary_is_an_error(bundle, host_runner):
         done = subprocess.run([str(host_runner), str(directory), "--tokens", tokens], capture_output=True, text=True)
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and "outside the vocabulary [0, 256)" in done.stderr
+
+
+@needs_host
+def test_the_runner_takes_the_token_range_from_the_library(bundle, host_runner, tmp_path):
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["config"]["vocab_size"] = 10**6  # an edited manifest must not open the gather to id 999999
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run([str(host_runner), str(directory), "--tokens", "999999"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "its embedding has 256 rows, the manifest says vocab_size 1000000" in done.stderr
 
 
 @needs_host

@@ -1,0 +1,279 @@
+"""manifest.json: what an artifact directory holds, where it came from, and its step contract.
+
+A manifest is data anyone can edit, so ``parse_manifest`` checks every field it holds before any
+of it is used: types, the schema and contract versions, the state spec, and above all the file
+names, each of which must be a plain relative path inside the directory (no ``..``, no absolute
+path, no backslash). Nothing else reads manifest.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..contract import CONTRACT_VERSION, VERSIONS, StateTensor, compatible
+from ..errors import ArtifactError
+
+MANIFEST = "manifest.json"
+SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning
+KINDS = ("onnx", "tvm", "coreml")
+REPORTS = ("parity.json", "parity.png")  # what `verify` writes beside an artifact: not part of it
+PRECISIONS = ("fp32", "fp16")
+DEVICES = ("cpu", "cuda", "metal")
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_FILES = 100_000
+MAX_STATE_VALUES = 1 << 28  # 1 GiB of fp32 state: far above any RWKV model (14B: 10M values)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ROLE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class Manifest:
+    kind: str  # "onnx", "tvm", "coreml"
+    contract_version: str
+    architecture: str
+    config: dict[str, Any]
+    tokenizer: str
+    precision: str
+    batch: int | str  # 1, or "dynamic"
+    state: list[StateTensor]  # in graph input order; shapes without the batch axis
+    source: dict[str, str]  # checkpoint path and sha256
+    graphs: dict[str, Any]  # role ("step", "prefill") -> {"file": ..., ...}
+    tools: dict[str, str]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> sha256, bytes
+    initial_state: str | None = None  # .npz of the state before the first token, where not just the fills
+    target: dict[str, Any] | None = None  # compiled artifacts: the resolved target settings
+    schema: str = SCHEMA
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config["vocab_size"]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = [{"input": t.input_name, "output": t.output_name, **asdict(t)} for t in self.state]
+        return data
+
+    def encode(self) -> bytes:
+        """The bytes of manifest.json."""
+        return (json.dumps(self.to_json(), indent=2) + "\n").encode()
+
+
+def parse_manifest(data: bytes, where: str | Path) -> Manifest:
+    """Decode and validate manifest.json's bytes; ArtifactError naming the first problem."""
+    check = _Checker(str(where))
+    return check.manifest(check.decode(data))
+
+
+def parse_files(data: bytes, where: str | Path) -> dict[str, dict[str, Any]]:
+    """Only the ``files`` of a manifest of any rwkv-edge version, validated: what a writer that
+    replaces the artifact may delete."""
+    check = _Checker(str(where))
+    value = check.decode(data)
+    if not isinstance(value, dict):
+        check.fail(f"expected a JSON object, got {type(value).__name__}: not a manifest")
+    return check.files(check.get(value, "files", dict, "files"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, follow_symlinks: bool = True, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)))
+    with os.fdopen(fd, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_name(name: object) -> bool:
+    """Whether ``name`` is a plain relative path that stays inside its directory."""
+    if not isinstance(name, str) or not name or len(name) > 1024 or "\\" in name or "\x00" in name:
+        return False
+    parts = name.split("/")
+    return not PurePosixPath(name).is_absolute() and all(part not in ("", ".", "..") for part in parts)
+
+
+class _Checker:
+    """Validation of one manifest: each method returns the checked value or raises ArtifactError."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, problem: str):
+        raise ArtifactError(f"{self.where}: {problem}")
+
+    def decode(self, data: bytes) -> object:
+        if len(data) > MAX_MANIFEST_BYTES:
+            self.fail(f"{len(data)} bytes, more than a manifest can hold ({MAX_MANIFEST_BYTES})")
+        try:
+            return json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            self.fail("not UTF-8 text: not a manifest")
+        except json.JSONDecodeError as e:
+            self.fail(f"unreadable JSON ({e})")
+        except RecursionError:
+            self.fail("JSON nested too deeply: not a manifest")
+
+    def get(self, data: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if key not in data:
+            self.fail(f"{what} is missing")
+        value = data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
+            self.fail(f"{what} has the wrong type ({type(value).__name__})")
+        return value
+
+    def positive(self, data: dict, key: str, what: str) -> int:
+        value = self.get(data, key, int, what)
+        if value <= 0:
+            self.fail(f"{what} must be positive, got {value}")
+        return value
+
+    def manifest(self, data: object) -> Manifest:
+        if not isinstance(data, dict):
+            self.fail(f"expected a JSON object, got {type(data).__name__}: not a manifest")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            self.fail(f"written by another version of rwkv-edge (schema {schema!r}, this one reads {SCHEMA!r}): "
+                      "rebuild the artifact with this version")
+        known = {f.name for f in fields(Manifest)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            self.fail(f"unknown field {unknown[0]!r}")
+        kind = self.get(data, "kind", str, "kind")
+        if kind not in KINDS:
+            self.fail(f"unknown artifact kind {kind!r}; expected one of {', '.join(KINDS)}")
+        contract = self.get(data, "contract_version", str, "contract_version")
+        if not compatible(contract):
+            self.fail(f"step contract {contract}; this rwkv-edge runs contract {CONTRACT_VERSION}: rebuild the artifact")
+        architecture = self.get(data, "architecture", str, "architecture")
+        if architecture not in VERSIONS:
+            self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(VERSIONS)}")
+        config = self.get(data, "config", dict, "config")
+        for key in ("vocab_size", "n_layer", "n_embd"):
+            self.positive(config, key, f"config.{key}")
+        precision = self.get(data, "precision", str, "precision")
+        if precision not in PRECISIONS:
+            self.fail(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        batch = self.get(data, "batch", (int, str), "batch")
+        if batch not in (1, "dynamic"):
+            self.fail(f"batch must be 1 or \"dynamic\", got {batch!r}")
+        files = self.files(self.get(data, "files", dict, "files"))
+        initial = data.get("initial_state")
+        if initial is not None and initial not in files:
+            self.fail(f"initial_state {initial!r} is not one of the listed files")
+        return Manifest(
+            kind=kind, contract_version=contract, architecture=architecture, config=config,
+            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), precision=precision, batch=batch,
+            state=self.state(self.get(data, "state", list, "state"), config["n_layer"]),
+            source=self.source(self.get(data, "source", dict, "source")),
+            graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files),
+            tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
+            files=files, initial_state=initial, target=self.target(data.get("target"), kind),
+        )
+
+    def files(self, files: dict) -> dict[str, dict[str, Any]]:
+        if len(files) > MAX_FILES:
+            self.fail(f"lists {len(files)} files, more than an artifact holds ({MAX_FILES})")
+        for name, meta in files.items():
+            if not safe_name(name):
+                self.fail(f"file name {name!r} is not a relative path inside the artifact directory")
+            if name == MANIFEST or name in REPORTS:
+                self.fail(f"file name {name!r} is reserved")
+            if not isinstance(meta, dict):
+                self.fail(f"files[{name!r}] has the wrong type ({type(meta).__name__})")
+            sha = self.get(meta, "sha256", str, f"files[{name!r}].sha256")
+            if not _SHA256.match(sha):
+                self.fail(f"files[{name!r}].sha256 is not a sha256 hex digest")
+            if self.get(meta, "bytes", int, f"files[{name!r}].bytes") < 0:
+                self.fail(f"files[{name!r}].bytes is negative")
+        return files
+
+    def state(self, entries: list, n_layer: int) -> list[StateTensor]:
+        spec, values = [], 0
+        for i, entry in enumerate(entries):
+            what = f"state[{i}]"
+            if not isinstance(entry, dict):
+                self.fail(f"{what} has the wrong type ({type(entry).__name__})")
+            layer = self.get(entry, "layer", int, f"{what}.layer")
+            role = self.get(entry, "role", str, f"{what}.role")
+            shape = self.get(entry, "shape", list, f"{what}.shape")
+            fill = self.get(entry, "fill", (int, float), f"{what}.fill")
+            if not 0 <= layer < n_layer or not _ROLE.match(role):
+                self.fail(f"{what}: layer {layer} / role {role!r} outside the model's {n_layer} layers")
+            if not 1 <= len(shape) <= 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+                self.fail(f"{what}.shape {shape} is not a list of 1 to 4 positive sizes")
+            if not math.isfinite(fill):
+                self.fail(f"{what}.fill is not a finite number")
+            t = StateTensor(layer, role, tuple(shape), float(fill))
+            if entry.get("input") != t.input_name or entry.get("output") != t.output_name:
+                self.fail(f"{what}: input/output names must be {t.input_name!r} / {t.output_name!r}")
+            spec.append(t)
+            values += math.prod(shape)
+        names = [t.input_name for t in spec]
+        if len(set(names)) != len(names):
+            self.fail("state lists a tensor twice")
+        if {t.layer for t in spec} != set(range(n_layer)):
+            self.fail(f"state does not cover the model's {n_layer} layers")
+        if values > MAX_STATE_VALUES:
+            self.fail(f"state of {values} values is larger than any RWKV model's")
+        return spec
+
+    def source(self, source: dict) -> dict[str, str]:
+        self.get(source, "checkpoint", str, "source.checkpoint")
+        if not _SHA256.match(self.get(source, "sha256", str, "source.sha256")):
+            self.fail("source.sha256 is not a sha256 hex digest")
+        return source
+
+    def graphs(self, graphs: dict, files: dict) -> dict[str, Any]:
+        if "step" not in graphs:
+            self.fail("graphs.step is missing")
+        for role, graph in graphs.items():
+            if not isinstance(graph, dict):
+                self.fail(f"graphs.{role} has the wrong type ({type(graph).__name__})")
+            for key in ("file", "params"):
+                if key in graph and not is_listed(graph[key], files):
+                    self.fail(f"graphs.{role}.{key} {graph[key]!r} is not one of the listed files")
+        return graphs
+
+    def strings(self, data: dict, what: str) -> dict[str, str]:
+        bad = [k for k, v in data.items() if not isinstance(v, str)]
+        if bad:
+            self.fail(f"{what}.{bad[0]} is not a string")
+        return data
+
+    def target(self, target: object, kind: str) -> dict[str, Any] | None:
+        if kind == "onnx":
+            if target is not None:
+                self.fail("an ONNX export has no target")
+            return None
+        if not isinstance(target, dict):
+            self.fail(f"target has the wrong type ({type(target).__name__})")
+        self.get(target, "name", str, "target.name")
+        if kind == "tvm":
+            self.get(target, "triple", str, "target.triple")
+            self.get(target, "linked", bool, "target.linked")
+            if self.get(target, "device", str, "target.device") not in DEVICES:
+                self.fail(f"target.device must be one of {', '.join(DEVICES)}")
+        else:
+            if self.get(target, "form", str, "target.form") not in ("explicit", "stateful"):
+                self.fail("target.form must be explicit or stateful")
+            self.get(target, "compute_units", str, "target.compute_units")
+        return target
+
+
+def is_listed(name: object, files: dict) -> bool:
+    """A listed file, or a folder of listed files (a .mlpackage)."""
+    return safe_name(name) and (name in files or any(f.startswith(f"{name}/") for f in files))
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

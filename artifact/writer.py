@@ -1,0 +1,337 @@
+"""Writing an artifact directory: build it beside the old one, swap it in whole, delete only what was ours.
+
+- The new artifact is built in a sibling temporary directory (``.NAME.rwkv-edge-XXXXXXXX``) and,
+  once it is complete and hashed, exchanged with the output directory in one atomic rename (Linux
+  ``renameat2(RENAME_EXCHANGE)``, macOS ``renamex_np(RENAME_SWAP)``; two renames elsewhere). Until
+  that moment the previous artifact is intact and verifiable, and after any failure or signal too.
+- Deleted are only what the writer can prove it wrote: the files that the previous artifact's
+  validated manifest lists, that manifest, verify's reports, and temporary directories carrying
+  the writer's marker. An output directory holding anything else is refused before work starts.
+- One writer per output directory (an advisory lock on it): a second one fails at once.
+- Temporary directories that a killed run left behind are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
+import os
+import re
+import secrets
+import shutil
+import stat
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..atomic import current_umask
+from ..errors import ArtifactError
+from .manifest import MANIFEST, REPORTS, Manifest, parse_manifest, sha256_bytes, sha256_file
+from .reader import read_files
+
+TEMP_INFIX = ".rwkv-edge-"  # .NAME.rwkv-edge-XXXXXXXX beside the output directory
+MARKER = ".rwkv-edge-temporary"  # inside a temporary directory while it holds nothing of value
+LEGACY_TEMP = re.compile(r"^\.(export|compile)-[a-z0-9_]{8}$")  # rwkv-edge 0.1's temporary directories
+Files = dict[str, dict]  # a manifest's files: relative name -> sha256, bytes
+
+REPORT_PARTIAL = re.compile(r"^\.(parity\.json|parity\.png)\.[A-Za-z0-9_]+\.partial")  # an interrupted report
+
+
+class ArtifactWriter:
+    """``with ArtifactWriter(out) as writer:`` build the new artifact in ``writer.dir`` (scratch work in
+    ``writer.scratch``), then ``writer.commit(manifest)``. Leaving the block without a commit, by an
+    error or a signal, discards the new files and leaves ``out`` as it was."""
+
+    def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print,
+                 reads: Iterable[str | Path] = ()) -> None:
+        """``reads``: the files the build reads (checkpoint, ONNX export), refused inside ``out_dir``."""
+        self.requested, self.log, self.reads = Path(out_dir), log, [Path(p) for p in reads]
+        self.previous: Files | None = None  # what the artifact in `out` lists, proven ours
+        self._locks: list[int] = []
+        self._temporary: list[Path] = []
+        self._scratch: Path | None = None
+        self._created = self._committed = False
+
+    def __enter__(self) -> "ArtifactWriter":
+        self.out = _output_directory(self.requested)
+        for source in self.reads:
+            if self.out == source.resolve() or self.out in source.resolve().parents:
+                raise ArtifactError(f"{self.requested} holds {source}, which this build reads: write the artifact "
+                                    "to another directory")
+        try:
+            self._created = not self.out.exists()
+            self._locks.append(_lock_directory(self.out))
+            self.previous = _previous_artifact(self.out)
+            _remove_stale(self.out, self.log)
+            self.dir = self._temporary_directory()
+        except BaseException as e:
+            self._clean_up()
+            if isinstance(e, OSError):
+                raise ArtifactError(f"cannot write to {self.out}: {e.strerror or e}") from None
+            raise
+        return self
+
+    @property
+    def scratch(self) -> Path:
+        """A temporary directory for intermediate files, removed when the block ends."""
+        if self._scratch is None:
+            self._scratch = self._temporary_directory()
+        return self._scratch
+
+    def commit(self, manifest: Manifest) -> str:
+        """List and hash every file in ``self.dir`` in ``manifest.files``, write the manifest, and swap
+        the new artifact in; returns the manifest's sha256 (what ``verify --expect-sha256`` pins)."""
+        try:
+            data = _finish(manifest, self.dir)
+            if _previous_artifact(self.out) != self.previous:  # changed while we built: keep what is there
+                raise ArtifactError(f"{self.out} changed while the new artifact was built; nothing was replaced")
+            (self.dir / MARKER).unlink()
+            self.dir.chmod(0o777 & ~current_umask())
+            _exchange(self.dir, self.out)
+        except OSError as e:
+            raise ArtifactError(f"cannot write the artifact to {self.out}: {e.strerror}; "
+                                "the previous one (if any) is unchanged") from None
+        self._committed = True
+        _delete_artifact(self.dir, self.previous, self.log)  # self.dir now holds the previous artifact
+        _fsync_directory(self.out.parent)
+        return sha256_bytes(data)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._clean_up()
+        if isinstance(error, OSError):  # a full disk, a file system gone read-only, ...
+            raise ArtifactError(f"writing the artifact for {self.out} failed: {error.strerror or error}; "
+                                "the previous one (if any) is unchanged") from None
+
+    def _temporary_directory(self) -> Path:
+        path = self.out.parent / f".{self.out.name}{TEMP_INFIX}{secrets.token_hex(4)}"
+        path.mkdir(mode=0o700)
+        self._temporary.append(path)
+        (path / MARKER).touch()
+        self._locks.append(_lock_directory(path))
+        return path
+
+    def _clean_up(self) -> None:
+        """Remove the temporary directories (not the one holding the previous artifact after a swap,
+        which commit deletes file by file), a new output directory left empty, and the locks."""
+        for directory in self._temporary:
+            if not (self._committed and directory == self.dir):
+                _discard(directory)
+        if self._created and not self._committed:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only if still empty
+        for fd in self._locks:
+            os.close(fd)  # closing drops the flock
+        self._locks.clear()
+
+
+def _output_directory(requested: Path) -> Path:
+    """The real directory to write (symlinks resolved); ArtifactError for what cannot be an artifact."""
+    out = requested.resolve()
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{requested} is a file, not a directory: give -o a directory for the artifact")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ArtifactError(f"{requested} is the current directory (or holds it): write the artifact to a "
+                            "subdirectory, e.g. -o out/model")
+    if out.parent == out:
+        raise ArtifactError(f"{requested}: an artifact cannot replace the root directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {requested}: {e.strerror}") from None
+    return out
+
+
+def _lock_directory(path: Path) -> int:
+    """An exclusive flock on ``path`` (created if missing); ArtifactError if another run holds it."""
+    for _ in range(3):
+        path.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ArtifactError(f"another rwkv-edge run is writing {path}: wait for it to finish, "
+                                "or write elsewhere") from None
+        held, now = os.fstat(fd), os.stat(path)
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        os.close(fd)  # another run swapped a new artifact in meanwhile: lock that one
+    raise ArtifactError(f"{path} keeps changing under concurrent rwkv-edge runs; try again")
+
+
+def _previous_artifact(out: Path) -> Files | None:
+    """The validated file list of the artifact in ``out`` (None when empty); ArtifactError when ``out``
+    holds anything the writer cannot prove it wrote."""
+    if not any(out.iterdir()):
+        return None
+    if not (out / MANIFEST).is_file():
+        raise ArtifactError(f"{out} is not empty and holds no rwkv-edge artifact (no {MANIFEST}): write to a new "
+                            "or empty directory (rwkv-edge never deletes files it did not write)")
+    try:
+        files = read_files(out)
+    except ArtifactError as e:
+        raise ArtifactError(f"{out} holds a manifest that rwkv-edge cannot read, so it will not replace it "
+                            f"(remove the directory yourself, or write elsewhere): {e}") from None
+    foreign = _foreign_entries(out, files)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise ArtifactError(f"{out} holds files that are not part of its rwkv-edge artifact ({shown}): move them "
+                            "away or write elsewhere (rwkv-edge never deletes files it did not write)")
+    return files
+
+
+def _foreign_entries(root: Path, files: Files) -> list[str]:
+    """Paths under ``root`` (relative) that are neither the artifact's files nor rwkv-edge's own."""
+    listed = set(files)
+    parents = {"/".join(name.split("/")[:i]) for name in listed for i in range(1, name.count("/") + 1)}
+    foreign = []
+    for current, dirs, files in os.walk(root):
+        relative = Path(current).relative_to(root).as_posix()
+        prefix = "" if relative == "." else f"{relative}/"
+        for name in list(dirs):
+            path = prefix + name
+            if not prefix and LEGACY_TEMP.match(name) and not Path(current, name).is_symlink():
+                dirs.remove(name)  # an earlier version's temporary directory: ours
+            elif Path(current, name).is_symlink() or path not in parents:
+                foreign.append(path)
+                dirs.remove(name)
+        for name in files:
+            path = prefix + name
+            ours = path in listed or not prefix and (name == MANIFEST or name in REPORTS or REPORT_PARTIAL.match(name))
+            if not ours or Path(current, name).is_symlink():
+                foreign.append(path)
+    return sorted(foreign)
+
+
+def _delete_artifact(directory: Path, files: Files | None, log: Callable[[str], None]) -> None:
+    """Delete the ``files`` of the artifact in ``directory`` and the writer's own, the manifest last
+    (a run killed meanwhile leaves what the next run can still prove), then the directory."""
+    for name in [*(files or ()), *REPORTS]:
+        if _is_regular_file(directory / name):
+            (directory / name).unlink()
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and LEGACY_TEMP.match(entry.name):
+            shutil.rmtree(entry)
+        elif REPORT_PARTIAL.match(entry.name) and _is_regular_file(entry):
+            entry.unlink()
+    for current, _, _ in sorted(os.walk(directory), key=lambda walked: -len(walked[0])):
+        if Path(current) != directory:
+            with contextlib.suppress(OSError):
+                os.rmdir(current)  # the empty folders of a .mlpackage
+    if _is_regular_file(directory / MANIFEST):
+        (directory / MANIFEST).unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+    if directory.exists():
+        log(f"warning: left {directory}: it holds files rwkv-edge did not write")
+
+
+def _remove_stale(out: Path, log: Callable[[str], None]) -> None:
+    """Remove the temporary directories of earlier runs on ``out`` that were killed (none still running)."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}{TEMP_INFIX}*"):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run's
+        finally:
+            os.close(fd)
+        if (path / MARKER).is_file() or not any(path.iterdir()):
+            _discard(path)
+        else:  # a complete artifact: a new one not yet swapped in, or an old one swapped out
+            with contextlib.suppress(ArtifactError):
+                files = read_files(path)
+                if not _foreign_entries(path, files):
+                    _delete_artifact(path, files, log)
+
+
+def _discard(directory: Path) -> None:
+    """Remove one of the writer's temporary directories, its marker last: a run killed meanwhile
+    leaves a directory that the next run still recognises (marked, or empty)."""
+    if directory.is_symlink() or not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name != MARKER:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (directory / MARKER).unlink(missing_ok=True)
+        directory.rmdir()
+
+
+def _finish(manifest: Manifest, directory: Path) -> bytes:
+    """List every file with its size and sha256, write manifest.json, flush it all to disk."""
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    manifest.files = {}
+    for name in names:
+        if name != MARKER:
+            path = directory / name
+            manifest.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            _fsync_file(path)
+    data = manifest.encode()
+    parse_manifest(data, directory / MANIFEST)  # what readers will check, checked before anything is replaced
+    with open(directory / MANIFEST, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    for current, _, _ in os.walk(directory):
+        _fsync_directory(Path(current))
+    return data
+
+
+def _exchange(new: Path, out: Path) -> None:
+    """Swap ``new`` and ``out`` atomically where the OS can; ``new`` then holds what ``out`` held."""
+    if _rename_exchange(new, out):
+        return
+    aside = out.parent / f".{out.name}{TEMP_INFIX}{secrets.token_hex(4)}"
+    os.rename(out, aside)  # a crash from here to the next rename leaves `out` missing, the old artifact aside
+    os.rename(new, out)
+    os.rename(aside, new)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """renameat2(RENAME_EXCHANGE) / renamex_np(RENAME_SWAP); False where neither is available."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        result = libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        result = libc.renamex_np(os.fsencode(a), os.fsencode(b), 0x2)  # RENAME_SWAP
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # not on this file system
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system syncs directories
+        _fsync_file(path)
+
+

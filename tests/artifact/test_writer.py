@@ -1,0 +1,254 @@
+"""The artifact writer: it deletes only what it can prove it wrote, never loses the previous build,
+refuses directories that are not its own, and cleans up after killed runs. Every case runs in a
+temporary tree; "outside" files live beside the output directory, where a bad manifest would point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rwkv_edge.artifact import MANIFEST, ArtifactWriter, Manifest, open_artifact, read_manifest
+from rwkv_edge.artifact import writer as writer_module
+from rwkv_edge.contract import CONTRACT_VERSION, StateTensor
+from rwkv_edge.errors import ArtifactError
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def manifest(**changes) -> Manifest:
+    """A valid manifest of a one-layer ONNX artifact (the writer never looks inside the files)."""
+    fields = dict(kind="onnx", contract_version=CONTRACT_VERSION, architecture="v7",
+                  config={"vocab_size": 16, "n_layer": 1, "n_embd": 4}, tokenizer="bytes", precision="fp32", batch=1,
+                  state=[StateTensor(0, "att_shift", (4,))], source={"checkpoint": "/x.pth", "sha256": "0" * 64},
+                  graphs={"step": {"file": "model.onnx"}}, tools={})
+    return Manifest(**{**fields, **changes})
+
+
+def build(out: Path, files: dict[str, bytes], **changes) -> str:
+    """Write an artifact holding ``files`` to ``out``; returns its manifest sha256."""
+    with ArtifactWriter(out, quiet) as writer:
+        for name, data in files.items():
+            (writer.dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (writer.dir / name).write_bytes(data)
+        return writer.commit(manifest(**changes))
+
+
+def tamper(out: Path, edit) -> None:
+    data = json.loads((out / MANIFEST).read_text())
+    edit(data)
+    (out / MANIFEST).write_text(json.dumps(data))
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch) -> Path:
+    """tmp_path/work: the working directory; tmp_path/work/important.txt and tmp_path/keep/ stand for user data."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "important.txt").write_text("user data")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("more user data")
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def user_data_intact(tree: Path) -> bool:
+    return ((tree / "work" / "important.txt").read_text() == "user data"
+            and (tree / "keep" / "notes.txt").read_text() == "more user data")
+
+
+def siblings(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}"))
+
+
+def test_a_rebuild_replaces_the_artifact_and_its_reports_and_leaves_nothing_else(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old", "extra.bin": b"old"})
+    (out / "parity.json").write_text("{}")
+    sha = build(out, {"model.onnx": b"new"})
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
+    assert open_artifact(out, expect_sha256=sha).manifest.files.keys() == {"model.onnx"}
+    assert (out / "model.onnx").read_bytes() == b"new" and siblings(out) == []
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~writer_module.current_umask())
+    assert user_data_intact(tree)
+
+
+@pytest.mark.parametrize("entry", ["../important.txt", "../../keep/notes.txt", "/etc/passwd", "..", "a/../../x",
+                                   "C:\\x", ""])
+def test_a_manifest_naming_files_outside_never_steers_a_deletion(tree, entry):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    tamper(out, lambda data: data["files"].update({entry: {"sha256": "0" * 64, "bytes": 1}}))
+    with pytest.raises(ArtifactError, match="cannot read, so it will not replace it"):
+        build(out, {"model.onnx": b"new"})
+    assert user_data_intact(tree) and (out / "model.onnx").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_a_symlink_in_the_artifact_is_never_followed(tree, link):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old", "sub/w.bin": b"old"})
+    if link == "folder":  # the listed "sub/w.bin" now resolves to keep/w.bin
+        shutil.rmtree(out / "sub")
+        (out / "sub").symlink_to(tree / "keep")
+        (tree / "keep" / "w.bin").write_text("user data")
+    else:
+        (out / "model.onnx").unlink()
+        (out / "model.onnx").symlink_to(tree / "work" / "important.txt")
+    with pytest.raises(ArtifactError, match="holds files that are not part of its rwkv-edge artifact"):
+        build(out, {"model.onnx": b"new"})
+    assert user_data_intact(tree) and (link == "file" or (tree / "keep" / "w.bin").read_text() == "user data")
+
+
+def test_a_directory_that_is_no_artifact_is_refused(tree):
+    with pytest.raises(ArtifactError, match="not empty and holds no rwkv-edge artifact.*new or empty directory"):
+        build(tree / "keep", {"model.onnx": b"new"})
+    assert user_data_intact(tree) and sorted(p.name for p in (tree / "keep").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("mine", ["README", "data/table.csv", "sub/notes.txt", ".export-ab12cd34/x"])
+def test_an_artifact_holding_a_users_file_is_refused_and_the_file_named(tree, mine):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old", "sub/w.bin": b"old"})
+    if mine.startswith(".export"):  # an old temporary directory's name, but a symlink: not ours
+        (out / ".export-ab12cd34").symlink_to(tree / "keep")
+        mine = ".export-ab12cd34"
+    else:
+        (out / mine).parent.mkdir(exist_ok=True)
+        (out / mine).write_text("mine")
+    with pytest.raises(ArtifactError, match=rf"\({mine.split('/')[0] if mine.startswith('data') else mine}\): move them"):
+        build(out, {"model.onnx": b"new"})
+    assert (out / "model.onnx").read_bytes() == b"old" and user_data_intact(tree)
+
+
+@pytest.mark.parametrize("bad", ["not json", b"\xff\xfe", json.dumps("a string"), "[" * 100_000 + "]" * 100_000,
+                                 json.dumps({"files": []})])
+def test_an_unreadable_manifest_is_not_replaced(tree, bad):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    (out / MANIFEST).write_bytes(bad.encode() if isinstance(bad, str) else bad)
+    with pytest.raises(ArtifactError, match="cannot read, so it will not replace it"):
+        build(out, {"model.onnx": b"new"})
+    assert (out / "model.onnx").read_bytes() == b"old"
+
+
+def test_an_artifact_of_an_older_rwkv_edge_is_replaced(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    tamper(out, lambda data: data.pop("schema"))
+    (out / ".export-ab12cd34").mkdir()  # 0.1's temporary directory, left by a killed export
+    (out / ".export-ab12cd34" / "model.onnx").write_bytes(b"half")
+    build(out, {"model.onnx": b"new"})
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
+
+
+def test_a_failed_build_keeps_the_previous_artifact_and_no_temporary_files(tree):
+    out = tree / "work" / "out"
+    sha = build(out, {"model.onnx": b"old"})
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), ArtifactWriter(out, quiet) as writer:
+            (writer.dir / "model.onnx").write_bytes(b"half")
+            (writer.scratch / "x").write_bytes(b"scratch")
+            raise error
+        assert open_artifact(out, expect_sha256=sha) and siblings(out) == []
+
+
+def test_an_os_error_while_building_is_one_artifact_error(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    with pytest.raises(ArtifactError, match="No space left on device; the previous one .* is unchanged"):
+        with ArtifactWriter(out, quiet):
+            raise OSError(28, "No space left on device")
+    assert (out / "model.onnx").read_bytes() == b"old"
+
+
+def test_a_first_build_that_fails_leaves_no_directory(tree):
+    out = tree / "work" / "new"
+    with pytest.raises(RuntimeError), ArtifactWriter(out, quiet):
+        raise RuntimeError("boom")
+    assert not out.exists() and siblings(out) == []
+
+
+def test_a_second_writer_to_the_same_directory_fails_at_once(tree):
+    out = tree / "work" / "out"
+    with ArtifactWriter(out, quiet) as first:
+        with pytest.raises(ArtifactError, match="another rwkv-edge run is writing"):
+            ArtifactWriter(out, quiet).__enter__()
+        (first.dir / "model.onnx").write_bytes(b"first")
+        first.commit(manifest())
+    build(out, {"model.onnx": b"second"})  # the lock is gone with the first writer
+    assert (out / "model.onnx").read_bytes() == b"second"
+
+
+def test_files_appearing_during_a_build_stop_the_swap(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    with pytest.raises(ArtifactError, match="not part of its rwkv-edge artifact"), ArtifactWriter(out, quiet) as writer:
+        (writer.dir / "model.onnx").write_bytes(b"new")
+        (out / "late.txt").write_text("a user's file, saved meanwhile")
+        writer.commit(manifest())
+    assert (out / "model.onnx").read_bytes() == b"old" and (out / "late.txt").exists()
+
+
+def test_temporary_directories_of_killed_runs_are_removed_by_the_next(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    scratch = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0001"  # a build killed mid-way
+    scratch.mkdir()
+    (scratch / writer_module.MARKER).touch()
+    (scratch / "model.onnx").write_bytes(b"half")
+    swapped = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0002"  # killed after the swap
+    build(swapped, {"model.onnx": b"older"})
+    unknown = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0003"  # no marker, no manifest: not provably ours
+    unknown.mkdir()
+    (unknown / "mine.txt").write_text("?")
+    (tree / "work" / f".out{writer_module.TEMP_INFIX}dead0004").mkdir()  # killed between mkdir and marker
+    build(out, {"model.onnx": b"new"})
+    assert siblings(out) == [unknown.name] and (unknown / "mine.txt").exists()
+
+
+def test_without_an_atomic_exchange_two_renames_still_swap(tree, monkeypatch):
+    monkeypatch.setattr(writer_module, "_rename_exchange", lambda a, b: False)
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    sha = build(out, {"model.onnx": b"new"})
+    assert open_artifact(out, expect_sha256=sha) and (out / "model.onnx").read_bytes() == b"new"
+    assert siblings(out) == []
+
+
+@pytest.mark.parametrize("out", [".", "..", "important.txt"])
+def test_outputs_that_cannot_be_an_artifact(tree, out):
+    with pytest.raises(ArtifactError, match="current directory|is a file"):
+        build(Path(out), {"model.onnx": b"x"})
+    assert user_data_intact(tree)
+
+
+def test_a_build_may_not_write_over_what_it_reads(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"old"})
+    with pytest.raises(ArtifactError, match="which this build reads: write the artifact to another directory"):
+        ArtifactWriter(out, quiet, reads=[out / "model.onnx"]).__enter__()
+
+
+def test_the_output_may_be_a_symlink_to_a_directory(tree):
+    real = tree / "work" / "real"
+    build(real, {"model.onnx": b"old"})
+    link = tree / "work" / "link"
+    link.symlink_to(real)
+    build(link, {"model.onnx": b"new"})
+    assert link.is_symlink() and (real / "model.onnx").read_bytes() == b"new"
+
+
+def test_the_manifest_written_is_what_readers_accept(tree):
+    out = tree / "work" / "out"
+    build(out, {"model.onnx": b"x", "sub/part.bin": b"y"})
+    assert read_manifest(out).files.keys() == {"model.onnx", "sub/part.bin"}
+    with pytest.raises(ArtifactError):  # an invalid manifest never replaces anything
+        build(out, {"model.onnx": b"z"}, graphs={"step": {"file": "absent.onnx"}})
+    assert (out / "model.onnx").read_bytes() == b"x"
+    assert os.listdir(out.parent).count("out") == 1 and siblings(out) == []
