@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_VERSION = "1.0"  # of docs/onnx-contract.md; bump on any change to names, shapes or dtypes
+CONTRACT_VERSION = "1.1"  # of docs/onnx-contract.md; bump on any change (1.1: weights/compute metadata, reference.npz)
 VERSIONS = ("v4", "v5", "v6", "v7")  # the architectures an artifact may hold (model.ARCHITECTURES)
 
 

@@ -19,18 +19,65 @@ from typing import Any
 
 from ..contract import CONTRACT_VERSION, VERSIONS, StateTensor, compatible
 from ..errors import ArtifactError
+from ..weights import WEIGHT_FORMATS
 
 MANIFEST = "manifest.json"
 SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning
 KINDS = ("onnx", "tvm", "coreml")
 REPORTS = ("parity.json", "parity.png")  # what `verify` writes beside an artifact: not part of it
-PRECISIONS = ("fp32", "fp16")
+COMPUTE = ("fp32", "fp16")
 DEVICES = ("cpu", "cuda", "metal")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_FILES = 100_000
 MAX_STATE_VALUES = 1 << 28  # 1 GiB of fp32 state: far above any RWKV model (14B: 10M values)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ROLE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One role of an artifact ("step", "prefill", ...): the file that holds it, the function in it."""
+
+    file: str | None = None  # a listed file, or a folder of listed files (a .mlpackage)
+    function: str | None = None  # TVM and Core ML: the function inside the file
+    chunk: int = 0  # prefill graphs: tokens per call
+    all_logits: bool = False  # prefill graphs: logits of every position, not only the last
+    params: str | None = None  # TVM GPU bundles: the weights file ``function`` takes after the state
+    num_params: int = 0
+
+
+@dataclass(frozen=True)
+class TvmBuild:
+    """What a TVM bundle was built for (``compile/tvm.py``)."""
+
+    name: str  # the target's name
+    triple: str  # the host's LLVM triple: what the library runs on
+    tvm: dict[str, Any]  # the resolved TVM target
+    linked: bool  # False: objects still to link (model.tar)
+    device: str  # "cpu", "cuda", "metal"
+    qemu_cpu: str | None = None  # the oldest core of the family, for emulation
+    schedules: dict[str, Any] | None = None  # the tuned schedule data; None: TVM's default lowering
+    kernels: dict[str, int] = field(default_factory=dict)  # kernels per schedule rule
+    arch: str | None = None  # GPU targets: "sm_90", ...
+    device_code: list[str] = field(default_factory=list)  # GPU targets: the device-code files
+    executed: str | None = None  # GPU targets: what the build machine ran of it
+
+
+@dataclass(frozen=True)
+class CoreMLBuild:
+    """What a Core ML package was built for (``compile/coreml.py``)."""
+
+    name: str
+    platform: str  # "iOS" or "macOS"
+    deployment: str  # minimum deployment target, e.g. "iOS18"
+    compute_units: str
+    form: str  # "explicit" (fp32 state I/O) or "stateful" (Core ML states)
+    state_dtype: str
+    token_dtype: str
+    functions: list[str]
+
+
+BUILDS = {"tvm": TvmBuild, "coreml": CoreMLBuild}  # manifest kind -> its target record
 
 
 @dataclass
@@ -40,15 +87,18 @@ class Manifest:
     architecture: str
     config: dict[str, Any]
     tokenizer: str
-    precision: str
+    weights: str  # the weight format (weights.WEIGHT_FORMATS): how the weight matrices are stored
+    compute: str  # "fp32" or "fp16": the precision the step computes in (the state stays fp32)
     batch: int | str  # 1, or "dynamic"
     state: list[StateTensor]  # in graph input order; shapes without the batch axis
     source: dict[str, str]  # checkpoint path and sha256
-    graphs: dict[str, Any]  # role ("step", "prefill") -> {"file": ..., ...}
+    graphs: dict[str, Graph]  # role ("step", "prefill", ...) -> where it is
     tools: dict[str, str]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> sha256, bytes
     initial_state: str | None = None  # .npz of the state before the first token, where not just the fills
-    target: dict[str, Any] | None = None  # compiled artifacts: the resolved target settings
+    reference: str | None = None  # .npz of the PyTorch model's rollout at build time (artifact/reference.py);
+    # None only while the artifact is being built
+    target: TvmBuild | CoreMLBuild | None = None  # compiled artifacts: what they were built for
     schema: str = SCHEMA
 
     @property
@@ -160,24 +210,28 @@ class _Checker:
         config = self.get(data, "config", dict, "config")
         for key in ("vocab_size", "n_layer", "n_embd"):
             self.positive(config, key, f"config.{key}")
-        precision = self.get(data, "precision", str, "precision")
-        if precision not in PRECISIONS:
-            self.fail(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        weights = self.get(data, "weights", str, "weights")
+        if weights not in WEIGHT_FORMATS:
+            self.fail(f"unknown weight format {weights!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
+        compute = self.get(data, "compute", str, "compute")
+        if compute not in COMPUTE:
+            self.fail(f"unknown compute precision {compute!r}; expected one of {', '.join(COMPUTE)}")
         batch = self.get(data, "batch", (int, str), "batch")
         if batch not in (1, "dynamic"):
             self.fail(f"batch must be 1 or \"dynamic\", got {batch!r}")
         files = self.files(self.get(data, "files", dict, "files"))
-        initial = data.get("initial_state")
-        if initial is not None and initial not in files:
-            self.fail(f"initial_state {initial!r} is not one of the listed files")
+        initial, reference = data.get("initial_state"), self.get(data, "reference", str, "reference")
+        for key, name in (("initial_state", initial), ("reference", reference)):
+            if name is not None and name not in files:
+                self.fail(f"{key} {name!r} is not one of the listed files")
         return Manifest(
             kind=kind, contract_version=contract, architecture=architecture, config=config,
-            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), precision=precision, batch=batch,
+            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), weights=weights, compute=compute, batch=batch,
             state=self.state(self.get(data, "state", list, "state"), config["n_layer"]),
             source=self.source(self.get(data, "source", dict, "source")),
             graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files),
             tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
-            files=files, initial_state=initial, target=self.target(data.get("target"), kind),
+            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind),
         )
 
     def files(self, files: dict) -> dict[str, dict[str, Any]]:
@@ -233,16 +287,34 @@ class _Checker:
             self.fail("source.sha256 is not a sha256 hex digest")
         return source
 
-    def graphs(self, graphs: dict, files: dict) -> dict[str, Any]:
+    def graphs(self, graphs: dict, files: dict) -> dict[str, Graph]:
         if "step" not in graphs:
             self.fail("graphs.step is missing")
+        typed = {}
         for role, graph in graphs.items():
-            if not isinstance(graph, dict):
-                self.fail(f"graphs.{role} has the wrong type ({type(graph).__name__})")
+            typed[role] = self.record(Graph, graph, f"graphs.{role}")
             for key in ("file", "params"):
-                if key in graph and not is_listed(graph[key], files):
-                    self.fail(f"graphs.{role}.{key} {graph[key]!r} is not one of the listed files")
-        return graphs
+                name = getattr(typed[role], key)
+                if name is not None and not is_listed(name, files):
+                    self.fail(f"graphs.{role}.{key} {name!r} is not one of the listed files")
+        return typed
+
+    def record(self, kind: type, data: object, what: str):
+        """``kind`` (a dataclass) from a JSON object whose fields have the annotated types."""
+        if not isinstance(data, dict):
+            self.fail(f"{what} has the wrong type ({type(data).__name__})")
+        known = {f.name: f for f in fields(kind)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            self.fail(f"{what} has an unknown field {unknown[0]!r}")
+        for name, value in data.items():
+            if not _matches(value, known[name].type):
+                self.fail(f"{what}.{name} has the wrong type ({type(value).__name__})")
+        try:
+            return kind(**data)
+        except TypeError:  # a required field is missing
+            missing = [f.name for f in fields(kind) if f.name not in data]
+            self.fail(f"{what}.{missing[0] if missing else '?'} is missing")
 
     def strings(self, data: dict, what: str) -> dict[str, str]:
         bad = [k for k, v in data.items() if not isinstance(v, str)]
@@ -250,24 +322,25 @@ class _Checker:
             self.fail(f"{what}.{bad[0]} is not a string")
         return data
 
-    def target(self, target: object, kind: str) -> dict[str, Any] | None:
-        if kind == "onnx":
+    def target(self, target: object, kind: str) -> TvmBuild | CoreMLBuild | None:
+        if kind not in BUILDS:
             if target is not None:
-                self.fail("an ONNX export has no target")
+                self.fail(f"an {kind} artifact has no target")
             return None
-        if not isinstance(target, dict):
-            self.fail(f"target has the wrong type ({type(target).__name__})")
-        self.get(target, "name", str, "target.name")
-        if kind == "tvm":
-            self.get(target, "triple", str, "target.triple")
-            self.get(target, "linked", bool, "target.linked")
-            if self.get(target, "device", str, "target.device") not in DEVICES:
-                self.fail(f"target.device must be one of {', '.join(DEVICES)}")
-        else:
-            if self.get(target, "form", str, "target.form") not in ("explicit", "stateful"):
-                self.fail("target.form must be explicit or stateful")
-            self.get(target, "compute_units", str, "target.compute_units")
-        return target
+        build = self.record(BUILDS[kind], target, "target")
+        if kind == "tvm" and build.device not in DEVICES:
+            self.fail(f"target.device must be one of {', '.join(DEVICES)}")
+        if kind == "coreml" and build.form not in ("explicit", "stateful"):
+            self.fail("target.form must be explicit or stateful")
+        return build
+
+
+def _matches(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``annotation`` (the records' annotations are strings)."""
+    kinds = {"str": str, "int": int, "bool": bool, "None": type(None)}
+    allowed = tuple(kinds.get(part.split("[")[0].strip(), dict if part.strip().startswith("dict") else list)
+                    for part in annotation.split("|"))
+    return isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
 
 
 def is_listed(name: object, files: dict) -> bool:

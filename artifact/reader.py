@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import stat
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, one_line
+from ..errors import ArtifactError
+from .files import read_npz
 from .manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, is_listed, parse_files, parse_manifest, sha256_bytes, sha256_file
+from .reference import Reference, load_reference
 
 ANNOUNCE_HASHING_BYTES = 256 << 20  # say that hashing runs when the files are at least this large
 
@@ -39,7 +40,7 @@ class Artifact:
         return self.directory / name
 
     def graph(self, role: str = "step") -> Path:
-        return self.path(self.manifest.graphs[role]["file"])
+        return self.path(self.manifest.graphs[role].file)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The state before the first token: the fills, or the arrays the artifact ships (checked)."""
@@ -47,11 +48,7 @@ class Artifact:
         if self.manifest.initial_state is None:
             return {t.input_name: np.full(t.shape, t.fill, dtype=np.float32) for t in spec}
         path = self.path(self.manifest.initial_state)
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                arrays = {t.input_name: saved[t.input_name] for t in spec if t.input_name in saved.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ArtifactError(f"{path}: not a plain .npz of arrays ({one_line(e)})") from None
+        arrays = read_npz(path)
         for t in spec:
             value = arrays.get(t.input_name)
             if value is None:
@@ -60,7 +57,12 @@ class Artifact:
                 raise ArtifactError(f"{path}: {t.input_name} is {value.dtype} {value.shape}, expected float {t.shape}")
             if not np.isfinite(value).all():
                 raise ArtifactError(f"{path}: {t.input_name} holds non-finite values")
-        return {name: value.astype(np.float32) for name, value in arrays.items()}
+        return {t.input_name: arrays[t.input_name].astype(np.float32) for t in spec}
+
+
+    def reference(self) -> Reference:
+        """The PyTorch model's rollout recorded at build time (checked)."""
+        return load_reference(self.path(self.manifest.reference), self.manifest.state, self.manifest.vocab_size)
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import OptionError, RwkvEdgeError
 
+WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 MAX_CHUNK = 4096  # prefill tokens per call
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = export.add_parser("onnx", help="single-step ONNX graph (+ prefill graph) with the state as named I/O")
     _checkpoint_arg(p)
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="weights and compute; the state stays fp32 (default fp32)")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp32",
+                   help="weight format, also the compute precision: fp32 or fp16; the state stays fp32 (default fp32)")
     p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="tokens per prefill call; 0 exports no prefill graph (default 16)")
     p.add_argument("--prefill-all-logits", action="store_true", help="prefill returns the logits of all T positions")
@@ -92,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True,
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS,
+                   help="weight format (default: the target's): TVM CPU fp32; TVM GPU fp32 or fp16 (GEMV weights, "
+                        "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 (per channel) or "
+                        "int4 (blocks of 32, iOS 18 / macOS 15), fp16 compute")
     p.add_argument("--stateful", action="store_true",
                    help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
-    p.add_argument("--precision", help="compute precision, fp16 or fp32 (default: the target's)")
     p.add_argument("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (default: the target's)")
     p.add_argument("--deployment", help="Core ML: minimum deployment target, e.g. iOS17, iOS18, macOS15")
-    p.add_argument("--quantize", help="Core ML: compress the weights to int8 (per channel) or int4 (blocks of 32, iOS 18)")
     p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
-    p.add_argument("--weights", choices=["fp32", "fp16"],
-                   help="TVM GPU targets: store the matrix weights in fp16 (summed in fp32; state stays fp32)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy generation length, 0 to skip (default 128)")
     p.add_argument("--expect-sha256", type=_sha256, metavar="HEX",
                    help="the manifest's sha256 printed when the artifact was built: anything else fails before it loads")
-    p.add_argument("--checkpoint", type=Path, help="source checkpoint, if it moved since the export")
+    p.add_argument("--against-checkpoint", nargs="?", const=True, default=False, metavar="PATH",
+                   help="compare with the PyTorch model run live (needs torch): the checkpoint the manifest names, "
+                        "or PATH; default: the reference rollout the artifact carries (no torch, no checkpoint)")
     p.add_argument("--executor", choices=["predict", "mil"],
                    help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
                         "default off macOS)")
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
                         "(default cpu)")
     p.add_argument("--weights", choices=["fp32", "fp16"], default="fp32",
-                   help="with --device cuda: the TVM bundle's GEMV weights (compile --weights; default fp32)")
+                   help="with --device cuda: the torch and TVM rows' weights (compile --weights; default fp32)")
     p.add_argument("--target", metavar="NAME",
                    help="the TVM row's target (default x86_64-host; with --device cuda the newest CUDA target "
                         "this GPU runs, e.g. cuda-sm90 on an H100)")
@@ -158,7 +161,7 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
 
 
-# The choices below repeat the library's registries (TOKENIZER_NAMES, runtime.open.BACKENDS) so that
+# The choices below repeat the library's registries (TOKENIZER_NAMES, runtime.registry.BACKENDS) so that
 # `--help` needs no torch import; tests/cli checks that they agree.
 def _source_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", type=Path,
@@ -264,7 +267,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from ..model.tokenizer import load_tokenizer, tokenizer_for_vocab
     from ..runtime import Sampler, generate
-    from ..runtime.open import open_backend
+    from ..runtime.registry import open_backend
 
     sampler = Sampler(args.temperature, args.top_p, args.seed)
     backend = open_backend(args.source, args.backend)
@@ -280,7 +283,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> None:
     from ..runtime import run_trace, save_trace
-    from ..runtime.open import open_backend
+    from ..runtime.registry import open_backend
 
     trace = run_trace(open_backend(args.source, args.backend), args.tokens)
     save_trace(trace, args.out)
@@ -293,41 +296,21 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     from ..export.onnx import OnnxOptions, export_onnx
     from ..model import DEMO_CHECKPOINT
 
-    options = OnnxOptions(args.precision, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset)
+    options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset)
     checkpoint = args.checkpoint or DEMO_CHECKPOINT
     print(f"export onnx: {checkpoint} -> {args.out}  ({options})")
     export_onnx(checkpoint, args.out, options)
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
+    from ..compile import CompileRequest, compile_for
     from ..model import DEMO_CHECKPOINT
-    from ..targets import get_target
 
-    target = get_target(args.target)
     source = args.checkpoint or DEMO_CHECKPOINT
     print(f"compile: {source} -> {args.out}")
-    if target.kind == "tvm":
-        from ..compile.tvm import TvmOptions, compile_tvm
-
-        coreml_only = [flag for flag, value in (("--stateful", args.stateful), ("--compute-units", args.compute_units),
-                                                ("--deployment", args.deployment), ("--quantize", args.quantize))
-                       if value]
-        if coreml_only or args.precision not in (None, "fp32"):
-            raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only or ['--precision'])} "
-                              f"applies to Core ML targets only (TVM bundles compute in fp32)")
-        compile_tvm(source, args.out, TvmOptions(target.name, schedules=not args.no_schedules,
-                                                 weights=args.weights or "fp32"))
-        return
-    if args.weights:
-        raise OptionError(f"--weights applies to TVM GPU targets; {target.name} takes --precision / --quantize")
-    if source.is_dir() or source.suffix == ".onnx":
-        raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
-                          f"give the .pth / .safetensors file (an export's manifest.json names it)")
-    from ..compile.coreml import CoreMLOptions, compile_coreml
-
-    options = CoreMLOptions(target.name, args.stateful, args.precision, args.compute_units, args.deployment,
-                            args.quantize, args.prefill_chunk)
-    compile_coreml(source, args.out, options)
+    request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
+                             args.prefill_chunk)
+    compile_for(source, args.out, args.target, request)
 
 
 def cmd_targets(args: argparse.Namespace) -> None:
@@ -340,11 +323,11 @@ def cmd_targets(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..runtime.verify import verify_artifact
+    from ..verify import verify_artifact
 
     remote = None
     if args.rpc or args.tracker:
-        from ..runtime.tvm_backend import Remote
+        from ..runtime.rpc_client import Remote
 
         if args.rpc and args.tracker:
             raise OptionError("give --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
@@ -352,18 +335,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise OptionError("--tracker needs --key, the device key registered with the tracker")
         remote = Remote(args.rpc or args.tracker, args.key if args.tracker else None)
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
-                             checkpoint=args.checkpoint, executor=args.executor, remote=remote,
+                             against_checkpoint=args.against_checkpoint, executor=args.executor, remote=remote,
                              expect_sha256=args.expect_sha256)
     print(report.summary())
     return report.exit_code  # 3: a GPU bundle built but not executed here (no GPU)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..runtime.bench import BenchOptions, check_output, run_bench, save_report
+    from ..bench import BenchOptions, check_output, run_bench, save_report
 
     options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
                            args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
-                           tvm_weights=args.weights, tvm_target=args.target)
+                           weights=args.weights, tvm_target=args.target)
     if args.json:
         check_output(args.json)
     report = run_bench(args.source, options, work=args.work)

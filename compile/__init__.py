@@ -1,1 +1,44 @@
-"""Compilers from the exported step to deployable bundles (TVM, Core ML)."""
+"""Compilers from a checkpoint or an ONNX export to a deployable artifact: one per target family.
+
+A target names its family (``target.kind``); COMPILERS maps the family to the module whose
+``compile_target(source, out_dir, target, request, log)`` builds it. Adding a family is a targets/
+module, a compile/ module and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifact import Manifest
+from ..targets import get_target
+
+COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the module in compile/
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """What ``rwkv-edge compile`` was asked beyond the target; each compiler refuses what it cannot hold."""
+
+    weights: str | None = None  # weight format; None: the target's default
+    schedules: bool = True  # TVM: the project's schedules (False: TVM's default lowering, for comparison)
+    stateful: bool = False  # Core ML: the state in Core ML states
+    compute_units: str | None = None  # Core ML
+    deployment: str | None = None  # Core ML: minimum deployment target
+    prefill_chunk: int = 16  # Core ML: tokens per prefill call (0: none)
+
+    def given(self) -> dict[str, object]:
+        """The fields set away from their defaults, by their CLI names."""
+        defaults = CompileRequest()
+        return {f"--{name.replace('_', '-')}": value for name, value in vars(self).items()
+                if value != getattr(defaults, name)}
+
+
+def compile_for(source: str | Path, out_dir: str | Path, target: str, request: CompileRequest = CompileRequest(),
+                log: Callable[[str], None] = print) -> Manifest:
+    """Build the artifact of ``target`` from ``source`` into ``out_dir``."""
+    resolved = get_target(target)
+    module = importlib.import_module(f"{__package__}.{COMPILERS[resolved.kind]}")
+    return module.compile_target(Path(source), Path(out_dir), resolved, request, log)

@@ -24,25 +24,27 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import __version__
-from ..artifact import ArtifactWriter, Manifest
+from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
 from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
+from ..weights import check_weights, weight_format
 from ..model import RWKVModel
 from ..targets import CoreMLTarget, coreml_name, get_target
+from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
-from ..export.artifact import INITIAL_STATE, load_source, report_commit, save_initial_state, stage, tokenizer_name
+from ..artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
+from ..export.artifact import build_reference, load_source, report_commit, save_initial_state, stage, tokenizer_name
 from ..export.graph import ContractGraph
 
-PACKAGE = "model.mlpackage"
-PRECISIONS = ("fp16", "fp32")
-QUANTIZATIONS = {"int8": "iOS16", "int4": "iOS18"}  # weight compression -> oldest iOS that runs it
+# weight format -> (compute precision, oldest iOS that runs it): fp16 and compressed weights compute in
+# fp16 (with the recurrence and the norms in fp32, see Fp16Selector), fp32 weights in fp32
+WEIGHTS = {"fp16": ("fp16", "iOS16"), "fp32": ("fp32", "iOS16"), "int8": ("fp16", "iOS16"), "int4": ("fp16", "iOS18")}
 MULTIFUNCTION_IOS = 18  # multifunction packages (and states) need iOS 18 / macOS 15
 INT4_BLOCK = 32
 # Ops kept in fp32 under fp16 compute: normalisations and the reductions they decompose into.
@@ -54,10 +56,9 @@ FP32_OP_TYPES = frozenset({"layer_norm", "instance_norm", "batch_norm", "l2_norm
 class CoreMLOptions:
     target: str = "ios-coreml"
     stateful: bool = False  # Core ML states (fp16) instead of explicit fp32 state I/O
-    precision: str | None = None  # compute precision, "fp16" or "fp32"; default: the target's
+    weights: str | None = None  # the weight format (WEIGHTS); default: the target's
     compute_units: str | None = None  # ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default: the target's
     deployment: str | None = None  # minimum deployment target, e.g. "iOS18"; default: per form
-    quantize: str | None = None  # weight compression: "int8" or "int4"
     prefill_chunk: int = 16  # tokens per prefill call (multifunction packages only); 0: decode only
 
     def resolve(self) -> "CoreMLPlan":
@@ -66,20 +67,17 @@ class CoreMLOptions:
         if not isinstance(target, CoreMLTarget):
             raise OptionError(f"target {self.target!r} is not a Core ML target")
         deployment = target.deployment(self.stateful, self.deployment)
-        precision = self.precision or target.precision
-        if precision not in PRECISIONS:
-            raise OptionError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+        weights = check_weights(self.weights or target.weight_formats[0], target.weight_formats, "a Core ML package").name
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         ios = _ios_equivalent(deployment)
-        if self.quantize is not None:
-            if self.quantize not in QUANTIZATIONS:
-                raise OptionError(f"unknown quantization {self.quantize!r}; choose {', '.join(QUANTIZATIONS)}")
-            if ios < deployment_order(QUANTIZATIONS[self.quantize]):
-                raise OptionError(f"{self.quantize} weights need iOS 18 / macOS 15; {deployment} is too old")
+        compute, oldest = WEIGHTS[weights]
+        if ios < deployment_order(oldest):
+            raise OptionError(f"{weights} weights need iOS 18 / macOS 15; {deployment} is too old")
         multifunction = ios >= MULTIFUNCTION_IOS and self.prefill_chunk > 0
-        return CoreMLPlan(target, deployment, precision, check_compute_units(self.compute_units or target.compute_units),
-                          self.stateful, self.quantize, self.prefill_chunk if multifunction else 0)
+        return CoreMLPlan(target, deployment, weights, compute,
+                          check_compute_units(self.compute_units or target.compute_units), self.stateful,
+                          self.prefill_chunk if multifunction else 0)
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,10 @@ class CoreMLPlan:
 
     target: CoreMLTarget
     deployment: str
-    precision: str
+    weights: str
+    compute: str  # "fp16" or "fp32"
     compute_units: str
     stateful: bool
-    quantize: str | None
     prefill_chunk: int  # 0: a single-function package holding the decode step as "main"
 
     @property
@@ -101,11 +99,28 @@ class CoreMLPlan:
             return {"main": None}
         return {"decode": None, "prefill": self.prefill_chunk}
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.target.name, "platform": self.target.platform, "deployment": self.deployment,
-                "compute_units": self.compute_units, "form": "stateful" if self.stateful else "explicit",
-                "state_dtype": "fp16" if self.stateful else "fp32", "token_dtype": "int32",
-                "quantization": self.quantize or "none", "functions": list(self.functions)}
+    def build(self) -> CoreMLBuild:
+        """The manifest's record of what is built."""
+        return CoreMLBuild(self.target.name, self.target.platform, self.deployment, self.compute_units,
+                           "stateful" if self.stateful else "explicit", "fp16" if self.stateful else "fp32", "int32",
+                           list(self.functions))
+
+    @property
+    def compressed(self) -> bool:
+        return weight_format(self.weights).quantized
+
+
+def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: CompileRequest,
+                   log: Callable[[str], None] = print) -> Manifest:
+    """``compile_for`` for Core ML targets: from a checkpoint only (Core ML converts the PyTorch step)."""
+    if source.is_dir() or source.suffix == ".onnx":
+        raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
+                          f"give the .pth / .safetensors file (an export's manifest.json names it)")
+    if not request.schedules:
+        raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+    options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
+                            request.prefill_chunk)
+    return compile_coreml(source, out_dir, options, log)
 
 
 def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLOptions = CoreMLOptions(),
@@ -113,18 +128,22 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
     """Convert ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json; returns the manifest."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     plan = options.resolve()
-    log("target: " + ", ".join(f"{k} {v}" for k, v in plan.describe().items() if k != "name") + f" ({plan.target.name})")
-    log(f"precision: {plan.precision} compute" + (", the WKV recurrence and norms in fp32" if plan.precision == "fp16" else ""))
+    build = plan.build()
+    log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units}, "
+        f"form {build.form}, functions {', '.join(build.functions)} ({build.name})")
+    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the WKV recurrence and norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         model, sha = load_source(checkpoint, log)
         manifest = _manifest(model, checkpoint, sha, plan)
+        with stage(log, "reference rollout (fp32)"):
+            build_reference(model, manifest.tokenizer).save(writer.dir / REFERENCE)
         parts = {}
         for function, chunk in plan.functions.items():
             with stage(log, f"convert {function}" + (f" ({chunk} tokens)" if chunk else "")):
                 mlmodel = _convert(model, chunk, plan)
-            if plan.quantize:
-                with stage(log, f"compress {function} weights to {plan.quantize}"):
-                    mlmodel = _compress(mlmodel, plan.quantize)
+            if plan.compressed:
+                with stage(log, f"compress {function} weights to {plan.weights}"):
+                    mlmodel = _compress(mlmodel, plan.weights)
             _stamp(mlmodel, manifest, function)
             parts[function] = writer.scratch / f"{function}.mlpackage"
             mlmodel.save(str(parts[function]))
@@ -178,7 +197,7 @@ def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
                                   for t in graph.spec]
         outputs = [ct.TensorType(name=coreml_name(name), dtype=np.float32) for name in graph.output_names()]
         states = None
-    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.precision == "fp16"
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.compute == "fp16"
                  else ct.precision.FLOAT32)
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
@@ -270,7 +289,7 @@ def _stamp(mlmodel, manifest: Manifest, function: str) -> None:
         "rwkv_edge.architecture": manifest.architecture,
         "rwkv_edge.config": json.dumps(manifest.config),
         "rwkv_edge.tokenizer": manifest.tokenizer,
-        "rwkv_edge.form": manifest.target["form"],
+        "rwkv_edge.form": manifest.target.form,
         "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
     })
 
@@ -278,14 +297,14 @@ def _stamp(mlmodel, manifest: Manifest, function: str) -> None:
 def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) -> Manifest:
     ct = import_coremltools()
 
-    graphs: dict[str, Any] = {"step": {"file": PACKAGE, "function": next(iter(plan.functions))}}
+    graphs = {"step": Graph(PACKAGE, function=next(iter(plan.functions)))}
     if plan.prefill_chunk:
-        graphs["prefill"] = {"file": PACKAGE, "function": "prefill", "chunk": plan.prefill_chunk}
+        graphs["prefill"] = Graph(PACKAGE, function="prefill", chunk=plan.prefill_chunk)
     return Manifest(
         kind="coreml", contract_version=CONTRACT_VERSION, architecture=model.version,
-        config=model.describe(), tokenizer=tokenizer_name(model), precision=plan.precision, batch=1,
+        config=model.describe(), tokenizer=tokenizer_name(model), weights=plan.weights, compute=plan.compute, batch=1,
         state=model.state_spec(), source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
-        graphs=graphs, target=plan.describe(),
+        graphs=graphs, target=plan.build(), reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
     )
 

@@ -18,13 +18,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
+from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 from ..errors import ToolError
 from ..targets.gpu import GpuTarget
 
-PARAMS = "params.safetensors"
-CUDA_SOURCE, PTX, FATBIN, MSL = "kernels.cu", "kernels.ptx", "kernels.fatbin", "kernels.metal"
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
@@ -63,21 +61,6 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
 def device_files(target: GpuTarget) -> list[str]:
     """The device-code files a bundle for ``target`` carries beside the library."""
     return [CUDA_SOURCE, PTX, FATBIN] if target.device == "cuda" else [MSL]
-
-
-def save_params(values: list[np.ndarray], path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    save_file({f"w{i}": np.ascontiguousarray(v) for i, v in enumerate(values)}, str(path))
-    path.chmod(0o644)
-
-
-def load_params(path: Path) -> list[np.ndarray]:
-    """The weights in ``main``'s order (no pickle: safetensors)."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
-    return [tensors[f"w{i}"] for i in range(len(tensors))]
 
 
 def nvcc_fatbin(code: str, arch: str, bundle: Path) -> None:

@@ -29,6 +29,8 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..errors import ToolError
+
 GEMV_BLOCK = "gemv"
 LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
 WKV_THREADS = 256  # threads of the state-update block (one block per head)
@@ -129,7 +131,8 @@ class ApplyGpuSchedules:
                     self.counts[name] = self.counts.get(name, 0) + 1
                     break
             else:
-                raise RuntimeError(f"no GPU schedule rule applies to {gvar.name_hint}")
+                raise ToolError(f"no GPU schedule applies to kernel {gvar.name_hint} (not even dlight's Fallback): "
+                                "a TVM version this rwkv-edge was not built against?")
         for gvar, func in scheduled.items():
             mod[gvar] = func
         return mod

@@ -28,6 +28,8 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..errors import OptionError
+
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
 MATMUL_BLOCK = "matmul"  # TVM's matmul: one row times an activation matrix (the WKV read-out r @ S)
 PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
@@ -44,7 +46,8 @@ class ScheduleParams:
 
     def __post_init__(self) -> None:
         if self.tile % self.vector or self.unroll < 1:
-            raise ValueError(f"schedule parameters out of range: {self}")
+            raise OptionError(f"schedule parameters out of range: {self} (the tile must be a multiple of the vector "
+                              "width, the unroll at least 1); fix targets/tuned/<target>.json")
 
 
 def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:

@@ -29,17 +29,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .. import __version__
-from ..artifact import Artifact, ArtifactWriter, Manifest, open_artifact
+from ..artifact import Artifact, ArtifactWriter, Graph, Manifest, TvmBuild, open_artifact
 from ..errors import ArtifactError, OptionError, ToolError
-from ..export.artifact import INITIAL_STATE, report_commit, stage
+from ..weights import check_weights
+from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE, save_params
+from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
+from . import CompileRequest
 from ..targets.tvm import host_triple
 
-LIBRARY = "model.so"
-OBJECTS = "model.tar"  # a target whose final link needs a toolchain this machine lacks (Android NDK)
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 
 
@@ -47,11 +47,7 @@ GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
-    weights: str = "fp32"  # GPU targets: "fp16" stores the GEMV weights in fp16 (summed in fp32)
-
-    def __post_init__(self) -> None:
-        if self.weights not in ("fp32", "fp16"):
-            raise OptionError(f"unknown weights {self.weights!r}; choose fp32 or fp16")
+    weights: str = "fp32"  # the weight format; GPU targets also hold fp16 (GEMV weights fp16, summed in fp32)
 
 
 def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
@@ -61,8 +57,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     if not isinstance(target, (TvmTarget, GpuTarget)):
         raise OptionError(f"{target.name} is a {target.kind} target; compile_tvm takes TVM targets")
     gpu = isinstance(target, GpuTarget)
-    if not gpu and options.weights != "fp32":
-        raise OptionError(f"--weights {options.weights} is for GPU targets; {target.name} computes in fp32")
+    check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
     source = Path(source)
@@ -76,7 +71,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
         bundle = writer.dir
         if gpu:
-            from .gpu import PARAMS, build_gpu, save_params
+            from .gpu import build_gpu
 
             with _without_gather_warnings():
                 executable, counts, params = build_gpu(mod, target, options.weights, bundle, log)
@@ -95,8 +90,18 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
     if gpu:
-        log(f"built, not executed: {manifest.target['executed']}")
+        log(f"built, not executed: {manifest.target.executed}")
     return manifest
+
+
+def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, request: CompileRequest,
+                   log: Callable[[str], None] = print) -> Manifest:
+    """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
+    coreml_only = [flag for flag in request.given() if flag not in ("--weights", "--schedules")]
+    if coreml_only:
+        raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
+    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32")
+    return compile_tvm(source, out_dir, options, log)
 
 
 def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
@@ -132,12 +137,13 @@ def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Pat
 
 
 def _check_exportable(manifest: Manifest, directory: Path) -> None:
-    """TVM bundles are fp32 and batch 1: the schedules accumulate in the export's dtype (fp16 GEMV
-    sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack one-row GEMVs."""
-    if manifest.precision != "fp32" or manifest.batch != 1:
-        what = f"precision {manifest.precision}" if manifest.precision != "fp32" else f"batch {manifest.batch}"
+    """TVM bundles compile fp32, batch-1 exports: the schedules accumulate in the export's dtype (fp16
+    GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack one-row
+    GEMVs. (GPU bundles store fp16 weights with --weights fp16, from the fp32 export.)"""
+    if manifest.weights != "fp32" or manifest.batch != 1:
+        what = f"{manifest.weights} weights" if manifest.weights != "fp32" else f"batch {manifest.batch}"
         raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, batch-1 exports "
-                          f"(`rwkv-edge export onnx` without --precision fp16 / --dynamic-batch, or give the checkpoint)")
+                          f"(`rwkv-edge export onnx` without --weights fp16 / --dynamic-batch, or give the checkpoint)")
 
 
 def _import(path: Path, log: Callable[[str], None]):
@@ -232,7 +238,9 @@ def _export(executable, path: Path, linker: Callable | None) -> None:
 
 
 def _copy_extras(onnx: Artifact, bundle: Path) -> None:
-    """The tokenizer's vocabulary file and the trained initial state, where there are any."""
+    """The export's reference rollout (the same model's), the trained initial state where there is
+    one, and the tokenizer's vocabulary file."""
+    shutil.copy2(onnx.path(onnx.manifest.reference), bundle / REFERENCE)
     if onnx.manifest.initial_state:
         shutil.copy2(onnx.path(onnx.manifest.initial_state), bundle / INITIAL_STATE)
     vocabulary = _vocabulary_file(onnx.manifest.tokenizer)
@@ -261,25 +269,22 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
               counts: dict[str, int], params: list | None) -> Manifest:
     import tvm
 
-    target_record: dict[str, Any] = {"name": target.name, "triple": target.triple, "tvm": target.tvm_target(),
-                                     "qemu_cpu": target.qemu_cpu, "linked": library == LIBRARY,
-                                     "schedules": target.schedule_data() if options.schedules else None,
-                                     "kernels": counts, "device": getattr(target, "device", "cpu")}
-    step: dict[str, Any] = {"file": library, "function": "main"}
-    if isinstance(target, GpuTarget):
-        from .gpu import PARAMS, device_files
-
-        target_record.update(arch=target.arch, weights=options.weights, device_code=device_files(target),
-                             executed=_executed(target, library))
-        step.update(params=PARAMS, num_params=len(params))
+    gpu = isinstance(target, GpuTarget)
+    if gpu:
+        from .gpu import device_files
+    build = TvmBuild(target.name, target.triple, target.tvm_target(), linked=library == LIBRARY,
+                     device=target.device if gpu else "cpu", qemu_cpu=target.qemu_cpu,
+                     schedules=target.schedule_data() if options.schedules else None, kernels=counts,
+                     arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
+                     executed=_executed(target, library) if gpu else None)
+    step = Graph(library, function="main", params=PARAMS if gpu else None, num_params=len(params) if gpu else 0)
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
-        config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, precision=onnx_manifest.precision,
+        config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute="fp32",
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
-        graphs={"step": step, "initial_state": {"function": "initial_state"}, "vocab_size": {"function": "vocab_size"}},
+        graphs={"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")},
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
-        initial_state=INITIAL_STATE if onnx_manifest.initial_state else None,
-        target=target_record,
+        initial_state=INITIAL_STATE if onnx_manifest.initial_state else None, reference=REFERENCE, target=build,
     )
 
 

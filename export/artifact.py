@@ -1,4 +1,5 @@
-"""What every artifact builder shares: the source checkpoint, its initial state, timed stages."""
+"""What every artifact builder shares: the source checkpoint, its initial state, the reference
+rollout every artifact carries, timed stages."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import numpy as np
 import torch
 
 from ..artifact import MANIFEST, Manifest
+from ..artifact.reference import Reference
 from ..model import ARCHITECTURES, RWKVModel, load_checkpoint, state_to_named
-from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 
-INITIAL_STATE = "initial_state.npz"
+ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
+# The rollout's text where the artifact's tokenizer is bundled: activations of real input.
+ROLLOUT_TEXT = (
+    "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.path = path\n\n"
+    "    def read(self):\n        with open(self.path) as f:\n            return f.read()\n"
+)
 
 
 def load_source(checkpoint: Path, log: Callable[[str], None], dtype: torch.dtype = torch.float32,
@@ -34,6 +41,35 @@ def save_initial_state(model: RWKVModel, path: Path) -> bool:
     with open(path, "wb") as f:
         np.savez(f, **state)
     return True
+
+
+def build_reference(model: RWKVModel, tokenizer: str) -> Reference:
+    """What the model computes (fp32) over ROLLOUT_STEPS tokens of ROLLOUT_TEXT, feeding back its own
+    state, and greedily from a prompt of its first GREEDY_PROMPT: the artifact's reference rollout."""
+    tokens = rollout_tokens(tokenizer, model.config.vocab_size, ROLLOUT_STEPS)
+    with torch.inference_mode():
+        state, logits = model.init_state(), []
+        for token in tokens:
+            out, state = model.step(token, state)
+            logits.append(out)
+        final = {k: v.numpy() for k, v in state_to_named(state, prefix="state_out").items()}
+        prompt = tokens[:GREEDY_PROMPT]
+        out, state = model.forward(prompt)
+        greedy = []
+        for i in range(GREEDY_TOKENS):
+            greedy.append(int(out[-1].argmax()))
+            if i + 1 < GREEDY_TOKENS:
+                out, state = model.forward([greedy[-1]], state)
+    return Reference(np.asarray(tokens, np.int64), torch.stack(logits).numpy(), final,
+                     np.asarray(prompt, np.int64), np.asarray(greedy, np.int64))
+
+
+def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:
+    """``n`` tokens of ROLLOUT_TEXT (repeated) where the tokenizer is bundled, else seeded random ids."""
+    if tokenizer in ("bytes", "world"):
+        ids = load_tokenizer(tokenizer).encode(ROLLOUT_TEXT)
+        return (ids * (n // len(ids) + 1))[:n]
+    return np.random.default_rng(0).integers(0, vocab_size, n).tolist()
 
 
 def tokenizer_name(model: RWKVModel) -> str:

@@ -20,28 +20,29 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..artifact import ArtifactWriter, Manifest
+from ..artifact import ArtifactWriter, Graph, Manifest
 from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
+from ..weights import check_weights
 from ..model import RWKVModel
-from .artifact import INITIAL_STATE, load_source, report_commit, save_initial_state, stage, tokenizer_name
+from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
+from .artifact import build_reference, load_source, report_commit, save_initial_state, stage, tokenizer_name
 from .graph import ContractGraph
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16}  # the formats an export holds; it computes in them
 EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph itself
 
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    precision: str = "fp32"  # weights and compute; the state stays fp32 at the interface
+    weights: str = "fp32"  # the weight format, also the compute precision; the state stays fp32 at the interface
     prefill_chunk: int = 16  # tokens per prefill call; 0: no prefill graph
     prefill_all_logits: bool = False  # prefill returns (B, T, V) instead of the last position
     dynamic_batch: bool = False  # a symbolic batch axis instead of batch 1
     opset: int = 18
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        check_weights(self.weights, tuple(WEIGHTS), "an ONNX export")
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         if self.opset < 18:
@@ -53,11 +54,14 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint = Path(checkpoint)
     with ArtifactWriter(out_dir, log) as writer:
-        model, sha = load_source(checkpoint, log, PRECISIONS[options.precision], f", {options.precision}")
+        model, sha = load_source(checkpoint, log, note=f", {options.weights} weights and compute")
+        with stage(log, "reference rollout (fp32)"):
+            build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
+        model = model.to(WEIGHTS[options.weights])
         manifest = _manifest(model, checkpoint, sha, options)
-        graphs = {"step": (ContractGraph(model), "model.onnx")}
+        graphs = {"step": (ContractGraph(model), STEP_ONNX)}
         if options.prefill_chunk:
-            graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), "prefill.onnx")
+            graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), PREFILL_ONNX)
         for role, (graph, name) in graphs.items():
             _export_graph(graph, writer.dir / name, manifest, options, log, role)
         if save_initial_state(model, writer.dir / INITIAL_STATE):
@@ -70,16 +74,15 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
     import onnx
     import onnxscript
 
-    graphs = {"step": {"file": "model.onnx"}}
+    graphs = {"step": Graph(STEP_ONNX)}
     if options.prefill_chunk:
-        graphs["prefill"] = {"file": "prefill.onnx", "chunk": options.prefill_chunk,
-                             "all_logits": options.prefill_all_logits}
+        graphs["prefill"] = Graph(PREFILL_ONNX, chunk=options.prefill_chunk, all_logits=options.prefill_all_logits)
     return Manifest(
         kind="onnx", contract_version=CONTRACT_VERSION, architecture=model.version,
-        config=model.describe(), tokenizer=tokenizer_name(model), precision=options.precision,
+        config=model.describe(), tokenizer=tokenizer_name(model), weights=options.weights, compute=options.weights,
         batch="dynamic" if options.dynamic_batch else 1,
         state=model.state_spec(),
-        source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs,
+        source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                "onnxscript": onnxscript.__version__, "opset": str(options.opset)},
     )
@@ -119,7 +122,8 @@ def _metadata(manifest: Manifest, role: str) -> dict[str, str]:
         "rwkv_edge.architecture": manifest.architecture,
         "rwkv_edge.config": json.dumps(manifest.config),
         "rwkv_edge.tokenizer": manifest.tokenizer,
-        "rwkv_edge.precision": manifest.precision,
+        "rwkv_edge.weights": manifest.weights,
+        "rwkv_edge.compute": manifest.compute,
         "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
         "rwkv_edge.tools": json.dumps(manifest.tools),
     }

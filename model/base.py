@@ -90,7 +90,8 @@ class RWKVModel(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # _weight skips the random init, which on the meta device imports torch._dynamo (1.2 s)
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd))
         self.ln_out = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UnknownArchitectureError
 from .checkpoint import StateDict
 
 VERSIONS = ("v4", "v5", "v6", "v7")
@@ -28,7 +29,7 @@ def make_checkpoint(
 ) -> StateDict:
     """A random checkpoint of ``version`` (v4, v5, v6 or v7); ``time_state`` adds v5/v6 initial states."""
     if version not in VERSIONS:
-        raise ValueError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
+        raise UnknownArchitectureError(f"unknown version {version!r}; expected one of {', '.join(VERSIONS)}")
     g = torch.Generator().manual_seed(seed)
     r = _Draw(g)
     C, H, N = n_embd, n_embd // head_size, head_size

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import StateError, TokenError
-from ..model import RWKVModel, StateTensor, state_from_named, state_to_named
+from ..contract import StateTensor
 
 NamedState = dict[str, np.ndarray]  # contract input names ("state.3.wkv") -> fp32 arrays
 
@@ -50,8 +50,8 @@ def check_named_state(state: NamedState, spec: list[StateTensor]) -> None:
 
 
 def prefill_in_chunks(backend, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-    """Whole chunks through ``backend.run_prefill_chunk``, the remainder through ``backend.step``:
-    (logits (V,) after the last token, state)."""
+    """Whole chunks through ``backend.run_prefill_chunk``, the remainder (all of it where ``chunk``
+    is 0) through ``backend.step``: (logits (V,) after the last token, state)."""
     check_token_ids(tokens, backend.vocab_size)
     logits = None
     n_chunks = len(tokens) // backend.chunk if backend.chunk else 0
@@ -65,14 +65,20 @@ def prefill_in_chunks(backend, tokens: list[int], state: NamedState) -> tuple[np
 
 
 class Backend(Protocol):
-    """One compiled or eager model behind the step contract."""
+    """One compiled or eager model behind the step contract. Every backend implements all of it:
+    ``step`` and ``prefill`` are pure (the caller's state is never modified, and a returned state
+    never shares memory with one passed in), and both refuse bad token ids (TokenError) and states
+    (StateError) before anything runs."""
 
     name: str
-    vocab_size: int
+    vocab_size: int  # the range of token ids, [0, vocab_size), as the graph itself says
+    chunk: int  # tokens per call of ``run_prefill_chunk``; 0 where there is no prefill graph
 
     def state_spec(self) -> list[StateTensor]: ...
 
-    def init_state(self) -> NamedState: ...
+    def init_state(self) -> NamedState:
+        """The state before the first token (a fresh copy)."""
+        ...
 
     def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
         """(token, state) -> (logits (V,) fp32, next state under the input names)."""
@@ -82,87 +88,14 @@ class Backend(Protocol):
         """Feed several tokens; return the logits after the last one and the state."""
         ...
 
+    def run_prefill_chunk(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        """One call of the prefill graph: exactly ``chunk`` tokens; logits (V,) or (T, V), and the state."""
+        ...
 
-class TorchBackend:
-    """The PyTorch model itself: the reference every other backend is compared with.
-
-    On ``device`` "cpu" (the default) arrays cross as numpy. On a GPU (``"cuda"``) the model is moved
-    there once; the logits come back as numpy, as from every backend, and the state stays there as
-    ``TorchDeviceTensor`` values (numpy on demand) that the next step takes without a copy; ``sync()``
-    waits for the GPU."""
-
-    name = "torch"
-
-    def __init__(self, model: RWKVModel, device: str = "cpu") -> None:
-        self.device = device
-        self.model = model if device == "cpu" else model.to(device)
-        self.vocab_size = model.config.vocab_size
-
-    def state_spec(self) -> list[StateTensor]:
-        return self.model.state_spec()
-
-    def init_state(self) -> NamedState:
-        return _to_numpy(self.model.init_state())
-
-    def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
-        return self.prefill([token], state)
-
-    def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-        import torch
-
-        check_token_ids(tokens, self.vocab_size)
-        check_named_state(state, self.state_spec())
-        if self.device == "cpu":
-            named = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
-            with torch.inference_mode():
-                logits, new_state = self.model.forward(tokens, state_from_named(named, self.state_spec()))
-            return logits[-1].numpy(), _to_numpy(new_state)
-        named = {k: self._on_device(v) for k, v in state.items()}
-        with torch.inference_mode():
-            logits, new_state = self.model.forward(torch.tensor(tokens, dtype=torch.long, device=self.device),
-                                                   state_from_named(named, self.state_spec()))
-        return logits[-1].cpu().numpy(), {k: TorchDeviceTensor(v) for k, v in state_to_named(new_state).items()}
-
-    def sync(self) -> None:
-        """Wait until the device has finished the steps queued so far (call it after a timed step)."""
-        if self.device != "cpu":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-    def _on_device(self, value):
-        """A state value as an fp32 tensor on this backend's device: one it returned as is, anything else copied."""
-        import torch
-
-        if isinstance(value, TorchDeviceTensor) and value.tensor.device.type == torch.device(self.device).type:
-            return value.tensor
-        return torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
+    def close(self) -> None:
+        """Release what the backend holds (a remote session serves one client at a time)."""
+        ...
 
 
-class TorchDeviceTensor:
-    """A state tensor of TorchBackend left on its device between steps: ``shape`` and ``dtype`` like
-    numpy's, and a copy to the host where numpy is asked for (``np.asarray``)."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor) -> None:
-        self.tensor = tensor
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(str(self.tensor.dtype).removeprefix("torch."))
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self.tensor.detach().cpu().numpy()
-        return array if dtype is None else array.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"TorchDeviceTensor({self.shape}, {self.dtype}, {self.tensor.device})"
-
-
-def _to_numpy(state) -> NamedState:
-    return {k: v.numpy() for k, v in state_to_named(state).items()}
+def no_prefill_graph(backend: Backend) -> StateError:
+    return StateError(f"{backend.name}: this artifact has no prefill graph (prefill runs one step per token)")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact, Manifest, open_artifact
+from ..artifact import Artifact, open_artifact
 from ..errors import ArtifactError, OptionError, StateError
-from ..model import StateTensor
+from ..contract import StateTensor
 from ..targets.coreml import coreml_name, import_coremltools, quiet_coremltools
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 
@@ -54,11 +54,11 @@ class CoreMLBackend:
         self.artifact, self.directory, self.manifest = artifact, artifact.directory, artifact.manifest
         self.name = f"coreml-{self.executor}"
         self.spec = self.manifest.state
-        self.stateful = self.manifest.target["form"] == "stateful"
+        self.stateful = self.manifest.target.form == "stateful"
         graphs = self.manifest.graphs
-        self.step_function = graphs["step"]["function"]
-        self.prefill_function = graphs["prefill"]["function"] if "prefill" in graphs else None
-        self.chunk = graphs["prefill"]["chunk"] if "prefill" in graphs else 0
+        self.step_function = graphs["step"].function
+        self.prefill_function = graphs["prefill"].function if "prefill" in graphs else None
+        self.chunk = graphs["prefill"].chunk if "prefill" in graphs else 0
         self.package = artifact.graph("step")
         self.vocab_size = _vocabulary(self.package, self.step_function, self.manifest.vocab_size)
         self._initial = artifact.initial_state()
@@ -66,6 +66,9 @@ class CoreMLBackend:
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
+
+    def close(self) -> None:
+        pass
 
     def init_state(self) -> NamedState:
         state = {k: v.copy() for k, v in self._initial.items()}
@@ -119,7 +122,7 @@ class CoreMLBackend:
             raise OptionError("Core ML predict runs on macOS only; on this OS use the reference evaluation "
                               "(executor 'mil'), which `rwkv-edge verify` picks by default")
         ct = import_coremltools()
-        units = getattr(ct.ComputeUnit, self.manifest.target["compute_units"])
+        units = getattr(ct.ComputeUnit, self.manifest.target.compute_units)
         models: dict = {}
 
         def model(function: str):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -24,33 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, OptionError, PlatformError, ToolError
+from ..platforms import EMULATIONS, INSTALL_SCRIPT, arm_root, emulation, host_arch
 from ..artifact import open_artifact
+from ..artifact.files import LIBRARY
 from .backend import NamedState, check_named_state, check_token_ids
 
 SOURCES = Path(__file__).parent / "cpp"
 RUNNER = "rwkv-edge-runner"
-LIBRARY = "model.so"  # the bundle's compiled step, linked for its target
 STAMP = "sources.sha256"  # written last into a finished build directory
-INSTALL_SCRIPT = "scripts/install-arm-tools.sh"
 ARCHES = ("x86_64", "aarch64")  # target-triple spelling
-
-
-@dataclass(frozen=True)
-class Emulation:
-    """How an x86-64 host builds and runs code of another architecture."""
-
-    compiler: str  # the cross C++ compiler
-    compiler_package: str  # the Debian package that installs it
-    toolchain_file: str  # CMake toolchain file in runtime/cpp
-    qemu: str  # the user-mode emulator
-    qemu_package: str
-    sysroot: str  # the target's libc, installed with the cross compiler: qemu's -L
-
-
-EMULATION: dict[tuple[str, str], Emulation] = {  # (host, bundle architecture) -> tools
-    ("x86_64", "aarch64"): Emulation("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "aarch64-linux-gnu.cmake",
-                                     "qemu-aarch64-static", "qemu-user-static", "/usr/aarch64-linux-gnu"),
-}
 
 
 @dataclass(frozen=True)
@@ -65,17 +46,6 @@ class RunnerResult:
     stdout: str  # the runner's per-step lines and summary
 
 
-def host_arch() -> str:
-    """This machine's architecture in target-triple spelling (``x86_64``, ``aarch64``)."""
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-
-
-def arm_root() -> Path:
-    """Where ``scripts/install-arm-tools.sh`` puts the aarch64 libraries: $RWKV_EDGE_ARM_ROOT."""
-    return Path(os.environ.get("RWKV_EDGE_ARM_ROOT") or Path.home() / ".cache" / "rwkv-edge" / "aarch64")
-
-
 def runner_unavailable(arch: str) -> str | None:
     """Why a runner for ``arch`` cannot be built and run on this machine, or None when it can.
 
@@ -83,8 +53,8 @@ def runner_unavailable(arch: str) -> str | None:
     """
     _check_arch(arch)
     host = host_arch()
-    native, emulation = arch == host, EMULATION.get((host, arch))
-    if not native and emulation is None:
+    native, emulated = arch == host, emulation(arch)
+    if not native and emulated is None:
         return f"{arch} code runs neither natively nor under emulation on this {host} machine"
     problems = []
     if shutil.which("cmake") is None:
@@ -92,8 +62,8 @@ def runner_unavailable(arch: str) -> str | None:
     hint = f" (or run {INSTALL_SCRIPT})"
     if native and shutil.which("g++") is None and shutil.which("c++") is None:
         problems.append("no C++ compiler (apt-get install g++)")
-    if emulation is not None:
-        e = emulation
+    if emulated is not None:
+        e = emulated
         if shutil.which(e.compiler) is None:
             problems.append(f"{e.compiler} is not installed (apt-get install {e.compiler_package}){hint}")
         if shutil.which(e.qemu) is None:
@@ -119,11 +89,10 @@ def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
     build_dir = Path(build_dir) if build_dir else _cache_root() / f"runner-{arch}"
     binary = build_dir / RUNNER
     includes, libs = _tvm_dirs(arch)
-    emulation = EMULATION.get((host_arch(), arch))
-    cross = emulation is not None
+    cross = emulation(arch)
     options = [f"-DTVM_INCLUDE_DIRS={includes}", f"-DTVM_LIB_DIRS={';'.join(map(str, libs))}"]
-    if emulation:
-        options.append(f"-DCMAKE_TOOLCHAIN_FILE={SOURCES / emulation.toolchain_file}")
+    if cross:
+        options.append(f"-DCMAKE_TOOLCHAIN_FILE={SOURCES / cross.toolchain_file}")
     key = _build_key(options, libs)
     stamp = build_dir / STAMP
     if binary.is_file() and stamp.is_file() and stamp.read_text().strip() == key:
@@ -157,7 +126,7 @@ def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | Non
     if repeat < 0:
         raise OptionError(f"repeat must be >= 0, got {repeat}")
     check_token_ids(list(tokens), manifest.vocab_size)  # the runner checks them against the library's range too
-    arch, prefix = _launcher(bundle_dir, manifest.target or {}, emulate_cpu)
+    arch, prefix = _launcher(bundle_dir, manifest.target, emulate_cpu)
     if LIBRARY not in manifest.files:
         raise ArtifactError(f"{bundle_dir}: holds no linked {LIBRARY} (files: {', '.join(manifest.files)}); "
                             "link it for the target first")
@@ -245,22 +214,19 @@ def _run_tool(command: list[str], what: str) -> None:
 
 def _launcher(bundle_dir: Path, target: dict, emulate_cpu: str | None) -> tuple[str, list[str]]:
     """(the bundle's architecture, the command prefix that runs its code here: [] or qemu ...)."""
-    triple = target.get("triple")
-    if not triple:
-        raise ArtifactError(f"{bundle_dir}: the manifest names no target triple; recompile with `rwkv-edge compile`")
+    triple = target.triple
     arch, host = triple.split("-")[0], host_arch()
     linux_gnu = triple == f"{arch}-linux-gnu"  # the runner is a glibc program (Android would need the NDK)
     if linux_gnu and arch == host:
         if emulate_cpu:
             raise OptionError(f"{bundle_dir} runs natively on this {host} machine; emulate_cpu applies under qemu only")
         return arch, []
-    emulation = EMULATION.get((host, arch)) if linux_gnu else None
-    if emulation is None:
-        runs = [f"{host}-linux-gnu natively"] + [f"{b}-linux-gnu under qemu" for h, b in EMULATION if h == host]
+    emulated = emulation(arch) if linux_gnu else None
+    if emulated is None:
+        runs = [f"{host}-linux-gnu natively"] + [f"{b}-linux-gnu under qemu" for h, b in EMULATIONS if h == host]
         raise PlatformError(f"{bundle_dir}: compiled for {triple}; this {host} machine runs bundles for "
                             f"{' and '.join(runs)}")
-    cpu = emulate_cpu or target.get("qemu_cpu")
-    return arch, [emulation.qemu, *(["-cpu", cpu] if cpu else []), "-L", emulation.sysroot]
+    return arch, emulated.program(emulate_cpu or target.qemu_cpu)
 
 
 def _runner_env(arch: str) -> dict[str, str]:

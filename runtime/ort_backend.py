@@ -8,7 +8,7 @@ import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
 from ..errors import ArtifactError, StateError, one_line
-from ..model import StateTensor
+from ..contract import StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 
 
@@ -41,12 +41,15 @@ class OrtBackend:
         graphs = self.manifest.graphs
         self.step_session = session("step")
         self.prefill_session = session("prefill") if "prefill" in graphs else None
-        self.chunk = graphs["prefill"]["chunk"] if "prefill" in graphs else 0
+        self.chunk = graphs["prefill"].chunk if "prefill" in graphs else 0
         self.vocab_size = _vocabulary(self.step_session, self.manifest, self.artifact.graph("step"))
         self._initial = self.artifact.initial_state()
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
+
+    def close(self) -> None:
+        pass
 
     def init_state(self) -> NamedState:
         return {k: v.copy() for k, v in self._initial.items()}

@@ -29,19 +29,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RwkvEdgeError, ToolError
-from .native_runner import arm_root
-from .rpc_serve import READY
+from ..errors import OptionError, RwkvEdgeError, ToolError
+from ..platforms import Emulation, emulation, host_arch
+from .rpc_client import check_tracker
+from .rpc_process import READY
 
-SERVE_SCRIPT = Path(__file__).with_name("rpc_serve.py")
-INSTALL_HINT = "run `bash scripts/install-arm-tools.sh` from the rwkv-edge repository (as root, or with sudo)"
+SERVE_SCRIPT = Path(__file__).with_name("rpc_process.py")
 DEFAULT_CPU = "cortex-a53"  # ARMv8.0-A + NEON: the oldest 64-bit core boards still ship
 NATIVE_START_TIMEOUT = 60.0  # measured: 1-5 s on 2 cores
 EMULATED_START_TIMEOUT = 180.0  # measured: 4-5 s on 2 cores; CI may be busier
@@ -51,68 +49,25 @@ class RpcServerError(ToolError):
     """An RPC server or tracker did not start, or stopped early; the message carries its log."""
 
 
-class RpcConnectError(ToolError):
-    """No TVM RPC server answered at an address."""
-
-
 class EmulationUnavailableError(ToolError):
     """Something needed to emulate aarch64 is missing; the message says what installs it."""
 
 
 # --- the aarch64 emulator -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Aarch64Emulator:
-    """qemu-user plus an arm64 Debian root with CPython 3.11 and aarch64 TVM runtime wheels."""
-
-    qemu: Path
-    sysroot: Path  # the -L prefix: /lib/ld-linux-aarch64.so.1, libc, libstdc++, python3.11
-    site: Path  # aarch64 wheels unpacked: tvm/, tvm_ffi/, numpy/, ...
-
-    @property
-    def python(self) -> Path:
-        return self.sysroot / "usr" / "bin" / "python3.11"
-
-    def command(self, cpu: str, *python_args: str) -> list[str]:
-        """argv running the arm64 python with ``python_args`` on the emulated ``cpu``."""
-        return [str(self.qemu), "-cpu", cpu, "-L", str(self.sysroot), str(self.python), *python_args]
-
-    def environ(self, base: dict[str, str]) -> dict[str, str]:
-        """``base`` with the host's Python and loader settings replaced by the emulated ones."""
-        drop = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD_LIBRARY_PATH", "LD_PRELOAD")
-        env = {k: v for k, v in base.items() if k not in drop and not k.startswith("QEMU_")}
-        env["PYTHONPATH"] = str(self.site)
-        return env
-
-
-def find_aarch64_emulator() -> Aarch64Emulator:
-    """The installed emulator, or EmulationUnavailableError saying what is missing and what installs it."""
-    if not sys.platform.startswith("linux"):
-        raise EmulationUnavailableError(
-            f"aarch64 emulation uses qemu-user, which runs on Linux only (this is {sys.platform})"
-        )
-    qemu = shutil.which("qemu-aarch64-static")
-    if qemu is None:
-        raise EmulationUnavailableError(
-            f"qemu-aarch64-static is not on PATH (Debian package qemu-user-static): {INSTALL_HINT}"
-        )
-    root = arm_root()
-    emulator = Aarch64Emulator(Path(qemu), root / "sysroot", root / "site")
-    for stamp, what in (("sysroot.stamp", "the arm64 Debian root with python3.11"),
-                        ("site.stamp", "the aarch64 TVM runtime wheels")):
-        if not (root / stamp).is_file():
-            raise EmulationUnavailableError(f"{what} is missing or incomplete in {root} (no {stamp}): {INSTALL_HINT}")
-    if not emulator.python.is_file() or not (emulator.site / "tvm").is_dir():
-        raise EmulationUnavailableError(f"{root} lacks {emulator.python} or {emulator.site / 'tvm'}: {INSTALL_HINT}")
-    return emulator
+def find_aarch64_emulator() -> Emulation:
+    """The installed aarch64 emulation, or EmulationUnavailableError saying what is missing and what installs it."""
+    why = emulation_unavailable_reason()
+    if why is not None:
+        raise EmulationUnavailableError(why)
+    return emulation("aarch64")
 
 
 def emulation_unavailable_reason() -> str | None:
-    """None when aarch64 code can run here under qemu, else why not (for test skips)."""
-    try:
-        find_aarch64_emulator()
-    except EmulationUnavailableError as err:
-        return str(err)
-    return None
+    """None when aarch64 Python code can run here under qemu, else why not (for test skips)."""
+    emulator = emulation("aarch64")
+    if emulator is None:
+        return f"aarch64 emulation runs on x86-64 hosts; this one is {host_arch()}"
+    return emulator.python_unavailable()
 
 
 # --- starting servers -----------------------------------------------------------------------------
@@ -133,7 +88,7 @@ def serve_command(
     the server then runs as aarch64 under qemu. None runs it in this Python.
     """
     if role not in ("server", "tracker"):
-        raise ValueError(f"role must be 'server' or 'tracker', not {role!r}")
+        raise OptionError(f"role must be 'server' or 'tracker', not {role!r}")
     if tracker is not None and not key:
         raise RpcServerError("a server that registers with a tracker needs a --key naming its kind of device")
     args = [role, "--host", host, "--port", str(port), "--port-end", str(port + 1)]
@@ -141,15 +96,15 @@ def serve_command(
         args += ["--tracker", tracker, "--key", key]
     if silent:
         args.append("--silent")
-    # -s: no user site-packages; -P: the script's folder (runtime/) stays off sys.path, since its
-    # trace.py would shadow the standard library's module.
+    # -s: no user site-packages; -P: the script's folder (runtime/) stays off sys.path, where a
+    # module could shadow one of the standard library's.
     python_args = ["-s", "-P", str(SERVE_SCRIPT), *args]
     env = dict(os.environ if base_env is None else base_env)
     env["TVM_USE_RUNTIME_LIB"] = "1"  # a device runs modules; it does not compile them
     if emulate is None:
         return [sys.executable, *python_args], env
     emulator = find_aarch64_emulator()
-    return emulator.command(emulate, *python_args), emulator.environ(env)
+    return emulator.python_command(emulate, *python_args), emulator.python_environ(env)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -161,7 +116,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextmanager
 def _serving(role: str, host: str, emulate: str | None, timeout: float, **kwargs) -> Iterator[tuple[str, int]]:
-    """Start ``rpc_serve.py role`` on a free port, wait for its ready line, kill it (and its sessions) on exit."""
+    """Start ``rpc_process.py role`` on a free port, wait for its ready line, kill it (and its sessions) on exit."""
     port = free_port(host)
     argv, env = serve_command(role, host, port, emulate=emulate, **kwargs)
     workdir = Path(tempfile.mkdtemp(prefix=f"rwkv-edge-rpc-{role}-"))
@@ -235,7 +190,7 @@ def rpc_server(
         timeout = EMULATED_START_TIMEOUT if emulate else NATIVE_START_TIMEOUT
     tracker_arg = None
     if tracker is not None:
-        _check_tracker(tracker)  # TVM would retry a refused tracker for 60 s, in the server and here
+        check_tracker(tracker)  # TVM would retry a refused tracker for 60 s, in the server and here
         tracker_arg = f"{tracker[0]}:{tracker[1]}"
     start = time.monotonic()
     with _serving("server", host, emulate, timeout, tracker=tracker_arg, key=key) as address:
@@ -249,16 +204,6 @@ def rpc_tracker(host: str = "127.0.0.1", timeout: float = NATIVE_START_TIMEOUT) 
     """Run a TVM RPC tracker (needs ``tornado``) for the ``with`` block; yields (host, port)."""
     with _serving("tracker", host, None, timeout) as address:
         yield address
-
-
-def _check_tracker(tracker: tuple[str, int]) -> None:
-    try:
-        socket.create_connection(tracker, timeout=5).close()
-    except OSError as err:
-        raise RpcConnectError(
-            f"no TVM RPC tracker at {tracker[0]}:{tracker[1]} ({err}); start one with "
-            f"`python -m tvm.exec.rpc_tracker --host {tracker[0]} --port {tracker[1]}`"
-        ) from err
 
 
 def _wait_registered(tracker: tuple[str, int], key: str, port: int, timeout: float) -> None:
@@ -278,80 +223,6 @@ def _wait_registered(tracker: tuple[str, int], key: str, port: int, timeout: flo
             time.sleep(0.1)
     finally:
         session.close()
-
-
-# --- connecting -----------------------------------------------------------------------------------
-def connect(host: str, port: int, key: str = "", *, session_timeout: float = 0, timeout: float = 30.0):
-    """``tvm.rpc.connect`` that cannot hang: RpcConnectError unless a TVM RPC server answers in ``timeout`` s.
-
-    A refused connection fails at once in TVM too (no retries), but a socket that accepts and never
-    answers TVM's handshake (another service, or a TVM server busy with another client: it serves
-    one session at a time) blocks ``tvm.rpc.connect`` forever. ``session_timeout`` is TVM's own:
-    the server ends the session after that many seconds (0: never).
-    """
-    from tvm import rpc  # noqa: PLC0415
-
-    return _within(
-        lambda: rpc.connect(host, port, key, session_timeout=session_timeout), timeout,
-        late=f"{host}:{port} accepted a connection but no TVM RPC handshake came back within {timeout:g} s: "
-             "is it a TVM RPC server, and is another client holding its only session? (A remote module or "
-             "VM still alive holds its session open; tvm's VirtualMachine.get_outputs leaves a reference "
-             "cycle, so drop it and gc.collect().)",
-        failed=f"no TVM RPC server at {host}:{port}",
-        hint=f"start one with `python -m rwkv_edge.runtime.rpc_server --host {host} --port {port}`")
-
-
-def request_from_tracker(host: str, port: int, key: str, *, timeout: float = 30.0):
-    """A session with a device registered under ``key`` at the tracker; RpcConnectError when there is
-    no tracker (TVM itself retries for 60 s) or no such device becomes free within ``timeout`` s."""
-    from tvm import rpc  # noqa: PLC0415
-
-    _check_tracker((host, port))
-    return _within(
-        lambda: rpc.connect_tracker(host, port).request(key, session_timeout=0, max_retry=1), timeout,
-        late=f"the tracker at {host}:{port} gave no free device with key {key!r} within {timeout:g} s",
-        failed=f"the tracker at {host}:{port} could not hand out a device with key {key!r}",
-        hint=f"start a server on the device with `python -m rwkv_edge.runtime.rpc_server --tracker "
-             f"{host}:{port} --key {key}`")
-
-
-def _within(open_session, timeout: float, late: str, failed: str, hint: str):
-    """Run ``open_session()`` in a worker thread; RpcConnectError(late) after ``timeout`` s, or
-    RpcConnectError(failed + TVM's last line + hint) when it raises."""
-    attempt = _ConnectAttempt()
-    worker = threading.Thread(target=attempt.run, args=(open_session,), name="rpc-connect", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    with attempt.lock:
-        if attempt.session is None and attempt.error is None:  # still in TVM's C++ handshake
-            attempt.abandoned = True  # a session that comes later is closed by the worker itself
-            raise RpcConnectError(late)
-    if attempt.error is not None:
-        lines = str(attempt.error).strip().splitlines()
-        raise RpcConnectError(f"{failed} ({lines[-1] if lines else type(attempt.error).__name__}); {hint}") \
-            from attempt.error
-    return attempt.session
-
-
-class _ConnectAttempt:
-    """One session opened in a worker thread; a session that arrives after the caller gave up is dropped."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.abandoned = False
-        self.session = None
-        self.error: Exception | None = None
-
-    def run(self, open_session) -> None:
-        session = error = None
-        try:
-            session = open_session()
-        except Exception as err:  # noqa: BLE001 -- handed to the caller's thread
-            error = err
-        with self.lock:
-            if not self.abandoned:
-                self.session, self.error = session, error
-        # else: `session` dies with this frame, which closes it and frees the server for others
 
 
 # --- command line ---------------------------------------------------------------------------------

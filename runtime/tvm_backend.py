@@ -8,18 +8,18 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
-from ..errors import ArtifactError, OptionError, PlatformError, ToolError, one_line
-from ..model import StateTensor
-from .backend import NamedState, check_named_state, check_token_ids
+from ..artifact.files import CUDA_SOURCE, FATBIN, LIBRARY, load_params
+from ..errors import ArtifactError, PlatformError, ToolError, one_line
+from ..platforms import gpu_unavailable, host_triple
+from ..contract import StateTensor
+from .backend import NamedState, check_named_state, check_token_ids, no_prefill_graph, prefill_in_chunks
+from .rpc_client import Remote, open_session
 
-HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "arm64": "aarch64-linux-gnu"}
-RPC_TIMEOUT_S = 10  # connecting, and each remote call's session
 _PREBUILT_CUDA: dict[str, bytes] = {}  # sha256 of a CUDA bundle's kernels.cu -> its fatbin, for TVM's compile callback
 
 
@@ -40,24 +40,6 @@ class DeviceTensor:
         return array if dtype is None else array.astype(dtype)
 
 
-@dataclass(frozen=True)
-class Remote:
-    """Where a bundle runs instead of here: a TVM RPC server (``host:port``) or a tracker and key."""
-
-    address: str  # "host:port" of the server, or of the tracker when ``key`` is set
-    key: str | None = None
-    timeout_s: float = RPC_TIMEOUT_S
-
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit():
-            raise OptionError(f"expected HOST:PORT, got {self.address!r}")
-        return host, int(port)
-
-    def describe(self) -> str:
-        return f"tracker {self.address}, key {self.key}" if self.key else f"RPC server {self.address}"
-
-
 class TvmBackend:
     """``model.so`` of a bundle made by ``rwkv-edge compile --target <cpu|gpu>``, run by the Relax VM.
 
@@ -71,7 +53,7 @@ class TvmBackend:
         self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, kind="tvm")
         self.directory = self.artifact.directory
         self.manifest: Manifest = self.artifact.manifest
-        self.device_kind = self.manifest.target["device"]
+        self.device_kind = self.manifest.target.device
         self.spec: list[StateTensor] = self.manifest.state
         self.remote = remote
         self._session = None
@@ -132,11 +114,10 @@ class TvmBackend:
 
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
         """The prompt one step at a time (the bundle holds the decode step only)."""
-        check_token_ids(tokens, self.vocab_size)
-        logits = None
-        for token in tokens:
-            logits, state = self.step(token, state)
-        return logits, state
+        return prefill_in_chunks(self, tokens, state)
+
+    def run_prefill_chunk(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        raise no_prefill_graph(self)
 
     def _call(self, function: str, args: list):
         return self._vm[function](*args) if self.remote is None else self._remote_call(function, args)
@@ -161,22 +142,20 @@ class TvmBackend:
         return {t.input_name: v[0] for t, v in zip(self.spec, values)}
 
     def _where(self) -> str:
-        triple = self.manifest.target["triple"]
+        triple = self.manifest.target.triple
         if self.remote is not None:
             return f"{self.remote.describe()} ({triple})"
         if self.device_kind != "cpu":
-            from ..targets.gpu import unavailable_reason
-
-            arch = self.manifest.target.get("arch")
-            why = unavailable_reason(self.device_kind, arch, triple)
+            arch = self.manifest.target.arch
+            why = gpu_unavailable(self.device_kind, arch, triple)
             if why is not None:
-                raise PlatformError(f"{self.directory} ({self.manifest.target['name']} bundle, "
+                raise PlatformError(f"{self.directory} ({self.manifest.target.name} bundle, "
                                     f"{self.device_kind}{' ' + arch if arch else ''}): {why}")
             return f"this machine's {self.device_kind} GPU ({triple} host)"
-        here = HOST_TRIPLES.get(platform.machine())
+        here = host_triple()
         if here != triple:
-            raise PlatformError(f"{self.directory} was built for {triple} ({self.manifest.target['name']}); this "
-                                f"machine is {platform.machine()}: run it with --rpc on a {triple} device, or "
+            raise PlatformError(f"{self.directory} was built for {triple} ({self.manifest.target.name}); this "
+                                f"machine is {here}: run it with --rpc on a {triple} device, or "
                                 f"with the C++ runner under qemu (rwkv_edge.runtime.native_runner)")
         return f"this machine ({triple})"
 
@@ -194,7 +173,7 @@ class TvmBackend:
                 return relax.VirtualMachine(module, device), device
             except Exception as e:  # a library that does not load is a broken artifact
                 raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
-        session = connect(self.remote)
+        session = open_session(self.remote)
         try:
             session.upload(str(library))
             module = session.load_module(library.name)
@@ -206,14 +185,14 @@ class TvmBackend:
 
     def _library(self) -> Path:
         """model.so; for Apple bundles the one linked on the Mac from model.tar (docs/tvm-gpu.md)."""
-        name = self.manifest.graphs["step"]["file"]
-        if self.manifest.target["linked"]:
+        name = self.manifest.graphs["step"].file
+        if self.manifest.target.linked:
             return self.artifact.path(name)
-        linked = self.directory / "model.so"  # linked on the Mac beside the bundle: not covered by the manifest
+        linked = self.directory / LIBRARY  # linked on the Mac beside the bundle: not covered by the manifest
         if self.device_kind == "metal" and (linked.is_file() or platform.system() != "Darwin"):
             return linked  # off a Mac, _where says where it runs
         raise PlatformError(f"{self.directory}: holds unlinked objects ({name}); "
-                            f"{self.manifest.target['name']} bundles need their final link first"
+                            f"{self.manifest.target.name} bundles need their final link first"
                             + (" (on the Mac: link model.tar into model.so, docs/tvm-gpu.md)"
                                if self.device_kind == "metal" else ""))
 
@@ -224,19 +203,15 @@ class TvmBackend:
             return
         import tvm_ffi
 
-        from ..compile.gpu import CUDA_SOURCE, FATBIN
-
         _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = self.artifact.path(FATBIN).read_bytes()
         tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
 
     def _load_params(self) -> list:
         """The weights of a GPU bundle, on the device once; CPU bundles carry theirs inside model.so."""
-        name = self.manifest.graphs["step"].get("params")
+        name = self.manifest.graphs["step"].params
         if name is None:
             return []
         import tvm
-
-        from ..compile.gpu import load_params
 
         return [tvm.runtime.tensor(v, self._device) for v in load_params(self.artifact.path(name))]
 
@@ -254,17 +229,6 @@ class TvmBackend:
         self._vm.invoke_stateful(function)
         outputs = self._vm.get_outputs(function)
         return [outputs[i] for i in range(len(outputs))] if hasattr(outputs, "__len__") else outputs
-
-
-def connect(remote: Remote):
-    """An RPC session with the server, or with a device the tracker hands out; RpcConnectError (a
-    ToolError) within ``remote.timeout_s`` when none answers, never a hang."""
-    from .rpc_server import connect as connect_server, request_from_tracker
-
-    host, port = remote.host_port()
-    if remote.key:
-        return request_from_tracker(host, port, remote.key, timeout=remote.timeout_s)
-    return connect_server(host, port, timeout=remote.timeout_s)
 
 
 @contextlib.contextmanager

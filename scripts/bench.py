@@ -32,8 +32,8 @@ from rwkv_edge.errors import RwkvEdgeError
 from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.runtime.bench import (WEIGHTS, BenchOptions, BenchReport, check_output, cuda_arch, default_work_dir,
-                                     run_bench, save_report)
+from rwkv_edge.bench import BenchOptions, BenchReport, check_output, run_bench, save_report
+from rwkv_edge.bench.run import WEIGHTS, cuda_arch, default_work_dir
 
 SHAPES = {  # make_checkpoint's arguments
     "0.1b": {"version": "v7", "n_layer": 12, "n_embd": 768, "vocab_size": 65536, "head_size": 64, "seed": 0},
@@ -162,8 +162,7 @@ def main() -> int:
                 if backends:
                     runs[name, w] = BenchOptions(
                         tuple(backends), args.steps, args.warmup, args.prefill, threads=args.threads,
-                        rebuild=args.rebuild, device=args.device, tvm_target=args.target, tvm_weights=w,
-                        torch_weights=w if args.device != "cpu" else "fp32")
+                        rebuild=args.rebuild, device=args.device, tvm_target=args.target, weights=w)
         if not runs:
             parser.error("nothing to run: onnxruntime runs fp32 exports only (add fp32 to --weights, or another backend)")
         paths = {key: args.json_dir / _report_name(*key, args.device) for key in runs}

@@ -21,16 +21,16 @@ import numpy as np
 from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
 from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.runtime.backend import TorchBackend
+from rwkv_edge.export.artifact import rollout_tokens
 from rwkv_edge.runtime.coreml_backend import CoreMLBackend
-from rwkv_edge.runtime.parity import compare_rollouts
-from rwkv_edge.runtime.verify import rollout_tokens
+from rwkv_edge.runtime.torch_backend import TorchBackend
+from rwkv_edge.verify import compare_rollouts
 
 VARIANTS = {  # name -> compile options (all fp16 compute)
     "explicit fp32 state": CoreMLOptions(prefill_chunk=0),
     "stateful fp16 state": CoreMLOptions(stateful=True, prefill_chunk=0),
-    "explicit, int8 weights": CoreMLOptions(quantize="int8", prefill_chunk=0),
-    "explicit, int4 weights": CoreMLOptions(deployment="iOS18", quantize="int4", prefill_chunk=0),
+    "explicit, int8 weights": CoreMLOptions(weights="int8", prefill_chunk=0),
+    "explicit, int4 weights": CoreMLOptions(deployment="iOS18", weights="int4", prefill_chunk=0),
 }
 
 

@@ -142,9 +142,9 @@ EOF
     export LD_LIBRARY_PATH="$CUDART${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     log "libcudart.so.13: $CUDART (LD_LIBRARY_PATH)"
 fi
-ARCH=$("$VPY" -c 'from rwkv_edge.runtime.cuda import cuda_device_arch; print(cuda_device_arch() or "")')
+ARCH=$("$VPY" -c 'from rwkv_edge.platforms import cuda_device_arch; print(cuda_device_arch() or "")')
 [ -n "$ARCH" ] || die "TVM's CUDA runtime sees no GPU (libcudart.so.13 or the driver's libcuda.so.1 does not load)"
-TARGET=${TARGET:-$("$VPY" -c "from rwkv_edge.runtime.bench import default_cuda_target; print(default_cuda_target('$ARCH'))")}
+TARGET=${TARGET:-$("$VPY" -c "from rwkv_edge.bench.run import default_cuda_target; print(default_cuda_target('$ARCH'))")}
 log "GPU arch $ARCH -> target $TARGET"
 log "plan: verify [${MODELS}] (skip: $SKIP_VERIFY), bench [${BENCH_MODELS}] x [${WEIGHTS}] (skip: $SKIP_BENCH); out $OUT_DIR, JSON $JSON_DIR"
 

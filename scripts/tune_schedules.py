@@ -46,12 +46,13 @@ def main() -> int:
 
     from rwkv_edge.compile.schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
     from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.targets import get_target
+    from rwkv_edge.targets import TvmTarget, get_target
     from rwkv_edge.targets.tvm import TUNED
 
     target = get_target(args.target)
-    if target.kind != "tvm" or not target.runs_here():
-        print(f"{args.target}: only a TVM target that runs on this machine can be timed", file=sys.stderr)
+    if not isinstance(target, TvmTarget) or not target.runs_here():
+        print(f"{args.target}: only a TVM CPU target that runs on this machine can be timed "
+              "(GPU targets use rules, not tuned data)", file=sys.stderr)
         return 2
     artifact = open_artifact(args.onnx_dir, kind="onnx")
     manifest = artifact.manifest

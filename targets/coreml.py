@@ -26,13 +26,14 @@ class CoreMLTarget:
     explicit_deployment: str  # default minimum deployment target of the explicit-state form
     stateful_deployment: str  # ... and of the stateful form (Core ML states need iOS 18 / macOS 15)
     compute_units: str = "ALL"
-    precision: str = "fp16"  # compute precision; the state I/O stays fp32
-    kind: str = "coreml"
+    weight_formats: tuple[str, ...] = ("fp16", "fp32", "int8", "int4")  # the first is the default
+    kind: str = "coreml"  # the compiler family (compile.COMPILERS)
 
     def settings(self) -> dict[str, str]:
         return {"backend": "Core ML (coremltools, from the PyTorch step)", "platform": self.platform,
                 "deployment": f"{self.explicit_deployment} explicit state, {self.stateful_deployment} stateful",
-                "compute units": self.compute_units, "precision": self.precision}
+                "compute units": self.compute_units,
+                "weights": " or ".join(self.weight_formats) + " (fp16 compute, fp32 with fp32 weights; state I/O fp32)"}
 
     def deployment(self, stateful: bool, requested: str | None = None) -> str:
         """The minimum deployment target for a form; OptionError for one that cannot hold it."""

@@ -8,9 +8,10 @@ library. Everything builds on Linux without a GPU; what runs where is recorded i
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..platforms import gpu_unavailable
 
 # Threads and shared memory of one block for the kernels dlight schedules; the WKV rules use one block per head.
 GPU_THREADS = {"cuda": 1024, "metal": 256}
@@ -30,8 +31,8 @@ class GpuTarget:
     cross_compiler: str | None = None  # links model.so; None: the host's cc (or no link at all, see ``linkable``)
     cross_package: str | None = None
     link_note: str | None = None  # how the library is finished where no Linux linker can make it
-    precision: str = "fp32"
-    kind: str = field(default="tvm")
+    weight_formats: tuple[str, ...] = ("fp32", "fp16")  # fp16: the GEMV weights, summed in fp32
+    kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     @property
     def linkable(self) -> bool:
@@ -59,13 +60,13 @@ class GpuTarget:
 
     def runs_here(self) -> bool:
         """Whether this machine can run the bundle: a CUDA GPU new enough, or a Mac for Metal."""
-        return unavailable_reason(self.device, self.arch, self.triple) is None
+        return gpu_unavailable(self.device, self.arch, self.triple) is None
 
     def settings(self) -> dict[str, str]:
         settings = {"backend": "TVM (ONNX -> Relax, GPU schedules)", "description": self.description,
                     "device": f"{self.device} {self.arch}" if self.arch else self.device,
                     "host": f"{self.triple}" + (f" ({self.mcpu})" if self.mcpu else ""),
-                    "precision": f"{self.precision} state and activations; weights fp32 or fp16 (--weights)",
+                    "weights": " or ".join(self.weight_formats) + " (fp32 compute and state)",
                     "device code": "CUDA fatbin (cubin + PTX, nvcc)" if self.device == "cuda"
                                    else "Metal Shading Language source (compiled on the Apple device)",
                     "linker": self.cross_compiler or ("host cc" if self.linkable else "none on Linux: model.tar"),
@@ -73,34 +74,6 @@ class GpuTarget:
         if self.link_note:
             settings["note"] = self.link_note
         return settings
-
-
-def unavailable_reason(device: str, arch: str | None, triple: str) -> str | None:
-    """Why a bundle for ``device``/``arch`` with host ``triple`` cannot run here, or None when it can."""
-    machine = {"x86_64": "x86_64-linux-gnu", "AMD64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
-               "arm64": "arm64-apple-macos" if platform.system() == "Darwin" else "aarch64-linux-gnu"}
-    here = machine.get(platform.machine(), platform.machine())
-    if device == "metal":
-        if platform.system() != "Darwin":
-            return ("a Metal bundle runs on a Mac (Apple GPU): copy it there, link model.tar (docs/tvm-gpu.md) "
-                    "and run rwkv-edge verify on the Mac")
-        if triple != here:
-            return f"the bundle's host code is for {triple}; this Mac is {here}"
-        return None
-    if triple != here:
-        return f"the bundle's host code is for {triple}; this machine is {here}"
-    from ..runtime.cuda import cuda_device_arch
-
-    found = cuda_device_arch()
-    if found is None:
-        return "no CUDA GPU is visible here (a CUDA bundle needs an NVIDIA GPU, its driver and libcudart.so.13)"
-    if arch is not None and _sm(found) < _sm(arch):
-        return f"the bundle is built for {arch}; this GPU is {found}: compile for a target of {found} or older"
-    return None
-
-
-def _sm(arch: str) -> int:
-    return int(arch.removeprefix("sm_").rstrip("a"))
 
 
 _NOTE_APPLE = ("no Mach-O linker on Linux: the bundle holds model.tar (host objects + the Metal library's source); "

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..platforms import host_triple
+
 TUNED = Path(__file__).parent / "tuned"
-HOST_MACHINES = {"x86_64": "x86_64-linux-gnu", "AMD64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
-                 "arm64": "aarch64-linux-gnu"}
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,8 @@ class TvmTarget:
     cross_package: str | None = None  # the Debian package that provides it
     qemu_cpu: str | None = None  # the oldest core of the family, for -cpu under qemu-aarch64
     link_note: str | None = None  # what a final link needs beyond this machine
-    precision: str = "fp32"
-    kind: str = field(default="tvm")
+    weight_formats: tuple[str, ...] = ("fp32",)  # what --weights may be; the step computes in fp32
+    kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     def tvm_target(self) -> dict[str, Any]:
         """The TVM target as a JSON dict (TVM 0.27 takes no CLI strings)."""
@@ -55,7 +54,8 @@ class TvmTarget:
     def settings(self) -> dict[str, str]:
         settings = {"backend": "TVM (ONNX -> Relax, rwkv-edge CPU schedules)", "description": self.description,
                     "triple": self.triple, "cpu": self.mcpu or "native (this machine's)",
-                    "features": ",".join(self.mattr) or "default for the cpu", "precision": self.precision,
+                    "features": ",".join(self.mattr) or "default for the cpu",
+                    "weights": " or ".join(self.weight_formats) + " (fp32 compute and state)",
                     "linker": self.cross_compiler or ("the Android NDK's clang ($TVM_NDK_CC)" if self.link_note
                                                       else "host cc")}
         params = self.schedule_data()["params"]
@@ -66,11 +66,6 @@ class TvmTarget:
         if self.link_note:
             settings["note"] = self.link_note
         return settings
-
-
-def host_triple() -> str | None:
-    """This machine's LLVM triple (Linux), None for a machine no target is built for."""
-    return HOST_MACHINES.get(platform.machine())
 
 
 def host_cpu() -> str:

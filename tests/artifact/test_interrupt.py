@@ -17,7 +17,7 @@ import pytest
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT, load_checkpoint
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.verify import verify_artifact
 
 
 def quiet(_: str) -> None:

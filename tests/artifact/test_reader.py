@@ -15,7 +15,7 @@ import pytest
 from rwkv_edge.artifact import MANIFEST, open_artifact
 from rwkv_edge.errors import ArtifactError, StateError, TokenError
 from rwkv_edge.runtime.ort_backend import OrtBackend
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.verify import verify_artifact
 
 
 def quiet(_: str) -> None:
@@ -57,7 +57,7 @@ def test_unreadable_manifests(onnx_copy, text, message):
     (lambda d: d["files"].update({"/etc/passwd": {"sha256": "0" * 64, "bytes": 1}}), "not a relative path inside"),
     (lambda d: d["files"]["model.onnx"].update(sha256="xyz"), "not a sha256 hex digest"),
     (lambda d: d.pop("schema"), "written by another version of rwkv-edge"),
-    (lambda d: d.update(contract_version="2.0"), "step contract 2.0; this rwkv-edge runs contract 1.0"),
+    (lambda d: d.update(contract_version="2.0"), "step contract 2.0; this rwkv-edge runs contract 1.1"),
     (lambda d: d.update(kind="wasm"), "unknown artifact kind 'wasm'"),
     (lambda d: d.update(architecture="v9"), "unknown architecture 'v9'"),
     (lambda d: d.update(surprise=1), "unknown field 'surprise'"),

@@ -24,16 +24,16 @@ def quiet(_: str) -> None:
 def manifest(**changes) -> Manifest:
     """A valid manifest of a one-layer ONNX artifact (the writer never looks inside the files)."""
     fields = dict(kind="onnx", contract_version=CONTRACT_VERSION, architecture="v7",
-                  config={"vocab_size": 16, "n_layer": 1, "n_embd": 4}, tokenizer="bytes", precision="fp32", batch=1,
+                  config={"vocab_size": 16, "n_layer": 1, "n_embd": 4}, tokenizer="bytes", weights="fp32", compute="fp32", batch=1,
                   state=[StateTensor(0, "att_shift", (4,))], source={"checkpoint": "/x.pth", "sha256": "0" * 64},
-                  graphs={"step": {"file": "model.onnx"}}, tools={})
+                  graphs={"step": {"file": "model.onnx"}}, tools={}, reference="reference.npz")
     return Manifest(**{**fields, **changes})
 
 
 def build(out: Path, files: dict[str, bytes], **changes) -> str:
-    """Write an artifact holding ``files`` to ``out``; returns its manifest sha256."""
+    """Write an artifact holding ``files`` (and a reference.npz) to ``out``; returns its manifest sha256."""
     with ArtifactWriter(out, quiet) as writer:
-        for name, data in files.items():
+        for name, data in {"reference.npz": b"r", **files}.items():
             (writer.dir / name).parent.mkdir(parents=True, exist_ok=True)
             (writer.dir / name).write_bytes(data)
         return writer.commit(manifest(**changes))
@@ -71,8 +71,8 @@ def test_a_rebuild_replaces_the_artifact_and_its_reports_and_leaves_nothing_else
     build(out, {"model.onnx": b"old", "extra.bin": b"old"})
     (out / "parity.json").write_text("{}")
     sha = build(out, {"model.onnx": b"new"})
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
-    assert open_artifact(out, expect_sha256=sha).manifest.files.keys() == {"model.onnx"}
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx", "reference.npz"]
+    assert open_artifact(out, expect_sha256=sha).manifest.files.keys() == {"model.onnx", "reference.npz"}
     assert (out / "model.onnx").read_bytes() == b"new" and siblings(out) == []
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~writer_module.current_umask())
     assert user_data_intact(tree)
@@ -144,7 +144,7 @@ def test_an_artifact_of_an_older_rwkv_edge_is_replaced(tree):
     (out / ".export-ab12cd34").mkdir()  # 0.1's temporary directory, left by a killed export
     (out / ".export-ab12cd34" / "model.onnx").write_bytes(b"half")
     build(out, {"model.onnx": b"new"})
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx", "reference.npz"]
 
 
 def test_a_failed_build_keeps_the_previous_artifact_and_no_temporary_files(tree):
@@ -180,6 +180,7 @@ def test_a_second_writer_to_the_same_directory_fails_at_once(tree):
         with pytest.raises(ArtifactError, match="another rwkv-edge run is writing"):
             ArtifactWriter(out, quiet).__enter__()
         (first.dir / "model.onnx").write_bytes(b"first")
+        (first.dir / "reference.npz").write_bytes(b"r")
         first.commit(manifest())
     build(out, {"model.onnx": b"second"})  # the lock is gone with the first writer
     assert (out / "model.onnx").read_bytes() == b"second"
@@ -190,6 +191,7 @@ def test_files_appearing_during_a_build_stop_the_swap(tree):
     build(out, {"model.onnx": b"old"})
     with pytest.raises(ArtifactError, match="not part of its rwkv-edge artifact"), ArtifactWriter(out, quiet) as writer:
         (writer.dir / "model.onnx").write_bytes(b"new")
+        (writer.dir / "reference.npz").write_bytes(b"r")
         (out / "late.txt").write_text("a user's file, saved meanwhile")
         writer.commit(manifest())
     assert (out / "model.onnx").read_bytes() == b"old" and (out / "late.txt").exists()
@@ -247,7 +249,7 @@ def test_the_output_may_be_a_symlink_to_a_directory(tree):
 def test_the_manifest_written_is_what_readers_accept(tree):
     out = tree / "work" / "out"
     build(out, {"model.onnx": b"x", "sub/part.bin": b"y"})
-    assert read_manifest(out).files.keys() == {"model.onnx", "sub/part.bin"}
+    assert read_manifest(out).files.keys() == {"model.onnx", "sub/part.bin", "reference.npz"}
     with pytest.raises(ArtifactError):  # an invalid manifest never replaces anything
         build(out, {"model.onnx": b"z"}, graphs={"step": {"file": "absent.onnx"}})
     assert (out / "model.onnx").read_bytes() == b"x"

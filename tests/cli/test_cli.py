@@ -112,7 +112,7 @@ def test_export_verify_and_trace_on_onnxruntime(make_ckpt, tmp_path, cli):
     code, text, _ = cli("export", "onnx", str(ckpt), "-o", str(out), "--prefill-chunk", "4")
     assert code == 0 and "step:" in text and "nodes" in text and "wrote model.onnx, prefill.onnx" in text
     code, text, _ = cli("verify", str(out), "--steps", "16", "--greedy-tokens", "8")
-    assert code == 0 and "\nPASS  onnxruntime vs torch, fp32, 16/16 steps" in text
+    assert code == 0 and "\nPASS  onnxruntime vs torch (recorded at build), fp32, 16/16 steps" in text
     traces = {}
     for backend in ("torch", "onnxruntime"):
         traces[backend] = tmp_path / f"{backend}.npz"
@@ -146,8 +146,11 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["compile", "--target", "pixel-9", "-o", "out"], "unknown target 'pixel-9'; valid targets: aarch64-linux, "
          "android-arm64, apple-m-metal, cuda-sm80, cuda-sm89, cuda-sm90, ios-coreml, ios-metal, jetson-orin, "
          "macos-coreml, raspberry-pi-4, raspberry-pi-5, x86_64-host"),
-        (["compile", "--target", "x86_64-host", "--quantize", "int8", "-o", "out"],
-         "x86_64-host is a TVM target: --quantize applies to Core ML targets only"),
+        (["compile", "--target", "x86_64-host", "--stateful", "-o", "out"],
+         "x86_64-host is a TVM target: --stateful applies to Core ML targets only"),
+        (["compile", "--target", "x86_64-host", "--weights", "int8", "-o", "out"],
+         "a x86_64-host bundle holds fp32 weights, not int8"),
+        (["export", "onnx", "-o", "out", "--weights", "int4"], "an ONNX export holds fp32 or fp16 weights, not int4"),
         (["trace", "--backend", "tvm", "--tokens", "1", "--out", "t.npz"], "--backend tvm needs a bundle"),
         (["verify", ".", "--tracker", "127.0.0.1:9190"], "--tracker needs --key"),
         (["compile", "--target", "ios-coreml", "--stateful", "--deployment", "iOS17", "-o", "out"],
@@ -173,11 +176,11 @@ def test_the_opset_range_is_onnx_s():
 def test_cli_choices_match_the_library():
     from rwkv_edge.cli.main import build_parser
     from rwkv_edge.model.tokenizer import TOKENIZER_NAMES
-    from rwkv_edge.runtime.open import BACKENDS
+    from rwkv_edge.runtime.registry import BACKENDS
 
     sub = build_parser()._subparsers._group_actions[0].choices
     choices = {a.dest: tuple(a.choices) for a in sub["generate"]._actions if a.choices}
-    assert choices == {"tokenizer": TOKENIZER_NAMES, "backend": BACKENDS}
+    assert choices == {"tokenizer": TOKENIZER_NAMES, "backend": tuple(BACKENDS)}
 
 
 def test_compile_coreml_verify_and_trace(tmp_path, cli):
@@ -185,7 +188,7 @@ def test_compile_coreml_verify_and_trace(tmp_path, cli):
     code, printed, _ = cli("compile", "--target", "ios-coreml", "-o", str(out))
     assert code == 0 and "target: platform iOS, deployment iOS17" in printed and (out / "model.mlpackage").is_dir()
     code, printed, _ = cli("verify", str(out / "model.mlpackage"), "--steps", "16", "--greedy-tokens", "16")
-    assert code == 0 and "spec check: passed" in printed and "\nPASS  coreml-mil vs torch, fp16" in printed
+    assert code == 0 and "spec check: passed" in printed and "\nPASS  coreml-mil vs torch (recorded at build), fp16" in printed
     code, _, _ = cli("trace", str(out), "--backend", "coreml", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
     assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
 
@@ -195,7 +198,7 @@ def test_compile_tvm_verify_and_trace(tmp_path, cli, onnx_export):
     code, printed, _ = cli("compile", str(onnx_export("v7") / "model.onnx"), "--target", "x86_64-host", "-o", str(out))
     assert code == 0 and "target x86_64-host: {'kind': 'llvm'" in printed and "gemv kernels" in printed
     code, printed, _ = cli("verify", str(out), "--steps", "16", "--greedy-tokens", "16")
-    assert code == 0 and "\nPASS  tvm vs torch, fp32" in printed and "Relax VM on this machine" in (out / "parity.json").read_text()
+    assert code == 0 and "\nPASS  tvm vs torch (recorded at build), fp32" in printed and "Relax VM on this machine" in (out / "parity.json").read_text()
     code, _, _ = cli("trace", str(out), "--backend", "tvm", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
     assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
     code, _, err = cli("verify", str(out), "--rpc", "127.0.0.1:1")

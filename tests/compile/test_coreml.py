@@ -15,21 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_edge.compile.coreml import PACKAGE, CoreMLOptions, compile_coreml
+from rwkv_edge.artifact.files import PACKAGE
+from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
 from rwkv_edge.errors import ArtifactError, OptionError, UnknownArchitectureError, UnknownTargetError
 from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime.coreml_backend import CoreMLBackend
 from rwkv_edge.runtime.coreml_mil import MilProgram
-from rwkv_edge.runtime.coreml_spec import check_spec
-from rwkv_edge.runtime.parity import compare_rollouts
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.verify.coreml_spec import check_spec
+from rwkv_edge.verify.report import compare_rollouts
+from rwkv_edge.verify import verify_artifact
 from rwkv_edge.targets import TARGETS, CoreMLTarget
 
 CHUNK = 4  # a short prefill function keeps the conversion quick
 FORMS = {  # form -> options; the explicit form in fp32 is held to the fp32 limits (1e-4)
-    "explicit": CoreMLOptions(precision="fp32", prefill_chunk=0),
+    "explicit": CoreMLOptions(weights="fp32", prefill_chunk=0),
     "stateful": CoreMLOptions(stateful=True, prefill_chunk=CHUNK),
 }
 on_macos = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predict runs on macOS only")
@@ -61,7 +62,7 @@ def test_every_version_converts_and_matches_pytorch(version, form, compiled):
     report = verify_artifact(out, steps=24, greedy_tokens=16, log=quiet, executor="mil")
     assert report.passed, report.summary()
     assert report.n_steps == 24
-    assert report.precision == ("fp32" if form == "explicit" else "fp16")
+    assert report.tolerance.name == ("fp32" if form == "explicit" else "fp16")
     assert any("not Apple's runtime" in line for line in report.what_ran)
     assert any(line.startswith("spec check: passed") for line in report.what_ran)
     if form == "stateful":
@@ -93,7 +94,7 @@ def test_spec_check_reports_what_differs(compiled):
     manifest, program = read_manifest(out), MilProgram(out / PACKAGE)
     assert check_spec(manifest, program.spec, program.program).problems == []
     wrong = replace(manifest, config={**manifest.config, "vocab_size": 300},
-                    target={**manifest.target, "deployment": "iOS18"})
+                    target=replace(manifest.target, deployment="iOS18"))
     problems = check_spec(wrong, program.spec, program.program).problems
     assert any("spec version 8, expected 9" in p for p in problems)
     assert any("logits" in p and "300" in p for p in problems)
@@ -117,14 +118,15 @@ def test_reference_evaluation_catches_a_corrupted_weight(compiled, tmp_path, reh
 
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 def test_compressed_weights_on_the_demo_model(quantize, tmp_path):
-    options = CoreMLOptions(quantize=quantize, deployment="iOS18" if quantize == "int4" else None, prefill_chunk=0)
+    options = CoreMLOptions(weights=quantize, deployment="iOS18" if quantize == "int4" else None, prefill_chunk=0)
     compile_coreml(DEMO_CHECKPOINT, tmp_path, options, log=quiet)
     plain = sum(p.stat().st_size for p in (tmp_path / PACKAGE).rglob("*.bin"))
     assert plain < 0.5 * 4 * 1.01e6  # well under the fp32 size of 1.01M parameters
     report = verify_artifact(tmp_path, steps=64, greedy_tokens=0, log=quiet, executor="mil")
     assert report.passed, report.summary()
-    assert report.precision == quantize
-    assert read_manifest(tmp_path).target["quantization"] == quantize
+    assert report.tolerance.name == quantize
+    manifest = read_manifest(tmp_path)
+    assert (manifest.weights, manifest.compute) == (quantize, "fp16")
 
 
 def test_demo_model_fp16_explicit_with_prefill(tmp_path):
@@ -132,14 +134,14 @@ def test_demo_model_fp16_explicit_with_prefill(tmp_path):
     report = verify_artifact(tmp_path / PACKAGE, steps=64, greedy_tokens=64, log=quiet, executor="mil")
     assert report.passed, report.summary()
     assert report.greedy.identical  # greedy identity is reported for fp16; on the demo model it holds
-    assert read_manifest(tmp_path).target["functions"] == ["decode", "prefill"]
+    assert read_manifest(tmp_path).target.functions == ["decode", "prefill"]
 
 
 @pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if isinstance(t, CoreMLTarget)])
 def test_every_coreml_target_compiles(name, make_ckpt, tmp_path):
     compile_coreml(make_ckpt("v7"), tmp_path, CoreMLOptions(target=name, prefill_chunk=0), log=quiet)
     manifest = read_manifest(tmp_path)
-    assert manifest.target["name"] == name and manifest.target["platform"] == TARGETS[name].platform
+    assert manifest.target.name == name and manifest.target.platform == TARGETS[name].platform
     report = verify_artifact(tmp_path, steps=8, greedy_tokens=0, log=quiet, executor="mil")
     assert report.passed, report.summary()
 
@@ -148,9 +150,8 @@ def test_every_coreml_target_compiles(name, make_ckpt, tmp_path):
     (CoreMLOptions(stateful=True, deployment="iOS17"), "--stateful needs Core ML states, available from iOS18"),
     (CoreMLOptions(compute_units="GPU"), "unknown compute units 'GPU'; choose one of ALL, CPU_ONLY"),
     (CoreMLOptions(target="pixel-9"), "unknown target 'pixel-9'; valid targets: "),
-    (CoreMLOptions(quantize="int4"), "int4 weights need iOS 18 / macOS 15; iOS17 is too old"),
-    (CoreMLOptions(quantize="int3"), "unknown quantization 'int3'"),
-    (CoreMLOptions(precision="bf16"), "unknown precision 'bf16'"),
+    (CoreMLOptions(weights="int4"), "int4 weights need iOS 18 / macOS 15; iOS17 is too old"),
+    (CoreMLOptions(weights="int3"), "unknown weight format 'int3'; choose one of fp32, fp16, int8, int4"),
     (CoreMLOptions(target="macos-coreml", deployment="iOS18"), "is not one of macOS13, macOS14, macOS15"),
 ])
 def test_bad_options_are_refused_before_any_work(options, message, tmp_path):

@@ -13,14 +13,16 @@ import subprocess
 import numpy as np
 import pytest
 
-from rwkv_edge.compile.tvm import LIBRARY, OBJECTS, TvmOptions, compile_tvm
+from rwkv_edge.artifact.files import LIBRARY, OBJECTS
+from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
                               UnknownTargetError)
 from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES
-from rwkv_edge.runtime.tvm_backend import Remote, TvmBackend, connect
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.runtime.rpc_client import Remote, open_session
+from rwkv_edge.runtime.tvm_backend import TvmBackend
+from rwkv_edge.verify import verify_artifact
 from rwkv_edge.targets import TARGETS, TvmTarget, get_target
 
 TVM_TARGETS = sorted(name for name, t in TARGETS.items() if isinstance(t, TvmTarget))
@@ -36,8 +38,8 @@ def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bu
     assert report.passed, report.summary()
     assert report.n_steps == 32
     manifest = read_manifest(tvm_bundle(version))
-    assert manifest.kind == "tvm" and manifest.target["name"] == "x86_64-host"
-    kernels = manifest.target["kernels"]
+    assert manifest.kind == "tvm" and manifest.target.name == "x86_64-host"
+    kernels = manifest.target.kernels
     assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
 
 
@@ -63,7 +65,7 @@ def test_schedules_change_the_code_not_the_numbers(onnx_export, tvm_bundle, tmp_
     """The default lowering and the scheduled build agree to float rounding on the same steps."""
     plain = tmp_path / "plain"
     compile_tvm(onnx_export("v7"), plain, TvmOptions(schedules=False), log=quiet)
-    assert read_manifest(plain).target["schedules"] is None
+    assert read_manifest(plain).target.schedules is None
     a, b = TvmBackend(plain), TvmBackend(tvm_bundle("v7"))
     sa, sb = a.init_state(), b.init_state()
     for token in [1, 7, 200, 3, 3, 90]:
@@ -91,7 +93,7 @@ def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
                     "(scripts/install-arm-tools.sh)")
     compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("aarch64-linux"), log=quiet)
     manifest = read_manifest(tmp_path)
-    assert manifest.target["triple"] == "aarch64-linux-gnu" and manifest.target["qemu_cpu"] == "cortex-a53"
+    assert manifest.target.triple == "aarch64-linux-gnu" and manifest.target.qemu_cpu == "cortex-a53"
     text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(tmp_path / LIBRARY)],
                           check=True, capture_output=True, text=True).stdout
     kernels = _kernels(_functions(text, "gemv"))
@@ -107,7 +109,7 @@ def test_android_without_ndk_writes_objects_and_says_so(onnx_export, tmp_path, m
     lines: list[str] = []
     compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("android-arm64"), log=lines.append)
     manifest = read_manifest(tmp_path)
-    assert OBJECTS in manifest.files and manifest.target["linked"] is False
+    assert OBJECTS in manifest.files and manifest.target.linked is False
     assert any("NDK" in line for line in lines)
     with pytest.raises(PlatformError, match="final link"):
         TvmBackend(tmp_path)
@@ -131,7 +133,7 @@ def test_unknown_target_lists_the_tvm_ones(onnx_export, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("option", [OnnxOptions(precision="fp16", prefill_chunk=0),
+@pytest.mark.parametrize("option", [OnnxOptions(weights="fp16", prefill_chunk=0),
                                     OnnxOptions(dynamic_batch=True, prefill_chunk=0)])
 def test_only_fp32_batch_1_exports_compile(option, make_ckpt, tmp_path):
     export_onnx(make_ckpt("v7"), tmp_path / "onnx", option, log=quiet)
@@ -192,7 +194,7 @@ def test_rpc_server_that_is_not_there_fails_fast():
         port = s.getsockname()[1]
     start = time.monotonic()
     with pytest.raises(ToolError, match="no TVM RPC server at"):
-        connect(Remote(f"127.0.0.1:{port}"))
+        open_session(Remote(f"127.0.0.1:{port}"))
     assert time.monotonic() - start < 30
     with pytest.raises(OptionError, match="HOST:PORT"):
         Remote("nonsense").host_port()

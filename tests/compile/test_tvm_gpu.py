@@ -10,15 +10,15 @@ import shutil
 import numpy as np
 import pytest
 
-from rwkv_edge.compile.gpu import CUDA_SOURCE, FATBIN, MSL, PARAMS, PTX, load_params
-from rwkv_edge.compile.tvm import OBJECTS, TvmOptions, compile_tvm
+from rwkv_edge.artifact.files import CUDA_SOURCE, FATBIN, MSL, OBJECTS, PARAMS, PTX, load_params
+from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError, PlatformError, ToolError
 from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES
-from rwkv_edge.runtime.build_check import NOT_EXECUTED_EXIT
-from rwkv_edge.runtime.cuda import cuda_device_arch
+from rwkv_edge.verify.build_check import NOT_EXECUTED_EXIT
+from rwkv_edge.platforms import cuda_device_arch
 from rwkv_edge.runtime.tvm_backend import DeviceTensor, TvmBackend
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.verify import verify_artifact
 from rwkv_edge.targets import TARGETS, GpuTarget
 
 GPU_TARGETS = sorted(name for name, t in TARGETS.items() if isinstance(t, GpuTarget))
@@ -51,19 +51,19 @@ def test_every_gpu_target_builds_every_version(version, target, tvm_bundle, cli)
     directory = tvm_bundle(version, target)
     manifest = read_manifest(directory)
     record = manifest.target
-    assert record["device"] == TARGETS[target].device and record["arch"] == TARGETS[target].arch
-    assert record["executed"].startswith("none of it")
-    assert record["kernels"]["row gemv"] > 0 and record["kernels"].get("gemv kernels", 0) > 0, record["kernels"]
+    assert record.device == TARGETS[target].device and record.arch == TARGETS[target].arch
+    assert record.executed.startswith("none of it")
+    assert record.kernels["row gemv"] > 0 and record.kernels.get("gemv kernels", 0) > 0, record.kernels
     if version != "v4":  # v4's state is per channel; the others carry a (H, N, N) WKV state per layer
-        assert record["kernels"].get("wkv update kernels", 0) > 0, record["kernels"]
-        assert record["kernels"].get("wkv matvec kernels", 0) > 0, record["kernels"]
-    for name in record["device_code"] + [PARAMS, manifest.graphs["step"]["file"]]:
+        assert record.kernels.get("wkv update kernels", 0) > 0, record.kernels
+        assert record.kernels.get("wkv matvec kernels", 0) > 0, record.kernels
+    for name in record.device_code + [PARAMS, manifest.graphs["step"].file]:
         assert name in manifest.files and (directory / name).stat().st_size > 0, name
-    if record["device"] == "metal":
-        assert manifest.graphs["step"]["file"] == OBJECTS  # no Mach-O linker on Linux
+    if record.device == "metal":
+        assert manifest.graphs["step"].file == OBJECTS  # no Mach-O linker on Linux
         assert "kernel void" in (directory / MSL).read_text()
     else:
-        assert ".entry" in (directory / PTX).read_text() and f".target {record['arch']}" in (directory / PTX).read_text()
+        assert ".entry" in (directory / PTX).read_text() and f".target {record.arch}" in (directory / PTX).read_text()
 
     if TARGETS[target].runs_here():
         return  # the GPU is present: the run tests below cover it
@@ -82,7 +82,8 @@ def test_fp16_weights_are_stored_in_fp16(tvm_bundle):
     assert {w.dtype for w in fp32} == {np.dtype(np.float32)}
     halves = [w for w in fp16 if w.dtype == np.float16]
     assert halves and sum(w.nbytes for w in fp16) < 0.6 * sum(w.nbytes for w in fp32)
-    assert read_manifest(tvm_bundle("v7", "cuda-sm80", "fp16")).target["weights"] == "fp16"
+    manifest = read_manifest(tvm_bundle("v7", "cuda-sm80", "fp16"))
+    assert (manifest.weights, manifest.compute) == ("fp16", "fp32")
 
 
 @pytest.mark.parametrize("weights", ["fp32", "fp16"])
@@ -97,7 +98,7 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
     from rwkv_edge.compile.gpu import WEIGHT_DTYPES
     from rwkv_edge.compile.gpu_schedules import gpu_weights
     from rwkv_edge.model import load_model
-    from rwkv_edge.runtime.backend import TorchBackend
+    from rwkv_edge.runtime.torch_backend import TorchBackend
 
     directory = onnx_export("v7")
     mod = from_onnx(onnx.load(str(directory / "model.onnx")), keep_params_in_input=False)
@@ -128,14 +129,14 @@ def test_gpu_bundles_refuse_to_run_without_their_gpu(tvm_bundle):
         TvmBackend(tvm_bundle("v4", "jetson-orin"))
 
 
-def test_weights_option_is_for_gpu_targets(onnx_export, tmp_path, cli):
-    with pytest.raises(OptionError, match="GPU targets"):
+def test_each_target_holds_its_weight_formats(onnx_export, tmp_path, cli):
+    with pytest.raises(OptionError, match="a x86_64-host bundle holds fp32 weights, not fp16"):
         compile_tvm(onnx_export("v4"), tmp_path, TvmOptions("x86_64-host", weights="fp16"), log=quiet)
-    with pytest.raises(OptionError, match="fp32 or fp16"):
-        TvmOptions("cuda-sm90", weights="int8")
+    with pytest.raises(OptionError, match="a cuda-sm90 bundle holds fp32 or fp16 weights, not int8"):
+        compile_tvm(onnx_export("v4"), tmp_path, TvmOptions("cuda-sm90", weights="int8"), log=quiet)
     code, _, err = cli("compile", str(onnx_export("v4")), "--target", "ios-coreml", "--weights", "fp16",
                        "-o", str(tmp_path / "x"))
-    assert code != 0 and "--weights" in err and len(err.strip().splitlines()) == 1
+    assert code != 0 and "Core ML converts from the PyTorch checkpoint" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
 
 
@@ -149,7 +150,7 @@ def test_cuda_without_nvcc_names_the_toolkit(onnx_export, tmp_path, monkeypatch)
 @needs_nvcc
 def test_a_broken_device_code_file_is_reported(tvm_bundle, tmp_path, cli):
     from rwkv_edge.artifact import Artifact
-    from rwkv_edge.runtime.build_check import check_gpu_build
+    from rwkv_edge.verify.build_check import check_gpu_build
 
     directory = tmp_path / "b"
     shutil.copytree(tvm_bundle("v4", "cuda-sm80"), directory)

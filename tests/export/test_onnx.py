@@ -17,7 +17,7 @@ from rwkv_edge.model import ARCHITECTURES, load_model, state_to_named
 from rwkv_edge.model.state import CONTRACT_VERSION
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime.ort_backend import OrtBackend
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.verify import verify_artifact
 
 CONTRACT_DOC = Path(__file__).parents[2] / "docs" / "onnx-contract.md"
 CHUNK = 4  # a short prefill graph keeps the export quick; the demo model's test uses the default
@@ -29,13 +29,13 @@ def quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def exported(version_ckpt, tmp_path_factory):
-    """exported(version, precision) -> artifact directory, exported once per module."""
+    """exported(version, weights) -> artifact directory, exported once per module."""
     done: dict[tuple[str, str], Path] = {}
 
     def get(version: str, precision: str) -> Path:
         if (version, precision) not in done:
             out = tmp_path_factory.mktemp(f"onnx-{version}-{precision}")
-            export_onnx(version_ckpt(version), out, OnnxOptions(precision=precision, prefill_chunk=CHUNK), log=quiet)
+            export_onnx(version_ckpt(version), out, OnnxOptions(weights=precision, prefill_chunk=CHUNK), log=quiet)
             done[version, precision] = out
         return done[version, precision]
 
@@ -50,7 +50,7 @@ def test_export_verifies(version, precision, exported):
     assert report.passed, report.summary()
     assert report.n_steps == 64 and any("prefill graph" in line for line in report.what_ran)
     saved = json.loads((out / "parity.json").read_text())
-    assert saved["passed"] and saved["precision"] == precision
+    assert saved["passed"] and saved["limits"] == precision
     assert (out / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

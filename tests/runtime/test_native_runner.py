@@ -19,10 +19,11 @@ import pytest
 from rwkv_edge.errors import ArtifactError, PlatformError, TokenError, ToolError
 from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import ARCHITECTURES, load_model
-from rwkv_edge.runtime import TorchBackend
+from rwkv_edge.runtime.torch_backend import TorchBackend
 from rwkv_edge.runtime import native_runner
 from rwkv_edge.runtime.native_runner import build_runner, host_arch, run_bundle, runner_unavailable
-from rwkv_edge.runtime.parity import FP32_LOGITS_SCALED_MAX, FP32_STATE_SCALED_MAX, OutputErrors
+from rwkv_edge.verify.report import OutputErrors
+from rwkv_edge.verify.tolerances import FP32
 
 TOKENS = [int(t) for t in np.random.default_rng(7).integers(0, 256, size=20)]  # vocab 256: the synthetic models'
 HOST = host_arch()
@@ -76,18 +77,18 @@ def assert_matches(result: native_runner.RunnerResult, reference) -> None:
     ref_logits, ref_state = reference
     assert result.logits.shape == ref_logits.shape and result.logits.dtype == np.float32
     logits = OutputErrors()
-    for ref, got in zip(ref_logits, result.logits):
-        logits.add(ref, got)
+    for step, (ref, got) in enumerate(zip(ref_logits, result.logits)):
+        logits.add(step, ref, got)
     top1 = np.argmax(result.logits, axis=1) == np.argmax(ref_logits, axis=1)
     assert top1.all(), f"top-1 differs at steps {np.flatnonzero(~top1).tolist()}"
-    assert max(logits.scaled) <= FP32_LOGITS_SCALED_MAX, f"logits max|Δ|/std {max(logits.scaled):.3g}"
+    assert max(logits.scaled) <= FP32.logits_scaled, f"logits max|Δ|/std {max(logits.scaled):.3g}"
     assert result.state.keys() == ref_state.keys()
     state = OutputErrors()
     for name, ref in ref_state.items():
         assert result.state[name].shape == ref.shape, name
-        state.add(ref, result.state[name])
+        state.add(len(ref_logits) - 1, ref, result.state[name])
     worst = int(np.argmax(state.scaled))
-    assert state.scaled[worst] <= FP32_STATE_SCALED_MAX, f"{list(ref_state)[worst]} max|Δ|/std {state.scaled[worst]:.3g}"
+    assert state.scaled[worst] <= FP32.state_scaled, f"{list(ref_state)[worst]} max|Δ|/std {state.scaled[worst]:.3g}"
     print(f"max|Δ|/std logits {max(logits.scaled):.2e} state {max(state.scaled):.2e}; "
           f"median step {np.median(result.step_ms):.3f} ms")
 
@@ -106,7 +107,7 @@ def test_host_runner_matches_pytorch(version, bundle, reference, host_runner):
 @pytest.mark.parametrize("version", list(ARCHITECTURES))
 def test_aarch64_runner_matches_pytorch_under_qemu(version, bundle, reference, arm_runner):
     directory = bundle(version, "aarch64")
-    assert read_manifest(directory).target["qemu_cpu"] == "cortex-a53"
+    assert read_manifest(directory).target.qemu_cpu == "cortex-a53"
     result = run_bundle(directory, TOKENS, runner=arm_runner, log=quiet)
     assert_matches(result, reference(version))
     assert result.command[:3] == ["qemu-aarch64-static", "-cpu", "cortex-a53"]

@@ -14,12 +14,11 @@ import pytest
 import tvm
 from tvm import relax
 
+from rwkv_edge.runtime.rpc_client import RpcConnectError, connect
 from rwkv_edge.runtime.rpc_server import (
     EmulationUnavailableError,
-    RpcConnectError,
     RpcServerError,
     build_parser,
-    connect,
     emulation_unavailable_reason,
     find_aarch64_emulator,
     main,
@@ -158,8 +157,8 @@ def test_emulator_paths_are_the_installed_layout():
     assert emulator.python.is_file()
     assert (emulator.site / "tvm" / "lib" / "libtvm_runtime.so").is_file()
     assert (emulator.site / "tvm_ffi" / "lib" / "libtvm_ffi.so").is_file()
-    argv = emulator.command(CPU, "-c", "pass")
-    assert argv[:3] == [str(emulator.qemu), "-cpu", CPU] and argv[-2:] == ["-c", "pass"]
+    argv = emulator.python_command(CPU, "-c", "pass")
+    assert argv[0].endswith(emulator.qemu) and argv[1:3] == ["-cpu", CPU] and argv[-2:] == ["-c", "pass"]
 
 
 @needs_emulation

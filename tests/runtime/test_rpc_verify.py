@@ -9,8 +9,8 @@ import pytest
 
 from rwkv_edge.errors import ToolError
 from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server, rpc_tracker
-from rwkv_edge.runtime.tvm_backend import Remote
-from rwkv_edge.runtime.verify import verify_artifact
+from rwkv_edge.runtime.rpc_client import Remote
+from rwkv_edge.verify import verify_artifact
 
 
 def quiet(_: str) -> None:

@@ -12,9 +12,12 @@ from rwkv_edge.errors import OptionError
 from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint
-from rwkv_edge.runtime import bench
-from rwkv_edge.runtime.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
-                                     weight_bytes_per_token)
+from pathlib import Path
+
+from rwkv_edge.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
+                             weight_bytes_per_token)
+from rwkv_edge.bench import bound
+from rwkv_edge.bench import run as bench
 
 QUICK = BenchOptions(backends=("torch", "onnxruntime", "tvm"), steps=6, warmup=2, prefill=5, prefill_repeats=2,
                      threads=1, bandwidth_mib=32, bandwidth_repeats=2, onnx_prefill_chunk=0)
@@ -102,15 +105,15 @@ def test_table_names_the_machine_and_every_backend(report):
 
 
 def test_progress_lines_and_cached_export(report, work):
-    assert any(line.startswith("onnxruntime: export onnx -> ") for line in report.log)
+    assert any(line.startswith("onnxruntime: export onnx (prefill chunk 0) -> ") for line in report.log)
     assert any(line.startswith("torch: median ") for line in report.log)
     artifact = report.preparation["onnxruntime"]["artifact"]
     sha = report.model["sha256"]
-    assert bench._cached("onnxruntime", bench.Path(artifact), sha, QUICK)
-    assert not bench._cached("onnxruntime", bench.Path(artifact), sha, BenchOptions(onnx_prefill_chunk=16))
-    assert not bench._cached("onnxruntime", bench.Path(artifact), "0" * 64, QUICK)
-    (bench.Path(artifact) / "model.onnx").write_bytes(b"tampered")
-    assert not bench._cached("onnxruntime", bench.Path(artifact), sha, QUICK)
+    assert bench._cached("onnxruntime", Path(artifact), sha, QUICK)
+    assert not bench._cached("onnxruntime", Path(artifact), sha, BenchOptions(onnx_prefill_chunk=16))
+    assert not bench._cached("onnxruntime", Path(artifact), "0" * 64, QUICK)
+    (Path(artifact) / "model.onnx").write_bytes(b"tampered")
+    assert not bench._cached("onnxruntime", Path(artifact), sha, QUICK)
 
 
 def test_a_backend_that_breaks_is_a_failed_row(tmp_path):
@@ -148,7 +151,7 @@ def test_cli_rejects_zero_steps(cli):
 def _no_cuda_gpu() -> bool:
     import torch
 
-    from rwkv_edge.runtime.cuda import cuda_device_arch
+    from rwkv_edge.platforms import cuda_device_arch
 
     return not torch.cuda.is_available() and cuda_device_arch() is None
 
@@ -170,7 +173,7 @@ def test_bench_script_refuses_cuda_before_writing_a_checkpoint(tmp_path):
     import subprocess
     import sys
 
-    script = bench.Path(__file__).parents[2] / "scripts" / "bench.py"
+    script = Path(__file__).parents[2] / "scripts" / "bench.py"
     proc = subprocess.run([sys.executable, str(script), "--device", "cuda", "--models", "1.5b", "--weights", "fp32,fp16",
                            "--work", str(tmp_path), "--json-dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "no CUDA GPU is visible here" in proc.stderr and "Traceback" not in proc.stderr
@@ -179,9 +182,8 @@ def test_bench_script_refuses_cuda_before_writing_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"device": "tpu"}, "unknown device 'tpu'; choose from cpu, cuda"),
-    ({"tvm_weights": "int8", "device": "cuda"}, "tvm weights must be one of fp32, fp16, got 'int8'"),
-    ({"tvm_weights": "fp16"}, r"fp16 weights \(tvm_weights\) run on a GPU only: add --device cuda"),
-    ({"torch_weights": "fp16"}, r"fp16 weights \(torch_weights\) run on a GPU only"),
+    ({"weights": "int8", "device": "cuda"}, "weights must be one of fp32, fp16, got 'int8'"),
+    ({"weights": "fp16"}, r"fp16 weights run on a GPU only: add --device cuda"),
     ({"tvm_target": "cuda-sm90"}, "cuda-sm90 is a GPU target"),
     ({"tvm_target": "x86_64-host", "device": "cuda"}, "x86_64-host is a CPU target; on device cuda the TVM row runs a "
                                                       "CUDA target"),
@@ -193,7 +195,7 @@ def test_gpu_options_are_checked(kwargs, message):
 
 
 def test_gpu_options_that_hold():
-    options = BenchOptions(device="cuda", tvm_weights="fp16", torch_weights="fp16", tvm_target="cuda-sm80")
+    options = BenchOptions(device="cuda", weights="fp16", tvm_target="cuda-sm80")
     assert [options.weights_of(b) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: the fp32 export
     assert BenchOptions().tvm_target is None and BenchOptions().device == "cpu"
 
@@ -202,16 +204,12 @@ def test_gpu_options_that_hold():
                                          ("sm_86", "cuda-sm80"), ("sm_80", "cuda-sm80"), ("sm_120", "cuda-sm90"),
                                          ("sm_75", "cuda-sm80")])  # older than every target: its row says why
 def test_default_cuda_target_is_the_newest_the_gpu_runs(arch, target, monkeypatch):
-    import rwkv_edge.targets.tvm as cpu_targets
-
-    monkeypatch.setattr(cpu_targets, "host_triple", lambda: "x86_64-linux-gnu")
+    monkeypatch.setattr(bench, "host_triple", lambda: "x86_64-linux-gnu")
     assert bench.default_cuda_target(arch) == target
 
 
 def test_default_cuda_target_on_a_jetson(monkeypatch):
-    import rwkv_edge.targets.tvm as cpu_targets
-
-    monkeypatch.setattr(cpu_targets, "host_triple", lambda: "aarch64-linux-gnu")
+    monkeypatch.setattr(bench, "host_triple", lambda: "aarch64-linux-gnu")
     assert bench.default_cuda_target("sm_87") == "jetson-orin"
 
 
@@ -221,23 +219,25 @@ def test_bundle_cache_keys_hold_target_and_weights():
     assert names == {"tvm-cuda-sm80-fp32", "tvm-cuda-sm80-fp16", "tvm-cuda-sm90-fp32", "tvm-cuda-sm90-fp16"}
 
 
-def _fake_bundle(export: bench.Path, out: bench.Path, target: dict, rehash) -> bench.Path:
+def _fake_bundle(export: Path, out: Path, target: dict, rehash) -> Path:
     """A copy of an ONNX export whose manifest says it is a TVM bundle with ``target``."""
     import shutil
 
     shutil.copytree(export, out)
-    rehash(out, lambda data: data.update(kind="tvm", target={"triple": "x86_64-linux-gnu", "linked": True, **target}))
+    weights = target.pop("weights", "fp32")
+    rehash(out, lambda data: data.update(kind="tvm", weights=weights, compute="fp32",
+                                         target={"triple": "x86_64-linux-gnu", "tvm": {}, "linked": True, **target}))
     return out
 
 
 def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash):
     sha = report.model["sha256"]
-    export = bench.Path(report.preparation["onnxruntime"]["artifact"])
+    export = Path(report.preparation["onnxruntime"]["artifact"])
     gpu = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm90", "device": "cuda", "arch": "sm_90", "weights": "fp16"}, rehash)
-    asked = BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp16")
+    asked = BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp16")
     assert bench._cached("tvm", gpu, sha, asked)
-    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights="fp32"))
-    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", tvm_weights="fp16"))
+    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp32"))
+    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", weights="fp16"))
     cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"}, rehash)  # no weights: fp32
     assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))
     assert not bench._cached("tvm", cpu, sha, asked)
@@ -246,18 +246,19 @@ def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash)
 def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
-    monkeypatch.setattr(bench, "_run_cli", lambda argv, what, log: calls.append(argv))
+    monkeypatch.setattr(bench, "build", lambda backend, source, out, options, log: calls.append(
+        [backend, str(source), options.tvm_target, options.weights_of("tvm"), bench._prefill_chunk(backend, options)]))
     monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
-    checkpoint, sha, onnx = DEMO_CHECKPOINT, report.model["sha256"], bench.Path("export")
+    checkpoint, sha, onnx = DEMO_CHECKPOINT, report.model["sha256"], Path("export")
     for weights in ("fp32", "fp16"):
-        options = BenchOptions(device="cuda", tvm_target="cuda-sm90", tvm_weights=weights)
+        options = BenchOptions(device="cuda", tvm_target="cuda-sm90", weights=weights)
         out = bench._prepare("tvm", checkpoint, sha, options, tmp_path, lambda line: None, {}, onnx=onnx)
         assert out.name == f"tvm-cuda-sm90-{weights}"
-        assert calls[-1] == ["compile", "export", "--target", "cuda-sm90", "-o", str(out), "--weights", weights]
+        assert calls[-1] == ["tvm", "export", "cuda-sm90", weights, 0]
     out = bench._prepare("tvm", checkpoint, sha, BenchOptions(tvm_target="x86_64-host"), tmp_path, lambda line: None, {})
-    assert calls[-1] == ["compile", str(checkpoint), "--target", "x86_64-host", "-o", str(out)]  # CPU: as before
+    assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", 0]
     out = bench._prepare("onnx", checkpoint, sha, BenchOptions(device="cuda"), tmp_path, lambda line: None, {})
-    assert out.name == "onnx-fp32-prefill0" and calls[-1][-2:] == ["--prefill-chunk", "0"]
+    assert out.name == "onnx-fp32-prefill0" and calls[-1][0] == "onnx" and calls[-1][-1] == 0
 
 
 def test_gpu_compiles_without_nvcc_are_unavailable(report, tmp_path, monkeypatch):
@@ -269,15 +270,15 @@ def test_gpu_compiles_without_nvcc_are_unavailable(report, tmp_path, monkeypatch
 
 
 def test_a_given_gpu_bundle_sets_device_weights_and_target(report, tmp_path, rehash):
-    export = bench.Path(report.preparation["onnxruntime"]["artifact"])
+    export = Path(report.preparation["onnxruntime"]["artifact"])
     bundle = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm89", "device": "cuda", "arch": "sm_89", "weights": "fp16"}, rehash)
     with pytest.raises(OptionError, match="a TVM bundle for cuda-sm89 \\(cuda\\); .*: add --device cuda"):
         bench._resolve_source(bundle, BenchOptions())
     with pytest.raises(OptionError, match="a bundle with fp16 weights; pass --weights fp16"):
         bench._resolve_source(bundle, BenchOptions(device="cuda"))
     with pytest.raises(OptionError, match="a bundle for cuda-sm89, not cuda-sm90"):
-        bench._resolve_source(bundle, BenchOptions(device="cuda", tvm_weights="fp16", tvm_target="cuda-sm90"))
-    checkpoint, given, options = bench._resolve_source(bundle, BenchOptions(device="cuda", tvm_weights="fp16"))
+        bench._resolve_source(bundle, BenchOptions(device="cuda", weights="fp16", tvm_target="cuda-sm90"))
+    checkpoint, given, options = bench._resolve_source(bundle, BenchOptions(device="cuda", weights="fp16"))
     assert checkpoint == DEMO_CHECKPOINT and given == {"tvm": bundle} and options.tvm_target == "cuda-sm89"
 
 
@@ -290,10 +291,10 @@ def test_fp16_weight_bytes_count_gemv_weights_at_two_bytes():
     values_other = L * other + (L - 1) * C + 2 * C + 2 * C + C  # + v0 past layer 0, ln0, ln_out, one emb row
     tensors = make_checkpoint("v7", n_layer=L, n_embd=C, vocab_size=V, head_size=32)
     assert weight_bytes_per_token(tensors, gemv_bytes_per_value=2) == 2 * values_gemv + 4 * values_other
-    assert bench.row_weight_bytes(tensors, "tvm", "fp16") == 2 * values_gemv + 4 * values_other
-    assert bench.row_weight_bytes(tensors, "torch", "fp16") == 2 * (values_gemv + values_other)  # all of it fp16
-    assert bench.row_weight_bytes(tensors, "tvm", "fp32") == weight_bytes_per_token(tensors)
-    names = bench.gemv_weight_names(tensors)
+    assert bound.row_weight_bytes(tensors, "tvm", "fp16") == 2 * values_gemv + 4 * values_other
+    assert bound.row_weight_bytes(tensors, "torch", "fp16") == 2 * (values_gemv + values_other)  # all of it fp16
+    assert bound.row_weight_bytes(tensors, "tvm", "fp32") == weight_bytes_per_token(tensors)
+    names = bound.gemv_weight_names(tensors)
     assert "head.weight" in names and "blocks.1.att.v1" in names and "blocks.0.att.v1" not in names  # unused there
     assert not {"emb.weight", "blocks.0.att.r_k", "blocks.0.ln1.weight"} & names
 
@@ -304,7 +305,7 @@ def test_gemv_weights_are_every_matrix_but_the_embedding_and_per_head_ones(versi
     per_head = {"att.time_decay", "att.time_faaaa", "att.r_k"}  # (H, N): elementwise, no matmul
     matrices = {k for k, t in tensors.items() if t.dim() == 2 and k != "emb.weight"
                 and not any(k.endswith(p) for p in per_head) and k not in ("blocks.0.att.v1", "blocks.0.att.v2")}
-    assert bench.gemv_weight_names(tensors) == matrices
+    assert bound.gemv_weight_names(tensors) == matrices
 
 
 def test_fp16_bytes_match_what_a_gpu_bundle_stores(tvm_bundle, version_ckpt):
@@ -321,14 +322,14 @@ def test_fp16_bytes_match_what_a_gpu_bundle_stores(tvm_bundle, version_ckpt):
     tensors = read_checkpoint(read_manifest(bundle).source["checkpoint"])
     params = load_file(str(bundle / "params.safetensors"))
     stored = sum(v.nbytes for v in params.values() if v.dtype == "float16")
-    assert stored == 2 * sum(tensors[name].numel() for name in bench.gemv_weight_names(tensors))
+    assert stored == 2 * sum(tensors[name].numel() for name in bound.gemv_weight_names(tensors))
 
 
 def test_torch_state_stays_on_its_device_between_steps():
     """TorchBackend's device path, on "cpu:0" (no GPU here): same logits as the numpy path, and the
     state it returns goes back in without a copy."""
     from rwkv_edge.model import load_model
-    from rwkv_edge.runtime.backend import TorchBackend, TorchDeviceTensor
+    from rwkv_edge.runtime.torch_backend import TorchBackend, TorchDeviceTensor
 
     host, device = TorchBackend(load_model(DEMO_CHECKPOINT)), TorchBackend(load_model(DEMO_CHECKPOINT), device="cpu:0")
     state_h, state_d = host.init_state(), device.init_state()
@@ -362,7 +363,7 @@ def gpu_report(monkeypatch, tmp_path):
         return BackendRun(backend, "ok", source=str(source), threads=threads, decode_ms=d, decode_steps=options.steps)
 
     monkeypatch.setattr(bench, "_measure", measure)
-    options = BenchOptions(device="cuda", tvm_weights="fp16", torch_weights="fp16", bandwidth_repeats=2)
+    options = BenchOptions(device="cuda", weights="fp16", bandwidth_repeats=2)
     return run_bench(None, options, work=tmp_path, log=lambda line: None)
 
 
@@ -405,3 +406,8 @@ def test_bench_cli_choices_match_the_library(cli):
     assert code == 1 and err.count("\n") == 1 and "add --device cuda" in err
     code, _, err = cli("bench", "--target", "cuda-sm90")
     assert code == 1 and err.count("\n") == 1 and "cuda-sm90 is a GPU target" in err
+
+
+def test_the_parameter_count_is_the_one_info_prints(report, cli):
+    code, out, _ = cli("info", "--json")
+    assert code == 0 and json.loads(out)["parameters"] == report.model["parameters"]

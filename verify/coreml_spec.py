@@ -32,22 +32,22 @@ def check_spec(manifest: Manifest, spec, program) -> SpecCheck:
     """Compare the package's spec (a Model protobuf) and MIL program with what ``manifest`` promises."""
     check = SpecCheck()
     target = manifest.target
-    want_version = SPEC_VERSIONS[target["deployment"]]
+    want_version = SPEC_VERSIONS[target.deployment]
     if spec.specificationVersion != want_version:
-        check.problems.append(f"spec version {spec.specificationVersion}, expected {want_version} for {target['deployment']}")
+        check.problems.append(f"spec version {spec.specificationVersion}, expected {want_version} for {target.deployment}")
     if spec.WhichOneof("Type") != "mlProgram":
         check.problems.append(f"model type {spec.WhichOneof('Type')}, expected mlProgram")
     described = {f.name: f for f in spec.description.functions} or {"main": spec.description}
-    if list(described) != target["functions"]:
-        check.problems.append(f"functions {list(described)}, expected {target['functions']}")
-    chunks = {role["function"]: role.get("chunk") for role in manifest.graphs.values()}
+    if list(described) != target.functions:
+        check.problems.append(f"functions {list(described)}, expected {target.functions}")
+    chunks = {graph.function: graph.chunk for graph in manifest.graphs.values()}
     for function, description in described.items():
         _check_function(check, manifest, function, description, chunks.get(function))
         counts = Counter(op.op_type for op in program.functions[function].operations)
         check.ops[function] = dict(sorted(counts.items()))
-        wanted_op = COMPRESSION_OPS.get(target["quantization"])
+        wanted_op = COMPRESSION_OPS.get(manifest.weights)
         if wanted_op and not counts.get(wanted_op):
-            check.problems.append(f"{function}: no {wanted_op} op, but the weights should be {target['quantization']}")
+            check.problems.append(f"{function}: no {wanted_op} op, but the weights should be {manifest.weights}")
     return check
 
 
@@ -57,7 +57,7 @@ def _check_function(check: SpecCheck, manifest: Manifest, function: str, descrip
     inputs, outputs, states = [token], [("logits", "FLOAT32", [1, vocab])], []
     for t in manifest.state:
         shape = [1, *t.shape]
-        if manifest.target["form"] == "stateful":
+        if manifest.target.form == "stateful":
             states.append((coreml_name(t.input_name), "FLOAT16", shape))
         else:
             inputs.append((coreml_name(t.input_name), "FLOAT32", shape))

@@ -1,9 +1,11 @@
 """Parity: does a backend compute what the PyTorch model computes, step after step?
 
-Both backends roll out the same tokens from their own initial state, each feeding back ITS OWN
-state (a candidate is never handed the reference's state), so errors that build up in the
-recurrence show up. At every step and for every output (``logits`` and each
-``state_out.{layer}.{role}``) the report records
+The candidate rolls out the tokens from its own initial state, feeding back ITS OWN state (it is
+never handed the reference's), so errors that build up in the recurrence show up. The reference
+is the PyTorch model: live (``compare_rollouts``, a Backend stepping beside it) or as it was
+recorded when the artifact was built (``compare_to_reference``, the artifact's reference.npz:
+its logits at every step, its state after the last). For every compared output (``logits`` and
+each ``state_out.{layer}.{role}``) the report records at each step
 
 - max abs error   ``max|Δ|``
 - max rel error   ``max(|Δ| / max(|ref|, REL_EPS))``
@@ -11,40 +13,25 @@ recurrence show up. At every step and for every output (``logits`` and each
   constant reference its largest magnitude, and 1 for an all-zero one)
 
 and whether the logits agree on the top-1 token. The scaled error and the top-1 agreement are
-judged against a per-precision ``Tolerance``; the other two are reported only.
+judged against a ``Tolerance`` (verify/tolerances.py); the other two are reported only.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..artifact.reference import Reference
 from ..atomic import atomic_path
 from ..errors import OptionError
-from .backend import Backend, NamedState, check_token_ids
-from .generate import Sampler, generate
-
-# Limits on max|Δ|/std(ref) and top-1 agreement, against the fp32 PyTorch model over 64 steps.
-# Measured worst cases (onnxruntime 1.32 CPU; v4-v7 random 2x128 models, v7 with a 65536 vocabulary,
-# the demo model; `rwkv-edge export onnx ... && rwkv-edge verify ...`):
-#   fp32: logits 3.1e-06, state 1.6e-05, top-1 always 100%
-#   fp16: logits 1.8e-02 (65536 vocabulary), state 2.3e-02 (demo model, wkv), top-1 always 100%
-FP32_LOGITS_SCALED_MAX = 1e-4  # max|Δ|/std(ref) of the logits
-FP32_STATE_SCALED_MAX = 1e-4  # max|Δ|/std(ref) of every state tensor
-FP32_TOP1_MIN = 1.0  # fraction of steps whose argmax agrees
-FP16_LOGITS_SCALED_MAX = 5e-2  # fp16 rounding of weights and activations: ~3x the worst measured
-FP16_STATE_SCALED_MAX = 5e-2
-FP16_TOP1_MIN = 0.95  # near-ties may flip in fp16; 3 flips in 64 steps are tolerated
-# Compressed weights (Core ML, fp16 compute), 64 steps of `verify`; measured worst cases
-# (scripts/coreml_figures.py, demo model and v4-v6 random 2x128 models, first 100 steps):
-#   int8: logits 6.6e-02, top-1 >= 99.5%        int4: logits 1.22, top-1 95% (demo)
-INT8_LOGITS_SCALED_MAX = 0.15  # int8 per output channel: ~2x the worst measured
-INT8_TOP1_MIN = 0.9
-INT4_LOGITS_SCALED_MAX = 1.5  # int4 in blocks of 32: random 128-wide weights quantize worst
-INT4_TOP1_MIN = 0.8
+from ..runtime.backend import Backend, NamedState, check_token_ids
+from ..runtime.generate import Sampler, generate
+from .tolerances import LIMITS, Tolerance
 
 # Floor of the denominator of the relative error: reference values closer to zero than this (the
 # exact zeros of a fresh or saturated state, say) are divided by REL_EPS instead of by themselves.
@@ -53,39 +40,21 @@ INT4_TOP1_MIN = 0.8
 REL_EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """What a backend must meet at one precision."""
-
-    logits_scaled: float  # max over steps of max|Δ|/std(ref) of the logits
-    state_scaled: float | None  # the same for every state tensor; None: reported, not judged
-    top1: float  # minimum fraction of steps whose top-1 token agrees
-    greedy_identical: bool  # whether greedy generation must produce the very same tokens
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(FP32_LOGITS_SCALED_MAX, FP32_STATE_SCALED_MAX, FP32_TOP1_MIN, greedy_identical=True),
-    "fp16": Tolerance(FP16_LOGITS_SCALED_MAX, FP16_STATE_SCALED_MAX, FP16_TOP1_MIN, greedy_identical=False),
-    # Compressed weights (Core ML, fp16 compute) are a different model by design: the logits and the
-    # top-1 token are judged, the state is reported only.
-    "int8": Tolerance(INT8_LOGITS_SCALED_MAX, None, INT8_TOP1_MIN, greedy_identical=False),
-    "int4": Tolerance(INT4_LOGITS_SCALED_MAX, None, INT4_TOP1_MIN, greedy_identical=False),
-}
-
-
 @dataclass
 class OutputErrors:
-    """The errors of one output, one entry per step."""
+    """The errors of one output, one entry per compared step."""
 
+    steps: list[int] = field(default_factory=list)
     max_abs: list[float] = field(default_factory=list)
     max_rel: list[float] = field(default_factory=list)
     scaled: list[float] = field(default_factory=list)  # max|Δ| / std(ref)
 
-    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+    def add(self, step: int, ref: np.ndarray, cand: np.ndarray) -> None:
         r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
         delta = np.abs(c - r)
         max_abs = float(delta.max())
         scale = float(r.std()) or float(np.abs(r).max()) or 1.0
+        self.steps.append(step)
         self.max_abs.append(max_abs)
         self.max_rel.append(float((delta / np.maximum(np.abs(r), REL_EPS)).max()))
         self.scaled.append(max_abs / scale)
@@ -108,7 +77,6 @@ class ParityReport:
 
     reference: str  # backend names
     candidate: str
-    precision: str
     tolerance: Tolerance
     tokens: list[int]  # the token ids of the rollout asked for
     n_steps: int = 0  # steps compared; fewer than len(tokens) when the rollout stopped early
@@ -144,7 +112,7 @@ class ParityReport:
         return {
             "reference": self.reference,
             "candidate": self.candidate,
-            "precision": self.precision,
+            "limits": self.tolerance.name,
             "passed": self.passed,
             "failures": list(self.failures),
             "what_ran": list(self.what_ran),
@@ -160,14 +128,18 @@ class ParityReport:
             "greedy": asdict(self.greedy) if self.greedy else None,
         }
 
-    def save(self, directory: str | Path) -> tuple[Path, Path]:
-        """Write ``parity.json`` and ``parity.png`` into ``directory``, each atomically."""
+    def save(self, directory: str | Path) -> tuple[Path, Path | None]:
+        """Write ``parity.json`` and ``parity.png`` into ``directory``, each atomically (the plot only
+        where matplotlib is installed: a runtime-only machine gets the JSON report alone)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, png_path = directory / "parity.json", directory / "parity.png"
         with atomic_path(json_path) as tmp:
             text = json.dumps(self.to_json(), indent=1, allow_nan=False, ensure_ascii=False)
             tmp.write_text(text + "\n", encoding="utf-8")
+        if importlib.util.find_spec("matplotlib") is None:
+            png_path.unlink(missing_ok=True)  # an older plot would not show this report
+            return json_path, None
         with atomic_path(png_path) as tmp:
             _plot(self, tmp)
         return json_path, png_path
@@ -176,13 +148,13 @@ class ParityReport:
         """A few lines: the verdict first, then the worst error per output group, top-1 and greedy."""
         t = self.tolerance
         lines = [
-            f"{'PASS' if self.passed else 'FAIL'}  {self.candidate} vs {self.reference}, {self.precision}, "
+            f"{'PASS' if self.passed else 'FAIL'}  {self.candidate} vs {self.reference}, {self.tolerance.name}, "
             f"{self.n_steps}/{len(self.tokens)} steps (limits: max|Δ|/std {_sci(t.logits_scaled)} logits, "
             f"{_sci(t.state_scaled) if t.state_scaled is not None else 'not judged on the'} state; "
             f"top-1 >= {t.top1:.1%})"
         ]
         lines += [f"  - {failure}" for failure in self.failures]
-        for group, names in _groups(self.errors).items() if self.n_steps else ():
+        for group, names in _groups(self.errors).items():
             name, step, scaled = _worst_of(self.errors, names)
             where = "" if scaled == 0 else f" (step {step})" if name == group else f" ({name}, step {step})"
             worst_abs = float(np.max([self.errors[n].max_abs for n in names]))
@@ -192,55 +164,105 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def compare_rollouts(reference: Backend, candidate: Backend, tokens: list[int], precision: str) -> ParityReport:
-    """Roll out ``tokens`` on both backends, each on its own state, and judge them at ``precision``."""
-    if precision not in TOLERANCES:
-        raise OptionError(f"unknown precision {precision!r}; expected one of {', '.join(TOLERANCES)}")
+def compare_rollouts(reference: Backend, candidate: Backend, tokens: list[int],
+                     tolerance: Tolerance | str) -> ParityReport:
+    """Roll out ``tokens`` on both backends, each on its own state, and judge every step's logits and
+    state by ``tolerance`` (a Tolerance, or the name of one in LIMITS)."""
+    tolerance = _limits(tolerance)
     if not tokens:
         raise OptionError("parity needs at least one token to roll out")
     check_token_ids(tokens, reference.vocab_size)
-    report = ParityReport(reference.name, candidate.name, precision, TOLERANCES[precision], list(tokens))
-    stopped = _roll_out(report, reference, candidate)
-    report.what_ran.append(
-        f"rollout of {report.n_steps}/{len(tokens)} steps on {reference.name} and {candidate.name}, "
-        f"each feeding back its own state{stopped}"
-    )
+
+    def outputs() -> Iterator[dict[str, np.ndarray]]:
+        state = reference.init_state()
+        for token in tokens:
+            logits, state = reference.step(token, state)
+            yield {"logits": logits, **_as_outputs(state)}
+
+    report = ParityReport(reference.name, candidate.name, tolerance, list(tokens))
+    problems = _structure(reference.init_state(), candidate.init_state(), "initial state", exact=True)
+    stopped = _roll_out(report, candidate, outputs(), reference.vocab_size, problems)
+    report.what_ran.append(f"rollout of {report.n_steps}/{len(tokens)} steps on {reference.name} and "
+                           f"{candidate.name}, each feeding back its own state{stopped}")
     report.what_ran.append(f"compared logits and {len(report.errors) - 1} state outputs at every step")
+    report.failures += _over_limits(report)
+    return report
+
+
+def compare_to_reference(reference: Reference, candidate: Backend, steps: int, tolerance: Tolerance) -> ParityReport:
+    """Roll out the first ``steps`` tokens of the recorded reference on ``candidate`` and judge its
+    logits at every step, and its state after the last recorded step, by ``tolerance``."""
+    total = len(reference.tokens)
+    if not 1 <= steps <= total:
+        raise OptionError(f"the artifact's reference rollout holds {total} steps, not {steps}: verify at most "
+                          f"{total} (or --against-checkpoint for longer rollouts)")
+    tokens = reference.tokens[:steps].tolist()
+
+    def outputs() -> Iterator[dict[str, np.ndarray]]:
+        for step in range(steps):
+            yield {"logits": reference.logits[step], **(reference.state if step == total - 1 else {})}
+
+    report = ParityReport("torch (recorded at build)", candidate.name, tolerance, tokens)
+    wanted = {name.replace("state_out.", "state.", 1): value for name, value in reference.state.items()}
+    problems = _structure(wanted, candidate.init_state(), "initial state", exact=True)
+    stopped = _roll_out(report, candidate, outputs(), reference.logits.shape[1], problems)
+    report.what_ran.append(f"rollout of {report.n_steps}/{steps} steps on {candidate.name}, feeding back its own "
+                           f"state, against the PyTorch model's rollout recorded when the artifact was built{stopped}")
+    report.what_ran.append("compared the logits at every step" + (
+        f" and {len(reference.state)} state outputs after the last" if steps == total else
+        f"; the state is recorded after step {total - 1} only, so it is compared with the full {total} steps"))
     report.failures += _over_limits(report)
     return report
 
 
 def greedy_identity(reference: Backend, candidate: Backend, prompt: list[int], n: int = 128) -> GreedyResult:
     """Generate ``n`` tokens greedily from ``prompt`` on each backend (each on its own state) and compare."""
-    greedy = Sampler(temperature=0.0)
-    ref_tokens = list(generate(reference, prompt, n, greedy))
-    cand_tokens = list(generate(candidate, prompt, n, greedy))
-    diverge = next((i for i, (a, b) in enumerate(zip(ref_tokens, cand_tokens)) if a != b), None)
-    return GreedyResult(list(prompt), ref_tokens, cand_tokens, diverge is None, diverge)
+    return _greedy(prompt, list(generate(reference, prompt, n, Sampler(temperature=0.0))), candidate)
 
 
-def _roll_out(report: ParityReport, reference: Backend, candidate: Backend) -> str:
-    """Fill ``report.errors`` and ``report.top1`` step by step; return why it stopped early, or ""."""
-    ref_state, cand_state = reference.init_state(), candidate.init_state()
-    report.errors = {"logits": OutputErrors(), **{_output_name(k): OutputErrors() for k in ref_state}}
-    problems = _structure(ref_state, cand_state, "initial state")
-    if candidate.vocab_size != reference.vocab_size:
-        problems.append(f"vocab_size: the candidate has {candidate.vocab_size}, expected {reference.vocab_size}")
+def greedy_against(reference: Reference, candidate: Backend, n: int) -> GreedyResult:
+    """Greedy generation on ``candidate`` against the ``n`` first tokens the reference generated."""
+    if not 0 < n <= len(reference.greedy_tokens):
+        raise OptionError(f"the artifact's reference holds {len(reference.greedy_tokens)} greedy tokens, not {n}: "
+                          "compare at most that many (or --against-checkpoint)")
+    return _greedy(reference.greedy_prompt.tolist(), reference.greedy_tokens[:n].tolist(), candidate)
+
+
+def _greedy(prompt: list[int], expected: list[int], candidate: Backend) -> GreedyResult:
+    generated = list(generate(candidate, prompt, len(expected), Sampler(temperature=0.0)))
+    diverge = next((i for i, (a, b) in enumerate(zip(expected, generated)) if a != b), None)
+    return GreedyResult(list(prompt), expected, generated, diverge is None, diverge)
+
+
+def _limits(tolerance: Tolerance | str) -> Tolerance:
+    if isinstance(tolerance, Tolerance):
+        return tolerance
+    if tolerance not in LIMITS:
+        raise OptionError(f"unknown limits {tolerance!r}; expected one of {', '.join(LIMITS)}")
+    return LIMITS[tolerance]
+
+
+def _roll_out(report: ParityReport, candidate: Backend, reference: Iterable[dict[str, np.ndarray]],
+              vocab_size: int, problems: list[str]) -> str:
+    """Step ``candidate`` through ``report.tokens`` beside the ``reference`` outputs of each step (logits,
+    and state_out.* where recorded); fill ``report.errors`` and ``report.top1``; return why it stopped early."""
+    state = candidate.init_state()
+    report.errors = {"logits": OutputErrors(), **{_output_name(k): OutputErrors() for k in state}}
+    if candidate.vocab_size != vocab_size:
+        problems = problems + [f"vocab_size: the candidate has {candidate.vocab_size}, expected {vocab_size}"]
     if problems:
         report.failures += problems
         return " (stopped before step 0: the candidate does not match the contract)"
-    for step, token in enumerate(report.tokens):
-        ref_logits, ref_state = reference.step(token, ref_state)
-        cand_logits, cand_state = candidate.step(token, cand_state)
-        ref_out = {"logits": ref_logits, **_as_outputs(ref_state)}  # logits (V,), then state_out.*
-        cand_out = {"logits": cand_logits, **_as_outputs(cand_state)}
-        problems = _structure(ref_out, cand_out, f"outputs at step {step}")
+    for step, (token, ref_out) in enumerate(zip(report.tokens, reference)):
+        logits, state = candidate.step(token, state)
+        cand_out = {"logits": logits, **_as_outputs(state)}  # logits (V,), then state_out.*
+        problems = _structure(ref_out, cand_out, f"outputs at step {step}", exact=len(ref_out) > 1)
         if problems:
             report.failures += problems
             return f" (stopped at step {step}: the candidate's outputs do not match the contract)"
         for name, ref in ref_out.items():
-            report.errors[name].add(ref, cand_out[name])
-        report.top1.append(bool(np.argmax(ref_logits) == np.argmax(cand_logits)))
+            report.errors[name].add(step, ref, cand_out[name])
+        report.top1.append(bool(np.argmax(ref_out["logits"]) == np.argmax(logits)))
         report.n_steps = step + 1
     return ""
 
@@ -254,10 +276,11 @@ def _as_outputs(state: NamedState) -> dict[str, np.ndarray]:
     return {_output_name(k): v for k, v in state.items()}
 
 
-def _structure(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], where: str) -> list[str]:
-    """Contract mismatches in the candidate's ``where``: missing, unexpected or mis-shaped tensors."""
+def _structure(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], where: str, exact: bool = False) -> list[str]:
+    """Contract mismatches in the candidate's ``where``: missing or mis-shaped tensors (with ``exact``,
+    unexpected ones too)."""
     problems = [f"{name}: missing from the candidate's {where}" for name in ref if name not in cand]
-    problems += [f"{name}: unexpected in the candidate's {where}" for name in cand if name not in ref]
+    problems += [f"{name}: unexpected in the candidate's {where}" for name in cand if exact and name not in ref]
     problems += [
         f"{name}: shape {np.shape(cand[name])} in the candidate's {where}, expected {np.shape(value)}"
         for name, value in ref.items()
@@ -271,7 +294,7 @@ def _over_limits(report: ParityReport) -> list[str]:
     t, failures = report.tolerance, []
     for name, e in report.errors.items():
         limit = t.logits_scaled if name == "logits" else t.state_scaled
-        step, worst = _worst(e.scaled)
+        step, worst = _worst(e)
         if limit is not None and step is not None and not worst <= limit:  # `not <=` so that NaN fails
             failures.append(f"{name}: max|Δ|/std {_sci(worst)} at step {step} exceeds {_sci(limit)}")
     if report.top1 and report.top1_agreement < t.top1:
@@ -283,27 +306,28 @@ def _over_limits(report: ParityReport) -> list[str]:
     return failures
 
 
-def _worst(values: list[float]) -> tuple[int | None, float]:
-    """(step, value) of the largest value, the first NaN winning; (None, nan) when empty."""
-    if not values:
+def _worst(errors: OutputErrors) -> tuple[int | None, float]:
+    """(step, value) of the largest scaled error, the first NaN winning; (None, nan) when none was compared."""
+    if not errors.scaled:
         return None, float("nan")
-    arr = np.asarray(values)
+    arr = np.asarray(errors.scaled)
     nan = np.flatnonzero(np.isnan(arr))
-    step = int(nan[0]) if nan.size else int(np.argmax(arr))
-    return step, float(arr[step])
+    i = int(nan[0]) if nan.size else int(np.argmax(arr))
+    return errors.steps[i], float(arr[i])
 
 
 def _worst_of(errors: dict[str, OutputErrors], names: list[str]) -> tuple[str, int | None, float]:
     """(name, step, value) of the largest scaled error over several outputs."""
-    candidates = [(name, *_worst(errors[name].scaled)) for name in names]
+    candidates = [(name, *_worst(errors[name])) for name in names if errors[name].scaled]
     return max(candidates, key=lambda c: np.inf if np.isnan(c[2]) else c[2])
 
 
 def _groups(errors: dict[str, OutputErrors]) -> dict[str, list[str]]:
-    """Outputs by group: logits alone, then each state role over all layers ({"wkv": [...], ...})."""
+    """Compared outputs by group: logits alone, then each state role over all layers ({"wkv": [...], ...})."""
     groups: dict[str, list[str]] = {}
-    for name in errors:
-        groups.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    for name, e in errors.items():
+        if e.steps:
+            groups.setdefault(name.rsplit(".", 1)[-1], []).append(name)
     return groups
 
 
@@ -337,15 +361,16 @@ def _plot(report: ParityReport, path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     t = report.tolerance
-    curves = {  # group -> (T,) scaled error, max over layers
-        group: np.max([report.errors[n].scaled for n in names], axis=0)
-        for group, names in (_groups(report.errors).items() if report.n_steps else ())
+    curves = {  # group -> (steps compared, scaled error there: max over layers)
+        group: (report.errors[names[0]].steps, np.max([report.errors[n].scaled for n in names], axis=0))
+        for group, names in _groups(report.errors).items()
     }
     limits = [limit for limit in (t.logits_scaled, t.state_scaled) if limit is not None]
-    smallest = min([v for c in curves.values() for v in c if v > 0] + limits)
+    smallest = min([v for _, c in curves.values() for v in c if v > 0] + limits)
     floor = 10.0 ** np.floor(np.log10(smallest) - 1)  # exact zeros are drawn here, below every measured value
-    for group, curve in curves.items():
-        ax.plot(np.arange(report.n_steps), np.maximum(curve, floor), label=group, lw=2 if group == "logits" else 1)
+    for group, (steps, curve) in curves.items():
+        ax.plot(steps, np.maximum(curve, floor), marker="o" if len(steps) == 1 else None, label=group,
+                lw=2 if group == "logits" else 1)
     if t.state_scaled in (t.logits_scaled, None):
         ax.axhline(t.logits_scaled, color="k", ls="--", lw=1, label="limit")
     else:
@@ -355,7 +380,7 @@ def _plot(report: ParityReport, path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel(f"max|Δ| / std(ref)   (0 drawn at {_sci(floor)})")
     verdict = "PASS" if report.passed else "FAIL"
-    ax.set_title(f"{verdict}: {report.candidate} vs {report.reference}, {report.precision}")
+    ax.set_title(f"{verdict}: {report.candidate} vs {report.reference}, {report.tolerance.name}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

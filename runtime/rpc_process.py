@@ -1,6 +1,6 @@
 """TVM's RPC server (or tracker), run in this very process: the program the RPC launcher starts.
 
-Run by path (``python -s -P rpc_serve.py server --host ... --port ...``), not as ``-m
+Run by path (``python -s -P rpc_process.py server --host ... --port ...``), not as ``-m
 rwkv_edge...``: it must work inside an emulated aarch64 CPython whose only packages are TVM's
 runtime wheels, so it imports nothing but the standard library and ``tvm`` (rpc_server.py imports
 ``READY`` from it).

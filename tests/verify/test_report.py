@@ -11,8 +11,9 @@ import torch
 from rwkv_edge.errors import OptionError
 from rwkv_edge.model import model_from_state_dict
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint
-from rwkv_edge.runtime.backend import TorchBackend
-from rwkv_edge.runtime.parity import TOLERANCES, compare_rollouts, greedy_identity
+from rwkv_edge.runtime.torch_backend import TorchBackend
+from rwkv_edge.verify.report import compare_rollouts, greedy_identity
+from rwkv_edge.verify.tolerances import LIMITS
 
 TINY = dict(n_layer=2, n_embd=64, head_size=32)
 TOKENS = [int(t) for t in np.random.default_rng(0).integers(0, 256, 32)]
@@ -173,13 +174,13 @@ def test_json_round_trips(reference):
     data = report.to_json()
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     assert set(data) == {
-        "reference", "candidate", "precision", "passed", "failures", "what_ran", "tolerance", "tokens",
+        "reference", "candidate", "limits", "passed", "failures", "what_ran", "tolerance", "tokens",
         "n_steps", "top1", "outputs", "greedy",
     }
     assert data["passed"] is True and data["n_steps"] == len(TOKENS) and data["tokens"] == TOKENS
     assert list(data["outputs"]) == list(report.errors)
     assert all(len(v) == len(TOKENS) for out in data["outputs"].values() for v in out.values())
-    assert data["tolerance"]["logits_scaled"] == TOLERANCES["fp32"].logits_scaled
+    assert data["tolerance"]["logits_scaled"] == LIMITS["fp32"].logits_scaled
 
 
 def test_save_writes_json_and_png_and_no_temporary_files(checkpoint, reference, tmp_path):
@@ -192,8 +193,8 @@ def test_save_writes_json_and_png_and_no_temporary_files(checkpoint, reference, 
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_precision_lists_the_known_ones(reference):
-    with pytest.raises(OptionError, match="fp32, fp16, int8, int4"):
+def test_unknown_limits_list_the_known_ones(reference):
+    with pytest.raises(OptionError, match="unknown limits 'bf16'; expected one of fp32, fp16, "):
         compare_rollouts(reference, reference, TOKENS, "bf16")
 
 

@@ -1,4 +1,4 @@
-"""``trace``: run a backend over tokens from the initial state and save what it computed."""
+"""``rwkv-edge trace``: run a backend over tokens from the initial state and save what it computed."""
 
 from __future__ import annotations
 

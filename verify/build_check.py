@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 from ..artifact import Artifact
+from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # 0xBA55ED50, little-endian
@@ -62,25 +63,25 @@ class BuildReport:
 def check_gpu_build(artifact: Artifact, reason: str) -> BuildReport:
     """Read the bundle's device code, library and weights file; nothing is executed."""
     target, step = artifact.manifest.target, artifact.manifest.graphs["step"]
-    report = BuildReport(str(artifact.directory), target["name"], reason)
-    if target["device"] == "cuda":
-        _check_cuda(report, artifact, target["arch"])
+    report = BuildReport(str(artifact.directory), target.name, reason)
+    if target.device == "cuda":
+        _check_cuda(report, artifact, target.arch)
     else:
         _check_metal(report, artifact)
     _check_library(report, artifact.graph("step"))
-    _check_params(report, artifact.path(step["params"]), step["num_params"])
+    _check_params(report, artifact.path(step.params), step.num_params)
     return report
 
 
 def _check_cuda(report: BuildReport, artifact: Artifact, arch: str) -> None:
-    kernels = sorted(set(_CUDA_KERNEL.findall(artifact.path("kernels.cu").read_text())))
-    entries = set(_PTX_ENTRY.findall(artifact.path("kernels.ptx").read_text()))
+    kernels = sorted(set(_CUDA_KERNEL.findall(artifact.path(CUDA_SOURCE).read_text())))
+    entries = set(_PTX_ENTRY.findall(artifact.path(PTX).read_text()))
     missing = [k for k in kernels if k not in entries]
     if not kernels or missing:
         report.problems.append(f"kernels.ptx lacks {len(missing)} of the {len(kernels)} kernels of kernels.cu")
     else:
         report.checks.append(f"kernels.cu: {len(kernels)} kernels, each with a PTX entry in kernels.ptx")
-    fatbin = artifact.path("kernels.fatbin").read_bytes()
+    fatbin = artifact.path(FATBIN).read_bytes()
     if not fatbin.startswith(FATBIN_MAGIC):
         report.problems.append("kernels.fatbin is not a CUDA fatbin")
         return
@@ -88,7 +89,7 @@ def _check_cuda(report: BuildReport, artifact: Artifact, arch: str) -> None:
     if cuobjdump is None:
         report.checks.append(f"kernels.fatbin: a fatbin, {len(fatbin)} bytes (cuobjdump absent: its cubins not listed)")
         return
-    listing = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(artifact.path("kernels.fatbin"))],
+    listing = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(artifact.path(FATBIN))],
                              capture_output=True, text=True).stdout
     if f".{arch}." not in listing:
         report.problems.append(f"kernels.fatbin holds no cubin for {arch}")
@@ -98,7 +99,7 @@ def _check_cuda(report: BuildReport, artifact: Artifact, arch: str) -> None:
 
 
 def _check_metal(report: BuildReport, artifact: Artifact) -> None:
-    kernels = sorted(set(_METAL_KERNEL.findall(artifact.path("kernels.metal").read_text())))
+    kernels = sorted(set(_METAL_KERNEL.findall(artifact.path(MSL).read_text())))
     if not kernels:
         report.problems.append("kernels.metal declares no kernel")
     else:

@@ -1,0 +1,9 @@
+"""``rwkv-edge bench``: every backend's decode and prefill speed and memory against the machine's
+memory-bandwidth bound (bench/run.py), each measured in a process of its own (bench/workers.py)."""
+
+from .bound import bound_ms, weight_bytes_per_token
+from .report import BACKENDS, BackendRun, BenchReport, save_report
+from .run import BenchOptions, check_output, run_bench
+
+__all__ = ["BACKENDS", "BackendRun", "BenchOptions", "BenchReport", "bound_ms", "check_output", "run_bench",
+           "save_report", "weight_bytes_per_token"]

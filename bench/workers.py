@@ -1,0 +1,251 @@
+"""The bench's measurements, each in a process of its own: one backend's decode and prefill timings
+(so that the peak RSS is that backend's alone), the machine's read bandwidth.
+
+Each runs in a fresh interpreter (multiprocessing's spawn) with its thread count set before any
+numerical library loads; its spec is a dataclass and its result comes back through a pipe.
+Nothing here imports torch, TVM or onnxruntime at module level: the child imports what its
+backend needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, OptionError, one_line
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    backend: str  # runtime.registry name
+    source: str  # the checkpoint (torch) or the artifact directory
+    threads: int
+    warmup: int
+    steps: int
+    prefill: int  # prompt tokens; 0: no prefill timing
+    prefill_repeats: int
+    seed: int
+    device: str = "cpu"
+    weights: str = "fp32"  # the torch row's dtype on a GPU
+
+
+@dataclass(frozen=True)
+class BandwidthSpec:
+    bytes: int
+    repeats: int
+    threads: int
+    device: str = "cpu"
+
+
+def in_own_process(work: Callable[[Any], Any], spec: Any, threads: int) -> Any:
+    """``work(spec)`` in a fresh interpreter with ``threads`` threads; ArtifactError with its last words
+    when it fails or dies."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(work, spec, threads, send), daemon=True)
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:  # it died without a word: a crash in native code, or killed
+        status, value = "error", "no result (the worker died)"
+    process.join()
+    if status != "ok":
+        raise ArtifactError(f"worker exited with {process.exitcode}: {value}")
+    return value
+
+
+def _child(work: Callable[[Any], Any], spec: Any, threads: int, send) -> None:
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+    try:
+        send.send(("ok", work(spec)))
+    except BaseException as e:  # noqa: BLE001 -- reported to the parent, one line
+        send.send(("error", f"{type(e).__name__}: {one_line(e)}"))
+    finally:
+        send.close()
+
+
+def decode(spec: DecodeSpec) -> dict[str, Any]:
+    """Decode ``spec.warmup`` + ``spec.steps`` tokens and prefill ``spec.prefill`` tokens on one backend."""
+    base_rss = _rss_mib()
+    start = time.perf_counter()
+    backend = _open(spec)
+    # on a GPU a step returns once its kernels are queued: every timed call waits for them
+    sync = backend.sync if spec.device != "cpu" and hasattr(backend, "sync") else None
+    load_s = time.perf_counter() - start
+    rng = np.random.default_rng(spec.seed)
+    tokens = rng.integers(0, backend.vocab_size, spec.warmup + spec.steps).tolist()
+    prompt = rng.integers(0, backend.vocab_size, spec.prefill).tolist()
+
+    state = backend.init_state()
+    for token in tokens[:spec.warmup]:
+        _, state = backend.step(token, state)
+    if sync:
+        sync()
+    times, prefill_s = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for token in tokens[spec.warmup:]:
+            t0 = time.perf_counter_ns()
+            _, state = backend.step(token, state)
+            if sync:
+                sync()
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        if prompt:
+            backend.prefill(prompt, backend.init_state())  # untimed: first calls of a prefill graph allocate
+            if sync:
+                sync()
+            for _ in range(spec.prefill_repeats):
+                fresh = backend.init_state()
+                t0 = time.perf_counter()
+                backend.prefill(prompt, fresh)
+                if sync:
+                    sync()
+                prefill_s.append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    ms = np.asarray(times)
+    return {
+        "backend": spec.backend, "status": "ok", "source": spec.source, "threads": spec.threads, "load_s": load_s,
+        "decode_ms": {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)),
+                      "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()), "min": float(ms.min()),
+                      "max": float(ms.max())},
+        "decode_steps": len(times), "prefill_tokens": len(prompt),
+        "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
+        "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss,
+        "details": _details(spec, backend),
+    }
+
+
+def _open(spec: DecodeSpec):
+    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS); on ``cuda``:
+    PyTorch's model moved to the GPU in the spec's weights, onnxruntime's CUDA provider, the TVM
+    bundle where its manifest says (a CUDA bundle runs on the GPU)."""
+    from ..runtime.registry import open_backend
+
+    if spec.backend == "onnxruntime":
+        from ..runtime.ort_backend import OrtBackend
+
+        backend = OrtBackend(spec.source, threads=spec.threads)
+        if spec.device == "cuda":
+            _use_cuda_provider(backend)
+        return backend
+    if spec.backend == "torch":
+        import torch
+
+        torch.set_num_threads(spec.threads)
+        if spec.device != "cpu":
+            from ..model import load_model
+            from ..runtime.torch_backend import TorchBackend
+
+            dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
+            return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device)
+    return open_backend(spec.source, spec.backend)
+
+
+def _use_cuda_provider(backend) -> None:
+    """Rebuild an OrtBackend's sessions on onnxruntime's CUDA provider (inputs and outputs still
+    cross as numpy arrays, so every call copies the state to the GPU and back)."""
+    import onnxruntime as ort
+
+    options = backend.step_session.get_session_options()
+    for attribute, role in (("step_session", "step"), ("prefill_session", "prefill")):
+        if getattr(backend, attribute) is not None:
+            path = backend.artifact.graph(role)
+            setattr(backend, attribute, ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"]))
+
+
+def _details(spec: DecodeSpec, backend) -> dict[str, Any]:
+    import sys
+
+    details: dict[str, Any] = {"prefill_chunk": getattr(backend, "chunk", 0)}
+    module = {"torch": "torch", "onnxruntime": "onnxruntime", "tvm": "tvm"}[spec.backend]
+    details[module] = getattr(sys.modules.get(module), "__version__", None)
+    if spec.backend == "torch":
+        import torch
+
+        details["intra_op_threads"] = torch.get_num_threads()
+        if spec.device != "cpu":
+            details["dtype"] = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
+            details["gpu"] = torch.cuda.get_device_name(0)
+            details["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / (1 << 20)
+    if spec.backend == "onnxruntime":
+        details["provider"] = backend.step_session.get_providers()[0] if spec.device != "cpu" else "CPUExecutionProvider"
+    if spec.device != "cpu" and getattr(backend, "where", None):
+        details["where"] = backend.where
+    manifest = getattr(backend, "manifest", None)
+    if manifest is not None:
+        details["artifact_target"] = dataclasses.asdict(manifest.target) if manifest.target else None
+    return details
+
+
+def bandwidth(spec: BandwidthSpec) -> list[float] | dict[str, Any]:
+    """GB/s of ``spec.repeats`` timed reductions over a buffer of ``spec.bytes`` (on a GPU: also copies)."""
+    if spec.device != "cpu":
+        return _gpu_bandwidth(spec)
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    # written once, so every page is resident; distinct values, so no page can be shared (KSM, zero page)
+    buffer = torch.arange(spec.bytes // 4, dtype=torch.float32)
+    # torch.amax: a pure read with the least arithmetic per byte; torch.sum measured 15-35% lower
+    # (41 vs 49 GB/s) on the same buffer, and a bound from a slow probe is no bound
+    buffer.amax()
+    samples = []
+    for _ in range(spec.repeats):
+        t0 = time.perf_counter()
+        buffer.amax().item()
+        samples.append(buffer.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return samples
+
+
+def _gpu_bandwidth(spec: BandwidthSpec) -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OptionError(f"torch {torch.__version__} sees no CUDA GPU")
+    n = spec.bytes // 4
+    half = n // 2
+    buffer = torch.arange(n, dtype=torch.float32, device="cuda")  # (n,): written once, every page resident
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def seconds(work: Callable[[], Any]) -> float:
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    def read() -> Any:
+        return buffer.amax()
+
+    def copy() -> Any:
+        return buffer[half:2 * half].copy_(buffer[:half])
+
+    read(), copy()  # warm-up: kernels loaded, clocks up
+    reads = [n * 4 / seconds(read) / 1e9 for _ in range(spec.repeats)]
+    copies = [2 * half * 4 / seconds(copy) / 1e9 for _ in range(spec.repeats)]
+    props = torch.cuda.get_device_properties(0)
+    gpu = {"name": props.name, "arch": f"sm_{props.major}{props.minor}", "memory_mib": props.total_memory / (1 << 20),
+           "multiprocessors": props.multi_processor_count, "l2_mib": getattr(props, "L2_cache_size", 0) / (1 << 20),
+           "torch_cuda": torch.version.cuda}
+    return {"read_gb_s": reads, "copy_gb_s": copies, "gpu": gpu}
+
+
+def _rss_mib(field_name: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0

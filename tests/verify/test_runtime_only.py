@@ -1,0 +1,67 @@
+"""A machine with the runtime and the artifact alone verifies it: a fresh venv holding onnxruntime,
+TVM's runtime and numpy (no torch, no coremltools, no matplotlib, no checkpoint) runs `rwkv-edge
+verify` on the demo model's ONNX export and TVM bundle against the reference rollout they carry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.model import DEMO_CHECKPOINT
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME_PACKAGES = ["numpy", "onnxruntime", "apache-tvm", "apache-tvm-ffi"]  # docs/artifacts.md
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def runtime_python(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A fresh venv with the runtime packages only, and rwkv_edge importable from this checkout."""
+    root = tmp_path_factory.mktemp("runtime-only")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    python = root / "venv" / "bin" / "python"
+    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"),
+                          *RUNTIME_PACKAGES], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    (root / "path").mkdir()
+    (root / "path" / "rwkv_edge").symlink_to(ROOT)  # the package as `pip install --no-deps .` would place it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(root / "path")
+    return python, env
+
+
+@pytest.fixture(scope="module")
+def demo_artifacts(tmp_path_factory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("demo-artifacts")
+    export_onnx(DEMO_CHECKPOINT, work / "onnx", OnnxOptions(prefill_chunk=4), log=quiet)
+    compile_tvm(work / "onnx", work / "tvm", TvmOptions("x86_64-host"), log=quiet)
+    return {"onnx": work / "onnx", "tvm": work / "tvm"}
+
+
+def test_the_venv_has_no_torch(runtime_python):
+    python, env = runtime_python
+    for module in ("torch", "coremltools", "matplotlib"):
+        done = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, text=True, env=env)
+        assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, module
+
+
+@pytest.mark.parametrize("kind", ["onnx", "tvm"])
+def test_verify_runs_without_torch_or_the_checkpoint(kind, runtime_python, demo_artifacts, tmp_path):
+    python, env = runtime_python
+    artifact = shutil.copytree(demo_artifacts[kind], tmp_path / kind)  # away from the checkpoint's manifest path
+    done = subprocess.run([str(python), "-m", "rwkv_edge.cli", "verify", str(artifact)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "PASS" in done.stdout and "recorded at build" in done.stdout and "64/64 steps" in done.stdout
+    assert "greedy     identical over 128 tokens" in done.stdout
+    assert (artifact / "parity.json").is_file() and not (artifact / "parity.png").exists()  # no matplotlib there
