@@ -71,6 +71,7 @@ class Backend(Protocol):
     (StateError) before anything runs."""
 
     name: str
+    runs_on: str  # what computes it, where: "onnxruntime 1.32 CPUExecutionProvider, on this machine"
     vocab_size: int  # the range of token ids, [0, vocab_size), as the graph itself says
     chunk: int  # tokens per call of ``run_prefill_chunk``; 0 where there is no prefill graph
 

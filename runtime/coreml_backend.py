@@ -53,6 +53,7 @@ class CoreMLBackend:
             artifact = open_artifact(artifact_directory(artifact), kind="coreml")
         self.artifact, self.directory, self.manifest = artifact, artifact.directory, artifact.manifest
         self.name = f"coreml-{self.executor}"
+        self.runs_on = describe_executor(self.executor)
         self.spec = self.manifest.state
         self.stateful = self.manifest.target.form == "stateful"
         graphs = self.manifest.graphs

@@ -43,6 +43,7 @@ class OrtBackend:
         self.prefill_session = session("prefill") if "prefill" in graphs else None
         self.chunk = graphs["prefill"].chunk if "prefill" in graphs else 0
         self.vocab_size = _vocabulary(self.step_session, self.manifest, self.artifact.graph("step"))
+        self.runs_on = f"onnxruntime {ort.__version__} CPUExecutionProvider, on this machine"
         self._initial = self.artifact.initial_state()
 
     def state_spec(self) -> list[StateTensor]:

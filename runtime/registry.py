@@ -21,15 +21,20 @@ class BackendEntry:
     module: str  # the runtime module that defines it
     cls: str
     source: str  # what it runs, for the error when given something else
+    options: tuple[str, ...] = ()  # keyword options of its constructor beyond the artifact
 
+
+FLAGS = {"remote": "--rpc / --tracker", "executor": "--executor"}  # how the CLI spells the options
 
 BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
     BackendEntry("torch", None, "torch_backend", "TorchBackend", "a checkpoint (or an artifact, for its checkpoint)"),
-    BackendEntry("onnxruntime", "onnx", "ort_backend", "OrtBackend", "an artifact directory made by `rwkv-edge export onnx`"),
+    BackendEntry("onnxruntime", "onnx", "ort_backend", "OrtBackend", "an artifact directory made by `rwkv-edge export onnx`",
+                 ("threads",)),
     BackendEntry("coreml", "coreml", "coreml_backend", "CoreMLBackend",
-                 "an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`"),
+                 "an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`", ("executor",)),
     BackendEntry("tvm", "tvm", "tvm_backend", "TvmBackend",
-                 "a bundle made by `rwkv-edge compile --target x86_64-host` (or another target this machine runs)"),
+                 "a bundle made by `rwkv-edge compile --target x86_64-host` (or another target this machine runs)",
+                 ("remote",)),
 )}
 
 
@@ -42,9 +47,16 @@ def backend_class(name: str) -> type:
 
 
 def backend_of(artifact: Artifact, **options) -> Backend:
-    """The backend that runs ``artifact``, chosen by its manifest kind."""
-    entry = next(e for e in BACKENDS.values() if e.kind == artifact.manifest.kind)
-    return backend_class(entry.name)(artifact, **options)
+    """The backend that runs ``artifact``, chosen by its manifest kind, with the ``options`` that are
+    set (not None); OptionError for one its backend does not take."""
+    kind = artifact.manifest.kind
+    entry = next(e for e in BACKENDS.values() if e.kind == kind)
+    given = {name: value for name, value in options.items() if value is not None}
+    for name in given.keys() - set(entry.options):
+        takers = [e.kind for e in BACKENDS.values() if name in e.options]
+        raise OptionError(f"{artifact.directory} holds a {kind} artifact; {FLAGS.get(name, name)} applies to "
+                          f"{' and '.join(takers)} artifacts")
+    return backend_class(entry.name)(artifact, **given)
 
 
 def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:

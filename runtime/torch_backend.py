@@ -23,6 +23,9 @@ class TorchBackend:
         self.device = device
         self.model = model if device == "cpu" else model.to(device)
         self.vocab_size = model.config.vocab_size
+        import torch
+
+        self.runs_on = f"PyTorch {torch.__version__} eager, {device}"
 
     def state_spec(self) -> list[StateTensor]:
         return self.model.state_spec()

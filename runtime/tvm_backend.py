@@ -59,6 +59,9 @@ class TvmBackend:
         self._session = None
         self.library = self._library()
         self.where = self._where()
+        import tvm
+
+        self.runs_on = f"TVM {tvm.__version__} Relax VM on {self.where}"
         self._vm, self._device = self._load()
         self._params = self._load_params()
         self.vocab_size = self._vocabulary()

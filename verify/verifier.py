@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
-from ..errors import ArtifactError, OptionError
+from ..errors import ArtifactError
 from ..runtime.backend import Backend
 from ..runtime.registry import backend_of
 from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_reference, greedy_against,
@@ -41,8 +41,6 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 
     artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
     directory, manifest = artifact.directory, artifact.manifest
-    if remote is not None and manifest.kind != "tvm":
-        raise OptionError(f"{directory}: --rpc and --tracker run TVM bundles; this is a {manifest.kind} artifact")
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 
@@ -55,8 +53,9 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {manifest.weights} weights, "
         f"{manifest.compute} compute; limits {tolerance.name}; against "
         + ("the PyTorch model, live" if live else "the PyTorch model's rollout recorded at build time"))
-    candidate, ran, spec_check = _open(artifact, executor, remote, log)
-    log(f"  running on {ran}")
+    log(f"loading the {manifest.kind} artifact ...")
+    candidate = backend_of(artifact, executor=executor, remote=remote)
+    log(f"  running on {candidate.runs_on}")
     log(f"rollout of {steps} steps ...")
     if live:
         tokens = _repeat(recorded.tokens.tolist(), steps)
@@ -64,20 +63,15 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     else:
         tokens = recorded.tokens[:steps].tolist()
         report = compare_to_reference(recorded, candidate, steps, tolerance)
-    report.what_ran.insert(0, ran)
-    if spec_check is not None:
-        report.what_ran.insert(1, spec_check.summary())
-        report.failures[:0] = [f"spec: {problem}" for problem in spec_check.problems]
-        report.details["ops"] = spec_check.ops
+    report.what_ran.insert(0, candidate.runs_on)
     if candidate.chunk:
         _check_prefill(report, candidate, live, recorded)
     if greedy_tokens and report.n_steps == len(tokens):  # a broken candidate stopped the rollout early
         log(f"greedy generation of {greedy_tokens} tokens ...")
         report.add_greedy(greedy_identity(live, candidate, tokens[:GREEDY_PROMPT], greedy_tokens) if live
                           else greedy_against(recorded, candidate, greedy_tokens))
-    if manifest.kind == "tvm":
-        log("timing the decode step ...")
-        log(_time_decode(report, candidate))
+    if manifest.kind in KIND_CHECKS:
+        KIND_CHECKS[manifest.kind](report, candidate, log)
     candidate.close()  # a remote device serves one session at a time
     json_path, png_path = report.save(directory)
     log(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
@@ -99,31 +93,6 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     return TorchBackend(model)
 
 
-def _open(artifact: Artifact, executor: str | None, remote, log: Callable[[str], None]):
-    """(the backend, what runs it, the Core ML spec check or None)."""
-    manifest = artifact.manifest
-    log(f"loading the {manifest.kind} artifact ...")
-    if manifest.kind == "onnx":
-        import onnxruntime
-
-        candidate = backend_of(artifact)
-        return candidate, f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider, on this machine", None
-    if manifest.kind == "tvm":
-        import tvm
-
-        candidate = backend_of(artifact, remote=remote)
-        return candidate, f"TVM {tvm.__version__} Relax VM on {candidate.where}", None
-    from ..runtime.coreml_backend import describe_executor
-    from ..runtime.coreml_mil import MilProgram
-    from .coreml_spec import check_spec
-
-    candidate = backend_of(artifact, executor=executor)
-    program = MilProgram(candidate.package)
-    spec_check = check_spec(manifest, program.spec, program.program)
-    log(spec_check.summary())
-    return candidate, describe_executor(candidate.executor), spec_check
-
-
 def _gpu_absent(manifest: Manifest) -> str | None:
     """Why a GPU bundle cannot run here (None for CPU bundles and where the GPU is present)."""
     target = manifest.target
@@ -134,8 +103,22 @@ def _gpu_absent(manifest: Manifest) -> str | None:
     return gpu_unavailable(target.device, target.arch, target.triple)
 
 
-def _time_decode(report: ParityReport, candidate) -> str:
-    """The decode step's latency where the bundle ran (a figure from an emulator says nothing about the hardware)."""
+def _check_coreml_spec(report: ParityReport, candidate, log: Callable[[str], None]) -> None:
+    """A Core ML package's interface and ops against the contract (runs on any OS)."""
+    from ..runtime.coreml_mil import MilProgram
+    from .coreml_spec import check_spec
+
+    program = MilProgram(candidate.package)
+    spec_check = check_spec(candidate.manifest, program.spec, program.program)
+    log(spec_check.summary())
+    report.what_ran.insert(1, spec_check.summary())
+    report.failures[:0] = [f"spec: {problem}" for problem in spec_check.problems]
+    report.details["ops"] = spec_check.ops
+
+
+def _time_decode(report: ParityReport, candidate, log: Callable[[str], None]) -> None:
+    """The decode step's latency where a TVM bundle ran (a figure from an emulator says nothing about the hardware)."""
+    log("timing the decode step ...")
     times = candidate.time_decode()
     median = float(np.median(times))
     report.details["decode_ms"] = {"median": median, "min": min(times), "max": max(times), "samples": times,
@@ -143,7 +126,10 @@ def _time_decode(report: ParityReport, candidate) -> str:
     caveat = "; if that device is emulated, this is not its hardware's speed" if candidate.remote else ""
     report.what_ran.append(f"decode step timed on {candidate.where}: median {median:.3f} ms "
                            f"(TVM time_evaluator, 20 x 5 calls{caveat})")
-    return report.what_ran[-1]
+    log(report.what_ran[-1])
+
+
+KIND_CHECKS = {"coreml": _check_coreml_spec, "tvm": _time_decode}  # what a kind's report adds
 
 
 def _repeat(tokens: list[int], n: int) -> list[int]:

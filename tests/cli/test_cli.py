@@ -260,3 +260,8 @@ def test_every_class_of_bad_input_is_one_line(case, message, cli, tmp_path, make
     code, _, err = cli(*_bad_inputs(tmp_path, make_ckpt, onnx_export)[case])
     assert code == 1 and err.count("\n") == 1 and err.startswith("rwkv-edge: error: ") and message in err, err
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "user data"
+
+
+def test_an_option_of_another_kind_of_artifact_is_one_line(cli, onnx_export):
+    code, _, err = cli("verify", str(onnx_export("v4")), "--rpc", "127.0.0.1:1")
+    assert code == 1 and err.count("\n") == 1 and "--rpc / --tracker applies to tvm artifacts" in err
