@@ -36,6 +36,7 @@ from ..errors import ArtifactError, OptionError, RwkvEdgeError
 from ..model import ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
 from ..platforms import cuda_device_arch, gpu_unavailable, host_triple, sm_number
+from ..runtime.registry import BACKENDS as RUNNERS
 from . import workers
 from .bound import (BYTES_PER_VALUE, bandwidth_buffer_bytes, bound_ms, machine_info, row_weight_bytes,
                     weight_bytes_per_token)
@@ -44,7 +45,7 @@ from .workers import BandwidthSpec, DecodeSpec, in_own_process
 
 DEVICES = ("cpu", "cuda")
 WEIGHTS = ("fp32", "fp16")  # what the torch and TVM rows store their weights in (fp16: GPU only)
-ARTIFACT_KINDS = {"onnxruntime": "onnx", "tvm": "tvm"}  # the manifest kind each backend runs
+ARTIFACT_KINDS = {b: RUNNERS[b].kind for b in BACKENDS if RUNNERS[b].kind}  # bench row -> the manifest kind it runs
 GPU_BANDWIDTH_MIB = 2048  # the GPU's read-bandwidth buffer: 40 x an H100's 50 MB L2
 
 
@@ -392,8 +393,6 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
 def tvm_unavailable(target: str) -> str | None:
     """Why the TVM row cannot run in this build or on this machine, or None."""
     import importlib.util
-
-    from ..runtime.registry import BACKENDS as RUNNERS
 
     if "tvm" not in RUNNERS or importlib.util.find_spec("rwkv_edge.runtime.tvm_backend") is None:
         return "this build has no TVM backend (rwkv_edge.runtime.tvm_backend)"
