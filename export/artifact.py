@@ -23,11 +23,10 @@ ROLLOUT_TEXT = (
 )
 
 
-def load_source(checkpoint: Path, log: Callable[[str], None], dtype: torch.dtype = torch.float32,
-                note: str = "") -> tuple[RWKVModel, str]:
-    """Load the checkpoint an artifact is made from (a timed stage) and its sha256; log what it is."""
+def load_source(checkpoint: Path, log: Callable[[str], None], note: str = "") -> tuple[RWKVModel, str]:
+    """Load the checkpoint an artifact is made from in fp32 (a timed stage) and its sha256; log what it is."""
     with stage(log, "load checkpoint"):
-        model, sha = load_checkpoint(checkpoint, dtype=dtype)
+        model, sha = load_checkpoint(checkpoint)
     log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
         f"vocab {model.config.vocab_size}{note}")
     return model, sha
