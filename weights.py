@@ -16,7 +16,7 @@ from .errors import OptionError
 class WeightFormat:
     name: str
     bits: int  # per stored weight value
-    group_size: int | None  # quantized formats: weights per scale; None: one scale per output channel
+    group_size: int | None  # quantized formats: the default group (weights per scale, along the input axis)
     description: str
 
     @property
@@ -27,8 +27,8 @@ class WeightFormat:
 WEIGHT_FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
     WeightFormat("fp32", 32, None, "IEEE float32"),
     WeightFormat("fp16", 16, None, "IEEE float16"),
-    WeightFormat("int8", 8, None, "8-bit integers, symmetric, one scale per output channel"),
-    WeightFormat("int4", 4, 32, "4-bit integers, symmetric, one scale per block of 32 weights"),
+    WeightFormat("int8", 8, 32, "8-bit integers, symmetric, one fp16 scale per group of weights (quantize.py)"),
+    WeightFormat("int4", 4, 32, "4-bit integers, symmetric, one fp16 scale per group of weights (quantize.py)"),
 )}
 
 

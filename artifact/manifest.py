@@ -19,6 +19,7 @@ from typing import Any
 
 from ..contract import CONTRACT_VERSION, VERSIONS, StateTensor, compatible
 from ..errors import ArtifactError
+from ..quantize import GROUP_SIZES
 from ..weights import WEIGHT_FORMATS
 
 MANIFEST = "manifest.json"
@@ -89,6 +90,8 @@ class Manifest:
     tokenizer: str
     weights: str  # the weight format (weights.WEIGHT_FORMATS): how the weight matrices are stored
     compute: str  # "fp32" or "fp16": the precision the step computes in (the state stays fp32)
+    group_size: int  # int8/int4 from quantize.py: weights per scale along the input axis; 0: float weights, or
+    # Core ML's own compression
     batch: int | str  # 1, or "dynamic"
     state: list[StateTensor]  # in graph input order; shapes without the batch axis
     source: dict[str, str]  # checkpoint path and sha256
@@ -213,6 +216,9 @@ class _Checker:
         weights = self.get(data, "weights", str, "weights")
         if weights not in WEIGHT_FORMATS:
             self.fail(f"unknown weight format {weights!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
+        group = self.get(data, "group_size", int, "group_size")
+        if group not in ((0, *GROUP_SIZES) if WEIGHT_FORMATS[weights].quantized else (0,)):
+            self.fail(f"group_size {group} does not fit {weights} weights")
         compute = self.get(data, "compute", str, "compute")
         if compute not in COMPUTE:
             self.fail(f"unknown compute precision {compute!r}; expected one of {', '.join(COMPUTE)}")
@@ -226,7 +232,8 @@ class _Checker:
                 self.fail(f"{key} {name!r} is not one of the listed files")
         return Manifest(
             kind=kind, contract_version=contract, architecture=architecture, config=config,
-            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), weights=weights, compute=compute, batch=batch,
+            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), weights=weights, compute=compute, group_size=group,
+            batch=batch,
             state=self.state(self.get(data, "state", list, "state"), config["n_layer"]),
             source=self.source(self.get(data, "source", dict, "source")),
             graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files),

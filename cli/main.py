@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_arg(p)
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp32",
-                   help="weight format, also the compute precision: fp32 or fp16; the state stays fp32 (default fp32)")
+                   help="weight format: fp32, fp16 (fp16 compute), int8 or int4 (the projections and head quantized, "
+                        "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32)")
+    _group_size_arg(p)
     p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="tokens per prefill call; 0 exports no prefill graph (default 16)")
     p.add_argument("--prefill-all-logits", action="store_true", help="prefill returns the logits of all T positions")
@@ -94,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--weights", choices=WEIGHT_FORMATS,
-                   help="weight format (default: the target's): TVM CPU fp32; TVM GPU fp32 or fp16 (GEMV weights, "
-                        "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 (per channel) or "
-                        "int4 (blocks of 32, iOS 18 / macOS 15), fp16 compute")
+                   help="weight format (default: the target's, or an ONNX export's): TVM CPU fp32, int8 or int4 "
+                        "(the project's quantizer, fp32 compute); TVM GPU fp32 or fp16 (GEMV weights, summed in fp32); "
+                        "Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 (per channel) or int4 (blocks of 32, "
+                        "iOS 18 / macOS 15), fp16 compute")
+    _group_size_arg(p)
     p.add_argument("--stateful", action="store_true",
                    help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
     p.add_argument("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (default: the target's)")
@@ -154,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "this GPU runs, e.g. cuda-sm90 on an H100)")
     p.set_defaults(run=cmd_bench)
     return parser
+
+
+def _group_size_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group-size", type=int, choices=[16, 32, 64, 128, 256], metavar="G",  # quantize.GROUP_SIZES
+                   help="int8/int4: weights per fp16 scale along each row's input axis (default 32)")
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -296,7 +305,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     from ..export.onnx import OnnxOptions, export_onnx
     from ..model import DEMO_CHECKPOINT
 
-    options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset)
+    options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset,
+                          args.group_size)
     checkpoint = args.checkpoint or DEMO_CHECKPOINT
     print(f"export onnx: {checkpoint} -> {args.out}  ({options})")
     export_onnx(checkpoint, args.out, options)
@@ -309,7 +319,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     source = args.checkpoint or DEMO_CHECKPOINT
     print(f"compile: {source} -> {args.out}")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
-                             args.prefill_chunk)
+                             args.prefill_chunk, args.group_size)
     compile_for(source, args.out, args.target, request)
 
 

@@ -28,6 +28,7 @@ class CompileRequest:
     compute_units: str | None = None  # Core ML
     deployment: str | None = None  # Core ML: minimum deployment target
     prefill_chunk: int = 16  # Core ML: tokens per prefill call (0: none)
+    group_size: int | None = None  # int8/int4 weights: weights per scale (default: the format's)
 
     def given(self) -> dict[str, object]:
         """The fields set away from their defaults, by their CLI names."""

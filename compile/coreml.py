@@ -302,7 +302,8 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) ->
         graphs["prefill"] = Graph(PACKAGE, function="prefill", chunk=plan.prefill_chunk)
     return Manifest(
         kind="coreml", contract_version=CONTRACT_VERSION, architecture=model.version,
-        config=model.describe(), tokenizer=tokenizer_name(model), weights=plan.weights, compute=plan.compute, batch=1,
+        config=model.describe(), tokenizer=tokenizer_name(model), weights=plan.weights, compute=plan.compute,
+        group_size=0, batch=1,  # int8/int4: coremltools' own quantization, not quantize.py's
         state=model.state_spec(), source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
         graphs=graphs, target=plan.build(), reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},

@@ -281,6 +281,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
         config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute="fp32",
+        group_size=onnx_manifest.group_size,
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
         graphs={"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")},
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},

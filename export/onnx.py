@@ -23,26 +23,30 @@ from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
 from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
-from ..weights import check_weights
+from ..quantize import check_group
+from ..weights import check_weights, weight_format
 from ..model import RWKVModel
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
 from .artifact import build_reference, load_source, report_commit, save_initial_state, stage, tokenizer_name
 from .graph import ContractGraph
+from .nbits import to_matmul_nbits
 
-WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16}  # the formats an export holds; it computes in them
+# the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
+WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32, "int4": torch.float32}
 EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph itself
 
 
 @dataclass(frozen=True)
 class OnnxOptions:
-    weights: str = "fp32"  # the weight format, also the compute precision; the state stays fp32 at the interface
+    weights: str = "fp32"  # the weight format; fp16 also computes in fp16; the state stays fp32 at the interface
     prefill_chunk: int = 16  # tokens per prefill call; 0: no prefill graph
     prefill_all_logits: bool = False  # prefill returns (B, T, V) instead of the last position
     dynamic_batch: bool = False  # a symbolic batch axis instead of batch 1
     opset: int = 18
+    group_size: int | None = None  # int8/int4: weights per scale (default: the format's)
 
     def __post_init__(self) -> None:
-        check_weights(self.weights, tuple(WEIGHTS), "an ONNX export")
+        check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         if self.opset < 18:
@@ -54,11 +58,16 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint = Path(checkpoint)
     with ArtifactWriter(out_dir, log) as writer:
-        model, sha = load_source(checkpoint, log, note=f", {options.weights} weights and compute")
-        with stage(log, "reference rollout (fp32)"):
+        fmt = weight_format(options.weights)
+        model, sha = load_source(checkpoint, log, note=f", {fmt.name} weights, {_compute(options)} compute")
+        group = check_group(fmt, options.group_size)
+        if fmt.quantized:
+            with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
+                log(f"  {model.quantize_weights(fmt.bits, group)} matrices; the embedding and LoRA matrices stay fp32")
+        with stage(log, "reference rollout (fp32 compute)"):
             build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
         model = model.to(WEIGHTS[options.weights])
-        manifest = _manifest(model, checkpoint, sha, options)
+        manifest = _manifest(model, checkpoint, sha, options, group)
         graphs = {"step": (ContractGraph(model), STEP_ONNX)}
         if options.prefill_chunk:
             graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), PREFILL_ONNX)
@@ -70,7 +79,11 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     return manifest
 
 
-def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions) -> Manifest:
+def _compute(options: OnnxOptions) -> str:
+    return "fp16" if options.weights == "fp16" else "fp32"
+
+
+def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions, group: int) -> Manifest:
     import onnx
     import onnxscript
 
@@ -79,7 +92,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
         graphs["prefill"] = Graph(PREFILL_ONNX, chunk=options.prefill_chunk, all_logits=options.prefill_all_logits)
     return Manifest(
         kind="onnx", contract_version=CONTRACT_VERSION, architecture=model.version,
-        config=model.describe(), tokenizer=tokenizer_name(model), weights=options.weights, compute=options.weights,
+        config=model.describe(), tokenizer=tokenizer_name(model), weights=options.weights, compute=_compute(options), group_size=group,
         batch="dynamic" if options.dynamic_batch else 1,
         state=model.state_spec(),
         source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs, reference=REFERENCE,
@@ -108,10 +121,15 @@ def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options:
     log(f"  {role}: {before} -> {len(program.model.graph)} nodes")
     program.model.metadata_props.update(_metadata(manifest, role))
     weights = sum(p.numel() * p.element_size() for p in graph.parameters())
+    fmt = weight_format(manifest.weights)
     with stage(log, f"save and check {path.name}"):
         program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
         import onnx
 
+        if fmt.quantized:
+            proto = onnx.load(str(path))
+            log(f"  {to_matmul_nbits(proto, fmt.bits, manifest.group_size)} MatMul -> MatMulNBits ({fmt.name})")
+            onnx.save_model(proto, str(path))
         onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import TokenError
+from ..errors import OptionError, TokenError
 from .checkpoint import StateDict, check_tensors
 from .state import State, StateTensor, check_state, zero_state
 
@@ -107,6 +107,24 @@ class RWKVModel(nn.Module):
         matched = check_tensors(tensors, expected, source)
         model.load_state_dict({k: v.to(dtype) for k, v in matched.items()}, assign=True)
         return model.eval().requires_grad_(False)
+
+    def quantize_weights(self, bits: int, group: int) -> int:
+        """Replace the weight of every ``nn.Linear`` (the projections and the head) with its ``bits``-bit
+        quantization (``quantize.py``), dequantized to fp32: the numbers every quantized artifact of this
+        model computes with. The embedding, LoRA matrices, norms and mixing vectors stay as they are.
+        Returns the number of matrices; OptionError (before any change) if ``group`` does not divide
+        an input dimension."""
+        from ..quantize import quantize
+
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        for m in linears:
+            if m.in_features % group:
+                raise OptionError(f"a group size of {group} does not divide the input dimension {m.in_features} "
+                                  f"of the {m.out_features} x {m.in_features} matrices")
+        for m in linears:
+            weight = m.weight.detach().float().numpy()
+            m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
+        return len(linears)
 
     def describe(self) -> dict[str, Any]:
         """The version and full config, for ``rwkv-edge info``."""

@@ -19,6 +19,7 @@ from ..runtime.backend import Backend
 from ..runtime.registry import backend_of
 from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_reference, greedy_against,
                      greedy_identity)
+from ..weights import weight_format
 from .tolerances import tolerance_for
 
 GREEDY_PROMPT = 16  # tokens of the rollout that prompt greedy generation (as recorded at build time)
@@ -90,6 +91,9 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     model, sha = load_checkpoint(source)
     if sha != artifact.manifest.source["sha256"]:
         raise ArtifactError(f"{source} is not the checkpoint this artifact was made from (sha256 differs)")
+    manifest = artifact.manifest
+    if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices
+        model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size)
     return TorchBackend(model)
 
 

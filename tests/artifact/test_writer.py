@@ -24,7 +24,7 @@ def quiet(_: str) -> None:
 def manifest(**changes) -> Manifest:
     """A valid manifest of a one-layer ONNX artifact (the writer never looks inside the files)."""
     fields = dict(kind="onnx", contract_version=CONTRACT_VERSION, architecture="v7",
-                  config={"vocab_size": 16, "n_layer": 1, "n_embd": 4}, tokenizer="bytes", weights="fp32", compute="fp32", batch=1,
+                  config={"vocab_size": 16, "n_layer": 1, "n_embd": 4}, tokenizer="bytes", weights="fp32", compute="fp32", group_size=0, batch=1,
                   state=[StateTensor(0, "att_shift", (4,))], source={"checkpoint": "/x.pth", "sha256": "0" * 64},
                   graphs={"step": {"file": "model.onnx"}}, tools={}, reference="reference.npz")
     return Manifest(**{**fields, **changes})

@@ -1,0 +1,105 @@
+"""The project's one weight quantizer: a matrix -> integers and per-group scales, and back.
+
+Every backend consumes the numbers this module produces, so quantized artifacts agree with each other
+and with the PyTorch model (whose matrices are replaced by ``dequantize(quantize(W))``) to rounding:
+
+- groups of ``group`` consecutive weights along the input axis K of each output row, one fp16 scale
+  per group (as llama.cpp's Q8_0 / Q4_0 store them);
+- int8: ``d = amax / 127``, ``q = round(w / d)`` in [-127, 127];
+- int4: ``d = m / -8`` with ``m`` the group's weight of largest magnitude, ``q = round(w / d)`` clipped
+  to [-8, 7] (16 levels: the extreme maps to -8 exactly);
+- an all-zero group has ``d = 0`` and ``q = 0``; a nonzero ``|d|`` below fp16's smallest normal number
+  (2^-14) is raised to it: such a group's weights are resolved in steps of 2^-14.
+
+Quantizing a dequantized matrix gives back the same integers and scales (the extreme of every group
+is exactly the scale times the extreme level, and fp16 scales times small integers are exact in
+fp32). ``quantized_exactly`` uses that to find, in a graph, the matrices that were quantized: no
+names need to survive an exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OptionError
+from .weights import WeightFormat
+
+GROUP_SIZES = (16, 32, 64, 128, 256)  # powers of two: onnxruntime's MatMulNBits takes these
+SMALLEST_SCALE = np.float16(2**-14)  # fp16's smallest normal number
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A matrix (N, K) as integers and scales: ``W[n, k] = values[n, k] * scales[n, k // group]``."""
+
+    values: np.ndarray  # (N, K) int8: in [-127, 127] (int8) or [-8, 7] (int4)
+    scales: np.ndarray  # (N, K // group) float16
+    bits: int
+
+    @property
+    def group(self) -> int:
+        return self.values.shape[1] // self.scales.shape[1]
+
+    def dequantize(self) -> np.ndarray:
+        """(N, K) float32, exactly the matrix every backend computes with."""
+        scales = np.repeat(self.scales.astype(np.float32), self.group, axis=1)
+        return self.values.astype(np.float32) * scales
+
+    def unsigned(self) -> np.ndarray:
+        """(N, K) uint8 with the zero point 2^(bits-1) added: what MatMulNBits and the TVM kernels store."""
+        return (self.values.astype(np.int16) + (1 << (self.bits - 1))).astype(np.uint8)
+
+    def packed(self) -> np.ndarray:
+        """(N, K * bits / 8) uint8: the unsigned values, int4 two to a byte with the lower k in the low nibble."""
+        unsigned = self.unsigned()
+        if self.bits == 8:
+            return unsigned
+        return unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+
+
+def check_group(fmt: WeightFormat, group: int | None) -> int:
+    """The group size for ``fmt``: ``group`` or the format's default; OptionError if not one of GROUP_SIZES."""
+    if not fmt.quantized:
+        if group is not None:
+            raise OptionError(f"--group-size applies to int8 and int4 weights, not {fmt.name}")
+        return 0
+    group = fmt.group_size if group is None else group
+    if group not in GROUP_SIZES:
+        raise OptionError(f"group size {group} is not one of {', '.join(map(str, GROUP_SIZES))}")
+    return group
+
+
+def quantize(weight: np.ndarray, bits: int, group: int) -> Quantized:
+    """(N, K) float -> Quantized; K must be a multiple of ``group`` (OptionError otherwise)."""
+    n, k = weight.shape
+    if k % group:
+        raise OptionError(f"a group size of {group} does not divide the input dimension {k} of a {n} x {k} matrix")
+    w = weight.astype(np.float32).reshape(n, k // group, group)
+    if bits == 8:
+        low, high, extreme = -127, 127, np.abs(w).max(axis=2) / np.float32(127)
+    elif bits == 4:
+        low, high = -8, 7
+        at = np.abs(w).argmax(axis=2)[..., None]
+        extreme = np.take_along_axis(w, at, axis=2)[..., 0] / np.float32(-8)
+    else:
+        raise OptionError(f"no {bits}-bit quantization: int8 and int4 only")
+    scales = extreme.astype(np.float16)  # (N, K / group)
+    if not np.isfinite(scales).all():
+        raise OptionError(f"weights of magnitude {np.abs(w).max():.3g} are beyond fp16 scales")
+    tiny = (scales != 0) & (np.abs(scales) < SMALLEST_SCALE)  # no subnormal scales: they would not round-trip
+    scales[tiny] = np.copysign(SMALLEST_SCALE, scales[tiny])
+    d = scales.astype(np.float32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.where(d != 0, np.rint(w / np.where(d != 0, d, 1)), 0)
+    values = np.clip(values, low, high).astype(np.int8).reshape(n, k)
+    return Quantized(values, scales, bits)
+
+
+def quantized_exactly(weight: np.ndarray, bits: int, group: int) -> Quantized | None:
+    """The quantization of ``weight`` (N, K) if ``weight`` is one, exactly, that ``quantize`` produced; else None."""
+    if weight.ndim != 2 or weight.shape[1] % group or weight.dtype != np.float32:
+        return None
+    found = quantize(weight, bits, group)
+    return found if np.array_equal(found.dequantize(), weight) else None
