@@ -85,7 +85,8 @@ def quantize(weight: np.ndarray, bits: int, group: int) -> Quantized:
         extreme = np.take_along_axis(w, at, axis=2)[..., 0] / np.float32(-8)
     else:
         raise OptionError(f"no {bits}-bit quantization: int8 and int4 only")
-    scales = extreme.astype(np.float16)  # (N, K / group)
+    with np.errstate(over="ignore"):
+        scales = extreme.astype(np.float16)  # (N, K / group)
     if not np.isfinite(scales).all():
         raise OptionError(f"weights of magnitude {np.abs(w).max():.3g} are beyond fp16 scales")
     tiny = (scales != 0) & (np.abs(scales) < SMALLEST_SCALE)  # no subnormal scales: they would not round-trip

@@ -18,6 +18,7 @@ from rwkv_edge.model.state import CONTRACT_VERSION
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime.ort_backend import OrtBackend
 from rwkv_edge.verify import verify_artifact
+from rwkv_edge.verify.tolerances import tolerance_for
 
 CONTRACT_DOC = Path(__file__).parents[2] / "docs" / "onnx-contract.md"
 CHUNK = 4  # a short prefill graph keeps the export quick; the demo model's test uses the default
@@ -42,7 +43,7 @@ def exported(version_ckpt, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 @pytest.mark.parametrize("version", list(ARCHITECTURES))
 def test_export_verifies(version, precision, exported):
     out = exported(version, precision)
@@ -50,8 +51,38 @@ def test_export_verifies(version, precision, exported):
     assert report.passed, report.summary()
     assert report.n_steps == 64 and any("prefill graph" in line for line in report.what_ran)
     saved = json.loads((out / "parity.json").read_text())
-    assert saved["passed"] and saved["limits"] == precision
+    compute = "fp16" if precision == "fp16" else "fp32"
+    assert saved["passed"] and saved["limits"] == tolerance_for(precision, compute, "onnx").name
     assert (out / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_quantized_exports_hold_every_projection_in_matmulnbits(version, precision, exported, version_ckpt):
+    """Every nn.Linear of the model (projections and head) is a MatMulNBits in both graphs; nothing else
+    is, and the quantized model is measurably another model than the fp32 one."""
+    out = exported(version, precision)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"] == precision and manifest["group_size"] == 32 and manifest["compute"] == "fp32"
+    linears = sum(isinstance(m, torch.nn.Linear) for m in load_model(version_ckpt(version)).modules())
+    for name in ("model.onnx", "prefill.onnx"):
+        ops = [node.op_type for node in onnx.load(out / name).graph.node]
+        assert ops.count("MatMulNBits") == linears, name
+    quantized = np.load(out / "reference.npz")["logits"]
+    full = np.load(exported(version, "fp32") / "reference.npz")["logits"]
+    drift = np.abs(quantized - full).max() / full.std()
+    assert 1e-4 < drift < (0.2 if precision == "int8" else 2.0), drift
+
+
+def test_quantized_export_bad_input(make_ckpt, tmp_path, cli):
+    ckpt = make_ckpt("v7", n_embd=96, head_size=32)  # 96 = 3 x 32: not a multiple of 64
+    code, _, err = cli("export", "onnx", str(ckpt), "-o", str(tmp_path / "a"), "--weights", "int8", "--group-size", "64")
+    assert code == 1 and err.count("\n") <= 1 and "group size of 64 does not divide the input dimension 96" in err
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    code, _, err = cli("export", "onnx", str(ckpt), "-o", str(tmp_path / "b"), "--weights", "fp32", "--group-size", "32")
+    assert code == 1 and "--group-size applies to int8 and int4" in err
+    code, _, err = cli("export", "onnx", str(ckpt), "-o", str(tmp_path / "c"), "--weights", "int4", "--group-size", "48")
+    assert code == 2 and "invalid choice" in err
 
 
 @pytest.mark.parametrize("version", list(ARCHITECTURES))
