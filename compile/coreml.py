@@ -13,8 +13,10 @@ From iOS 18 / macOS 15 the package is multifunction: ``decode`` (1 token) and ``
 
 fp16 compute keeps the parts that fp16 cannot carry in fp32: every op on the WKV recurrence (any
 path from a ``wkv`` state input to a ``wkv`` state output) and the normalisations, whose
-variances overflow fp16 on real activations. Weights can be compressed to int8 (per channel) or
-int4 (per block of 32, iOS 18 / macOS 15).
+variances overflow fp16 on real activations. Weights can be compressed to int8 or int4 (iOS 18 /
+macOS 15): the project's quantizer (``quantize.py``) quantizes the projections and the head, and each
+of those weights becomes a ``constexpr_blockwise_shift_scale`` of exactly its integers and fp16 scales,
+the numbers the ONNX and TVM artifacts of the same format hold.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from torch import nn
 from .. import __version__
 from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
 from ..contract import CONTRACT_VERSION
-from ..errors import OptionError
+from ..errors import OptionError, ToolError
+from ..quantize import Quantized, check_group, quantized_exactly
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
 from ..targets import CoreMLTarget, coreml_name, get_target
@@ -44,9 +47,9 @@ from ..export.graph import ContractGraph
 
 # weight format -> (compute precision, oldest iOS that runs it): fp16 and compressed weights compute in
 # fp16 (with the recurrence and the norms in fp32, see Fp16Selector), fp32 weights in fp32
-WEIGHTS = {"fp16": ("fp16", "iOS16"), "fp32": ("fp32", "iOS16"), "int8": ("fp16", "iOS16"), "int4": ("fp16", "iOS18")}
+WEIGHTS = {"fp16": ("fp16", "iOS16"), "fp32": ("fp32", "iOS16"), "int8": ("fp16", "iOS18"), "int4": ("fp16", "iOS18")}
 MULTIFUNCTION_IOS = 18  # multifunction packages (and states) need iOS 18 / macOS 15
-INT4_BLOCK = 32
+BLOCKWISE_SPEC = 9  # Core ML spec version of iOS 18 / macOS 15: constexpr_blockwise_shift_scale
 # Ops kept in fp32 under fp16 compute: normalisations and the reductions they decompose into.
 FP32_OP_TYPES = frozenset({"layer_norm", "instance_norm", "batch_norm", "l2_norm", "reduce_mean", "reduce_sum",
                            "reduce_l2_norm", "reduce_sum_square", "square", "sqrt", "rsqrt", "pow"})
@@ -60,14 +63,18 @@ class CoreMLOptions:
     compute_units: str | None = None  # ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default: the target's
     deployment: str | None = None  # minimum deployment target, e.g. "iOS18"; default: per form
     prefill_chunk: int = 16  # tokens per prefill call (multifunction packages only); 0: decode only
+    group_size: int | None = None  # int8/int4: weights per scale (default: the format's)
 
     def resolve(self) -> "CoreMLPlan":
         """Check every option against the target; OptionError naming the first that does not fit."""
         target = get_target(self.target)
         if not isinstance(target, CoreMLTarget):
             raise OptionError(f"target {self.target!r} is not a Core ML target")
+        fmt = check_weights(self.weights or target.weight_formats[0], target.weight_formats, "a Core ML package")
         deployment = target.deployment(self.stateful, self.deployment)
-        weights = check_weights(self.weights or target.weight_formats[0], target.weight_formats, "a Core ML package").name
+        if fmt.quantized and self.deployment is None:
+            deployment = target.stateful_deployment  # iOS 18 / macOS 15: the first with blockwise weights
+        weights, group = fmt.name, check_group(fmt, self.group_size)
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         ios = _ios_equivalent(deployment)
@@ -77,7 +84,7 @@ class CoreMLOptions:
         multifunction = ios >= MULTIFUNCTION_IOS and self.prefill_chunk > 0
         return CoreMLPlan(target, deployment, weights, compute,
                           check_compute_units(self.compute_units or target.compute_units), self.stateful,
-                          self.prefill_chunk if multifunction else 0)
+                          self.prefill_chunk if multifunction else 0, group)
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class CoreMLPlan:
     compute_units: str
     stateful: bool
     prefill_chunk: int  # 0: a single-function package holding the decode step as "main"
+    group_size: int  # int8/int4: weights per scale; 0 for float weights
 
     @property
     def functions(self) -> dict[str, int | None]:
@@ -119,7 +127,7 @@ def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: C
     if not request.schedules:
         raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
     options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
-                            request.prefill_chunk)
+                            request.prefill_chunk, request.group_size)
     return compile_coreml(source, out_dir, options, log)
 
 
@@ -135,7 +143,8 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         model, sha = load_source(checkpoint, log)
         manifest = _manifest(model, checkpoint, sha, plan)
-        with stage(log, "reference rollout (fp32)"):
+        matrices = _quantize(model, plan, log) if plan.compressed else {}
+        with stage(log, "reference rollout (fp32 compute)"):
             build_reference(model, manifest.tokenizer).save(writer.dir / REFERENCE)
         parts = {}
         for function, chunk in plan.functions.items():
@@ -143,7 +152,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
                 mlmodel = _convert(model, chunk, plan)
             if plan.compressed:
                 with stage(log, f"compress {function} weights to {plan.weights}"):
-                    mlmodel = _compress(mlmodel, plan.weights)
+                    mlmodel = _compress(mlmodel, matrices)
             _stamp(mlmodel, manifest, function)
             parts[function] = writer.scratch / f"{function}.mlpackage"
             mlmodel.save(str(parts[function]))
@@ -252,17 +261,56 @@ def _recurrence_ops(block) -> set[int]:
     return downstream & upstream
 
 
-def _compress(mlmodel, quantize: str):
-    """int8 per output channel, or int4 in blocks of INT4_BLOCK along the input axis."""
-    import coremltools.optimize.coreml as cto
+def _quantize(model: RWKVModel, plan: CoreMLPlan, log: Callable[[str], None]) -> dict[bytes, Quantized]:
+    """Quantize the model's projections and head in place (``quantize_weights``); returns their
+    quantizations keyed by the fp16 bytes of the dequantized matrix, the value its Core ML const holds."""
+    fmt = weight_format(plan.weights)
+    with stage(log, f"quantize the projections to {fmt.name}, groups of {plan.group_size}"):
+        log(f"  {model.quantize_weights(fmt.bits, plan.group_size)} matrices; the embedding and LoRA matrices stay fp32")
+    found = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.detach().numpy()  # (N, K): exactly a dequantized matrix now
+            found[weight.astype(np.float16).tobytes()] = quantized_exactly(weight, fmt.bits, plan.group_size)
+    return found
 
-    if quantize == "int8":
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-    else:
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                                block_size=INT4_BLOCK)
+
+def _compress(mlmodel, matrices: dict[bytes, Quantized]):
+    """Every const weight that is one of ``matrices`` (fp16) -> ``constexpr_blockwise_shift_scale`` of its
+    integers and scales. ToolError if one of them is not found (the converter changed the weights)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.models.utils import _apply_graph_pass  # coremltools' own compressors apply passes so
+
+    replaced: set[bytes] = set()
+
+    class Blockwise(AbstractGraphPass):
+        def apply(self, prog) -> None:
+            for function in prog.functions.values():
+                for op in list(function.operations):
+                    value = op.outputs[0].val if op.op_type == "const" else None
+                    if not isinstance(value, np.ndarray) or value.ndim != 2:
+                        continue
+                    key = value.astype(np.float16).tobytes()
+                    q = matrices.get(key)
+                    if q is None or q.values.shape != value.shape:
+                        continue
+                    replaced.add(key)
+                    data = q.values.astype(types.np_int4_dtype) if q.bits == 4 else q.values
+                    with function:
+                        # the const's own dtype: fp32 where a linear stays in fp32 (fp32 scales hold the fp16 ones)
+                        new = mb.constexpr_blockwise_shift_scale(data=data, scale=q.scales.astype(value.dtype), before_op=op,
+                                                                 name=f"{op.name}_{q.bits}bit")
+                    function.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new)
+                    function.remove_ops([op])
+
     with quiet_coremltools():
-        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+        compressed = _apply_graph_pass(mlmodel, Blockwise(), spec_version=BLOCKWISE_SPEC)
+    if len(replaced) != len(matrices):
+        raise ToolError(f"coremltools changed {len(matrices) - len(replaced)} of the {len(matrices)} quantized "
+                        "matrices on conversion; they cannot be stored as the quantizer's numbers")
+    return compressed
 
 
 def _package(parts: dict[str, Path], out: Path) -> None:
@@ -303,7 +351,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) ->
     return Manifest(
         kind="coreml", contract_version=CONTRACT_VERSION, architecture=model.version,
         config=model.describe(), tokenizer=tokenizer_name(model), weights=plan.weights, compute=plan.compute,
-        group_size=0, batch=1,  # int8/int4: coremltools' own quantization, not quantize.py's
+        group_size=plan.group_size, batch=1,
         state=model.state_spec(), source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
         graphs=graphs, target=plan.build(), reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},

@@ -14,7 +14,7 @@ from ..targets.coreml import coreml_name
 
 # Core ML specification version of each minimum deployment target
 SPEC_VERSIONS = {"iOS16": 7, "iOS17": 8, "iOS18": 9, "macOS13": 7, "macOS14": 8, "macOS15": 9}
-COMPRESSION_OPS = {"int8": "constexpr_affine_dequantize", "int4": "constexpr_blockwise_shift_scale"}
+COMPRESSION_OPS = {"int8": "constexpr_blockwise_shift_scale", "int4": "constexpr_blockwise_shift_scale"}
 
 
 @dataclass

@@ -36,19 +36,18 @@ FP16 = Tolerance("fp16", 5e-2, 5e-2, 0.95, greedy_identical=False)
 # fp16 weights, fp32 sums (TVM GPU bundles): measured on an H100 (demo model) 1.27e-3 logits, 4.32e-3
 # state (wkv), top-1 64/64, greedy identical; judged by the fp16 limits.
 FP16_WEIGHTS = Tolerance("fp16 weights, fp32 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
-# Compressed weights (Core ML, fp16 compute) are a different model by design: the logits and the top-1
-# token are judged, the state is reported only. Measured over the first 100 steps
-# (scripts/coreml_figures.py, demo and v4-v6 random 2x128 models): int8 logits 6.6e-2, top-1 >= 99.5%;
-# int4 1.22 (random 128-wide weights quantize worst), top-1 95% (demo). Limits ~2x the worst.
-INT8 = Tolerance("int8", 0.15, None, 0.9, greedy_identical=False)
-INT4 = Tolerance("int4", 1.5, None, 0.8, greedy_identical=False)
-
-# int8/int4 weights from the project's quantizer, fp32 compute (onnxruntime's MatMulNBits, TVM's
-# dequantizing GEMVs): judged against the PyTorch model with the same quantized weights, so the
-# differences are rounding-level, as for fp32. What quantization costs against fp32 is measured
-# separately (docs/quantization.md). MEASURED-BELOW
+# int8/int4 weights come from the project's quantizer (quantize.py) in every artifact, and the
+# reference is the PyTorch model holding the same quantized weights: what is judged is how the
+# artifact computes them, as for fp32 and fp16. What quantization costs against the fp32 model is
+# measured separately (docs/quantization.md).
+# fp32 compute (onnxruntime's MatMulNBits, TVM's dequantizing GEMVs): measured over 64 steps, v4-v7
+# random 2x128 models, onnxruntime 1.32: logits <= 2.0e-6, state <= 1.5e-5 (int8 and int4 alike).
 INT8_FP32 = Tolerance("int8 weights, fp32 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
 INT4_FP32 = Tolerance("int4 weights, fp32 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
+# fp16 compute (Core ML, constexpr_blockwise_shift_scale): judged by the fp16 limits. Measured
+# (coremltools' evaluation, 64 steps): v7 2x128 int4 logits 3.5e-3, state 2.5e-2 (wkv), top-1 64/64.
+INT8_FP16 = Tolerance("int8 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
+INT4_FP16 = Tolerance("int4 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
 
 # (weight format, compute precision, manifest kind) -> limits
 TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
@@ -62,8 +61,8 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
     ("int4", "fp32", "onnx"): INT4_FP32,
     ("int8", "fp32", "tvm"): INT8_FP32,
     ("int4", "fp32", "tvm"): INT4_FP32,
-    ("int8", "fp16", "coreml"): INT8,
-    ("int4", "fp16", "coreml"): INT4,
+    ("int8", "fp16", "coreml"): INT8_FP16,
+    ("int4", "fp16", "coreml"): INT4_FP16,
 }
 LIMITS: dict[str, Tolerance] = {t.name: t for t in TOLERANCES.values()}  # by name, for scripts and tests
 

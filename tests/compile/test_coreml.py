@@ -118,15 +118,45 @@ def test_reference_evaluation_catches_a_corrupted_weight(compiled, tmp_path, reh
 
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 def test_compressed_weights_on_the_demo_model(quantize, tmp_path):
-    options = CoreMLOptions(weights=quantize, deployment="iOS18" if quantize == "int4" else None, prefill_chunk=0)
-    compile_coreml(DEMO_CHECKPOINT, tmp_path, options, log=quiet)
+    """The package holds the quantizer's very integers and scales (the ONNX export's numbers), and
+    computes the quantized model to fp16 limits."""
+    from rwkv_edge.export.nbits import unpack
+    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+
+    compile_coreml(DEMO_CHECKPOINT, tmp_path, CoreMLOptions(weights=quantize, prefill_chunk=0), log=quiet)
     plain = sum(p.stat().st_size for p in (tmp_path / PACKAGE).rglob("*.bin"))
     assert plain < 0.5 * 4 * 1.01e6  # well under the fp32 size of 1.01M parameters
     report = verify_artifact(tmp_path, steps=64, greedy_tokens=0, log=quiet, executor="mil")
     assert report.passed, report.summary()
-    assert report.tolerance.name == quantize
+    assert report.tolerance.name == f"{quantize} weights, fp16 compute"
     manifest = read_manifest(tmp_path)
-    assert (manifest.weights, manifest.compute) == (quantize, "fp16")
+    assert (manifest.weights, manifest.compute, manifest.group_size) == (quantize, "fp16", 32)
+    assert manifest.target.deployment == "iOS18"  # the default where weights are blockwise
+    onnx_out = tmp_path.parent / f"{tmp_path.name}-onnx"
+    export_onnx(DEMO_CHECKPOINT, onnx_out, OnnxOptions(weights=quantize, prefill_chunk=0), log=quiet)
+    onnx_matrices = _onnx_quantized(onnx_out / "model.onnx", unpack)
+    program = MilProgram(tmp_path / PACKAGE).program
+    ops = [op for op in program.functions["main"].operations if op.op_type == "constexpr_blockwise_shift_scale"]
+    assert len(ops) == len(onnx_matrices) == 25  # 4 layers x 6 projections + the head
+    for op in ops:
+        data, scale = np.asarray(op.data.val).astype(np.int8), np.asarray(op.scale.val).astype(np.float16)
+        assert (data.tobytes(), scale.tobytes()) in onnx_matrices
+
+
+def _onnx_quantized(path, unpack) -> set[tuple[bytes, bytes]]:
+    """(integers, fp16 scales) of every MatMulNBits of an ONNX export."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = onnx.load(path).graph
+    weights = {w.name: numpy_helper.to_array(w) for w in graph.initializer}
+    found = set()
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            q = unpack(weights[node.input[1]], weights[node.input[2]], a["K"], a["N"], a["bits"], a["block_size"])
+            found.add((q.values.tobytes(), q.scales.tobytes()))
+    return found
 
 
 def test_demo_model_fp16_explicit_with_prefill(tmp_path):
@@ -150,7 +180,8 @@ def test_every_coreml_target_compiles(name, make_ckpt, tmp_path):
     (CoreMLOptions(stateful=True, deployment="iOS17"), "--stateful needs Core ML states, available from iOS18"),
     (CoreMLOptions(compute_units="GPU"), "unknown compute units 'GPU'; choose one of ALL, CPU_ONLY"),
     (CoreMLOptions(target="pixel-9"), "unknown target 'pixel-9'; valid targets: "),
-    (CoreMLOptions(weights="int4"), "int4 weights need iOS 18 / macOS 15; iOS17 is too old"),
+    (CoreMLOptions(weights="int4", deployment="iOS17"), "int4 weights need iOS 18 / macOS 15; iOS17 is too old"),
+    (CoreMLOptions(weights="int8", group_size=48), "group size 48 is not one of 16, 32, 64, 128, 256"),
     (CoreMLOptions(weights="int3"), "unknown weight format 'int3'; choose one of fp32, fp16, int8, int4"),
     (CoreMLOptions(target="macos-coreml", deployment="iOS18"), "is not one of macOS13, macOS14, macOS15"),
 ])
