@@ -73,7 +73,7 @@ def map_params(path: Path, count: int) -> list[np.ndarray]:
         raise ArtifactError(f"{path}: not an aligned rwkv-edge params file (an older bundle? recompile it)")
     names = sorted((k for k in header if k.startswith("w")), key=lambda k: int(k[1:]) if k[1:].isdigit() else -1)
     if names != [f"w{i}" for i in range(count)]:
-        raise ArtifactError(f"{path}: holds {len(names)} weights ({', '.join(names[:3])}...), the library takes {count}")
+        raise ArtifactError(f"{path}: holds {len(names)} weights, the library takes {count} (w0 ... w{count - 1})")
     mapping = np.memmap(path, dtype=np.uint8, mode="c") if size > first else np.zeros(0, np.uint8)
     values, end = [], 0
     for name in names:
