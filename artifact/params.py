@@ -69,23 +69,25 @@ def map_params(path: Path, count: int) -> list[np.ndarray]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArtifactError(f"{path}: unreadable header ({e})") from None
     first = 8 + length
-    if not isinstance(header, dict) or header.get("__metadata__", {}).get("format") != FORMAT or first % ALIGNMENT:
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or first % ALIGNMENT:
         raise ArtifactError(f"{path}: not an aligned rwkv-edge params file (an older bundle? recompile it)")
     names = sorted((k for k in header if k.startswith("w")), key=lambda k: int(k[1:]) if k[1:].isdigit() else -1)
     if names != [f"w{i}" for i in range(count)]:
         raise ArtifactError(f"{path}: holds {len(names)} weights, the library takes {count} (w0 ... w{count - 1})")
     mapping = np.memmap(path, dtype=np.uint8, mode="c") if size > first else np.zeros(0, np.uint8)
-    values, end = [], 0
+    values, end = [], first
     for name in names:
-        values.append(_view(path, mapping, first, name, header[name]))
-        end = max(end, first + header[name]["data_offsets"][1])
+        value, stop = _view(path, mapping, first, name, header[name])
+        values.append(value)
+        end = max(end, stop)
     if end != size:
         raise ArtifactError(f"{path}: {size} bytes, its header describes {end}")
     return values
 
 
-def _view(path: Path, mapping: np.ndarray, first: int, name: str, entry) -> np.ndarray:
-    """One weight as a view of the mapping, after checking its entry against the file."""
+def _view(path: Path, mapping: np.ndarray, first: int, name: str, entry) -> tuple[np.ndarray, int]:
+    """One weight as a view of the mapping, after checking its entry against the file; and where it ends."""
     try:
         dtype, shape = np.dtype(DTYPES[entry["dtype"]]), tuple(int(d) for d in entry["shape"])
         start, end = (first + int(o) for o in entry["data_offsets"])
@@ -95,4 +97,4 @@ def _view(path: Path, mapping: np.ndarray, first: int, name: str, entry) -> np.n
     if start % ALIGNMENT or end - start != nbytes or not first <= start <= end <= mapping.size:
         raise ArtifactError(f"{path}: {name} ({entry['dtype']} {list(shape)}) has bytes {start}..{end} of "
                             f"{mapping.size}: not {ALIGNMENT}-byte aligned or not its size")
-    return mapping[start:end].view(dtype).reshape(shape)
+    return mapping[start:end].view(dtype).reshape(shape), end

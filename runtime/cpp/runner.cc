@@ -420,7 +420,9 @@ class MappedParams {
     size_t bytes = dtype.bits / 8;
     for (const json::Value& d : As<json::Array>(Field(entry, "shape", where), where + " shape")) {
       int64_t n = As<int64_t>(d, where + " shape");
-      if (n < 0) throw InputError(where + ": a negative dimension");
+      if (n < 0 || (n > 0 && bytes > size_ / static_cast<size_t>(n))) {
+        throw InputError(where + ": a negative dimension, or more bytes than the file holds");
+      }
       shape.push_back(n);
       bytes *= static_cast<size_t>(n);
     }
