@@ -11,7 +11,7 @@ import numpy as np
 
 STEP_ONNX, PREFILL_ONNX = "model.onnx", "prefill.onnx"  # ONNX exports
 LIBRARY, OBJECTS = "model.so", "model.tar"  # TVM bundles: the linked step, or objects still to link
-PARAMS = "params.safetensors"  # TVM GPU bundles: main's weights, after the state
+PARAMS = "params.safetensors"  # TVM bundles: the weights the functions take after their inputs (artifact/params.py)
 CUDA_SOURCE, PTX, FATBIN, MSL = "kernels.cu", "kernels.ptx", "kernels.fatbin", "kernels.metal"  # device code
 PACKAGE = "model.mlpackage"  # Core ML
 INITIAL_STATE = "initial_state.npz"  # the state before the first token, where it is not the fills
@@ -29,19 +29,3 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: saved[name] for name in saved.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ArtifactError(f"{path}: not a plain .npz of arrays ({one_line(e)})") from None
-
-
-def save_params(values: list[np.ndarray], path: Path) -> None:
-    """A GPU bundle's weights in ``main``'s parameter order, as ``w0``, ``w1``, ..."""
-    from safetensors.numpy import save_file
-
-    save_file({f"w{i}": np.ascontiguousarray(v) for i, v in enumerate(values)}, str(path))
-    path.chmod(0o644)
-
-
-def load_params(path: Path) -> list[np.ndarray]:
-    """The weights in ``main``'s order (no pickle: safetensors)."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
-    return [tensors[f"w{i}"] for i in range(len(tensors))]

@@ -43,7 +43,7 @@ class Graph:
     function: str | None = None  # TVM and Core ML: the function inside the file
     chunk: int = 0  # prefill graphs: tokens per call
     all_logits: bool = False  # prefill graphs: logits of every position, not only the last
-    params: str | None = None  # TVM GPU bundles: the weights file ``function`` takes after the state
+    params: str | None = None  # TVM bundles: the weights file ``function`` takes after its inputs (None: inside)
     num_params: int = 0
 
 

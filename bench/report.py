@@ -31,6 +31,7 @@ class BackendRun:
     prefill_s: list[float] = field(default_factory=list)  # every timed call
     peak_rss_mib: float = 0.0  # the worker process's peak resident set, imports included
     base_rss_mib: float = 0.0  # its resident set after the imports, before the backend opened
+    steady_rss_mib: float = 0.0  # its resident set after the timed decode steps (mapped weights included)
     details: dict[str, Any] = field(default_factory=dict)  # versions, prefill chunk, ...
     vs_bound: float | None = None  # median decode latency / this row's bound
     vs_onnxruntime: float | None = None  # median decode latency / onnxruntime's
@@ -111,10 +112,10 @@ class BenchReport:
         ]
         if gpu:
             lines.append(f"{'backend':<12} {'weights':>7} {'decode ms/token':>15} {'p10-p90':>17} {'x bound':>8} "
-                         f"{'x torch':>7} {'prefill tok/s':>13} {'peak RSS MiB':>12} {'(base)':>7}")
+                         f"{'x torch':>7} {'prefill tok/s':>13} {'peak RSS MiB':>12} {'steady':>7} {'(base)':>7}")
         else:
             lines.append(f"{'backend':<12} {'decode ms/token':>15} {'p10-p90':>17} {'x bound':>8} {'x ORT':>6} "
-                         f"{'prefill tok/s':>13} {'peak RSS MiB':>12} {'(base)':>7}")
+                         f"{'prefill tok/s':>13} {'peak RSS MiB':>12} {'steady':>7} {'(base)':>7}")
         for r in self.runs:
             if not r.ok:
                 lines.append(f"{r.backend:<12} {r.status}: {r.reason}")
@@ -125,11 +126,12 @@ class BenchReport:
                 vs_torch = f"{r.vs_torch:7.2f}" if r.vs_torch is not None else f"{'-':>7}"
                 lines.append(f"{r.backend:<12} {r.weights:>7} {d['median']:15.3f} {_span(d['p10'], d['p90']):>17} "
                              f"{r.vs_bound:8.2f} {vs_torch} {prefill} {r.peak_rss_mib:12.0f} "
-                             f"{f'({r.base_rss_mib:.0f})':>7}")
+                             f"{r.steady_rss_mib:7.0f} {f'({r.base_rss_mib:.0f})':>7}")
                 continue
             vs_ort = f"{r.vs_onnxruntime:6.2f}" if r.vs_onnxruntime is not None else f"{'-':>6}"
             lines.append(f"{r.backend:<12} {d['median']:15.3f} {_span(d['p10'], d['p90']):>17} {r.vs_bound:8.2f} "
-                         f"{vs_ort} {prefill} {r.peak_rss_mib:12.0f} {f'({r.base_rss_mib:.0f})':>7}")
+                         f"{vs_ort} {prefill} {r.peak_rss_mib:12.0f} {r.steady_rss_mib:7.0f} "
+                         f"{f'({r.base_rss_mib:.0f})':>7}")
         return "\n".join(lines)
 
 

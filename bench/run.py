@@ -436,7 +436,7 @@ def _measure(backend: str, source: Path, options: BenchOptions, threads: int, lo
         log(f"{backend}: failed: {e}")
         return BackendRun(backend, "failed", str(e), str(source), threads)
     run = BackendRun(**result)
-    log(f"{backend}: median {run.decode_ms['median']:.3f} ms/token, peak RSS {run.peak_rss_mib:.0f} MiB "
+    log(f"{backend}: median {run.decode_ms['median']:.3f} ms/token, peak RSS {run.peak_rss_mib:.0f} MiB, steady {run.steady_rss_mib:.0f} MiB "
         f"({time.perf_counter() - start:.0f} s)")
     return run
 

@@ -103,6 +103,7 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
             if sync:
                 sync()
             times.append((time.perf_counter_ns() - t0) / 1e6)
+        steady_rss = _rss_mib()
         if prompt:
             backend.prefill(prompt, backend.init_state())  # untimed: first calls of a prefill graph allocate
             if sync:
@@ -124,7 +125,7 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
                       "max": float(ms.max())},
         "decode_steps": len(times), "prefill_tokens": len(prompt),
         "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
-        "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss,
+        "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss, "steady_rss_mib": steady_rss,
         "details": _details(spec, backend),
     }
 

@@ -8,7 +8,8 @@
 - Metal: no Metal compiler exists for Linux, so the library keeps the Metal Shading Language
   source, which the Mac compiles when it loads the library; the source is written to the bundle
   (``kernels.metal``) and the host objects go into model.tar (no Mach-O linker here).
-- Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order).
+- Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order), lifted by
+  ``compile/params.py`` as for CPU bundles.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ once per token) plus a small per-head state update. Three parts:
    (K, N) and one row of ``x`` becomes a GEMV over ``W`` stored transposed, (N, K), optionally in
    fp16 (accumulated in fp32): each output row's weights are contiguous, which is the layout
    dlight's GEMV rule reads with whole warps (coalesced, vectorised loads, a warp-shuffle sum).
-2. **Weights as parameters** (after the rewrite): every large constant leaves the library and
-   becomes a trailing parameter of ``main``, saved in ``params.safetensors`` (a GPU library holds
-   kernels only; a 1.5B model's 6 GB of weights could not be linked into a shared object).
+2. **Weights as parameters** (after the rewrite, ``compile/params.py`` as for CPU bundles): every
+   large constant leaves the library and becomes a trailing parameter of ``main``, saved in
+   ``params.safetensors`` (a GPU library holds kernels only; a 1.5B model's 6 GB of weights could
+   not be linked into a shared object).
 3. **Schedules** (TIR, after fusion), first match wins per kernel:
    - WKV state update (elementwise over a (1, H, N, N) state): one thread block per head, the
      head's N x N state read once and written once, every intermediate in registers;
@@ -22,8 +23,6 @@ once per token) plus a small per-head state update. Three parts:
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import tvm
 from tvm import relax, s_tir, te, tirx
@@ -32,7 +31,6 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..errors import ToolError
 
 GEMV_BLOCK = "gemv"
-LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
 WKV_THREADS = 256  # threads of the state-update block (one block per head)
 
 
@@ -46,15 +44,12 @@ def row_gemv(x: te.Tensor, weight: te.Tensor) -> te.Tensor:
 
 @mutator
 class _GpuWeights(PyExprMutator):
-    """Rewrites one-row matmuls by constant weights into row GEMVs and lifts large constants into parameters."""
+    """Rewrites one-row matmuls by constant weights into row GEMVs over W^T (a new constant)."""
 
     def __init__(self, mod: tvm.IRModule, weight_dtype: str) -> None:
         super().__init__(mod)
         self.weight_dtype = weight_dtype
         self.gemvs = 0
-        self.params: list[relax.Var] = []
-        self.values: list[np.ndarray] = []
-        self.lifted: dict[tuple, relax.Var] = {}  # content -> parameter: a tensor used twice is stored once
         self.matmul = tvm.ir.Op.get("relax.matmul")
 
     def visit_call_(self, call):
@@ -66,39 +61,25 @@ class _GpuWeights(PyExprMutator):
             dims = [int(d) for d in shape] if shape is not None else [0]
             if dims[-1] == k_len and all(d == 1 for d in dims[:-1]):  # one row: the decode step
                 self.gemvs += 1
-                rows = self._lift(np.ascontiguousarray(weight.value.numpy().T.astype(self.weight_dtype)))
+                rows = relax.const(np.ascontiguousarray(weight.value.numpy().T.astype(self.weight_dtype)))
                 x = self.builder_.emit(relax.op.reshape(call.args[0], (1, k_len)))
                 y = self.builder_.emit_te(row_gemv, x, rows, primfunc_name_hint=GEMV_BLOCK)
                 return relax.op.reshape(y, [*dims[:-1], n])
-        args = [self._lift(a.value.numpy()) if _large_constant(a) else a for a in call.args]
-        return relax.Call(call.op, args, call.attrs, call.ty_args) if any(
-            not a.same_as(b) for a, b in zip(args, call.args)) else call
-
-    def _lift(self, array: np.ndarray) -> relax.Var:
-        key = (array.shape, str(array.dtype), hashlib.sha256(array.data).digest())
-        if key not in self.lifted:
-            self.lifted[key] = relax.Var(f"w{len(self.params)}", relax.TensorType(array.shape, str(array.dtype)))
-            self.params.append(self.lifted[key])
-            self.values.append(array)
-        return self.lifted[key]
+        return call
 
 
-def _large_constant(expr) -> bool:
-    return isinstance(expr, tvm.ir.expr.Constant) and int(np.prod(expr.value.shape)) >= LIFT_MIN_ELEMENTS
-
-
-def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32",
-                function: str = "main") -> tuple[tvm.IRModule, list[np.ndarray], int]:
+def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32") -> tuple[tvm.IRModule, list[np.ndarray], int]:
     """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` with a constant (K, N)
-    ``W``, and every large constant of ``function`` moved into trailing parameters (``num_input``
-    marks where they start). Returns the module, the parameters' values in order, and the GEMV count."""
+    ``W``, then every large constant moved into shared trailing parameters (``compile/params.py``).
+    Returns the module, the parameters' values in order, and the GEMV count."""
+    from .params import lift_weights
+
     rewriter = _GpuWeights(mod, weight_dtype)
-    func = mod[function]
-    body = rewriter.visit_expr(func.body)
-    lifted = relax.Function(list(func.params) + rewriter.params, body, func.ret_ty, func.is_pure, func.attrs)
-    mod = rewriter.builder_.get()
-    mod[function] = lifted.with_attr("num_input", len(func.params))
-    return mod, rewriter.values, rewriter.gemvs
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    mod, values = lift_weights(rewriter.builder_.get())
+    return mod, values, rewriter.gemvs
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeGpuSchedule")

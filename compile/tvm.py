@@ -3,19 +3,20 @@
 Stages: (export the checkpoint to ONNX first, when given one), import the step graph into Relax,
 pack the GEMV weights, fuse, apply the project's CPU schedules (``compile/schedules.py``) with the
 target's tuned parameters, build for the target, and link ``model.so`` (with the target's
-cross-compiler). GPU targets (``compile/gpu.py``) keep the weights out of the library and the
-device code's source beside it. The bundle:
+cross-compiler). Every bundle keeps its weights out of the library; GPU targets (``compile/gpu.py``)
+also keep the device code's source beside it. The bundle:
 
-- ``model.so``: a Relax VM executable with the weights inside. Functions: ``main(token int64 (1,),
-  state...) -> (logits (1, V), state_out...)`` with the state in manifest order, and
-  ``initial_state() -> (state...)``, the state before the first token (so a device needs nothing
-  but this file);
+- ``model.so``: a Relax VM executable, code only. Functions: ``main(token int64 (1,), state...,
+  weights...) -> (logits (1, V), state_out...)`` with the state in manifest order, and
+  ``initial_state() -> (state...)``, the state before the first token;
+- ``params.safetensors``: the weights ``main`` takes after the state (``compile/params.py`` lifts
+  them out of the module; ``artifact/params.py`` writes them 64-byte aligned, for mapping);
 - ``manifest.json``: kind ``tvm``, the resolved target, TVM version, contract version, checkpoint
   sha256, the state spec and the sha256 of every file;
 - the tokenizer's vocabulary file where the model uses one (World, 20B), ``initial_state.npz``
   where the model ships a trained initial state;
-- GPU targets: ``params.safetensors`` (``main`` takes the weights after the state), the device
-  code (``kernels.cu`` + ``kernels.ptx``, or ``kernels.metal``); Apple hosts get ``model.tar``.
+- GPU targets: the device code (``kernels.cu`` + ``kernels.ptx``, or ``kernels.metal``); Apple hosts
+  get ``model.tar``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from .. import __version__
 from ..artifact import Artifact, ArtifactWriter, Graph, Manifest, TvmBuild, open_artifact
 from ..errors import ArtifactError, OptionError, ToolError
 from ..weights import check_weights
-from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE, save_params
+from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
+from ..artifact.params import save_params
 from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
 from . import CompileRequest
@@ -76,14 +78,12 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
             with _without_gather_warnings():
                 executable, counts, params = build_gpu(mod, target, options.weights, bundle, log)
         else:
-            executable, counts = _build(mod, target, options, log)
-            params = None
+            executable, counts, params = _build(mod, target, options, log)
         library = LIBRARY if linker is not None else OBJECTS
         with stage(log, f"link {library}"):
             _export(executable, bundle / library, linker)
-        if params is not None:
-            with stage(log, f"write {PARAMS}"):
-                save_params(params, bundle / PARAMS)
+        with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
+            save_params(params, bundle / PARAMS)
         _copy_extras(onnx, bundle)
         manifest = _manifest(onnx.manifest, target, options, library, counts, params)
         report_commit(log, writer.out, manifest, writer.commit(manifest))
@@ -188,14 +188,16 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     import tvm
     from tvm import relax
 
+    from .params import lift_weights
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
     params = ScheduleParams(**target.schedule_data()["params"])
     counts: dict[str, int] = {}
-    with tvm_target, stage(log, "optimise: pack weights, fuse, schedule"), _without_gather_warnings():
+    with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
             mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
+        mod, weights = lift_weights(mod)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
         ])(mod)
@@ -206,7 +208,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if counts else "  TVM default lowering")
     with stage(log, f"build for {target.triple}"):
         executable = tvm.compile(mod, tvm_target)
-    return executable, counts
+    return executable, counts, weights
 
 
 @contextlib.contextmanager
@@ -266,7 +268,7 @@ def _vocabulary_file(tokenizer: str) -> Path | None:
 
 
 def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: TvmOptions, library: str,
-              counts: dict[str, int], params: list | None) -> Manifest:
+              counts: dict[str, int], params: list) -> Manifest:
     import tvm
 
     gpu = isinstance(target, GpuTarget)
@@ -277,7 +279,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
                      schedules=target.schedule_data() if options.schedules else None, kernels=counts,
                      arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
                      executed=_executed(target, library) if gpu else None)
-    step = Graph(library, function="main", params=PARAMS if gpu else None, num_params=len(params) if gpu else 0)
+    step = Graph(library, function="main", params=PARAMS, num_params=len(params))
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
         config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute="fp32",

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
-from ..artifact.files import CUDA_SOURCE, FATBIN, LIBRARY, load_params
+from ..artifact.files import CUDA_SOURCE, FATBIN, LIBRARY
+from ..artifact.params import map_params
 from ..errors import ArtifactError, PlatformError, ToolError, one_line
 from ..platforms import gpu_unavailable, host_triple
 from ..contract import StateTensor
@@ -43,8 +44,9 @@ class DeviceTensor:
 class TvmBackend:
     """``model.so`` of a bundle made by ``rwkv-edge compile --target <cpu|gpu>``, run by the Relax VM.
 
-    GPU bundles: the weights (params.safetensors) are uploaded once and the state stays on the GPU
-    between steps (``DeviceTensor`` values); ``sync()`` waits for the GPU."""
+    The weights (params.safetensors) are mapped, not read: on this machine's CPU the library runs on
+    views of the mapping; a GPU or a remote device gets one copy, uploaded at load. On a GPU the
+    state stays there between steps (``DeviceTensor`` values); ``sync()`` waits for the GPU."""
 
     name = "tvm"
     chunk = 0  # no prefill graph: prompts run step by step
@@ -94,7 +96,7 @@ class TvmBackend:
 
     def _arguments(self, token: int, state: NamedState) -> list:
         """``main``'s inputs: token (1,) int64, every state tensor with its batch axis in manifest order,
-        then the weights of a GPU bundle."""
+        then the weights."""
         args = [self._tensor(np.array([token], dtype=np.int64))]
         for t in self.spec:
             value = state[t.input_name]
@@ -210,13 +212,18 @@ class TvmBackend:
         tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
 
     def _load_params(self) -> list:
-        """The weights of a GPU bundle, on the device once; CPU bundles carry theirs inside model.so."""
-        name = self.manifest.graphs["step"].params
-        if name is None:
+        """The weights the library's functions take after their inputs: views of the mapped file on this
+        machine's CPU (no copy; TVM's from_dlpack checks the 64-byte alignment), one copy on a GPU or a
+        remote device. Bundles built before the weights left the library have none."""
+        step = self.manifest.graphs["step"]
+        if step.params is None:
             return []
         import tvm
 
-        return [tvm.runtime.tensor(v, self._device) for v in load_params(self.artifact.path(name))]
+        mapped = map_params(self.artifact.path(step.params), step.num_params)
+        if self.device_kind == "cpu" and self.remote is None:
+            return [tvm.runtime.from_dlpack(v) for v in mapped]
+        return [tvm.runtime.tensor(v, self._device) for v in mapped]
 
     def close(self) -> None:
         """Release the library (and the RPC session: a TVM server serves one session at a time)."""

@@ -73,18 +73,19 @@ def markdown(reports: dict[str, BenchReport]) -> str:
     bounds = ", ".join(f"{name} {r.bound_ms:.3f} ms/token ({r.weights['bytes_per_token'] / 1e6:.1f} MB at "
                        f"{r.bandwidth['gb_s']:.1f} GB/s)" for name, r in reports.items())
     lines = [f"Memory-bandwidth bounds: {bounds}.", "",
-             "| model | backend | decode ms/token (p10-p90) | x bound | x ORT | prefill tok/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | backend | decode ms/token (p10-p90) | x bound | x ORT | prefill tok/s | peak RSS MiB | "
+             "steady RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, report in reports.items():
         for r in report.runs:
             if not r.ok:
-                lines.append(f"| {name} | {r.backend} | {r.status}: {r.reason} | | | | |")
+                lines.append(f"| {name} | {r.backend} | {r.status}: {r.reason} | | | | | |")
                 continue
             d = r.decode_ms
             vs_ort = f"{r.vs_onnxruntime:.2f}" if r.vs_onnxruntime is not None else "-"
             prefill = f"{r.prefill_tok_s:.0f}" if r.prefill_tok_s is not None else "-"
             lines.append(f"| {name} | {r.backend} | {d['median']:.3f} ({d['p10']:.3f}-{d['p90']:.3f}) | "
-                         f"{r.vs_bound:.2f} | {vs_ort} | {prefill} | {r.peak_rss_mib:.0f} |")
+                         f"{r.vs_bound:.2f} | {vs_ort} | {prefill} | {r.peak_rss_mib:.0f} | {r.steady_rss_mib:.0f} |")
     return "\n".join(lines)
 
 
@@ -99,19 +100,20 @@ def _markdown_gpu(reports: dict[str, BenchReport]) -> str:
              "Bound: the weight bytes a row reads per token at that read bandwidth; x torch: against the PyTorch "
              "row of the same run (same weights dtype).", "",
              "| model | backend | weights | decode ms/token (p10-p90) | bound ms/token | x bound | x torch | "
-             "prefill tok/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "prefill tok/s | peak RSS MiB | steady RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, report in reports.items():
         model = name.split(" ")[0]
         for r in report.runs:
             if not r.ok:
-                lines.append(f"| {model} | {r.backend} | {r.weights} | {r.status}: {r.reason} | | | | | |")
+                lines.append(f"| {model} | {r.backend} | {r.weights} | {r.status}: {r.reason} | | | | | | |")
                 continue
             d = r.decode_ms
             vs_torch = f"{r.vs_torch:.2f}" if r.vs_torch is not None else "-"
             prefill = f"{r.prefill_tok_s:.0f}" if r.prefill_tok_s is not None else "-"
             lines.append(f"| {model} | {r.backend} | {r.weights} | {d['median']:.3f} ({d['p10']:.3f}-{d['p90']:.3f}) | "
-                         f"{r.bound_ms:.4g} | {r.vs_bound:.2f} | {vs_torch} | {prefill} | {r.peak_rss_mib:.0f} |")
+                         f"{r.bound_ms:.4g} | {r.vs_bound:.2f} | {vs_torch} | {prefill} | {r.peak_rss_mib:.0f} | "
+                         f"{r.steady_rss_mib:.0f} |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from ..atomic import atomic_path
 from ..artifact import Artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
+from ..artifact.params import map_params
+from ..errors import ArtifactError
 
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # 0xBA55ED50, little-endian
@@ -118,11 +120,9 @@ def _check_library(report: BuildReport, library: Path) -> None:
 
 
 def _check_params(report: BuildReport, path: Path, expected: int) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        names = list(f.keys())
-    if len(names) != expected:
-        report.problems.append(f"{path.name} holds {len(names)} tensors; main takes {expected}")
+    try:
+        map_params(path, expected)
+    except ArtifactError as e:
+        report.problems.append(str(e))
     else:
-        report.checks.append(f"{path.name}: {expected} weight tensors, as main takes")
+        report.checks.append(f"{path.name}: {expected} weight tensors, 64-byte aligned, as main takes")

@@ -2,9 +2,11 @@
 //
 //   rwkv-edge-runner BUNDLE_DIR --tokens 1,2,3 [--out OUTDIR] [--state-in DIR] [--repeat K]
 //
-// Loads BUNDLE_DIR/model.so (a Relax VM executable), takes the state before the first token from
-// its `initial_state()` function (or from DIR/state_{i}.npy with --state-in), feeds the tokens
-// through `main(token, state...) -> (logits, state'...)`, each step on the state the last one
+// Loads BUNDLE_DIR/model.so (a Relax VM executable), maps its weights (the manifest's params file,
+// params.safetensors: every tensor 64-byte aligned, passed to the library as views of the mapping,
+// never copied), takes the state before the first token from its `initial_state()` function (or
+// from DIR/state_{i}.npy with --state-in), feeds the tokens through
+// `main(token, state..., weights...) -> (logits, state'...)`, each step on the state the last one
 // returned, and writes into OUTDIR (default: the current directory)
 //   logits.npy   (T, V) float32, the logits after each token
 //   state_{i}.npy the final state tensors in manifest order, shaped as the model returns them
@@ -24,6 +26,11 @@
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -81,6 +88,8 @@ struct Bundle {
   int64_t vocab_size = 0;
   std::string triple;
   std::vector<StateSpec> state;  // in the order of main's state inputs and outputs
+  std::string params;            // the weights file main takes after the state; empty: none
+  int64_t num_params = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +193,14 @@ Bundle ReadManifest(const std::string& dir) {
       spec.shape.push_back(As<int64_t>(d, path + ": state shape"));
     }
     bundle.state.push_back(std::move(spec));
+  }
+  auto graphs = As<json::Object>(Field(manifest, "graphs", path), path + ": graphs");
+  auto step = As<json::Object>(Field(graphs, "step", path + ": graphs"), path + ": graphs.step");
+  auto params = step.find(ffi::String("params"));
+  if (params != step.end() && (*params).second != nullptr) {
+    bundle.params = As<ffi::String>((*params).second, path + ": graphs.step.params");
+    bundle.num_params = As<int64_t>(Field(step, "num_params", path + ": graphs.step"), path + ": graphs.step.num_params");
+    if (bundle.params.find('/') != std::string::npos) throw InputError(path + ": graphs.step.params names a path");
   }
   return bundle;
 }
@@ -305,6 +322,128 @@ const T* Data(const ffi::Tensor& t, DLDataType dtype, const std::vector<int64_t>
   return reinterpret_cast<const T*>(static_cast<const char*>(t.data_ptr()) + t.byte_offset());
 }
 
+// ---------------------------------------------------------------------------------------------
+// the weights: params.safetensors mapped, each tensor a view (artifact/params.py describes the file)
+
+constexpr size_t kParamsAlign = 64;  // TVM's kAllocAlignment: every tensor starts on it
+constexpr uint64_t kMaxHeader = 16u << 20;
+
+// An "allocator" that hands out a pointer into the mapping: the tensor owns nothing.
+struct MappedView {
+  void* data;
+  void AllocData(DLTensor* t) { t->data = data; }
+  void FreeData(DLTensor*) {}
+};
+
+class MappedParams {
+ public:
+  MappedParams() = default;
+  MappedParams(const MappedParams&) = delete;
+  MappedParams& operator=(const MappedParams&) = delete;
+  ~MappedParams() {
+    tensors_.clear();
+    if (base_ != nullptr) munmap(base_, size_);
+  }
+
+  // Maps `path` read-only and makes a view of each of w0 ... w{count-1}; InputError for any file
+  // that is not such a params file.
+  void Map(const std::string& path, int64_t count) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw InputError(path + ": cannot be opened");
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || st.st_size < 8) {
+      close(fd);
+      throw InputError(path + ": not a params file (shorter than its header length)");
+    }
+    size_ = static_cast<size_t>(st.st_size);
+    void* base = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) throw InputError(path + ": cannot be mapped");
+    base_ = static_cast<char*>(base);
+
+    uint64_t length = 0;
+    for (int b = 7; b >= 0; --b) length = length << 8 | static_cast<unsigned char>(base_[b]);
+    if (length == 0 || length > kMaxHeader || length > size_ - 8) {
+      throw InputError(path + ": not a params file (a header of " + std::to_string(length) + " bytes)");
+    }
+    const size_t first = 8 + static_cast<size_t>(length);
+    ffi::String error;
+    json::Value root = json::Parse(ffi::String(std::string(base_ + 8, length)), &error);
+    if (!error.empty()) throw InputError(path + ": unreadable header (" + std::string(error) + ")");
+    auto header = As<json::Object>(root, path + ": header");
+    auto meta = header.find(ffi::String("__metadata__"));
+    bool ours = meta != header.end() && (*meta).second.try_cast<json::Object>().has_value();
+    if (ours) {
+      auto m = (*meta).second.cast<json::Object>();
+      auto format = m.find(ffi::String("format"));
+      std::optional<ffi::String> name;
+      if (format != m.end()) name = (*format).second.try_cast<ffi::String>();
+      ours = name.has_value() && std::string(*name) == "rwkv-edge params";
+    }
+    if (!ours || first % kParamsAlign != 0) {
+      throw InputError(path + ": not an aligned rwkv-edge params file (an older bundle? recompile it)");
+    }
+    int64_t weights = 0;
+    for (const auto& kv : header) {
+      std::string key(kv.first.cast<ffi::String>());
+      if (key.size() > 1 && key[0] == 'w' && key.find_first_not_of("0123456789", 1) == std::string::npos) ++weights;
+    }
+    if (weights != count) {
+      throw InputError(path + ": holds " + std::to_string(weights) + " weights, the library takes " + std::to_string(count));
+    }
+    size_t end = first;
+    for (int64_t i = 0; i < count; ++i) {
+      std::string name = "w" + std::to_string(i);
+      auto it = header.find(ffi::String(name));
+      if (it == header.end()) throw InputError(path + ": no " + name);
+      tensors_.push_back(View(path, name, As<json::Object>((*it).second, path + ": " + name), first, &end));
+    }
+    if (end != size_) {
+      throw InputError(path + ": " + std::to_string(size_) + " bytes, its header describes " + std::to_string(end));
+    }
+  }
+
+  const std::vector<ffi::Tensor>& tensors() const { return tensors_; }
+
+ private:
+  ffi::Tensor View(const std::string& path, const std::string& name, const json::Object& entry, size_t first,
+                   size_t* end) {
+    const std::string where = path + ": " + name;
+    std::string code(As<ffi::String>(Field(entry, "dtype", where), where + " dtype"));
+    DLDataType dtype;
+    if (code == "F32") dtype = {kDLFloat, 32, 1};
+    else if (code == "F16") dtype = {kDLFloat, 16, 1};
+    else if (code == "I8") dtype = {kDLInt, 8, 1};
+    else if (code == "U8") dtype = {kDLUInt, 8, 1};
+    else throw InputError(where + ": dtype " + code + " (a params file holds F32, F16, I8, U8)");
+    std::vector<int64_t> shape;
+    size_t bytes = dtype.bits / 8;
+    for (const json::Value& d : As<json::Array>(Field(entry, "shape", where), where + " shape")) {
+      int64_t n = As<int64_t>(d, where + " shape");
+      if (n < 0 || (n > 0 && bytes > size_ / static_cast<size_t>(n))) {
+        throw InputError(where + ": a negative dimension, or more bytes than the file holds");
+      }
+      shape.push_back(n);
+      bytes *= static_cast<size_t>(n);
+    }
+    auto offsets = As<json::Array>(Field(entry, "data_offsets", where), where + " data_offsets");
+    if (offsets.size() != 2) throw InputError(where + ": data_offsets is not [begin, end]");
+    int64_t begin = As<int64_t>(offsets[0], where + " offset"), stop = As<int64_t>(offsets[1], where + " offset");
+    if (begin < 0 || stop < begin || static_cast<size_t>(stop - begin) != bytes ||
+        first + static_cast<size_t>(stop) > size_ || (first + static_cast<size_t>(begin)) % kParamsAlign != 0) {
+      throw InputError(where + ": bytes " + std::to_string(begin) + ".." + std::to_string(stop) + " of the data: not " +
+                       std::to_string(kParamsAlign) + "-byte aligned, not its size, or past the end of the file");
+    }
+    *end = std::max(*end, first + static_cast<size_t>(stop));
+    return ffi::Tensor::FromNDAlloc(MappedView{base_ + first + begin}, ffi::ShapeView(shape.data(), shape.size()), dtype,
+                                    kCPU);
+  }
+
+  char* base_ = nullptr;
+  size_t size_ = 0;
+  std::vector<ffi::Tensor> tensors_;
+};
+
 std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
   std::vector<int64_t> b = shape;
   b.insert(b.begin(), 1);
@@ -313,7 +452,9 @@ std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
 
 class Model {
  public:
-  Model(const std::string& so_path, const Bundle& bundle) : bundle_(bundle), token_(Empty({1}, DLDataType{kDLInt, 64, 1})) {
+  Model(const std::string& dir, const Bundle& bundle) : bundle_(bundle), token_(Empty({1}, DLDataType{kDLInt, 64, 1})) {
+    const std::string so_path = dir + "/model.so";
+    if (!bundle_.params.empty()) params_.Map(dir + "/" + bundle_.params, bundle_.num_params);
     ffi::Module lib = ffi::Module::LoadFromFile(so_path);
     ffi::Module vm = Get(lib, "vm_load_executable", so_path)().cast<ffi::Module>();
     Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
@@ -334,9 +475,10 @@ class Model {
   std::vector<ffi::Tensor> Step(int64_t token, const std::vector<ffi::Tensor>& state, float* logits) {
     static_cast<int64_t*>(token_.data_ptr())[0] = token;
     std::vector<ffi::AnyView> args;
-    args.reserve(1 + state.size());
+    args.reserve(1 + state.size() + params_.tensors().size());
     args.emplace_back(token_);
     for (const ffi::Tensor& t : state) args.emplace_back(t);
+    for (const ffi::Tensor& t : params_.tensors()) args.emplace_back(t);
     ffi::Any ret;
     main_.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
     auto outputs = ret.cast<ffi::Array<ffi::Any>>();
@@ -386,6 +528,7 @@ class Model {
     return state;
   }
 
+  MappedParams params_;  // first: unmapped after the functions that use it are gone
   Bundle bundle_;
   ffi::Tensor token_;
   ffi::Function main_, initial_state_;
@@ -404,7 +547,7 @@ int64_t ArgMax(const float* x, int64_t n) { return std::max_element(x, x + n) - 
 int Run(const Options& opt) {
   Bundle bundle = ReadManifest(opt.bundle);
   CheckTriple(bundle, opt.bundle);
-  Model model(opt.bundle + "/model.so", bundle);  // checks the manifest's vocab_size against the library's
+  Model model(opt.bundle, bundle);  // checks the manifest's vocab_size against the library's
   for (size_t i = 0; i < opt.tokens.size(); ++i) {
     int64_t t = opt.tokens[i];
     if (t < 0 || t >= bundle.vocab_size) {  // the compiled embedding lookup does not check

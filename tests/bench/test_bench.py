@@ -69,7 +69,7 @@ def test_report_rows_and_ratios(report):
         d = run.decode_ms
         assert 0 < d["min"] <= d["p10"] <= d["median"] <= d["p90"] <= d["max"]
         assert len(run.prefill_s) == 2 and run.prefill_tok_s > 0
-        assert run.peak_rss_mib >= run.base_rss_mib > 0
+        assert run.peak_rss_mib >= run.steady_rss_mib >= run.base_rss_mib > 0
         assert run.vs_bound == pytest.approx(d["median"] / report.bound_ms)
         assert run.vs_onnxruntime == pytest.approx(d["median"] / ort_run.decode_ms["median"])
     assert ort_run.vs_onnxruntime == 1.0 and ort_run.details["prefill_chunk"] == 0

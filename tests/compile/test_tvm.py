@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from rwkv_edge.artifact.files import LIBRARY, OBJECTS
+from rwkv_edge.artifact.files import LIBRARY, OBJECTS, PARAMS
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
                               UnknownTargetError)
@@ -165,6 +165,46 @@ def test_corrupted_library_is_refused(tvm_bundle, tmp_path):
         TvmBackend(copy)
     with pytest.raises(ArtifactError, match="sha256"):
         verify_artifact(copy, steps=4, greedy_tokens=0, log=quiet)
+
+
+def test_the_library_holds_code_and_the_weights_are_mapped_not_copied(tvm_bundle):
+    directory = tvm_bundle("v7")
+    step = read_manifest(directory).graphs["step"]
+    assert step.params == PARAMS and step.num_params > 0
+    library, params = (directory / LIBRARY).read_bytes(), directory / PARAMS
+    assert len(library) < params.stat().st_size / 2
+    backend = TvmBackend(directory)
+    arrays = [np.from_dlpack(p) for p in backend._params]
+    largest = max(arrays, key=lambda a: a.nbytes)
+    assert largest.tobytes()[:4096] not in library  # the weights are not in the library
+    mapped = _mappings_of(params)
+    for a in arrays:  # each weight the library runs on lies in a mapping of the file: a view, not a copy
+        assert any(lo <= a.ctypes.data and a.ctypes.data + a.nbytes <= hi for lo, hi in mapped)
+        assert a.ctypes.data % 64 == 0
+
+
+def _mappings_of(path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``path`` (/proc/self/maps)."""
+    ranges = []
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(path.resolve()):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def test_a_tampered_or_truncated_params_file_is_refused(tvm_bundle, tmp_path):
+    copy = shutil.copytree(tvm_bundle("v7"), tmp_path / "bundle")
+    data = bytearray((copy / PARAMS).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / PARAMS).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 differs") as tampered:
+        TvmBackend(copy)
+    (copy / PARAMS).write_bytes(bytes(data[:-4]))
+    with pytest.raises(ArtifactError, match="bytes, the manifest says") as truncated:
+        TvmBackend(copy)
+    assert "\n" not in str(tampered.value) + str(truncated.value)
 
 
 def test_failed_compile_leaves_the_previous_bundle(tvm_bundle, tmp_path):

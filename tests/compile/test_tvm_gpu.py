@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from rwkv_edge.artifact.files import CUDA_SOURCE, FATBIN, MSL, OBJECTS, PARAMS, PTX, load_params
+from rwkv_edge.artifact.files import CUDA_SOURCE, FATBIN, MSL, OBJECTS, PARAMS, PTX
+from rwkv_edge.artifact.params import map_params
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError, PlatformError, ToolError
 from rwkv_edge.artifact import read_manifest
@@ -76,8 +77,9 @@ def test_every_gpu_target_builds_every_version(version, target, tvm_bundle, cli)
 
 @needs_nvcc
 def test_fp16_weights_are_stored_in_fp16(tvm_bundle):
-    fp32 = load_params(tvm_bundle("v7", "cuda-sm80") / PARAMS)
-    fp16 = load_params(tvm_bundle("v7", "cuda-sm80", "fp16") / PARAMS)
+    fp32, fp16 = (map_params(tvm_bundle("v7", "cuda-sm80", weights) / PARAMS,
+                             read_manifest(tvm_bundle("v7", "cuda-sm80", weights)).graphs["step"].num_params)
+                  for weights in ("fp32", "fp16"))
     assert [w.shape for w in fp32] == [w.shape for w in fp16]
     assert {w.dtype for w in fp32} == {np.dtype(np.float32)}
     halves = [w for w in fp16 if w.dtype == np.float16]

@@ -175,6 +175,17 @@ def test_corrupted_model_is_refused(bundle, host_runner, tmp_path):
 
 
 @needs_host
+def test_a_truncated_params_file_is_refused_by_the_runner(bundle, host_runner, tmp_path):
+    """The binary checks the params file itself (run_bundle's hashing aside): one line, exit 2."""
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    params = directory / read_manifest(directory).graphs["step"].params
+    params.write_bytes(params.read_bytes()[:-4])
+    done = subprocess.run([str(host_runner), str(directory), "--tokens", "1"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "params.safetensors: w" in done.stderr and "past the end of the file" in done.stderr
+
+
+@needs_host
 def test_bundle_for_another_architecture_is_refused(bundle, host_runner, tmp_path):
     directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
     for triple in ("riscv64-linux-gnu", "arm64-apple-macos", "aarch64-linux-android"):

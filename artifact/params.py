@@ -1,0 +1,100 @@
+"""``params.safetensors``: a TVM bundle's weights, laid out so that a runtime maps them instead of copying.
+
+The file is a valid safetensors file (any safetensors reader loads it) with one extra property:
+every tensor starts on a 64-byte boundary, the alignment TVM's kernels assume
+(``tvm.runtime.from_dlpack`` refuses less, as ``kAllocAlignment``). So:
+
+- 8 bytes: the header's length N (little-endian u64), with 8 + N a multiple of 64 (the JSON
+  header is padded with spaces, which safetensors allows);
+- the JSON header: ``__metadata__`` ({"format": "rwkv-edge params", "alignment": "64"}), the
+  weights ``w0``, ``w1``, ... in the order the library's functions take them, and between them
+  ``pad.<i>`` entries (U8, fewer than 64 bytes) that fill the gaps (safetensors forbids holes);
+- the data: ``w<i>`` at a multiple of 64 bytes from the data's start, which is itself a multiple
+  of 64 from the file's start. The file ends with the last tensor.
+
+A mapping of the file starts on a page boundary, so each tensor's address is 64-byte aligned.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError
+
+ALIGNMENT = 64  # bytes: TVM's kAllocAlignment
+FORMAT = "rwkv-edge params"
+DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8}  # what bundles store
+MAX_HEADER_BYTES = 16 << 20
+
+
+def save_params(values: list[np.ndarray], path: Path) -> None:
+    """The weights in the library's parameter order as ``w0``, ``w1``, ..., each 64-byte aligned."""
+    codes = {np.dtype(v): k for k, v in DTYPES.items()}
+    header: dict[str, dict] = {"__metadata__": {"format": FORMAT, "alignment": str(ALIGNMENT)}}
+    end = 0
+    for i, value in enumerate(values):
+        if value.dtype not in codes:
+            raise ArtifactError(f"weight w{i} is {value.dtype}; a params file holds {', '.join(map(str, codes))}")
+        start = -(-end // ALIGNMENT) * ALIGNMENT
+        if start > end:
+            header[f"pad.{i}"] = {"dtype": "U8", "shape": [start - end], "data_offsets": [end, start]}
+        end = start + value.nbytes
+        header[f"w{i}"] = {"dtype": codes[value.dtype], "shape": list(value.shape), "data_offsets": [start, end]}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % ALIGNMENT)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for i, value in enumerate(values):
+            f.seek(8 + len(text) + header[f"w{i}"]["data_offsets"][0])
+            f.write(np.ascontiguousarray(value).data)
+    path.chmod(0o644)
+
+
+def map_params(path: Path, count: int) -> list[np.ndarray]:
+    """``w0 ... w<count-1>`` as views of one copy-on-write mapping of ``path`` (nothing is read until
+    used; the library never writes its weights, so every page stays shared with the page cache).
+    ArtifactError, one line, for a file that is not such a params file or holds other weights."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, MAX_HEADER_BYTES):
+            raise ArtifactError(f"{path}: not a params file (a header of {length} bytes in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ArtifactError(f"{path}: unreadable header ({e})") from None
+    first = 8 + length
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or first % ALIGNMENT:
+        raise ArtifactError(f"{path}: not an aligned rwkv-edge params file (an older bundle? recompile it)")
+    names = sorted((k for k in header if k.startswith("w")), key=lambda k: int(k[1:]) if k[1:].isdigit() else -1)
+    if names != [f"w{i}" for i in range(count)]:
+        raise ArtifactError(f"{path}: holds {len(names)} weights, the library takes {count} (w0 ... w{count - 1})")
+    mapping = np.memmap(path, dtype=np.uint8, mode="c") if size > first else np.zeros(0, np.uint8)
+    values, end = [], first
+    for name in names:
+        value, stop = _view(path, mapping, first, name, header[name])
+        values.append(value)
+        end = max(end, stop)
+    if end != size:
+        raise ArtifactError(f"{path}: {size} bytes, its header describes {end}")
+    return values
+
+
+def _view(path: Path, mapping: np.ndarray, first: int, name: str, entry) -> tuple[np.ndarray, int]:
+    """One weight as a view of the mapping, after checking its entry against the file; and where it ends."""
+    try:
+        dtype, shape = np.dtype(DTYPES[entry["dtype"]]), tuple(int(d) for d in entry["shape"])
+        start, end = (first + int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: {name}: a malformed entry {str(entry)[:80]}") from None
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if start % ALIGNMENT or end - start != nbytes or not first <= start <= end <= mapping.size:
+        raise ArtifactError(f"{path}: {name} ({entry['dtype']} {list(shape)}) has bytes {start}..{end} of "
+                            f"{mapping.size}: not {ALIGNMENT}-byte aligned or not its size")
+    return mapping[start:end].view(dtype).reshape(shape), end
