@@ -116,8 +116,8 @@ class ApplyCpuSchedules:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         scheduled = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
+                continue  # scheduled already (the GEMMs, compile/gemm.py)
             for name, rule in (("gemv", schedule_gemv), ("elementwise", schedule_elementwise)):
                 sch = rule(func, self.params)
                 if sch is not None:
