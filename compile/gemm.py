@@ -10,7 +10,8 @@ cross the memory bus once per T tokens, and the arithmetic (2 T K N flops) becom
    and ``prefill`` is the same packed array in both, so a pass that lifts constants into a
    parameter file can keep one copy.
 2. **Schedule** (TIR, after fusion): tiles of ``tile`` output columns in parallel over threads;
-   inside a tile, blocks of ``rows`` rows; for each block the K loop keeps ``rows x tile``
+   inside a tile, blocks of ``rows`` rows (the target's ``rows``, or the largest divisor of T below
+   it); for each block the K loop keeps ``rows x tile``
    accumulators in vector registers (each step: ``rows`` broadcasts of x, one contiguous row of
    the weight tile, ``rows x tile`` FMAs). The K x tile weight block (96-384 KiB at K = 768-3072,
    tile 32) is re-read from cache by the T / rows blocks, from memory once. Producers (the
@@ -32,7 +33,6 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .schedules import ScheduleParams, _epilogue, _inline_producers, pack_weight
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
-ROW_BLOCKS = (8, 4, 2, 1)  # rows per register block, the first that divides T (measured on the 0.1B shape)
 
 
 def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:
@@ -119,7 +119,7 @@ def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         t_extent, n_extent = int(sch.get(t).extent), int(sch.get(n).extent)
         if n_extent % params.tile:
             return None
-        rows = next(r for r in ROW_BLOCKS if t_extent % r == 0)
+        rows = max(r for r in range(1, params.rows + 1) if t_extent % r == 0)  # at most the target's, dividing T
         n_outer, n_inner = sch.split(n, [None, params.tile])
         t_outer, t_inner = sch.split(t, [None, rows])
         unroll = params.unroll if int(sch.get(k).extent) % params.unroll == 0 else 1
@@ -144,5 +144,5 @@ def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         init = sch.decompose_reduction(block, k_outer)  # last: loops cannot be annotated after it
         sch.vectorize(sch.get_loops(init)[-1])
         return sch
-    except (RuntimeError, ValueError, StopIteration):
+    except (RuntimeError, ValueError):
         return None

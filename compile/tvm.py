@@ -157,6 +157,10 @@ def _prefill_graph(onnx: Artifact, options: TvmOptions, gpu: bool, log: Callable
     graph = onnx.manifest.graphs.get("prefill")
     if options.prefill_chunk == 0:
         return None
+    if gpu:
+        if graph is not None or options.prefill_chunk is not None:
+            log("note: GPU bundles hold the decode step only; prompts run one step per token")
+        return None
     if graph is None:
         if options.prefill_chunk is not None:
             raise OptionError(f"{onnx.directory} has no prefill graph: export it with --prefill-chunk "
@@ -167,9 +171,6 @@ def _prefill_graph(onnx: Artifact, options: TvmOptions, gpu: bool, log: Callable
     if options.prefill_chunk is not None and options.prefill_chunk != graph.chunk:
         raise OptionError(f"{onnx.directory}'s prefill graph takes {graph.chunk} tokens, not {options.prefill_chunk}: "
                           f"export it again with --prefill-chunk {options.prefill_chunk}, or leave the chunk to the export")
-    if gpu:
-        log("note: GPU bundles hold the decode step only; prompts run one step per token")
-        return None
     return graph
 
 
