@@ -43,7 +43,7 @@ from . import CompileRequest
 from ..targets.tvm import host_triple
 
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
-PREFILL_CHUNK = 16  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: measured)
+PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.6x T=16)
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, r
     coreml_only = [flag for flag in given if flag not in ("--weights", "--schedules", "--prefill-chunk")]
     if coreml_only:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
-    chunk = request.prefill_chunk if "--prefill-chunk" in given else None
-    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32", prefill_chunk=chunk)
+    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32",
+                         prefill_chunk=request.prefill_chunk)
     return compile_tvm(source, out_dir, options, log)
 
 
