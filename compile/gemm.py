@@ -7,13 +7,12 @@ cross the memory bus once per T tokens, and the arithmetic (2 T K N flops) becom
 1. **Packing** (a Relax rewrite, before fusion): every ``matmul(x, W)`` with a constant ``W`` and
    more than one row in ``x`` becomes ``packed_gemm`` over ``W`` stored exactly as the GEMV stores
    it, (N / tile, K, tile) (``schedules.pack_weight``, the same tile): a weight shared by ``main``
-   and ``prefill`` is the same packed array in both, so a pass that lifts constants into a
-   parameter file can keep one copy.
+   and ``prefill`` holds the same packed values in both (TVM's executable stores them once; a pass
+   that lifts constants into a parameter file can do the same).
 2. **Schedule** (TIR, after fusion): tiles of ``tile`` output columns in parallel over threads;
    inside a tile, blocks of ``rows`` rows (the target's ``rows``, or the largest divisor of T below
-   it); for each block the K loop keeps ``rows x tile``
-   accumulators in vector registers (each step: ``rows`` broadcasts of x, one contiguous row of
-   the weight tile, ``rows x tile`` FMAs). The K x tile weight block (96-384 KiB at K = 768-3072,
+   it); for each block the K loop keeps ``rows x tile`` accumulators in vector registers (each
+   step: ``rows`` broadcasts of x, one contiguous row of the weight tile, ``rows x tile`` FMAs). The K x tile weight block (96-384 KiB at K = 768-3072,
    tile 32) is re-read from cache by the T / rows blocks, from memory once. Producers (the
    token-shift interpolation) are inlined, the epilogue (activation, residual) applied per block.
 
