@@ -43,7 +43,7 @@ from . import CompileRequest
 from ..targets.tvm import host_triple
 
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
-PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.6x T=16)
+PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
 
 
 @dataclass(frozen=True)
