@@ -59,7 +59,7 @@ class BenchOptions:
     threads: int | None = None  # per backend; None: every core this process may use
     bandwidth_mib: int | None = None  # read-bandwidth buffer; None: max(512 MiB, 16 x last-level cache)
     bandwidth_repeats: int = 10  # timed reductions before and again after the backends
-    onnx_prefill_chunk: int = 16  # the ONNX export's prefill graph; 0: prefill runs as single steps
+    onnx_prefill_chunk: int = 16  # the ONNX export's prefill graph, compiled into CPU TVM bundles too; 0: single steps
     tvm_target: str | None = None  # None: x86_64-host, or on "cuda" the newest CUDA target the GPU runs
     rebuild: bool = False  # export / compile again even when the cached artifact matches
     seed: int = 0  # the token ids fed to every backend
@@ -369,20 +369,23 @@ def _gpu_target(name: str):
 
 
 def _prefill_chunk(backend: str, options: BenchOptions) -> int:
-    return options.onnx_prefill_chunk if backend == "onnxruntime" else 0
+    """Tokens per prefill call of ``backend``'s artifact: onnxruntime's export and CPU TVM bundles
+    (GPU bundles and the decode-only export hold none)."""
+    cpu_tvm = backend == "tvm" and not _gpu_target(options.tvm_target)
+    return options.onnx_prefill_chunk if backend == "onnxruntime" or cpu_tvm else 0
 
 
 def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
     """Whether ``out`` holds an intact fp32 artifact of the checkpoint with this sha256, made as asked:
-    an export with the same prefill graph, a bundle for the same target with the same weights."""
+    an export with the same prefill graph, a bundle for the same target with the same weights and prefill."""
     try:
         manifest = open_artifact(out).manifest
         if backend == "tvm":
             made_as_asked = (manifest.kind == "tvm" and manifest.target.name == options.tvm_target
                              and manifest.weights == options.weights_of("tvm"))
         else:
-            made_as_asked = (manifest.kind == "onnx" and manifest.weights == "fp32"
-                             and getattr(manifest.graphs.get("prefill"), "chunk", 0) == _prefill_chunk(backend, options))
+            made_as_asked = manifest.kind == "onnx" and manifest.weights == "fp32"
+        made_as_asked &= getattr(manifest.graphs.get("prefill"), "chunk", 0) == _prefill_chunk(backend, options)
         if manifest.source.get("sha256") != sha or not made_as_asked:
             return False
     except (ArtifactError, KeyError, AttributeError):
@@ -419,7 +422,8 @@ def build(backend: str, source: Path, out: Path, options: BenchOptions, log: Cal
     else:
         from ..compile.tvm import TvmOptions, compile_tvm
 
-        compile_tvm(source, out, TvmOptions(options.tvm_target, weights=options.weights_of("tvm")), log)
+        compile_tvm(source, out, TvmOptions(options.tvm_target, weights=options.weights_of("tvm"),
+                                            prefill_chunk=_prefill_chunk(backend, options)), log)
 
 
 # -- measurements ---------------------------------------------------------------------------------

@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Core ML: keep the state in Core ML states (fp16, iOS 18 / macOS 15) instead of explicit fp32 I/O")
     p.add_argument("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (default: the target's)")
     p.add_argument("--deployment", help="Core ML: minimum deployment target, e.g. iOS17, iOS18, macOS15")
-    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
-                   help="Core ML: tokens per call of the prefill function (iOS 18 / macOS 15); 0 for none (default 16)")
+    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), metavar="T",
+                   help="tokens per call of the prefill function; 0 for none. Core ML (iOS 18 / macOS 15): default 16; "
+                        "TVM CPU targets: a checkpoint is exported with it (default 32), an ONNX export's own prefill "
+                        "graph is used (none: steps only) unless T is given")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
     p.set_defaults(run=cmd_compile)

@@ -27,7 +27,7 @@ class CompileRequest:
     stateful: bool = False  # Core ML: the state in Core ML states
     compute_units: str | None = None  # Core ML
     deployment: str | None = None  # Core ML: minimum deployment target
-    prefill_chunk: int = 16  # Core ML: tokens per prefill call (0: none)
+    prefill_chunk: int | None = None  # tokens per prefill call (0: none); None: the compiler's default
     group_size: int | None = None  # int8/int4 weights: weights per scale (default: the format's)
 
     def given(self) -> dict[str, object]:

@@ -126,8 +126,9 @@ def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: C
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:
         raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+    chunk = CoreMLOptions.prefill_chunk if request.prefill_chunk is None else request.prefill_chunk
     options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
-                            request.prefill_chunk, request.group_size)
+                            chunk, request.group_size)
     return compile_coreml(source, out_dir, options, log)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.utils import copy_with_new_vars
 
 LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
 
@@ -62,5 +63,6 @@ def lift_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
     lifted = lifter.builder_.get()
     for gvar, (func, body) in bodies.items():  # after the visits: the full list is known only now
         new = relax.Function(list(func.params) + lifter.params, body, func.ret_ty, func.is_pure, func.attrs)
-        lifted[gvar] = new.with_attr("num_input", len(func.params))
+        # each function binds its own variables (a Relax variable has one definition site)
+        lifted[gvar] = copy_with_new_vars(new.with_attr("num_input", len(func.params)))
     return lifted, lifter.values

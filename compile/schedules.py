@@ -38,14 +38,16 @@ PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
 @dataclass(frozen=True)
 class ScheduleParams:
     """What a target tunes: GEMV tile width (output columns per tile, a multiple of the vector
-    width), unroll depth of the K loop, and the vector width of elementwise kernels (floats)."""
+    width), unroll depth of the K loop, the vector width of elementwise kernels (floats), and the
+    rows per register block of the prefill GEMMs (rows x tile accumulators, ``compile/gemm.py``)."""
 
     tile: int = 32
     unroll: int = 4
     vector: int = 8
+    rows: int = 8
 
     def __post_init__(self) -> None:
-        if self.tile % self.vector or self.unroll < 1:
+        if self.tile % self.vector or self.unroll < 1 or self.rows < 1:
             raise OptionError(f"schedule parameters out of range: {self} (the tile must be a multiple of the vector "
                               "width, the unroll at least 1); fix targets/tuned/<target>.json")
 
@@ -116,8 +118,8 @@ class ApplyCpuSchedules:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         scheduled = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
+                continue  # scheduled already (the GEMMs, compile/gemm.py)
             for name, rule in (("gemv", schedule_gemv), ("elementwise", schedule_elementwise)):
                 sch = rule(func, self.params)
                 if sch is not None:

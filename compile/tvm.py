@@ -7,10 +7,13 @@ cross-compiler). Every bundle keeps its weights out of the library; GPU targets 
 also keep the device code's source beside it. The bundle:
 
 - ``model.so``: a Relax VM executable, code only. Functions: ``main(token int64 (1,), state...,
-  weights...) -> (logits (1, V), state_out...)`` with the state in manifest order, and
+  weights...) -> (logits (1, V), state_out...)`` with the state in manifest order;
+  ``prefill(tokens int64 (1, T), state..., weights...) -> (logits (1, V), state_out...)``, T tokens in
+  one call (CPU targets, from the export's prefill graph; its projections are GEMMs, ``compile/gemm.py``);
   ``initial_state() -> (state...)``, the state before the first token;
-- ``params.safetensors``: the weights ``main`` takes after the state (``compile/params.py`` lifts
-  them out of the module; ``artifact/params.py`` writes them 64-byte aligned, for mapping);
+- ``params.safetensors``: the weights ``main`` and ``prefill`` take after the state, one list shared
+  by both (``compile/params.py`` lifts them out of the module; ``artifact/params.py`` writes them
+  64-byte aligned, for mapping);
 - ``manifest.json``: kind ``tvm``, the resolved target, TVM version, contract version, checkpoint
   sha256, the state spec and the sha256 of every file;
 - the tokenizer's vocabulary file where the model uses one (World, 20B), ``initial_state.npz``
@@ -43,6 +46,7 @@ from . import CompileRequest
 from ..targets.tvm import host_triple
 
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
+PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,13 @@ class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
     weights: str = "fp32"  # the weight format; GPU targets also hold fp16 (GEMV weights fp16, summed in fp32)
+    # tokens per call of the prefill function; None: the ONNX export's prefill graph (a checkpoint is
+    # exported with PREFILL_CHUNK); 0: none (prompts run one step per token). CPU targets only.
+    prefill_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefill_chunk is not None and self.prefill_chunk < 0:
+            raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
 
 
 def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
@@ -67,10 +78,14 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     log(f"target {target.name}: {target.tvm_target()}, schedules "
         f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
-        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", log), kind="onnx")
+        chunk = PREFILL_CHUNK if options.prefill_chunk is None else options.prefill_chunk
+        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", log, 0 if gpu else chunk), kind="onnx")
         _check_exportable(onnx.manifest, onnx.directory)
         step = onnx.graph("step")
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
+        prefill = _prefill_graph(onnx, options, gpu, log)
+        if prefill is not None:
+            mod = _add_prefill(mod, _import(onnx.graph("prefill"), log))
         bundle = writer.dir
         if gpu:
             from .gpu import build_gpu
@@ -85,7 +100,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
             save_params(params, bundle / PARAMS)
         _copy_extras(onnx, bundle)
-        manifest = _manifest(onnx.manifest, target, options, library, counts, params)
+        manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
         report_commit(log, writer.out, manifest, writer.commit(manifest))
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
@@ -97,10 +112,12 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
 def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
     """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
-    coreml_only = [flag for flag in request.given() if flag not in ("--weights", "--schedules")]
+    given = request.given()
+    coreml_only = [flag for flag in given if flag not in ("--weights", "--schedules", "--prefill-chunk")]
     if coreml_only:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
-    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32")
+    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32",
+                         prefill_chunk=request.prefill_chunk)
     return compile_tvm(source, out_dir, options, log)
 
 
@@ -120,9 +137,9 @@ def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
     return cc.cross_compiler(target.cross_compiler)
 
 
-def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Path:
+def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None], chunk: int) -> Path:
     """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export
-    into ``scratch``."""
+    into ``scratch`` (with a prefill graph of ``chunk`` tokens, none if 0)."""
     if source.is_dir():
         return source
     if source.suffix == ".onnx":
@@ -132,8 +149,48 @@ def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Pat
     from ..export.onnx import OnnxOptions, export_onnx
 
     log(f"exporting {source} to ONNX first")
-    export_onnx(source, scratch, OnnxOptions(prefill_chunk=0), log=lambda line: log(f"  {line}"))
+    export_onnx(source, scratch, OnnxOptions(prefill_chunk=chunk), log=lambda line: log(f"  {line}"))
     return scratch
+
+
+def _prefill_graph(onnx: Artifact, options: TvmOptions, gpu: bool, log: Callable[[str], None]) -> Graph | None:
+    """The export's prefill graph that the bundle compiles into ``prefill``, or None (said in the log)."""
+    graph = onnx.manifest.graphs.get("prefill")
+    if options.prefill_chunk == 0:
+        return None
+    if gpu:
+        if graph is not None or options.prefill_chunk is not None:
+            log("note: GPU bundles hold the decode step only; prompts run one step per token")
+        return None
+    if graph is None:
+        if options.prefill_chunk is not None:
+            raise OptionError(f"{onnx.directory} has no prefill graph: export it with --prefill-chunk "
+                              f"{options.prefill_chunk} (or compile the checkpoint)")
+        log(f"note: {onnx.directory} has no prefill graph: the bundle prefills one step per token "
+            f"(export with --prefill-chunk {PREFILL_CHUNK} for a prefill function)")
+        return None
+    if options.prefill_chunk is not None and options.prefill_chunk != graph.chunk:
+        raise OptionError(f"{onnx.directory}'s prefill graph takes {graph.chunk} tokens, not {options.prefill_chunk}: "
+                          f"export it again with --prefill-chunk {options.prefill_chunk}, or leave the chunk to the export")
+    return graph
+
+
+def _add_prefill(mod, prefill):
+    """Add the prefill graph's ``main`` to ``mod`` as ``prefill`` (its kernels renamed where names clash)."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Rename(PyExprMutator):
+        def visit_global_var_(self, gvar):
+            return renamed.get(gvar, gvar)
+
+    builder = relax.BlockBuilder(mod)
+    renamed = {gvar: builder.add_func(func, gvar.name_hint) for gvar, func in prefill.functions_items()
+               if gvar.name_hint != "main"}
+    function = Rename().visit_expr(prefill["main"])
+    builder.add_func(function.with_attr("global_symbol", "prefill"), "prefill")
+    return builder.get()
 
 
 def _check_exportable(manifest: Manifest, directory: Path) -> None:
@@ -188,6 +245,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     import tvm
     from tvm import relax
 
+    from .gemm import ScheduleGemms, pack_gemm_weights
     from .params import lift_weights
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
@@ -196,12 +254,16 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
+            mod, counts["packed gemm"] = pack_gemm_weights(mod, params)
             mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
         mod, weights = lift_weights(mod)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
         ])(mod)
         if options.schedules:
+            gemms = ScheduleGemms(params)
+            mod = gemms(mod)
+            counts["gemm kernels"] = gemms.count
             schedule = ApplyCpuSchedules(params)
             mod = schedule(mod)
             counts.update({f"{rule} kernels": n for rule, n in schedule.counts.items()})
@@ -268,7 +330,7 @@ def _vocabulary_file(tokenizer: str) -> Path | None:
 
 
 def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: TvmOptions, library: str,
-              counts: dict[str, int], params: list) -> Manifest:
+              counts: dict[str, int], params: list, prefill: Graph | None) -> Manifest:
     import tvm
 
     gpu = isinstance(target, GpuTarget)
@@ -280,12 +342,16 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
                      arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
                      executed=_executed(target, library) if gpu else None)
     step = Graph(library, function="main", params=PARAMS, num_params=len(params))
+    graphs = {"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")}
+    if prefill is not None:
+        graphs["prefill"] = Graph(library, function="prefill", chunk=prefill.chunk, all_logits=prefill.all_logits,
+                                  params=PARAMS, num_params=len(params))
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
         config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute="fp32",
         group_size=onnx_manifest.group_size,
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
-        graphs={"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")},
+        graphs=graphs,
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
         initial_state=INITIAL_STATE if onnx_manifest.initial_state else None, reference=REFERENCE, target=build,
     )

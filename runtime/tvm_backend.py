@@ -15,7 +15,7 @@ import numpy as np
 from ..artifact import Artifact, Manifest, open_artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, LIBRARY
 from ..artifact.params import map_params
-from ..errors import ArtifactError, PlatformError, ToolError, one_line
+from ..errors import ArtifactError, PlatformError, StateError, ToolError, one_line
 from ..platforms import gpu_unavailable, host_triple
 from ..contract import StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, no_prefill_graph, prefill_in_chunks
@@ -49,7 +49,6 @@ class TvmBackend:
     state stays there between steps (``DeviceTensor`` values); ``sync()`` waits for the GPU."""
 
     name = "tvm"
-    chunk = 0  # no prefill graph: prompts run step by step
 
     def __init__(self, artifact: Artifact | str | Path, remote: Remote | None = None) -> None:
         self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, kind="tvm")
@@ -68,6 +67,8 @@ class TvmBackend:
         self._params = self._load_params()
         self.vocab_size = self._vocabulary()
         self._initial = self._initial_state()
+        prefill = self.manifest.graphs.get("prefill")
+        self.chunk = prefill.chunk if prefill is not None else 0  # 0: prompts run one step per token
 
     def state_spec(self) -> list[StateTensor]:
         return self.spec
@@ -94,10 +95,11 @@ class TvmBackend:
         timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
         return [float(seconds) * 1e3 for seconds in timer("main").results]
 
-    def _arguments(self, token: int, state: NamedState) -> list:
-        """``main``'s inputs: token (1,) int64, every state tensor with its batch axis in manifest order,
-        then the weights."""
-        args = [self._tensor(np.array([token], dtype=np.int64))]
+    def _arguments(self, token: int | list[int], state: NamedState) -> list:
+        """``main``'s inputs: token (1,) int64 (``prefill``'s: tokens (1, T)), every state tensor with its
+        batch axis in manifest order, then the weights."""
+        tokens = np.array([token], dtype=np.int64)
+        args = [self._tensor(tokens)]
         for t in self.spec:
             value = state[t.input_name]
             resident = isinstance(value, DeviceTensor) and value.tensor.device == self._device
@@ -118,11 +120,19 @@ class TvmBackend:
         return np.from_dlpack(value) if self.remote is None else _numpy(value)
 
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-        """The prompt one step at a time (the bundle holds the decode step only)."""
+        """Whole chunks through ``prefill`` where the bundle has it, the rest one step at a time."""
         return prefill_in_chunks(self, tokens, state)
 
     def run_prefill_chunk(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-        raise no_prefill_graph(self)
+        """One call of the library's ``prefill``: exactly ``chunk`` tokens; logits (V,) or (T, V), and the state."""
+        if not self.chunk:
+            raise no_prefill_graph(self)
+        if isinstance(tokens, (str, bytes)) or len(tokens) != self.chunk:
+            raise StateError(f"this bundle's prefill function takes exactly {self.chunk} tokens")
+        check_token_ids(tokens, self.vocab_size)
+        check_named_state(state, self.spec)
+        logits, *new_state = self._call("prefill", self._arguments(list(tokens), state))
+        return self._array(logits)[0], {t.input_name: self._array(s)[0] for t, s in zip(self.spec, new_state)}
 
     def _call(self, function: str, args: list):
         return self._vm[function](*args) if self.remote is None else self._remote_call(function, args)

@@ -61,11 +61,11 @@ def main() -> int:
         imported = from_onnx(onnx.load(str(artifact.graph("step"))), keep_params_in_input=False)
     state = artifact.initial_state()
     tvm_target = tvm.target.Target(target.tvm_target())
-    vector = target.schedule_data()["params"]["vector"]
+    vector, rows = (target.schedule_data()["params"][k] for k in ("vector", "rows"))  # not tuned here
     built = {}
     for tile in (int(t) for t in args.tiles.split(",")):
         for unroll in (int(u) for u in args.unrolls.split(",")):
-            params = ScheduleParams(tile=tile, unroll=unroll, vector=min(vector, tile))
+            params = ScheduleParams(tile=tile, unroll=unroll, vector=min(vector, tile), rows=rows)
             with tvm_target:
                 mod, _ = pack_gemv_weights(imported, params)
                 mod = tvm.ir.transform.Sequential([
@@ -99,12 +99,12 @@ def main() -> int:
               f"median {rows[-1]['median_ms']:.2f} ms/token (rounds {', '.join(f'{m:.1f}' for m in medians)})",
               flush=True)
     best = min(rows, key=lambda r: r["x_round_best"])
-    record = {"params": {"tile": best["tile"], "unroll": best["unroll"], "vector": best["vector"]},
+    record = {"params": {"tile": best["tile"], "unroll": best["unroll"], "vector": best["vector"], "rows": rows},
               "source": f"timed by scripts/tune_schedules.py on {_cpu_name()} ({manifest.config.get('n_layer')} layers x "
                         f"{manifest.config.get('n_embd')}, vocab {manifest.config.get('vocab_size')}, fp32), "
                         f"median over {args.rounds} round-robin rounds of the median of {args.steps} decode steps, "
                         f"{args.threads} threads",
-              "table": rows}
+              "table": rows, "rows": target.schedule_data().get("rows")}  # the GEMM's rows: not tuned here
     print(f"best: tile {best['tile']}, unroll {best['unroll']}: {best['median_ms']:.2f} ms/token")
     if not args.dry_run:
         path = TUNED / f"{target.name}.json"

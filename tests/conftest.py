@@ -37,34 +37,35 @@ def version_ckpt(make_ckpt):
 
 @pytest.fixture(scope="session")
 def onnx_export(version_ckpt, tmp_path_factory):
-    """onnx_export(version) -> ONNX export (decode step only) of a tiny checkpoint; v5/v6 carry a
-    trained initial state. Shared by the TVM tests."""
+    """onnx_export(version, prefill=0) -> ONNX export of a tiny checkpoint: the decode step, and a prefill
+    graph of ``prefill`` tokens if not 0; v5/v6 carry a trained initial state. Shared by the TVM tests."""
     from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 
-    done: dict[str, Path] = {}
+    done: dict[tuple[str, int], Path] = {}
 
-    def get(version: str) -> Path:
-        if version not in done:
-            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
-            export_onnx(version_ckpt(version), done[version], OnnxOptions(prefill_chunk=0), log=lambda _: None)
-        return done[version]
+    def get(version: str, prefill: int = 0) -> Path:
+        key = (version, prefill)
+        if key not in done:
+            done[key] = tmp_path_factory.mktemp(f"onnx-{version}-prefill{prefill}")
+            export_onnx(version_ckpt(version), done[key], OnnxOptions(prefill_chunk=prefill), log=lambda _: None)
+        return done[key]
 
     return get
 
 
 @pytest.fixture(scope="session")
 def tvm_bundle(onnx_export, tmp_path_factory):
-    """tvm_bundle(version, target="x86_64-host", weights="fp32") -> a TVM bundle compiled once per
-    session (copy it before changing it)."""
+    """tvm_bundle(version, target="x86_64-host", weights="fp32", prefill=0) -> a TVM bundle compiled once
+    per session (copy it before changing it), with a prefill function of ``prefill`` tokens if not 0."""
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 
-    done: dict[tuple[str, str, str], Path] = {}
+    done: dict[tuple[str, str, str, int], Path] = {}
 
-    def get(version: str, target: str = "x86_64-host", weights: str = "fp32") -> Path:
-        key = (version, target, weights)
+    def get(version: str, target: str = "x86_64-host", weights: str = "fp32", prefill: int = 0) -> Path:
+        key = (version, target, weights, prefill)
         if key not in done:
-            done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}")
-            compile_tvm(onnx_export(version), done[key], TvmOptions(target, weights=weights), log=lambda _: None)
+            done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}-prefill{prefill}")
+            compile_tvm(onnx_export(version, prefill), done[key], TvmOptions(target, weights=weights), log=lambda _: None)
         return done[key]
 
     return get

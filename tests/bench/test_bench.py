@@ -239,7 +239,8 @@ def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash)
     assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp32"))
     assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", weights="fp16"))
     cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"}, rehash)  # no weights: fp32
-    assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))
+    assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
+    assert not bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))  # asks for a prefill function
     assert not bench._cached("tvm", cpu, sha, asked)
 
 
@@ -256,7 +257,7 @@ def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
         assert out.name == f"tvm-cuda-sm90-{weights}"
         assert calls[-1] == ["tvm", "export", "cuda-sm90", weights, 0]
     out = bench._prepare("tvm", checkpoint, sha, BenchOptions(tvm_target="x86_64-host"), tmp_path, lambda line: None, {})
-    assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", 0]
+    assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", 16]
     out = bench._prepare("onnx", checkpoint, sha, BenchOptions(device="cuda"), tmp_path, lambda line: None, {})
     assert out.name == "onnx-fp32-prefill0" and calls[-1][0] == "onnx" and calls[-1][-1] == 0
 

@@ -205,14 +205,21 @@ def test_compile_coreml_verify_and_trace(tmp_path, cli):
 
 def test_compile_tvm_verify_and_trace(tmp_path, cli, onnx_export):
     out = tmp_path / "host"
-    code, printed, _ = cli("compile", str(onnx_export("v7") / "model.onnx"), "--target", "x86_64-host", "-o", str(out))
+    code, printed, _ = cli("compile", str(onnx_export("v7", 8) / "model.onnx"), "--target", "x86_64-host", "-o", str(out))
     assert code == 0 and "target x86_64-host: {'kind': 'llvm'" in printed and "gemv kernels" in printed
+    assert "import prefill.onnx into Relax" in printed and "gemm kernels" in printed
     code, printed, _ = cli("verify", str(out), "--steps", "16", "--greedy-tokens", "16")
     assert code == 0 and "\nPASS  tvm vs torch (recorded at build), fp32" in printed and "Relax VM on this machine" in (out / "parity.json").read_text()
     code, _, _ = cli("trace", str(out), "--backend", "tvm", "--tokens", "100,101", "--out", str(tmp_path / "t.npz"))
     assert code == 0 and np.load(tmp_path / "t.npz")["logits"].shape == (2, 256)
     code, _, err = cli("verify", str(out), "--rpc", "127.0.0.1:1")
     assert code != 0 and err.count("\n") == 1 and "no TVM RPC server at 127.0.0.1:1" in err
+
+
+def test_compile_refuses_a_prefill_chunk_the_export_lacks(tmp_path, cli, onnx_export):
+    code, _, err = cli("compile", str(onnx_export("v7")), "--target", "x86_64-host", "--prefill-chunk", "8",
+                       "-o", str(tmp_path / "out"))
+    assert code == 1 and err.count("\n") == 1 and "has no prefill graph: export it with --prefill-chunk 8" in err, err
 
 
 def test_targets_lists_every_target(cli):

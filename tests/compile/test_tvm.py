@@ -13,8 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from rwkv_edge.artifact import Graph
 from rwkv_edge.artifact.files import LIBRARY, OBJECTS, PARAMS
-from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+from rwkv_edge.compile.tvm import PREFILL_CHUNK, TvmOptions, compile_tvm
 from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
                               UnknownTargetError)
 from rwkv_edge.export.onnx import OnnxOptions, export_onnx
@@ -23,6 +24,8 @@ from rwkv_edge.model import ARCHITECTURES
 from rwkv_edge.runtime.rpc_client import Remote, open_session
 from rwkv_edge.runtime.tvm_backend import TvmBackend
 from rwkv_edge.verify import verify_artifact
+from rwkv_edge.verify.report import OutputErrors
+from rwkv_edge.verify.tolerances import FP32
 from rwkv_edge.targets import TARGETS, TvmTarget, get_target
 
 TVM_TARGETS = sorted(name for name, t in TARGETS.items() if isinstance(t, TvmTarget))
@@ -43,11 +46,66 @@ def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bu
     assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
 
 
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_the_prefill_function_equals_single_steps(version, tvm_bundle):
+    """``prefill`` (8 tokens in one call, GEMM projections) against 8 calls of ``main`` on the same
+    bundle, and against PyTorch's rollout through verify."""
+    bundle = tvm_bundle(version, prefill=8)
+    manifest = read_manifest(bundle)
+    assert manifest.graphs["prefill"] == Graph(LIBRARY, function="prefill", chunk=8)
+    assert manifest.target.kernels["packed gemm"] > 0 and manifest.target.kernels["gemm kernels"] > 0
+    backend = TvmBackend(bundle)
+    tokens = [3, 141, 59, 26, 5, 35, 89, 79]
+    logits, state = backend.run_prefill_chunk(tokens, backend.init_state())
+    step_state = backend.init_state()
+    for token in tokens:
+        step_logits, step_state = backend.step(token, step_state)
+    # measured on the tiny models: identical bits (the GEMM sums over K in the GEMV's order)
+    errors = {"logits": (step_logits, logits), **{k: (step_state[k], state[k]) for k in state}}
+    for name, (expected, got) in errors.items():
+        e = OutputErrors()
+        e.add(7, expected, got)
+        assert e.scaled[0] <= FP32.logits_scaled, f"prefill {name}: max|Δ|/std {e.scaled[0]:.2e}"
+    report = verify_artifact(bundle, steps=16, greedy_tokens=16, log=quiet)
+    assert report.passed, report.summary()
+    assert any(line.startswith("prefill graph: 8 tokens in one call") for line in report.what_ran), report.what_ran
+
+
+def test_prefill_refuses_a_wrong_chunk_and_bad_tokens(tvm_bundle):
+    backend = TvmBackend(tvm_bundle("v7", prefill=8))
+    state = backend.init_state()
+    with pytest.raises(StateError, match="exactly 8 tokens"):
+        backend.run_prefill_chunk([1, 2, 3], state)
+    with pytest.raises(TokenError, match="outside the vocabulary"):
+        backend.run_prefill_chunk([1] * 7 + [backend.vocab_size], state)
+    logits, _ = backend.prefill(list(range(1, 12)), state)  # one call of 8, then 3 single steps
+    assert logits.shape == (backend.vocab_size,)
+
+
+def test_the_prefill_chunk_comes_from_the_export(onnx_export, tmp_path):
+    """An export's prefill graph decides the chunk; asking for another, or for one from an export
+    without a prefill graph, is refused before any work; 0 builds the decode step only."""
+    with pytest.raises(OptionError, match="takes 8 tokens, not 16"):
+        compile_tvm(onnx_export("v7", 8), tmp_path / "a", TvmOptions(prefill_chunk=16), log=quiet)
+    with pytest.raises(OptionError, match="has no prefill graph"):
+        compile_tvm(onnx_export("v7"), tmp_path / "b", TvmOptions(prefill_chunk=8), log=quiet)
+    with pytest.raises(OptionError, match=">= 0"):
+        TvmOptions(prefill_chunk=-1)
+    compile_tvm(onnx_export("v7", 8), tmp_path / "c", TvmOptions(prefill_chunk=0), log=quiet)
+    backend = TvmBackend(tmp_path / "c")
+    assert "prefill" not in read_manifest(tmp_path / "c").graphs and backend.chunk == 0
+    with pytest.raises(StateError, match="no prefill graph"):
+        backend.run_prefill_chunk([1] * 8, backend.init_state())
+
+
 def test_a_vocabulary_of_no_whole_tiles_is_padded(make_ckpt, tmp_path):
-    """RWKV-4 Pile models have 50277 tokens: the head's columns are padded to whole tiles, then sliced."""
+    """RWKV-4 Pile models have 50277 tokens: the head's columns are padded to whole tiles, then sliced.
+    A checkpoint is exported with a prefill graph of PREFILL_CHUNK tokens, which verify checks too."""
     compile_tvm(make_ckpt("v4", vocab_size=1001), tmp_path, log=quiet)
+    assert read_manifest(tmp_path).graphs["prefill"].chunk == PREFILL_CHUNK
     report = verify_artifact(tmp_path, steps=16, greedy_tokens=0, log=quiet)
     assert report.passed, report.summary()
+    assert any(line.startswith("prefill graph") for line in report.what_ran)
     assert TvmBackend(tmp_path).step(1000, TvmBackend(tmp_path).init_state())[0].shape == (1001,)
 
 
@@ -64,8 +122,11 @@ def test_the_bundle_carries_its_initial_state(tvm_bundle, onnx_export):
 def test_schedules_change_the_code_not_the_numbers(onnx_export, tvm_bundle, tmp_path):
     """The default lowering and the scheduled build agree to float rounding on the same steps."""
     plain = tmp_path / "plain"
-    compile_tvm(onnx_export("v7"), plain, TvmOptions(schedules=False), log=quiet)
+    lines: list[str] = []
+    compile_tvm(onnx_export("v7"), plain, TvmOptions(schedules=False), log=lines.append)
     assert read_manifest(plain).target.schedules is None
+    assert "prefill" not in read_manifest(plain).graphs  # the export has none: said, not an error
+    assert any("has no prefill graph: the bundle prefills one step per token" in line for line in lines)
     a, b = TvmBackend(plain), TvmBackend(tvm_bundle("v7"))
     sa, sb = a.init_state(), b.init_state()
     for token in [1, 7, 200, 3, 3, 90]:
@@ -76,30 +137,33 @@ def test_schedules_change_the_code_not_the_numbers(onnx_export, tvm_bundle, tmp_
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
-def test_host_gemv_loops_are_vector_fma(tvm_bundle):
-    """The packed GEMV kernels compile to packed fused multiply-adds (AVX2/AVX-512 or SSE)."""
-    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tvm_bundle("v7") / LIBRARY)],
+@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+def test_host_gemv_and_gemm_loops_are_vector_fma(kind, tvm_bundle):
+    """The packed GEMV kernels (decode) and GEMM kernels (prefill) compile to packed fused
+    multiply-adds (AVX2/AVX-512 or SSE)."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tvm_bundle("v7", prefill=8) / LIBRARY)],
                           check=True, capture_output=True, text=True).stdout
-    kernels = _kernels(_functions(text, "gemv"))
-    assert kernels, "no GEMV kernel in the library"
+    kernels = _kernels(_functions(text, kind))
+    assert kernels, f"no {kind} kernel in the library"
     for name, body in kernels.items():
         assert re.search(r"\bv?fmadd\w*ps\b|\bv?mulps\b", body), f"{name} is not vectorised"
 
 
 def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
-    """The same schedules emit NEON fmla on 4 lanes for the Cortex-A53 baseline."""
+    """The same schedules (GEMV and prefill GEMM) emit NEON fmla on 4 lanes for the Cortex-A53 baseline."""
     if shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("aarch64-linux-gnu-objdump") is None:
         pytest.skip("aarch64 GNU toolchain missing: apt-get install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu "
                     "(scripts/install-arm-tools.sh)")
-    compile_tvm(onnx_export("v7"), tmp_path, TvmOptions("aarch64-linux"), log=quiet)
+    compile_tvm(onnx_export("v7", 8), tmp_path, TvmOptions("aarch64-linux"), log=quiet)
     manifest = read_manifest(tmp_path)
     assert manifest.target.triple == "aarch64-linux-gnu" and manifest.target.qemu_cpu == "cortex-a53"
     text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(tmp_path / LIBRARY)],
                           check=True, capture_output=True, text=True).stdout
-    kernels = _kernels(_functions(text, "gemv"))
-    assert kernels
-    for name, body in kernels.items():
-        assert re.search(r"fmla\s+v\d+\.4s", body), f"{name} has no 4-lane NEON fmla"
+    for kind in ("gemv", "gemm"):
+        kernels = _kernels(_functions(text, kind))
+        assert kernels, f"no {kind} kernel in the library"
+        for name, body in kernels.items():
+            assert re.search(r"fmla\s+v\d+\.4s", body), f"{name} has no 4-lane NEON fmla"
     with pytest.raises(PlatformError, match="aarch64-linux-gnu"):
         TvmBackend(tmp_path)  # built for another architecture: refused, not loaded
 

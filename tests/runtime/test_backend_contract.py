@@ -34,9 +34,9 @@ def open_backend(version_ckpt, tvm_bundle, tmp_path_factory):
             export_onnx(version_ckpt("v5"), out, OnnxOptions(prefill_chunk=4), log=quiet)
             return by_name(out, "onnxruntime")
         if name == "tvm-host":
-            return by_name(tvm_bundle("v5"), "tvm")
+            return by_name(tvm_bundle("v5", prefill=4), "tvm")
         if name == "tvm-aarch64-qemu":
-            return _emulated_tvm(tvm_bundle("v5", "aarch64-linux"))
+            return _emulated_tvm(tvm_bundle("v5", "aarch64-linux", prefill=4))
         from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
         from rwkv_edge.runtime.coreml_backend import CoreMLBackend
 
@@ -126,3 +126,4 @@ def test_prefill_equals_steps(backend):
         e.add(len(TOKENS) - 1, np.asarray(step_state[name]), np.asarray(state[name]))
         assert e.scaled[0] <= FP32.state_scaled, f"{backend.name}: prefill {name} {e.scaled[0]:.2e}"
     assert backend.chunk in (0, 4)
+    assert backend.name != "tvm" or backend.chunk == 4  # the TVM bundles' prefill function ran

@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 
 from rwkv_edge.errors import ToolError
+from rwkv_edge.model import ARCHITECTURES
 from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server, rpc_tracker
 from rwkv_edge.runtime.rpc_client import Remote
 from rwkv_edge.verify import verify_artifact
@@ -46,6 +47,20 @@ def test_verify_an_aarch64_bundle_on_an_emulated_board(bundles):
                                  log=quiet)
     assert report.passed, report.summary()
     assert report.n_steps == 16
+
+
+def test_every_version_prefills_on_an_emulated_board(tvm_bundle):
+    """aarch64 bundles with a prefill function (GEMMs on NEON): one call of 8 tokens equals 8 steps of
+    PyTorch's rollout, for v4-v7, on one RPC server under qemu (a server serves sessions in turn)."""
+    reason = emulation_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with rpc_server(emulate="cortex-a53") as (host, port):
+        for version in ARCHITECTURES:
+            report = verify_artifact(tvm_bundle(version, "aarch64-linux", prefill=8), steps=8, greedy_tokens=0,
+                                     remote=Remote(f"{host}:{port}"), log=quiet)
+            assert report.passed, f"{version}: {report.summary()}"
+            assert any(line.startswith("prefill graph: 8 tokens in one call") for line in report.what_ran), version
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tornado") is None, reason="TVM's RPC tracker needs tornado")

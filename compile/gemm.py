@@ -1,0 +1,147 @@
+"""CPU GEMMs for the prefill function: T rows of activations times a packed weight matrix.
+
+A prefill call runs every projection on the T positions of its chunk at once: ``x (..., T, K) @ W
+(K, N)``. The decode step's GEMV streams each weight once per token; here each weight should
+cross the memory bus once per T tokens, and the arithmetic (2 T K N flops) becomes the limit.
+
+1. **Packing** (a Relax rewrite, before fusion): every ``matmul(x, W)`` with a constant ``W`` and
+   more than one row in ``x`` becomes ``packed_gemm`` over ``W`` stored exactly as the GEMV stores
+   it, (N / tile, K, tile) (``schedules.pack_weight``, the same tile): a weight shared by ``main``
+   and ``prefill`` holds the same packed values in both (TVM's executable stores them once; a pass
+   that lifts constants into a parameter file can do the same).
+2. **Schedule** (TIR, after fusion): tiles of ``tile`` output columns in parallel over threads;
+   inside a tile, blocks of ``rows`` rows (the target's ``rows``, or the largest divisor of T below
+   it); for each block the K loop keeps ``rows x tile`` accumulators in vector registers (each
+   step: ``rows`` broadcasts of x, one contiguous row of the weight tile, ``rows x tile`` FMAs). The K x tile weight block (96-384 KiB at K = 768-3072,
+   tile 32) is re-read from cache by the T / rows blocks, from memory once. Producers (the
+   token-shift interpolation) are inlined, the epilogue (activation, residual) applied per block.
+
+A quantized variant (uint8 tiles + fp16 scales per group of K) is a different weight expression in
+the same loop nest: ``packed_gemm``'s ``packed[j // tile, k, j % tile]`` becomes the dequantised
+value ``(q[j // tile, k, j % tile] - zero) * scale[j // tile, k // group, j % tile]``, the block keeps
+its name, and ``schedule_gemm`` applies unchanged (the dequantisation is then done once per row
+block; a ``cache_read`` of the tile into a local buffer per K step would do it once per tile).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from .schedules import ScheduleParams, _epilogue, _inline_producers, pack_weight
+
+GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
+
+
+def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:
+    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs;
+    returns the module and the count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
+    rewriter = _PackGemm(mod, params.tile)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get(), rewriter.count
+
+
+def packed_gemm(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
+    """y[..., t, j] = sum_k x[..., t, k] * W[k, j], W stored as packed[j // tile, k, j % tile]:
+    (..., T, K) -> (..., T, n), n a multiple of the tile (the padding columns are zero)."""
+    *lead, k_len = x.shape
+    tile = packed.shape[2]
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * packed[i[-1] // tile, k, i[-1] % tile], axis=k),
+                      name=GEMM_BLOCK)
+
+
+@mutator
+class _PackGemm(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, tile: int) -> None:
+        super().__init__(mod)
+        self.tile = tile
+        self.count = 0
+        self.matmul = tvm.ir.Op.get("relax.matmul")
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        weight = call.args[1] if call.op == self.matmul else None
+        if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 2:
+            return call
+        k_len, n = weight.value.shape
+        x_shape = call.args[0].ty.shape
+        if x_shape is None or any(not isinstance(d, tirx.IntImm) for d in x_shape):
+            return call
+        dims = [int(d) for d in x_shape]  # (..., T, K)
+        if len(dims) < 2 or dims[-1] != k_len or dims[-2] == 1 or any(d != 1 for d in dims[:-2]):
+            return call  # one row: the GEMV's
+        self.count += 1
+        packed = pack_weight(weight.value.numpy(), self.tile)  # (N / tile, K, tile), as the GEMV packs it
+        padded = packed.shape[0] * self.tile
+        gemm = self.builder_.call_te(packed_gemm, call.args[0], relax.const(packed), padded, primfunc_name_hint=GEMM_BLOCK)
+        if padded == n:
+            return gemm
+        return relax.op.strided_slice(self.builder_.emit(gemm), axes=[len(dims) - 1], begin=[0], end=[n])
+
+
+@tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuGemm")
+class ScheduleGemms:
+    """Schedule every fused PrimFunc built around a packed GEMM; ``count`` says how many."""
+
+    def __init__(self, params: ScheduleParams) -> None:
+        self.params = params
+        self.count = 0
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        scheduled = {}
+        for gvar, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc):
+                sch = schedule_gemm(func, self.params)
+                if sch is not None:
+                    scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        for gvar, func in scheduled.items():
+            mod[gvar] = func
+        self.count += len(scheduled)
+        return mod
+
+
+def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule | None:
+    """Tiles in parallel; per tile, row blocks whose ``rows x tile`` accumulators stay in registers
+    over the K loop; the epilogue per row block. None unless ``func`` holds a packed GEMM."""
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(GEMM_BLOCK)
+    except (RuntimeError, ValueError):
+        return None
+    try:
+        _inline_producers(sch, block)
+        *lead, t, n, k = sch.get_loops(block)
+        t_extent, n_extent = int(sch.get(t).extent), int(sch.get(n).extent)
+        if n_extent % params.tile:
+            return None
+        rows = max(r for r in range(1, params.rows + 1) if t_extent % r == 0)  # at most the target's, dividing T
+        n_outer, n_inner = sch.split(n, [None, params.tile])
+        t_outer, t_inner = sch.split(t, [None, rows])
+        unroll = params.unroll if int(sch.get(k).extent) % params.unroll == 0 else 1
+        k_outer, k_inner = sch.split(k, [None, unroll])
+        sch.reorder(*lead, n_outer, t_outer, k_outer, k_inner, t_inner, n_inner)
+        outer = sch.fuse(*lead, n_outer)
+        accumulate = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(accumulate, t_outer)
+        sch.vectorize(sch.get_loops(accumulate)[-1])
+        for consumer in _epilogue(sch, accumulate):
+            try:
+                sch.reverse_compute_inline(consumer)
+            except s_tir.ScheduleError:  # it reads another tensor as well: apply it per row block
+                sch.reverse_compute_at(consumer, t_outer)
+                sch.vectorize(sch.get_loops(consumer)[-1])
+        sch.vectorize(n_inner)
+        sch.unroll(t_inner)
+        if unroll > 1:
+            sch.unroll(k_inner)
+        if n_extent // params.tile > 1:
+            sch.parallel(outer)
+        init = sch.decompose_reduction(block, k_outer)  # last: loops cannot be annotated after it
+        sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+    except (RuntimeError, ValueError):
+        return None
