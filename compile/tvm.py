@@ -21,6 +21,7 @@ device code's source beside it. The bundle:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 from .. import __version__
 from ..artifact import Artifact, ArtifactWriter, Graph, Manifest, TvmBuild, open_artifact
 from ..errors import ArtifactError, OptionError, ToolError
-from ..weights import check_weights
+from ..weights import check_weights, weight_format
 from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE, save_params
 from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
@@ -47,7 +48,9 @@ GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
-    weights: str = "fp32"  # the weight format; GPU targets also hold fp16 (GEMV weights fp16, summed in fp32)
+    weights: str | None = None  # None: the ONNX export's (fp32 from a checkpoint); CPU targets hold int8 and int4
+    # (from an export in that format), GPU targets fp16 (GEMV weights fp16, summed in fp32)
+    group_size: int | None = None  # int8/int4 from a checkpoint: weights per scale (default: the format's)
 
 
 def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
@@ -57,7 +60,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     if not isinstance(target, (TvmTarget, GpuTarget)):
         raise OptionError(f"{target.name} is a {target.kind} target; compile_tvm takes TVM targets")
     gpu = isinstance(target, GpuTarget)
-    check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
+    if options.weights is not None:
+        check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
     source = Path(source)
@@ -65,8 +69,9 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     log(f"target {target.name}: {target.tvm_target()}, schedules "
         f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
-        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", log), kind="onnx")
-        _check_exportable(onnx.manifest, onnx.directory)
+        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, log), kind="onnx")
+        options = _check_exportable(onnx.manifest, onnx.directory, options)
+        check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
         step = onnx.graph("step")
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
         bundle = writer.dir
@@ -97,10 +102,10 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
 def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
     """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
-    coreml_only = [flag for flag in request.given() if flag not in ("--weights", "--schedules")]
+    coreml_only = [flag for flag in request.given() if flag not in ("--weights", "--schedules", "--group-size")]
     if coreml_only:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
-    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32")
+    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights, group_size=request.group_size)
     return compile_tvm(source, out_dir, options, log)
 
 
@@ -120,9 +125,9 @@ def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
     return cc.cross_compiler(target.cross_compiler)
 
 
-def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Path:
+def _onnx_export(source: Path, scratch: Path, options: TvmOptions, log: Callable[[str], None]) -> Path:
     """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export
-    into ``scratch``."""
+    into ``scratch`` (int8/int4 when those weights are asked for, else fp32)."""
     if source.is_dir():
         return source
     if source.suffix == ".onnx":
@@ -131,28 +136,49 @@ def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None]) -> Pat
         raise ArtifactError(f"{source}: no such file or directory")
     from ..export.onnx import OnnxOptions, export_onnx
 
-    log(f"exporting {source} to ONNX first")
-    export_onnx(source, scratch, OnnxOptions(prefill_chunk=0), log=lambda line: log(f"  {line}"))
+    quantized = options.weights in ("int8", "int4")
+    export = OnnxOptions(options.weights if quantized else "fp32", prefill_chunk=0, group_size=options.group_size)
+    log(f"exporting {source} to ONNX first ({export.weights} weights)")
+    export_onnx(source, scratch, export, log=lambda line: log(f"  {line}"))
     return scratch
 
 
-def _check_exportable(manifest: Manifest, directory: Path) -> None:
-    """TVM bundles compile fp32, batch-1 exports: the schedules accumulate in the export's dtype (fp16
-    GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack one-row
-    GEMVs. (GPU bundles store fp16 weights with --weights fp16, from the fp32 export.)"""
-    if manifest.weights != "fp32" or manifest.batch != 1:
-        what = f"{manifest.weights} weights" if manifest.weights != "fp32" else f"batch {manifest.batch}"
-        raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, batch-1 exports "
+def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) -> TvmOptions:
+    """``options`` with the export's weight format and group size, if the export can become that bundle.
+
+    TVM bundles compile fp32, int8 and int4 batch-1 exports: the schedules accumulate in the export's
+    dtype (fp16 GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack
+    one-row GEMVs. An int8/int4 bundle takes its integers from an export in that format (the PyTorch
+    reference of the export has the same quantized weights). GPU bundles store fp16 weights with
+    --weights fp16, from the fp32 export."""
+    if manifest.weights == "fp16" or manifest.batch != 1:
+        what = f"{manifest.weights} weights" if manifest.weights == "fp16" else f"batch {manifest.batch}"
+        raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, int8 or int4 batch-1 exports "
                           f"(`rwkv-edge export onnx` without --weights fp16 / --dynamic-batch, or give the checkpoint)")
+    weights = options.weights or manifest.weights
+    quantized = {weights, manifest.weights} & {"int8", "int4"}
+    if quantized and weights != manifest.weights:
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become a {weights} bundle: "
+                          f"export with `--weights {weights}`, or give the checkpoint")
+    if options.group_size is not None and options.group_size != manifest.group_size:
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights in groups of {manifest.group_size}; "
+                          f"--group-size {options.group_size} applies when compiling a checkpoint")
+    return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
 def _import(path: Path, log: Callable[[str], None]):
+    """The step graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
+    first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from ..export.nbits import from_matmul_nbits
+
     with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
-        return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+        proto = onnx.load(str(path))
+        from_matmul_nbits(proto)
+        return from_onnx(proto, keep_params_in_input=False)
 
 
 def _embedding_rows(step: Path) -> int:
@@ -195,7 +221,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
-            mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
+            mod, counts = pack_gemv_weights(mod, params, weight_format(options.weights).bits, options.group_size or 0)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
         ])(mod)

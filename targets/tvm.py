@@ -33,7 +33,7 @@ class TvmTarget:
     cross_package: str | None = None  # the Debian package that provides it
     qemu_cpu: str | None = None  # the oldest core of the family, for -cpu under qemu-aarch64
     link_note: str | None = None  # what a final link needs beyond this machine
-    weight_formats: tuple[str, ...] = ("fp32",)  # what --weights may be; the step computes in fp32
+    weight_formats: tuple[str, ...] = ("fp32", "int8", "int4")  # what --weights may be; the step computes in fp32
     kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     def tvm_target(self) -> dict[str, Any]:
