@@ -66,12 +66,12 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
     source = Path(source)
     linker = _linker(target)
-    log(f"target {target.name}: {target.tvm_target()}, schedules "
-        f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
         onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, log), kind="onnx")
         options = _check_exportable(onnx.manifest, onnx.directory, options)
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
+        log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, schedules "
+            f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
         bundle = writer.dir
@@ -158,7 +158,7 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
     weights = options.weights or manifest.weights
     quantized = {weights, manifest.weights} & {"int8", "int4"}
     if quantized and weights != manifest.weights:
-        raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become a {weights} bundle: "
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become an {weights} bundle: "
                           f"export with `--weights {weights}`, or give the checkpoint")
     if options.group_size is not None and options.group_size != manifest.group_size:
         raise OptionError(f"{directory}: an export with {manifest.weights} weights in groups of {manifest.group_size}; "
@@ -217,7 +217,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
-    params = ScheduleParams(**target.schedule_data()["params"])
+    params = ScheduleParams(**target.schedule_data(options.weights)["params"])
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
@@ -300,7 +300,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         from .gpu import device_files
     build = TvmBuild(target.name, target.triple, target.tvm_target(), linked=library == LIBRARY,
                      device=target.device if gpu else "cpu", qemu_cpu=target.qemu_cpu,
-                     schedules=target.schedule_data() if options.schedules else None, kernels=counts,
+                     schedules=_schedule_data(target, options) if options.schedules else None, kernels=counts,
                      arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
                      executed=_executed(target, library) if gpu else None)
     step = Graph(library, function="main", params=PARAMS if gpu else None, num_params=len(params) if gpu else 0)
@@ -313,6 +313,10 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
         initial_state=INITIAL_STATE if onnx_manifest.initial_state else None, reference=REFERENCE, target=build,
     )
+
+
+def _schedule_data(target: TvmTarget | GpuTarget, options: TvmOptions) -> dict:
+    return target.schedule_data(options.weights) if isinstance(target, TvmTarget) else target.schedule_data()
 
 
 def _executed(target: GpuTarget, library: str) -> str:

@@ -37,17 +37,18 @@ def version_ckpt(make_ckpt):
 
 @pytest.fixture(scope="session")
 def onnx_export(version_ckpt, tmp_path_factory):
-    """onnx_export(version) -> ONNX export (decode step only) of a tiny checkpoint; v5/v6 carry a
-    trained initial state. Shared by the TVM tests."""
+    """onnx_export(version, weights="fp32") -> ONNX export (decode step only) of a tiny checkpoint; v5/v6
+    carry a trained initial state. Shared by the TVM tests."""
     from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 
-    done: dict[str, Path] = {}
+    done: dict[tuple[str, str], Path] = {}
 
-    def get(version: str) -> Path:
-        if version not in done:
-            done[version] = tmp_path_factory.mktemp(f"onnx-{version}")
-            export_onnx(version_ckpt(version), done[version], OnnxOptions(prefill_chunk=0), log=lambda _: None)
-        return done[version]
+    def get(version: str, weights: str = "fp32") -> Path:
+        key = (version, weights)
+        if key not in done:
+            done[key] = tmp_path_factory.mktemp(f"onnx-{version}-{weights}")
+            export_onnx(version_ckpt(version), done[key], OnnxOptions(weights, prefill_chunk=0), log=lambda _: None)
+        return done[key]
 
     return get
 
@@ -55,7 +56,7 @@ def onnx_export(version_ckpt, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tvm_bundle(onnx_export, tmp_path_factory):
     """tvm_bundle(version, target="x86_64-host", weights="fp32") -> a TVM bundle compiled once per
-    session (copy it before changing it)."""
+    session (int8/int4: from an export with those weights; copy it before changing it)."""
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 
     done: dict[tuple[str, str, str], Path] = {}
@@ -64,7 +65,8 @@ def tvm_bundle(onnx_export, tmp_path_factory):
         key = (version, target, weights)
         if key not in done:
             done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}")
-            compile_tvm(onnx_export(version), done[key], TvmOptions(target, weights=weights), log=lambda _: None)
+            source = onnx_export(version, weights if weights in ("int8", "int4") else "fp32")  # GPU fp16: from fp32
+            compile_tvm(source, done[key], TvmOptions(target, weights=weights), log=lambda _: None)
         return done[key]
 
     return get
