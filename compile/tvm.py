@@ -161,8 +161,12 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
         raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become an {weights} bundle: "
                           f"export with `--weights {weights}`, or give the checkpoint")
     if options.group_size is not None and options.group_size != manifest.group_size:
-        raise OptionError(f"{directory}: an export with {manifest.weights} weights in groups of {manifest.group_size}; "
-                          f"--group-size {options.group_size} applies when compiling a checkpoint")
+        groups = f" in groups of {manifest.group_size}" if manifest.group_size else ""
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights{groups}; --group-size "
+                          f"{options.group_size} applies when compiling a checkpoint with --weights int8 or int4")
+    if quantized and not options.schedules:
+        raise OptionError(f"{weights} bundles need the project's schedules (the quantized GEMVs are theirs): "
+                          "drop --no-schedules")
     return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
