@@ -4,14 +4,16 @@ An int8 or int4 export's projections are exactly dequantized matrices (``quantiz
 packing pass (``schedules._PackGemv``) recovers each one's integers and fp16 scales with
 ``quantized_exactly`` and stores them in the fp32 GEMV's tile layout instead of the floats:
 
-- values: int8, (N / tile, K, tile); int4 two to a byte along K, (N / tile, K / 2, tile), the even k
-  in the low nibble, both nibbles signed (two's complement);
+- values: int8, (N / tile, K, tile); int4 two to a byte along K, (N / tile, K / 2, tile) uint8, the
+  even k in the low nibble, each nibble ``q + 8`` (unsigned: a mask or a shift extracts it);
 - scales: fp16, (N / tile, K / group, tile), beside them.
 
 The GEMV sums ``x[k] * q[k, j]`` over each group of K in fp32, multiplies the group's sum by its
 scale and adds it to the column's total (``sum_g s[g, j] * sum_k x[k] q[k, j]``): per weight one
-widening, one conversion and one fused multiply-add, the scale once per group. Its schedule is the
-fp32 GEMV's (tiles in parallel over threads, accumulators in vector registers, the epilogue per tile).
+widening, one conversion and one fused multiply-add (int4: and a mask or shift per byte), the scale
+once per group; int4 subtracts ``8 * sum_k x[k]`` from each group's sum (the x sums are computed
+once per GEMV). Its schedule is the fp32 GEMV's (tiles in parallel over threads, accumulators in
+vector registers, the epilogue per tile).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from ..quantize import Quantized
 
 QGEMV_BLOCK = "qgemv"  # the total over groups, found again after fusion
 QGROUP_BLOCK = "qgroup"  # the sum over one group of K, kept in registers
+XSUM_BLOCK = "qxsum"  # int4: the sum of x over each group (the zero point's share), once per GEMV
 
 
 def pack_quantized(found: Quantized, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quantized (N, K) -> (values, scales): int8 (N/tile, K, tile) or, int4, (N/tile, K/2, tile) nibble
-    pairs; fp16 scales (N/tile, K/group, tile). N is zero-padded to whole tiles (zero scales)."""
+    """Quantized (N, K) -> (values, scales): int8 (N/tile, K, tile) or, int4, (N/tile, K/2, tile) uint8
+    nibble pairs of q + 8; fp16 scales (N/tile, K/group, tile). N is padded to whole tiles (zero scales)."""
     n, k_len = found.values.shape
     tiles = -(-n // tile)
     values = np.zeros((tiles * tile, k_len), np.int8)
@@ -36,13 +39,14 @@ def pack_quantized(found: Quantized, tile: int) -> tuple[np.ndarray, np.ndarray]
     scales = np.zeros((tiles * tile, k_len // found.group), np.float16)
     scales[:n] = found.scales
     if found.bits == 4:
-        nibbles = values.view(np.uint8) & 0xF
-        values = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).view(np.int8)  # (N, K/2)
+        unsigned = (values + 8).astype(np.uint8)  # zero point 8: [-8, 7] -> [0, 15]
+        values = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)  # (N, K/2)
     return _tiles(values, tile), _tiles(scales, tile)
 
 
 def quantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, bits: int) -> te.Tensor:
-    """y[..., j] = sum_g s[g, j] * sum_{k in g} x[..., k] * q[k, j]: (..., K) -> (..., n), n whole tiles."""
+    """y[..., j] = sum_g s[g, j] * sum_{k in g} x[..., k] * q[k, j]: (..., K) -> (..., n), n whole tiles.
+    int4 sums the unsigned nibbles u = q + 8 and subtracts 8 * sum_{k in g} x[k] per group."""
     *lead, k_len = x.shape
     _, groups, tile = scales.shape
     group = k_len // groups
@@ -50,19 +54,31 @@ def quantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, b
     partial = te.compute((*lead, groups, n), lambda *i: te.sum(
         x[(*i[:-2], i[-2] * group + kk)] * _integer(values, i[-1] // tile, i[-2] * group + kk, i[-1] % tile, bits),
         axis=kk), name=QGROUP_BLOCK)
+    xsum = _group_sums(x, groups) if bits == 4 else None  # (..., groups)
+
+    def centred(*i):  # (..., g, j): the group's sum, int4's zero point taken out
+        return partial[i] if xsum is None else partial[i] - 8.0 * xsum[i[:-1]]
+
     g = te.reduce_axis((0, groups), "g")
     return te.compute((*lead, n), lambda *i: te.sum(
-        partial[(*i[:-1], g, i[-1])] * scales[i[-1] // tile, g, i[-1] % tile].astype("float32"), axis=g),
+        centred(*i[:-1], g, i[-1]) * scales[i[-1] // tile, g, i[-1] % tile].astype("float32"), axis=g),
         name=QGEMV_BLOCK)
 
 
+def _group_sums(x: te.Tensor, groups: int) -> te.Tensor:
+    """(..., K) -> (..., groups): the sum of x over each group of K."""
+    *lead, k_len = x.shape
+    group = k_len // groups
+    k = te.reduce_axis((0, group), "kx")
+    return te.compute((*lead, groups), lambda *i: te.sum(x[(*i[:-1], i[-1] * group + k)], axis=k), name=XSUM_BLOCK)
+
+
 def _integer(values: te.Tensor, t, k, j, bits: int):
-    """The weight q[k, j] of tile t as float32 (int4: the nibble of k's parity, sign-extended by shifts)."""
+    """The weight q[k, j] of tile t as float32; int4: the unsigned nibble of k's parity (q + 8)."""
     if bits == 8:
         return values[t, k, j].astype("float32")
-    byte = values[t, k // 2, j].astype("int32")  # sign-extended: the high nibble is byte >> 4
-    shift = (28 - 4 * (k % 2)).astype("int32")  # int32 shifts (the indices may be int64)
-    return ((byte << shift) >> 28).astype("float32")
+    byte = values[t, k // 2, j]  # uint8
+    return tirx.if_then_else(k % 2 == 0, byte & tirx.const(15, "uint8"), byte >> tirx.const(4, "uint8")).astype("float32")
 
 
 def schedule_quantized_gemv(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
