@@ -64,6 +64,19 @@ def gemv_weight_names(tensors: StateDict) -> set[str]:
     return found
 
 
+def quantized_weight_bytes_per_token(tensors: StateDict, bits: int, group: int) -> int:
+    """``weight_bytes_per_token`` of an int8/int4 artifact: the linear layers' matrices (the projections
+    and the head, which ``quantize_weights`` quantizes) take ``bits / 8`` bytes a weight plus one fp16
+    scale per ``group``; the rest (LoRA matrices, vectors, the embedding row) stays fp32."""
+    import torch
+
+    model_class = ARCHITECTURES[detect_version(tensors)].model_class
+    model = model_class.from_state_dict({k: torch.empty(t.shape, dtype=torch.float32, device="meta")
+                                         for k, t in tensors.items()})
+    linear = [m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return weight_bytes_per_token(tensors) - sum(linear) * BYTES_PER_VALUE + sum(n * bits // 8 + n // group * 2 for n in linear)
+
+
 def bound_ms(bytes_per_token: int, gb_s: float) -> float:
     """Milliseconds per token at which reading the weights alone takes all the bandwidth (GB = 1e9 bytes)."""
     return bytes_per_token / (gb_s * 1e9) * 1e3

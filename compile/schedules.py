@@ -29,6 +29,8 @@ from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import OptionError
+from ..quantize import quantized_exactly
+from .quantized import QGEMV_BLOCK, pack_quantized, quantized_gemv, schedule_quantized_gemv
 
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
 MATMUL_BLOCK = "matmul"  # TVM's matmul: one row times an activation matrix (the WKV read-out r @ S)
@@ -52,13 +54,19 @@ class ScheduleParams:
                               "width, the unroll at least 1); fix targets/tuned/<target>.json")
 
 
-def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:
-    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` into packed GEMVs; returns the module and the count."""
-    rewriter = _PackGemv(mod, params.tile)
+def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
+                      group: int = 0) -> tuple[tvm.IRModule, dict[str, int]]:
+    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` into packed GEMVs; returns the module and the
+    counts. ``bits`` 8 or 4 (a quantized export, groups of ``group``): every ``W`` that is exactly a
+    quantization becomes a quantized GEMV (``compile/quantized.py``), the others stay fp32."""
+    rewriter = _PackGemv(mod, params.tile, bits, group)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), rewriter.count
+    counts = {"packed gemv": rewriter.count}
+    if bits < 32:
+        counts[f"int{bits} gemv"] = rewriter.quantized
+    return rewriter.builder_.get(), counts
 
 
 def packed_gemv(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
@@ -82,10 +90,12 @@ def pack_weight(weight: np.ndarray, tile: int) -> np.ndarray:
 
 @mutator
 class _PackGemv(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, tile: int) -> None:
+    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int) -> None:
         super().__init__(mod)
         self.tile = tile
-        self.count = 0
+        self.bits, self.group = bits, group
+        self.count = 0  # fp32 GEMVs
+        self.quantized = 0
         self.matmul = tvm.ir.Op.get("relax.matmul")
 
     def visit_call_(self, call):
@@ -98,10 +108,20 @@ class _PackGemv(PyExprMutator):
         dims = [int(d) for d in x_shape] if x_shape is not None else [0]
         if dims[-1] != k_len or any(d != 1 for d in dims[:-1]):
             return call  # only the decode GEMV (one row); prefill-shaped matmuls keep the default
-        self.count += 1
-        packed = pack_weight(weight.value.numpy(), self.tile)
-        padded = packed.shape[0] * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
-        gemv = self.builder_.call_te(packed_gemv, call.args[0], relax.const(packed), padded, primfunc_name_hint=GEMV_BLOCK)
+        matrix = weight.value.numpy()  # (K, N)
+        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits < 32 else None
+        if found is not None:
+            self.quantized += 1
+            values, scales = pack_quantized(found, self.tile)
+            padded = values.shape[0] * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
+            gemv = self.builder_.call_te(quantized_gemv, call.args[0], relax.const(values), relax.const(scales),
+                                         padded, self.bits, primfunc_name_hint=QGEMV_BLOCK)
+        else:
+            self.count += 1
+            packed = pack_weight(matrix, self.tile)
+            padded = packed.shape[0] * self.tile
+            gemv = self.builder_.call_te(packed_gemv, call.args[0], relax.const(packed), padded,
+                                         primfunc_name_hint=GEMV_BLOCK)
         if padded == n:
             return gemv
         return relax.op.strided_slice(self.builder_.emit(gemv), axes=[len(dims) - 1], begin=[0], end=[n])
@@ -120,7 +140,8 @@ class ApplyCpuSchedules:
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
                 continue  # scheduled already (the GEMMs, compile/gemm.py)
-            for name, rule in (("gemv", schedule_gemv), ("elementwise", schedule_elementwise)):
+            for name, rule in (("gemv", schedule_gemv), ("quantized gemv", schedule_quantized_gemv),
+                               ("elementwise", schedule_elementwise)):
                 sch = rule(func, self.params)
                 if sch is not None:
                     scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)

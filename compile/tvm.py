@@ -25,6 +25,7 @@ also keep the device code's source beside it. The bundle:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -37,7 +38,7 @@ from pathlib import Path
 from .. import __version__
 from ..artifact import Artifact, ArtifactWriter, Graph, Manifest, TvmBuild, open_artifact
 from ..errors import ArtifactError, OptionError, ToolError
-from ..weights import check_weights
+from ..weights import check_weights, weight_format
 from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ..artifact.params import save_params
 from ..export.artifact import report_commit, stage
@@ -53,7 +54,9 @@ PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkp
 class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
-    weights: str = "fp32"  # the weight format; GPU targets also hold fp16 (GEMV weights fp16, summed in fp32)
+    weights: str | None = None  # None: the ONNX export's (fp32 from a checkpoint); CPU targets hold int8 and int4
+    # (from an export in that format), GPU targets fp16 (GEMV weights fp16, summed in fp32)
+    group_size: int | None = None  # int8/int4 from a checkpoint: weights per scale (default: the format's)
     # tokens per call of the prefill function; None: the ONNX export's prefill graph (a checkpoint is
     # exported with PREFILL_CHUNK); 0: none (prompts run one step per token). CPU targets only.
     prefill_chunk: int | None = None
@@ -70,17 +73,19 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     if not isinstance(target, (TvmTarget, GpuTarget)):
         raise OptionError(f"{target.name} is a {target.kind} target; compile_tvm takes TVM targets")
     gpu = isinstance(target, GpuTarget)
-    check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
+    if options.weights is not None:
+        check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
     source = Path(source)
     linker = _linker(target)
-    log(f"target {target.name}: {target.tvm_target()}, schedules "
-        f"{target.schedule_data()['params'] if options.schedules else 'off (TVM default lowering)'}")
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
         chunk = PREFILL_CHUNK if options.prefill_chunk is None else options.prefill_chunk
-        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", log, 0 if gpu else chunk), kind="onnx")
-        _check_exportable(onnx.manifest, onnx.directory)
+        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, 0 if gpu else chunk, log), kind="onnx")
+        options = _check_exportable(onnx.manifest, onnx.directory, options)
+        check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
+        log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, schedules "
+            f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
         prefill = _prefill_graph(onnx, options, gpu, log)
@@ -112,11 +117,11 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
 def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
     """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
-    given = request.given()
-    coreml_only = [flag for flag in given if flag not in ("--weights", "--schedules", "--prefill-chunk")]
+    coreml_only = [flag for flag in request.given()
+                   if flag not in ("--weights", "--schedules", "--group-size", "--prefill-chunk")]
     if coreml_only:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
-    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights or "fp32",
+    options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights, group_size=request.group_size,
                          prefill_chunk=request.prefill_chunk)
     return compile_tvm(source, out_dir, options, log)
 
@@ -137,9 +142,10 @@ def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
     return cc.cross_compiler(target.cross_compiler)
 
 
-def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None], chunk: int) -> Path:
+def _onnx_export(source: Path, scratch: Path, options: TvmOptions, chunk: int, log: Callable[[str], None]) -> Path:
     """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export
-    into ``scratch`` (with a prefill graph of ``chunk`` tokens, none if 0)."""
+    into ``scratch`` (int8/int4 when those weights are asked for, else fp32; with a prefill graph of
+    ``chunk`` tokens, none if 0)."""
     if source.is_dir():
         return source
     if source.suffix == ".onnx":
@@ -148,8 +154,10 @@ def _onnx_export(source: Path, scratch: Path, log: Callable[[str], None], chunk:
         raise ArtifactError(f"{source}: no such file or directory")
     from ..export.onnx import OnnxOptions, export_onnx
 
-    log(f"exporting {source} to ONNX first")
-    export_onnx(source, scratch, OnnxOptions(prefill_chunk=chunk), log=lambda line: log(f"  {line}"))
+    quantized = options.weights in ("int8", "int4")
+    export = OnnxOptions(options.weights if quantized else "fp32", prefill_chunk=chunk, group_size=options.group_size)
+    log(f"exporting {source} to ONNX first ({export.weights} weights)")
+    export_onnx(source, scratch, export, log=lambda line: log(f"  {line}"))
     return scratch
 
 
@@ -193,23 +201,46 @@ def _add_prefill(mod, prefill):
     return builder.get()
 
 
-def _check_exportable(manifest: Manifest, directory: Path) -> None:
-    """TVM bundles compile fp32, batch-1 exports: the schedules accumulate in the export's dtype (fp16
-    GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack one-row
-    GEMVs. (GPU bundles store fp16 weights with --weights fp16, from the fp32 export.)"""
-    if manifest.weights != "fp32" or manifest.batch != 1:
-        what = f"{manifest.weights} weights" if manifest.weights != "fp32" else f"batch {manifest.batch}"
-        raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, batch-1 exports "
+def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) -> TvmOptions:
+    """``options`` with the export's weight format and group size, if the export can become that bundle.
+
+    TVM bundles compile fp32, int8 and int4 batch-1 exports: the schedules accumulate in the export's
+    dtype (fp16 GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack
+    one-row GEMVs. An int8/int4 bundle takes its integers from an export in that format (the PyTorch
+    reference of the export has the same quantized weights). GPU bundles store fp16 weights with
+    --weights fp16, from the fp32 export."""
+    if manifest.weights == "fp16" or manifest.batch != 1:
+        what = f"{manifest.weights} weights" if manifest.weights == "fp16" else f"batch {manifest.batch}"
+        raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, int8 or int4 batch-1 exports "
                           f"(`rwkv-edge export onnx` without --weights fp16 / --dynamic-batch, or give the checkpoint)")
+    weights = options.weights or manifest.weights
+    quantized = {weights, manifest.weights} & {"int8", "int4"}
+    if quantized and weights != manifest.weights:
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become an {weights} bundle: "
+                          f"export with `--weights {weights}`, or give the checkpoint")
+    if options.group_size is not None and options.group_size != manifest.group_size:
+        groups = f" in groups of {manifest.group_size}" if manifest.group_size else ""
+        raise OptionError(f"{directory}: an export with {manifest.weights} weights{groups}; --group-size "
+                          f"{options.group_size} applies when compiling a checkpoint with --weights int8 or int4")
+    if quantized and not options.schedules:
+        raise OptionError(f"{weights} bundles need the project's schedules (the quantized GEMVs are theirs): "
+                          "drop --no-schedules")
+    return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
 def _import(path: Path, log: Callable[[str], None]):
+    """The step graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
+    first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from ..export.nbits import from_matmul_nbits
+
     with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
-        return from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+        proto = onnx.load(str(path))
+        from_matmul_nbits(proto)
+        return from_onnx(proto, keep_params_in_input=False)
 
 
 def _embedding_rows(step: Path) -> int:
@@ -250,12 +281,13 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
-    params = ScheduleParams(**target.schedule_data()["params"])
+    params = ScheduleParams(**target.schedule_data(options.weights)["params"])
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
             mod, counts["packed gemm"] = pack_gemm_weights(mod, params)
-            mod, counts["packed gemv"] = pack_gemv_weights(mod, params)
+            mod, gemvs = pack_gemv_weights(mod, params, weight_format(options.weights).bits, options.group_size or 0)
+            counts.update(gemvs)
         mod, weights = lift_weights(mod)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
@@ -338,7 +370,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         from .gpu import device_files
     build = TvmBuild(target.name, target.triple, target.tvm_target(), linked=library == LIBRARY,
                      device=target.device if gpu else "cpu", qemu_cpu=target.qemu_cpu,
-                     schedules=target.schedule_data() if options.schedules else None, kernels=counts,
+                     schedules=_schedule_data(target, options) if options.schedules else None, kernels=counts,
                      arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
                      executed=_executed(target, library) if gpu else None)
     step = Graph(library, function="main", params=PARAMS, num_params=len(params))
@@ -355,6 +387,10 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
         initial_state=INITIAL_STATE if onnx_manifest.initial_state else None, reference=REFERENCE, target=build,
     )
+
+
+def _schedule_data(target: TvmTarget | GpuTarget, options: TvmOptions) -> dict:
+    return target.schedule_data(options.weights) if isinstance(target, TvmTarget) else target.schedule_data()
 
 
 def _executed(target: GpuTarget, library: str) -> str:

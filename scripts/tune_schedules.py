@@ -5,7 +5,7 @@
 Imports the step once, builds it for every (tile, unroll) pair, then times all of them in turn for
 ``--rounds`` rounds of ``--steps`` decode steps (the machine's bandwidth drifts: each candidate is
 judged by the median over rounds of its time relative to the fastest candidate of that round) and writes the fastest pair with the whole table to
-``targets/tuned/TARGET.json``. Every build stays loaded: about 1.1 GB per candidate on the 0.1B shape. Only a target that runs on this machine can be timed: ARM targets
+``targets/tuned/TARGET.json`` (an int8/int4 export: under the format's key, beside fp32's record). Every build stays loaded: about 1.1 GB per candidate on the 0.1B shape. Only a target that runs on this machine can be timed: ARM targets
 keep their derived parameters (an emulator's timings say nothing about ARM speed). Use a model
 whose weights do not fit in cache (the 0.1B shape: ``scripts/bench.py`` makes one), else the
 timings measure the cache, not the memory stream a real model decodes from.
@@ -45,6 +45,8 @@ def main() -> int:
     from tvm.relax.frontend.onnx import from_onnx
 
     from rwkv_edge.compile.schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
+    from rwkv_edge.export.nbits import from_matmul_nbits
+    from rwkv_edge.weights import weight_format
     from rwkv_edge.artifact import open_artifact
     from rwkv_edge.targets import TvmTarget, get_target
     from rwkv_edge.targets.tvm import TUNED
@@ -56,9 +58,12 @@ def main() -> int:
         return 2
     artifact = open_artifact(args.onnx_dir, kind="onnx")
     manifest = artifact.manifest
+    bits, group = weight_format(manifest.weights).bits, manifest.group_size  # int8/int4 exports: quantized GEMVs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        imported = from_onnx(onnx.load(str(artifact.graph("step"))), keep_params_in_input=False)
+        proto = onnx.load(str(artifact.graph("step")))
+        from_matmul_nbits(proto)
+        imported = from_onnx(proto, keep_params_in_input=False)
     state = artifact.initial_state()
     tvm_target = tvm.target.Target(target.tvm_target())
     vector, rows = (target.schedule_data()["params"][k] for k in ("vector", "rows"))  # not tuned here
@@ -67,7 +72,7 @@ def main() -> int:
         for unroll in (int(u) for u in args.unrolls.split(",")):
             params = ScheduleParams(tile=tile, unroll=unroll, vector=min(vector, tile), rows=rows)
             with tvm_target:
-                mod, _ = pack_gemv_weights(imported, params)
+                mod, _ = pack_gemv_weights(imported, params, bits, group)
                 mod = tvm.ir.transform.Sequential([
                     relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                     relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
@@ -101,13 +106,18 @@ def main() -> int:
     best = min(rows, key=lambda r: r["x_round_best"])
     record = {"params": {"tile": best["tile"], "unroll": best["unroll"], "vector": best["vector"], "rows": rows},
               "source": f"timed by scripts/tune_schedules.py on {_cpu_name()} ({manifest.config.get('n_layer')} layers x "
-                        f"{manifest.config.get('n_embd')}, vocab {manifest.config.get('vocab_size')}, fp32), "
+                        f"{manifest.config.get('n_embd')}, vocab {manifest.config.get('vocab_size')}, {manifest.weights}), "
                         f"median over {args.rounds} round-robin rounds of the median of {args.steps} decode steps, "
                         f"{args.threads} threads",
               "table": rows, "rows": target.schedule_data().get("rows")}  # the GEMM's rows: not tuned here
     print(f"best: tile {best['tile']}, unroll {best['unroll']}: {best['median_ms']:.2f} ms/token")
     if not args.dry_run:
         path = TUNED / f"{target.name}.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        if manifest.weights == "fp32":  # the top level; the quantized formats' records stay
+            record = {**record, **{k: v for k, v in saved.items() if k in ("int8", "int4")}}
+        else:  # beside fp32's record, under the format's name
+            record = {**saved, manifest.weights: record}
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {path}")
     return 0

@@ -1,7 +1,8 @@
 """TVM CPU targets: the LLVM target, the cross-compiler, the core to emulate, the tuned schedule data.
 
 The schedule data of each target lives in ``targets/tuned/NAME.json`` (GEMV tile width, K unroll,
-vector width), written by ``scripts/tune_schedules.py``: measured on the host for ``x86_64-host``,
+vector width; int8/int4 bundles under their format's key where their timings chose other values),
+written by ``scripts/tune_schedules.py``: measured on the host for ``x86_64-host``,
 derived from the core's vector registers for the ARM targets (no ARM hardware was timed; emulated
 timings say nothing about ARM speed).
 """
@@ -33,7 +34,7 @@ class TvmTarget:
     cross_package: str | None = None  # the Debian package that provides it
     qemu_cpu: str | None = None  # the oldest core of the family, for -cpu under qemu-aarch64
     link_note: str | None = None  # what a final link needs beyond this machine
-    weight_formats: tuple[str, ...] = ("fp32",)  # what --weights may be; the step computes in fp32
+    weight_formats: tuple[str, ...] = ("fp32", "int8", "int4")  # what --weights may be; the step computes in fp32
     kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     def tvm_target(self) -> dict[str, Any]:
@@ -44,9 +45,11 @@ class TvmTarget:
             target["mattr"] = list(self.mattr)
         return target
 
-    def schedule_data(self) -> dict[str, Any]:
-        """The committed tuning record: {"params": {...}, "source": "..."}."""
-        return json.loads((TUNED / f"{self.name}.json").read_text())
+    def schedule_data(self, weights: str = "fp32") -> dict[str, Any]:
+        """The committed tuning record of ``weights``: {"params": {...}, "source": "...", "table": [...]};
+        an int8/int4 format without a record of its own takes fp32's."""
+        data = json.loads((TUNED / f"{self.name}.json").read_text())
+        return data.get(weights, {k: v for k, v in data.items() if k not in ("int8", "int4")})
 
     def runs_here(self) -> bool:
         return host_triple() == self.triple

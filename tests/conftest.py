@@ -37,17 +37,19 @@ def version_ckpt(make_ckpt):
 
 @pytest.fixture(scope="session")
 def onnx_export(version_ckpt, tmp_path_factory):
-    """onnx_export(version, prefill=0) -> ONNX export of a tiny checkpoint: the decode step, and a prefill
-    graph of ``prefill`` tokens if not 0; v5/v6 carry a trained initial state. Shared by the TVM tests."""
+    """onnx_export(version, prefill=0, weights="fp32") -> ONNX export of a tiny checkpoint: the decode step,
+    and a prefill graph of ``prefill`` tokens if not 0; v5/v6 carry a trained initial state. Shared by
+    the TVM tests."""
     from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 
-    done: dict[tuple[str, int], Path] = {}
+    done: dict[tuple[str, int, str], Path] = {}
 
-    def get(version: str, prefill: int = 0) -> Path:
-        key = (version, prefill)
+    def get(version: str, prefill: int = 0, weights: str = "fp32") -> Path:
+        key = (version, prefill, weights)
         if key not in done:
-            done[key] = tmp_path_factory.mktemp(f"onnx-{version}-prefill{prefill}")
-            export_onnx(version_ckpt(version), done[key], OnnxOptions(prefill_chunk=prefill), log=lambda _: None)
+            done[key] = tmp_path_factory.mktemp(f"onnx-{version}-prefill{prefill}-{weights}")
+            export_onnx(version_ckpt(version), done[key], OnnxOptions(weights, prefill_chunk=prefill),
+                        log=lambda _: None)
         return done[key]
 
     return get
@@ -56,7 +58,8 @@ def onnx_export(version_ckpt, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tvm_bundle(onnx_export, tmp_path_factory):
     """tvm_bundle(version, target="x86_64-host", weights="fp32", prefill=0) -> a TVM bundle compiled once
-    per session (copy it before changing it), with a prefill function of ``prefill`` tokens if not 0."""
+    per session (int8/int4: from an export with those weights; copy it before changing it), with a
+    prefill function of ``prefill`` tokens if not 0."""
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 
     done: dict[tuple[str, str, str, int], Path] = {}
@@ -65,7 +68,8 @@ def tvm_bundle(onnx_export, tmp_path_factory):
         key = (version, target, weights, prefill)
         if key not in done:
             done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}-prefill{prefill}")
-            compile_tvm(onnx_export(version, prefill), done[key], TvmOptions(target, weights=weights), log=lambda _: None)
+            source = onnx_export(version, prefill, weights if weights in ("int8", "int4") else "fp32")  # GPU fp16: from fp32
+            compile_tvm(source, done[key], TvmOptions(target, weights=weights), log=lambda _: None)
         return done[key]
 
     return get

@@ -300,6 +300,15 @@ def test_fp16_weight_bytes_count_gemv_weights_at_two_bytes():
     assert not {"emb.weight", "blocks.0.att.r_k", "blocks.0.ln1.weight"} & names
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_weight_bytes_count_the_linear_layers_at_bits_plus_scales(bits):
+    C, V, L = 64, 256, 3  # the model of test_weight_bytes_match_a_hand_count
+    linear = L * (4 * C * C + 4 * C * C + 4 * C * C) + V * C  # receptance key value output, ffn key/value, head
+    tensors = make_checkpoint("v7", n_layer=L, n_embd=C, vocab_size=V, head_size=32)
+    quantized = linear * bits // 8 + linear // 32 * 2  # fp16 scales per 32; LoRA matrices stay fp32
+    assert bound.quantized_weight_bytes_per_token(tensors, bits, 32) == weight_bytes_per_token(tensors) - 4 * linear + quantized
+
+
 @pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
 def test_gemv_weights_are_every_matrix_but_the_embedding_and_per_head_ones(version):
     tensors = make_checkpoint(version, n_layer=2, n_embd=128, vocab_size=256, head_size=64)

@@ -52,7 +52,8 @@ def test_the_prefill_function_equals_single_steps(version, tvm_bundle):
     bundle, and against PyTorch's rollout through verify."""
     bundle = tvm_bundle(version, prefill=8)
     manifest = read_manifest(bundle)
-    assert manifest.graphs["prefill"] == Graph(LIBRARY, function="prefill", chunk=8)
+    assert manifest.graphs["prefill"] == Graph(LIBRARY, function="prefill", chunk=8, params=PARAMS,
+                                               num_params=manifest.graphs["step"].num_params)
     assert manifest.target.kernels["packed gemm"] > 0 and manifest.target.kernels["gemm kernels"] > 0
     backend = TvmBackend(bundle)
     tokens = [3, 141, 59, 26, 5, 35, 89, 79]
@@ -96,6 +97,39 @@ def test_the_prefill_chunk_comes_from_the_export(onnx_export, tmp_path):
     assert "prefill" not in read_manifest(tmp_path / "c").graphs and backend.chunk == 0
     with pytest.raises(StateError, match="no prefill graph"):
         backend.run_prefill_chunk([1] * 8, backend.init_state())
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+@pytest.mark.parametrize("version", list(ARCHITECTURES))
+def test_quantized_bundles_match_pytorch_with_the_same_weights(version, weights, tvm_bundle):
+    """int8/int4 exports: every projection a quantized GEMV; held to the int8/int4 fp32-compute limits
+    against the PyTorch model with the same quantized weights."""
+    report = verify_artifact(tvm_bundle(version, weights=weights), steps=32, greedy_tokens=0, log=quiet)
+    assert report.passed, report.summary()
+    assert report.tolerance.name == f"{weights} weights, fp32 compute"
+    manifest = read_manifest(tvm_bundle(version, weights=weights))
+    assert manifest.weights == weights and manifest.group_size == 32 and manifest.compute == "fp32"
+    kernels = manifest.target.kernels
+    assert kernels[f"{weights} gemv"] > 0 and kernels["quantized gemv kernels"] > 0, kernels
+    # the LoRA matrices of v6/v7 are not quantized: they stay fp32 GEMVs
+    assert (kernels["packed gemv"] > 0) == (version in ("v6", "v7")), kernels
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_packing_holds_the_exact_integers_and_scales(bits):
+    """pack_quantized's tiles give back every weight, the padding columns are zero (N = 70, tile 32)."""
+    from rwkv_edge.compile.quantized import pack_quantized
+    from rwkv_edge.quantize import quantize
+
+    found = quantize(np.random.default_rng(bits).normal(size=(70, 64)).astype(np.float32), bits, 32)
+    values, scales = pack_quantized(found, 32)
+    assert values.dtype == (np.int8 if bits == 8 else np.uint8) and scales.dtype == np.float16
+    assert values.shape == (3, 64 * bits // 8, 32) and scales.shape == (3, 2, 32)
+    q = values.transpose(0, 2, 1).reshape(96, -1).astype(np.int16)  # (N padded, K * bits / 8)
+    if bits == 4:  # unsigned nibbles q + 8, the even k low
+        q = np.stack([q & 0xF, q >> 4], axis=-1).reshape(96, -1) - 8
+    s = scales.transpose(0, 2, 1).reshape(96, -1)
+    np.testing.assert_array_equal(q[:70], found.values)
+    np.testing.assert_array_equal(s[:70], found.scales)
+    assert not s[70:].any()  # padding columns: zero scales
 
 
 def test_a_vocabulary_of_no_whole_tiles_is_padded(make_ckpt, tmp_path):
@@ -168,6 +202,42 @@ def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
         TvmBackend(tmp_path)  # built for another architecture: refused, not loaded
 
 
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_host_quantized_gemv_loops_convert_and_fma_in_vectors(weights, tvm_bundle):
+    """The quantized GEMVs widen the integers, convert and multiply-add them in vector registers."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tvm_bundle("v7", weights=weights) / LIBRARY)],
+                          check=True, capture_output=True, text=True).stdout
+    kernels = _kernels(_functions(text, "qgemv"))
+    assert kernels, "no quantized GEMV kernel in the library"
+    for name, body in kernels.items():
+        assert re.search(r"\bvpmov[sz]xbd\b", body), f"{name} does not widen its integers in vectors"
+        assert re.search(r"\bvcvtdq2ps\b", body), f"{name} does not convert in vectors"
+        assert re.search(r"\bvfmadd\w*ps\b", body), f"{name} has no packed FMA"
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_aarch64_quantized_bundles_are_neon_and_match_under_qemu(weights, tvm_bundle):
+    """Cortex-A53 baseline: conversions and fmla on 4 lanes; the parity rollout runs on an emulated board
+    over RPC (its timings mean nothing)."""
+    from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server
+
+    if shutil.which("aarch64-linux-gnu-objdump") is None or emulation_unavailable_reason():
+        pytest.skip(emulation_unavailable_reason() or "aarch64-linux-gnu-objdump missing (binutils-aarch64-linux-gnu)")
+    directory = tvm_bundle("v7", "aarch64-linux", weights)
+    text = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(directory / LIBRARY)],
+                          check=True, capture_output=True, text=True).stdout
+    kernels = _kernels(_functions(text, "qgemv"))
+    assert kernels
+    for name, body in kernels.items():
+        assert re.search(r"[su]cvtf\s+v\d+\.4s", body), f"{name} does not convert on 4 lanes"
+        assert re.search(r"fmla\s+v\d+\.4s", body), f"{name} has no 4-lane NEON fmla"
+    with rpc_server(emulate="cortex-a53") as (host, port):
+        report = verify_artifact(directory, steps=16, greedy_tokens=0, remote=Remote(f"{host}:{port}"), log=quiet)
+    assert report.passed, report.summary()
+    assert report.tolerance.name == f"{weights} weights, fp32 compute"
+
+
 def test_android_without_ndk_writes_objects_and_says_so(onnx_export, tmp_path, monkeypatch):
     monkeypatch.delenv("TVM_NDK_CC", raising=False)
     lines: list[str] = []
@@ -201,9 +271,34 @@ def test_unknown_target_lists_the_tvm_ones(onnx_export, tmp_path):
                                     OnnxOptions(dynamic_batch=True, prefill_chunk=0)])
 def test_only_fp32_batch_1_exports_compile(option, make_ckpt, tmp_path):
     export_onnx(make_ckpt("v7"), tmp_path / "onnx", option, log=quiet)
-    with pytest.raises(OptionError, match="TVM bundles compile fp32, batch-1 exports"):
+    with pytest.raises(OptionError, match="TVM bundles compile fp32, int8 or int4 batch-1 exports"):
         compile_tvm(tmp_path / "onnx", tmp_path / "out", log=quiet)
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_that_the_export_does_not_have_are_refused_before_any_work(onnx_export, tmp_path):
+    """An int8/int4 bundle takes its integers from an export in that format; one line each, nothing written."""
+    cases = [(onnx_export("v7"), TvmOptions(weights="int8"), "fp32 weights cannot become an int8 bundle: export with "
+                                                             "`--weights int8`, or give the checkpoint"),
+             (onnx_export("v7", weights="int8"), TvmOptions(weights="int4"), "int8 weights cannot become an int4 bundle"),
+             (onnx_export("v7", weights="int8"), TvmOptions(weights="fp32"), "int8 weights cannot become an fp32 bundle"),
+             (onnx_export("v7", weights="int8"), TvmOptions(group_size=64), "--group-size 64 applies when compiling a checkpoint"),
+             (onnx_export("v7", weights="int4"), TvmOptions(schedules=False), "int4 bundles need the project's schedules"),
+             (onnx_export("v7", weights="int8"), TvmOptions("cuda-sm80"), "cuda-sm80 bundle holds fp32 or fp16 weights, not int8"),
+             (onnx_export("v7"), TvmOptions(weights="fp16"), "x86_64-host bundle holds fp32 or int8 or int4 weights")]
+    for source, options, message in cases:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            compile_tvm(source, tmp_path / "out", options, log=quiet)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_with_quantized_weights_is_exported_in_that_format_first(make_ckpt, tmp_path, cli):
+    code, out, err = cli("compile", str(make_ckpt("v5")), "--target", "x86_64-host", "--weights", "int4",
+                         "--group-size", "64", "-o", str(tmp_path))
+    assert code in (0, None), err
+    manifest = read_manifest(tmp_path)
+    assert manifest.weights == "int4" and manifest.group_size == 64 and manifest.target.kernels["int4 gemv"] > 0
+    assert verify_artifact(tmp_path, steps=8, greedy_tokens=0, log=quiet).passed
 
 
 def test_the_bundle_cannot_overwrite_its_own_onnx_export(onnx_export, tmp_path):
