@@ -16,11 +16,10 @@ cross the memory bus once per T tokens, and the arithmetic (2 T K N flops) becom
    tile 32) is re-read from cache by the T / rows blocks, from memory once. Producers (the
    token-shift interpolation) are inlined, the epilogue (activation, residual) applied per block.
 
-A quantized variant (uint8 tiles + fp16 scales per group of K) is a different weight expression in
-the same loop nest: ``packed_gemm``'s ``packed[j // tile, k, j % tile]`` becomes the dequantised
-value ``(q[j // tile, k, j % tile] - zero) * scale[j // tile, k // group, j % tile]``, the block keeps
-its name, and ``schedule_gemm`` applies unchanged (the dequantisation is then done once per row
-block; a ``cache_read`` of the tile into a local buffer per K step would do it once per tile).
+int8/int4 bundles: a quantized matrix gets the quantized GEMV's tiles (``quantized.pack_quantized``,
+the same arrays, so ``main`` and ``prefill`` share them too) and ``quantized_gemm``, whose weight
+expression dequantises in registers, ``(q - zero) * scale``, exact in fp32; the loop nest and its
+schedule are the fp32 GEMM's (the dequantisation runs once per row block).
 """
 
 from __future__ import annotations
@@ -29,15 +28,19 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..quantize import quantized_exactly
+from .quantized import integer_weight, pack_quantized
 from .schedules import ScheduleParams, _epilogue, _inline_producers, pack_weight
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
 
 
-def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams) -> tuple[tvm.IRModule, int]:
-    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs;
-    returns the module and the count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
-    rewriter = _PackGemm(mod, params.tile)
+def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
+                      group: int = 0) -> tuple[tvm.IRModule, int]:
+    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs
+    (quantized ones where ``W`` is exactly a ``bits``-bit quantization); returns the module and the
+    count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
+    rewriter = _PackGemm(mod, params.tile, bits if bits < 16 else 0, group)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -54,11 +57,27 @@ def packed_gemm(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
                       name=GEMM_BLOCK)
 
 
+def quantized_gemm(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, bits: int) -> te.Tensor:
+    """``packed_gemm`` over a quantized matrix in ``pack_quantized``'s tiles: each weight dequantised
+    in registers, ``(q - zero) * scale`` (exactly the dequantized matrix), summed in fp32."""
+    *lead, k_len = x.shape
+    _, groups, tile = scales.shape
+    group = k_len // groups
+    zero = 8.0 if bits == 4 else 0.0  # int4 tiles hold q + 8
+    k = te.reduce_axis((0, k_len), "k")
+
+    def weight(k, j):
+        scale = scales[j // tile, k // group, j % tile].astype("float32")
+        return (integer_weight(values, j // tile, k, j % tile, bits) - zero) * scale
+
+    return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * weight(k, i[-1]), axis=k), name=GEMM_BLOCK)
+
+
 @mutator
 class _PackGemm(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, tile: int) -> None:
+    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int) -> None:
         super().__init__(mod)
-        self.tile = tile
+        self.tile, self.bits, self.group = tile, bits, group
         self.count = 0
         self.matmul = tvm.ir.Op.get("relax.matmul")
 
@@ -75,9 +94,18 @@ class _PackGemm(PyExprMutator):
         if len(dims) < 2 or dims[-1] != k_len or dims[-2] == 1 or any(d != 1 for d in dims[:-2]):
             return call  # one row: the GEMV's
         self.count += 1
-        packed = pack_weight(weight.value.numpy(), self.tile)  # (N / tile, K, tile), as the GEMV packs it
-        padded = packed.shape[0] * self.tile
-        gemm = self.builder_.call_te(packed_gemm, call.args[0], relax.const(packed), padded, primfunc_name_hint=GEMM_BLOCK)
+        matrix = weight.value.numpy()
+        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits else None
+        if found is not None:  # the quantized GEMV's tiles: shared with main
+            values, scales = pack_quantized(found, self.tile)
+            padded = scales.shape[0] * self.tile
+            gemm = self.builder_.call_te(quantized_gemm, call.args[0], relax.const(values), relax.const(scales), padded,
+                                         found.bits, primfunc_name_hint=GEMM_BLOCK)
+        else:
+            packed = pack_weight(matrix, self.tile)  # (N / tile, K, tile), as the GEMV packs it
+            padded = packed.shape[0] * self.tile
+            gemm = self.builder_.call_te(packed_gemm, call.args[0], relax.const(packed), padded,
+                                         primfunc_name_hint=GEMM_BLOCK)
         if padded == n:
             return gemm
         return relax.op.strided_slice(self.builder_.emit(gemm), axes=[len(dims) - 1], begin=[0], end=[n])

@@ -52,7 +52,7 @@ def quantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, b
     group = k_len // groups
     kk = te.reduce_axis((0, group), "kk")
     partial = te.compute((*lead, groups, n), lambda *i: te.sum(
-        x[(*i[:-2], i[-2] * group + kk)] * _integer(values, i[-1] // tile, i[-2] * group + kk, i[-1] % tile, bits),
+        x[(*i[:-2], i[-2] * group + kk)] * integer_weight(values, i[-1] // tile, i[-2] * group + kk, i[-1] % tile, bits),
         axis=kk), name=QGROUP_BLOCK)
     xsum = _group_sums(x, groups) if bits == 4 else None  # (..., groups)
 
@@ -73,7 +73,7 @@ def _group_sums(x: te.Tensor, groups: int) -> te.Tensor:
     return te.compute((*lead, groups), lambda *i: te.sum(x[(*i[:-1], i[-1] * group + k)], axis=k), name=XSUM_BLOCK)
 
 
-def _integer(values: te.Tensor, t, k, j, bits: int):
+def integer_weight(values: te.Tensor, t, k, j, bits: int):
     """The weight q[k, j] of tile t as float32; int4: the unsigned nibble of k's parity (q + 8)."""
     if bits == 8:
         return values[t, k, j].astype("float32")

@@ -285,8 +285,9 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
-            mod, counts["packed gemm"] = pack_gemm_weights(mod, params)
-            mod, gemvs = pack_gemv_weights(mod, params, weight_format(options.weights).bits, options.group_size or 0)
+            bits = weight_format(options.weights).bits
+            mod, counts["packed gemm"] = pack_gemm_weights(mod, params, bits, options.group_size or 0)
+            mod, gemvs = pack_gemv_weights(mod, params, bits, options.group_size or 0)
             counts.update(gemvs)
         mod, weights = lift_weights(mod)
         mod = tvm.ir.transform.Sequential([
