@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME",
                    help="the TVM row's target (default x86_64-host; with --device cuda the newest CUDA target "
                         "this GPU runs, e.g. cuda-sm90 on an H100)")
+    p.add_argument("--llama-cpp", type=Path, metavar="BIN_DIR",
+                   help="also run llama.cpp's llama-bench from this folder (its build/bin) on --gguf, before and after "
+                        "our backends, same threads, decode and prompt lengths; prints ours/peer per weight format")
+    p.add_argument("--gguf", action="append", metavar="DIR|FORMAT=FILE",
+                   help="with --llama-cpp: a folder holding model-f32.gguf, model-q8_0.gguf, model-q4_0.gguf, or "
+                        "fp32=FILE, int8=FILE, int4=FILE (also F32=, Q8_0=, Q4_0=), repeatable; the same model as SOURCE")
     p.set_defaults(run=cmd_bench)
     return parser
 
@@ -359,13 +365,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            weights=args.weights, tvm_target=args.target)
     if args.json:
         check_output(args.json)
-    report = run_bench(args.source, options, work=args.work)
+    report = run_bench(args.source, options, work=args.work, peer=_peer(args.llama_cpp, args.gguf))
     print()
     print(report.table())
     if args.json:
         print(f"wrote {save_report(report, args.json)}")
     return 1 if report.failed else 0
 
+
+def _peer(bin_dir: Path | None, gguf: list[str] | None):
+    """The llama.cpp peer of --llama-cpp and --gguf, or None; OptionError for one without the other."""
+    if bin_dir is None and not gguf:
+        return None
+    if bin_dir is None or not gguf:
+        raise OptionError("--llama-cpp BIN_DIR and --gguf go together: llama-bench and the GGUF files it runs")
+    from ..bench.peer import gguf_arg, llama_cpp
+
+    values = [gguf_arg(g) for g in gguf]
+    if len(values) == 1 and isinstance(values[0], str):
+        return llama_cpp(bin_dir, values[0])
+    if any(isinstance(v, str) for v in values):
+        raise OptionError("--gguf: one folder, or FORMAT=FILE values, not both")
+    if len({name for name, _ in values}) != len(values):
+        raise OptionError("--gguf: a weight format is named twice")
+    return llama_cpp(bin_dir, dict(values))
 
 if __name__ == "__main__":
     sys.exit(main())
