@@ -100,6 +100,21 @@ def llama_cpp(bin_dir: str | Path, models: str | Path | Mapping[str, str | Path]
                     repetitions)
 
 
+def from_arguments(bin_dir: str | Path | None, gguf: list[str]) -> LlamaCpp:
+    """The peer of ``--llama-cpp BIN_DIR`` and ``--gguf`` values (one folder, or FORMAT=FILE each);
+    OptionError for one without the other, a folder beside files, a format named twice."""
+    if bin_dir is None or not gguf:
+        raise OptionError("--llama-cpp BIN_DIR and --gguf go together: llama-bench and the GGUF files it runs")
+    values = [gguf_arg(g) for g in gguf]
+    if len(values) == 1 and isinstance(values[0], str):
+        return llama_cpp(bin_dir, values[0])
+    if any(isinstance(v, str) for v in values):
+        raise OptionError("--gguf: one folder, or FORMAT=FILE values, not both")
+    if len({name for name, _ in values}) != len(values):
+        raise OptionError("--gguf: a weight format is named twice")
+    return llama_cpp(bin_dir, dict(values))
+
+
 def gguf_arg(text: str) -> tuple[str, str] | str:
     """A ``--gguf`` value: ``FORMAT=FILE`` -> (our format, file); a folder stays as it is."""
     if "=" not in text:

@@ -374,21 +374,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _peer(bin_dir: Path | None, gguf: list[str] | None):
-    """The llama.cpp peer of --llama-cpp and --gguf, or None; OptionError for one without the other."""
+    """The llama.cpp peer of --llama-cpp and --gguf, or None."""
     if bin_dir is None and not gguf:
         return None
-    if bin_dir is None or not gguf:
-        raise OptionError("--llama-cpp BIN_DIR and --gguf go together: llama-bench and the GGUF files it runs")
-    from ..bench.peer import gguf_arg, llama_cpp
+    from ..bench.peer import from_arguments
 
-    values = [gguf_arg(g) for g in gguf]
-    if len(values) == 1 and isinstance(values[0], str):
-        return llama_cpp(bin_dir, values[0])
-    if any(isinstance(v, str) for v in values):
-        raise OptionError("--gguf: one folder, or FORMAT=FILE values, not both")
-    if len({name for name, _ in values}) != len(values):
-        raise OptionError("--gguf: a weight format is named twice")
-    return llama_cpp(bin_dir, dict(values))
+    return from_arguments(bin_dir, gguf or [])
 
 if __name__ == "__main__":
     sys.exit(main())
