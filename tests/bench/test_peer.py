@@ -15,8 +15,10 @@ from rwkv_edge.bench import peer
 from rwkv_edge.errors import OptionError, ToolError
 
 DATA = Path(__file__).parent / "data"
-# llama-bench -m model-q8_0.gguf -p 64 -n 32 -t 2 -r 3 -ngl 0 -o json, llama.cpp of llama-cpp-python 0.3.36,
-# on a 0.1B-shape random RWKV-7 (12 x 768, vocab 65536) converted with the kit in /work/shared/peers/llamacpp
+# stdout of `llama-bench -m model-q8_0.gguf -p 64 -n 32 -t 2 -r 3 -ngl 0 -o json` (llama.cpp 0c1e570, vendored in
+# llama-cpp-python 0.3.36), on the 0.1B-shape random RWKV-7 of scripts/bench.py (12 x 768, vocab 65536) converted and
+# quantized as /work/shared/peers/llamacpp/README.md says; captured on the 2-core build machine under a load average
+# of ~11, so its times say nothing about speed
 CAPTURED = DATA / "llama-bench-rwkv7-0.1b-q8_0.json"
 
 
@@ -37,7 +39,7 @@ def test_real_output_gives_decode_and_prefill_per_repetition():
     assert decode["n_gen"] == 32 and prompt["n_prompt"] == 64 and decode["n_threads"] == 2
     assert peer.decode_ms(tests) == pytest.approx([ns / 32 / 1e6 for ns in decode["samples_ns"]])
     assert peer.prefill_tok_s(tests) == pytest.approx(prompt["samples_ts"], rel=1e-4)  # llama-bench's own tokens/s
-    assert len(peer.decode_ms(tests)) == 3 and all(1 < ms < 1000 for ms in peer.decode_ms(tests))
+    assert len(peer.decode_ms(tests)) == 3 and decode["model_type"] == "rwkv7 190M Q8_0"
 
 
 def test_decode_only_output_has_no_prefill():
