@@ -29,6 +29,9 @@ BINARY = "llama-bench"
 GGUF_TYPES = {"fp32": "F32", "int8": "Q8_0", "int4": "Q4_0"}  # our weight format -> llama.cpp's type beside it
 GGUF_NAMES = {"fp32": "model-f32.gguf", "int8": "model-q8_0.gguf", "int4": "model-q4_0.gguf"}  # in a --gguf folder
 ROUNDS = ("before", "after")  # when the peer runs, relative to our backends
+# llama.cpp counts the converter's placeholders for layer 0's unused value-residual weights: 0.013% more on the
+# 0.1B shape (188,454,912 against 188,430,336 in the checkpoint, 188,404,992 used)
+PARAMETER_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,10 @@ def _high_water_mib(status: Path) -> float:
 
 
 def measure(peer: LlamaCpp, runs: dict[str, PeerRun], round_: str, threads: int, steps: int, prefill: int,
-            log: Callable[[str], None] = print) -> dict[str, PeerRun]:
-    """One round: llama-bench on every model of ``peer``, recorded into ``runs`` (created on the first round)."""
+            parameters: int | None = None, log: Callable[[str], None] = print) -> dict[str, PeerRun]:
+    """One round: llama-bench on every model of ``peer``, recorded into ``runs`` (created on the first round).
+    ``parameters``: our model's count; a GGUF whose count is more than PARAMETER_SLACK away from it is not the
+    same model, and its run fails (two models of one shape cannot be told apart this way)."""
     for weights, model in peer.models.items():
         run = runs.setdefault(weights, PeerRun(weights, GGUF_TYPES[weights], model))
         if not run.ok:
@@ -239,6 +244,7 @@ def measure(peer: LlamaCpp, runs: dict[str, PeerRun], round_: str, threads: int,
             if code != 0:
                 raise ToolError(f"{BINARY} exited with {code}: {_last_line(err)}")
             tests = parse(out)
+            _check_parameters(tests[0].get("model_n_params"), parameters)
             run.decode_ms[round_] = decode_ms(tests)
             run.prefill_tok_s[round_] = prefill_tok_s(tests)
         except (ToolError, OSError) as e:
@@ -253,6 +259,16 @@ def measure(peer: LlamaCpp, runs: dict[str, PeerRun], round_: str, threads: int,
         log(f"llama.cpp {run.gguf_type} ({round_}): median {np.median(run.decode_ms[round_]):.3f} ms/token"
             + (f", prefill {prefill_now:.0f} tok/s" if prefill_now is not None else "") + f", peak RSS {rss:.0f} MiB")
     return runs
+
+
+def _check_parameters(theirs: Any, ours: int | None) -> None:
+    """ToolError where llama-bench's model is not the shape of ours (its parameter count differs by more than
+    PARAMETER_SLACK: the converter's layer-0 placeholders add a few)."""
+    if ours is None or not isinstance(theirs, int):
+        return
+    if abs(theirs - ours) > PARAMETER_SLACK * ours:
+        raise ToolError(f"the GGUF model has {theirs:,} parameters and the bench's model {ours:,}: "
+                        "convert the checkpoint being benched (/work/shared/peers/llamacpp/README.md)")
 
 
 def _last_line(text: str) -> str:

@@ -183,12 +183,12 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
         samples = measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
     peer_runs: dict[str, peers.PeerRun] = {}
     if peer is not None:
-        peers.measure(peer, peer_runs, peers.ROUNDS[0], threads, options.steps, options.prefill, log)
+        peers.measure(peer, peer_runs, peers.ROUNDS[0], threads, options.steps, options.prefill, model["parameters"], log)
     for backend in options.backends:
         if backend not in runs:
             runs[backend] = _measure(backend, sources[backend], options, threads, log)
     if peer is not None:
-        peers.measure(peer, peer_runs, peers.ROUNDS[1], threads, options.steps, options.prefill, log)
+        peers.measure(peer, peer_runs, peers.ROUNDS[1], threads, options.steps, options.prefill, model["parameters"], log)
     if arch:
         after = measure_gpu_bandwidth(buffer, options.bandwidth_repeats, log)
         samples, copies = before["read_gb_s"] + after["read_gb_s"], before["copy_gb_s"] + after["copy_gb_s"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkv_edge.bench import BenchOptions, BenchReport, run_bench
+from rwkv_edge.bench import BackendRun, BenchOptions, BenchReport, run_bench
 from rwkv_edge.bench import peer
 from rwkv_edge.errors import OptionError, ToolError
 
@@ -68,6 +68,28 @@ def test_a_missing_or_doubled_decode_test_is_an_error():
     decode = next(t for t in tests if t["n_prompt"] == 0)
     with pytest.raises(ToolError, match="found 2"):
         peer.decode_ms([decode, decode])
+
+
+def test_ratios_are_ours_over_the_peer_for_rows_of_the_same_weights():
+    tests = peer.parse(CAPTURED.read_text())
+    run = peer.PeerRun("int8", "Q8_0", "model-q8_0.gguf", decode_ms={"before": peer.decode_ms(tests), "after": [40.0]},
+                       prefill_tok_s={"before": peer.prefill_tok_s(tests), "after": []},
+                       peak_rss_mib={"before": 300.0, "after": 320.0})
+    tvm = BackendRun("tvm", "ok", decode_ms={"median": 20.0}, prefill_tok_s=100.0, peak_rss_mib=160.0, weights="int8")
+    fp32 = BackendRun("onnxruntime", "ok", decode_ms={"median": 30.0}, prefill_tok_s=90.0, peak_rss_mib=900.0)
+    peer.compare([run], [tvm, fp32])
+    decode = sorted(peer.decode_ms(tests) + [40.0])  # both rounds' repetitions: the median of four
+    assert run.median_decode_ms() == pytest.approx((decode[1] + decode[2]) / 2)
+    assert run.vs == {"tvm": pytest.approx({"decode": 20.0 / run.median_decode_ms(),
+                                            "prefill": 100.0 / run.median_prefill_tok_s(), "rss": 0.5})}
+    table = "\n".join(peer.table([run]))
+    assert "tvm / Q8_0: decode" in table and "onnxruntime" not in table
+
+
+def test_a_gguf_of_another_shape_is_refused():
+    peer._check_parameters(188_454_912, 188_404_992)  # the 0.1B shape: the converter's placeholders
+    with pytest.raises(ToolError, match="the GGUF model has 188,454,912 parameters and the bench's model 1,005,440"):
+        peer._check_parameters(188_454_912, 1_005_440)
 
 
 def test_missing_binary_is_one_clear_error(tmp_path):
@@ -134,19 +156,29 @@ needs_llama_cpp = pytest.mark.skipif(
 
 @needs_llama_cpp
 def test_real_peer_beside_the_bench(tmp_path):
+    """The bench of the demo model with the peer's GGUF files: the peer runs before and after our rows, with the
+    same threads; GGUF files of another model (the 0.1B shape, say) are refused by their parameter count."""
     found = peer.llama_cpp(LLAMA_CPP, GGUF, repetitions=1)
     options = BenchOptions(backends=("torch",), steps=4, warmup=1, prefill=8, prefill_repeats=1, threads=1,
                            bandwidth_mib=32, bandwidth_repeats=1)
     report = run_bench(None, options, work=tmp_path, log=lambda line: None, peer=found)
     assert [r.weights for r in report.peer] == list(found.models)
     for run in report.peer:
-        assert run.ok, run.reason
-        assert list(run.decode_ms) == ["before", "after"] and all(len(v) == 1 for v in run.decode_ms.values())
-        assert run.median_decode_ms() > 0 and run.median_prefill_tok_s() > 0 and run.max_rss_mib() > 10
-        assert run.details["n_threads"] == 1
-    fp32 = next((r for r in report.peer if r.weights == "fp32"), None)
-    if fp32 is not None:
-        torch_row = report.runs[0]
-        assert fp32.vs["torch"]["decode"] == pytest.approx(torch_row.decode_ms["median"] / fp32.median_decode_ms())
+        if run.ok:  # GGUF files of the demo model
+            assert list(run.decode_ms) == ["before", "after"] and all(len(v) == 1 for v in run.decode_ms.values())
+            assert run.details["n_threads"] == 1 and run.max_rss_mib() > 10
+        else:
+            assert "parameters and the bench's model 1,005,440" in run.reason
     assert "peer      llama.cpp llama-bench" in report.table()
     assert BenchReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+
+
+@needs_llama_cpp
+def test_real_llama_bench_rows_and_ratios():
+    found = peer.llama_cpp(LLAMA_CPP, GGUF, repetitions=2)
+    weights = next(iter(found.models))
+    runs = peer.measure(found, {}, "before", 1, 4, 8, log=lambda line: None)
+    run = runs[weights]
+    assert run.ok, run.reason
+    assert len(run.decode_ms["before"]) == 2 and len(run.prefill_tok_s["before"]) == 2
+    assert run.median_decode_ms() > 0 and run.median_prefill_tok_s() > 0 and run.max_rss_mib() > 10
