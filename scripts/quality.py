@@ -2,7 +2,7 @@
 weights, on PyTorch, onnxruntime and any given artifact (a TVM bundle, another export); and random
 v4-v7 models' logits with int8/int4 weights against fp32.
 
-    python scripts/quality.py [--bytes 16384] [--groups 32,64] [--artifacts DIR ...] [--work DIR] [--json OUT]
+    python scripts/quality.py [--bytes 16384] [--groups 32,64,128] [--artifacts DIR ...] [--work DIR] [--json OUT]
     python scripts/quality.py --random-only
 
 Held-out text: the demo model (model/demo/train.py) was trained on the running Python's standard
@@ -13,10 +13,11 @@ which the model never trained on. Tokens are bytes, so the cross-entropy is in b
 Each weight format is the PyTorch model with ``quantize_weights(bits, group)`` (what every quantized
 artifact computes with), its ONNX export (``export onnx --weights``, MatMulNBits) run on onnxruntime,
 and each --artifacts directory (a TVM bundle of the demo model with int8/int4 weights, say) run
-through the runtime registry. Every backend is fed the whole text one step at a time from the initial
-state, feeding back its own state. Against the fp32 PyTorch logits of the same positions: max|d|/std
-(std of the fp32 logits over all positions) and top-1 agreement. An artifact is also compared with
-the PyTorch model with its own weights (max|d|/std), which says it computes what it should.
+through the runtime registry. PyTorch reads the whole text in one call (the sequence form); every
+artifact is fed it one step at a time from the initial state, feeding back its own state. Against
+the fp32 PyTorch logits of the same positions: the change in bits/byte (paired, with its standard
+error), max|d|/std (std of the fp32 logits over all positions) and top-1 agreement. An artifact is
+also compared with the PyTorch model with its own weights (max|d|/std): that it computes what it should.
 docs/quantization.md has the method and the measured tables.
 """
 
