@@ -9,6 +9,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import OptionError
+from .peer import PeerRun, table as peer_table
 
 SCHEMA = "rwkv-edge.bench/1"
 BACKENDS = ("torch", "onnxruntime", "tvm")  # in the order a run reports them
@@ -57,6 +58,7 @@ class BenchReport:
     preparation: dict[str, Any] = field(default_factory=dict)  # exports and compiles: where, how long
     started: str = ""
     wall_s: float = 0.0
+    peer: list[PeerRun] = field(default_factory=list)  # llama.cpp beside our rows (bench/peer.py), when asked for
 
     @property
     def busy(self) -> bool:
@@ -76,7 +78,8 @@ class BenchReport:
         if data.get("schema") != SCHEMA:
             raise OptionError(f"not an rwkv-edge bench report (schema {data.get('schema')!r}, expected {SCHEMA!r})")
         fields = {k: v for k, v in data.items() if k not in ("schema", "busy")}
-        return cls(**{**fields, "runs": [BackendRun(**r) for r in fields["runs"]]})
+        return cls(**{**fields, "runs": [BackendRun(**r) for r in fields["runs"]],
+                      "peer": [PeerRun(**r) for r in fields.get("peer", [])]})
 
     def table(self) -> str:
         """The run as text: the machine, the bound, one row per backend (on a GPU: with its weights' dtype)."""
@@ -132,7 +135,7 @@ class BenchReport:
             lines.append(f"{r.backend:<12} {d['median']:15.3f} {_span(d['p10'], d['p90']):>17} {r.vs_bound:8.2f} "
                          f"{vs_ort} {prefill} {r.peak_rss_mib:12.0f} {r.steady_rss_mib:7.0f} "
                          f"{f'({r.base_rss_mib:.0f})':>7}")
-        return "\n".join(lines)
+        return "\n".join(lines + peer_table(self.peer))
 
 
 def _layout(backend: str, weights: str) -> str:

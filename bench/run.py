@@ -37,7 +37,7 @@ from ..model import ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
 from ..platforms import cuda_device_arch, gpu_unavailable, host_triple, sm_number
 from ..runtime.registry import BACKENDS as RUNNERS
-from . import workers
+from . import peer as peers, workers
 from .bound import (BYTES_PER_VALUE, bandwidth_buffer_bytes, bound_ms, machine_info, row_weight_bytes,
                     weight_bytes_per_token)
 from .report import BACKENDS, BackendRun, BenchReport
@@ -123,13 +123,16 @@ def default_work_dir() -> Path:
 
 
 def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(), work: str | Path | None = None,
-              log: Callable[[str], None] = print) -> BenchReport:
+              log: Callable[[str], None] = print, peer: peers.LlamaCpp | None = None) -> BenchReport:
     """Measure every backend of ``options`` on ``source`` (a checkpoint, an artifact directory, or
     None for the demo model). Exports and compiles go to ``work`` (default: ~/.cache/rwkv-edge/bench).
+    ``peer``: llama.cpp's llama-bench on the same model in GGUF, before and after our backends (bench/peer.py).
     ``options.device`` "cuda" without a usable GPU: OptionError before anything runs."""
     start, started = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     threads = options.resolved_threads()
     arch = cuda_arch() if options.device == "cuda" else None
+    if peer is not None and arch:
+        raise OptionError("the llama.cpp peer runs on the CPU: bench it without --device cuda")
     machine = machine_info(threads)
     checkpoint, given, options = _resolve_source(source, options)
     if options.tvm_target is None:
@@ -178,9 +181,14 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
     else:
         buffer = (options.bandwidth_mib << 20) if options.bandwidth_mib else bandwidth_buffer_bytes()
         samples = measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
+    peer_runs: dict[str, peers.PeerRun] = {}
+    if peer is not None:
+        peers.measure(peer, peer_runs, peers.ROUNDS[0], threads, options.steps, options.prefill, model["parameters"], log)
     for backend in options.backends:
         if backend not in runs:
             runs[backend] = _measure(backend, sources[backend], options, threads, log)
+    if peer is not None:
+        peers.measure(peer, peer_runs, peers.ROUNDS[1], threads, options.steps, options.prefill, model["parameters"], log)
     if arch:
         after = measure_gpu_bandwidth(buffer, options.bandwidth_repeats, log)
         samples, copies = before["read_gb_s"] + after["read_gb_s"], before["copy_gb_s"] + after["copy_gb_s"]
@@ -210,9 +218,10 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
                 r.vs_onnxruntime = r.decode_ms["median"] / reference.decode_ms["median"]
             if eager is not None and eager.ok:
                 r.vs_torch = r.decode_ms["median"] / eager.decode_ms["median"]
+    peers.compare(list(peer_runs.values()), ordered)
     machine["load_average_end"] = list(os.getloadavg())
     return BenchReport(machine, model, {**asdict(options), "backends": list(options.backends), "threads": threads}, weights, bandwidth, bound, ordered,
-                       preparation, started, time.perf_counter() - start)
+                       preparation, started, time.perf_counter() - start, list(peer_runs.values()))
 
 
 # -- the GPU ----------------------------------------------------------------------------------------

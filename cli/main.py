@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME",
                    help="the TVM row's target (default x86_64-host; with --device cuda the newest CUDA target "
                         "this GPU runs, e.g. cuda-sm90 on an H100)")
+    p.add_argument("--llama-cpp", type=Path, metavar="BIN_DIR",
+                   help="also run llama.cpp's llama-bench from this folder (its build/bin) on --gguf, before and after "
+                        "our backends, same threads, decode and prompt lengths; prints ours/peer per weight format")
+    p.add_argument("--gguf", action="append", metavar="DIR|FORMAT=FILE",
+                   help="with --llama-cpp: a folder holding model-f32.gguf, model-q8_0.gguf, model-q4_0.gguf, or "
+                        "fp32=FILE, int8=FILE, int4=FILE (also F32=, Q8_0=, Q4_0=), repeatable; the same model as SOURCE")
     p.set_defaults(run=cmd_bench)
     return parser
 
@@ -361,13 +367,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            weights=args.weights, tvm_target=args.target)
     if args.json:
         check_output(args.json)
-    report = run_bench(args.source, options, work=args.work)
+    report = run_bench(args.source, options, work=args.work, peer=_peer(args.llama_cpp, args.gguf))
     print()
     print(report.table())
     if args.json:
         print(f"wrote {save_report(report, args.json)}")
     return 1 if report.failed else 0
 
+
+def _peer(bin_dir: Path | None, gguf: list[str] | None):
+    """The llama.cpp peer of --llama-cpp and --gguf, or None."""
+    if bin_dir is None and not gguf:
+        return None
+    from ..bench.peer import from_arguments
+
+    return from_arguments(bin_dir, gguf or [])
 
 if __name__ == "__main__":
     sys.exit(main())

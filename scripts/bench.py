@@ -17,6 +17,11 @@ of the same run, so an fp16 bundle is compared with fp16 PyTorch.
     python scripts/bench.py --models 0.1b --backends torch,onnxruntime
     python scripts/bench.py --device cuda --models 0.1b,1.5b --weights fp32,fp16
     python scripts/bench.py --make-0.1b rwkv7-0.1b-shape.pth     # only write the checkpoint
+    python scripts/bench.py --models 0.1b --llama-cpp LLAMA/build/bin --gguf GGUF_DIR --prefill 512
+
+--llama-cpp and --gguf add llama.cpp's llama-bench (bench/peer.py) to the 0.1B-shape run: GGUF_DIR holds
+that checkpoint (--make-0.1b) converted and quantized as shared/peers/llamacpp/README.md says
+(model-f32.gguf, model-q8_0.gguf, model-q4_0.gguf).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
 from rwkv_edge.bench import BenchOptions, BenchReport, check_output, run_bench, save_report
+from rwkv_edge.bench.peer import from_arguments
 from rwkv_edge.bench.run import WEIGHTS, cuda_arch, default_work_dir
 
 SHAPES = {  # make_checkpoint's arguments
@@ -86,6 +92,17 @@ def markdown(reports: dict[str, BenchReport]) -> str:
             prefill = f"{r.prefill_tok_s:.0f}" if r.prefill_tok_s is not None else "-"
             lines.append(f"| {name} | {r.backend} | {d['median']:.3f} ({d['p10']:.3f}-{d['p90']:.3f}) | "
                          f"{r.vs_bound:.2f} | {vs_ort} | {prefill} | {r.peak_rss_mib:.0f} | {r.steady_rss_mib:.0f} |")
+        for p in report.peer:
+            if p.ok:
+                prefill = p.median_prefill_tok_s()
+                lines.append(f"| {name} | llama.cpp {p.gguf_type} | {p.median_decode_ms():.3f} | | | "
+                             f"{f'{prefill:.0f}' if prefill else '-'} | {p.max_rss_mib():.0f} |")
+    ratios = [(name, p, backend, v) for name, report in reports.items() for p in report.peer for backend, v in p.vs.items()]
+    if ratios:
+        lines += ["", "| model | ours / llama.cpp | decode ms/token | prefill tok/s | peak RSS |", "|---|---|---|---|---|"]
+        for name, p, backend, v in ratios:
+            prefill = f"{v['prefill']:.2f}" if "prefill" in v else "-"
+            lines.append(f"| {name} | {backend} {p.weights} / {p.gguf_type} | {v['decode']:.2f} | {prefill} | {v['rss']:.2f} |")
     return "\n".join(lines)
 
 
@@ -138,6 +155,9 @@ def main() -> int:
                         help="the model checkpoints, exports and compiled bundles (default ~/.cache/rwkv-edge/bench)")
     parser.add_argument("--json-dir", type=Path, default=Path("."), help="where bench-<model>.json go (default .)")
     parser.add_argument("--rebuild", action="store_true", help="export and compile again")
+    parser.add_argument("--llama-cpp", type=Path, metavar="BIN_DIR", help="llama.cpp's build/bin: llama-bench beside the 0.1b run")
+    parser.add_argument("--gguf", action="append", metavar="DIR|FORMAT=FILE",
+                        help="with --llama-cpp: the 0.1B-shape checkpoint as GGUF (a folder of model-f32/q8_0/q4_0.gguf)")
     for name in SHAPES:
         parser.add_argument(f"--make-{name}", type=Path, metavar="PATH", dest=f"make_{name.replace('.', '')}",
                             help=f"only write the {name.upper()}-shape checkpoint to PATH, then exit")
@@ -157,6 +177,9 @@ def main() -> int:
             parser.error(f"--weights {args.weights!r}: a comma-separated list of {', '.join(WEIGHTS)}, each once")
         if args.device == "cuda":
             cuda_arch()  # a machine without a GPU fails here, before any checkpoint is written
+        peer = from_arguments(args.llama_cpp, args.gguf or []) if args.llama_cpp or args.gguf else None
+        if peer is not None and "0.1b" not in models:
+            parser.error("--llama-cpp runs beside the 0.1b model: add 0.1b to --models")
         runs = {}  # (model, weights) -> options
         for name in models:
             for w in weights:
@@ -174,7 +197,8 @@ def main() -> int:
         for (name, w), options in runs.items():
             checkpoint = DEMO_CHECKPOINT if name == "demo" else make_shape(name, args.work / CHECKPOINTS[name])
             label = name if args.device == "cpu" else f"{name} {w}"
-            reports[label] = report = run_bench(checkpoint, options, work=args.work)
+            reports[label] = report = run_bench(checkpoint, options, work=args.work,
+                                                peer=peer if name == "0.1b" else None)
             print(f"\n{report.table()}\n")
             print(f"wrote {save_report(report, paths[name, w])} (bench took {report.wall_s:.0f} s)\n", flush=True)
     except RwkvEdgeError as e:
