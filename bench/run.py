@@ -44,7 +44,8 @@ from .report import BACKENDS, BackendRun, BenchReport
 from .workers import BandwidthSpec, DecodeSpec, in_own_process
 
 DEVICES = ("cpu", "cuda")
-WEIGHTS = ("fp32", "fp16")  # what the torch and TVM rows store their weights in (fp16: GPU only)
+WEIGHTS = ("fp32", "fp16", "int8", "int4")  # the rows' weight format: fp16 on a GPU, int8/int4 on the CPU
+QUANTIZED = ("int8", "int4")  # onnxruntime and TVM hold them (quantize.py, groups of 32); torch runs fp32
 ARTIFACT_KINDS = {b: RUNNERS[b].kind for b in BACKENDS if RUNNERS[b].kind}  # bench row -> the manifest kind it runs
 GPU_BANDWIDTH_MIB = 2048  # the GPU's read-bandwidth buffer: 40 x an H100's 50 MB L2
 
@@ -64,7 +65,8 @@ class BenchOptions:
     rebuild: bool = False  # export / compile again even when the cached artifact matches
     seed: int = 0  # the token ids fed to every backend
     device: str = "cpu"  # where every row runs: "cpu" or "cuda" (an NVIDIA GPU)
-    weights: str = "fp32"  # the torch and TVM rows' weight format (fp16: on a GPU only); onnxruntime: fp32
+    weights: str = "fp32"  # fp16: torch and TVM on a GPU (onnxruntime fp32); int8/int4: onnxruntime and TVM on
+    # the CPU (torch fp32)
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -88,9 +90,11 @@ class BenchOptions:
             raise OptionError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         if self.weights not in WEIGHTS:
             raise OptionError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
-        if self.device == "cpu" and self.weights != "fp32":
-            raise OptionError(f"{self.weights} weights run on a GPU only: add --device cuda "
-                              "(on the CPU every backend computes with fp32 weights)")
+        if self.device == "cpu" and self.weights == "fp16":
+            raise OptionError("fp16 weights run on a GPU only: add --device cuda "
+                              "(on the CPU the rows hold fp32, int8 or int4 weights and compute in fp32)")
+        if self.device != "cpu" and self.weights in QUANTIZED:
+            raise OptionError(f"{self.weights} weights are benched on the CPU (GPU bundles hold fp32 or fp16)")
         if self.tvm_target is not None:
             check_target_device(self.tvm_target, self.device)
 
@@ -98,8 +102,10 @@ class BenchOptions:
         return self.threads or len(os.sched_getaffinity(0))
 
     def weights_of(self, backend: str) -> str:
-        """The format ``backend``'s row keeps its weights in (onnxruntime: the fp32 export)."""
-        return "fp32" if backend == "onnxruntime" else self.weights
+        """The format ``backend``'s row keeps its weights in: fp16 for torch and TVM only, int8/int4 for
+        onnxruntime and TVM only, fp32 otherwise."""
+        held = {"fp16": ("torch", "tvm"), "int8": ("onnxruntime", "tvm"), "int4": ("onnxruntime", "tvm")}
+        return self.weights if backend in held.get(self.weights, RUNNERS) else "fp32"
 
 
 def check_target_device(target: str, device: str) -> None:
@@ -344,12 +350,12 @@ def _prepare(backend: str, checkpoint: Path, sha: str, options: BenchOptions, wo
     out = work / f"{checkpoint.stem}-{sha[:12]}"
     if backend in ("onnxruntime", "onnx"):
         chunk = _prefill_chunk(backend, options)
-        out /= f"onnx-fp32-prefill{chunk}"
+        out /= f"onnx-{options.weights_of(backend)}-prefill{chunk}"
         what, source = f"export onnx (prefill chunk {chunk})", checkpoint
     else:
         gpu = _gpu_target(options.tvm_target)
-        out /= tvm_bundle_name(options.tvm_target, options.weights)
-        what, source = f"compile {options.tvm_target}" + (f", {options.weights} weights" if gpu else ""), onnx or checkpoint
+        out /= tvm_bundle_name(options.tvm_target, options.weights_of("tvm"))
+        what, source = f"compile {options.tvm_target}, {options.weights_of('tvm')} weights", onnx or checkpoint
     if not options.rebuild and _cached(backend, out, sha, options):
         log(f"{backend}: reusing {out} (same checkpoint sha256, files match its manifest; --rebuild to redo)")
         preparation[backend] = {"artifact": str(out), "reused": True}
@@ -367,8 +373,8 @@ def _prepare(backend: str, checkpoint: Path, sha: str, options: BenchOptions, wo
 
 
 def tvm_bundle_name(target: str, weights: str) -> str:
-    """The cache directory of a bundle: the target, and for GPU targets the weights' dtype."""
-    return f"tvm-{target}-{weights}" if _gpu_target(target) else f"tvm-{target}"
+    """The cache directory of a bundle: the target, and its weights unless fp32 on a CPU."""
+    return f"tvm-{target}-{weights}" if _gpu_target(target) or weights != "fp32" else f"tvm-{target}"
 
 
 def _gpu_target(name: str):
@@ -393,7 +399,7 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
             made_as_asked = (manifest.kind == "tvm" and manifest.target.name == options.tvm_target
                              and manifest.weights == options.weights_of("tvm"))
         else:
-            made_as_asked = manifest.kind == "onnx" and manifest.weights == "fp32"
+            made_as_asked = manifest.kind == "onnx" and manifest.weights == options.weights_of(backend)
         made_as_asked &= getattr(manifest.graphs.get("prefill"), "chunk", 0) == _prefill_chunk(backend, options)
         if manifest.source.get("sha256") != sha or not made_as_asked:
             return False
@@ -427,7 +433,8 @@ def build(backend: str, source: Path, out: Path, options: BenchOptions, log: Cal
     if backend in ("onnxruntime", "onnx"):
         from ..export.onnx import OnnxOptions, export_onnx
 
-        export_onnx(source, out, OnnxOptions(prefill_chunk=_prefill_chunk(backend, options)), log)
+        export_onnx(source, out, OnnxOptions(options.weights_of(backend), prefill_chunk=_prefill_chunk(backend, options)),
+                    log)
     else:
         from ..compile.tvm import TvmOptions, compile_tvm
 

@@ -182,7 +182,8 @@ def test_bench_script_refuses_cuda_before_writing_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"device": "tpu"}, "unknown device 'tpu'; choose from cpu, cuda"),
-    ({"weights": "int8", "device": "cuda"}, "weights must be one of fp32, fp16, got 'int8'"),
+    ({"weights": "int3"}, "weights must be one of fp32, fp16, int8, int4, got 'int3'"),
+    ({"weights": "int8", "device": "cuda"}, "int8 weights are benched on the CPU"),
     ({"weights": "fp16"}, r"fp16 weights run on a GPU only: add --device cuda"),
     ({"tvm_target": "cuda-sm90"}, "cuda-sm90 is a GPU target"),
     ({"tvm_target": "x86_64-host", "device": "cuda"}, "x86_64-host is a CPU target; on device cuda the TVM row runs a "
@@ -198,6 +199,19 @@ def test_gpu_options_that_hold():
     options = BenchOptions(device="cuda", weights="fp16", tvm_target="cuda-sm80")
     assert [options.weights_of(b) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: the fp32 export
     assert BenchOptions().tvm_target is None and BenchOptions().device == "cpu"
+
+
+def test_quantized_rows_on_the_cpu():
+    """int8/int4: onnxruntime and TVM hold them (their bound counts a byte or half a byte a weight of the
+    linear layers); torch stays fp32."""
+    from rwkv_edge.bench.bound import row_weight_bytes
+
+    options = BenchOptions(weights="int4")
+    assert [options.weights_of(b) for b in BACKENDS] == ["fp32", "int4", "int4"]
+    assert bench.tvm_bundle_name("x86_64-host", "int4") == "tvm-x86_64-host-int4"
+    tensors = make_checkpoint("v7")
+    full, int8, int4 = (row_weight_bytes(tensors, "tvm", w) for w in ("fp32", "int8", "int4"))
+    assert int4 < int8 < full / 2
 
 
 @pytest.mark.parametrize("arch,target", [("sm_90", "cuda-sm90"), ("sm_90a", "cuda-sm90"), ("sm_89", "cuda-sm89"),
