@@ -43,5 +43,6 @@ def check_weights(name: str, supported: tuple[str, ...], builder: str) -> Weight
     """``name``'s format if ``builder`` holds it; OptionError naming the formats it holds otherwise."""
     found = weight_format(name)
     if name not in supported:
-        raise OptionError(f"{builder} holds {' or '.join(supported)} weights, not {name}")
+        held = " or ".join(supported) if len(supported) < 3 else f"{', '.join(supported[:-1])} or {supported[-1]}"
+        raise OptionError(f"{builder} holds {held} weights, not {name}")
     return found

@@ -30,7 +30,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..quantize import quantized_exactly
 from .quantized import integer_weight, pack_quantized
-from .schedules import ScheduleParams, _epilogue, _inline_producers, pack_weight
+from .schedules import ScheduleParams, _inline_producers, accumulate_with_epilogue, pack_weight, unpadded
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
 
@@ -106,9 +106,7 @@ class _PackGemm(PyExprMutator):
             padded = packed.shape[0] * self.tile
             gemm = self.builder_.call_te(packed_gemm, call.args[0], relax.const(packed), padded,
                                          primfunc_name_hint=GEMM_BLOCK)
-        if padded == n:
-            return gemm
-        return relax.op.strided_slice(self.builder_.emit(gemm), axes=[len(dims) - 1], begin=[0], end=[n])
+        return unpadded(self.builder_, gemm, dims, padded, n)
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuGemm")
@@ -153,15 +151,7 @@ def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         k_outer, k_inner = sch.split(k, [None, unroll])
         sch.reorder(*lead, n_outer, t_outer, k_outer, k_inner, t_inner, n_inner)
         outer = sch.fuse(*lead, n_outer)
-        accumulate = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(accumulate, t_outer)
-        sch.vectorize(sch.get_loops(accumulate)[-1])
-        for consumer in _epilogue(sch, accumulate):
-            try:
-                sch.reverse_compute_inline(consumer)
-            except s_tir.ScheduleError:  # it reads another tensor as well: apply it per row block
-                sch.reverse_compute_at(consumer, t_outer)
-                sch.vectorize(sch.get_loops(consumer)[-1])
+        accumulate_with_epilogue(sch, block, t_outer)
         sch.vectorize(n_inner)
         sch.unroll(t_inner)
         if unroll > 1:

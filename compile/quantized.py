@@ -84,7 +84,7 @@ def integer_weight(values: te.Tensor, t, k, j, bits: int):
 def schedule_quantized_gemv(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
     """Tiles over output columns in parallel; per group, the K loop unrolled over a register tile of
     partial sums; the group's sum scaled into the tile's accumulators; epilogue per tile."""
-    from .schedules import _epilogue, _find_block, _inline_producers
+    from .schedules import _find_block, _inline_producers, accumulate_with_epilogue
 
     sch = s_tir.Schedule(func)
     total = _find_block(sch, (QGEMV_BLOCK,))
@@ -109,15 +109,7 @@ def schedule_quantized_gemv(func: tirx.PrimFunc, params) -> s_tir.Schedule | Non
         sch.vectorize(pn)
         if unroll > 1:
             sch.unroll(kk_inner)
-        accumulate = sch.cache_write(total, 0, "local")
-        sch.reverse_compute_at(accumulate, outer)
-        sch.vectorize(sch.get_loops(accumulate)[-1])
-        for consumer in _epilogue(sch, accumulate):
-            try:
-                sch.reverse_compute_inline(consumer)
-            except s_tir.ScheduleError:  # it reads another tensor as well: apply it per tile instead
-                sch.reverse_compute_at(consumer, outer)
-                sch.vectorize(sch.get_loops(consumer)[-1])
+        accumulate_with_epilogue(sch, total, outer)
         sch.vectorize(n_inner)
         if int(sch.get(outer).extent) > 1:
             sch.parallel(outer)

@@ -122,9 +122,7 @@ class _PackGemv(PyExprMutator):
             padded = packed.shape[0] * self.tile
             gemv = self.builder_.call_te(packed_gemv, call.args[0], relax.const(packed), padded,
                                          primfunc_name_hint=GEMV_BLOCK)
-        if padded == n:
-            return gemv
-        return relax.op.strided_slice(self.builder_.emit(gemv), axes=[len(dims) - 1], begin=[0], end=[n])
+        return unpadded(self.builder_, gemv, dims, padded, n)
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuSchedule")
@@ -175,15 +173,7 @@ def schedule_gemv(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         k_outer, k_inner = sch.split(k, [None, unroll])
         sch.reorder(*lead, n_outer, k_outer, k_inner, n_inner)
         outer = sch.fuse(*lead, n_outer)
-        accumulate = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(accumulate, outer)
-        sch.vectorize(sch.get_loops(accumulate)[-1])
-        for consumer in _epilogue(sch, accumulate):
-            try:
-                sch.reverse_compute_inline(consumer)
-            except s_tir.ScheduleError:  # it reads another tensor as well: apply it per tile instead
-                sch.reverse_compute_at(consumer, outer)
-                sch.vectorize(sch.get_loops(consumer)[-1])
+        accumulate_with_epilogue(sch, block, outer)
         sch.vectorize(n_inner)
         if unroll > 1:
             sch.unroll(k_inner)
@@ -250,6 +240,29 @@ def _inline_producers(sch: s_tir.Schedule, block) -> None:
             sch.compute_inline(other)
         except s_tir.ScheduleError:
             pass
+
+
+def accumulate_with_epilogue(sch: s_tir.Schedule, block, at) -> None:
+    """``block``'s sums in registers (a local cache written back under loop ``at``, vectorised), and
+    the elementwise epilogue after it (activation, residual) inlined into the write-back, or applied
+    under ``at`` where it reads another tensor as well."""
+    accumulate = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(accumulate, at)
+    sch.vectorize(sch.get_loops(accumulate)[-1])
+    for consumer in _epilogue(sch, accumulate):
+        try:
+            sch.reverse_compute_inline(consumer)
+        except s_tir.ScheduleError:
+            sch.reverse_compute_at(consumer, at)
+            sch.vectorize(sch.get_loops(consumer)[-1])
+
+
+def unpadded(builder, out, dims: list[int], padded: int, n: int):
+    """``out`` (..., padded) of a packed product cut back to the matrix's ``n`` columns (vocabularies of
+    no whole tiles, such as 50277)."""
+    if padded == n:
+        return out
+    return relax.op.strided_slice(builder.emit(out), axes=[len(dims) - 1], begin=[0], end=[n])
 
 
 def _epilogue(sch: s_tir.Schedule, block) -> list:

@@ -149,7 +149,7 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["compile", "--target", "x86_64-host", "--stateful", "-o", "out"],
          "x86_64-host is a TVM target: --stateful applies to Core ML targets only"),
         (["compile", "--target", "x86_64-host", "--weights", "fp16", "-o", "out"],
-         "a x86_64-host bundle holds fp32 or int8 or int4 weights, not fp16"),
+         "a x86_64-host bundle holds fp32, int8 or int4 weights, not fp16"),
         (["compile", "--target", "cuda-sm90", "--weights", "int4", "-o", "out"],
          "a cuda-sm90 bundle holds fp32 or fp16 weights, not int4"),
         (["export", "onnx", "-o", "out", "--weights", "fp16", "--group-size", "32"],

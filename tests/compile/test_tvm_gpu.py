@@ -132,7 +132,7 @@ def test_gpu_bundles_refuse_to_run_without_their_gpu(tvm_bundle):
 
 
 def test_each_target_holds_its_weight_formats(onnx_export, tmp_path, cli):
-    with pytest.raises(OptionError, match="a x86_64-host bundle holds fp32 weights, not fp16"):
+    with pytest.raises(OptionError, match="a x86_64-host bundle holds fp32, int8 or int4 weights, not fp16"):
         compile_tvm(onnx_export("v4"), tmp_path, TvmOptions("x86_64-host", weights="fp16"), log=quiet)
     with pytest.raises(OptionError, match="a cuda-sm90 bundle holds fp32 or fp16 weights, not int8"):
         compile_tvm(onnx_export("v4"), tmp_path, TvmOptions("cuda-sm90", weights="int8"), log=quiet)

@@ -46,18 +46,22 @@ def bundle(tvm_bundle):
 
 @pytest.fixture(scope="module")
 def reference(onnx_export):
-    """reference(version) -> (logits (T, V), final state by output name) of the PyTorch model over TOKENS."""
-    done: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    """reference(version, bits=32) -> (logits (T, V), final state by output name) of the PyTorch model
+    over TOKENS; ``bits`` 8 or 4: with its projections quantized as int8/int4 artifacts hold them."""
+    done: dict[tuple[str, int], tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
-    def get(version: str):
-        if version not in done:
-            backend = TorchBackend(load_model(read_manifest(onnx_export(version)).source["checkpoint"]))
+    def get(version: str, bits: int = 32):
+        if (version, bits) not in done:
+            model = load_model(read_manifest(onnx_export(version)).source["checkpoint"])
+            if bits < 32:
+                model.quantize_weights(bits, 32)
+            backend = TorchBackend(model)
             state, logits = backend.init_state(), []
             for token in TOKENS:
                 step_logits, state = backend.step(token, state)
                 logits.append(step_logits)
-            done[version] = np.stack(logits), {k.replace("state.", "state_out.", 1): v for k, v in state.items()}
-        return done[version]
+            done[version, bits] = np.stack(logits), {k.replace("state.", "state_out.", 1): v for k, v in state.items()}
+        return done[version, bits]
 
     return get
 
@@ -112,6 +116,18 @@ def test_aarch64_runner_matches_pytorch_under_qemu(version, bundle, reference, a
     assert_matches(result, reference(version))
     assert result.command[:3] == ["qemu-aarch64-static", "-cpu", "cortex-a53"]
     assert ", aarch64-linux-gnu;" in result.stdout
+
+
+@needs_arm
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+@pytest.mark.parametrize("version", ["v4", "v5", "v6"])  # v7: tests/compile/test_tvm.py, over RPC
+def test_aarch64_quantized_bundles_match_pytorch_under_qemu(version, weights, tvm_bundle, reference, arm_runner):
+    """int8/int4 aarch64 bundles (NEON dequantizing GEMVs) against the PyTorch model with the same
+    quantized weights, held to the same limits as fp32 (the int8/int4 fp32-compute limits equal them)."""
+    directory = tvm_bundle(version, "aarch64-linux", weights)
+    assert read_manifest(directory).weights == weights
+    result = run_bundle(directory, TOKENS, runner=arm_runner, log=quiet)
+    assert_matches(result, reference(version, 8 if weights == "int8" else 4))
 
 
 @needs_arm
