@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
                    help="prompt tokens for prefill tokens/s, 0 to skip (default 64)")
+    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
+                   help="tokens per prefill call of the onnxruntime export and the CPU TVM bundle; 0: single "
+                        "steps (default 16)")
     p.add_argument("--threads", type=_bounded_int(1, 4096), help="threads per backend (default: every usable core)")
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
@@ -365,7 +368,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
                            args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
-                           weights=args.weights, tvm_target=args.target)
+                           weights=args.weights, tvm_target=args.target, onnx_prefill_chunk=args.prefill_chunk)
     if args.json:
         check_output(args.json)
     report = run_bench(args.source, options, work=args.work, peer=_peer(args.llama_cpp, args.gguf))

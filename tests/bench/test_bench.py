@@ -426,6 +426,9 @@ def test_bench_cli_choices_match_the_library(cli):
     sub = build_parser()._subparsers._group_actions[0].choices
     choices = {a.dest: tuple(a.choices) for a in sub["bench"]._actions if a.choices}
     assert choices == {"device": bench.DEVICES, "weights": bench.WEIGHTS}
+    parser = build_parser()
+    assert parser.parse_args(["bench"]).prefill_chunk == BenchOptions().onnx_prefill_chunk
+    assert parser.parse_args(["bench", "--prefill-chunk", "32"]).prefill_chunk == 32
     code, _, err = cli("bench", "--weights", "fp16")
     assert code == 1 and err.count("\n") == 1 and "add --device cuda" in err
     code, _, err = cli("bench", "--target", "cuda-sm90")
