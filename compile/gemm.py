@@ -24,15 +24,16 @@ schedule are the fp32 GEMM's (the dequantisation runs once per row block).
 
 from __future__ import annotations
 
-import tvm
-from tvm import relax, s_tir, te, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from functools import partial
 
-from ..quantize import quantized_exactly
-from .quantized import integer_weight, pack_quantized
-from .schedules import ScheduleParams, _inline_producers, accumulate_with_epilogue, pack_weight, unpadded
+import tvm
+from tvm import s_tir, te, tirx
+
+from .quantized import integer_weight
+from .schedules import PackConstantMatmuls, ScheduleParams, _inline_producers, accumulate_with_epilogue, packed_gemv
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
+packed_gemm = partial(packed_gemv, name=GEMM_BLOCK)  # (..., T, K) x packed W -> (..., T, n): the GEMV's compute
 
 
 def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
@@ -40,21 +41,11 @@ def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
     """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs
     (quantized ones where ``W`` is exactly a ``bits``-bit quantization); returns the module and the
     count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
-    rewriter = _PackGemm(mod, params.tile, bits if bits < 16 else 0, group)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get(), rewriter.count
-
-
-def packed_gemm(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
-    """y[..., t, j] = sum_k x[..., t, k] * W[k, j], W stored as packed[j // tile, k, j % tile]:
-    (..., T, K) -> (..., T, n), n a multiple of the tile (the padding columns are zero)."""
-    *lead, k_len = x.shape
-    tile = packed.shape[2]
-    k = te.reduce_axis((0, k_len), "k")
-    return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * packed[i[-1] // tile, k, i[-1] % tile], axis=k),
-                      name=GEMM_BLOCK)
+    rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=False,
+                                   dense=(packed_gemm, GEMM_BLOCK),
+                                   quantized=(quantized_gemm, GEMM_BLOCK))
+    mod = rewriter.rewrite(mod)
+    return mod, rewriter.dense + rewriter.quantized
 
 
 def quantized_gemm(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, bits: int) -> te.Tensor:
@@ -71,42 +62,6 @@ def quantized_gemm(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, b
         return (integer_weight(values, j // tile, k, j % tile, bits) - zero) * scale
 
     return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * weight(k, i[-1]), axis=k), name=GEMM_BLOCK)
-
-
-@mutator
-class _PackGemm(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int) -> None:
-        super().__init__(mod)
-        self.tile, self.bits, self.group = tile, bits, group
-        self.count = 0
-        self.matmul = tvm.ir.Op.get("relax.matmul")
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        weight = call.args[1] if call.op == self.matmul else None
-        if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 2:
-            return call
-        k_len, n = weight.value.shape
-        x_shape = call.args[0].ty.shape
-        if x_shape is None or any(not isinstance(d, tirx.IntImm) for d in x_shape):
-            return call
-        dims = [int(d) for d in x_shape]  # (..., T, K)
-        if len(dims) < 2 or dims[-1] != k_len or dims[-2] == 1 or any(d != 1 for d in dims[:-2]):
-            return call  # one row: the GEMV's
-        self.count += 1
-        matrix = weight.value.numpy()
-        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits else None
-        if found is not None:  # the quantized GEMV's tiles: shared with main
-            values, scales = pack_quantized(found, self.tile)
-            padded = scales.shape[0] * self.tile
-            gemm = self.builder_.call_te(quantized_gemm, call.args[0], relax.const(values), relax.const(scales), padded,
-                                         found.bits, primfunc_name_hint=GEMM_BLOCK)
-        else:
-            packed = pack_weight(matrix, self.tile)  # (N / tile, K, tile), as the GEMV packs it
-            padded = packed.shape[0] * self.tile
-            gemm = self.builder_.call_te(packed_gemm, call.args[0], relax.const(packed), padded,
-                                         primfunc_name_hint=GEMM_BLOCK)
-        return unpadded(self.builder_, gemm, dims, padded, n)
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuGemm")

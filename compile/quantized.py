@@ -1,7 +1,7 @@
 """Quantized GEMVs for TVM CPU bundles: int8 / int4 weights dequantized in registers, summed in fp32.
 
 An int8 or int4 export's projections are exactly dequantized matrices (``quantize.py``), so the
-packing pass (``schedules._PackGemv``) recovers each one's integers and fp16 scales with
+packing pass (``schedules.PackConstantMatmuls``) recovers each one's integers and fp16 scales with
 ``quantized_exactly`` and stores them in the fp32 GEMV's tile layout instead of the floats:
 
 - values: int8, (N / tile, K, tile); int4 two to a byte along K, (N / tile, K / 2, tile) uint8, the

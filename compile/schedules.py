@@ -56,27 +56,28 @@ class ScheduleParams:
 
 def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
                       group: int = 0) -> tuple[tvm.IRModule, dict[str, int]]:
-    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` into packed GEMVs; returns the module and the
-    counts. ``bits`` 8 or 4 (a quantized export, groups of ``group``): every ``W`` that is exactly a
-    quantization becomes a quantized GEMV (``compile/quantized.py``), the others stay fp32."""
-    rewriter = _PackGemv(mod, params.tile, bits, group)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    counts = {"packed gemv": rewriter.count}
+    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and one row in ``x`` into packed GEMVs; returns
+    the module and the counts. ``bits`` 8 or 4 (a quantized export, groups of ``group``): every ``W``
+    that is exactly a quantization becomes a quantized GEMV (``compile/quantized.py``), the others
+    stay fp32."""
+    rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=True,
+                                   dense=(packed_gemv, GEMV_BLOCK), quantized=(quantized_gemv, QGEMV_BLOCK))
+    mod = rewriter.rewrite(mod)
+    counts = {"packed gemv": rewriter.dense}
     if bits < 32:
         counts[f"int{bits} gemv"] = rewriter.quantized
-    return rewriter.builder_.get(), counts
+    return mod, counts
 
 
-def packed_gemv(x: te.Tensor, packed: te.Tensor, n: int) -> te.Tensor:
+def packed_gemv(x: te.Tensor, packed: te.Tensor, n: int, name: str = GEMV_BLOCK) -> te.Tensor:
     """y[..., j] = sum_k x[..., k] * W[k, j] with W stored as packed[j // tile, k, j % tile]: (..., K) -> (..., n),
-    n a multiple of the tile (the padding columns are zero)."""
+    n a multiple of the tile (the padding columns are zero). Over T rows ((..., T, K)) it is the prefill
+    GEMM's compute too, under the block name its schedule looks for (``compile/gemm.py``)."""
     *lead, k_len = x.shape
     tile = packed.shape[2]
     k = te.reduce_axis((0, k_len), "k")
     return te.compute((*lead, n), lambda *i: te.sum(x[(*i[:-1], k)] * packed[i[-1] // tile, k, i[-1] % tile], axis=k),
-                      name=GEMV_BLOCK)
+                      name=name)
 
 
 def pack_weight(weight: np.ndarray, tile: int) -> np.ndarray:
@@ -89,40 +90,55 @@ def pack_weight(weight: np.ndarray, tile: int) -> np.ndarray:
 
 
 @mutator
-class _PackGemv(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int) -> None:
+class PackConstantMatmuls(PyExprMutator):
+    """Rewrites ``matmul(x, W)`` with a constant 2-D ``W`` (K, N) into a packed product: one row in ``x``
+    (``one_row``: the decode GEMVs) or T rows (the prefill GEMMs). ``W`` becomes (N / tile, K, tile)
+    tiles for the ``dense`` kernel, or, where it is exactly a ``bits``-bit quantization, its integers
+    and scales in the same tiles (``pack_quantized``) for the ``quantized`` kernel; each kernel is
+    (TE function, block name). Equal tiles in ``main`` and ``prefill`` become one parameter later
+    (``compile/params.py``)."""
+
+    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int, one_row: bool,
+                 dense: tuple, quantized: tuple) -> None:
         super().__init__(mod)
-        self.tile = tile
-        self.bits, self.group = bits, group
-        self.count = 0  # fp32 GEMVs
-        self.quantized = 0
+        self.tile, self.bits, self.group, self.one_row = tile, bits, group, one_row
+        self.kernels = {"dense": dense, "quantized": quantized}
+        self.dense = self.quantized = 0  # how many of each
         self.matmul = tvm.ir.Op.get("relax.matmul")
+
+    def rewrite(self, mod: tvm.IRModule) -> tvm.IRModule:
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                self.builder_.update_func(gvar, self.visit_expr(func))
+        return self.builder_.get()
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
         weight = call.args[1] if call.op == self.matmul else None
         if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 2:
             return call
-        k_len, n = weight.value.shape
         x_shape = call.args[0].ty.shape
-        dims = [int(d) for d in x_shape] if x_shape is not None else [0]
-        if dims[-1] != k_len or any(d != 1 for d in dims[:-1]):
-            return call  # only the decode GEMV (one row); prefill-shaped matmuls keep the default
+        if x_shape is None or any(not isinstance(d, tirx.IntImm) for d in x_shape):
+            return call
+        dims = [int(d) for d in x_shape]  # (..., T, K)
+        k_len, n = weight.value.shape
+        rows = dims[-2] if len(dims) >= 2 else 1
+        if dims[-1] != k_len or any(d != 1 for d in dims[:-2]) or (rows == 1) != self.one_row:
+            return call
         matrix = weight.value.numpy()  # (K, N)
-        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits < 32 else None
+        padded = -(-n // self.tile) * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
+        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits < 16 else None
         if found is not None:
             self.quantized += 1
+            function, name = self.kernels["quantized"]
             values, scales = pack_quantized(found, self.tile)
-            padded = values.shape[0] * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
-            gemv = self.builder_.call_te(quantized_gemv, call.args[0], relax.const(values), relax.const(scales),
-                                         padded, self.bits, primfunc_name_hint=QGEMV_BLOCK)
+            args = (relax.const(values), relax.const(scales), padded, found.bits)
         else:
-            self.count += 1
-            packed = pack_weight(matrix, self.tile)
-            padded = packed.shape[0] * self.tile
-            gemv = self.builder_.call_te(packed_gemv, call.args[0], relax.const(packed), padded,
-                                         primfunc_name_hint=GEMV_BLOCK)
-        return unpadded(self.builder_, gemv, dims, padded, n)
+            self.dense += 1
+            function, name = self.kernels["dense"]
+            args = (relax.const(pack_weight(matrix, self.tile)), padded)
+        out = self.builder_.call_te(function, call.args[0], *args, primfunc_name_hint=name)
+        return unpadded(self.builder_, out, dims, padded, n)
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuSchedule")
