@@ -274,6 +274,17 @@ def _add_contract_functions(mod, state: dict, manifest: Manifest, rows: int):
 
 def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None]):
     import tvm
+
+    mod, counts, weights = optimise(mod, target, options, log)
+    with stage(log, f"build for {target.triple}"):
+        executable = tvm.compile(mod, tvm.target.Target(target.tvm_target()))
+    return executable, counts, weights
+
+
+def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None]):
+    """``mod`` as the CPU build compiles it: weights packed and lifted, fused, scheduled; returns the
+    module, the kernel counts and the lifted weights (``scripts/profile_prefill.py`` times its kernels)."""
+    import tvm
     from tvm import relax
 
     from .gemm import ScheduleGemms, pack_gemm_weights
@@ -301,9 +312,7 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
             mod = schedule(mod)
             counts.update({f"{rule} kernels": n for rule, n in schedule.counts.items()})
     log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()) if counts else "  TVM default lowering")
-    with stage(log, f"build for {target.triple}"):
-        executable = tvm.compile(mod, tvm_target)
-    return executable, counts, weights
+    return mod, counts, weights
 
 
 @contextlib.contextmanager

@@ -1,0 +1,120 @@
+"""Where a prefill call's time goes: every kernel of the compiled ``prefill`` function timed alone.
+
+    python scripts/profile_prefill.py ONNX_DIR [--target x86_64-host] [--threads 2] [--number 20]
+
+Optimises the export's prefill graph as ``compile_tvm`` does (``compile/tvm.py optimise``), counts the
+calls of each kernel (PrimFunc) in ``prefill``, builds each distinct kernel alone (kernels equal up to
+their name are built once), times it with TVM's time_evaluator on random inputs (median of 3 repeats of
+``--number`` calls) and prints the time per prefill call by kind (GEMM, GEMV, elementwise, other) and the
+slowest kernels, beside the whole function's time (the Relax VM, median of 5 calls). TVM 0.27's VM has
+no profiler; the kernels' sum leaves out the VM's own work between them (allocation, calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import Counter, defaultdict
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("onnx_dir")
+    parser.add_argument("--target", default="x86_64-host")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--number", type=int, default=20, help="calls per timing")
+    parser.add_argument("--top", type=int, default=12, help="slowest kernels to list")
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    from rwkv_edge.artifact import open_artifact
+    from rwkv_edge.compile.gemm import GEMM_BLOCK
+    from rwkv_edge.compile.schedules import GEMV_BLOCK
+    from rwkv_edge.compile.tvm import TvmOptions, _import, _without_gather_warnings, optimise
+    from rwkv_edge.targets import get_target
+
+    onnx = open_artifact(args.onnx_dir, kind="onnx")
+    chunk = onnx.manifest.graphs["prefill"].chunk
+    target = get_target(args.target)
+    tvm_target = tvm.target.Target(target.tvm_target())
+    options = TvmOptions(args.target, weights=onnx.manifest.weights, group_size=onnx.manifest.group_size or None)
+    with _without_gather_warnings():
+        mod, counts, weights = optimise(_import(onnx.graph("prefill"), print), target, options, print)
+
+    calls: Counter = Counter()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            calls[expr.args[0].name_hint] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    device = tvm.cpu()
+    rng = np.random.default_rng(0)
+    built: dict[int, float] = {}  # structural hash -> seconds per call
+    rows = []
+    for name, n in calls.items():
+        func = mod[name]
+        key = tvm_ffi.structural_hash(func.without_attr("global_symbol"))
+        if key not in built:
+            kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), tvm_target).jit()
+            inputs = []
+            for param in func.params:
+                shape, dtype = [int(d) for d in param.ty.shape], str(param.ty.dtype)
+                data = np.zeros(shape, dtype) if "int" in dtype else rng.uniform(-1, 1, shape).astype(dtype)
+                inputs.append(tvm.runtime.tensor(data, device))
+            timer = kernel.time_evaluator(kernel.entry_name, device, number=args.number, repeat=3)
+            built[key] = float(np.median(timer(*inputs).results))
+        kind = ("gemm" if has_block(func, GEMM_BLOCK) else "gemv" if has_block(func, GEMV_BLOCK) else
+                "scheduled" if func.attrs.get("tirx.is_scheduled") else "default lowering")
+        rows.append((built[key] * n, name, n, kind))
+
+    with _without_gather_warnings():
+        executable = tvm.compile(mod, tvm_target)
+    vm = relax.VirtualMachine(executable, device)
+    state = onnx.initial_state()
+    spec = onnx.manifest.state
+    tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, (1, chunk)).astype(np.int64), device)
+    state_args = [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in spec]
+    params = [tvm.runtime.tensor(w, device) for w in weights]
+    whole = []
+    for _ in range(6):
+        start = time.perf_counter()
+        vm["main"](tokens, *state_args, *params)
+        whole.append(time.perf_counter() - start)
+    whole_ms = float(np.median(whole[1:])) * 1e3
+
+    total = sum(r[0] for r in rows) * 1e3
+    print(f"\nprefill, T = {chunk}, {args.threads} threads, {args.target}: whole function {whole_ms:.2f} ms "
+          f"({chunk / whole_ms * 1e3:.0f} tok/s); kernels timed alone sum to {total:.2f} ms; "
+          f"{sum(calls.values())} calls of {len(calls)} kernels ({len(built)} distinct)")
+    by_kind = defaultdict(lambda: [0.0, 0])
+    for seconds, _, n, kind in rows:
+        by_kind[kind][0] += seconds * 1e3
+        by_kind[kind][1] += n
+    for kind, (ms, n) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {kind:17s} {ms:8.2f} ms  {ms / total:5.1%}  {n:5d} calls")
+    print(f"slowest {args.top}:")
+    for seconds, name, n, kind in sorted(rows, reverse=True)[:args.top]:
+        print(f"  {seconds * 1e3:8.3f} ms  {n:4d} x  {kind:17s} {name}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+def has_block(func, name: str) -> bool:
+    from tvm import s_tir
+
+    try:
+        s_tir.Schedule(func).get_sblock(name)
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    main()
