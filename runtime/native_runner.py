@@ -38,9 +38,9 @@ ARCHES = ("x86_64", "aarch64")  # target-triple spelling
 class RunnerResult:
     """What one run of the native runner produced."""
 
-    logits: np.ndarray  # (T, V) float32, after each token
+    logits: np.ndarray  # (T, V) float32, after each token; with ``prefill``: (1, V), after the last
     state: dict[str, np.ndarray]  # manifest output names ("state_out.0.wkv") -> final state, no batch axis
-    step_ms: np.ndarray  # (T,) wall time of each rollout step; the first includes warm-up
+    step_ms: np.ndarray  # (calls,) wall time of each call (T steps, or the prefill calls then the steps); the first includes warm-up
     decode_ms: np.ndarray  # (repeat,) wall time of each extra greedy decode step
     command: list[str]  # the command that ran (qemu and its -cpu included)
     stdout: str  # the runner's per-step lines and summary
@@ -110,13 +110,15 @@ def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
 
 
 def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | None = None, repeat: int = 0,
-               state: NamedState | None = None, runner: str | Path | None = None,
+               state: NamedState | None = None, runner: str | Path | None = None, prefill: bool = False,
                log: Callable[[str], None] = print) -> RunnerResult:
     """Run ``tokens`` through the TVM bundle in ``bundle_dir`` with the native runner.
 
     The bundle's files must hash as its manifest says. An aarch64 bundle on an x86-64 host runs
     under qemu with ``-cpu`` = ``emulate_cpu`` or the target's ``qemu_cpu``. ``state`` (contract input
     names) replaces the bundle's initial state; ``repeat`` times that many extra decode steps.
+    ``prefill``: the tokens are a prompt, run as ``TvmBackend.prefill`` runs it (whole chunks through the
+    bundle's prefill function, the rest by steps); the logits are then those after the last token only.
     ``runner`` is a prebuilt binary for the bundle's architecture (default: ``build_runner``).
     """
     bundle_dir = Path(bundle_dir)
@@ -136,6 +138,8 @@ def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | Non
         command = [*prefix, str(binary), str(bundle_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out)]
         if repeat:
             command += ["--repeat", str(repeat)]
+        if prefill:
+            command.append("--prefill")
         if state is not None:
             check_named_state(state, manifest.state)
             state_dir = Path(tmp) / "state-in"
@@ -148,12 +152,14 @@ def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | Non
             lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
             raise ToolError(f"{RUNNER} failed (exit {done.returncode}) on {bundle_dir}: {lines[-1]}")
         times = np.load(out / "step_ms.npy")
+        chunk = manifest.graphs["prefill"].chunk if prefill and "prefill" in manifest.graphs else 0
+        calls = len(tokens) // chunk + len(tokens) % chunk if chunk else len(tokens)
         return RunnerResult(
             logits=np.load(out / "logits.npy"),
             state={t.output_name: np.load(out / f"state_{i}.npy").reshape(t.shape)
                    for i, t in enumerate(manifest.state)},
-            step_ms=times[:len(tokens)],
-            decode_ms=times[len(tokens):],
+            step_ms=times[:calls],
+            decode_ms=times[calls:],
             command=command,
             stdout=done.stdout,
         )

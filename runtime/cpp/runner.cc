@@ -1,6 +1,7 @@
-// rwkv-edge-runner: run an rwkv-edge TVM bundle (model.so + manifest.json) one token at a time.
+// rwkv-edge-runner: run an rwkv-edge TVM bundle (model.so + manifest.json) one token at a time, or
+// a prompt through its prefill function.
 //
-//   rwkv-edge-runner BUNDLE_DIR --tokens 1,2,3 [--out OUTDIR] [--state-in DIR] [--repeat K]
+//   rwkv-edge-runner BUNDLE_DIR --tokens 1,2,3 [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K]
 //
 // Loads BUNDLE_DIR/model.so (a Relax VM executable), maps its weights (the manifest's params file,
 // params.safetensors: every tensor 64-byte aligned, passed to the library as views of the mapping,
@@ -11,6 +12,10 @@
 //   logits.npy   (T, V) float32, the logits after each token
 //   state_{i}.npy the final state tensors in manifest order, shaped as the model returns them
 //   step_ms.npy  (T + K,) float64, the time of each call to `main`
+// --prefill feeds the tokens as a prompt, as the Python TvmBackend does: whole chunks of the
+// bundle's chunk size C through `prefill(tokens (1, C), state..., weights...)`, the rest through
+// `main` (all of them where the bundle has no prefill function); logits.npy then holds (1, V), the
+// logits after the last token, and step_ms.npy one time per call (prefill calls, then steps).
 // --repeat K times K more greedy decode steps after the rollout (they change none of the files
 // above except step_ms.npy). Needs only libtvm_runtime.so and libtvm_ffi.so, and only the
 // tvm-ffi headers (the apache-tvm wheel's tvm/include lacks headers that tvm/runtime/*.h include).
@@ -77,6 +82,7 @@ struct Options {
   std::string state_in;  // a directory of state_{i}.npy; empty: initial_state()
   std::vector<int64_t> tokens;
   int repeat = 0;
+  bool prefill = false;  // the tokens are a prompt: whole chunks through `prefill`, the rest by steps
 };
 
 struct StateSpec {
@@ -90,13 +96,16 @@ struct Bundle {
   std::vector<StateSpec> state;  // in the order of main's state inputs and outputs
   std::string params;            // the weights file main takes after the state; empty: none
   int64_t num_params = 0;
+  std::string prefill;           // the prefill function's name; empty: none (prompts run by steps)
+  int64_t chunk = 0;             // tokens per prefill call
+  bool all_logits = false;       // prefill returns (1, chunk, V) logits, not (1, V)
 };
 
 // ---------------------------------------------------------------------------------------------
 // command line
 
 const char* kUsage =
-    "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--out OUTDIR] [--state-in DIR] [--repeat K]";
+    "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K]";
 
 int64_t ParseInt(const std::string& text, const std::string& what) {
   size_t used = 0;
@@ -123,6 +132,8 @@ Options ParseArgs(int argc, char** argv) {
       std::stringstream list(value());
       for (std::string item; std::getline(list, item, ',');) opt.tokens.push_back(ParseInt(item, "--tokens"));
       have_tokens = true;
+    } else if (arg == "--prefill") {
+      opt.prefill = true;
     } else if (arg == "--out") {
       opt.out = value();
     } else if (arg == "--state-in") {
@@ -201,6 +212,14 @@ Bundle ReadManifest(const std::string& dir) {
     bundle.params = As<ffi::String>((*params).second, path + ": graphs.step.params");
     bundle.num_params = As<int64_t>(Field(step, "num_params", path + ": graphs.step"), path + ": graphs.step.num_params");
     if (bundle.params.find('/') != std::string::npos) throw InputError(path + ": graphs.step.params names a path");
+  }
+  auto prefill = graphs.find(ffi::String("prefill"));
+  if (prefill != graphs.end()) {  // the same weights as main (compile/params.py lifts one list for both)
+    auto graph = As<json::Object>((*prefill).second, path + ": graphs.prefill");
+    bundle.prefill = As<ffi::String>(Field(graph, "function", path + ": graphs.prefill"), path + ": graphs.prefill.function");
+    bundle.chunk = As<int64_t>(Field(graph, "chunk", path + ": graphs.prefill"), path + ": graphs.prefill.chunk");
+    bundle.all_logits = As<bool>(Field(graph, "all_logits", path + ": graphs.prefill"), path + ": graphs.prefill.all_logits");
+    if (bundle.chunk < 1) throw InputError(path + ": graphs.prefill.chunk must be at least 1");
   }
   return bundle;
 }
@@ -452,13 +471,17 @@ std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
 
 class Model {
  public:
-  Model(const std::string& dir, const Bundle& bundle) : bundle_(bundle), token_(Empty({1}, DLDataType{kDLInt, 64, 1})) {
+  Model(const std::string& dir, const Bundle& bundle)
+      : bundle_(bundle),
+        token_(Empty({1}, DLDataType{kDLInt, 64, 1})),
+        chunk_(Empty({1, std::max<int64_t>(bundle.chunk, 1)}, DLDataType{kDLInt, 64, 1})) {
     const std::string so_path = dir + "/model.so";
     if (!bundle_.params.empty()) params_.Map(dir + "/" + bundle_.params, bundle_.num_params);
     ffi::Module lib = ffi::Module::LoadFromFile(so_path);
     ffi::Module vm = Get(lib, "vm_load_executable", so_path)().cast<ffi::Module>();
     Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
     main_ = Get(vm, "main", so_path);
+    if (!bundle_.prefill.empty()) prefill_ = Get(vm, bundle_.prefill.c_str(), so_path);
     initial_state_ = Get(vm, "initial_state", so_path);
     // The token range comes from the library (its embedding's rows), not from the manifest.
     auto rows = Get(vm, "vocab_size", so_path)().cast<ffi::Tensor>();
@@ -474,22 +497,16 @@ class Model {
   // One step: writes the logits (V floats) and returns the new state.
   std::vector<ffi::Tensor> Step(int64_t token, const std::vector<ffi::Tensor>& state, float* logits) {
     static_cast<int64_t*>(token_.data_ptr())[0] = token;
-    std::vector<ffi::AnyView> args;
-    args.reserve(1 + state.size() + params_.tensors().size());
-    args.emplace_back(token_);
-    for (const ffi::Tensor& t : state) args.emplace_back(t);
-    for (const ffi::Tensor& t : params_.tensors()) args.emplace_back(t);
-    ffi::Any ret;
-    main_.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
-    auto outputs = ret.cast<ffi::Array<ffi::Any>>();
-    if (outputs.size() != 1 + bundle_.state.size()) {
-      throw std::runtime_error("main() returned " + std::to_string(outputs.size()) + " outputs, expected " +
-                               std::to_string(1 + bundle_.state.size()) + " (logits and the state)");
-    }
-    auto out = outputs[0].cast<ffi::Tensor>();
-    const float* src = Data<float>(out, DLDataType{kDLFloat, 32, 1}, {1, bundle_.vocab_size}, "logits");
-    std::memcpy(logits, src, static_cast<size_t>(bundle_.vocab_size) * sizeof(float));
-    return CheckState(outputs, 1, "main()");
+    return Call(main_, "main()", token_, state, {1, bundle_.vocab_size}, logits);
+  }
+
+  // One call of the prefill function on exactly `chunk` tokens: writes the logits after the last
+  // of them (V floats) and returns the new state.
+  std::vector<ffi::Tensor> Prefill(const int64_t* tokens, const std::vector<ffi::Tensor>& state, float* logits) {
+    std::memcpy(chunk_.data_ptr(), tokens, static_cast<size_t>(bundle_.chunk) * sizeof(int64_t));
+    std::vector<int64_t> shape = {1, bundle_.vocab_size};
+    if (bundle_.all_logits) shape.insert(shape.begin() + 1, bundle_.chunk);  // (1, chunk, V): the last row is ours
+    return Call(*prefill_, bundle_.prefill + "()", chunk_, state, shape, logits);
   }
 
   // The state read from DIR/state_{i}.npy, in manifest order.
@@ -506,6 +523,30 @@ class Model {
   }
 
  private:
+  // fn(tokens, state..., weights...) -> (logits of `logits_shape`, state'...): the last row of the
+  // logits copied to `logits`, the new state returned.
+  std::vector<ffi::Tensor> Call(const ffi::Function& fn, const std::string& what, const ffi::Tensor& tokens,
+                                const std::vector<ffi::Tensor>& state, const std::vector<int64_t>& logits_shape,
+                                float* logits) {
+    std::vector<ffi::AnyView> args;
+    args.reserve(1 + state.size() + params_.tensors().size());
+    args.emplace_back(tokens);
+    for (const ffi::Tensor& t : state) args.emplace_back(t);
+    for (const ffi::Tensor& t : params_.tensors()) args.emplace_back(t);
+    ffi::Any ret;
+    fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+    auto outputs = ret.cast<ffi::Array<ffi::Any>>();
+    if (outputs.size() != 1 + bundle_.state.size()) {
+      throw std::runtime_error(what + " returned " + std::to_string(outputs.size()) + " outputs, expected " +
+                               std::to_string(1 + bundle_.state.size()) + " (logits and the state)");
+    }
+    auto out = outputs[0].cast<ffi::Tensor>();
+    const float* src = Data<float>(out, DLDataType{kDLFloat, 32, 1}, logits_shape, what + " logits");
+    const size_t V = static_cast<size_t>(bundle_.vocab_size);
+    std::memcpy(logits, src + (out.numel() - V), V * sizeof(float));
+    return CheckState(outputs, 1, what);
+  }
+
   static ffi::Function Get(const ffi::Module& mod, const char* name, const std::string& so_path) {
     ffi::Optional<ffi::Function> f = mod->GetFunction(name);
     if (!f.has_value()) {
@@ -530,8 +571,9 @@ class Model {
 
   MappedParams params_;  // first: unmapped after the functions that use it are gone
   Bundle bundle_;
-  ffi::Tensor token_;
+  ffi::Tensor token_, chunk_;  // main's token (1,), prefill's tokens (1, chunk)
   ffi::Function main_, initial_state_;
+  ffi::Optional<ffi::Function> prefill_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -558,11 +600,23 @@ int Run(const Options& opt) {
   std::vector<ffi::Tensor> state = opt.state_in.empty() ? model.InitialState() : model.LoadState(opt.state_in);
 
   const int64_t V = bundle.vocab_size, T = static_cast<int64_t>(opt.tokens.size());
-  std::vector<float> logits(static_cast<size_t>(T * V));
+  // --prefill: whole chunks through prefill, the rest by steps, one row of logits (after the last token)
+  const int64_t chunks = opt.prefill && bundle.chunk ? T / bundle.chunk : 0;
+  const int64_t rows = opt.prefill ? 1 : T;
+  std::vector<float> logits(static_cast<size_t>(rows * V));
   std::vector<double> step_ms;
   using Clock = std::chrono::steady_clock;
-  for (int64_t i = 0; i < T; ++i) {
-    float* row = logits.data() + i * V;
+  for (int64_t c = 0; c < chunks; ++c) {
+    auto t0 = Clock::now();
+    state = model.Prefill(opt.tokens.data() + c * bundle.chunk, state, logits.data());
+    step_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    int64_t top = ArgMax(logits.data(), V);
+    std::printf("prefill %lld: tokens %lld..%lld -> top-1 %lld (%.4f)  %.3f ms\n", static_cast<long long>(c),
+                static_cast<long long>(c * bundle.chunk), static_cast<long long>((c + 1) * bundle.chunk - 1),
+                static_cast<long long>(top), logits[top], step_ms.back());
+  }
+  for (int64_t i = chunks * bundle.chunk; i < T; ++i) {
+    float* row = logits.data() + (opt.prefill ? 0 : i * V);
     auto t0 = Clock::now();
     state = model.Step(opt.tokens[i], state, row);
     step_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
@@ -574,7 +628,7 @@ int Run(const Options& opt) {
   std::error_code ec;
   std::filesystem::create_directories(opt.out, ec);
   if (ec) throw InputError(opt.out + ": cannot create the output directory (" + ec.message() + ")");
-  WriteNpy(opt.out + "/logits.npy", "<f4", logits.data(), logits.size() * sizeof(float), {T, V});
+  WriteNpy(opt.out + "/logits.npy", "<f4", logits.data(), logits.size() * sizeof(float), {rows, V});
   for (size_t i = 0; i < state.size(); ++i) {
     const ffi::Tensor& t = state[i];
     std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
@@ -583,7 +637,7 @@ int Run(const Options& opt) {
   }
 
   std::vector<float> scratch(static_cast<size_t>(V));
-  int64_t token = ArgMax(logits.data() + (T - 1) * V, V);
+  int64_t token = ArgMax(logits.data() + (rows - 1) * V, V);
   std::vector<double> decode_ms;
   for (int k = 0; k < opt.repeat; ++k) {  // greedy decode from the final state, timed only
     auto t0 = Clock::now();
@@ -596,10 +650,17 @@ int Run(const Options& opt) {
   WriteNpy(opt.out + "/step_ms.npy", "<f8", all_ms.data(), all_ms.size() * sizeof(double), {static_cast<int64_t>(all_ms.size())});
 
   bool timed_decode = !decode_ms.empty();
+  if (opt.prefill) {
+    double prompt_ms = 0;
+    for (double ms : step_ms) prompt_ms += ms;
+    std::printf("prompt: %lld tokens in %lld prefill calls of %lld and %lld steps, %.3f ms (%.1f tokens/s)\n",
+                static_cast<long long>(T), static_cast<long long>(chunks), static_cast<long long>(bundle.chunk),
+                static_cast<long long>(T - chunks * bundle.chunk), prompt_ms, T / prompt_ms * 1e3);
+  }
   std::printf("done: %lld steps, vocab %lld, %zu state tensors, %s; median step %.3f ms over %zu %s\n",
-              static_cast<long long>(T), static_cast<long long>(V), state.size(), kHostTriple,
+              static_cast<long long>(T - chunks * bundle.chunk), static_cast<long long>(V), state.size(), kHostTriple,
               Median(timed_decode ? decode_ms : step_ms), timed_decode ? decode_ms.size() : step_ms.size(),
-              timed_decode ? "decode steps after the rollout" : "rollout steps (the first includes warm-up)");
+              timed_decode ? "decode steps after the rollout" : "rollout calls (the first includes warm-up)");
   return 0;
 }
 

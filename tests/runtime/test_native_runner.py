@@ -148,6 +148,40 @@ def test_state_in_continues_a_rollout(bundle, host_runner):
         np.testing.assert_array_equal(rest.state[name], value)
 
 
+PREFILL_CHUNK = 8  # TOKENS (20) = two prefill calls and four steps
+
+
+@needs_host
+@pytest.mark.parametrize("version", ["v5", "v7"])
+def test_host_runner_prefills_as_the_python_backend_does(version, tvm_bundle, host_runner):
+    """--prefill: whole chunks through the bundle's prefill function, the rest by steps, exactly as
+    TvmBackend.prefill runs the same library: the same logits and state, bit for bit."""
+    from rwkv_edge.runtime.tvm_backend import TvmBackend
+
+    directory = tvm_bundle(version, "x86_64-host", prefill=PREFILL_CHUNK)
+    result = run_bundle(directory, TOKENS, runner=host_runner, prefill=True, repeat=2, log=quiet)
+    backend = TvmBackend(directory)
+    logits, state = backend.prefill(TOKENS, backend.init_state())
+    backend.close()
+    assert result.logits.shape == (1, logits.shape[0])
+    np.testing.assert_array_equal(result.logits[0], logits)
+    for name, value in state.items():
+        np.testing.assert_array_equal(result.state[name.replace("state.", "state_out.", 1)], value)
+    calls = len(TOKENS) // PREFILL_CHUNK + len(TOKENS) % PREFILL_CHUNK
+    assert result.step_ms.shape == (calls,) and result.decode_ms.shape == (2,)
+    assert "prefill 1: tokens 8..15" in result.stdout and "step 16:" in result.stdout
+    assert f"prompt: {len(TOKENS)} tokens in 2 prefill calls of {PREFILL_CHUNK} and 4 steps" in result.stdout
+
+
+@needs_host
+def test_prefill_without_a_prefill_function_steps_every_token(bundle, host_runner):
+    directory = bundle("v7", HOST)  # compiled without a prefill function
+    stepped = run_bundle(directory, TOKENS, runner=host_runner, log=quiet)
+    prompt = run_bundle(directory, TOKENS, runner=host_runner, prefill=True, log=quiet)
+    np.testing.assert_array_equal(prompt.logits, stepped.logits[-1:])
+    assert prompt.step_ms.shape == (len(TOKENS),) and "0 prefill calls" in prompt.stdout
+
+
 @needs_host
 def test_token_outside_the_vocabulary_is_an_error(bundle, host_runner):
     directory = bundle("v7", HOST)
