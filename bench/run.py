@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import TvmBuild, open_artifact, sha256_file
+from ..compile.tvm import PREFILL_CHUNK
 from ..errors import ArtifactError, OptionError, RwkvEdgeError
 from ..model import ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
@@ -60,7 +61,8 @@ class BenchOptions:
     threads: int | None = None  # per backend; None: every core this process may use
     bandwidth_mib: int | None = None  # read-bandwidth buffer; None: max(512 MiB, 16 x last-level cache)
     bandwidth_repeats: int = 10  # timed reductions before and again after the backends
-    onnx_prefill_chunk: int = 16  # the ONNX export's prefill graph, compiled into CPU TVM bundles too; 0: single steps
+    onnx_prefill_chunk: int = PREFILL_CHUNK  # the ONNX export's prefill graph, compiled into CPU TVM bundles too
+    # (the bundles' own default, 32: docs/tvm.md "Prefill"); 0: single steps
     tvm_target: str | None = None  # None: x86_64-host, or on "cuda" the newest CUDA target the GPU runs
     rebuild: bool = False  # export / compile again even when the cached artifact matches
     seed: int = 0  # the token ids fed to every backend

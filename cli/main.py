@@ -145,9 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
                    help="prompt tokens for prefill tokens/s, 0 to skip (default 64)")
-    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
-                   help="tokens per prefill call of the onnxruntime export and the CPU TVM bundle; 0: single "
-                        "steps (default 16)")
+    p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=32, metavar="T",
+                   help="tokens per prefill call of the onnxruntime export and the CPU TVM bundle, as CPU bundles "
+                        "compiled from a checkpoint have; 0: single steps (default 32)")
     p.add_argument("--threads", type=_bounded_int(1, 4096), help="threads per backend (default: every usable core)")
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
