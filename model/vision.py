@@ -69,11 +69,12 @@ def _accumulate(acc: tuple[torch.Tensor, ...], log_w: torch.Tensor, terms: tuple
 
 
 def bi_wkv_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  token_split: int = KERNEL_TOKEN_SPLIT) -> torch.Tensor:
+                  token_split: int = KERNEL_TOKEN_SPLIT, eps: float = KERNEL_EPS) -> torch.Tensor:
     """Bi-WKV as the official CUDA forward computes it (docs/vision.md, "The kernel study"): T is cut into
     ``token_split`` chunks of ceil(T / token_split) tokens; each chunk's partial sums are combined with
     the decay of the full token distance |t - i| (not |t - i| - 1), then updated token by token inside
-    the chunk; its right-hand update subtracts, so the two differ by O(w). Same shapes as ``bi_wkv``."""
+    the chunk; its right-hand update subtracts, so the two differ by O(w). ``eps`` is added to the scaled
+    denominator. Same shapes as ``bi_wkv``."""
     T = k.shape[-2]
     L = -(-T // token_split)  # tokens per chunk
     starts = list(range(0, T, L))
@@ -102,7 +103,7 @@ def bi_wkv_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
             k_t, v_t = k[..., t, :], v[..., t, :]
             m = torch.maximum(torch.maximum(o1, u + k_t), o2)
             e1, e2, e3 = torch.exp(o1 - m), torch.exp(o2 - m), torch.exp(u + k_t - m)
-            ys.append((cc * e1 + a * e2 + e3 * v_t) / (d * e1 + b * e2 + e3 + KERNEL_EPS))
+            ys.append((cc * e1 + a * e2 + e3 * v_t) / (d * e1 + b * e2 + e3 + eps))
             m = torch.maximum(o2 - w, k_t)
             e2, e3 = torch.exp(o2 - w - m), torch.exp(k_t - m)
             a, b, o2 = e2 * a + e3 * v_t, e2 * b + e3, m
