@@ -381,9 +381,9 @@ def vision_keys(tensors: StateDict, source: str = "checkpoint") -> StateDict:
 
 
 def is_vision_checkpoint(tensors: StateDict) -> bool:
-    """Whether the keys are Vision-RWKV's (with or without the mmcls prefixes)."""
-    names = {k.removeprefix("module.").removeprefix("backbone.") for k in tensors}
-    return "layers.0.att.spatial_decay" in names
+    """Whether the keys are an image model's (a patch embedding, or mmcls ``backbone.`` keys): Vision-RWKV's
+    or, for ``vision_keys`` to name it, another one's."""
+    return any(k.removeprefix("module.").startswith(("backbone.", "patch_embed.")) for k in tensors)
 
 
 def vision_model_from_state_dict(tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint",
