@@ -58,11 +58,13 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     return (e_l * num_l + e_r * num_r + e_now * v) / (e_l * den_l + e_r * den_r + e_now)
 
 
-def _accumulate(acc: tuple[torch.Tensor, ...], log_w: torch.Tensor, terms: tuple[torch.Tensor, ...], top: torch.Tensor
-                ) -> tuple[torch.Tensor, ...]:
-    """(a, b, o) + e^{log_w} (x, y) scaled by e^{top}, kept with a running maximum o."""
+Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (num, den, top): num e^top, den e^top
+
+
+def _accumulate(acc: Sums, log_w: torch.Tensor, add: Sums) -> Sums:
+    """acc + e^{log_w} add, both in the (num, den, top) form, with the larger top kept.  (..., C) each"""
     a, b, o = acc
-    x, y = terms
+    x, y, top = add
     m = torch.maximum(o, top + log_w)
     e_acc, e_new = torch.exp(o - m), torch.exp(top + log_w - m)
     return e_acc * a + e_new * x, e_acc * b + e_new * y, m
@@ -79,36 +81,37 @@ def bi_wkv_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
     L = -(-T // token_split)  # tokens per chunk
     starts = list(range(0, T, L))
     zero = torch.zeros_like(k[..., 0, :])  # (..., C)
+    one = torch.ones_like(zero)
     empty = (zero, zero, torch.full_like(zero, _NO_WEIGHT))
-    right, left = [], []  # per chunk: sums from its first token rightwards; seen from just past its end
+    right, left = [], []  # per chunk: its sums rightwards from its first token; leftwards from just past its end
     for s in starts:
         n = min(L, T - s)
         r_acc = l_acc = empty
         for j in range(n):
-            r_acc = _accumulate(r_acc, -w * j, (v[..., s + j, :], zero + 1), k[..., s + j, :])
+            r_acc = _accumulate(r_acc, -w * j, (v[..., s + j, :], one, k[..., s + j, :]))
             i = s + n - 1 - j
-            l_acc = _accumulate(l_acc, -w * (s + n - i), (v[..., i, :], zero + 1), k[..., i, :])
+            l_acc = _accumulate(l_acc, -w * (s + n - i), (v[..., i, :], one, k[..., i, :]))
         right.append(r_acc), left.append(l_acc)
     ys = []
     for c, s in enumerate(starts):
-        a, b, o2 = empty
+        a, b, o2 = empty  # left: the chunks before, each decayed by the chunks in between
         for i in range(c):
-            a, b, o2 = _accumulate((a, b, o2), -w * ((c - i - 1) * L), left[i][:2], left[i][2])
-        cc, d, o1 = empty
+            a, b, o2 = _accumulate((a, b, o2), -w * ((c - i - 1) * L), left[i])
+        cc, d, o1 = empty  # right: this chunk and those after, minus this chunk's first token
         for i in range(c, len(starts)):
-            cc, d, o1 = _accumulate((cc, d, o1), -w * ((i - c) * L), right[i][:2], right[i][2])
+            cc, d, o1 = _accumulate((cc, d, o1), -w * ((i - c) * L), right[i])
         e_first = torch.exp(k[..., s, :] - o1)
-        cc, d = cc - e_first * v[..., s, :], d - e_first  # the chunk's own first token is not "after" it
+        cc, d = cc - e_first * v[..., s, :], d - e_first
         for t in range(s, min(s + L, T)):
             k_t, v_t = k[..., t, :], v[..., t, :]
             m = torch.maximum(torch.maximum(o1, u + k_t), o2)
             e1, e2, e3 = torch.exp(o1 - m), torch.exp(o2 - m), torch.exp(u + k_t - m)
             ys.append((cc * e1 + a * e2 + e3 * v_t) / (d * e1 + b * e2 + e3 + eps))
-            m = torch.maximum(o2 - w, k_t)
+            m = torch.maximum(o2 - w, k_t)  # left: a <- e^-w a + e^k_t v_t
             e2, e3 = torch.exp(o2 - w - m), torch.exp(k_t - m)
             a, b, o2 = e2 * a + e3 * v_t, e2 * b + e3, m
             k_n, v_n = k[..., (t + 1) % T, :], v[..., (t + 1) % T, :]
-            m = torch.maximum(o1 + w, k_n + w)
+            m = torch.maximum(o1 + w, k_n + w)  # right: c <- e^w (c - e^k_{t+1} v_{t+1})
             e1, e3 = torch.exp(o1 + w - m), torch.exp(k_n + w - m)
             cc, d, o1 = e1 * cc - e3 * v_n, e1 * d - e3, m
     return torch.stack(ys, -2)
@@ -225,7 +228,8 @@ class VisionConfig:
     wkv: str = "paper"  # WKV_MODES
 
     @property
-    def grid(self) -> int:
+    def trained_grid(self) -> int:
+        """Patches per side at the trained image size."""
         return self.image_size // self.patch_size
 
     @classmethod
@@ -283,7 +287,7 @@ class VisionRWKV(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
-        C, g = config.embed_dims, config.grid
+        C, g = config.embed_dims, config.trained_grid
         self.patch_embed = PatchEmbed(config)
         self.pos_embed = nn.Parameter(torch.empty(1, g * g, C))
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.depth))
@@ -332,7 +336,7 @@ class VisionRWKV(nn.Module):
 
     def position(self, grid: tuple[int, int]) -> torch.Tensor:
         """pos_embed for a patch grid, resized bicubically from the trained one.  -> (1, T, C)"""
-        g = self.config.grid
+        g = self.config.trained_grid
         if grid == (g, g):
             return self.pos_embed
         square = self.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, C, g, g)

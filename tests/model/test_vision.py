@@ -135,7 +135,7 @@ def with_oracle(model):
 @pytest.mark.parametrize("grid", [None, (3, 5)])
 def test_model_with_scans_equals_model_with_the_oracle(name, grid):
     model = model_of(name)
-    p, g = model.config.patch_size, model.config.grid
+    p, g = model.config.patch_size, model.config.trained_grid
     H, W = grid or (g, g)
     images = torch.randn(3, 3, H * p, W * p, generator=torch.Generator().manual_seed(1), dtype=f64)
     out = model(images)
