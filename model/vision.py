@@ -72,11 +72,11 @@ def _accumulate(acc: Sums, log_w: torch.Tensor, add: Sums) -> Sums:
 
 def bi_wkv_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   token_split: int = KERNEL_TOKEN_SPLIT, eps: float = KERNEL_EPS) -> torch.Tensor:
-    """Bi-WKV as the official CUDA forward computes it (docs/vision.md, "The kernel study"): T is cut into
-    ``token_split`` chunks of ceil(T / token_split) tokens; each chunk's partial sums are combined with
-    the decay of the full token distance |t - i| (not |t - i| - 1), then updated token by token inside
-    the chunk; its right-hand update subtracts, so the two differ by O(w). ``eps`` is added to the scaled
-    denominator. Same shapes as ``bi_wkv``."""
+    """Bi-WKV as the official CUDA forward computes it (docs/vision.md, "The kernel study"), in O(T):
+    T is cut into ``token_split`` chunks of ceil(T / token_split) tokens; each chunk's partial sums are
+    combined with the decay of the full token distance |t - i| (not |t - i| - 1), then updated token by
+    token inside the chunk; its right-hand update subtracts, so the two differ by O(w). ``eps`` is added
+    to the scaled denominator. Same shapes as ``bi_wkv``."""
     T = k.shape[-2]
     L = -(-T // token_split)  # tokens per chunk
     starts = list(range(0, T, L))
@@ -92,14 +92,20 @@ def bi_wkv_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
             i = s + n - 1 - j
             l_acc = _accumulate(l_acc, -w * (s + n - i), (v[..., i, :], one, k[..., i, :]))
         right.append(r_acc), left.append(l_acc)
+    # the kernel's combination, as one scan over the chunks each way: before chunk c, the chunks before
+    # it decayed by the whole chunks in between; from chunk c on, this chunk and those after it
+    before, acc = [], empty
+    for sums in left:
+        before.append(acc)
+        acc = _accumulate(sums, -w * L, acc)
+    from_here, acc = [], empty
+    for sums in reversed(right):
+        acc = _accumulate(sums, -w * L, acc)
+        from_here.append(acc)
     ys = []
     for c, s in enumerate(starts):
-        a, b, o2 = empty  # left: the chunks before, each decayed by the chunks in between
-        for i in range(c):
-            a, b, o2 = _accumulate((a, b, o2), -w * ((c - i - 1) * L), left[i])
-        cc, d, o1 = empty  # right: this chunk and those after, minus this chunk's first token
-        for i in range(c, len(starts)):
-            cc, d, o1 = _accumulate((cc, d, o1), -w * ((i - c) * L), right[i])
+        a, b, o2 = before[c]
+        cc, d, o1 = from_here[-1 - c]  # minus this chunk's first token, which is not after itself
         e_first = torch.exp(k[..., s, :] - o1)
         cc, d = cc - e_first * v[..., s, :], d - e_first
         for t in range(s, min(s + L, T)):
