@@ -241,6 +241,8 @@ class VisionConfig:
     @classmethod
     def from_state_dict(cls, t: StateDict, source: str = "checkpoint", meta: dict[str, Any] | None = None,
                         post_norm: bool | None = None, wkv: str = "paper") -> "VisionConfig":
+        """The config the (prefix-free) tensors imply; ``post_norm`` from the caller, else the meta, else
+        the recipe."""
         if wkv not in WKV_MODES:
             raise OptionError(f"unknown Bi-WKV mode {wkv!r}; expected one of {', '.join(WKV_MODES)}")
         C, in_channels, p, p_w = dims(t, "patch_embed.projection.weight", 4, source)  # (C, 3, p, p)
@@ -278,6 +280,8 @@ def _meta_post_norm(meta: dict[str, Any]) -> bool | None:
 
 
 class PatchEmbed(nn.Module):
+    """Holds the patch projection under its official name, ``patch_embed.projection``."""
+
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.projection = nn.Conv2d(cfg.in_channels, cfg.embed_dims, cfg.patch_size, stride=cfg.patch_size)
