@@ -53,6 +53,10 @@ class PlatformError(RwkvEdgeError):
     """An artifact was built for a machine this one can run neither natively nor under emulation."""
 
 
+class ImageError(RwkvEdgeError):
+    """An image or a batch of images has the wrong type, shape or size for the model."""
+
+
 def one_line(error: BaseException, last: bool = False) -> str:
     """The first (or last) non-empty line of another library's error message, for a one-line error
     of ours; the exception's type name when it says nothing."""

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rwkv-edge {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="detected architecture and full config of a checkpoint")
+    p = sub.add_parser("info", help="detected architecture and full config of a checkpoint (language or vision)")
     _checkpoint_arg(p)
     p.add_argument("--json", action="store_true", help="print the config as JSON")
     p.set_defaults(run=cmd_info)
@@ -265,9 +265,11 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
+    from ..model import ARCHITECTURES, DEMO_CHECKPOINT, VisionRWKV, load_any_model
 
-    model = load_model(args.checkpoint or DEMO_CHECKPOINT)
+    model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
+    if isinstance(model, VisionRWKV):
+        return _vision_info(args, model)
     info = model.describe()
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
@@ -283,6 +285,23 @@ def cmd_info(args: argparse.Namespace) -> None:
             print(f"  {key:<14}{value}")
     layer0 = ", ".join(f"{t.role} {t.shape}" for t in spec if t.layer == 0)
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
+
+
+def _vision_info(args: argparse.Namespace, model) -> None:
+    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters())}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    cfg = model.config
+    print(f"checkpoint    {args.checkpoint}")
+    print(f"architecture  Vision-RWKV [{cfg.embed_dims} x {cfg.depth}, {cfg.image_size} px, patch {cfg.patch_size}]")
+    print(f"parameters    {info['parameters']:,}")
+    for key, value in info.items():
+        if key not in ("family", "architecture", "parameters"):
+            print(f"  {key:<15} {value}")
+    grid = cfg.image_size // cfg.patch_size
+    out = f"logits (B, {cfg.num_classes})" if cfg.num_classes else f"features (B, {cfg.embed_dims}, {grid}, {grid})"
+    print(f"output        {out} for images (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -25,9 +25,8 @@ class ContractGraph(nn.Module):
         if self.chunk is None:
             tokens = tokens.unsqueeze(-1)  # (B,) -> (B, 1)
         state = state_from_named({t.input_name: s for t, s in zip(self.spec, states)}, self.spec)
-        logits, new_state = self.model(tokens, state)  # (B, T, V)
-        if not self.all_logits:
-            logits = logits[:, -1, :]
+        # (B, T, V), or (B, V): the head on the last position only
+        logits, new_state = self.model(tokens, state, last_only=not self.all_logits)
         return (logits, *state_to_named(new_state).values())
 
     def input_names(self) -> list[str]:

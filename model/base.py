@@ -144,11 +144,12 @@ class RWKVModel(nn.Module):
     def step(self, token: int | torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token in RNN form: (token, state) -> (logits (V,), new state). Pure: ``state`` is unchanged."""
         tokens = token_ids(token).reshape(1)
-        logits, state = self.forward(tokens, state)
-        return logits[0], state
+        return self.forward(tokens, state, last_only=True)
 
-    def forward(self, tokens: torch.Tensor | list[int], state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Sequence form: tokens (..., T) -> (logits (..., T, V) fp32, state after the last token)."""
+    def forward(self, tokens: torch.Tensor | list[int], state: State | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, State]:
+        """Sequence form: tokens (..., T) -> (logits (..., T, V) fp32, state after the last token).
+        ``last_only``: the logits (..., V) of the last position only (the head runs on that row alone)."""
         tokens = token_ids(tokens)
         if tokens.dim() == 0 or tokens.shape[-1] == 0:
             raise TokenError("forward needs at least one token")
@@ -160,6 +161,8 @@ class RWKVModel(nn.Module):
             check_state(state, self.state_spec(), batch)
         x = self.blocks[0].ln0(self.emb(tokens))  # (..., T, C)
         x, state = self.run_blocks(x, state)
+        if last_only:  # (..., 1, C): a 3-D product stays a MatMul in ONNX (a 2-D one would be a Gemm)
+            return self.head(self.ln_out(x[..., -1:, :])).float()[..., 0, :], state
         return self.head(self.ln_out(x)).float(), state
 
     def check_tokens(self, tokens: torch.Tensor) -> None:

@@ -14,9 +14,9 @@ import json
 import os
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
@@ -32,10 +32,12 @@ _FINITE_SLICE = 1 << 24  # elements per isfinite() mask
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint's tensors and the sha256 of the exact bytes they were parsed from."""
+    """A checkpoint's tensors, the sha256 of the exact bytes they were parsed from, and the ``meta`` of an
+    mmcls/mmcv wrapper (``{"meta": {...}, "state_dict": {...}}``; empty for a plain state dict)."""
 
     tensors: StateDict
     sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | Path) -> StateDict:
@@ -52,11 +54,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             size = os.fstat(f.fileno()).st_size
             head = f.read(_HEAD)
             kind = sniff(head, size, path)
-            tensors, sha = _parse_private_copy(f, head, size, kind, path)
+            (tensors, meta), sha = _parse_private_copy(f, head, size, kind, path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
     check_values(tensors, str(path))
-    return Checkpoint(tensors, sha)
+    return Checkpoint(tensors, sha, meta)
 
 
 # -- what kind of file is it ------------------------------------------------------------------------
@@ -143,7 +145,8 @@ def _text_start(head: bytes) -> str | None:
 
 
 # -- one read into a private copy, then parse -------------------------------------------------------
-def _parse_private_copy(f: BinaryIO, head: bytes, size: int, kind: str, path: Path) -> tuple[StateDict, str]:
+def _parse_private_copy(f: BinaryIO, head: bytes, size: int, kind: str, path: Path
+                        ) -> tuple[tuple[StateDict, dict[str, Any]], str]:
     """Copy the rest of ``f`` after ``head`` into memory, hashing the same bytes, and parse the copy.
 
     On Linux the copy is an anonymous memfd that the tensors map; elsewhere a BytesIO.
@@ -185,11 +188,16 @@ def _copy(f: BinaryIO, head: bytes, sink: BinaryIO, digest, size: int, path: Pat
                               "truncated or being written?); load it again once it is complete")
 
 
-def _parse(kind: str, source: str | BinaryIO, path: Path, mmap: bool) -> StateDict:
+def _parse(kind: str, source: str | BinaryIO, path: Path, mmap: bool) -> tuple[StateDict, dict[str, Any]]:
+    """The state dict and, for an mmcv-style ``{"meta", "state_dict"}`` wrapper, its meta dict."""
     tensors = _read_safetensors(source, path) if kind == "safetensors" else _read_torch(source, path, mmap and kind == "zip")
+    meta: dict[str, Any] = {}
+    if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
+        meta = tensors.get("meta") if isinstance(tensors.get("meta"), dict) else {}
+        tensors = tensors["state_dict"]
     if not isinstance(tensors, dict) or not tensors:
         raise CheckpointError(f"{path}: not a checkpoint (expected a dict of tensors, got {type(tensors).__name__})")
-    return tensors
+    return tensors, meta
 
 
 def _read_safetensors(source: str | BinaryIO, path: Path) -> StateDict:
@@ -246,15 +254,15 @@ def _all_finite(t: torch.Tensor) -> bool:
 _LAYER_INDEX = re.compile(r"0|[1-9][0-9]*")
 
 
-def n_layers(tensors: StateDict, source: str = "checkpoint") -> int:
-    """Number of blocks, from the ``blocks.{i}.`` keys; indices must be integers from 0 without gaps."""
+def n_layers(tensors: StateDict, source: str = "checkpoint", prefix: str = "blocks") -> int:
+    """Number of blocks, from the ``{prefix}.{i}.`` keys; indices must be integers from 0 without gaps."""
     ids: dict[int, str] = {}
     for key in tensors:
-        if key.startswith("blocks."):
+        if key.startswith(prefix + "."):
             index = key.split(".")[1]
             if not _LAYER_INDEX.fullmatch(index):
                 raise ShapeError(f"{source}: key {key} has layer index {index!r}, not an integer; "
-                                 "expected keys blocks.0., blocks.1., ...")
+                                 f"expected keys {prefix}.0., {prefix}.1., ...")
             ids.setdefault(int(index), key)
     n = len(ids)
     missing = next((i for i in range(n) if i not in ids), None)  # never iterates past the key count
@@ -262,7 +270,7 @@ def n_layers(tensors: StateDict, source: str = "checkpoint") -> int:
         after = min(i for i in ids if i > missing)
         raise ShapeError(
             f"{source}: layer {missing} is missing, but key {ids[after]} names layer {after}; expected "
-            f"blocks numbered 0, 1, 2, ... without gaps (found layers {_some([str(i) for i in sorted(ids)])})"
+            f"{prefix} numbered 0, 1, 2, ... without gaps (found layers {_some([str(i) for i in sorted(ids)])})"
         )
     return n
 

@@ -14,6 +14,7 @@ from .v4 import RWKV4
 from .v5 import RWKV5
 from .v6 import RWKV6
 from .v7 import RWKV7
+from .vision import VisionRWKV, is_vision_checkpoint
 
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "rwkv7-demo.pth"  # trained by model/demo/train.py
@@ -39,6 +40,12 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def detect_version(tensors: StateDict) -> str:
     """The architecture version ("v4" ... "v7") that the key names identify."""
+    if is_vision_checkpoint(tensors):
+        raise UnknownArchitectureError(
+            "an image-model checkpoint (it has patch_embed or backbone. keys), not an RWKV language model; this "
+            "takes a language model (Vision-RWKV checkpoints load with load_vision_checkpoint; `rwkv-edge info` "
+            "shows their config)"
+        )
     if "emb.weight" not in tensors or "blocks.0.ffn.key.weight" not in tensors:
         raise UnknownArchitectureError(
             "not an RWKV checkpoint: expected keys 'emb.weight' and 'blocks.0.ffn.key.weight' "
@@ -79,6 +86,14 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel:
     """Load a ``.pth`` or ``.safetensors`` checkpoint of any supported version (computed in ``dtype``)."""
     return load_checkpoint(path, dtype)[0]
+
+
+def load_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel | VisionRWKV:
+    """A language model (v4-v7) or a Vision-RWKV model, whichever the checkpoint's keys name."""
+    checkpoint = open_checkpoint(path)
+    if is_vision_checkpoint(checkpoint.tensors):
+        return VisionRWKV.from_state_dict(checkpoint.tensors, dtype, str(path), checkpoint.meta)
+    return _build(checkpoint.tensors, dtype, str(path))
 
 
 def _build(tensors: StateDict, dtype: torch.dtype, source: str) -> RWKVModel:

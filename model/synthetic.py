@@ -49,6 +49,53 @@ def make_checkpoint(
     return {k: v.to(dtype).contiguous() for k, v in t.items()}
 
 
+def make_vision_checkpoint(
+    embed_dims: int = 32,
+    depth: int = 2,
+    patch_size: int = 4,
+    grid: int = 4,
+    num_classes: int = 10,
+    key_norm: bool = False,
+    layer_scale: bool = False,
+    hidden_rate: int = 4,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> StateDict:
+    """A random Vision-RWKV checkpoint in the official mmcls key layout (``backbone.*``, ``head.fc.*``),
+    trained at ``grid`` x ``grid`` patches; ``num_classes=0`` leaves the head out (a backbone)."""
+    r = _Draw(torch.Generator().manual_seed(seed))
+    C, hidden = embed_dims, hidden_rate * embed_dims
+    t: StateDict = {
+        "patch_embed.projection.weight": r.linear(C, 3 * patch_size**2).reshape(C, 3, patch_size, patch_size),
+        "patch_embed.projection.bias": r.normal(C, std=0.1),
+        "pos_embed": r.normal(1, grid * grid, C, std=0.5),
+    }
+    for i in range(depth):
+        b = f"layers.{i}."
+        norms = ["ln0", "ln1", "ln2"] if i == 0 else ["ln1", "ln2"]
+        norms += ["att.key_norm", "ffn.key_norm"] if key_norm else []
+        for n in norms:
+            t[b + n + ".weight"], t[b + n + ".bias"] = r.norm(hidden if n == "ffn.key_norm" else C)
+        t.update({
+            b + "att.spatial_decay": r.uniform(C, lo=-5.0, hi=3.0) + r.normal(C, std=1.0),  # w = decay / T
+            b + "att.spatial_first": r.normal(C, std=1.0, mean=-1.2),
+            **{b + f"att.spatial_mix_{x}": r.mix(C) for x in "kvr"},
+            **{b + f"att.{x}.weight": r.linear(C, C) for x in ("key", "value", "receptance")},
+            b + "att.output.weight": r.linear(C, C, gain=0.5),
+            b + "ffn.spatial_mix_k": r.mix(C),
+            b + "ffn.spatial_mix_r": r.mix(C),
+            b + "ffn.key.weight": r.linear(hidden, C),
+            b + "ffn.receptance.weight": r.linear(C, C),
+            b + "ffn.value.weight": r.linear(C, hidden, gain=0.5),
+        })
+        if layer_scale:
+            t[b + "gamma1"], t[b + "gamma2"] = r.uniform(C, lo=0.5, hi=1.5), r.uniform(C, lo=0.5, hi=1.5)
+    t["ln1.weight"], t["ln1.bias"] = r.norm(C)
+    t = {"backbone." + k: v for k, v in t.items()}
+    if num_classes:
+        t["head.fc.weight"], t["head.fc.bias"] = r.linear(num_classes, C, gain=2.0), r.normal(num_classes, std=0.1)
+    return {k: v.to(dtype).contiguous() for k, v in t.items()}
+
 def save_checkpoint(tensors: StateDict, path: str | Path) -> Path:
     """Write ``.pth`` (torch.save) or ``.safetensors``, chosen by the suffix."""
     path = Path(path)

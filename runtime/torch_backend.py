@@ -44,13 +44,13 @@ class TorchBackend:
         if self.device == "cpu":
             named = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
             with torch.inference_mode():
-                logits, new_state = self.model.forward(tokens, state_from_named(named, self.state_spec()))
-            return logits[-1].numpy(), _to_numpy(new_state)
+                logits, new_state = self.model.forward(tokens, state_from_named(named, self.state_spec()), last_only=True)
+            return logits.numpy(), _to_numpy(new_state)
         named = {k: self._on_device(v) for k, v in state.items()}
         with torch.inference_mode():
             logits, new_state = self.model.forward(torch.tensor(tokens, dtype=torch.long, device=self.device),
-                                                   state_from_named(named, self.state_spec()))
-        return logits[-1].cpu().numpy(), {k: TorchDeviceTensor(v) for k, v in state_to_named(new_state).items()}
+                                                   state_from_named(named, self.state_spec()), last_only=True)
+        return logits.cpu().numpy(), {k: TorchDeviceTensor(v) for k, v in state_to_named(new_state).items()}
 
     def run_prefill_chunk(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
         raise no_prefill_graph(self)

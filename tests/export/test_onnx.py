@@ -218,3 +218,18 @@ def test_demo_model_with_default_options(tmp_path):
     assert report.passed, report.summary()
     assert report.greedy is not None and report.greedy.identical and len(report.greedy.reference_tokens) == 128
     assert json.loads((tmp_path / "manifest.json").read_text())["graphs"]["prefill"]["chunk"] == 16
+
+
+def test_the_prefill_graph_runs_the_head_on_the_last_position_only(make_ckpt, tmp_path):
+    ckpt = make_ckpt("v7")
+    export_onnx(ckpt, tmp_path, OnnxOptions(prefill_chunk=5), log=quiet)
+    graph = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "prefill.onnx")).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    head = [node for node in graph.node if node.op_type == "MatMul" and node.output[0] in shapes
+            and shapes[node.output[0]][-1] == 256]  # the vocabulary-wide product
+    assert len(head) == 1
+    ref = TorchBackend(load_model(ckpt))
+    width = ref.model.emb.weight.shape[1]
+    assert [d for d in shapes[head[0].input[0]] if d != 1] == [width]  # one row of C: not (T, C)
+    logits, _ = OrtBackend(tmp_path).run_prefill_chunk([3, 1, 4, 1, 5], OrtBackend(tmp_path).init_state())
+    np.testing.assert_allclose(logits, ref.prefill([3, 1, 4, 1, 5], ref.init_state())[0], rtol=0, atol=1e-4)
