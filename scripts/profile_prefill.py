@@ -1,6 +1,6 @@
 """Where a prefill call's time goes: every kernel of the compiled ``prefill`` function timed alone.
 
-    python scripts/profile_prefill.py ONNX_DIR [--target x86_64-host] [--threads 2] [--number 20]
+    python scripts/profile_prefill.py ONNX_DIR [--target x86_64-host] [--threads 2] [--number 20] [--cpu-time]
 
 Optimises the export's prefill graph as ``compile_tvm`` does (``compile/tvm.py optimise``), counts the
 calls of each kernel (PrimFunc) in ``prefill``, builds each distinct kernel alone (kernels equal up to
@@ -8,6 +8,8 @@ their name are built once), times it with TVM's time_evaluator on random inputs 
 ``--number`` calls) and prints the time per prefill call by kind (GEMM, GEMV, elementwise, other) and the
 slowest kernels, beside the whole function's time (the Relax VM, median of 5 calls). TVM 0.27's VM has
 no profiler; the kernels' sum leaves out the VM's own work between them (allocation, calls).
+``--cpu-time`` times the calling thread's CPU time instead of wall time (with ``--threads 1``: the
+figures that stay meaningful while other jobs load the machine; docs/tvm.md "Prefill").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--number", type=int, default=20, help="calls per timing")
     parser.add_argument("--top", type=int, default=12, help="slowest kernels to list")
+    parser.add_argument("--cpu-time", action="store_true", help="the calling thread's CPU time, not wall time")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -69,8 +72,12 @@ def main() -> None:
                 shape, dtype = [int(d) for d in param.ty.shape], str(param.ty.dtype)
                 data = np.zeros(shape, dtype) if "int" in dtype else rng.uniform(-1, 1, shape).astype(dtype)
                 inputs.append(tvm.runtime.tensor(data, device))
-            timer = kernel.time_evaluator(kernel.entry_name, device, number=args.number, repeat=3)
-            built[key] = float(np.median(timer(*inputs).results))
+            if args.cpu_time:
+                built[key] = float(np.median([time_per_call(lambda: kernel(*inputs), args.number, time.thread_time)
+                                              for _ in range(3)]))
+            else:
+                timer = kernel.time_evaluator(kernel.entry_name, device, number=args.number, repeat=3)
+                built[key] = float(np.median(timer(*inputs).results))
         kind = ("gemm" if has_block(func, GEMM_BLOCK) else "gemv" if has_block(func, GEMV_BLOCK) else
                 "scheduled" if func.attrs.get("tirx.is_scheduled") else "default lowering")
         rows.append((built[key] * n, name, n, kind))
@@ -83,15 +90,12 @@ def main() -> None:
     tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, (1, chunk)).astype(np.int64), device)
     state_args = [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in spec]
     params = [tvm.runtime.tensor(w, device) for w in weights]
-    whole = []
-    for _ in range(6):
-        start = time.perf_counter()
-        vm["main"](tokens, *state_args, *params)
-        whole.append(time.perf_counter() - start)
-    whole_ms = float(np.median(whole[1:])) * 1e3
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    whole = [time_per_call(lambda: vm["main"](tokens, *state_args, *params), 1, clock) for _ in range(5)]
+    whole_ms = float(np.median(whole)) * 1e3
 
     total = sum(r[0] for r in rows) * 1e3
-    print(f"\nprefill, T = {chunk}, {args.threads} threads, {args.target}: whole function {whole_ms:.2f} ms "
+    print(f"\nprefill, T = {chunk}, {args.threads} threads, {args.target}, {'CPU' if args.cpu_time else 'wall'} time: whole function {whole_ms:.2f} ms "
           f"({chunk / whole_ms * 1e3:.0f} tok/s); kernels timed alone sum to {total:.2f} ms; "
           f"{sum(calls.values())} calls of {len(calls)} kernels ({len(built)} distinct)")
     by_kind = defaultdict(lambda: [0.0, 0])
@@ -104,6 +108,15 @@ def main() -> None:
     for seconds, name, n, kind in sorted(rows, reverse=True)[:args.top]:
         print(f"  {seconds * 1e3:8.3f} ms  {n:4d} x  {kind:17s} {name}")
     print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+def time_per_call(call, number: int, clock) -> float:
+    """Seconds per call of ``call`` by ``clock`` over ``number`` calls, after one untimed call."""
+    call()
+    start = clock()
+    for _ in range(number):
+        call()
+    return (clock() - start) / number
 
 
 def has_block(func, name: str) -> bool:
