@@ -40,13 +40,16 @@ PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
 @dataclass(frozen=True)
 class ScheduleParams:
     """What a target tunes: GEMV tile width (output columns per tile, a multiple of the vector
-    width), unroll depth of the K loop, the vector width of elementwise kernels (floats), and the
-    rows per register block of the prefill GEMMs (rows x tile accumulators, ``compile/gemm.py``)."""
+    width), unroll depth of the K loop, the vector width of elementwise kernels (floats), the
+    rows per register block of the prefill GEMMs (rows x tile accumulators, ``compile/gemm.py``), and
+    the int8 dot instruction of int8-compute bundles ("vnni", "sdot"; "" for fp32 compute,
+    ``compile/intdot.py``): set by the compiler from the target, not tuned."""
 
     tile: int = 32
     unroll: int = 4
     vector: int = 8
     rows: int = 8
+    dot: str = ""
 
     def __post_init__(self) -> None:
         if self.tile % self.vector or self.unroll < 1 or self.rows < 1:
