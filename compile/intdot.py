@@ -87,6 +87,18 @@ def pack_intdot(found: Quantized, tile: int, isa: str) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(blocks), _tiles(scales, tile)
 
 
+def emit_intdot(builder, x, found: Quantized, tile: int, isa: str, n: int):
+    """``x @ W`` for the quantized ``W`` (``found``) in int8 compute: the rounding of ``x`` (a kernel
+    of its own, once per call) and the integer dot product over ``pack_intdot``'s tiles, (..., n)."""
+    from tvm import relax
+
+    values, scales = pack_intdot(found, tile, isa)
+    rounded = builder.emit_te(quantize_activations, x, found.group, primfunc_name_hint="quantize_activations")
+    xq, dx, xsum = (builder.emit(relax.TupleGetItem(rounded, i)) for i in range(3))
+    return builder.call_te(intdot, xq, dx, xsum, relax.const(values), relax.const(scales), n, found.bits, isa,
+                           primfunc_name_hint="intdot")
+
+
 def quantize_activations(x: te.Tensor, group: int) -> list[te.Tensor]:
     """(..., K) fp32 -> xq (..., K) int8, dx (..., K/group) fp32, xsum (..., K/group) int32."""
     *lead, k_len = x.shape
