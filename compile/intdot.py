@@ -1,6 +1,7 @@
 """Integer dot-product GEMVs and GEMMs for int8/int4 TVM CPU bundles ("int8 compute").
 
-Where the target has a 4-way int8 dot instruction (x86 AVX-512 VNNI ``vpdpbusd``, ARM ``sdot``), an
+Where the target has a 4-way int8 dot instruction (x86 AVX-512 VNNI or AVX-VNNI ``vpdpbusd``, ARM
+``sdot``), an
 int8/int4 projection rounds its input activations to int8 and sums integer products, as llama.cpp
 does for Q8_0 / Q4_0:
 
@@ -59,11 +60,12 @@ class DotIsa:
 
     @property
     def instruction(self) -> str:
-        return {"vnni": "vpdpbusd", "sdot": "sdot"}[self.name]
+        return "sdot" if self.name == "sdot" else "vpdpbusd"
 
 
 DOT_ISAS = {
-    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4"),
+    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4"),  # AVX-512 VNNI, zmm
+    "avxvnni": DotIsa("avxvnni", 8, "uint8", 128, "rwkv_edge_vpdpbusd_8x4"),  # AVX-VNNI, ymm
     "sdot": DotIsa("sdot", 4, "int8", 0, "rwkv_edge_sdot_4x4"),
 }
 
@@ -230,21 +232,23 @@ def _dot_desc(lanes: int, weight_dtype: str, scope: str):
     return desc
 
 
-def _vpdpbusd_impl(scope: str):
+def _vpdpbusd_impl(lanes: int, scope: str):
+  bits = lanes * 32  # zmm (AVX-512 VNNI) or ymm (AVX-VNNI, VEX-encoded where AVX-512 is absent)
   @T.prim_func(s_tir=True)
   def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
     A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-    B = T.match_buffer(b, (16, 4), "uint8", offset_factor=1, scope=scope)
-    C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+    B = T.match_buffer(b, (lanes, 4), "uint8", offset_factor=1, scope=scope)
+    C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
     with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        # LLVM 22 takes the bytes as <64 x i8> (TVM's own dot_16x4_vnni passes <16 x i32> and fails to verify)
-        x = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16), dtype="int8x64")
-        w = B.vload([0, 0], "uint8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], "int32x16"), w, x,
-            dtype="int32x16")  # unsigned bytes (weights) x signed bytes (activations)
+        T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+        T.writes(C[0:lanes])
+        # LLVM 22 takes the bytes as <N x i8> (TVM's own dot_16x4_vnni passes <16 x i32> and fails to verify)
+        x = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), lanes),
+                          dtype=f"int8x{lanes * 4}")
+        w = B.vload([0, 0], f"uint8x{lanes * 4}")
+        C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{bits}"), C.vload([0], f"int32x{lanes}"), w, x,
+            dtype=f"int32x{lanes}")  # unsigned bytes (weights) x signed bytes (activations)
 
   return impl
 
@@ -267,7 +271,8 @@ def _sdot_impl(scope: str):
 
 
 for _scope in ("global", "local"):  # B: int8 weights straight from memory, int4 ones unpacked into registers
-    s_tir.TensorIntrin.register(f"{DOT_ISAS['vnni'].intrin}_{_scope}", _dot_desc(16, "uint8", _scope),
-                                _vpdpbusd_impl(_scope), override=True)
+    for _isa in (DOT_ISAS["vnni"], DOT_ISAS["avxvnni"]):
+        s_tir.TensorIntrin.register(f"{_isa.intrin}_{_scope}", _dot_desc(_isa.lanes, "uint8", _scope),
+                                    _vpdpbusd_impl(_isa.lanes, _scope), override=True)
     s_tir.TensorIntrin.register(f"{DOT_ISAS['sdot'].intrin}_{_scope}", _dot_desc(4, "int8", _scope),
                                 _sdot_impl(_scope), override=True)

@@ -54,13 +54,17 @@ class TvmTarget:
 
     def dot_product(self) -> str | None:
         """The 4-way int8 dot instruction that int8-compute bundles use (``compile/intdot.py``): "sdot"
-        (ARM with +dotprod in the target's features), "vnni" (x86 whose CPU has AVX-512 VNNI, asked of
-        LLVM for this machine's CPU), or None."""
+        (ARM with +dotprod in the target's features), "vnni" (x86 with AVX-512 VNNI: zmm), "avxvnni"
+        (x86 with AVX-VNNI only: ymm), asked of LLVM for the target's CPU; or None."""
         if self.triple.startswith("aarch64"):
             return "sdot" if "+dotprod" in self.mattr else None
         from tvm.target import Target, codegen
 
-        return "vnni" if codegen.llvm_cpu_has_features("avx512vnni", Target(self.tvm_target())) else None
+        target = Target(self.tvm_target())
+        for isa, feature in (("vnni", "avx512vnni"), ("avxvnni", "avxvnni")):
+            if codegen.llvm_cpu_has_features(feature, target):
+                return isa
+        return None
 
     def computes(self) -> tuple[str, ...]:
         """What ``--compute`` may be, the default first: int8 where the dot instruction exists."""
@@ -91,7 +95,7 @@ class TvmTarget:
         dot = self.dot_product()
         if dot is None:
             return "fp32 (no int8 dot instruction: int8/int4 weights dequantized in registers)"
-        instruction = "sdot" if dot == "sdot" else "vpdpbusd (AVX-512 VNNI)"
+        instruction = {"sdot": "sdot", "vnni": "vpdpbusd (AVX-512 VNNI)", "avxvnni": "vpdpbusd (AVX-VNNI)"}[dot]
         return f"int8/int4 weights: int8 (activations rounded per group, {instruction}; default) or fp32; fp32 weights: fp32"
 
 

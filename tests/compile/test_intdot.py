@@ -175,3 +175,41 @@ def _kernels(disassembly: str, needle: str) -> dict[str, str]:
         elif current and line.strip():
             kernels.setdefault(current, []).append(line)
     return {name: "\n".join(lines) for name, lines in kernels.items()}
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("isa,mcpu,register", [("vnni", "cascadelake", "zmm"), ("avxvnni", "alderlake", "ymm")])
+def test_the_dot_kernel_alone_on_each_x86_isa(isa, mcpu, register, bits, tmp_path):
+    """The int8-compute kernel over 2 rows, built for a CPU with that ISA: the instruction in its loop, and,
+    where this machine can run it, y = (xq * dx) @ W exactly as the dequantized product (fp32 rounding)."""
+    import tvm
+    from tvm import te
+    from tvm.target import Target, codegen
+
+    from rwkv_edge.compile.intdot import intdot, pack_intdot, schedule_intdot
+    from rwkv_edge.compile.schedules import ScheduleParams
+    from rwkv_edge.quantize import quantize
+
+    rng = np.random.default_rng(bits)
+    k, n, rows, tile = 256, 96, 2, 16
+    found = quantize(rng.standard_normal((n, k)).astype(np.float32), bits, 32)
+    values, scales = pack_intdot(found, tile, isa)
+    xq = te.placeholder((rows, k), "int8"), te.placeholder((rows, k // 32), "float32"), te.placeholder((rows, k // 32), "int32")
+    weights = te.placeholder(values.shape, values.dtype), te.placeholder(scales.shape, "float16")
+    y = intdot(*xq, *weights, n, bits, isa)
+    sch = schedule_intdot(te.create_prim_func([*xq, *weights, y]), ScheduleParams(tile=tile, vector=8, dot=isa))
+    assert sch is not None
+    built = tvm.compile(sch.mod, Target({"kind": "llvm", "mcpu": mcpu}))
+    built.export_library(str(tmp_path / "k.so"))
+    assert re.search(rf"vpdpbusd\s+%{register}", _disassemble("objdump", tmp_path / "k.so"))
+    host = Target({"kind": "llvm", "mcpu": get_target("x86_64-host").tvm_target()["mcpu"]})
+    if not codegen.llvm_cpu_has_features({"vnni": "avx512vnni", "avxvnni": "avxvnni"}[isa], host):
+        pytest.skip(f"this CPU cannot run {isa}: built and disassembled only")
+    x = rng.integers(-127, 128, (rows, k)).astype(np.int8)
+    dx = rng.random((rows, k // 32)).astype(np.float32)
+    xsum = x.reshape(rows, -1, 32).astype(np.int32).sum(-1).astype(np.int32)
+    out = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    built["main"](*[tvm.runtime.tensor(a) for a in (x, dx, xsum, values, scales)], out)
+    expected = (x * np.repeat(dx, 32, -1)) @ found.dequantize().T
+    assert np.abs(out.numpy() - expected).max() <= 1e-5 * expected.std()
