@@ -134,9 +134,12 @@ def intdot(xq: te.Tensor, dx: te.Tensor, xsum: te.Tensor, values: te.Tensor, sca
     if bits == 8:
         weights, zero = values, spec.int8_zero
     else:
-        weights, zero = te.compute((tiles, k_len // 4, tile, 4), lambda t, b, j, r: (
-            (values[t, b // 2, j, r] >> ((b % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")).astype(spec.weight_dtype),
-            name=IUNPACK_BLOCK), 8
+        def nibble(t, b, j, r):  # even b: the low nibbles, odd b: the high ones (constant shifts once k4 is unrolled)
+            byte = values[t, b // 2, j, r]
+            return tirx.Select(b % 2 == 0, byte & tirx.const(15, "uint8"),
+                               byte >> tirx.const(4, "uint8")).astype(spec.weight_dtype)
+
+        weights, zero = te.compute((tiles, k_len // 4, tile, 4), nibble, name=IUNPACK_BLOCK), 8
     k4 = te.reduce_axis((0, blocks), "k4")
     r = te.reduce_axis((0, 4), "r")
     partial = te.compute((*lead, groups, n), lambda *i: te.sum(
@@ -181,7 +184,7 @@ def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
         lanes_outer, lanes = sch.split(pn, [None, spec.lanes])
         sch.reorder(k4, lanes_outer, lanes, r)
         if unpack is not None:
-            sch.compute_at(unpack, k4)
+            sch.compute_at(unpack, lanes_outer)
             sch.set_scope(unpack, 0, "local")
             sch.vectorize(sch.fuse(*sch.get_loops(unpack)[-2:]))
         sch.unroll(k4)
