@@ -51,9 +51,17 @@ INT8_FP16 = Tolerance("int8 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_ide
 INT4_FP16 = Tolerance("int4 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
 # int8 compute (TVM CPU bundles with an int8 dot instruction, compile/intdot.py): the reference is the
 # PyTorch model with the same weights whose projections round their inputs the same way
-# (quantize_weights(activations=True)). MEASUREMENT PENDING.
-INT8_INT8 = Tolerance("int8 weights, int8 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
-INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
+# (quantize_weights(activations=True)), so the sums match to fp32 rounding (1e-6) -- until an input lands
+# within fp32 rounding of a rounding boundary (x / dx = n + 0.5): then the two sides round it to
+# neighbouring levels and that step's outputs move by about dx * |w| (a "flip"; the next steps feed the
+# moved state). Measured, x86-64 VNNI, 64 steps + 128 greedy tokens (scripts: see docs/quantization.md):
+# no flip: logits <= 1.3e-6, state <= 1.2e-5 (demo int4, v4 int8, v5 int8); with flips: demo int8 logits
+# 2.9e-3 at one step (state 1.2e-5), v4 int4 logits 2.2e-2 / state 5.8e-4 (wkv_den); top-1 64/64 in
+# every run; greedy generation diverged on v5 int8 (a flip at a near tie). The limits hold a flip's size
+# with room (4.5x the worst logits, 17x the worst state) and, as for fp16, tolerate near-tie top-1 flips
+# and do not require greedy identity; a wrong kernel (zero point, layout, scale) is off by O(1).
+INT8_INT8 = Tolerance("int8 weights, int8 compute", 1e-1, 1e-2, 0.95, greedy_identical=False)
+INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-1, 1e-2, 0.95, greedy_identical=False)
 
 # (weight format, compute precision, manifest kind) -> limits
 TOLERANCES: dict[tuple[str, str, str], Tolerance] = {

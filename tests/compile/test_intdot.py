@@ -46,6 +46,27 @@ def test_int8_compute_bundles_match_the_activation_rounding_model(version, weigh
 
 
 @needs_vnni
+def test_verify_against_the_checkpoint_rounds_the_activations_too(tvm_bundle):
+    """``--against-checkpoint`` builds the live reference as the manifest says: with compute int8 the model
+    rounds its projections' inputs; without that rounding the same bundle is far off (the test can fail)."""
+    from rwkv_edge.artifact.reference import load_reference
+    from rwkv_edge.export.artifact import build_reference, tokenizer_name
+    from rwkv_edge.model import load_checkpoint
+
+    bundle = tvm_bundle("v7", weights="int4", prefill=8)
+    report = verify_artifact(bundle, steps=16, greedy_tokens=8, against_checkpoint=True, log=quiet)
+    assert report.passed, report.summary()
+    model, _ = load_checkpoint(read_manifest(bundle).source["checkpoint"])
+    model.quantize_weights(4, 32)  # fp32 activations
+    plain = build_reference(model, tokenizer_name(model))
+    manifest = read_manifest(bundle)
+    recorded = load_reference(bundle / "reference.npz", model.state_spec(), manifest.config["vocab_size"])
+    e = OutputErrors()
+    e.add(0, plain.logits, recorded.logits)
+    assert e.scaled[0] > 100 * FP32.logits_scaled, e.scaled[0]
+
+
+@needs_vnni
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_prefill_rounds_each_row_as_the_steps_do(weights, tvm_bundle):
     """The prefill GEMMs round every row on its own: 8 tokens in one call equal 8 steps."""
