@@ -168,8 +168,8 @@ def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
     spec = DOT_ISAS[params.dot]
     try:
         partial = sch.get_sblock(IGROUP_BLOCK)
+        _inline_elementwise(sch, (IGROUP_BLOCK, IUNPACK_BLOCK))
         unpack = _find_block(sch, (IUNPACK_BLOCK,))
-        _inline_elementwise(sch, (partial, unpack))
         *lead, n, g = sch.get_loops(total)
         tile = params.tile
         if int(sch.get(n).extent) % tile or tile % spec.lanes:
@@ -201,15 +201,16 @@ def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
         return None
 
 
-def _inline_elementwise(sch: s_tir.Schedule, keep: tuple) -> None:
-    """Inline every elementwise block that is not an output or in ``keep`` (the token-shift
-    interpolation, side inputs of the epilogue)."""
+def _inline_elementwise(sch: s_tir.Schedule, keep: tuple[str, ...]) -> None:
+    """Inline every elementwise block that is not an output or named in ``keep`` (the token-shift
+    interpolation, side inputs of the epilogue). By name: inlining rebuilds the other blocks' statements."""
     from .schedules import _is_reduction
 
     root = sch.get_sblock("root")
-    kept = [sch.get(b) for b in sch.get_output_blocks(root)] + [sch.get(b) for b in keep if b is not None]
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
     for other in reversed(sch.get_child_blocks(root)):
-        if any(sch.get(other).same_as(k) for k in kept) or _is_reduction(sch, other):
+        name = sch.get(other).name_hint
+        if name in keep or name in outputs or _is_reduction(sch, other):
             continue
         try:
             sch.compute_inline(other)
