@@ -51,17 +51,20 @@ INT8_FP16 = Tolerance("int8 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_ide
 INT4_FP16 = Tolerance("int4 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
 # int8 compute (TVM CPU bundles with an int8 dot instruction, compile/intdot.py): the reference is the
 # PyTorch model with the same weights whose projections round their inputs the same way
-# (quantize_weights(activations=True)), so the sums match to fp32 rounding (1e-6) -- until an input lands
-# within fp32 rounding of a rounding boundary (x / dx = n + 0.5): then the two sides round it to
-# neighbouring levels and that step's outputs move by about dx * |w| (a "flip"; the next steps feed the
-# moved state). Measured, x86-64 VNNI, 64 steps + 128 greedy tokens (scripts: see docs/quantization.md):
-# no flip: logits <= 1.3e-6, state <= 1.2e-5 (demo int4, v4 int8, v5 int8); with flips: demo int8 logits
-# 2.9e-3 at one step (state 1.2e-5), v4 int4 logits 2.2e-2 / state 5.8e-4 (wkv_den); top-1 64/64 in
-# every run; greedy generation diverged on v5 int8 (a flip at a near tie). The limits hold a flip's size
-# with room (4.5x the worst logits, 17x the worst state) and, as for fp16, tolerate near-tie top-1 flips
-# and do not require greedy identity; a wrong kernel (zero point, layout, scale) is off by O(1).
-INT8_INT8 = Tolerance("int8 weights, int8 compute", 1e-1, 1e-2, 0.95, greedy_identical=False)
-INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-1, 1e-2, 0.95, greedy_identical=False)
+# (quantize_weights(activations=True)), so the sums match to fp32 rounding (~1e-6) -- until an input lands
+# within fp32 rounding of a rounding boundary (x / dx = n + 0.5): the two sides then round it to
+# neighbouring levels and that step's outputs move by about dx * |w| (a "flip"), the next steps feeding
+# the moved state. Measured on x86-64 (AVX-512 VNNI), 64 steps + 128 greedy tokens, max|Δ|/std
+# logits / state: without a flip <= 1.3e-6 / 1.2e-5 (demo int4, v4 int8, v5 int8/int4, v6 int8); with
+# flips demo int8 2.9e-3 / 1.2e-5, v4 int4 2.2e-2 / 5.8e-4, v6 int4 2.0e-2 / 7.8e-3 (wkv), v7 int8
+# 9.2e-3 / 3.8e-6, v7 int4 3.1e-2 / 1.9e-3 (v4-v7: random 2x128 models); top-1 64/64 in every run;
+# greedy generation diverged late on v5 int8 (token 113 of 128), v5 int4 and v7 int4 (near ties). The
+# limits hold a flip with room (3.2x the worst logits, 3.8x the worst state) and, as fp16's, tolerate
+# near-tie top-1 flips and do not require greedy identity. Not rounding the activations at all is
+# caught: on the demo model that moves the state by 1.3e-1 (docs/quantization.md), a wrong kernel
+# (zero point, layout, scale) by O(1).
+INT8_INT8 = Tolerance("int8 weights, int8 compute", 1e-1, 3e-2, 0.95, greedy_identical=False)
+INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-1, 3e-2, 0.95, greedy_identical=False)
 
 # (weight format, compute precision, manifest kind) -> limits
 TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
