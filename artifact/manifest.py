@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning
 KINDS = ("onnx", "tvm", "coreml")
 REPORTS = ("parity.json", "parity.png")  # what `verify` writes beside an artifact: not part of it
-COMPUTE = ("fp32", "fp16")
+COMPUTE = ("fp32", "fp16", "int8")  # int8: activations rounded to int8 per group, integer dot products
 DEVICES = ("cpu", "cuda", "metal")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_FILES = 100_000
@@ -89,7 +89,8 @@ class Manifest:
     config: dict[str, Any]
     tokenizer: str
     weights: str  # the weight format (weights.WEIGHT_FORMATS): how the weight matrices are stored
-    compute: str  # "fp32" or "fp16": the precision the step computes in (the state stays fp32)
+    compute: str  # "fp32", "fp16" or "int8" (int8/int4 TVM bundles: integer dot products over int8-rounded
+    # activations, the rest fp32): the precision the step computes in (the state stays fp32)
     group_size: int  # int8/int4 from quantize.py: weights per scale along the input axis; 0: float weights, or
     # Core ML's own compression
     batch: int | str  # 1, or "dynamic"

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "graph is used (none: steps only) unless T is given")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
+    p.add_argument("--compute", choices=["int8", "fp32"],
+                   help="TVM CPU, int8/int4 weights: int8 (activations rounded to int8 per group, integer dot "
+                        "products: ARM sdot, x86 AVX-512 VNNI) or fp32 (weights dequantized in registers); "
+                        "default int8 where the target has the instruction (see `rwkv-edge targets`)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
@@ -350,7 +354,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     source = args.checkpoint or DEMO_CHECKPOINT
     print(f"compile: {source} -> {args.out}")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
-                             args.prefill_chunk, args.group_size)
+                             args.prefill_chunk, args.group_size, args.compute)
     compile_for(source, args.out, args.target, request)
 
 

@@ -43,7 +43,7 @@ def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
     count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
     rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=False,
                                    dense=(packed_gemm, GEMM_BLOCK),
-                                   quantized=(quantized_gemm, GEMM_BLOCK))
+                                   quantized=(quantized_gemm, GEMM_BLOCK), dot=params.dot)
     mod = rewriter.rewrite(mod)
     return mod, rewriter.dense + rewriter.quantized
 

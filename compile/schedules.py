@@ -30,6 +30,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import OptionError
 from ..quantize import quantized_exactly
+from .intdot import emit_intdot, schedule_intdot
 from .quantized import QGEMV_BLOCK, pack_quantized, quantized_gemv, schedule_quantized_gemv
 
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
@@ -40,13 +41,16 @@ PARALLEL_MIN = 4096  # elementwise kernels smaller than this stay on one thread
 @dataclass(frozen=True)
 class ScheduleParams:
     """What a target tunes: GEMV tile width (output columns per tile, a multiple of the vector
-    width), unroll depth of the K loop, the vector width of elementwise kernels (floats), and the
-    rows per register block of the prefill GEMMs (rows x tile accumulators, ``compile/gemm.py``)."""
+    width), unroll depth of the K loop, the vector width of elementwise kernels (floats), the
+    rows per register block of the prefill GEMMs (rows x tile accumulators, ``compile/gemm.py``), and
+    the int8 dot instruction of int8-compute bundles ("vnni", "sdot"; "" for fp32 compute,
+    ``compile/intdot.py``): set by the compiler from the target, not tuned."""
 
     tile: int = 32
     unroll: int = 4
     vector: int = 8
     rows: int = 8
+    dot: str = ""
 
     def __post_init__(self) -> None:
         if self.tile % self.vector or self.unroll < 1 or self.rows < 1:
@@ -61,11 +65,12 @@ def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
     that is exactly a quantization becomes a quantized GEMV (``compile/quantized.py``), the others
     stay fp32."""
     rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=True,
-                                   dense=(packed_gemv, GEMV_BLOCK), quantized=(quantized_gemv, QGEMV_BLOCK))
+                                   dense=(packed_gemv, GEMV_BLOCK), quantized=(quantized_gemv, QGEMV_BLOCK),
+                                   dot=params.dot)
     mod = rewriter.rewrite(mod)
     counts = {"packed gemv": rewriter.dense}
     if bits < 32:
-        counts[f"int{bits} gemv"] = rewriter.quantized
+        counts[f"int{bits} gemv" + (f" ({params.dot})" if params.dot else "")] = rewriter.quantized
     return mod, counts
 
 
@@ -95,13 +100,14 @@ class PackConstantMatmuls(PyExprMutator):
     (``one_row``: the decode GEMVs) or T rows (the prefill GEMMs). ``W`` becomes (N / tile, K, tile)
     tiles for the ``dense`` kernel, or, where it is exactly a ``bits``-bit quantization, its integers
     and scales in the same tiles (``pack_quantized``) for the ``quantized`` kernel; each kernel is
-    (TE function, block name). Equal tiles in ``main`` and ``prefill`` become one parameter later
+    (TE function, block name). With ``dot`` (int8 compute) a quantized matrix instead becomes the
+    activation rounding and the integer dot product of ``compile/intdot.py``. Equal tiles in ``main`` and ``prefill`` become one parameter later
     (``compile/params.py``)."""
 
     def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int, one_row: bool,
-                 dense: tuple, quantized: tuple) -> None:
+                 dense: tuple, quantized: tuple, dot: str = "") -> None:
         super().__init__(mod)
-        self.tile, self.bits, self.group, self.one_row = tile, bits, group, one_row
+        self.tile, self.bits, self.group, self.one_row, self.dot = tile, bits, group, one_row, dot
         self.kernels = {"dense": dense, "quantized": quantized}
         self.dense = self.quantized = 0  # how many of each
         self.matmul = tvm.ir.Op.get("relax.matmul")
@@ -128,6 +134,10 @@ class PackConstantMatmuls(PyExprMutator):
         matrix = weight.value.numpy()  # (K, N)
         padded = -(-n // self.tile) * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
         found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits < 16 else None
+        if found is not None and self.dot:
+            self.quantized += 1
+            out = emit_intdot(self.builder_, call.args[0], found, self.tile, self.dot, padded)
+            return unpadded(self.builder_, out, dims, padded, n)
         if found is not None:
             self.quantized += 1
             function, name = self.kernels["quantized"]
@@ -155,6 +165,7 @@ class ApplyCpuSchedules:
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
                 continue  # scheduled already (the GEMMs, compile/gemm.py)
             for name, rule in (("gemv", schedule_gemv), ("quantized gemv", schedule_quantized_gemv),
+                               ("int8 dot", schedule_intdot),
                                ("elementwise", schedule_elementwise)):
                 sch = rule(func, self.params)
                 if sch is not None:

@@ -47,6 +47,7 @@ from . import CompileRequest
 from ..targets.tvm import host_triple
 
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
+COMPUTES = ("int8", "fp32")  # TvmOptions.compute
 PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
 
 
@@ -60,10 +61,16 @@ class TvmOptions:
     # tokens per call of the prefill function; None: the ONNX export's prefill graph (a checkpoint is
     # exported with PREFILL_CHUNK); 0: none (prompts run one step per token). CPU targets only.
     prefill_chunk: int | None = None
+    # what the quantized projections compute in: "int8" (activations rounded per group, integer dot
+    # products: compile/intdot.py), "fp32" (dequantized in registers); None: int8 for int8/int4
+    # weights where the target has the dot instruction (TvmTarget.dot_product), else fp32
+    compute: str | None = None
 
     def __post_init__(self) -> None:
         if self.prefill_chunk is not None and self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
+        if self.compute not in (None, *COMPUTES):
+            raise OptionError(f"unknown compute {self.compute!r}; TVM CPU bundles compute in {' or '.join(COMPUTES)}")
 
 
 def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = TvmOptions(),
@@ -77,6 +84,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
+    _check_compute(target, options.compute, options.weights)
     source = Path(source)
     linker = _linker(target)
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
@@ -84,7 +92,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, 0 if gpu else chunk, log), kind="onnx")
         options = _check_exportable(onnx.manifest, onnx.directory, options)
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
-        log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, schedules "
+        options = dataclasses.replace(options, compute=_check_compute(target, options.compute, options.weights))
+        log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, {options.compute} compute, schedules "
             f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
         mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
@@ -105,6 +114,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
             save_params(params, bundle / PARAMS)
         _copy_extras(onnx, bundle)
+        if options.compute == "int8":
+            _int8_reference(onnx.manifest, bundle / REFERENCE, log)
         manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
         report_commit(log, writer.out, manifest, writer.commit(manifest))
     if target.link_note and library == OBJECTS:
@@ -118,12 +129,46 @@ def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, r
                    log: Callable[[str], None] = print) -> Manifest:
     """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
     coreml_only = [flag for flag in request.given()
-                   if flag not in ("--weights", "--schedules", "--group-size", "--prefill-chunk")]
+                   if flag not in ("--weights", "--schedules", "--group-size", "--prefill-chunk", "--compute")]
     if coreml_only:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
     options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights, group_size=request.group_size,
-                         prefill_chunk=request.prefill_chunk)
+                         prefill_chunk=request.prefill_chunk, compute=request.compute)
     return compile_tvm(source, out_dir, options, log)
+
+
+def _check_compute(target: TvmTarget | GpuTarget, compute: str | None, weights: str | None) -> str | None:
+    """The bundle's compute precision (``TvmOptions.compute``) once the weights are known (None before);
+    OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
+    dot = target.dot_product() if isinstance(target, TvmTarget) else None
+    quantized = weights in ("int8", "int4")
+    if compute == "int8" and dot is None:
+        raise OptionError(f"{target.name} has no int8 dot-product instruction (ARM +dotprod, x86 AVX-512 VNNI): "
+                          "compile with --compute fp32")
+    if compute == "int8" and weights is not None and not quantized:
+        raise OptionError(f"int8 compute takes int8 or int4 weights, not {weights}: add --weights int8 (or int4), "
+                          "or drop --compute int8")
+    if weights is None:
+        return compute
+    return compute or ("int8" if quantized and dot else "fp32")
+
+
+def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], None]) -> None:
+    """Replace the export's reference rollout with the int8-compute model's: the checkpoint with the same
+    quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``)."""
+    from ..export.artifact import build_reference, tokenizer_name
+    from ..model import load_checkpoint
+
+    checkpoint = Path(onnx_manifest.source["checkpoint"])
+    if not checkpoint.is_file():
+        raise ArtifactError(f"int8 compute needs the export's checkpoint for its reference rollout: {checkpoint} is "
+                            "not there (compile the checkpoint itself, or --compute fp32)")
+    with stage(log, "reference rollout (int8 compute: activations rounded per group)"):
+        model, sha = load_checkpoint(checkpoint)
+        if sha != onnx_manifest.source["sha256"]:
+            raise ArtifactError(f"{checkpoint} is not the checkpoint the export was made from (sha256 differs)")
+        model.quantize_weights(weight_format(onnx_manifest.weights).bits, onnx_manifest.group_size, activations=True)
+        build_reference(model, tokenizer_name(model)).save(path)
 
 
 def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
@@ -292,7 +337,8 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
-    params = ScheduleParams(**target.schedule_data(options.weights)["params"])
+    params = ScheduleParams(**target.schedule_data(options.weights)["params"],
+                            dot=target.dot_product() if options.compute == "int8" else "")
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
@@ -390,7 +436,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
                                   params=PARAMS, num_params=len(params))
     return Manifest(
         kind="tvm", contract_version=onnx_manifest.contract_version, architecture=onnx_manifest.architecture,
-        config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute="fp32",
+        config=onnx_manifest.config, tokenizer=onnx_manifest.tokenizer, weights=options.weights, compute=options.compute,
         group_size=onnx_manifest.group_size,
         batch=1, state=onnx_manifest.state, source=onnx_manifest.source,
         graphs=graphs,

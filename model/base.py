@@ -76,6 +76,16 @@ def _not_an_id(value: Any, dtype: Any = None) -> TokenError:
     return TokenError(f"token id {value!r} ({kind}) is not an integer; pass integer ids (e.g. from the tokenizer)")
 
 
+def round_activations(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(..., K) -> (..., K): every group of ``group`` along K on int8 levels, ``xq * dx`` with
+    ``dx = amax|x_g| / 127`` and ``xq = round(x / dx)`` (half to even; zero where ``dx = 0``): what an
+    int8-compute bundle multiplies its integer weights with."""
+    g = x.reshape(*x.shape[:-1], x.shape[-1] // group, group)  # (..., K / group, group)
+    dx = g.abs().amax(-1, keepdim=True) / 127  # (..., K / group, 1)
+    xq = torch.where(dx > 0, torch.round(g / torch.where(dx > 0, dx, 1)), 0)
+    return (xq * dx).reshape(x.shape)
+
+
 class RWKVModel(nn.Module):
     """Base of the per-version models.
 
@@ -108,10 +118,12 @@ class RWKVModel(nn.Module):
         model.load_state_dict({k: v.to(dtype) for k, v in matched.items()}, assign=True)
         return model.eval().requires_grad_(False)
 
-    def quantize_weights(self, bits: int, group: int) -> int:
+    def quantize_weights(self, bits: int, group: int, activations: bool = False) -> int:
         """Replace the weight of every ``nn.Linear`` (the projections and the head) with its ``bits``-bit
         quantization (``quantize.py``), dequantized to fp32: the numbers every quantized artifact of this
         model computes with. The embedding, LoRA matrices, norms and mixing vectors stay as they are.
+        ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
+        K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/intdot.py``).
         Returns the number of matrices; OptionError (before any change) if ``group`` does not divide
         an input dimension."""
         from ..quantize import quantize
@@ -124,6 +136,8 @@ class RWKVModel(nn.Module):
         for m in linears:
             weight = m.weight.detach().float().numpy()
             m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
+            if activations:
+                m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
         return len(linears)
 
     def describe(self) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Decode speed of TVM CPU bundles of one checkpoint in fp32, int8 and int4 weights, in one run.
 
     python scripts/bench_weights.py CKPT [--work DIR] [--rounds 3] [--steps 64] [--threads 2]
+        [--formats fp32,int8:fp32,int8:int8,int4:fp32,int4:int8]
 
 Exports the checkpoint in each format (decode step only) and compiles each export for the host,
 reusing what ``--work`` already holds, then times every bundle in turn for ``--rounds`` rounds, each
 in a process of its own (``bench.workers.decode``: median of ``--steps`` decode steps after 16
 warm-up steps): this machine's bandwidth drifts, so formats are compared within a round. The
 bandwidth bound of each format (its weight bytes per token / the read bandwidth measured before and
-after) sits beside it. Use the 0.1B shape (``scripts/bench.py --make-0.1b``): a model that fits in
+after) sits beside it. A format may name the compute of int8/int4 bundles, ``int4:int8`` or
+``int4:fp32`` (``TvmOptions.compute``; plain ``int4``: the target's default). Use the 0.1B shape (``scripts/bench.py --make-0.1b``): a model that fits in
 cache measures the cache, not the memory stream.
 """
 
@@ -46,12 +48,13 @@ def main() -> int:
     tensors = read_checkpoint(args.checkpoint)
     bundles, weight_bytes = {}, {}
     for name in formats:
-        fmt = weight_format(name)
-        onnx, bundle = args.work / f"onnx-{name}", args.work / f"tvm-{name}"
+        weights, _, compute = name.partition(":")
+        fmt = weight_format(weights)
+        onnx, bundle = args.work / f"onnx-{weights}", args.work / f"tvm-{name.replace(':', '-')}"
         if not (onnx / "manifest.json").exists():
-            export_onnx(args.checkpoint, onnx, OnnxOptions(name, prefill_chunk=0))
+            export_onnx(args.checkpoint, onnx, OnnxOptions(weights, prefill_chunk=0))
         if not (bundle / "manifest.json").exists():
-            compile_tvm(onnx, bundle, TvmOptions("x86_64-host"))
+            compile_tvm(onnx, bundle, TvmOptions("x86_64-host", compute=compute or None))
         bundles[name] = bundle
         weight_bytes[name] = (quantized_weight_bytes_per_token(tensors, fmt.bits, read_manifest(bundle).group_size)
                               if fmt.quantized else weight_bytes_per_token(tensors))

@@ -34,7 +34,8 @@ class TvmTarget:
     cross_package: str | None = None  # the Debian package that provides it
     qemu_cpu: str | None = None  # the oldest core of the family, for -cpu under qemu-aarch64
     link_note: str | None = None  # what a final link needs beyond this machine
-    weight_formats: tuple[str, ...] = ("fp32", "int8", "int4")  # what --weights may be; the step computes in fp32
+    weight_formats: tuple[str, ...] = ("fp32", "int8", "int4")  # what --weights may be
+    # int8/int4 weights compute in int8 where dot_product() names an instruction (--compute), else fp32
     kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     def tvm_target(self) -> dict[str, Any]:
@@ -51,6 +52,24 @@ class TvmTarget:
         data = json.loads((TUNED / f"{self.name}.json").read_text())
         return data.get(weights, {k: v for k, v in data.items() if k not in ("int8", "int4")})
 
+    def dot_product(self) -> str | None:
+        """The 4-way int8 dot instruction that int8-compute bundles use (``compile/intdot.py``): "sdot"
+        (ARM with +dotprod in the target's features), "vnni" (x86 with AVX-512 VNNI: zmm), "avxvnni"
+        (x86 with AVX-VNNI only: ymm), asked of LLVM for the target's CPU; or None."""
+        if self.triple.startswith("aarch64"):
+            return "sdot" if "+dotprod" in self.mattr else None
+        from tvm.target import Target, codegen
+
+        target = Target(self.tvm_target())
+        for isa, feature in (("vnni", "avx512vnni"), ("avxvnni", "avxvnni")):
+            if codegen.llvm_cpu_has_features(feature, target):
+                return isa
+        return None
+
+    def computes(self) -> tuple[str, ...]:
+        """What ``--compute`` may be, the default first: int8 where the dot instruction exists."""
+        return ("int8", "fp32") if self.dot_product() else ("fp32",)
+
     def runs_here(self) -> bool:
         return host_triple() == self.triple
 
@@ -58,7 +77,8 @@ class TvmTarget:
         settings = {"backend": "TVM (ONNX -> Relax, rwkv-edge CPU schedules)", "description": self.description,
                     "triple": self.triple, "cpu": self.mcpu or "native (this machine's)",
                     "features": ",".join(self.mattr) or "default for the cpu",
-                    "weights": " or ".join(self.weight_formats) + " (fp32 compute and state)",
+                    "weights": " or ".join(self.weight_formats) + " (fp32 state)",
+                    "compute": self._compute_setting(),
                     "linker": self.cross_compiler or ("the Android NDK's clang ($TVM_NDK_CC)" if self.link_note
                                                       else "host cc")}
         params = self.schedule_data()["params"]
@@ -69,6 +89,14 @@ class TvmTarget:
         if self.link_note:
             settings["note"] = self.link_note
         return settings
+
+
+    def _compute_setting(self) -> str:
+        dot = self.dot_product()
+        if dot is None:
+            return "fp32 (no int8 dot instruction: int8/int4 weights dequantized in registers)"
+        instruction = {"sdot": "sdot", "vnni": "vpdpbusd (AVX-512 VNNI)", "avxvnni": "vpdpbusd (AVX-VNNI)"}[dot]
+        return f"int8/int4 weights: int8 (activations rounded per group, {instruction}; default) or fp32; fp32 weights: fp32"
 
 
 def host_cpu() -> str:

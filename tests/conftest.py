@@ -57,19 +57,21 @@ def onnx_export(version_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tvm_bundle(onnx_export, tmp_path_factory):
-    """tvm_bundle(version, target="x86_64-host", weights="fp32", prefill=0) -> a TVM bundle compiled once
-    per session (int8/int4: from an export with those weights; copy it before changing it), with a
-    prefill function of ``prefill`` tokens if not 0."""
+    """tvm_bundle(version, target="x86_64-host", weights="fp32", prefill=0, compute=None) -> a TVM bundle
+    compiled once per session (int8/int4: from an export with those weights; copy it before changing
+    it), with a prefill function of ``prefill`` tokens if not 0; ``compute`` as ``TvmOptions.compute``
+    (None: the target's default)."""
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 
-    done: dict[tuple[str, str, str, int], Path] = {}
+    done: dict[tuple[str, str, str, int, str | None], Path] = {}
 
-    def get(version: str, target: str = "x86_64-host", weights: str = "fp32", prefill: int = 0) -> Path:
-        key = (version, target, weights, prefill)
+    def get(version: str, target: str = "x86_64-host", weights: str = "fp32", prefill: int = 0,
+            compute: str | None = None) -> Path:
+        key = (version, target, weights, prefill, compute)
         if key not in done:
-            done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}-prefill{prefill}")
+            done[key] = tmp_path_factory.mktemp(f"tvm-{version}-{target}-{weights}-prefill{prefill}-{compute}")
             source = onnx_export(version, prefill, weights if weights in ("int8", "int4") else "fp32")  # GPU fp16: from fp32
-            compile_tvm(source, done[key], TvmOptions(target, weights=weights), log=lambda _: None)
+            compile_tvm(source, done[key], TvmOptions(target, weights=weights, compute=compute), log=lambda _: None)
         return done[key]
 
     return get

@@ -92,8 +92,9 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     if sha != artifact.manifest.source["sha256"]:
         raise ArtifactError(f"{source} is not the checkpoint this artifact was made from (sha256 differs)")
     manifest = artifact.manifest
-    if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices
-        model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size)
+    if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices (and activations)
+        model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size,
+                               activations=manifest.compute == "int8")
     return TorchBackend(model)
 
 

@@ -120,10 +120,10 @@ def test_the_prefill_chunk_comes_from_the_export(onnx_export, tmp_path):
 def test_quantized_bundles_match_pytorch_with_the_same_weights(version, weights, tvm_bundle):
     """int8/int4 exports: every projection a quantized GEMV; held to the int8/int4 fp32-compute limits
     against the PyTorch model with the same quantized weights."""
-    report = verify_artifact(tvm_bundle(version, weights=weights), steps=32, greedy_tokens=0, log=quiet)
+    report = verify_artifact(tvm_bundle(version, weights=weights, compute="fp32"), steps=32, greedy_tokens=0, log=quiet)
     assert report.passed, report.summary()
     assert report.tolerance.name == f"{weights} weights, fp32 compute"
-    manifest = read_manifest(tvm_bundle(version, weights=weights))
+    manifest = read_manifest(tvm_bundle(version, weights=weights, compute="fp32"))
     assert manifest.weights == weights and manifest.group_size == 32 and manifest.compute == "fp32"
     kernels = manifest.target.kernels
     assert kernels[f"{weights} gemv"] > 0 and kernels["quantized gemv kernels"] > 0, kernels
@@ -224,7 +224,8 @@ def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_host_quantized_gemv_loops_convert_and_fma_in_vectors(weights, tvm_bundle):
     """The quantized GEMVs widen the integers, convert and multiply-add them in vector registers."""
-    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(tvm_bundle("v7", weights=weights) / LIBRARY)],
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
+                           str(tvm_bundle("v7", weights=weights, compute="fp32") / LIBRARY)],
                           check=True, capture_output=True, text=True).stdout
     kernels = _kernels(_functions(text, "qgemv"))
     assert kernels, "no quantized GEMV kernel in the library"
@@ -311,7 +312,7 @@ def test_weights_that_the_export_does_not_have_are_refused_before_any_work(onnx_
 
 
 def test_a_checkpoint_with_quantized_weights_is_exported_in_that_format_first(make_ckpt, tmp_path, cli):
-    code, out, err = cli("compile", str(make_ckpt("v5")), "--target", "x86_64-host", "--weights", "int4",
+    code, out, err = cli("compile", str(make_ckpt("v5")), "--target", "x86_64-host", "--weights", "int4", "--compute", "fp32",
                          "--group-size", "64", "-o", str(tmp_path))
     assert code in (0, None), err
     manifest = read_manifest(tmp_path)
