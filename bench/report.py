@@ -37,6 +37,7 @@ class BackendRun:
     vs_bound: float | None = None  # median decode latency / this row's bound
     vs_onnxruntime: float | None = None  # median decode latency / onnxruntime's
     weights: str = "fp32"  # the format its weights are stored in (fp16: GPU rows only)
+    compute: str = "fp32"  # what its projections compute in (int8: a TVM bundle's integer dot products)
     weight_bytes_per_token: int = 0  # what its decode step reads, for its weights' dtype
     bound_ms: float | None = None  # weight_bytes_per_token / the measured read bandwidth
     vs_torch: float | None = None  # median decode latency / the torch row's
@@ -109,6 +110,9 @@ class BenchReport:
             f"decode    {o['warmup']} warm-up + {o['steps']} timed steps; prefill {o['prefill']} tokens, "
             f"median of {o['prefill_repeats']} calls" + ("; every timed call ends with a GPU synchronisation" if gpu else ""),
             "prefill   " + "; ".join(f"{r.backend}: {_prefill_mode(r)}" for r in self.runs if r.ok),
+            *(["compute   " + "; ".join(f"{r.backend}: {r.compute}" for r in self.runs if r.ok)
+               + " (int8: activations rounded per group, integer dot products)"]
+              if any(r.compute != "fp32" for r in self.runs) else []),
             *([f"busy      the machine was busy before the run (load average {m['load_average_start'][0]:.2f} on "
                f"{m['usable_cpus']} CPUs): the figures include contention"] if self.busy else []),
             "",

@@ -94,7 +94,7 @@ class BenchOptions:
             raise OptionError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         if self.device == "cpu" and self.weights == "fp16":
             raise OptionError("fp16 weights run on a GPU only: add --device cuda "
-                              "(on the CPU the rows hold fp32, int8 or int4 weights and compute in fp32)")
+                              "(on the CPU the rows hold fp32, int8 or int4 weights)")
         if self.device != "cpu" and self.weights in QUANTIZED:
             raise OptionError(f"{self.weights} weights are benched on the CPU (GPU bundles hold fp32 or fp16)")
         if self.tvm_target is not None:
@@ -302,9 +302,9 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if backend is None:
         raise OptionError(f"{source}: a {manifest.kind} artifact; bench runs {', '.join(ARTIFACT_KINDS.values())} "
                           "artifacts, or a checkpoint")
-    if manifest.compute != "fp32":
-        raise OptionError(f"{source}: an artifact that computes in {manifest.compute}; bench compares backends "
-                          "computing in fp32 (export or compile without --weights fp16)")
+    if manifest.compute == "fp16":
+        raise OptionError(f"{source}: an artifact that computes in fp16; bench compares backends computing in fp32 "
+                          "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
     if backend == "tvm":
         options = _bundle_options(source, manifest.target, manifest.weights, options)
     checkpoint = Path(manifest.source["checkpoint"])
@@ -458,6 +458,8 @@ def _measure(backend: str, source: Path, options: BenchOptions, threads: int, lo
         log(f"{backend}: failed: {e}")
         return BackendRun(backend, "failed", str(e), str(source), threads)
     run = BackendRun(**result)
+    if source.is_dir():
+        run.compute = open_artifact(source).manifest.compute
     log(f"{backend}: median {run.decode_ms['median']:.3f} ms/token, peak RSS {run.peak_rss_mib:.0f} MiB, steady {run.steady_rss_mib:.0f} MiB "
         f"({time.perf_counter() - start:.0f} s)")
     return run

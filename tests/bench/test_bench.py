@@ -12,6 +12,7 @@ from rwkv_edge.errors import OptionError
 from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint
+from rwkv_edge.compile.tvm import PREFILL_CHUNK
 from pathlib import Path
 
 from rwkv_edge.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
@@ -271,7 +272,7 @@ def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
         assert out.name == f"tvm-cuda-sm90-{weights}"
         assert calls[-1] == ["tvm", "export", "cuda-sm90", weights, 0]
     out = bench._prepare("tvm", checkpoint, sha, BenchOptions(tvm_target="x86_64-host"), tmp_path, lambda line: None, {})
-    assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", 16]
+    assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", PREFILL_CHUNK]
     out = bench._prepare("onnx", checkpoint, sha, BenchOptions(device="cuda"), tmp_path, lambda line: None, {})
     assert out.name == "onnx-fp32-prefill0" and calls[-1][0] == "onnx" and calls[-1][-1] == 0
 
