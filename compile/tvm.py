@@ -348,7 +348,7 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
             counts.update(gemvs)
         mod, weights = lift_weights(mod)
         mod = tvm.ir.transform.Sequential([
-            relax.transform.LegalizeOps(), relax.transform.FoldConstant(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
         ])(mod)
         if options.schedules:
             gemms = ScheduleGemms(params)

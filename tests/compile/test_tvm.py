@@ -72,24 +72,6 @@ def test_the_prefill_function_equals_single_steps(version, tvm_bundle):
     assert any(line.startswith("prefill graph: 8 tokens in one call") for line in report.what_ran), report.what_ran
 
 
-def test_the_prefill_index_arithmetic_is_folded_at_compile_time(onnx_export):
-    """The importer computes each per-position gather's index from the static shape at run time
-    (shape_to_tensor, take, where: three kernel calls per gather, 576 of a 32-token call's ~980 per
-    0.1B-shape layer); FoldConstant leaves only the gathers (scripts/profile_prefill.py)."""
-    from tvm import relax
-
-    from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.compile.tvm import _import, optimise
-
-    onnx = open_artifact(onnx_export("v7", 8), kind="onnx")
-    mod, _, _ = optimise(_import(onnx.graph("prefill"), quiet), get_target("x86_64-host"), TvmOptions(weights="fp32"), quiet)
-    called = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: called.append(e.args[0].name_hint)
-                                    if isinstance(e, relax.Call) and e.op.name == "relax.call_tir" else None)
-    assert any(name.startswith("take") for name in called)  # the gathers themselves stay
-    assert not [name for name in called if name.startswith("shape_to_tensor")], sorted(set(called))
-
-
 def test_prefill_refuses_a_wrong_chunk_and_bad_tokens(tvm_bundle):
     backend = TvmBackend(tvm_bundle("v7", prefill=8))
     state = backend.init_state()
