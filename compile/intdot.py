@@ -36,12 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
 from ..quantize import Quantized
-from .quantized import _tiles
+from .quantized import _tiles, padded
 
 IGEMV_BLOCK = "igemv"  # the fp32 total over groups, found again after fusion
 IGROUP_BLOCK = "igroup"  # the int32 sum over one group of K, tensorized
@@ -74,12 +73,8 @@ def pack_intdot(found: Quantized, tile: int, isa: str) -> tuple[np.ndarray, np.n
     """Quantized (N, K) -> (values, scales) in the dot layout (module docstring); N padded to whole
     tiles (zero scales)."""
     spec = DOT_ISAS[isa]
-    n, k_len = found.values.shape
-    tiles = -(-n // tile)
-    q = np.zeros((tiles * tile, k_len), np.int16)
-    q[:n] = found.values
-    scales = np.zeros((tiles * tile, k_len // found.group), np.float16)
-    scales[:n] = found.scales
+    q, scales = padded(found, tile, np.int16)
+    tiles, k_len = q.shape[0] // tile, q.shape[1]
     if found.bits == 8:
         values = (q + spec.int8_zero).astype(spec.weight_dtype).reshape(tiles * tile, k_len // 4, 4)  # (N, K/4, 4)
     else:

@@ -32,16 +32,23 @@ XSUM_BLOCK = "qxsum"  # int4: the sum of x over each group (the zero point's sha
 def pack_quantized(found: Quantized, tile: int) -> tuple[np.ndarray, np.ndarray]:
     """Quantized (N, K) -> (values, scales): int8 (N/tile, K, tile) or, int4, (N/tile, K/2, tile) uint8
     nibble pairs of q + 8; fp16 scales (N/tile, K/group, tile). N is padded to whole tiles (zero scales)."""
-    n, k_len = found.values.shape
-    tiles = -(-n // tile)
-    values = np.zeros((tiles * tile, k_len), np.int8)
-    values[:n] = found.values
-    scales = np.zeros((tiles * tile, k_len // found.group), np.float16)
-    scales[:n] = found.scales
+    values, scales = padded(found, tile, np.int8)
     if found.bits == 4:
         unsigned = (values + 8).astype(np.uint8)  # zero point 8: [-8, 7] -> [0, 15]
         values = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)  # (N, K/2)
     return _tiles(values, tile), _tiles(scales, tile)
+
+
+def padded(found: Quantized, tile: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The integers (as ``dtype``) and fp16 scales, (N', K) and (N', K / group), N' = N rounded up to
+    whole tiles: the padding rows are zero, with zero scales."""
+    n, k_len = found.values.shape
+    rows = -(-n // tile) * tile
+    values = np.zeros((rows, k_len), dtype)
+    values[:n] = found.values
+    scales = np.zeros((rows, k_len // found.group), np.float16)
+    scales[:n] = found.scales
+    return values, scales
 
 
 def quantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, bits: int) -> te.Tensor:

@@ -113,3 +113,25 @@ def rehash():
         return path
 
     return run
+
+
+@pytest.fixture
+def prefill_vs_steps():
+    """prefill_vs_steps(backend, tokens) -> {output name: max|Δ|/std} of one prefill call against
+    len(tokens) single steps, for the logits and every state tensor."""
+    from rwkv_edge.verify.report import OutputErrors
+
+    def gaps(backend, tokens: list[int]) -> dict[str, float]:
+        logits, state = backend.run_prefill_chunk(tokens, backend.init_state())
+        step_state = backend.init_state()
+        for token in tokens:
+            step_logits, step_state = backend.step(token, step_state)
+        found = {}
+        for name, (expected, got) in {"logits": (step_logits, logits),
+                                      **{k: (step_state[k], state[k]) for k in state}}.items():
+            errors = OutputErrors()
+            errors.add(len(tokens) - 1, expected, got)
+            found[name] = errors.scaled[0]
+        return found
+
+    return gaps

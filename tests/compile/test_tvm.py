@@ -24,7 +24,6 @@ from rwkv_edge.model import ARCHITECTURES
 from rwkv_edge.runtime.rpc_client import Remote, open_session
 from rwkv_edge.runtime.tvm_backend import TvmBackend
 from rwkv_edge.verify import verify_artifact
-from rwkv_edge.verify.report import OutputErrors
 from rwkv_edge.verify.tolerances import FP32
 from rwkv_edge.targets import TARGETS, TvmTarget, get_target
 
@@ -47,7 +46,7 @@ def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bu
 
 
 @pytest.mark.parametrize("version", list(ARCHITECTURES))
-def test_the_prefill_function_equals_single_steps(version, tvm_bundle):
+def test_the_prefill_function_equals_single_steps(version, tvm_bundle, prefill_vs_steps):
     """``prefill`` (8 tokens in one call, GEMM projections) against 8 calls of ``main`` on the same
     bundle, and against PyTorch's rollout through verify."""
     bundle = tvm_bundle(version, prefill=8)
@@ -55,18 +54,9 @@ def test_the_prefill_function_equals_single_steps(version, tvm_bundle):
     assert manifest.graphs["prefill"] == Graph(LIBRARY, function="prefill", chunk=8, params=PARAMS,
                                                num_params=manifest.graphs["step"].num_params)
     assert manifest.target.kernels["packed gemm"] > 0 and manifest.target.kernels["gemm kernels"] > 0
-    backend = TvmBackend(bundle)
-    tokens = [3, 141, 59, 26, 5, 35, 89, 79]
-    logits, state = backend.run_prefill_chunk(tokens, backend.init_state())
-    step_state = backend.init_state()
-    for token in tokens:
-        step_logits, step_state = backend.step(token, step_state)
     # measured on the tiny models: identical bits (the GEMM sums over K in the GEMV's order)
-    errors = {"logits": (step_logits, logits), **{k: (step_state[k], state[k]) for k in state}}
-    for name, (expected, got) in errors.items():
-        e = OutputErrors()
-        e.add(7, expected, got)
-        assert e.scaled[0] <= FP32.logits_scaled, f"prefill {name}: max|Δ|/std {e.scaled[0]:.2e}"
+    for name, gap in prefill_vs_steps(TvmBackend(bundle), [3, 141, 59, 26, 5, 35, 89, 79]).items():
+        assert gap <= FP32.logits_scaled, f"prefill {name}: max|Δ|/std {gap:.2e}"
     report = verify_artifact(bundle, steps=16, greedy_tokens=16, log=quiet)
     assert report.passed, report.summary()
     assert any(line.startswith("prefill graph: 8 tokens in one call") for line in report.what_ran), report.what_ran
