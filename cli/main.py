@@ -17,6 +17,7 @@ from ..errors import OptionError, RwkvEdgeError
 WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 MAX_CHUNK = 4096  # prefill tokens per call
+MAX_IMAGE_SIZE = 4096  # pixels per side of an image model's input
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TVM CPU, int8/int4 weights: int8 (activations rounded to int8 per group, integer dot "
                         "products: ARM sdot, x86 AVX-512 VNNI) or fp32 (weights dequantized in registers); "
                         "default int8 where the target has the instruction (see `rwkv-edge targets`)")
+    p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="PX",
+                   help="Core ML, image models: the square input resolution, a multiple of the patch size "
+                        "(default: the checkpoint's; ONNX exports fix theirs with `export onnx --image-size`)")
     p.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
@@ -354,7 +358,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     source = args.checkpoint or DEMO_CHECKPOINT
     print(f"compile: {source} -> {args.out}")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
-                             args.prefill_chunk, args.group_size, args.compute)
+                             args.prefill_chunk, args.group_size, args.compute, args.image_size)
     compile_for(source, args.out, args.target, request)
 
 

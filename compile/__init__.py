@@ -30,6 +30,7 @@ class CompileRequest:
     prefill_chunk: int | None = None  # tokens per prefill call (0: none); None: the compiler's default
     group_size: int | None = None  # int8/int4 weights: weights per scale (default: the format's)
     compute: str | None = None  # TVM CPU: int8 or fp32 for int8/int4 weights (default: int8 where the target can)
+    image_size: int | None = None  # Core ML, image models: the resolution to trace at (default: the checkpoint's)
 
     def given(self) -> dict[str, object]:
         """The fields set away from their defaults, by their CLI names."""

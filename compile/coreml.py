@@ -38,6 +38,7 @@ from ..errors import OptionError, ToolError
 from ..quantize import Quantized, check_group, quantized_exactly
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
+from ..model.registry import is_vision_file
 from ..targets import CoreMLTarget, coreml_name, get_target
 from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
@@ -126,6 +127,16 @@ def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: C
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:
         raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+    if is_vision_file(source):
+        if request.prefill_chunk is not None:
+            raise OptionError("--prefill-chunk applies to language models, not to an image model")
+        options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units,
+                                request.deployment, 0, request.group_size)
+        from .coreml_vision import compile_vision_coreml
+
+        return compile_vision_coreml(source, out_dir, options, request.image_size, log)
+    if request.image_size is not None:
+        raise OptionError("--image-size applies to image models; this checkpoint is a language model")
     chunk = CoreMLOptions.prefill_chunk if request.prefill_chunk is None else request.prefill_chunk
     options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
                             chunk, request.group_size)
@@ -263,16 +274,22 @@ def _recurrence_ops(block) -> set[int]:
 
 
 def _quantize(model: RWKVModel, plan: CoreMLPlan, log: Callable[[str], None]) -> dict[bytes, Quantized]:
-    """Quantize the model's projections and head in place (``quantize_weights``); returns their
-    quantizations keyed by the fp16 bytes of the dequantized matrix, the value its Core ML const holds."""
+    """Quantize the model's projections and head in place (``quantize_weights``); returns
+    ``quantized_matrices``."""
     fmt = weight_format(plan.weights)
     with stage(log, f"quantize the projections to {fmt.name}, groups of {plan.group_size}"):
         log(f"  {model.quantize_weights(fmt.bits, plan.group_size)} matrices; the embedding and LoRA matrices stay fp32")
+    return quantized_matrices(model, fmt.bits, plan.group_size)
+
+
+def quantized_matrices(model: nn.Module, bits: int, group: int) -> dict[bytes, Quantized]:
+    """The quantizations of ``model``'s (already quantized) ``nn.Linear`` weights, keyed by the fp16 bytes of
+    the dequantized matrix: the value its Core ML const holds."""
     found = {}
     for module in model.modules():
         if isinstance(module, nn.Linear):
             weight = module.weight.detach().numpy()  # (N, K): exactly a dequantized matrix now
-            found[weight.astype(np.float16).tobytes()] = quantized_exactly(weight, fmt.bits, plan.group_size)
+            found[weight.astype(np.float16).tobytes()] = quantized_exactly(weight, bits, group)
     return found
 
 

@@ -86,6 +86,28 @@ def round_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     return (xq * dx).reshape(x.shape)
 
 
+def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool = False) -> int:
+    """Replace the weight of every ``nn.Linear`` in ``model`` with its ``bits``-bit quantization
+    (``quantize.py``), dequantized: the numbers every quantized artifact of the model computes with.
+    ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
+    K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/intdot.py``).
+    Returns the number of matrices; OptionError (before any change) if ``group`` does not divide
+    an input dimension."""
+    from ..quantize import quantize
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for m in linears:
+        if m.in_features % group:
+            raise OptionError(f"a group size of {group} does not divide the input dimension {m.in_features} "
+                              f"of the {m.out_features} x {m.in_features} matrices")
+    for m in linears:
+        weight = m.weight.detach().float().numpy()
+        m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
+        if activations:
+            m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
+    return len(linears)
+
+
 class RWKVModel(nn.Module):
     """Base of the per-version models.
 
@@ -119,26 +141,9 @@ class RWKVModel(nn.Module):
         return model.eval().requires_grad_(False)
 
     def quantize_weights(self, bits: int, group: int, activations: bool = False) -> int:
-        """Replace the weight of every ``nn.Linear`` (the projections and the head) with its ``bits``-bit
-        quantization (``quantize.py``), dequantized to fp32: the numbers every quantized artifact of this
-        model computes with. The embedding, LoRA matrices, norms and mixing vectors stay as they are.
-        ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
-        K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/intdot.py``).
-        Returns the number of matrices; OptionError (before any change) if ``group`` does not divide
-        an input dimension."""
-        from ..quantize import quantize
-
-        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
-        for m in linears:
-            if m.in_features % group:
-                raise OptionError(f"a group size of {group} does not divide the input dimension {m.in_features} "
-                                  f"of the {m.out_features} x {m.in_features} matrices")
-        for m in linears:
-            weight = m.weight.detach().float().numpy()
-            m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
-            if activations:
-                m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
-        return len(linears)
+        """``quantize_linears`` on this model: the projections and the head; the embedding, LoRA matrices,
+        norms and mixing vectors stay as they are."""
+        return quantize_linears(self, bits, group, activations)
 
     def describe(self) -> dict[str, Any]:
         """The version and full config, for ``rwkv-edge info``."""

@@ -128,16 +128,21 @@ def q_shift(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Each channel quarter takes its neighbour one patch to the left, right, above and below (zeros at
     the border); the quarters' bounds are floor(C j / 4) as in the official backbone.
     x: (B, T, C), grid (H, W) with H * W == T -> (B, T, C)"""
-    B, T, C = x.shape
-    g = x.reshape(B, grid[0], grid[1], C)  # (B, H, W, C)
-    q = [C * j // 4 for j in range(5)]
+    C = x.shape[-1]
+    g = x.reshape(-1, grid[0], grid[1], C)  # (B, H, W, C)
+    q = quarters(C)
     parts = [
         F.pad(g[:, :, :-1, q[0]:q[1]], (0, 0, 1, 0)),  # from the left neighbour
         F.pad(g[:, :, 1:, q[1]:q[2]], (0, 0, 0, 1)),  # from the right
         F.pad(g[:, :-1, :, q[2]:q[3]], (0, 0, 0, 0, 1, 0)),  # from above
         F.pad(g[:, 1:, :, q[3]:q[4]], (0, 0, 0, 0, 0, 1)),  # from below
     ]
-    return torch.cat(parts, -1).reshape(B, T, C)
+    return torch.cat(parts, -1).reshape(x.shape)
+
+
+def quarters(C: int) -> list[int]:
+    """The channel bounds of Q-shift's four directions, as Python ints (a traced graph keeps them constant)."""
+    return [int(C) * j // 4 for j in range(5)]
 
 
 def mix(x: torch.Tensor, shifted: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
@@ -157,7 +162,7 @@ class SpatialMix(nn.Module):
         self.wkv = bi_wkv if wkv == "paper" else bi_wkv_kernel
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        T = x.shape[1]
+        T = grid[0] * grid[1]
         xx = q_shift(x, grid)
         k = self.key(mix(x, xx, self.spatial_mix_k))  # (B, T, C)
         v = self.value(mix(x, xx, self.spatial_mix_v))
@@ -355,7 +360,10 @@ class VisionRWKV(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, classes), or features (B, C, H / p, W / p) without a head."""
-        grid = self.check_images(images)
+        return self.run(images, self.check_images(images))
+
+    def run(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``forward`` on a patch grid given as Python ints, unchecked: a traced graph keeps it constant."""
         x = self.patch_embed.projection(images.to(self.pos_embed.dtype))  # (B, C, H/p, W/p)
         x = x.flatten(2).transpose(1, 2) + self.position(grid)  # (B, T, C)
         for layer in self.layers:

@@ -24,8 +24,20 @@ def _silu(op) -> np.ndarray:
     return x / (1 + np.exp(-x))
 
 
+def _conv(op) -> np.ndarray:
+    """2-D convolution with valid padding, one group and no dilation (image models' patch embedding)."""
+    x, w = op.x.val.astype(np.float32), op.weight.val.astype(np.float32)  # (B, Cin, H, W), (Cout, Cin, kh, kw)
+    plain = (op.pad_type is None or op.pad_type.val == "valid") and (op.groups is None or op.groups.val == 1)
+    if x.ndim != 4 or not plain or (op.dilations is not None and any(d != 1 for d in op.dilations.val)):
+        raise NotImplementedError
+    sh, sw = op.strides.val if op.strides is not None else (1, 1)
+    windows = np.lib.stride_tricks.sliding_window_view(x, w.shape[2:], axis=(2, 3))[:, :, ::sh, ::sw]  # (B, Cin, Ho, Wo, kh, kw)
+    y = np.einsum("bchwij,ocij->bohw", windows, w)
+    return y if op.bias is None else y + op.bias.val.astype(np.float32).reshape(1, -1, 1, 1)
+
+
 # Ops that coremltools 9.0 gives no value inference, computed here by their MIL definitions
-OWN_VALUE_INFERENCE = {"silu": _silu}
+OWN_VALUE_INFERENCE = {"silu": _silu, "conv": _conv}
 
 
 class MilProgram:

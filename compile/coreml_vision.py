@@ -1,0 +1,145 @@
+"""``rwkv-edge compile VISION_CKPT --target ios-coreml|macos-coreml``: Vision-RWKV -> model.mlpackage.
+
+Core ML converts from the PyTorch model, traced at one resolution (``--image-size``, default the
+checkpoint's). The package holds one function, ``main``:
+
+- in: ``image``, a Core ML image (RGB, S x S, already resized and center-cropped: an app hands it a
+  CVPixelBuffer or CGImage);
+- out: ``logits`` fp32 (1, classes), or ``features`` (1, C, S / p, S / p) for a backbone.
+
+The ImageNet normalisation is inside, so the package takes plain pixels: the image input's
+per-channel bias subtracts the mean, and the division by the std is folded into the patch
+embedding (each input channel's slice of the convolution weights divided by that channel's std).
+
+fp16, int8 and int4 weights compute in fp16 with the normalisations in fp32, as the language models'
+packages do; int8/int4 weights (iOS 18 / macOS 15) are the project's quantizer's numbers for every
+projection and the head, stored as ``constexpr_blockwise_shift_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
+from ..artifact.files import PACKAGE, REFERENCE
+from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_INPUT, NO_TOKENIZER
+from ..errors import OptionError
+from ..export.artifact import report_commit, stage
+from ..export.vision import build_vision_reference, load_vision_source, vision_config
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+from ..model.base import quantize_linears
+from ..model.vision import VisionRWKV
+from ..targets import CoreMLTarget
+from ..targets.coreml import import_coremltools, quiet_coremltools
+from ..weights import weight_format
+from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, _compress, _ct_target, quantized_matrices
+
+FORM = "image"  # CoreMLBuild.form of an image model's package
+
+
+def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOptions, image_size: int | None,
+                          log: Callable[[str], None] = print) -> Manifest:
+    """Convert the Vision-RWKV ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json."""
+    if options.stateful:
+        raise OptionError("--stateful applies to language models: an image model has no state")
+    plan = options.resolve()
+    build = CoreMLBuild(plan.target.name, plan.target.platform, plan.deployment, plan.compute_units, FORM, "", "",
+                        ["main"])
+    log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units} "
+        f"({build.name})")
+    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the norms in fp32" if plan.compute == "fp16" else ""))
+    with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
+        model, sha = load_vision_source(checkpoint, log)
+        size = image_size or model.config.image_size
+        manifest = _manifest(model, size, checkpoint, sha, plan, build)
+        with stage(log, "reference images (fp32 PyTorch)"):
+            build_vision_reference(model, size).save(writer.dir / REFERENCE)
+        matrices = _quantize(model, plan, log) if plan.compressed else {}
+        with stage(log, f"convert ({size} x {size} px)"):
+            mlmodel = _convert(model, size, manifest.config["output"], plan)
+        if plan.compressed:
+            with stage(log, f"compress the weights to {plan.weights}"):
+                mlmodel = _compress(mlmodel, matrices)
+        _stamp(mlmodel, manifest)
+        with stage(log, f"save {PACKAGE}"):
+            mlmodel.save(str(writer.dir / PACKAGE))
+        sha256 = writer.commit(manifest)
+    log(f"{PACKAGE}: {sum(meta['bytes'] for meta in manifest.files.values()) / 1e6:.1f} MB")
+    report_commit(log, writer.out, manifest, sha256)
+    return manifest
+
+
+class PixelGraph(nn.Module):
+    """pixels minus the ImageNet mean (1, 3, S, S) -> the model's output; the std is in the patch embedding."""
+
+    def __init__(self, model: VisionRWKV, size: int) -> None:
+        super().__init__()
+        self.model, self.grid = model, (size // model.config.patch_size,) * 2
+        projection = model.patch_embed.projection
+        std = torch.tensor(IMAGENET_STD, dtype=projection.weight.dtype).reshape(1, 3, 1, 1)
+        projection.weight.data = projection.weight.data / std  # (C, 3, p, p): each input channel's slice
+
+    def forward(self, centred: torch.Tensor) -> torch.Tensor:
+        return self.model.run(centred, self.grid)
+
+
+def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
+    """Trace the model at ``size`` x ``size`` and convert it to an ML program with an image input."""
+    ct = import_coremltools()
+
+    example = torch.zeros(1, model.config.in_channels, size, size)
+    image = ct.ImageType(name="image", shape=tuple(example.shape), scale=1.0, bias=[-m for m in IMAGENET_MEAN],
+                         color_layout=ct.colorlayout.RGB)
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.compute == "fp16"
+                 else ct.precision.FLOAT32)
+    with quiet_coremltools(), torch.no_grad():
+        traced = torch.jit.trace(PixelGraph(model, size).eval(), (example,), check_trace=False)
+        return ct.convert(traced, inputs=[image], outputs=[ct.TensorType(name=output, dtype=np.float32)],
+                          convert_to="mlprogram", minimum_deployment_target=_ct_target(plan.deployment),
+                          compute_precision=precision, compute_units=getattr(ct.ComputeUnit, plan.compute_units),
+                          skip_model_load=True)
+
+
+def _quantize(model: VisionRWKV, plan: CoreMLPlan, log: Callable[[str], None]) -> dict:
+    fmt = weight_format(plan.weights)
+    with stage(log, f"quantize the projections and the head to {fmt.name}, groups of {plan.group_size}"):
+        log(f"  {quantize_linears(model, fmt.bits, plan.group_size)} matrices; the patch embedding stays fp16")
+    return quantized_matrices(model, fmt.bits, plan.group_size)
+
+
+def _stamp(mlmodel, manifest: Manifest) -> None:
+    """What the package is, inside it as well as in manifest.json."""
+    mlmodel.short_description = f"rwkv-edge Vision-RWKV, {manifest.config['image_size']} px RGB image -> {manifest.config['output']}"
+    mlmodel.version = __version__
+    names = manifest.config.get("class_names")
+    mlmodel.user_defined_metadata.update({
+        "rwkv_edge.architecture": manifest.architecture,
+        "rwkv_edge.checkpoint_sha256": manifest.source["sha256"],
+        **({"rwkv_edge.class_names": "\n".join(names)} if names else {}),
+    })
+
+
+def _manifest(model: VisionRWKV, size: int, checkpoint: Path, sha: str, plan: CoreMLPlan, build: CoreMLBuild) -> Manifest:
+    ct = import_coremltools()
+
+    return Manifest(
+        kind="coreml", contract_version=CONTRACT_VERSION, architecture="vrwkv", config=vision_config(model, size),
+        tokenizer=NO_TOKENIZER, weights=plan.weights, compute=plan.compute, group_size=plan.group_size, batch=1,
+        state=[], source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
+        graphs={IMAGE_GRAPH: Graph(PACKAGE, function="main")}, target=build, reference=REFERENCE,
+        tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
+    )
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """Normalised images (N, 3, H, W) -> the pixels the package's image input takes (the inverse of the
+    ImageNet normalisation)."""
+    std, mean = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN))
+    return images * std + mean
+
