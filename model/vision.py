@@ -363,6 +363,19 @@ class VisionRWKV(nn.Module):
         resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)  # (1, C, H, W)
         return resized.flatten(2).transpose(1, 2)
 
+    def at_resolution(self, image_size: int) -> "VisionRWKV":
+        """This model with pos_embed resized once for square ``image_size`` images (itself at the trained
+        size): what a fixed-resolution graph holds instead of a resize. ImageError as ``check_images``."""
+        grid = self.check_images(torch.empty(1, self.config.in_channels, image_size, image_size, device="meta"))
+        if grid[0] == self.config.trained_grid:
+            return self
+        config = dataclasses.replace(self.config, image_size=image_size)
+        with torch.device("meta"):
+            model = VisionRWKV(config)
+        tensors = {**self.state_dict(), "pos_embed": self.position(grid).detach()}
+        model.load_state_dict(tensors, assign=True)
+        return model.eval().requires_grad_(False)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, classes), or features (B, C, H / p, W / p) without a head."""
         grid = self.check_images(images)
