@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..contract import CONTRACT_VERSION, VERSIONS, StateTensor, compatible
+from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, NO_TOKENIZER, VERSIONS, VISION_ARCHITECTURES,
+                        StateTensor, compatible)
 from ..errors import ArtifactError
 from ..quantize import GROUP_SIZES
 from ..weights import WEIGHT_FORMATS
@@ -108,6 +109,11 @@ class Manifest:
     @property
     def vocab_size(self) -> int:
         return self.config["vocab_size"]
+
+    @property
+    def is_vision(self) -> bool:
+        """An image model's artifact: one whole-image graph, no state, no tokenizer."""
+        return self.architecture in VISION_ARCHITECTURES
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,11 +215,15 @@ class _Checker:
         if not compatible(contract):
             self.fail(f"step contract {contract}; this rwkv-edge runs contract {CONTRACT_VERSION}: rebuild the artifact")
         architecture = self.get(data, "architecture", str, "architecture")
-        if architecture not in VERSIONS:
-            self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(VERSIONS)}")
+        if architecture not in VERSIONS + VISION_ARCHITECTURES:
+            self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(VERSIONS + VISION_ARCHITECTURES)}")
         config = self.get(data, "config", dict, "config")
-        for key in ("vocab_size", "n_layer", "n_embd"):
-            self.positive(config, key, f"config.{key}")
+        vision = architecture in VISION_ARCHITECTURES
+        if vision:
+            self.vision_config(config)
+        else:
+            for key in ("vocab_size", "n_layer", "n_embd"):
+                self.positive(config, key, f"config.{key}")
         weights = self.get(data, "weights", str, "weights")
         if weights not in WEIGHT_FORMATS:
             self.fail(f"unknown weight format {weights!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
@@ -231,13 +241,17 @@ class _Checker:
         for key, name in (("initial_state", initial), ("reference", reference)):
             if name is not None and name not in files:
                 self.fail(f"{key} {name!r} is not one of the listed files")
+        tokenizer = self.get(data, "tokenizer", str, "tokenizer")
+        state = self.get(data, "state", list, "state")
+        if vision and (tokenizer != NO_TOKENIZER or state or initial is not None):
+            self.fail(f"an image model's artifact has tokenizer {NO_TOKENIZER!r}, an empty state and no initial_state")
         return Manifest(
             kind=kind, contract_version=contract, architecture=architecture, config=config,
-            tokenizer=self.get(data, "tokenizer", str, "tokenizer"), weights=weights, compute=compute, group_size=group,
+            tokenizer=tokenizer, weights=weights, compute=compute, group_size=group,
             batch=batch,
-            state=self.state(self.get(data, "state", list, "state"), config["n_layer"]),
+            state=[] if vision else self.state(state, config["n_layer"]),
             source=self.source(self.get(data, "source", dict, "source")),
-            graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files),
+            graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files, IMAGE_GRAPH if vision else "step"),
             tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
             files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind),
         )
@@ -295,9 +309,25 @@ class _Checker:
             self.fail("source.sha256 is not a sha256 hex digest")
         return source
 
-    def graphs(self, graphs: dict, files: dict) -> dict[str, Graph]:
-        if "step" not in graphs:
-            self.fail("graphs.step is missing")
+    def vision_config(self, config: dict) -> None:
+        """An image model's config: positive sizes, the image a multiple of the patch, the output's name,
+        and the class names (where given) one string per class."""
+        for key in ("embed_dims", "depth", "patch_size", "in_channels", "image_size", "hidden_dims"):
+            self.positive(config, key, f"config.{key}")
+        classes = self.get(config, "num_classes", int, "config.num_classes")
+        if classes < 0 or config["image_size"] % config["patch_size"]:
+            self.fail("config.num_classes is negative or config.image_size is not a multiple of config.patch_size")
+        output = self.get(config, "output", str, "config.output")
+        if output != IMAGE_OUTPUTS[0 if classes else 1]:
+            self.fail(f"config.output {output!r} does not fit {classes} classes ({' / '.join(IMAGE_OUTPUTS)})")
+        names = config.get("class_names")
+        if names is not None and (not isinstance(names, list) or len(names) != classes
+                                  or not all(isinstance(n, str) for n in names)):
+            self.fail(f"config.class_names must be a list of {classes} strings")
+
+    def graphs(self, graphs: dict, files: dict, main: str = "step") -> dict[str, Graph]:
+        if main not in graphs:
+            self.fail(f"graphs.{main} is missing")
         typed = {}
         for role, graph in graphs.items():
             typed[role] = self.record(Graph, graph, f"graphs.{role}")

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ArtifactError
 from .files import read_npz
 from .manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, is_listed, parse_files, parse_manifest, sha256_bytes, sha256_file
-from .reference import Reference, load_reference
+from .reference import Reference, VisionReference, load_reference, load_vision_reference
 
 ANNOUNCE_HASHING_BYTES = 256 << 20  # say that hashing runs when the files are at least this large
 
@@ -63,6 +63,12 @@ class Artifact:
     def reference(self) -> Reference:
         """The PyTorch model's rollout recorded at build time (checked)."""
         return load_reference(self.path(self.manifest.reference), self.manifest.state, self.manifest.vocab_size)
+
+    def vision_reference(self) -> VisionReference:
+        """An image model's reference images and the PyTorch model's outputs on them (checked)."""
+        config = self.manifest.config
+        return load_vision_reference(self.path(self.manifest.reference), config["output"], config["image_size"],
+                                     config["in_channels"])
 
 
 def read_manifest(directory: str | Path) -> Manifest:

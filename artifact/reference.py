@@ -8,6 +8,9 @@ Arrays of one .npz (read without pickle):
 - ``logits`` (T, V) float32: the logits after each token, the model feeding back its own state
 - ``state_out.{layer}.{role}`` float32, the state's shape: the state after the last token
 - ``greedy_prompt`` (P,) int64 and ``greedy_tokens`` (G,) int64: greedy generation from the prompt
+
+An image model's reference (``VisionReference``) holds ``version``, ``images`` (N, 3, H, W) float32
+and its output under the graph's output name: ``logits`` (N, classes) or ``features`` (N, C, h, w).
 """
 
 from __future__ import annotations
@@ -57,3 +60,31 @@ def load_reference(path: Path, spec: list[StateTensor], vocab_size: int) -> Refe
     return Reference(tokens.astype(np.int64), logits.astype(np.float32),
                      {t.output_name: arrays[t.output_name].astype(np.float32) for t in spec},
                      arrays["greedy_prompt"].astype(np.int64), arrays["greedy_tokens"].astype(np.int64))
+
+
+@dataclass(frozen=True)
+class VisionReference:
+    """What the fp32 PyTorch image model computed on a fixed set of images at build time."""
+
+    images: np.ndarray  # (N, 3, H, W) float32
+    output: np.ndarray  # (N, classes) logits, or (N, C, h, w) features
+    name: str  # "logits" or "features"
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, version=np.int64(REFERENCE_VERSION), images=self.images, **{self.name: self.output})
+
+
+def load_vision_reference(path: Path, name: str, image_size: int, in_channels: int) -> VisionReference:
+    """The reference images and outputs at ``path``, checked against the artifact's image size."""
+    arrays = read_npz(path)
+    if arrays.get("version", np.int64(-1)).item() != REFERENCE_VERSION:
+        raise ArtifactError(f"{path}: reference version {arrays.get('version')}, this rwkv-edge reads "
+                            f"{REFERENCE_VERSION}: rebuild the artifact")
+    images, output = arrays.get("images"), arrays.get(name)
+    if images is None or output is None:
+        raise ArtifactError(f"{path}: holds no {'images' if images is None else name}")
+    if (images.shape[1:] != (in_channels, image_size, image_size) or not len(images) or images.dtype.kind != "f"
+            or len(output) != len(images) or output.dtype.kind != "f"):
+        raise ArtifactError(f"{path}: its arrays do not have the shapes and dtypes of this artifact's images")
+    return VisionReference(images.astype(np.float32), output.astype(np.float32), name)

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis instead of batch 1")
     p.add_argument("--opset", type=_bounded_int(18, MAX_OPSET), default=18,
                    help=f"ONNX opset, 18 to {MAX_OPSET} (default 18)")
+    p.add_argument("--image-size", type=_bounded_int(1, 8192), metavar="N",
+                   help="image models: the graph's fixed resolution, N x N px, a multiple of the patch size "
+                        "(default: the checkpoint's trained size)")
     p.set_defaults(run=cmd_export_onnx)
 
     p = sub.add_parser("compile", help="compile a checkpoint or an ONNX export for a deployment target "
@@ -345,7 +348,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     from ..model import DEMO_CHECKPOINT
 
     options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset,
-                          args.group_size)
+                          args.group_size, args.image_size)
     checkpoint = args.checkpoint or DEMO_CHECKPOINT
     print(f"export onnx: {checkpoint} -> {args.out}  ({options})")
     export_onnx(checkpoint, args.out, options)

@@ -93,6 +93,10 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         options = _check_exportable(onnx.manifest, onnx.directory, options)
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
         options = dataclasses.replace(options, compute=_check_compute(target, options.compute, options.weights))
+        if onnx.manifest.is_vision:
+            from .vision import compile_image_graph
+
+            return compile_image_graph(onnx, writer, target, options, linker, log)
         log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, {options.compute} compute, schedules "
             f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
@@ -421,14 +425,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
               counts: dict[str, int], params: list, prefill: Graph | None) -> Manifest:
     import tvm
 
-    gpu = isinstance(target, GpuTarget)
-    if gpu:
-        from .gpu import device_files
-    build = TvmBuild(target.name, target.triple, target.tvm_target(), linked=library == LIBRARY,
-                     device=target.device if gpu else "cpu", qemu_cpu=target.qemu_cpu,
-                     schedules=_schedule_data(target, options) if options.schedules else None, kernels=counts,
-                     arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
-                     executed=_executed(target, library) if gpu else None)
+    build = target_record(target, options, library, counts)
     step = Graph(library, function="main", params=PARAMS, num_params=len(params))
     graphs = {"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")}
     if prefill is not None:
@@ -443,6 +440,18 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
         tools={**onnx_manifest.tools, "rwkv_edge": __version__, "tvm": tvm.__version__},
         initial_state=INITIAL_STATE if onnx_manifest.initial_state else None, reference=REFERENCE, target=build,
     )
+
+
+def target_record(target: TvmTarget | GpuTarget, options: TvmOptions, library: str, counts: dict[str, int]) -> TvmBuild:
+    """The manifest's record of what a bundle was built for and how."""
+    gpu = isinstance(target, GpuTarget)
+    if gpu:
+        from .gpu import device_files
+    return TvmBuild(target.name, target.triple, target.tvm_target(), linked=library == LIBRARY,
+                    device=target.device if gpu else "cpu", qemu_cpu=target.qemu_cpu,
+                    schedules=_schedule_data(target, options) if options.schedules else None, kernels=counts,
+                    arch=target.arch if gpu else None, device_code=device_files(target) if gpu else [],
+                    executed=_executed(target, library) if gpu else None)
 
 
 def _schedule_data(target: TvmTarget | GpuTarget, options: TvmOptions) -> dict:

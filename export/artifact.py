@@ -12,7 +12,8 @@ import torch
 
 from ..artifact import MANIFEST, Manifest
 from ..artifact.reference import Reference
-from ..model import ARCHITECTURES, RWKVModel, load_checkpoint, state_to_named
+from ..model import ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
+from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
@@ -23,10 +24,15 @@ ROLLOUT_TEXT = (
 )
 
 
-def load_source(checkpoint: Path, log: Callable[[str], None], note: str = "") -> tuple[RWKVModel, str]:
-    """Load the checkpoint an artifact is made from in fp32 (a timed stage) and its sha256; log what it is."""
+def open_source(checkpoint: Path, log: Callable[[str], None]) -> Checkpoint:
+    """Read and check the checkpoint an artifact is made from (a timed stage): a language or an image model."""
     with stage(log, "load checkpoint"):
-        model, sha = load_checkpoint(checkpoint)
+        return open_checkpoint(checkpoint)
+
+
+def load_source(checkpoint: Path, opened: Checkpoint, log: Callable[[str], None], note: str = "") -> tuple[RWKVModel, str]:
+    """The fp32 language model of an opened checkpoint and its sha256; log what it is."""
+    model, sha = model_from_state_dict(opened.tensors, source=str(checkpoint)), opened.sha256
     log(f"  {ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
         f"vocab {model.config.vocab_size}{note}")
     return model, sha

@@ -26,9 +26,10 @@ from ..errors import OptionError
 from ..quantize import check_group
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
+from ..model.vision import is_vision_checkpoint
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
-from .artifact import build_reference, load_source, report_commit, save_initial_state, stage, tokenizer_name
-from .graph import ContractGraph
+from .artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
+from .graph import ContractGraph, ImageGraph
 from .nbits import to_matmul_nbits
 
 # the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
@@ -44,6 +45,7 @@ class OnnxOptions:
     dynamic_batch: bool = False  # a symbolic batch axis instead of batch 1
     opset: int = 18
     group_size: int | None = None  # int8/int4: weights per scale (default: the format's)
+    image_size: int | None = None  # image models: the graph's fixed resolution (default: the trained one)
 
     def __post_init__(self) -> None:
         check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
@@ -51,6 +53,8 @@ class OnnxOptions:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         if self.opset < 18:
             raise OptionError(f"opset must be >= 18, got {self.opset}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise OptionError(f"image size must be positive, got {self.image_size}")
 
 
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOptions = OnnxOptions(),
@@ -58,8 +62,15 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     """Export ``checkpoint`` to ``out_dir``; returns the manifest written there."""
     checkpoint = Path(checkpoint)
     with ArtifactWriter(out_dir, log) as writer:
+        opened = open_source(checkpoint, log)
+        if is_vision_checkpoint(opened.tensors):
+            from .vision import export_vision
+
+            return export_vision(checkpoint, opened, writer, options, log)
+        if options.image_size is not None:
+            raise OptionError(f"{checkpoint} is a language model: --image-size applies to image models")
         fmt = weight_format(options.weights)
-        model, sha = load_source(checkpoint, log, note=f", {fmt.name} weights, {_compute(options)} compute")
+        model, sha = load_source(checkpoint, opened, log, note=f", {fmt.name} weights, {_compute(options)} compute")
         group = check_group(fmt, options.group_size)
         if fmt.quantized:
             with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
@@ -101,12 +112,12 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
     )
 
 
-def _export_graph(graph: ContractGraph, path: Path, manifest: Manifest, options: OnnxOptions,
+def _export_graph(graph: ContractGraph | ImageGraph, path: Path, manifest: Manifest, options: OnnxOptions,
                   log: Callable[[str], None], role: str) -> None:
     """Trace, clean up, stamp and check one graph (``path``, and ``path``.data for weights above 2 GB)."""
     batch_dim = torch.export.Dim("batch", min=1, max=4096) if options.dynamic_batch else None
     inputs = graph.example_inputs(batch=2 if batch_dim else 1)
-    dynamic_shapes = ({0: batch_dim}, tuple({0: batch_dim} for _ in inputs[1:])) if batch_dim else None
+    dynamic_shapes = graph.dynamic_shapes(batch_dim) if batch_dim else None
     with stage(log, f"export {role} graph"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the exporter's registry logs one line per missing torchvision op: not ours to fix

@@ -49,6 +49,14 @@ def make_checkpoint(
     return {k: v.to(dtype).contiguous() for k, v in t.items()}
 
 
+# The official Vision-RWKV sizes (224 px, patch 16, 1000 classes), for random-weight checkpoints of their shape
+VISION_SHAPES = {
+    "vrwkv-t": dict(embed_dims=192, depth=12, patch_size=16, grid=14, num_classes=1000),
+    "vrwkv-s": dict(embed_dims=384, depth=12, patch_size=16, grid=14, num_classes=1000, layer_scale=True),
+    "vrwkv-b": dict(embed_dims=768, depth=12, patch_size=16, grid=14, num_classes=1000, layer_scale=True),
+}
+
+
 def make_vision_checkpoint(
     embed_dims: int = 32,
     depth: int = 2,

@@ -29,29 +29,39 @@ _NO_WEIGHT = -1e38  # the log-scale of an empty sum (the kernel's MIN_VALUE)
 
 
 # -- Bi-WKV ----------------------------------------------------------------------------------------
-def _scan(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each t, the sum over the tokens before t of exp(k_i - (t - i - 1) w) [v_i | 1], kept as
-    (num, den) scaled by exp(-top), top the running maximum of the exponents.
-    w: (C,); k, v: (..., T, C) -> num, den, top (..., T, C); the sums at t = 0 are empty (top = -1e38)."""
-    num = torch.zeros_like(k[..., 0, :])  # (..., C)
-    den = torch.zeros_like(num)
-    top = torch.full_like(num, _NO_WEIGHT)
-    nums, dens, tops = [], [], []
-    for t in range(k.shape[-2]):
-        nums.append(num), dens.append(den), tops.append(top)
-        past = top - w  # one more token of distance for everything already summed
-        m = torch.maximum(past, k[..., t, :])
-        e_past, e_now = torch.exp(past - m), torch.exp(k[..., t, :] - m)
-        num, den, top = e_past * num + e_now * v[..., t, :], e_past * den + e_now, m
-    return torch.stack(nums, -2), torch.stack(dens, -2), torch.stack(tops, -2)
+def _shift(x: torch.Tensor, d: int, fill: float, after: bool) -> torch.Tensor:
+    """Position t takes position t - d (``after`` False) or t + d along the token axis; ``fill`` where
+    that is outside the sequence.  x: (..., T, C) -> (..., T, C), as a slice and a pad (no gather)."""
+    T = x.shape[-2]
+    if after:
+        return F.pad(x[..., d:, :], (0, 0, 0, d), value=fill)
+    return F.pad(x[..., :T - d, :], (0, 0, d, 0), value=fill)
+
+
+def _scan(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, after: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each t, the sum over the tokens before t (``after``: after t) of e^{k_i - (|t - i| - 1) w} [v_i | 1],
+    kept as [num | den] scaled by e^{-top}, top the largest exponent. A doubling (Hillis-Steele) scan:
+    after step j every position holds the sum over the 2^j nearest tokens on its side, and step j + 1 adds
+    the sums 2^j positions further, decayed by e^{-2^j w}; ceil(log2 T) steps of elementwise ops and shifts.
+    w: (C,); k, v: (..., T, C) -> nd (2, ..., T, C), top (..., T, C); empty sums have top = -1e38."""
+    T = k.shape[-2]
+    nd = _shift(torch.stack([v, torch.ones_like(v)]), 1, 0.0, after)  # (2, ..., T, C): the nearest token
+    top = _shift(k, 1, _NO_WEIGHT, after)
+    d = 1
+    while d < T:
+        far, far_top = _shift(nd, d, 0.0, after), _shift(top, d, _NO_WEIGHT, after) - d * w
+        m = torch.maximum(top, far_top)
+        nd, top = torch.exp(top - m) * nd + torch.exp(far_top - m) * far, m
+        d *= 2
+    return nd, top
 
 
 def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The paper's Bi-WKV in O(T): y_t = (sum_{i != t} e^{-(|t-i|-1) w + k_i} v_i + e^{u + k_t} v_t) /
-    (the same sums without v), from a forward and a backward scan with running maxima; w of any sign.
-    w, u: (C,); k, v: (..., T, C) -> (..., T, C)."""
-    num_l, den_l, top_l = _scan(w, k, v)  # tokens before t
-    num_r, den_r, top_r = (s.flip(-2) for s in _scan(w, k.flip(-2), v.flip(-2)))  # tokens after t
+    """The paper's Bi-WKV: y_t = (sum_{i != t} e^{-(|t-i|-1) w + k_i} v_i + e^{u + k_t} v_t) / (the same
+    sums without v), from a doubling scan each way with running maxima (no loop over T, no T x T matrix);
+    w of any sign.  w, u: (C,); k, v: (..., T, C) -> (..., T, C)."""
+    (num_l, den_l), top_l = _scan(w, k, v, after=False)  # tokens before t
+    (num_r, den_r), top_r = _scan(w, k, v, after=True)  # tokens after t
     now = u + k
     m = torch.maximum(torch.maximum(top_l, top_r), now)
     e_l, e_r, e_now = torch.exp(top_l - m), torch.exp(top_r - m), torch.exp(now - m)
@@ -357,6 +367,19 @@ class VisionRWKV(nn.Module):
         square = self.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, C, g, g)
         resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)  # (1, C, H, W)
         return resized.flatten(2).transpose(1, 2)
+
+    def at_resolution(self, image_size: int) -> "VisionRWKV":
+        """This model with pos_embed resized once for square ``image_size`` images (itself at the trained
+        size): what a fixed-resolution graph holds instead of a resize. ImageError as ``check_images``."""
+        grid = self.check_images(torch.empty(1, self.config.in_channels, image_size, image_size, device="meta"))
+        if grid[0] == self.config.trained_grid:
+            return self
+        config = dataclasses.replace(self.config, image_size=image_size)
+        with torch.device("meta"):
+            model = VisionRWKV(config)
+        tensors = {**self.state_dict(), "pos_embed": self.position(grid).detach()}
+        model.load_state_dict(tensors, assign=True)
+        return model.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> logits (B, classes), or features (B, C, H / p, W / p) without a head."""

@@ -135,3 +135,67 @@ def prefill_vs_steps():
         return found
 
     return gaps
+
+
+# -- image models -----------------------------------------------------------------------------------
+VISION_MODELS = {  # name -> (make_vision_checkpoint arguments, export options): tiny seeded Vision-RWKV models
+    "plain": (dict(embed_dims=32, depth=2, patch_size=4, grid=4, num_classes=10), {}),  # 16 px, 4 x 4 patches
+    # key_norm, layer scale and (the recipe's) post-norm, exported at 20 px: an odd 5 x 5 grid, pos_embed resized
+    "scaled": (dict(embed_dims=32, depth=2, patch_size=4, grid=4, num_classes=12, key_norm=True, layer_scale=True),
+               dict(image_size=20)),
+    "backbone": (dict(embed_dims=24, depth=2, patch_size=4, grid=3, num_classes=0), dict(dynamic_batch=True)),
+}
+
+
+@pytest.fixture(scope="session")
+def vision_ckpt(checkpoint_dir):
+    """vision_ckpt(name) -> path of the VISION_MODELS checkpoint ``name``, an mmcls file with class names
+    in its meta where it has a head."""
+    import torch
+
+    from rwkv_edge.model.synthetic import make_vision_checkpoint
+
+    def get(name: str) -> Path:
+        path = checkpoint_dir / f"vision-{name}.pth"
+        if not path.exists():
+            kwargs = VISION_MODELS[name][0]
+            meta = {"CLASSES": [f"class {i}" for i in range(kwargs["num_classes"])]} if kwargs["num_classes"] else {}
+            torch.save({"meta": meta, "state_dict": make_vision_checkpoint(**kwargs)}, path)
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def vision_export(vision_ckpt, tmp_path_factory):
+    """vision_export(name, weights="fp32") -> ONNX export of the VISION_MODELS model ``name``, once per session
+    (copy it before changing it)."""
+    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, weights: str = "fp32") -> Path:
+        if (name, weights) not in done:
+            out = tmp_path_factory.mktemp(f"vision-onnx-{name}-{weights}")
+            export_onnx(vision_ckpt(name), out, OnnxOptions(weights, **VISION_MODELS[name][1]), log=lambda _: None)
+            done[name, weights] = out
+        return done[name, weights]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def vision_bundle(vision_export, tmp_path_factory):
+    """vision_bundle(name, target="x86_64-host") -> TVM bundle of the fp32 export of ``name``, once per session."""
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, target: str = "x86_64-host") -> Path:
+        if (name, target) not in done:
+            out = tmp_path_factory.mktemp(f"vision-tvm-{name}-{target}")
+            compile_tvm(vision_export(name), out, TvmOptions(target), log=lambda _: None)
+            done[name, target] = out
+        return done[name, target]
+
+    return get

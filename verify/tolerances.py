@@ -93,3 +93,34 @@ def tolerance_for(weights: str, compute: str, kind: str) -> Tolerance:
         raise OptionError(f"no parity limits are set for {weights} weights with {compute} compute in a {kind} "
                           "artifact (verify/tolerances.py: measure them, then add the entry)")
     return found
+
+
+# -- image models (verify/vision.py) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageTolerance:
+    """What an image model's artifact must meet on the reference images."""
+
+    name: str
+    output_scaled: float  # max over the images of max|Δ|/std(ref) of the logits (or features)
+    top1: float  # minimum fraction of images whose top-1 class agrees
+    top5: float  # minimum fraction of images whose top-5 classes are the same set
+
+
+IMAGE_FP32 = ImageTolerance("image fp32", 1e-4, 1.0, 1.0)  # MEASURED below
+IMAGE_FP16 = ImageTolerance("image fp16", 5e-2, 0.75, 0.5)  # MEASURED below
+
+# (weight format, compute precision, manifest kind) -> limits
+IMAGE_TOLERANCES: dict[tuple[str, str, str], ImageTolerance] = {
+    ("fp32", "fp32", "onnx"): IMAGE_FP32,
+    ("fp32", "fp32", "tvm"): IMAGE_FP32,
+    ("fp16", "fp16", "onnx"): IMAGE_FP16,
+}
+
+
+def image_tolerance_for(weights: str, compute: str, kind: str) -> ImageTolerance:
+    """The limits of an image model's artifact of ``kind`` with ``weights`` computed in ``compute``."""
+    found = IMAGE_TOLERANCES.get((weights, compute, kind))
+    if found is None:
+        raise OptionError(f"no parity limits are set for an image model with {weights} weights and {compute} compute "
+                          f"in a {kind} artifact (verify/tolerances.py: measure them, then add the entry)")
+    return found

@@ -21,13 +21,14 @@ from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_re
                      greedy_identity)
 from ..weights import weight_format
 from .tolerances import tolerance_for
+from .vision import ImageParityReport
 
 GREEDY_PROMPT = 16  # tokens of the rollout that prompt greedy generation (as recorded at build time)
 
 
 def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int = 128,
                     against_checkpoint: str | Path | bool = False, log: Callable[[str], None] = print,
-                    executor: str | None = None, remote=None, expect_sha256: str | None = None) -> ParityReport:
+                    executor: str | None = None, remote=None, expect_sha256: str | None = None) -> ParityReport | ImageParityReport:
     """Roll out ``steps`` tokens on the artifact, feeding back its own state, against the PyTorch
     model; check a prefill graph against the same tokens; compare greedy generation; save
     parity.json/.png in the artifact directory.
@@ -37,11 +38,16 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     bundles run here, or on the device behind ``remote`` (a ``rpc_client.Remote``). A GPU bundle
     where its GPU is absent gets a ``BuildReport`` instead: built, not executed. ``against_checkpoint``:
     True for the checkpoint the manifest names, or a path. ``expect_sha256`` pins the manifest:
-    anything else fails before a file is loaded."""
+    anything else fails before a file is loaded. An image model's artifact is judged on its reference
+    images instead (verify/vision.py; ``steps``, ``greedy_tokens`` and ``executor`` do not apply)."""
     from ..runtime.coreml_backend import artifact_directory
 
     artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
     directory, manifest = artifact.directory, artifact.manifest
+    if manifest.is_vision:
+        from .vision import verify_image_artifact
+
+        return verify_image_artifact(artifact, against_checkpoint, remote, log)
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 

@@ -65,6 +65,16 @@ def test_bi_wkv_scan_equals_the_paper_closed_form(T):
     assert (bi_wkv(w, u, k, v) - paper_oracle(w, u, k, v)).abs().max() < 1e-12
 
 
+def test_bi_wkv_equals_the_closed_form_for_every_length_up_to_200():
+    """The doubling scan's shifts and log2 steps at every T (powers of two, one past them, odd lengths).
+    Measured over T = 1 ... 200 (seed T): float64 3.1e-15; fp32 inputs vs the float64 oracle 1.1e-6."""
+    for T in range(1, 201):
+        w, u, k, v = wkv_inputs(T, seed=T)
+        want = paper_oracle(w, u, k, v)
+        assert (bi_wkv(w, u, k, v) - want).abs().max() < 1e-12, T
+        assert (bi_wkv(w.float(), u.float(), k.float(), v.float()).double() - want).abs().max() < 3e-6, T
+
+
 def test_bi_wkv_is_stable_where_the_exponents_overflow():
     """Keys of +-300 and a growth of 5 per token: e^k overflows even float64, the running maxima do not.
     fp32 scan vs float64 oracle: 2.3e-6 measured on this seed, at most 7.7e-6 over seeds 0-19 (|y| <= 2);

@@ -1,0 +1,55 @@
+"""``rwkv-edge compile`` of an image model's ONNX export: the whole-image graph -> a TVM CPU bundle.
+
+What differs from the language models' step bundle (compile/tvm.py, whose import, optimisation,
+build, link and params pieces this reuses): one function, ``main(images (1, 3, H, W) float32,
+weights...) -> logits (1, classes)`` (or features), no state, no prefill, no vocabulary. The
+projections of all T tokens are matrix-matrix products and get the project's packed GEMMs
+(compile/gemm.py), the classifier head its GEMV (compile/schedules.py); the Bi-WKV scans, the
+Q-shift and the norms are TVM's default lowering (docs/vision.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+from .. import __version__
+from ..artifact import Artifact, ArtifactWriter, Graph, Manifest
+from ..artifact.files import LIBRARY, OBJECTS, PARAMS, REFERENCE
+from ..artifact.params import save_params
+from ..contract import IMAGE_GRAPH
+from ..errors import OptionError
+from ..export.artifact import report_commit, stage
+from ..targets import GpuTarget, TvmTarget
+
+
+def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options,
+                        linker: Callable | None, log: Callable[[str], None]) -> Manifest:
+    """Build ``onnx``'s image graph for ``target`` into ``writer`` and commit it (``options``: TvmOptions)."""
+    import tvm
+
+    from .tvm import _build, _export, _import, target_record
+
+    if isinstance(target, GpuTarget):
+        raise OptionError(f"{target.name}: image models compile for TVM CPU targets only so far")
+    if options.weights != "fp32":
+        raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
+    log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
+        f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
+    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log)
+    library = LIBRARY if linker is not None else OBJECTS
+    with stage(log, f"link {library}"):
+        _export(executable, writer.dir / library, linker)
+    with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
+        save_params(params, writer.dir / PARAMS)
+    shutil.copy2(onnx.path(onnx.manifest.reference), writer.dir / REFERENCE)
+    m = onnx.manifest
+    manifest = Manifest(
+        kind="tvm", contract_version=m.contract_version, architecture=m.architecture, config=m.config,
+        tokenizer=m.tokenizer, weights=options.weights, compute="fp32", group_size=0, batch=1, state=[],
+        source=m.source, graphs={IMAGE_GRAPH: Graph(library, function="main", params=PARAMS, num_params=len(params))},
+        tools={**m.tools, "rwkv_edge": __version__, "tvm": tvm.__version__}, reference=REFERENCE,
+        target=target_record(target, options, library, counts),
+    )
+    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    return manifest
