@@ -73,12 +73,14 @@ class CoreMLBuild:
     platform: str  # "iOS" or "macOS"
     deployment: str  # minimum deployment target, e.g. "iOS18"
     compute_units: str
-    form: str  # "explicit" (fp32 state I/O) or "stateful" (Core ML states)
+    form: str  # "explicit" (fp32 state I/O) or "stateful" (Core ML states); "image" for an image model
     state_dtype: str
     token_dtype: str
     functions: list[str]
 
 
+CORE_ML_STEP_FORMS = ("explicit", "stateful")  # a language model's package: fp32 state I/O, or Core ML states
+CORE_ML_IMAGE_FORMS = ("image",)  # an image model's: one RGB image input (compile/coreml_vision.py)
 BUILDS = {"tvm": TvmBuild, "coreml": CoreMLBuild}  # manifest kind -> its target record
 
 
@@ -253,7 +255,7 @@ class _Checker:
             source=self.source(self.get(data, "source", dict, "source")),
             graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files, IMAGE_GRAPH if vision else "step"),
             tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
-            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind),
+            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind, vision),
         )
 
     def files(self, files: dict) -> dict[str, dict[str, Any]]:
@@ -360,7 +362,7 @@ class _Checker:
             self.fail(f"{what}.{bad[0]} is not a string")
         return data
 
-    def target(self, target: object, kind: str) -> TvmBuild | CoreMLBuild | None:
+    def target(self, target: object, kind: str, vision: bool) -> TvmBuild | CoreMLBuild | None:
         if kind not in BUILDS:
             if target is not None:
                 self.fail(f"an {kind} artifact has no target")
@@ -368,8 +370,9 @@ class _Checker:
         build = self.record(BUILDS[kind], target, "target")
         if kind == "tvm" and build.device not in DEVICES:
             self.fail(f"target.device must be one of {', '.join(DEVICES)}")
-        if kind == "coreml" and build.form not in ("explicit", "stateful"):
-            self.fail("target.form must be explicit or stateful")
+        forms = CORE_ML_IMAGE_FORMS if vision else CORE_ML_STEP_FORMS
+        if kind == "coreml" and build.form not in forms:
+            self.fail(f"target.form must be {' or '.join(forms)} for {'an image' if vision else 'a language'} model")
         return build
 
 

@@ -8,8 +8,7 @@ checkpoint's). The package holds one function, ``main``:
 - out: ``logits`` fp32 (1, classes), or ``features`` (1, C, S / p, S / p) for a backbone.
 
 The ImageNet normalisation is inside, so the package takes plain pixels: the image input's
-per-channel bias subtracts the mean, and the division by the std is folded into the patch
-embedding (each input channel's slice of the convolution weights divided by that channel's std).
+per-channel bias subtracts the mean, and the graph's first op divides by the std.
 
 fp16, int8 and int4 weights compute in fp16 with the normalisations in fp32, as the language models'
 packages do; int8/int4 weights (iOS 18 / macOS 15) are the project's quantizer's numbers for every
@@ -27,20 +26,21 @@ from torch import nn
 
 from .. import __version__
 from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
+from ..artifact.manifest import CORE_ML_IMAGE_FORMS
 from ..artifact.files import PACKAGE, REFERENCE
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_INPUT, NO_TOKENIZER
+from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGENET_MEAN, IMAGENET_STD, NO_TOKENIZER
 from ..errors import OptionError
 from ..export.artifact import report_commit, stage
-from ..export.vision import build_vision_reference, load_vision_source, vision_config
-from ..images import IMAGENET_MEAN, IMAGENET_STD
+from ..export.graph import ImageGraph
+from ..export.vision import vision_config, write_reference
 from ..model.base import quantize_linears
+from ..model.checkpoint import open_checkpoint
 from ..model.vision import VisionRWKV
 from ..targets import CoreMLTarget
 from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..weights import weight_format
 from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, _compress, _ct_target, quantized_matrices
 
-FORM = "image"  # CoreMLBuild.form of an image model's package
 
 
 def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOptions, image_size: int | None,
@@ -49,17 +49,19 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
     if options.stateful:
         raise OptionError("--stateful applies to language models: an image model has no state")
     plan = options.resolve()
-    build = CoreMLBuild(plan.target.name, plan.target.platform, plan.deployment, plan.compute_units, FORM, "", "",
+    build = CoreMLBuild(plan.target.name, plan.target.platform, plan.deployment, plan.compute_units, CORE_ML_IMAGE_FORMS[0], "", "",
                         ["main"])
     log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units} "
         f"({build.name})")
     log(f"weights: {plan.weights}, {plan.compute} compute" + (", the norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
-        model, sha = load_vision_source(checkpoint, log)
+        opened = open_checkpoint(checkpoint)
+        model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
         size = image_size or model.config.image_size
-        manifest = _manifest(model, size, checkpoint, sha, plan, build)
-        with stage(log, "reference images (fp32 PyTorch)"):
-            build_vision_reference(model, size).save(writer.dir / REFERENCE)
+        model = model.at_resolution(size)  # ImageError for a size that is no multiple of the patch
+        graph = ImageGraph(model, size)
+        manifest = _manifest(graph, checkpoint, opened, plan, build)
+        write_reference(graph, writer.dir / REFERENCE, log)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
         with stage(log, f"convert ({size} x {size} px)"):
             mlmodel = _convert(model, size, manifest.config["output"], plan)
@@ -76,17 +78,16 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
 
 
 class PixelGraph(nn.Module):
-    """pixels minus the ImageNet mean (1, 3, S, S) -> the model's output; the std is in the patch embedding."""
+    """RGB pixels minus the ImageNet mean (1, 3, S, S), as Core ML's image input hands them over -> the
+    model's output, on the fixed patch grid of S x S images."""
 
     def __init__(self, model: VisionRWKV, size: int) -> None:
         super().__init__()
         self.model, self.grid = model, (size // model.config.patch_size,) * 2
-        projection = model.patch_embed.projection
-        std = torch.tensor(IMAGENET_STD, dtype=projection.weight.dtype).reshape(1, 3, 1, 1)
-        projection.weight.data = projection.weight.data / std  # (C, 3, p, p): each input channel's slice
+        self.register_buffer("inverse_std", 1 / torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
 
     def forward(self, centred: torch.Tensor) -> torch.Tensor:
-        return self.model.run(centred, self.grid)
+        return self.model.run(centred * self.inverse_std, self.grid).float()
 
 
 def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
@@ -125,21 +126,15 @@ def _stamp(mlmodel, manifest: Manifest) -> None:
     })
 
 
-def _manifest(model: VisionRWKV, size: int, checkpoint: Path, sha: str, plan: CoreMLPlan, build: CoreMLBuild) -> Manifest:
+def _manifest(graph: ImageGraph, checkpoint: Path, opened, plan: CoreMLPlan, build: CoreMLBuild) -> Manifest:
     ct = import_coremltools()
 
+    config = vision_config(graph.model, graph.image_size, graph.output_names()[0], opened.meta)
     return Manifest(
-        kind="coreml", contract_version=CONTRACT_VERSION, architecture="vrwkv", config=vision_config(model, size),
+        kind="coreml", contract_version=CONTRACT_VERSION, architecture="vrwkv", config=config,
         tokenizer=NO_TOKENIZER, weights=plan.weights, compute=plan.compute, group_size=plan.group_size, batch=1,
-        state=[], source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
+        state=[], source={"checkpoint": str(checkpoint.resolve()), "sha256": opened.sha256},
         graphs={IMAGE_GRAPH: Graph(PACKAGE, function="main")}, target=build, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
     )
-
-
-def pixels(images: np.ndarray) -> np.ndarray:
-    """Normalised images (N, 3, H, W) -> the pixels the package's image input takes (the inverse of the
-    ImageNet normalisation)."""
-    std, mean = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN))
-    return images * std + mean
 

@@ -20,7 +20,7 @@ from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.files import REFERENCE, STEP_ONNX
 from ..artifact.reference import VisionReference
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
+from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGENET_MEAN, IMAGENET_STD, NO_TOKENIZER
 from ..errors import OptionError
 from ..model import VisionRWKV
 from ..model.checkpoint import Checkpoint
@@ -28,7 +28,6 @@ from .artifact import report_commit, stage
 from .graph import ImageGraph
 
 REFERENCE_IMAGES = 8  # per artifact: noise, gradients, blobs, stripes (reference_images)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the official configs' normalisation
 VISION_WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16}  # fp16: fp16 compute, the Bi-WKV scans in fp32
 
 
@@ -48,16 +47,21 @@ def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, 
         f"({size // cfg.patch_size}^2 tokens), {f'{cfg.num_classes} classes' if cfg.num_classes else 'backbone'}, "
         f"{options.weights} weights")
     graph = ImageGraph(fixed, size)
-    with stage(log, f"reference outputs on {REFERENCE_IMAGES} images (fp32 compute)"):
-        images = reference_images(REFERENCE_IMAGES, size, cfg.in_channels)
-        with torch.inference_mode():
-            output = graph(torch.from_numpy(images)).numpy()
-        VisionReference(images, output, graph.output_names()[0]).save(writer.dir / REFERENCE)
+    write_reference(graph, writer.dir / REFERENCE, log)
     graph = ImageGraph(fixed.to(VISION_WEIGHTS[options.weights]), size)
     manifest = _manifest(model, graph, size, checkpoint, opened, options)
     _export_graph(graph, writer.dir / STEP_ONNX, manifest, options, log, IMAGE_GRAPH)
     report_commit(log, writer.out, manifest, writer.commit(manifest))
     return manifest
+
+
+def write_reference(graph: ImageGraph, path: Path, log: Callable[[str], None]) -> None:
+    """REFERENCE_IMAGES reference images and the (fp32) ``graph``'s outputs on them, saved to ``path``."""
+    with stage(log, f"reference outputs on {REFERENCE_IMAGES} images (fp32 compute)"):
+        images = reference_images(REFERENCE_IMAGES, graph.image_size, graph.model.config.in_channels)
+        with torch.inference_mode():
+            output = graph(torch.from_numpy(images)).numpy()
+        VisionReference(images, output, graph.output_names()[0]).save(path)
 
 
 def vision_config(model: VisionRWKV, image_size: int, output: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +86,8 @@ def class_names(meta: dict[str, Any], num_classes: int) -> list[str] | None:
 
 def reference_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     """``n`` seeded synthetic images, ImageNet-normalised as the official pipeline leaves them, cycling
-    through white noise, smooth colour gradients, soft blobs and oriented stripes (pixel values in [0, 1]
-    before normalising).  -> (n, channels, size, size) float32"""
+    through white noise, smooth colour gradients, soft blobs and oriented stripes, rounded to 8-bit pixel
+    levels before normalising.  -> (n, channels, size, size) float32"""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)  # (size, size) each, in [0, 1]
     images = []
@@ -107,7 +111,8 @@ def reference_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.
         images.append(np.clip(image, 0, 1))
     mean = np.resize(np.array(IMAGENET_MEAN), channels)[:, None, None]
     std = np.resize(np.array(IMAGENET_STD), channels)[:, None, None]
-    return ((np.stack(images) - mean) / std).astype(np.float32)
+    pixels = np.round(np.stack(images) * 255)  # 8-bit levels: what an image file or a Core ML image input holds
+    return ((pixels - mean) / std).astype(np.float32)
 
 
 def _manifest(model: VisionRWKV, graph: ImageGraph, size: int, checkpoint: Path, opened: Checkpoint,

@@ -32,10 +32,9 @@ _NO_WEIGHT = -1e38  # the log-scale of an empty sum (the kernel's MIN_VALUE)
 def _shift(x: torch.Tensor, d: int, fill: float, after: bool) -> torch.Tensor:
     """Position t takes position t - d (``after`` False) or t + d along the token axis; ``fill`` where
     that is outside the sequence.  x: (..., T, C) -> (..., T, C), as a slice and a pad (no gather)."""
-    T = x.shape[-2]
     if after:
         return F.pad(x[..., d:, :], (0, 0, 0, d), value=fill)
-    return F.pad(x[..., :T - d, :], (0, 0, d, 0), value=fill)
+    return F.pad(x[..., :-d, :], (0, 0, d, 0), value=fill)  # d >= 1; no size arithmetic for a trace to keep
 
 
 def _scan(w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, after: bool) -> tuple[torch.Tensor, torch.Tensor]:

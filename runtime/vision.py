@@ -8,14 +8,16 @@ exported for batch 1 runs the images one by one.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..artifact import Artifact, open_artifact
-from ..contract import IMAGE_GRAPH, IMAGE_INPUT
-from ..errors import ArtifactError, ImageError, PlatformError, ToolError, one_line
+from ..contract import IMAGE_GRAPH, IMAGE_INPUT, IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ArtifactError, ImageError, OptionError, PlatformError, ToolError, one_line
+from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..platforms import host_triple
 from .rpc_client import Remote, open_session
 
@@ -73,13 +75,18 @@ def check_images(images: object, channels: int, size: int) -> None:
 
 
 def open_vision(directory: str | Path | Artifact, remote: Remote | None = None, threads: int | None = None,
-                expect_sha256: str | None = None) -> VisionRunner:
+                expect_sha256: str | None = None, executor: str | None = None) -> VisionRunner:
     """The image-model artifact at ``directory`` (checked and hashed) on its backend: onnxruntime for an
-    ONNX export (``threads``), TVM for a bundle, here or on the device behind ``remote``."""
+    ONNX export (``threads``), TVM for a bundle, here or on the device behind ``remote``, Core ML for a
+    package (``executor``: "predict" on macOS, else "mil", coremltools' evaluation of the program)."""
     artifact = directory if isinstance(directory, Artifact) else open_artifact(directory, expect_sha256=expect_sha256)
     m = artifact.manifest
     if not m.is_vision:
         raise ArtifactError(f"{artifact.directory}: holds a {m.architecture} language model, not an image model")
+    if m.kind == "coreml" and remote is None and threads is None:
+        return VisionRunner(artifact, _CoreMLImage(artifact, executor))
+    if executor is not None:
+        raise ArtifactError(f"{artifact.directory}: an executor applies to Core ML artifacts, this is {m.kind}")
     if m.kind == "onnx" and remote is None:
         return VisionRunner(artifact, _OrtImage(artifact, threads))
     if m.kind == "tvm" and threads is None:
@@ -87,7 +94,8 @@ def open_vision(directory: str | Path | Artifact, remote: Remote | None = None, 
     if m.kind in ("onnx", "tvm"):
         raise ArtifactError(f"{artifact.directory}: {'an RPC device' if remote else 'threads'} applies to "
                             f"{'TVM' if remote else 'ONNX'} artifacts, this is {m.kind}")
-    raise ArtifactError(f"{artifact.directory}: no image runtime for {m.kind} artifacts yet (onnx, tvm)")
+    raise ArtifactError(f"{artifact.directory}: a Core ML package runs here or on a Mac, not with "
+                        f"{'an RPC device' if remote else 'threads'}")
 
 
 class _OrtImage:
@@ -170,3 +178,56 @@ class _TvmImage:
 
         self.vm = self.params = self._session = self.device = None
         gc.collect()  # the VM's get_outputs closure is a reference cycle that holds the session
+
+
+class _CoreMLImage:
+    """model.mlpackage's ``main(image)``: an image input of pixels in 0..255 that normalises them itself
+    (compile/coreml_vision.py), so normalised images are turned back into pixels first."""
+
+    def __init__(self, artifact: Artifact, executor: str | None) -> None:
+        from .coreml_backend import EXECUTORS, default_executor, describe_executor
+
+        self.executor = executor or default_executor()
+        if self.executor not in EXECUTORS:
+            raise OptionError(f"unknown Core ML executor {self.executor!r}; choose {', '.join(EXECUTORS)}")
+        self.package, self.output = artifact.graph(IMAGE_GRAPH), artifact.manifest.config["output"]
+        self.runs_on = describe_executor(self.executor)
+        if self.executor == "mil":
+            from .coreml_mil import MilProgram
+
+            program = MilProgram(self.package)
+            self._run = lambda pixels: program.run("main", {"image": pixels})[self.output]
+        else:
+            self._run = self._predictor(artifact)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(pixels(images)), np.float32)
+
+    def _predictor(self, artifact: Artifact):
+        if sys.platform != "darwin":
+            raise OptionError("Core ML predict runs on macOS only; on this OS use the reference evaluation "
+                              "(executor 'mil'), which `rwkv-edge verify` picks by default")
+        from PIL import Image
+
+        ct = import_coremltools()
+        try:
+            with quiet_coremltools():
+                model = ct.models.MLModel(str(self.package),
+                                          compute_units=getattr(ct.ComputeUnit, artifact.manifest.target.compute_units))
+        except Exception as e:  # Core ML's own errors for a package it cannot load
+            raise ArtifactError(f"{self.package}: Core ML cannot load it: {one_line(e)}") from None
+
+        def run(image: np.ndarray) -> np.ndarray:  # (1, 3, H, W) pixels -> an 8-bit RGB image
+            rgb = np.clip(np.round(image[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+            return model.predict({"image": Image.fromarray(rgb, "RGB")})[self.output]
+
+        return run
+
+    def close(self) -> None:
+        self._run = None
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """Normalised images (N, 3, H, W) -> the RGB pixels in 0..255 they came from (IMAGENET_MEAN, IMAGENET_STD)."""
+    std, mean = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN))
+    return images * std + mean

@@ -39,7 +39,7 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     where its GPU is absent gets a ``BuildReport`` instead: built, not executed. ``against_checkpoint``:
     True for the checkpoint the manifest names, or a path. ``expect_sha256`` pins the manifest:
     anything else fails before a file is loaded. An image model's artifact is judged on its reference
-    images instead (verify/vision.py; ``steps``, ``greedy_tokens`` and ``executor`` do not apply)."""
+    images instead (verify/vision.py; ``steps`` and ``greedy_tokens`` do not apply)."""
     from ..runtime.coreml_backend import artifact_directory
 
     artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
@@ -47,7 +47,7 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     if manifest.is_vision:
         from .vision import verify_image_artifact
 
-        return verify_image_artifact(artifact, against_checkpoint, remote, log)
+        return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 

@@ -118,8 +118,9 @@ def compare_images(reference: np.ndarray, candidate: np.ndarray, report: ImagePa
 
 
 def verify_image_artifact(artifact: Artifact, against_checkpoint: str | Path | bool = False, remote=None,
-                          log: Callable[[str], None] = print) -> ImageParityReport:
-    """Run ``artifact`` (an image model's, opened and hashed) on its reference images and judge it."""
+                          log: Callable[[str], None] = print, executor: str | None = None) -> ImageParityReport:
+    """Run ``artifact`` (an image model's, opened and hashed) on its reference images and judge it;
+    ``executor``: Core ML's (runtime/vision.py)."""
     manifest = artifact.manifest
     tolerance = image_tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.vision_reference()
@@ -127,7 +128,7 @@ def verify_image_artifact(artifact: Artifact, against_checkpoint: str | Path | b
         f"{manifest.compute} compute; limits {tolerance.name}; against "
         + ("the PyTorch model, live" if against_checkpoint else "the PyTorch model's outputs recorded at build time"))
     expected = _live(artifact, recorded, against_checkpoint, log) if against_checkpoint else recorded.output
-    runner = open_vision(artifact, remote=remote)
+    runner = open_vision(artifact, remote=remote, executor=executor)
     log(f"  running on {runner.runs_on}")
     try:
         got = runner.run(recorded.images)
