@@ -12,6 +12,7 @@ from PIL import Image
 
 from rwkv_edge.images import load_image
 from rwkv_edge.model import VISION_DEMO_CHECKPOINT, load_vision_checkpoint
+from rwkv_edge.model.demo.train_vision import CLASSES
 from rwkv_edge.model.synthetic import make_checkpoint, make_vision_checkpoint, save_checkpoint
 
 DEMO = VISION_DEMO_CHECKPOINT.parent
@@ -136,6 +137,15 @@ def test_trace_images_bad_input_is_one_line(ckpts, tmp_path, cli, array, ckpt, o
                        *options)
     assert code == 1 and err.count("\n") == 1 and err.startswith("rwkv-edge: error: ") and message in err, err
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_trace_images_defaults_to_the_demo_model(tmp_path, cli):
+    images = np.stack([load_image(p, 64).pixels for p in sorted(DEMO.glob("sample-*.png"))])
+    np.save(tmp_path / "samples.npy", images)
+    code, out, _ = cli("trace", "--images", str(tmp_path / "samples.npy"), "--out", str(tmp_path / "t.npz"))
+    assert code == 0 and f"logits ({len(images)}, 10)" in out
+    names = [p.stem.removeprefix("sample-") for p in sorted(DEMO.glob("sample-*.png"))]
+    assert [CLASSES[i] for i in np.load(tmp_path / "t.npz")["logits"].argmax(-1)] == names
 
 
 def test_trace_takes_tokens_or_images_not_both(cli, tmp_path, monkeypatch):
