@@ -159,8 +159,8 @@ def lr_at(step: int, steps: int) -> float:
 
 def bi_wkv_dense(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The paper's Bi-WKV (``vision.bi_wkv``) for training: the same sums as a (C, T, T) matrix of decays
-    times e^{k - max k} v, two batched matmuls instead of 2T small steps per call (training steps
-    0.28 s instead of 0.9 s at T = 64, measured). Safe while |w| (T - 1) stays far below fp32's exp range;
+    times e^{k - max k} v, two batched matmuls instead of 2T small steps per call (a training step at
+    T = 64: 0.38 s instead of 1.03 s, 2.7x; medians of 7 interleaved, one thread, load average 4.8). Safe while |w| (T - 1) stays far below fp32's exp range;
     the saved model is checked against ``bi_wkv``.  w, u: (C,); k, v: (B, T, C) -> (B, T, C)"""
     T = k.shape[-2]
     i = torch.arange(T)
