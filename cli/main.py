@@ -17,6 +17,7 @@ from ..errors import OptionError, RwkvEdgeError
 WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 MAX_CHUNK = 4096  # prefill tokens per call
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -389,9 +390,6 @@ def cmd_classify(args: argparse.Namespace) -> None:
         print(f"{r.path}" + (f"  (converted: {r.converted})" if r.converted else ""))
         for g in r.top:
             print(f"  {g.probability:7.2%}  {g.name}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
-
-
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:

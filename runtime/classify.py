@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Classification:
     converted: str | None  # how the file was made RGB, if it was not
     top: list[Guess]  # most probable first
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"image": str(self.path), "converted": self.converted,
                 "top": [{"index": g.index, "name": g.name, "probability": g.probability} for g in self.top]}
 
@@ -71,7 +71,7 @@ def classify(model: ImageModel, paths: Sequence[str | Path], top: int = 5,
     """Read and preprocess every image (each bad file is one ImageError naming it, before the model runs),
     then the top ``top`` classes of each, at ``image_size`` (default: the model's)."""
     if top < 1:
-        raise OptionError(f"--top must be at least 1, got {top}")
+        raise OptionError(f"top must be at least 1 class, got {top}")
     size = image_size or model.image_size
     loaded = [load_image(p, size) for p in paths]
     logits = np.concatenate([model.run(np.stack([im.pixels for im in loaded[i:i + BATCH]]))
