@@ -18,6 +18,7 @@ WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a t
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 MAX_CHUNK = 4096  # prefill tokens per call
 MAX_IMAGE_SIZE = 4096  # pixels per side of an image model's input
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -64,12 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_arg(p)
     p.set_defaults(run=cmd_generate)
 
-    p = sub.add_parser("trace", help="run step over tokens from the initial state; save logits and state")
-    _source_arg(p)
-    p.add_argument("--tokens", required=True, type=_token_list, help="comma-separated token ids, e.g. 1,2,3")
-    p.add_argument("--out", required=True, type=_output_file, help="output .npz (tokens, logits, state_out.*)")
+    p = sub.add_parser("trace", help="run step over tokens from the initial state and save logits and state, or "
+                                     "a vision model over images and save its logits")
+    p.add_argument("source", nargs="?", type=Path,
+                   help="checkpoint file or artifact directory (default: the bundled RWKV-7 demo model; with "
+                        "--images, the bundled Vision-RWKV demo model)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tokens", type=_token_list, help="comma-separated token ids, e.g. 1,2,3")
+    what.add_argument("--images", type=Path, metavar="FILE.npy",
+                      help="a Vision-RWKV model: images (N, 3, H, W) float32, already normalised; writes logits "
+                           "(N, classes), or features (N, C, H/p, W/p) for a backbone")
+    p.add_argument("-o", "--out", required=True, type=_output_file,
+                   help="output .npz (tokens, logits, state_out.*; with --images logits or features)")
     _backend_arg(p)
     p.set_defaults(run=cmd_trace)
+
+    p = sub.add_parser("classify", help="the most probable classes of images (PNG, JPEG, ...) under a Vision-RWKV model",
+                       usage="rwkv-edge classify [-h] [--top K] [--image-size N] [--json] [CHECKPOINT] IMAGE [IMAGE ...]")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="a Vision-RWKV checkpoint (.pth, .pt or .safetensors) or artifact directory (default: the "
+                        "bundled demo model, which tells ten shapes and textures apart), then one or more image files")
+    p.add_argument("--top", type=_bounded_int(1, 1000), default=5, metavar="K", help="classes shown per image (default 5)")
+    p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
+                   help="crop size after resizing the shorter side to N * 256 / 224 (default: the model's "
+                        "trained size); a multiple of the patch size")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(run=cmd_classify)
 
     export = sub.add_parser("export", help="export a checkpoint to a deployable format").add_subparsers(
         required=True, metavar="FORMAT")
@@ -86,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch axis instead of batch 1")
     p.add_argument("--opset", type=_bounded_int(18, MAX_OPSET), default=18,
                    help=f"ONNX opset, 18 to {MAX_OPSET} (default 18)")
-    p.add_argument("--image-size", type=_bounded_int(1, 8192), metavar="N",
+    p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
                    help="image models: the graph's fixed resolution, N x N px, a multiple of the patch size "
                         "(default: the checkpoint's trained size)")
     p.set_defaults(run=cmd_export_onnx)
@@ -119,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TVM CPU, int8/int4 weights: int8 (activations rounded to int8 per group, integer dot "
                         "products: ARM sdot, x86 AVX-512 VNNI) or fp32 (weights dequantized in registers); "
                         "default int8 where the target has the instruction (see `rwkv-edge targets`)")
-    p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="PX",
+    p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
                    help="Core ML, image models: the square input resolution, a multiple of the patch size "
                         "(default: the checkpoint's; ONNX exports fix theirs with `export onnx --image-size`)")
     p.set_defaults(run=cmd_compile)
@@ -333,6 +354,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
+    if args.images is not None:
+        return _trace_images(args)
     from ..runtime import run_trace, save_trace
     from ..runtime.registry import open_backend
 
@@ -341,6 +364,55 @@ def cmd_trace(args: argparse.Namespace) -> None:
     top1 = trace.logits.argmax(-1).tolist()
     print(f"traced {len(args.tokens)} tokens on {args.backend}: logits {trace.logits.shape}, "
           f"{len(trace.state)} state tensors -> {args.out} (greedy next tokens {top1[:8]}{' ...' if len(top1) > 8 else ''})")
+
+
+def _trace_images(args: argparse.Namespace) -> None:
+    from ..images import load_image_batch
+    from ..runtime.classify import open_image_model
+    from ..runtime.tracing import run_image_trace, save_arrays
+
+    if args.backend != "torch":
+        raise OptionError("--backend applies to --tokens; with --images the source decides how it runs "
+                          "(a checkpoint runs on PyTorch)")
+    images = load_image_batch(args.images)  # before the model loads: a bad file fails fast
+    model = open_image_model(args.source or _vision_demo())
+    arrays = run_image_trace(model, images)
+    save_arrays(arrays, args.out)
+    (name, out), = arrays.items()
+    print(f"traced {images.shape[0]} images {images.shape[1:]}: {name} {out.shape} -> {args.out}")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from ..runtime.classify import classify, open_image_model
+
+    source, images = _model_and_images(args.paths)
+    model = open_image_model(source or _vision_demo(), classifier=True)
+    results = classify(model, images, args.top, args.image_size)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+        return
+    size = args.image_size or model.image_size
+    print(f"classify: {source or f'{_vision_demo()} (bundled demo model)'}, {size} px")
+    for r in results:
+        print(f"{r.path}" + (f"  (converted: {r.converted})" if r.converted else ""))
+        for g in r.top:
+            print(f"  {g.probability:7.2%}  {g.name}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
+
+
+def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """classify's positional paths: a leading checkpoint (by its suffix) or artifact directory, if any, and
+    the images."""
+    if paths[0].suffix.lower() not in CHECKPOINT_SUFFIXES and not paths[0].is_dir():
+        return None, paths
+    if len(paths) == 1:
+        raise OptionError(f"no images to classify: give image files after the model {paths[0]}")
+    return paths[0], paths[1:]
+
+
+def _vision_demo() -> Path:
+    from ..model import VISION_DEMO_CHECKPOINT
+
+    return VISION_DEMO_CHECKPOINT
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:

@@ -28,7 +28,8 @@ from .. import __version__
 from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
 from ..artifact.manifest import CORE_ML_IMAGE_FORMS
 from ..artifact.files import PACKAGE, REFERENCE
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGENET_MEAN, IMAGENET_STD, NO_TOKENIZER
+from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import OptionError
 from ..export.artifact import report_commit, stage
 from ..export.graph import ImageGraph

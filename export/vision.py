@@ -20,7 +20,8 @@ from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.files import REFERENCE, STEP_ONNX
 from ..artifact.reference import VisionReference
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, IMAGENET_MEAN, IMAGENET_STD, NO_TOKENIZER
+from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import OptionError
 from ..model import VisionRWKV
 from ..model.checkpoint import Checkpoint

@@ -18,6 +18,7 @@ from .vision import VisionRWKV, is_vision_checkpoint
 
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "rwkv7-demo.pth"  # trained by model/demo/train.py
+VISION_DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "vrwkv-demo.pth"  # trained by model/demo/train_vision.py
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
-"""``rwkv-edge trace``: run a backend over tokens from the initial state and save what it computed."""
+"""``rwkv-edge trace``: run a backend over tokens from the initial state, or an image model over a batch of
+images, and save what it computed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..atomic import atomic_path
 from .backend import Backend, NamedState, check_token_ids
+
+if TYPE_CHECKING:  # classify imports Pillow, which the step backends do not need
+    from .classify import ImageModel
 
 
 @dataclass
@@ -32,8 +37,20 @@ def run_trace(backend: Backend, tokens: list[int]) -> Trace:
 
 def save_trace(trace: Trace, path: str | Path) -> Path:
     """Write ``tokens``, ``logits`` and every ``state_out.*`` array to an .npz file, atomically."""
+    return save_arrays({"tokens": trace.tokens, "logits": trace.logits, **trace.state}, path)
+
+
+def run_image_trace(model: ImageModel, images: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"logits": (N, classes)}`` of a classifier, ``{"features": (N, C, h, w)}`` of a backbone, for
+    images (N, 3, H, W) float32 already normalised."""
+    out = np.asarray(model.run(images), dtype=np.float32)
+    return {"logits" if out.ndim == 2 else "features": out}
+
+
+def save_arrays(arrays: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Write named arrays to an .npz file, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, tokens=trace.tokens, logits=trace.logits, **trace.state)
+            np.savez(f, **arrays)
     return path

@@ -1,1 +1,1 @@
-"""The bundled RWKV-7 demo model and the script that trained it."""
+"""The bundled demo models (the RWKV-7 language model, the Vision-RWKV shape classifier) and their training scripts."""

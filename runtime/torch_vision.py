@@ -1,0 +1,54 @@
+"""A Vision-RWKV checkpoint run by PyTorch, as an ``ImageModel`` (runtime/classify.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..model import ARCHITECTURES, VisionRWKV, detect_version
+from ..model.checkpoint import open_checkpoint
+from ..model.vision import is_vision_checkpoint
+
+
+class TorchVisionModel:
+    """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size."""
+
+    def __init__(self, model: VisionRWKV, class_names: tuple[str, ...] | None) -> None:
+        self.model = model
+        self.image_size = model.config.image_size
+        self.class_names = class_names
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> logits (N, classes) or features (N, C, H / p, W / p), float32."""
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(np.asarray(images))).numpy()
+
+
+def class_names_from_meta(meta: dict[str, Any], num_classes: int) -> tuple[str, ...] | None:
+    """The class names an mmcls (``meta["CLASSES"]``) or mmpretrain (``meta["dataset_meta"]["classes"]``)
+    checkpoint carries, if they are strings, one per class; else None (classes shown by index)."""
+    dataset = meta.get("dataset_meta")
+    for names in (meta.get("CLASSES"), dataset.get("classes") if isinstance(dataset, dict) else None):
+        if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+            return tuple(names)
+    return None
+
+
+def open_vision_checkpoint(path: str | Path, classifier: bool = False) -> TorchVisionModel:
+    """Load a Vision-RWKV checkpoint; CheckpointError, in one line, for a language model or, with
+    ``classifier``, a backbone without a classification head."""
+    checkpoint = open_checkpoint(path)
+    if not is_vision_checkpoint(checkpoint.tensors):
+        label = ARCHITECTURES[detect_version(checkpoint.tensors)].label  # raises for anything else
+        raise CheckpointError(f"{path}: an {label} language model; this command takes a Vision-RWKV image "
+                              "checkpoint (`rwkv-edge info` shows what a checkpoint is)")
+    model = VisionRWKV.from_state_dict(checkpoint.tensors, source=str(path), meta=checkpoint.meta)
+    if classifier and not model.config.num_classes:
+        raise CheckpointError(f"{path}: a Vision-RWKV backbone without a classification head (no head.fc), "
+                              "which gives features, not classes; classify needs a classifier checkpoint "
+                              "(`rwkv-edge trace --images` writes the features)")
+    return TorchVisionModel(model, class_names_from_meta(checkpoint.meta, model.config.num_classes))
