@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import ArtifactError, OptionError
 from ..images import load_image
 
 BATCH = 32  # images per model call
@@ -30,8 +30,19 @@ class ImageModel(Protocol):
 
 
 def open_image_model(source: str | Path, classifier: bool = False) -> ImageModel:
-    """The model behind ``source``: a Vision-RWKV checkpoint, run by PyTorch. ``classifier``: a
-    backbone without a head is refused (CheckpointError), as is a language model."""
+    """The model behind ``source``: an image model's artifact directory (or its .mlpackage), run by its
+    runtime (``runtime/vision.py``), or a Vision-RWKV checkpoint, run by PyTorch. ``classifier``: a
+    backbone without a head is refused, as is a language model."""
+    if Path(source).is_dir():
+        from .coreml_backend import artifact_directory
+        from .vision import open_vision
+
+        runner = open_vision(artifact_directory(source))
+        if classifier and runner.output_name != "logits":
+            runner.close()
+            raise ArtifactError(f"{source}: a backbone's artifact (it gives features, no class logits); "
+                                "classify needs a checkpoint or artifact with a classifier head")
+        return runner
     from .torch_vision import open_vision_checkpoint
 
     return open_vision_checkpoint(source, classifier)
