@@ -106,8 +106,20 @@ class ImageTolerance:
     top5: float  # minimum fraction of images whose top-5 classes are the same set
 
 
-IMAGE_FP32 = ImageTolerance("image fp32", 1e-4, 1.0, 1.0)  # MEASURED below
-IMAGE_FP16 = ImageTolerance("image fp16", 5e-2, 0.75, 0.5)  # MEASURED below
+# Judged over the 8 reference images of reference.npz; top-5: the same set of the 5 highest classes.
+# fp32: rounding-level differences, as for the language models. Measured worst max|Δ|/std of the logits
+# (features) over the images, top-1 and top-5 always 8/8: onnxruntime 1.32 on the tests' tiny models
+# (tests/conftest.py VISION_MODELS) 1.7e-6 (plain), 1.2e-6 (key_norm, layer scale, post-norm, 5 x 5
+# grid), 1.0e-6 (backbone features); VRWKV-T shape (192 x 12, 224 px, 1000 classes) 1.7e-6; TVM x86-64
+# VRWKV-T 1.6e-6, tiny 1.5e-6; TVM aarch64 under qemu, tiny 9.4e-7. The LM fp32 limit, 1e-4, holds
+# these 60x over; a top-5 set flip at fp32 would need a 5th/6th-class tie within ~1e-6 std.
+IMAGE_FP32 = ImageTolerance("image fp32", 1e-4, 1.0, 1.0)
+# fp16 weights and compute (onnxruntime; the Bi-WKV scans stay fp32): measured 2.1e-3 (plain), 5.1e-3
+# (scaled), 4.8e-3 (backbone), VRWKV-T 3.0e-3; top-1 and top-5 8/8 in every run. The logits limit is the
+# LM fp16 one (5e-2, 10x the worst). Near ties may flip in fp16 as they do for the language models:
+# with 8 images, 2 top-1 flips and 4 changed top-5 sets (a 5th/6th place swap among 1000 classes) are
+# tolerated; a wrong kernel moves every image by O(1) and fails the logits limit first.
+IMAGE_FP16 = ImageTolerance("image fp16", 5e-2, 0.75, 0.5)
 
 # (weight format, compute precision, manifest kind) -> limits
 IMAGE_TOLERANCES: dict[tuple[str, str, str], ImageTolerance] = {
