@@ -230,20 +230,21 @@ def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
 class Fp16Selector:
     """``op_selector`` of FP16ComputePrecision: True for the ops that run in fp16.
 
-    Kept in fp32: the normalisation ops (FP32_OP_TYPES) and the WKV recurrence, i.e. every op on a
-    path from a ``wkv*`` state (an input, or a ``read_state``) to a ``wkv*`` state output (a
-    function output, or a ``coreml_update_state``)."""
+    Kept in fp32: the normalisation ops (FP32_OP_TYPES) and the ops ``region(block)`` names; by default
+    the WKV recurrence, i.e. every op on a path from a ``wkv*`` state (an input, or a ``read_state``) to a
+    ``wkv*`` state output (a function output, or a ``coreml_update_state``)."""
 
-    def __init__(self) -> None:
-        self._recurrence: dict[int, set[int]] = {}
+    def __init__(self, region: Callable[[object], set[int]] | None = None) -> None:
+        self._region = region or _recurrence_ops
+        self._fp32: dict[int, set[int]] = {}
 
     def __call__(self, op) -> bool:
         if op.op_type in FP32_OP_TYPES:
             return False
         block = op.enclosing_block
-        if id(block) not in self._recurrence:
-            self._recurrence[id(block)] = _recurrence_ops(block)
-        return id(op) not in self._recurrence[id(block)]
+        if id(block) not in self._fp32:
+            self._fp32[id(block)] = self._region(block)
+        return id(op) not in self._fp32[id(block)]
 
 
 def _recurrence_ops(block) -> set[int]:

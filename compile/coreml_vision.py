@@ -10,8 +10,8 @@ checkpoint's). The package holds one function, ``main``:
 The ImageNet normalisation is inside, so the package takes plain pixels: the image input's
 per-channel bias subtracts the mean, and the graph's first op divides by the std.
 
-fp16, int8 and int4 weights compute in fp16 with the normalisations in fp32, as the language models'
-packages do; int8/int4 weights (iOS 18 / macOS 15) are the project's quantizer's numbers for every
+fp16, int8 and int4 weights compute in fp16 with the normalisations and the Bi-WKV scans in fp32, as
+the PyTorch model keeps its scans (``bi_wkv_ops``); int8/int4 weights (iOS 18 / macOS 15) are the project's quantizer's numbers for every
 projection and the head, stored as ``constexpr_blockwise_shift_scale``.
 """
 
@@ -54,7 +54,7 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
                         ["main"])
     log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units} "
         f"({build.name})")
-    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the norms in fp32" if plan.compute == "fp16" else ""))
+    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the Bi-WKV scans and the norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         opened = open_checkpoint(checkpoint)
         model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
@@ -62,8 +62,8 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
         model = model.at_resolution(size)  # ImageError for a size that is no multiple of the patch
         graph = ImageGraph(model, size)
         manifest = _manifest(graph, checkpoint, opened, plan, build)
-        write_reference(graph, writer.dir / REFERENCE, log)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
+        write_reference(graph, writer.dir / REFERENCE, log)  # with the quantized weights, as the package holds them
         with stage(log, f"convert ({size} x {size} px)"):
             mlmodel = _convert(model, size, manifest.config["output"], plan)
         if plan.compressed:
@@ -98,7 +98,7 @@ def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
     example = torch.zeros(1, model.config.in_channels, size, size)
     image = ct.ImageType(name="image", shape=tuple(example.shape), scale=1.0, bias=[-m for m in IMAGENET_MEAN],
                          color_layout=ct.colorlayout.RGB)
-    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.compute == "fp16"
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector(bi_wkv_ops)) if plan.compute == "fp16"
                  else ct.precision.FLOAT32)
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(PixelGraph(model, size).eval(), (example,), check_trace=False)
@@ -106,6 +106,26 @@ def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
                           convert_to="mlprogram", minimum_deployment_target=_ct_target(plan.deployment),
                           compute_precision=precision, compute_units=getattr(ct.ComputeUnit, plan.compute_units),
                           skip_model_load=True)
+
+
+def bi_wkv_ops(block) -> set[int]:
+    """ids of the ops of the Bi-WKV scans, which stay in fp32 as in the PyTorch model: every op downstream
+    of a constant that fp16 cannot hold (the scans' -1e38 "empty sum", model/vision.py), up to and
+    including the division that ends each layer's scans."""
+    def beyond_fp16(value) -> bool:
+        value = np.asarray(value)
+        return value.dtype.kind == "f" and value.size > 0 and np.abs(value).max() > np.finfo(np.float16).max
+
+    stack = [child for op in block.operations if op.op_type == "const" and beyond_fp16(op.outputs[0].val)
+             for child in op.outputs[0].child_ops]
+    found: set[int] = set()
+    while stack:
+        op = stack.pop()
+        if id(op) not in found:
+            found.add(id(op))
+            if op.op_type != "real_div":
+                stack.extend(child for out in op.outputs for child in out.child_ops)
+    return found
 
 
 def _quantize(model: VisionRWKV, plan: CoreMLPlan, log: Callable[[str], None]) -> dict:

@@ -145,10 +145,13 @@ def verify_image_artifact(artifact: Artifact, against_checkpoint: str | Path | b
 
 def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path | bool,
           log: Callable[[str], None]) -> np.ndarray:
-    """The fp32 PyTorch model of the artifact's checkpoint (the manifest's, or ``checkpoint``) on the images."""
+    """The fp32 PyTorch model of the artifact's checkpoint (the manifest's, or ``checkpoint``) on the images,
+    with the artifact's quantized weights where it has them."""
     import torch
 
     from ..model import VisionRWKV
+    from ..model.base import quantize_linears
+    from ..weights import weight_format
     from ..model.checkpoint import open_checkpoint
 
     source = Path(artifact.manifest.source["checkpoint"] if checkpoint is True else checkpoint)
@@ -160,5 +163,8 @@ def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path 
         raise ArtifactError(f"{source} is not the checkpoint this artifact was made from (sha256 differs)")
     model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(source), opened.meta)
     model = model.at_resolution(artifact.manifest.config["image_size"])
+    fmt = weight_format(artifact.manifest.weights)
+    if fmt.quantized:  # the quantizer's numbers, as the artifact holds them
+        quantize_linears(model, fmt.bits, artifact.manifest.group_size)
     with torch.inference_mode():
         return model(torch.from_numpy(recorded.images)).float().numpy()
