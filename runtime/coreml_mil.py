@@ -101,7 +101,8 @@ def _evaluate(op, env: dict[str, np.ndarray], states: dict[str, np.ndarray] | No
             bound.append((var, var._sym_val))
             var._sym_val = value
     try:
-        values = OWN_VALUE_INFERENCE[op.op_type](op) if op.op_type in OWN_VALUE_INFERENCE else op.value_inference()
+        with np.errstate(over="ignore"):  # fp16 exp overflows to inf as on the device: sigmoid(-x) = 1 / (1 + inf) = 0
+            values = OWN_VALUE_INFERENCE[op.op_type](op) if op.op_type in OWN_VALUE_INFERENCE else op.value_inference()
     except NotImplementedError:
         raise ArtifactError(f"coremltools has no value inference for op {op.op_type!r} ({op.name}); "
                             "this program can only be evaluated by Core ML on macOS") from None
