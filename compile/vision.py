@@ -23,6 +23,9 @@ from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget
 
 
+FUSE = False  # one kernel per op: fused, the Bi-WKV scans became the GEMMs' epilogue, recomputed (docs/vision.md)
+
+
 def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options,
                         linker: Callable | None, log: Callable[[str], None]) -> Manifest:
     """Build ``onnx``'s image graph for ``target`` into ``writer`` and commit it (``options``: TvmOptions)."""
@@ -36,7 +39,7 @@ def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarge
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
-    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log)
+    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log, fuse=FUSE)
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
         _export(executable, writer.dir / library, linker)
