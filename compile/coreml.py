@@ -43,7 +43,7 @@ from ..targets import CoreMLTarget, coreml_name, get_target
 from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
 from ..artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
-from ..export.artifact import build_reference, load_source, report_commit, save_initial_state, stage, tokenizer_name
+from ..export.artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from ..export.graph import ContractGraph
 
 # weight format -> (compute precision, oldest iOS that runs it): fp16 and compressed weights compute in
@@ -153,7 +153,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
         f"form {build.form}, functions {', '.join(build.functions)} ({build.name})")
     log(f"weights: {plan.weights}, {plan.compute} compute" + (", the WKV recurrence and norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
-        model, sha = load_source(checkpoint, log)
+        model, sha = load_source(checkpoint, open_source(checkpoint, log), log)
         manifest = _manifest(model, checkpoint, sha, plan)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
         with stage(log, "reference rollout (fp32 compute)"):

@@ -321,18 +321,19 @@ def _add_contract_functions(mod, state: dict, manifest: Manifest, rows: int):
     return builder.get()
 
 
-def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None]):
+def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True):
     import tvm
 
-    mod, counts, weights = optimise(mod, target, options, log)
+    mod, counts, weights = optimise(mod, target, options, log, fuse)
     with stage(log, f"build for {target.triple}"):
         executable = tvm.compile(mod, tvm.target.Target(target.tvm_target()))
     return executable, counts, weights
 
 
-def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None]):
-    """``mod`` as the CPU build compiles it: weights packed and lifted, fused, scheduled; returns the
-    module, the kernel counts and the lifted weights (``scripts/profile_prefill.py`` times its kernels)."""
+def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True):
+    """``mod`` as the CPU build compiles it: weights packed and lifted, fused (unless ``fuse`` is False:
+    one kernel per op), scheduled; returns the module, the kernel counts and the lifted weights
+    (``scripts/profile_prefill.py`` times its kernels)."""
     import tvm
     from tvm import relax
 
@@ -351,8 +352,9 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
             mod, gemvs = pack_gemv_weights(mod, params, bits, options.group_size or 0)
             counts.update(gemvs)
         mod, weights = lift_weights(mod)
+        fusion = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if fuse else []
         mod = tvm.ir.transform.Sequential([
-            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion, relax.transform.DeadCodeElimination(),
         ])(mod)
         if options.schedules:
             gemms = ScheduleGemms(params)

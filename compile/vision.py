@@ -4,8 +4,11 @@ What differs from the language models' step bundle (compile/tvm.py, whose import
 build, link and params pieces this reuses): one function, ``main(images (1, 3, H, W) float32,
 weights...) -> logits (1, classes)`` (or features), no state, no prefill, no vocabulary. The
 projections of all T tokens are matrix-matrix products and get the project's packed GEMMs
-(compile/gemm.py), the classifier head its GEMV (compile/schedules.py); the Bi-WKV scans, the
-Q-shift and the norms are TVM's default lowering (docs/vision.md has the measurements).
+(compile/gemm.py); the elementwise ops of the Bi-WKV scans and the Q-shift get the CPU schedules'
+elementwise rule (compile/schedules.py); norms, the patch convolution and the head are TVM's default
+lowering. Nothing is fused: fused, the scans became the epilogue of the k/v GEMMs, whose schedule
+inlines its producers, and each doubling step's two reads recomputed the steps before it (VRWKV-T:
+9.05 s per image instead of 0.51 s; docs/vision.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget
 
 
+FUSE = False  # one kernel per op (the module docstring says why)
+
+
 def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options,
                         linker: Callable | None, log: Callable[[str], None]) -> Manifest:
     """Build ``onnx``'s image graph for ``target`` into ``writer`` and commit it (``options``: TvmOptions)."""
@@ -36,7 +42,7 @@ def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarge
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
-    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log)
+    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log, fuse=FUSE)
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
         _export(executable, writer.dir / library, linker)

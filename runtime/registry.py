@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact import Artifact, open_artifact, read_manifest
-from ..errors import OptionError
+from ..errors import ArtifactError, OptionError
 from .backend import Backend
 
 
@@ -50,6 +50,9 @@ def backend_of(artifact: Artifact, **options) -> Backend:
     """The backend that runs ``artifact``, chosen by its manifest kind, with the ``options`` that are
     set (not None); OptionError for one its backend does not take."""
     kind = artifact.manifest.kind
+    if artifact.manifest.is_vision:
+        raise ArtifactError(f"{artifact.directory} holds an image model ({artifact.manifest.architecture}), which has "
+                            "no step contract: run it with runtime.vision.open_vision (`rwkv-edge verify` checks it)")
     entry = next(e for e in BACKENDS.values() if e.kind == kind)
     given = {name: value for name, value in options.items() if value is not None}
     for name in given.keys() - set(entry.options):

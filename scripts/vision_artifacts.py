@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--fp16", action="store_true", help="also an fp16 ONNX export")
     parser.add_argument("--no-aarch64", action="store_true")
+    parser.add_argument("--keep-onnx", action="store_true", help="reuse WORK/SHAPE/onnx where it is there")
     args = parser.parse_args()
     rows = {}
     for shape in args.shapes:
@@ -54,7 +55,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         row = rows[shape] = {"load_before": os.getloadavg()[0]}
         checkpoint = save_checkpoint(make_vision_checkpoint(**VISION_SHAPES[shape], seed=0), work / "model.pth")
-        timed(row, "export_onnx", lambda: export_onnx(checkpoint, work / "onnx", log=quiet))
+        if not (args.keep_onnx and (work / "onnx").is_dir()):
+            timed(row, "export_onnx", lambda: export_onnx(checkpoint, work / "onnx", log=quiet))
         row["onnx"] = parity(timed(row, "verify_onnx", lambda: verify_artifact(work / "onnx", log=quiet)))
         if args.fp16:
             timed(row, "export_onnx_fp16", lambda: export_onnx(checkpoint, work / "onnx16", OnnxOptions("fp16"), log=quiet))

@@ -131,3 +131,10 @@ def test_the_manifest_checker_refuses_a_bad_image_manifest(edit, message, vision
     rehash(copy, edit)
     with pytest.raises(ArtifactError, match=message):
         open_artifact(copy)
+
+
+def test_the_step_backends_refuse_an_image_artifact(vision_export):
+    from rwkv_edge.runtime.registry import backend_of
+
+    with pytest.raises(ArtifactError, match="holds an image model .vrwkv., which has no step contract"):
+        backend_of(open_artifact(vision_export("plain")))
