@@ -164,7 +164,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
                 mlmodel = _convert(model, chunk, plan)
             if plan.compressed:
                 with stage(log, f"compress {function} weights to {plan.weights}"):
-                    mlmodel = _compress(mlmodel, matrices)
+                    mlmodel = compress_blockwise(mlmodel, matrices)
             _stamp(mlmodel, manifest, function)
             parts[function] = writer.scratch / f"{function}.mlpackage"
             mlmodel.save(str(parts[function]))
@@ -223,7 +223,7 @@ def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
         return ct.convert(traced, inputs=inputs, outputs=outputs, states=states, convert_to="mlprogram",
-                          minimum_deployment_target=_ct_target(plan.deployment), compute_precision=precision,
+                          minimum_deployment_target=ct_target(plan.deployment), compute_precision=precision,
                           compute_units=getattr(ct.ComputeUnit, plan.compute_units), skip_model_load=True)
 
 
@@ -294,7 +294,7 @@ def quantized_matrices(model: nn.Module, bits: int, group: int) -> dict[bytes, Q
     return found
 
 
-def _compress(mlmodel, matrices: dict[bytes, Quantized]):
+def compress_blockwise(mlmodel, matrices: dict[bytes, Quantized]):
     """Every const weight that is one of ``matrices`` (fp16) -> ``constexpr_blockwise_shift_scale`` of its
     integers and scales. ToolError if one of them is not found (the converter changed the weights)."""
     from coremltools.converters.mil import Builder as mb
@@ -377,7 +377,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) ->
     )
 
 
-def _ct_target(deployment: str):
+def ct_target(deployment: str):
     ct = import_coremltools()
 
     return getattr(ct.target, deployment)

@@ -37,10 +37,9 @@ from ..export.vision import vision_config, write_reference
 from ..model.base import quantize_linears
 from ..model.checkpoint import open_checkpoint
 from ..model.vision import VisionRWKV
-from ..targets import CoreMLTarget
 from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..weights import weight_format
-from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, _compress, _ct_target, quantized_matrices
+from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, compress_blockwise, ct_target, quantized_matrices
 
 
 
@@ -68,7 +67,7 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
             mlmodel = _convert(model, size, manifest.config["output"], plan)
         if plan.compressed:
             with stage(log, f"compress the weights to {plan.weights}"):
-                mlmodel = _compress(mlmodel, matrices)
+                mlmodel = compress_blockwise(mlmodel, matrices)
         _stamp(mlmodel, manifest)
         with stage(log, f"save {PACKAGE}"):
             mlmodel.save(str(writer.dir / PACKAGE))
@@ -103,7 +102,7 @@ def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(PixelGraph(model, size).eval(), (example,), check_trace=False)
         return ct.convert(traced, inputs=[image], outputs=[ct.TensorType(name=output, dtype=np.float32)],
-                          convert_to="mlprogram", minimum_deployment_target=_ct_target(plan.deployment),
+                          convert_to="mlprogram", minimum_deployment_target=ct_target(plan.deployment),
                           compute_precision=precision, compute_units=getattr(ct.ComputeUnit, plan.compute_units),
                           skip_model_load=True)
 

@@ -24,6 +24,7 @@ from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import OptionError
 from ..model import VisionRWKV
+from ..model.vision import class_names
 from ..model.checkpoint import Checkpoint
 from .artifact import report_commit, stage
 from .graph import ImageGraph
@@ -74,15 +75,6 @@ def vision_config(model: VisionRWKV, image_size: int, output: str, meta: dict[st
     if names is not None:
         config["class_names"] = names
     return config
-
-
-def class_names(meta: dict[str, Any], num_classes: int) -> list[str] | None:
-    """mmcls ``meta["CLASSES"]`` or mmpretrain ``meta["dataset_meta"]["classes"]``, if one string per class."""
-    dataset = meta.get("dataset_meta")
-    names = meta.get("CLASSES", dataset.get("classes") if isinstance(dataset, dict) else None)
-    if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
-        return list(names)
-    return None
 
 
 def reference_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -424,6 +424,16 @@ def vision_keys(tensors: StateDict, source: str = "checkpoint") -> StateDict:
     return out
 
 
+def class_names(meta: dict[str, Any], num_classes: int) -> list[str] | None:
+    """The class names an mmcls (``meta["CLASSES"]``) or mmpretrain (``meta["dataset_meta"]["classes"]``)
+    checkpoint carries, if they are strings, one per class; else None (classes shown by index)."""
+    dataset = meta.get("dataset_meta")
+    for names in (meta.get("CLASSES"), dataset.get("classes") if isinstance(dataset, dict) else None):
+        if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
+
+
 def is_vision_checkpoint(tensors: StateDict) -> bool:
     """Whether the keys are an image model's (a patch embedding, or mmcls ``backbone.`` keys): Vision-RWKV's
     or, for ``vision_keys`` to name it, another one's."""

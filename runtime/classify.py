@@ -24,7 +24,7 @@ class ImageModel(Protocol):
     (N, C, h, w) for a backbone."""
 
     image_size: int  # S the model was trained (or an artifact built) for
-    class_names: tuple[str, ...] | None  # the checkpoint's, None: classes are shown by index
+    class_names: list[str] | None  # the checkpoint's, None: classes are shown by index
 
     def run(self, images: np.ndarray) -> np.ndarray: ...
 

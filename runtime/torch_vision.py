@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -11,31 +10,25 @@ import torch
 from ..errors import CheckpointError
 from ..model import ARCHITECTURES, VisionRWKV, detect_version
 from ..model.checkpoint import open_checkpoint
-from ..model.vision import is_vision_checkpoint
+from ..model.vision import class_names, is_vision_checkpoint
 
 
 class TorchVisionModel:
     """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size."""
 
-    def __init__(self, model: VisionRWKV, class_names: tuple[str, ...] | None) -> None:
+    def __init__(self, model: VisionRWKV, class_names: list[str] | None) -> None:
         self.model = model
         self.image_size = model.config.image_size
         self.class_names = class_names
+
+    @property
+    def runs_on(self) -> str:
+        return f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, on this machine"
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> logits (N, classes) or features (N, C, H / p, W / p), float32."""
         with torch.inference_mode():
             return self.model(torch.from_numpy(np.asarray(images))).numpy()
-
-
-def class_names_from_meta(meta: dict[str, Any], num_classes: int) -> tuple[str, ...] | None:
-    """The class names an mmcls (``meta["CLASSES"]``) or mmpretrain (``meta["dataset_meta"]["classes"]``)
-    checkpoint carries, if they are strings, one per class; else None (classes shown by index)."""
-    dataset = meta.get("dataset_meta")
-    for names in (meta.get("CLASSES"), dataset.get("classes") if isinstance(dataset, dict) else None):
-        if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
-            return tuple(names)
-    return None
 
 
 def open_vision_checkpoint(path: str | Path, classifier: bool = False) -> TorchVisionModel:
@@ -51,4 +44,4 @@ def open_vision_checkpoint(path: str | Path, classifier: bool = False) -> TorchV
         raise CheckpointError(f"{path}: a Vision-RWKV backbone without a classification head (no head.fc), "
                               "which gives features, not classes; classify needs a classifier checkpoint "
                               "(`rwkv-edge trace --images` writes the features)")
-    return TorchVisionModel(model, class_names_from_meta(checkpoint.meta, model.config.num_classes))
+    return TorchVisionModel(model, class_names(checkpoint.meta, model.config.num_classes))

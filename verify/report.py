@@ -71,8 +71,22 @@ class GreedyResult:
     first_divergence: int | None  # index into the generated tokens of the first difference
 
 
+class Verdict:
+    """A report judged by its ``failures``: it passes with none; exit code 0 or 1."""
+
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
 @dataclass
-class ParityReport:
+class ParityReport(Verdict):
     """The verdict on one candidate backend and the numbers behind it."""
 
     reference: str  # backend names
@@ -86,14 +100,6 @@ class ParityReport:
     failures: list[str] = field(default_factory=list)
     what_ran: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # backend-specific facts, e.g. the Core ML op list
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     @property
     def top1_agreement(self) -> float:

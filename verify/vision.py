@@ -23,14 +23,14 @@ from ..artifact.reference import VisionReference
 from ..atomic import atomic_path
 from ..errors import ArtifactError
 from ..runtime.vision import open_vision
-from .report import OutputErrors, _finite_or_none, _sci
+from .report import OutputErrors, Verdict, _finite_or_none, _sci
 from .tolerances import ImageTolerance, image_tolerance_for
 
 TOP_K = 5
 
 
 @dataclass
-class ImageParityReport:
+class ImageParityReport(Verdict):
     """The verdict on an image artifact and the numbers behind it (one entry per reference image)."""
 
     reference: str
@@ -42,14 +42,6 @@ class ImageParityReport:
     top5: list[bool] = field(default_factory=list)  # per image: the same set of the top min(5, classes) classes
     failures: list[str] = field(default_factory=list)
     what_ran: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
 
     @property
     def worst_scaled(self) -> float:

@@ -3,7 +3,6 @@ graph's log-depth scans, and one typed error per bad input."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
