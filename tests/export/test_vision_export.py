@@ -3,7 +3,6 @@ graph's log-depth scans, and one typed error per bad input."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
@@ -142,6 +141,6 @@ def test_the_step_backends_refuse_an_image_artifact(vision_export):
 
 def test_the_cli_says_a_bad_image_size_in_one_line(vision_ckpt, cli, tmp_path):
     code, _, err = cli("export", "onnx", str(vision_ckpt("plain")), "-o", str(tmp_path / "out"), "--image-size", "18")
-    assert code != 0 and err.strip().splitlines() == [
+    assert code != 0 and err.strip().splitlines() == [(
         "rwkv-edge: error: image size 18 x 18 is not a positive multiple of the patch size 4; resize or crop to a "
-        "multiple (trained at 16 x 16)"]
+        "multiple (trained at 16 x 16)")]
