@@ -128,8 +128,8 @@ def verify_image_artifact(artifact: Artifact, against_checkpoint: str | Path | b
         runner.close()  # a remote device serves one session at a time
     report = ImageParityReport("pytorch (live)" if against_checkpoint else "pytorch (recorded)",
                                f"{manifest.kind} ({runner.runs_on})", tolerance, recorded.name)
-    report.what_ran += [runner.runs_on, f"{len(recorded.images)} reference images, "
-                        f"{recorded.images.shape[-1]} x {recorded.images.shape[-2]} px"]
+    report.what_ran += [runner.runs_on, (f"{len(recorded.images)} reference images, "
+                                         f"{recorded.images.shape[-1]} x {recorded.images.shape[-2]} px")]
     compare_images(expected, got, report)
     log(f"wrote {report.save(artifact.directory)}")
     return report

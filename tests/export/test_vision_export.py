@@ -137,3 +137,10 @@ def test_the_step_backends_refuse_an_image_artifact(vision_export):
 
     with pytest.raises(ArtifactError, match="holds an image model .vrwkv., which has no step contract"):
         backend_of(open_artifact(vision_export("plain")))
+
+
+def test_the_cli_says_a_bad_image_size_in_one_line(vision_ckpt, cli, tmp_path):
+    code, _, err = cli("export", "onnx", str(vision_ckpt("plain")), "-o", str(tmp_path / "out"), "--image-size", "18")
+    assert code != 0 and err.strip().splitlines() == [(
+        "rwkv-edge: error: image size 18 x 18 is not a positive multiple of the patch size 4; resize or crop to a "
+        "multiple (trained at 16 x 16)")]

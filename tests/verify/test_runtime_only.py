@@ -1,6 +1,7 @@
 """A machine with the runtime and the artifact alone verifies it: a fresh venv holding onnxruntime,
 TVM's runtime and numpy (no torch, no coremltools, no matplotlib, no checkpoint) runs `rwkv-edge
-verify` on the demo model's ONNX export and TVM bundle against the reference rollout they carry."""
+verify` on the demo model's ONNX export and TVM bundle against the reference rollout they carry, and on
+an image model's export and bundle against their reference images."""
 
 from __future__ import annotations
 
@@ -65,3 +66,14 @@ def test_verify_runs_without_torch_or_the_checkpoint(kind, runtime_python, demo_
     assert "PASS" in done.stdout and "recorded at build" in done.stdout and "64/64 steps" in done.stdout
     assert "greedy     identical over 128 tokens" in done.stdout
     assert (artifact / "parity.json").is_file() and not (artifact / "parity.png").exists()  # no matplotlib there
+
+
+@pytest.mark.parametrize("kind", ["onnx", "tvm"])
+def test_an_image_artifact_verifies_without_torch(kind, runtime_python, vision_export, vision_bundle, tmp_path):
+    python, env = runtime_python
+    source = vision_export("plain") if kind == "onnx" else vision_bundle("scaled")
+    artifact = shutil.copytree(source, tmp_path / kind)
+    done = subprocess.run([str(python), "-m", "rwkv_edge.cli", "verify", str(artifact)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"PASS  {kind}" in done.stdout and "8 images" in done.stdout and "top-5      8/8" in done.stdout
