@@ -27,9 +27,10 @@ from ..targets.gpu import GpuTarget
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
 
 
-def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None]):
+def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False):
     """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
-    device code's source (and PTX) into ``bundle``."""
+    device code's source (and PTX) into ``bundle``. ``image``: an image model's whole-image graph,
+    unfused (compile/vision.py says why) and its projections scheduled as GEMMs (dlight's Matmul)."""
     import tvm
     from tvm import relax
 
@@ -37,13 +38,15 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     from .gpu_schedules import ApplyGpuSchedules, gpu_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
-    with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, fuse, GPU schedules"):
+    fusion = [] if image else [relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, "
+                                f"{'no fusion' if image else 'fuse'}, GPU schedules"):
         mod, values, gemvs = gpu_weights(mod, WEIGHT_DTYPES[weights])
         mod = tvm.ir.transform.Sequential([
-            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(),
-            relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion,
+            relax.transform.DeadCodeElimination(),
         ])(mod)
-        schedule = ApplyGpuSchedules(tvm_target)
+        schedule = ApplyGpuSchedules(tvm_target, matmul=image)
         mod = schedule(mod)
     counts = {"row gemv": gemvs, **{f"{rule} kernels": n for rule, n in schedule.counts.items()}}
     log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items())

@@ -86,14 +86,15 @@ def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32") -> tuple[tvm.I
 class ApplyGpuSchedules:
     """The WKV rules, then dlight's GPU rules, per PrimFunc; ``counts`` says which rule took how many."""
 
-    def __init__(self, target: tvm.target.Target) -> None:
-        self.target = target
+    def __init__(self, target: tvm.target.Target, matmul: bool = False) -> None:
+        self.target, self.matmul = target, matmul  # matmul: dlight's Matmul rule first (image graphs' GEMMs)
         self.counts: dict[str, int] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from tvm.s_tir import dlight
 
         rules = [("wkv update", _FunctionRule(schedule_state_update)), ("wkv matvec", _FunctionRule(schedule_head_matvec)),
+                 *([("matmul", dlight.gpu.Matmul())] if self.matmul else []),
                  ("gemv", dlight.gpu.GEMV()), ("reduction", dlight.gpu.Reduction()),
                  ("general reduction", dlight.gpu.GeneralReduction()), ("fallback", dlight.gpu.Fallback())]
         scheduled = {}

@@ -36,13 +36,17 @@ def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarge
 
     from .tvm import _build, _export, _import, target_record
 
-    if isinstance(target, GpuTarget):
-        raise OptionError(f"{target.name}: image models compile for TVM CPU targets only so far")
     if options.weights != "fp32":
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
-    executable, counts, params = _build(_import(onnx.graph(IMAGE_GRAPH), log), target, options, log, fuse=FUSE)
+    mod = _import(onnx.graph(IMAGE_GRAPH), log)
+    if isinstance(target, GpuTarget):
+        from .gpu import build_gpu
+
+        executable, counts, params = build_gpu(mod, target, options.weights, writer.dir, log, image=True)
+    else:
+        executable, counts, params = _build(mod, target, options, log, fuse=FUSE)
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
         _export(executable, writer.dir / library, linker)

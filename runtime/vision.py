@@ -138,7 +138,8 @@ class _TvmImage:
         graph = m.graphs[IMAGE_GRAPH]
         library = artifact.path(graph.file)
         if m.target.device != "cpu":
-            raise PlatformError(f"{artifact.directory}: image bundles run on CPU targets only so far")
+            raise PlatformError(f"{artifact.directory}: a {m.target.device} image bundle is built and checked "
+                                f"(`rwkv-edge verify`), not yet run: the image runtime runs CPU bundles")
         self.remote, self._session = remote, None
         if remote is None:
             if host_triple() != m.target.triple:

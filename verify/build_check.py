@@ -19,6 +19,7 @@ from ..atomic import atomic_path
 from ..artifact import Artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 from ..artifact.params import map_params
+from ..contract import IMAGE_GRAPH
 from ..errors import ArtifactError
 
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
@@ -64,13 +65,14 @@ class BuildReport:
 
 def check_gpu_build(artifact: Artifact, reason: str) -> BuildReport:
     """Read the bundle's device code, library and weights file; nothing is executed."""
-    target, step = artifact.manifest.target, artifact.manifest.graphs["step"]
+    role = IMAGE_GRAPH if artifact.manifest.is_vision else "step"
+    target, step = artifact.manifest.target, artifact.manifest.graphs[role]
     report = BuildReport(str(artifact.directory), target.name, reason)
     if target.device == "cuda":
         _check_cuda(report, artifact, target.arch)
     else:
         _check_metal(report, artifact)
-    _check_library(report, artifact.graph("step"))
+    _check_library(report, artifact.graph(role))
     _check_params(report, artifact.path(step.params), step.num_params)
     return report
 

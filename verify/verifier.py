@@ -44,16 +44,16 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 
     artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
     directory, manifest = artifact.directory, artifact.manifest
-    if manifest.is_vision:
-        from .vision import verify_image_artifact
-
-        return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 
         build = check_gpu_build(artifact, why)
         log(f"wrote {build.save(directory)}")
         return build
+    if manifest.is_vision:
+        from .vision import verify_image_artifact
+
+        return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
     tolerance = tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.reference()
     live = _live_reference(artifact, against_checkpoint, log) if against_checkpoint else None

@@ -3,16 +3,20 @@ against PyTorch on the reference images."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError
+from rwkv_edge.platforms import gpu_unavailable
 from rwkv_edge.runtime.rpc_client import Remote
 from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server
 from rwkv_edge.runtime.vision import open_vision
 from rwkv_edge.verify import verify_artifact
+from rwkv_edge.verify.build_check import NOT_EXECUTED_EXIT
 
 
 def quiet(_: str) -> None:
@@ -45,8 +49,23 @@ def test_aarch64_bundle_matches_pytorch_under_qemu(vision_bundle):
     assert "aarch64-linux-gnu" in report.candidate and report.worst_scaled < 1e-5
 
 
+def test_cuda_image_bundles_are_built_and_checked_not_executed(vision_export, tmp_path):
+    """No GPU here: the bundle's device code, library and weights are checked, nothing runs (exit 3). The
+    Metal build takes the same path (compile/gpu.py) and is not repeated here."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit 13) is not installed here")
+    if gpu_unavailable("cuda", "sm_90", "x86_64-linux-gnu") is None:
+        pytest.skip("a CUDA GPU is present: the bundle would run; the image runtime runs CPU bundles only so far")
+    out = tmp_path / "cuda"
+    compile_tvm(vision_export("plain"), out, TvmOptions("cuda-sm90"), log=quiet)
+    report = verify_artifact(out, log=quiet)
+    assert report.exit_code == NOT_EXECUTED_EXIT and not report.problems, report.summary()
+    assert any("kernels.ptx" in check for check in report.checks) and any("params" in c for c in report.checks)
+    manifest = open_artifact(out).manifest
+    assert manifest.is_vision and manifest.target.device == "cuda"
+    assert manifest.target.kernels.get("matmul kernels", 0) > 0, manifest.target.kernels  # the GEMMs: dlight Matmul
+
+
 def test_image_bundles_refuse_what_they_cannot_hold(vision_export, tmp_path):
-    with pytest.raises(OptionError, match="image models compile for TVM CPU targets only"):
-        compile_tvm(vision_export("plain"), tmp_path / "gpu", TvmOptions("cuda-sm90"), log=quiet)
     with pytest.raises(OptionError, match="batch dynamic"):
         compile_tvm(vision_export("backbone"), tmp_path / "dyn", TvmOptions("x86_64-host"), log=quiet)
