@@ -26,14 +26,14 @@ from torch import nn
 
 from .. import __version__
 from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
-from ..artifact.manifest import CORE_ML_IMAGE_FORMS
 from ..artifact.files import PACKAGE, REFERENCE
+from ..artifact.manifest import CORE_ML_IMAGE_FORMS
 from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
-from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import OptionError
 from ..export.artifact import report_commit, stage
 from ..export.graph import ImageGraph
 from ..export.vision import vision_config, write_reference
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..model.base import quantize_linears
 from ..model.checkpoint import open_checkpoint
 from ..model.vision import VisionRWKV
@@ -42,18 +42,18 @@ from ..weights import weight_format
 from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, compress_blockwise, ct_target, quantized_matrices
 
 
-
 def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOptions, image_size: int | None,
                           log: Callable[[str], None] = print) -> Manifest:
     """Convert the Vision-RWKV ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json."""
     if options.stateful:
         raise OptionError("--stateful applies to language models: an image model has no state")
     plan = options.resolve()
-    build = CoreMLBuild(plan.target.name, plan.target.platform, plan.deployment, plan.compute_units, CORE_ML_IMAGE_FORMS[0], "", "",
-                        ["main"])
+    build = CoreMLBuild(plan.target.name, plan.target.platform, plan.deployment, plan.compute_units,
+                        form=CORE_ML_IMAGE_FORMS[0], state_dtype="", token_dtype="", functions=["main"])
     log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units} "
         f"({build.name})")
-    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the Bi-WKV scans and the norms in fp32" if plan.compute == "fp16" else ""))
+    log(f"weights: {plan.weights}, {plan.compute} compute"
+        + (", the Bi-WKV scans and the norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         opened = open_checkpoint(checkpoint)
         model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
