@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .contract import IMAGENET_MEAN, IMAGENET_STD
 from .errors import ImageError
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale (mmcls img_norm_cfg)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 RESIZE_RATIO = (256, 224)  # the shorter side is resized to image_size * 256 // 224, then centre-cropped
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

@@ -28,12 +28,11 @@ from .. import __version__
 from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
 from ..artifact.files import PACKAGE, REFERENCE
 from ..artifact.manifest import CORE_ML_IMAGE_FORMS
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
+from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ..errors import OptionError
 from ..export.artifact import report_commit, stage
 from ..export.graph import ImageGraph
 from ..export.vision import vision_config, write_reference
-from ..images import IMAGENET_MEAN, IMAGENET_STD
 from ..model.base import quantize_linears
 from ..model.checkpoint import open_checkpoint
 from ..model.vision import VisionRWKV

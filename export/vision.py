@@ -20,8 +20,7 @@ from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.files import REFERENCE, STEP_ONNX
 from ..artifact.reference import VisionReference
-from ..contract import CONTRACT_VERSION, IMAGE_GRAPH, NO_TOKENIZER
-from ..images import IMAGENET_MEAN, IMAGENET_STD
+from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ..errors import OptionError
 from ..model import VisionRWKV
 from ..model.vision import class_names

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..artifact import Artifact, open_artifact
-from ..contract import IMAGE_GRAPH, IMAGE_INPUT
-from ..images import IMAGENET_MEAN, IMAGENET_STD
+from ..contract import IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, IMAGE_INPUT
 from ..errors import ArtifactError, ImageError, OptionError, PlatformError, ToolError, one_line
 from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..platforms import host_triple
