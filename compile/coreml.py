@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,8 @@ from ..errors import OptionError, ToolError
 from ..quantize import Quantized, check_group, quantized_exactly
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
-from ..model.registry import is_vision_file
+from ..model.checkpoint import Checkpoint
+from ..model.vision import is_vision_checkpoint
 from ..targets import CoreMLTarget, coreml_name, get_target
 from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
@@ -127,25 +128,27 @@ def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: C
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:
         raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
-    if is_vision_file(source):
-        if request.prefill_chunk is not None:
-            raise OptionError("--prefill-chunk applies to language models, not to an image model")
-        options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units,
-                                request.deployment, 0, request.group_size)
-        from .coreml_vision import compile_vision_coreml
-
-        return compile_vision_coreml(source, out_dir, options, request.image_size, log)
-    if request.image_size is not None:
-        raise OptionError("--image-size applies to image models; this checkpoint is a language model")
     chunk = CoreMLOptions.prefill_chunk if request.prefill_chunk is None else request.prefill_chunk
     options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
                             chunk, request.group_size)
-    return compile_coreml(source, out_dir, options, log)
+    options.resolve()  # every option checked before the checkpoint loads
+    opened = open_source(source, log)  # once: it says which family the checkpoint is
+    if is_vision_checkpoint(opened.tensors):
+        if request.prefill_chunk is not None:
+            raise OptionError("--prefill-chunk applies to language models, not to an image model")
+        from .coreml_vision import compile_vision_coreml
+
+        return compile_vision_coreml(source, out_dir, replace(options, prefill_chunk=0), request.image_size, log,
+                                     opened)
+    if request.image_size is not None:
+        raise OptionError("--image-size applies to image models; this checkpoint is a language model")
+    return compile_coreml(source, out_dir, options, log, opened)
 
 
 def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLOptions = CoreMLOptions(),
-                   log: Callable[[str], None] = print) -> Manifest:
-    """Convert ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json; returns the manifest."""
+                   log: Callable[[str], None] = print, opened: Checkpoint | None = None) -> Manifest:
+    """Convert ``checkpoint`` (``opened`` already, or read here) to ``out_dir``/model.mlpackage +
+    manifest.json; returns the manifest."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     plan = options.resolve()
     build = plan.build()
@@ -153,7 +156,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
         f"form {build.form}, functions {', '.join(build.functions)} ({build.name})")
     log(f"weights: {plan.weights}, {plan.compute} compute" + (", the WKV recurrence and norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
-        model, sha = load_source(checkpoint, open_source(checkpoint, log), log)
+        model, sha = load_source(checkpoint, opened or open_source(checkpoint, log), log)
         manifest = _manifest(model, checkpoint, sha, plan)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
         with stage(log, "reference rollout (fp32 compute)"):

@@ -30,11 +30,11 @@ from ..artifact.files import PACKAGE, REFERENCE
 from ..artifact.manifest import CORE_ML_IMAGE_FORMS
 from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ..errors import OptionError
-from ..export.artifact import report_commit, stage
+from ..export.artifact import open_source, report_commit, stage
 from ..export.graph import ImageGraph
 from ..export.vision import vision_config, write_reference
 from ..model.base import quantize_linears
-from ..model.checkpoint import open_checkpoint
+from ..model.checkpoint import Checkpoint
 from ..model.vision import VisionRWKV
 from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..weights import weight_format
@@ -42,8 +42,9 @@ from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, compress_blockwise,
 
 
 def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOptions, image_size: int | None,
-                          log: Callable[[str], None] = print) -> Manifest:
-    """Convert the Vision-RWKV ``checkpoint`` to ``out_dir``/model.mlpackage + manifest.json."""
+                          log: Callable[[str], None] = print, opened: Checkpoint | None = None) -> Manifest:
+    """Convert the Vision-RWKV ``checkpoint`` (``opened`` already, or read here) to ``out_dir``/model.mlpackage +
+    manifest.json."""
     if options.stateful:
         raise OptionError("--stateful applies to language models: an image model has no state")
     plan = options.resolve()
@@ -54,7 +55,7 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
     log(f"weights: {plan.weights}, {plan.compute} compute"
         + (", the Bi-WKV scans and the norms in fp32" if plan.compute == "fp16" else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
-        opened = open_checkpoint(checkpoint)
+        opened = opened or open_source(checkpoint, log)
         model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
         size = image_size or model.config.image_size
         model = model.at_resolution(size)  # ImageError for a size that is no multiple of the patch

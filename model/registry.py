@@ -97,10 +97,5 @@ def load_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKV
     return _build(checkpoint.tensors, dtype, str(path))
 
 
-def is_vision_file(path: str | Path) -> bool:
-    """Whether the checkpoint at ``path`` holds an image model (Vision-RWKV) rather than a language model."""
-    return is_vision_checkpoint(open_checkpoint(path).tensors)
-
-
 def _build(tensors: StateDict, dtype: torch.dtype, source: str) -> RWKVModel:
     return ARCHITECTURES[detect_version(tensors)].model_class.from_state_dict(tensors, dtype=dtype, source=source)
