@@ -84,7 +84,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
     if gpu and not options.schedules:
         raise OptionError("GPU targets always use GPU schedules (without them TVM compiles the kernels for the host)")
-    _check_compute(target, options.compute, options.weights)
+    resolve_compute(target, options.compute, options.weights)
     source = Path(source)
     linker = _linker(target)
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
@@ -92,7 +92,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, 0 if gpu else chunk, log), kind="onnx")
         options = _check_exportable(onnx.manifest, onnx.directory, options)
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
-        options = dataclasses.replace(options, compute=_check_compute(target, options.compute, options.weights))
+        options = dataclasses.replace(options, compute=resolve_compute(target, options.compute, options.weights))
         if onnx.manifest.is_vision:
             from .vision import compile_image_graph
 
@@ -100,10 +100,10 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, {options.compute} compute, schedules "
             f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
-        mod = _add_contract_functions(_import(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
+        mod = _add_contract_functions(import_graph(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
         prefill = _prefill_graph(onnx, options, gpu, log)
         if prefill is not None:
-            mod = _add_prefill(mod, _import(onnx.graph("prefill"), log))
+            mod = _add_prefill(mod, import_graph(onnx.graph("prefill"), log))
         bundle = writer.dir
         if gpu:
             from .gpu import build_gpu
@@ -141,7 +141,7 @@ def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, r
     return compile_tvm(source, out_dir, options, log)
 
 
-def _check_compute(target: TvmTarget | GpuTarget, compute: str | None, weights: str | None) -> str | None:
+def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights: str | None) -> str | None:
     """The bundle's compute precision (``TvmOptions.compute``) once the weights are known (None before);
     OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
     dot = target.dot_product() if isinstance(target, TvmTarget) else None
@@ -277,7 +277,7 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
     return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
-def _import(path: Path, log: Callable[[str], None]):
+def import_graph(path: Path, log: Callable[[str], None]):
     """The step graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
     first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers)."""
     import onnx
@@ -330,10 +330,12 @@ def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], Non
     return executable, counts, weights
 
 
-def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True):
+def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True,
+             candidate: dict[str, int] | None = None):
     """``mod`` as the CPU build compiles it: weights packed and lifted, fused (unless ``fuse`` is False:
     one kernel per op), scheduled; returns the module, the kernel counts and the lifted weights
-    (``scripts/profile_prefill.py`` times its kernels)."""
+    (``scripts/profile_prefill.py`` times its kernels). ``candidate``: schedule parameters in place of
+    the target's tuned ones, e.g. {"tile": 64, "unroll": 8} (``scripts/tune_schedules.py`` times them)."""
     import tvm
     from tvm import relax
 
@@ -342,7 +344,8 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
-    params = ScheduleParams(**target.schedule_data(options.weights)["params"],
+    tuned = target.schedule_data(options.weights)["params"]
+    params = ScheduleParams(**{**tuned, **(candidate or {})},
                             dot=target.dot_product() if options.compute == "int8" else "")
     counts: dict[str, int] = {}
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():

@@ -34,13 +34,13 @@ def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarge
     """Build ``onnx``'s image graph for ``target`` into ``writer`` and commit it (``options``: TvmOptions)."""
     import tvm
 
-    from .tvm import _build, _export, _import, target_record
+    from .tvm import _build, _export, import_graph, target_record
 
     if options.weights != "fp32":
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
-    mod = _import(onnx.graph(IMAGE_GRAPH), log)
+    mod = import_graph(onnx.graph(IMAGE_GRAPH), log)
     if isinstance(target, GpuTarget):
         from .gpu import build_gpu
 

@@ -40,7 +40,7 @@ def main() -> None:
     from rwkv_edge.artifact import open_artifact
     from rwkv_edge.compile.gemm import GEMM_BLOCK
     from rwkv_edge.compile.schedules import GEMV_BLOCK
-    from rwkv_edge.compile.tvm import TvmOptions, _import, _without_gather_warnings, optimise
+    from rwkv_edge.compile.tvm import TvmOptions, import_graph, _without_gather_warnings, optimise
     from rwkv_edge.targets import get_target
 
     onnx = open_artifact(args.onnx_dir, kind="onnx")
@@ -49,7 +49,7 @@ def main() -> None:
     tvm_target = tvm.target.Target(target.tvm_target())
     options = TvmOptions(args.target, weights=onnx.manifest.weights, group_size=onnx.manifest.group_size or None)
     with _without_gather_warnings():
-        mod, counts, weights = optimise(_import(onnx.graph("prefill"), print), target, options, print)
+        mod, counts, weights = optimise(import_graph(onnx.graph("prefill"), print), target, options, print)
 
     calls: Counter = Counter()
 
