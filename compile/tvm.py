@@ -334,7 +334,7 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
              candidate: dict[str, int] | None = None):
     """``mod`` as the CPU build compiles it: weights packed and lifted, fused (unless ``fuse`` is False:
     one kernel per op), scheduled; returns the module, the kernel counts and the lifted weights
-    (``scripts/profile_prefill.py`` times its kernels). ``candidate``: schedule parameters in place of
+    (``scripts/profile_kernels.py`` times its kernels). ``candidate``: schedule parameters in place of
     the target's tuned ones, e.g. {"tile": 64, "unroll": 8} (``scripts/tune_schedules.py`` times them)."""
     import tvm
     from tvm import relax

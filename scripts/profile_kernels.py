@@ -1,9 +1,11 @@
-"""Where a prefill call's time goes: every kernel of the compiled ``prefill`` function timed alone.
+"""Where a prefill call's (or a decode step's) time goes: every kernel of the compiled function timed alone.
 
-    python scripts/profile_prefill.py ONNX_DIR [--target x86_64-host] [--threads 2] [--number 20] [--cpu-time]
+    python scripts/profile_kernels.py ONNX_DIR [--graph prefill|step] [--target x86_64-host] [--threads 2]
+                                      [--number 20] [--cpu-time]
 
-Optimises the export's prefill graph as ``compile_tvm`` does (``compile/tvm.py optimise``), counts the
-calls of each kernel (PrimFunc) in ``prefill``, builds each distinct kernel alone (kernels equal up to
+Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm.py optimise``; an
+int8/int4 export in the compute ``compile`` chooses for the target), counts the calls of each kernel
+(PrimFunc), builds each distinct kernel alone (kernels equal up to
 their name are built once), times it with TVM's time_evaluator on random inputs (median of 3 repeats of
 ``--number`` calls) and prints the time per prefill call by kind (GEMM, GEMV, elementwise, other) and the
 slowest kernels, beside the whole function's time (the Relax VM, median of 5 calls). TVM 0.27's VM has
@@ -25,6 +27,7 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx_dir")
+    parser.add_argument("--graph", choices=["prefill", "step"], default="prefill")
     parser.add_argument("--target", default="x86_64-host")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--number", type=int, default=20, help="calls per timing")
@@ -40,16 +43,19 @@ def main() -> None:
     from rwkv_edge.artifact import open_artifact
     from rwkv_edge.compile.gemm import GEMM_BLOCK
     from rwkv_edge.compile.schedules import GEMV_BLOCK
-    from rwkv_edge.compile.tvm import TvmOptions, import_graph, _without_gather_warnings, optimise
+    from rwkv_edge.compile.intdot import IGEMV_BLOCK
+    from rwkv_edge.compile.tvm import TvmOptions, import_graph, _without_gather_warnings, optimise, resolve_compute
     from rwkv_edge.targets import get_target
 
     onnx = open_artifact(args.onnx_dir, kind="onnx")
-    chunk = onnx.manifest.graphs["prefill"].chunk
+    chunk = onnx.manifest.graphs["prefill"].chunk if args.graph == "prefill" else 1
     target = get_target(args.target)
     tvm_target = tvm.target.Target(target.tvm_target())
-    options = TvmOptions(args.target, weights=onnx.manifest.weights, group_size=onnx.manifest.group_size or None)
+    weights = onnx.manifest.weights
+    options = TvmOptions(args.target, weights=weights, group_size=onnx.manifest.group_size or None,
+                         compute=resolve_compute(target, None, weights))
     with _without_gather_warnings():
-        mod, counts, weights = optimise(import_graph(onnx.graph("prefill"), print), target, options, print)
+        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print), target, options, print)
 
     calls: Counter = Counter()
 
@@ -79,6 +85,7 @@ def main() -> None:
                 timer = kernel.time_evaluator(kernel.entry_name, device, number=args.number, repeat=3)
                 built[key] = float(np.median(timer(*inputs).results))
         kind = ("gemm" if has_block(func, GEMM_BLOCK) else "gemv" if has_block(func, GEMV_BLOCK) else
+                "int8 dot" if has_block(func, IGEMV_BLOCK) else
                 "scheduled" if func.attrs.get("tirx.is_scheduled") else "default lowering")
         rows.append((built[key] * n, name, n, kind))
 
@@ -87,7 +94,8 @@ def main() -> None:
     vm = relax.VirtualMachine(executable, device)
     state = onnx.initial_state()
     spec = onnx.manifest.state
-    tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, (1, chunk)).astype(np.int64), device)
+    shape = (1, chunk) if args.graph == "prefill" else (1,)
+    tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, shape).astype(np.int64), device)
     state_args = [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in spec]
     params = [tvm.runtime.tensor(w, device) for w in weights]
     clock = time.thread_time if args.cpu_time else time.perf_counter
@@ -95,7 +103,7 @@ def main() -> None:
     whole_ms = float(np.median(whole)) * 1e3
 
     total = sum(r[0] for r in rows) * 1e3
-    print(f"\nprefill, T = {chunk}, {args.threads} threads, {args.target}, {'CPU' if args.cpu_time else 'wall'} time: whole function {whole_ms:.2f} ms "
+    print(f"\n{args.graph}, T = {chunk}, {options.compute} compute, {args.threads} threads, {args.target}, {'CPU' if args.cpu_time else 'wall'} time: whole function {whole_ms:.2f} ms "
           f"({chunk / whole_ms * 1e3:.0f} tok/s); kernels timed alone sum to {total:.2f} ms; "
           f"{sum(calls.values())} calls of {len(calls)} kernels ({len(built)} distinct)")
     by_kind = defaultdict(lambda: [0.0, 0])
