@@ -96,7 +96,8 @@ class BenchOptions:
             raise OptionError("fp16 weights run on a GPU only: add --device cuda "
                               "(on the CPU the rows hold fp32, int8 or int4 weights)")
         if self.device != "cpu" and self.weights in QUANTIZED:
-            raise OptionError(f"{self.weights} weights are benched on the CPU (GPU bundles hold fp32 or fp16)")
+            raise OptionError(f"{self.weights} weights are benched on the CPU "
+                              "(the bench runs GPU bundles with fp32 or fp16 weights)")
         if self.tvm_target is not None:
             check_target_device(self.tvm_target, self.device)
 

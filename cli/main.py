@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--weights", choices=WEIGHT_FORMATS,
                    help="weight format (default: the target's, or an ONNX export's): TVM CPU fp32, int8 or int4 "
-                        "(the project's quantizer, fp32 compute); TVM GPU fp32 or fp16 (GEMV weights, summed in fp32); "
-                        "Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 or int4 (the project's quantizer, "
+                        "(the project's quantizer, fp32 compute); TVM GPU fp32, fp16, int8 or int4 (GEMV weights, "
+                        "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 or int4 (the project's quantizer, "
                         "iOS 18 / macOS 15), fp16 compute")
     _group_size_arg(p)
     p.add_argument("--stateful", action="store_true",

@@ -9,7 +9,9 @@
   source, which the Mac compiles when it loads the library; the source is written to the bundle
   (``kernels.metal``) and the host objects go into model.tar (no Mach-O linker here).
 - Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order), lifted by
-  ``compile/params.py`` as for CPU bundles.
+  ``compile/params.py`` as for CPU bundles: fp32 or fp16 GEMV weights (N, K), or for int8 / int4
+  bundles each quantized projection's integers (int8 (N, K), or int4 (N, K / 2) uint8) and fp16
+  scales (N, K / group) (``compile/gpu_schedules.py``); every sum is fp32.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from pathlib import Path
 from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 from ..errors import ToolError
 from ..targets.gpu import GpuTarget
+from ..weights import weight_format
 
-WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16"}
+# --weights -> the dtype of the dense GEMV weights (int8/int4: the matrices that are not quantized, e.g. LoRA)
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4": "float32"}
 
 
-def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False):
+def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False,
+              group: int = 0):
     """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
     device code's source (and PTX) into ``bundle``. ``image``: an image model's whole-image graph,
-    unfused (compile/vision.py says why) and its projections scheduled as GEMMs (dlight's Matmul)."""
+    unfused (compile/vision.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
+    ``group``: int8/int4 weights' group size (the export's)."""
     import tvm
     from tvm import relax
 
@@ -41,14 +47,15 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     fusion = [] if image else [relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, "
                                 f"{'no fusion' if image else 'fuse'}, GPU schedules"):
-        mod, values, gemvs = gpu_weights(mod, WEIGHT_DTYPES[weights])
+        mod, values, gemvs = gpu_weights(mod, WEIGHT_DTYPES[weights], weight_format(weights).bits, group)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion,
             relax.transform.DeadCodeElimination(),
         ])(mod)
         schedule = ApplyGpuSchedules(tvm_target, matmul=image)
         mod = schedule(mod)
-    counts = {"row gemv": gemvs, **{f"{rule} kernels": n for rule, n in schedule.counts.items()}}
+    counts = {**gemvs, **{f"{rule} kernels": n for rule, n in schedule.counts.items()},
+              **{f"dequantizing {rule} kernels": n for rule, n in schedule.dequantizing.items()}}
     log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items())
         + f"; {len(values)} weight tensors, {sum(v.nbytes for v in values) / 1e6:.1f} MB")
     with stage(log, f"build for {target.device} {target.arch or ''} (host {target.triple})".replace("  ", " ")):

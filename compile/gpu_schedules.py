@@ -7,6 +7,10 @@ once per token) plus a small per-head state update. Three parts:
    (K, N) and one row of ``x`` becomes a GEMV over ``W`` stored transposed, (N, K), optionally in
    fp16 (accumulated in fp32): each output row's weights are contiguous, which is the layout
    dlight's GEMV rule reads with whole warps (coalesced, vectorised loads, a warp-shuffle sum).
+   int8 / int4 bundles store each ``W`` that is exactly a quantization (``quantize.quantized_exactly``:
+   the export's projections) as its integers and fp16 scales in the same row-major order, and the GEMV
+   reads them through a dequantize block, the structure of MLC-LLM's q4f16 kernels, which dlight's
+   GEMV rule inlines into the reduction (``dequantized_gemv``); the others (LoRA factors, ...) stay fp32.
 2. **Weights as parameters** (after the rewrite, ``compile/params.py`` as for CPU bundles): every
    large constant leaves the library and becomes a trailing parameter of ``main``, saved in
    ``params.safetensors`` (a GPU library holds kernels only; a 1.5B model's 6 GB of weights could
@@ -29,8 +33,10 @@ from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import ToolError
+from ..quantize import Quantized, quantized_exactly
 
 GEMV_BLOCK = "gemv"
+DEQUANTIZE_BLOCK = "dequantize"
 WKV_THREADS = 256  # threads of the state-update block (one block per head)
 
 
@@ -42,14 +48,44 @@ def row_gemv(x: te.Tensor, weight: te.Tensor) -> te.Tensor:
                       name=GEMV_BLOCK)
 
 
+def dequantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, bits: int) -> te.Tensor:
+    """y[n] = sum_k x[k] * q[n, k] * s[n, k // group], summed in fp32: (1, K) -> (1, N).
+
+    ``values``: int8 (N, K), or int4 two to a byte, (N, K / 2) uint8 holding q + 8 with the even k in
+    the low nibble (``Quantized.packed``); ``scales``: fp16 (N, K / group). The dequantize block makes
+    each weight q * s exactly (an fp16 scale times a small integer is exact in fp32), so the sums are
+    the fp32 model's with the dequantized matrix; dlight inlines it into the GEMV's loads."""
+    n_len, groups = scales.shape
+    k_len = x.shape[1]
+    group = k_len // groups
+
+    def integer(n, k):
+        if bits == 8:
+            return values[n, k].astype("float32")
+        nibble = (values[n, k // 2] >> ((k % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")
+        return nibble.astype("float32") - tirx.const(8.0, "float32")
+
+    weight = te.compute((n_len, k_len), lambda n, k: integer(n, k) * scales[n, k // group].astype("float32"),
+                        name=DEQUANTIZE_BLOCK)
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute((1, n_len), lambda i, n: te.sum(x[i, k] * weight[n, k], axis=k), name=GEMV_BLOCK)
+
+
+def quantized_rows(found: Quantized) -> tuple[np.ndarray, np.ndarray]:
+    """A quantized (N, K) matrix as ``dequantized_gemv`` reads it: int8 (N, K) values or int4 (N, K / 2)
+    uint8 nibble pairs, and the fp16 (N, K / group) scales."""
+    return (found.values if found.bits == 8 else found.packed()), found.scales
+
+
 @mutator
 class _GpuWeights(PyExprMutator):
-    """Rewrites one-row matmuls by constant weights into row GEMVs over W^T (a new constant)."""
+    """Rewrites one-row matmuls by constant weights into row GEMVs over W^T (a new constant), or, for
+    ``bits`` 8 or 4, over its integers and scales where W is exactly such a quantization."""
 
-    def __init__(self, mod: tvm.IRModule, weight_dtype: str) -> None:
+    def __init__(self, mod: tvm.IRModule, weight_dtype: str, bits: int = 32, group: int = 0) -> None:
         super().__init__(mod)
-        self.weight_dtype = weight_dtype
-        self.gemvs = 0
+        self.weight_dtype, self.bits, self.group = weight_dtype, bits, group
+        self.gemvs = self.quantized = 0
         self.matmul = tvm.ir.Op.get("relax.matmul")
 
     def visit_call_(self, call):
@@ -61,25 +97,39 @@ class _GpuWeights(PyExprMutator):
             dims = [int(d) for d in shape] if shape is not None else [0]
             if dims[-1] == k_len and all(d == 1 for d in dims[:-1]):  # one row: the decode step
                 self.gemvs += 1
-                rows = relax.const(np.ascontiguousarray(weight.value.numpy().T.astype(self.weight_dtype)))
+                matrix = np.ascontiguousarray(weight.value.numpy().T)  # (N, K)
+                found = quantized_exactly(matrix, self.bits, self.group) if self.bits < 16 else None
                 x = self.builder_.emit(relax.op.reshape(call.args[0], (1, k_len)))
-                y = self.builder_.emit_te(row_gemv, x, rows, primfunc_name_hint=GEMV_BLOCK)
+                if found is not None:
+                    self.quantized += 1
+                    values, scales = (relax.const(a) for a in quantized_rows(found))
+                    y = self.builder_.emit_te(dequantized_gemv, x, values, scales, found.bits,
+                                              primfunc_name_hint=GEMV_BLOCK)
+                else:
+                    rows = relax.const(matrix.astype(self.weight_dtype))
+                    y = self.builder_.emit_te(row_gemv, x, rows, primfunc_name_hint=GEMV_BLOCK)
                 return relax.op.reshape(y, [*dims[:-1], n])
         return call
 
 
-def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32") -> tuple[tvm.IRModule, list[np.ndarray], int]:
+def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32", bits: int = 32,
+                group: int = 0) -> tuple[tvm.IRModule, list[np.ndarray], dict[str, int]]:
     """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` with a constant (K, N)
-    ``W``, then every large constant moved into shared trailing parameters (``compile/params.py``).
-    Returns the module, the parameters' values in order, and the GEMV count."""
+    ``W`` (``bits`` 8 or 4: over the integers and scales of each ``W`` that is exactly a quantization in
+    groups of ``group``), then every large constant moved into shared trailing parameters
+    (``compile/params.py``). Returns the module, the parameters' values in order, and the counts:
+    "row gemv" (all of them) and, for int8/int4, "int8 gemv" / "int4 gemv" (the quantized ones)."""
     from .params import lift_weights
 
-    rewriter = _GpuWeights(mod, weight_dtype)
+    rewriter = _GpuWeights(mod, weight_dtype, bits, group)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     mod, values = lift_weights(rewriter.builder_.get())
-    return mod, values, rewriter.gemvs
+    counts = {"row gemv": rewriter.gemvs}
+    if bits < 16:
+        counts[f"int{bits} gemv"] = rewriter.quantized
+    return mod, values, counts
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeGpuSchedule")
@@ -89,6 +139,7 @@ class ApplyGpuSchedules:
     def __init__(self, target: tvm.target.Target, matmul: bool = False) -> None:
         self.target, self.matmul = target, matmul  # matmul: dlight's Matmul rule first (image graphs' GEMMs)
         self.counts: dict[str, int] = {}
+        self.dequantizing: dict[str, int] = {}  # the same for the kernels that hold a dequantize block
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         from tvm.s_tir import dlight
@@ -111,6 +162,8 @@ class ApplyGpuSchedules:
                 if sch is not None:
                     scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     self.counts[name] = self.counts.get(name, 0) + 1
+                    if _has_block(func, DEQUANTIZE_BLOCK):
+                        self.dequantizing[name] = self.dequantizing.get(name, 0) + 1
                     break
             else:
                 raise ToolError(f"no GPU schedule applies to kernel {gvar.name_hint} (not even dlight's Fallback): "
@@ -208,6 +261,14 @@ def _extents(sch: s_tir.Schedule, block) -> list[int]:
         return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
     except TypeError:  # a symbolic extent
         return []
+
+
+def _has_block(func: tirx.PrimFunc, name: str) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock(name)
+        return True
+    except s_tir.ScheduleError:
+        return False
 
 
 def _is_reduction(sch: s_tir.Schedule, block) -> bool:

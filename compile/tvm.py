@@ -56,7 +56,7 @@ class TvmOptions:
     target: str = "x86_64-host"
     schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
     weights: str | None = None  # None: the ONNX export's (fp32 from a checkpoint); CPU targets hold int8 and int4
-    # (from an export in that format), GPU targets fp16 (GEMV weights fp16, summed in fp32)
+    # (from an export in that format), GPU targets fp16 (GEMV weights fp16, summed in fp32), int8 and int4
     group_size: int | None = None  # int8/int4 from a checkpoint: weights per scale (default: the format's)
     # tokens per call of the prefill function; None: the ONNX export's prefill graph (a checkpoint is
     # exported with PREFILL_CHUNK); 0: none (prompts run one step per token). CPU targets only.
@@ -109,7 +109,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
             from .gpu import build_gpu
 
             with _without_gather_warnings():
-                executable, counts, params = build_gpu(mod, target, options.weights, bundle, log)
+                executable, counts, params = build_gpu(mod, target, options.weights, bundle, log,
+                                                       group=options.group_size or 0)
         else:
             executable, counts, params = _build(mod, target, options, log)
         library = LIBRARY if linker is not None else OBJECTS
@@ -146,6 +147,9 @@ def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights:
     OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
     dot = target.dot_product() if isinstance(target, TvmTarget) else None
     quantized = weights in ("int8", "int4")
+    if compute == "int8" and isinstance(target, GpuTarget):
+        raise OptionError(f"{target.name} bundles compute in fp32 (int8 compute is for CPU targets with an int8 "
+                          "dot-product instruction): drop --compute int8")
     if compute == "int8" and dot is None:
         raise OptionError(f"{target.name} has no int8 dot-product instruction (ARM +dotprod, x86 AVX-512 VNNI): "
                           "compile with --compute fp32")
@@ -255,8 +259,8 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
 
     TVM bundles compile fp32, int8 and int4 batch-1 exports: the schedules accumulate in the export's
     dtype (fp16 GEMV sums measured 6.5e-2 max|Δ|/std on the demo's state, over the fp16 limit) and pack
-    one-row GEMVs. An int8/int4 bundle takes its integers from an export in that format (the PyTorch
-    reference of the export has the same quantized weights). GPU bundles store fp16 weights with
+    one-row GEMVs. An int8/int4 bundle (CPU or GPU) takes its integers from an export in that format (the
+    PyTorch reference of the export has the same quantized weights). GPU bundles store fp16 weights with
     --weights fp16, from the fp32 export."""
     if manifest.weights == "fp16" or manifest.batch != 1:
         what = f"{manifest.weights} weights" if manifest.weights == "fp16" else f"batch {manifest.batch}"

@@ -31,7 +31,7 @@ class GpuTarget:
     cross_compiler: str | None = None  # links model.so; None: the host's cc (or no link at all, see ``linkable``)
     cross_package: str | None = None
     link_note: str | None = None  # how the library is finished where no Linux linker can make it
-    weight_formats: tuple[str, ...] = ("fp32", "fp16")  # fp16: the GEMV weights, summed in fp32
+    weight_formats: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")  # all summed in fp32
     kind: str = field(default="tvm")  # the compiler family (compile.COMPILERS)
 
     @property

@@ -276,7 +276,7 @@ def test_weights_that_the_export_does_not_have_are_refused_before_any_work(onnx_
              (onnx_export("v7", weights="int8"), TvmOptions(weights="fp32"), "int8 weights cannot become an fp32 bundle"),
              (onnx_export("v7", weights="int8"), TvmOptions(group_size=64), "--group-size 64 applies when compiling a checkpoint"),
              (onnx_export("v7", weights="int4"), TvmOptions(schedules=False), "int4 bundles need the project's schedules"),
-             (onnx_export("v7", weights="int8"), TvmOptions("cuda-sm80"), "cuda-sm80 bundle holds fp32 or fp16 weights, not int8"),
+             (onnx_export("v7", weights="int8"), TvmOptions("cuda-sm80", weights="fp16"), "int8 weights cannot become an fp16 bundle"),
              (onnx_export("v7"), TvmOptions(weights="fp16"), "x86_64-host bundle holds fp32, int8 or int4 weights")]
     for source, options, message in cases:
         with pytest.raises(OptionError, match=re.escape(message)):
