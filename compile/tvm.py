@@ -282,17 +282,20 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
 
 
 def import_graph(path: Path, log: Callable[[str], None]):
-    """The step graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
-    first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers)."""
+    """An exported graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
+    first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers),
+    and Gathers of one constant position become slices (``compile/slices.py``)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     from ..export.nbits import from_matmul_nbits
+    from .slices import gathers_as_slices
 
     with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
         proto = onnx.load(str(path))
         from_matmul_nbits(proto)
+        gathers_as_slices(proto)
         return from_onnx(proto, keep_params_in_input=False)
 
 

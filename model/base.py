@@ -23,13 +23,6 @@ def token_shift(x: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     return torch.cat([prev, x[..., :-1, :]], dim=-2)
 
 
-def position(z: torch.Tensor, t: int, dim: int = -3) -> torch.Tensor:
-    """Position ``t`` of the T axis ``dim``: (..., T, H, N) -> (..., H, N) (or (..., T, C) -> (..., C), dim -2).
-    A slice, exported as an ONNX Slice with constant bounds: ``z[..., t, :, :]`` is a Gather whose index
-    TVM normalises at run time, five small kernels per use (docs/tvm.md, "Kernel calls")."""
-    return z.narrow(dim, t, 1).squeeze(dim)
-
-
 def to_heads(t: torch.Tensor, n_head: int, head_size: int) -> torch.Tensor:
     """Split channels into heads, in fp32.  (..., T, C) -> (..., T, H, N)"""
     return t.float().unflatten(-1, (n_head, head_size))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import RWKVModel, position, token_shift
+from .base import RWKVModel, token_shift
 from .checkpoint import StateDict, dims, n_layers
 from .state import LayerState, State, StateTensor
 
@@ -66,7 +66,7 @@ def wkv4(k, v, decay, bonus, num, den, top):
     """
     out = []
     for t in range(k.shape[-2]):
-        k_t, v_t = position(k, t, -2), position(v, t, -2)
+        k_t, v_t = k[..., t, :], v[..., t, :]
         now = bonus + k_t  # the current token gets the bonus
         m = torch.maximum(top, now)
         e_past, e_now = torch.exp(top - m), torch.exp(now - m)

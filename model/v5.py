@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import group_norm_heads, position, to_heads, token_shift
+from .base import group_norm_heads, to_heads, token_shift
 from .checkpoint import StateDict, dims, heads, n_layers
 from .state import LayerState, StateTensor, matrix_state_spec, zero_state
 from .v4 import Block, ChannelMix, RecurrentModel, lerp_shift, vec
@@ -42,9 +42,9 @@ def wkv5(r, decay, k, v, bonus, wkv):
     """
     ys = []
     for t in range(r.shape[-3]):
-        kv = position(k, t).unsqueeze(-1) * position(v, t).unsqueeze(-2)  # (..., H, N, N)
-        ys.append((position(r, t).unsqueeze(-2) @ (bonus.unsqueeze(-1) * kv + wkv)).squeeze(-2))
-        w_t = decay if decay.dim() == 2 else position(decay, t)
+        kv = k[..., t, :, :].unsqueeze(-1) * v[..., t, :, :].unsqueeze(-2)  # (..., H, N, N)
+        ys.append((r[..., t, :, :].unsqueeze(-2) @ (bonus.unsqueeze(-1) * kv + wkv)).squeeze(-2))
+        w_t = decay if decay.dim() == 2 else decay[..., t, :, :]
         wkv = kv + w_t.unsqueeze(-1) * wkv
     return torch.stack(ys, dim=-3), wkv
 

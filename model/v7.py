@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import RWKVModel, group_norm_heads, position, to_heads, token_shift
+from .base import RWKVModel, group_norm_heads, to_heads, token_shift
 from .checkpoint import StateDict, dims, heads, n_layers
 from .state import LayerState, State, StateTensor, matrix_state_spec
 
@@ -112,7 +112,7 @@ def wkv7(r, decay, k, v, kk, a, wkv):
     """
     ys = []
     for t in range(r.shape[-3]):
-        y, wkv = wkv7_step(wkv, *(position(z, t) for z in (r, decay, k, v, kk, a)))
+        y, wkv = wkv7_step(wkv, *(z[..., t, :, :] for z in (r, decay, k, v, kk, a)))
         ys.append(y)
     return torch.stack(ys, dim=-3), wkv
 
