@@ -281,10 +281,11 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
     return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
-def import_graph(path: Path, log: Callable[[str], None]):
+def import_graph(path: Path, log: Callable[[str], None], slices: bool = True):
     """An exported graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
     first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers),
-    and Gathers of one constant position become slices (``compile/slices.py``)."""
+    and Gathers of one constant position become slices (``compile/slices.py``; ``slices`` False: not,
+    for ``scripts/profile_kernels.py --gathers``)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -295,7 +296,8 @@ def import_graph(path: Path, log: Callable[[str], None]):
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
         proto = onnx.load(str(path))
         from_matmul_nbits(proto)
-        gathers_as_slices(proto)
+        if slices:
+            gathers_as_slices(proto)
         return from_onnx(proto, keep_params_in_input=False)
 
 

@@ -1,17 +1,18 @@
 """Where a prefill call's (or a decode step's) time goes: every kernel of the compiled function timed alone.
 
     python scripts/profile_kernels.py ONNX_DIR [--graph prefill|step] [--target x86_64-host] [--threads 2]
-                                      [--number 20] [--cpu-time]
+                                      [--number 20] [--cpu-time] [--gathers]
 
 Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm.py optimise``; an
-int8/int4 export in the compute ``compile`` chooses for the target), counts the calls of each kernel
-(PrimFunc), builds each distinct kernel alone (kernels equal up to
-their name are built once), times it with TVM's time_evaluator on random inputs (median of 3 repeats of
-``--number`` calls) and prints the time per prefill call by kind (GEMM, GEMV, elementwise, other) and the
-slowest kernels, beside the whole function's time (the Relax VM, median of 5 calls). TVM 0.27's VM has
-no profiler; the kernels' sum leaves out the VM's own work between them (allocation, calls).
-``--cpu-time`` times the calling thread's CPU time instead of wall time (with ``--threads 1``: the
-figures that stay meaningful while other jobs load the machine; docs/tvm.md "Prefill").
+int8/int4 export in the compute ``compile`` chooses for the target; ``--gathers``: without the
+compiler's Gather rewrite, ``compile/slices.py``, for comparison), counts the calls of each kernel
+(PrimFunc), builds each distinct kernel alone (kernels equal up to their name are built once), times it
+with TVM's time_evaluator on random inputs (median of 3 repeats of ``--number`` calls) and prints the
+time per call by kind (GEMM, GEMV, int8 dot, elementwise, other) and the slowest kernels, beside the
+whole function's time (the Relax VM, median of 5 calls). TVM 0.27's VM has no profiler; the kernels'
+sum leaves out the VM's own work between them (allocation, calls). ``--cpu-time`` times the calling
+thread's CPU time instead of wall time (with ``--threads 1``: the figures that stay meaningful while
+other jobs load the machine; docs/tvm.md "Prefill").
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=20, help="calls per timing")
     parser.add_argument("--top", type=int, default=12, help="slowest kernels to list")
     parser.add_argument("--cpu-time", action="store_true", help="the calling thread's CPU time, not wall time")
+    parser.add_argument("--gathers", action="store_true",
+                        help="import the position Gathers as they are (compile/slices.py not applied), for comparison")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -55,7 +58,7 @@ def main() -> None:
     options = TvmOptions(args.target, weights=weights, group_size=onnx.manifest.group_size or None,
                          compute=resolve_compute(target, None, weights))
     with _without_gather_warnings():
-        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print), target, options, print)
+        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print, slices=not args.gathers), target, options, print)
 
     calls: Counter = Counter()
 
