@@ -34,6 +34,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import ToolError
 from ..quantize import Quantized, quantized_exactly
+from .schedules import _find_block
 
 GEMV_BLOCK = "gemv"
 DEQUANTIZE_BLOCK = "dequantize"
@@ -162,7 +163,7 @@ class ApplyGpuSchedules:
                 if sch is not None:
                     scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     self.counts[name] = self.counts.get(name, 0) + 1
-                    if _has_block(func, DEQUANTIZE_BLOCK):
+                    if _find_block(s_tir.Schedule(func), (DEQUANTIZE_BLOCK,)) is not None:
                         self.dequantizing[name] = self.dequantizing.get(name, 0) + 1
                     break
             else:
@@ -261,14 +262,6 @@ def _extents(sch: s_tir.Schedule, block) -> list[int]:
         return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
     except TypeError:  # a symbolic extent
         return []
-
-
-def _has_block(func: tirx.PrimFunc, name: str) -> bool:
-    try:
-        s_tir.Schedule(func).get_sblock(name)
-        return True
-    except s_tir.ScheduleError:
-        return False
 
 
 def _is_reduction(sch: s_tir.Schedule, block) -> bool:

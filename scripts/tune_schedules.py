@@ -62,11 +62,20 @@ def main() -> int:
     manifest = artifact.manifest
     compute = resolve_compute(target, args.compute, manifest.weights)
     options = TvmOptions(target=target.name, weights=manifest.weights, group_size=manifest.group_size, compute=compute)
+    tiles = [int(t) for t in args.tiles.split(",")]
+    if compute == "int8":  # a tile the dot instruction cannot fill leaves the GEMVs unscheduled: a meaningless time
+        from rwkv_edge.compile.intdot import DOT_ISAS
+
+        lanes = DOT_ISAS[target.dot_product()].lanes
+        if any(tile % lanes for tile in tiles):
+            print(f"--tiles {args.tiles}: int8 compute on {target.name} needs multiples of {lanes} "
+                  f"({target.dot_product()} lanes)", file=sys.stderr)
+            return 2
     imported = import_graph(artifact.graph("step"), print)
     state = artifact.initial_state()
     tvm_target = tvm.target.Target(target.tvm_target())
     built = {}
-    for tile in (int(t) for t in args.tiles.split(",")):
+    for tile in tiles:
         for unroll in (int(u) for u in args.unrolls.split(",")):  # the build as compile makes it, but for tile and unroll
             mod, _, weights = optimise(imported, target, options, lambda line: None, candidate={"tile": tile, "unroll": unroll})
             vm = relax.VirtualMachine(tvm.compile(mod, tvm_target), tvm.cpu())
@@ -108,7 +117,7 @@ def main() -> int:
         path = TUNED / f"{target.name}.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
         if manifest.weights == "fp32":  # the top level; the quantized formats' records stay
-            record = {**record, **{k: v for k, v in saved.items() if k in ("int8", "int4")}}
+            record = {**saved, **record}  # the GEMM rows' note and the int8/int4 records stay
         else:  # beside fp32's record, under the format's name
             record = {**saved, manifest.weights: record}
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -80,3 +80,10 @@ def test_an_opset_before_13_is_left_alone():
     proto = _gather_model(np.array(1, np.int64), opset=12)
     assert gathers_as_slices(proto) == 0
     assert [n.op_type for n in proto.graph.node] == ["Gather"]
+
+
+def test_an_index_that_is_also_a_graph_input_is_left_alone():
+    """An initializer named as a graph input is only a default: the caller may feed another index."""
+    proto = _gather_model(np.array(1, np.int64))
+    proto.graph.input.append(helper.make_tensor_value_info("i", TensorProto.INT64, []))
+    assert gathers_as_slices(proto) == 0
