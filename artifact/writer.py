@@ -1,13 +1,17 @@
 """Writing an artifact directory: build it beside the old one, swap it in whole, delete only what was ours.
 
-- The new artifact is built in a sibling temporary directory (``.NAME.rwkv-edge-XXXXXXXX``) and,
+- The new artifact is built in a sibling temporary directory (``.NAME.rwkv-edge-XXXXXXXX``, eight
+  random hex digits) and,
   once it is complete and hashed, exchanged with the output directory in one atomic rename (Linux
   ``renameat2(RENAME_EXCHANGE)``, macOS ``renamex_np(RENAME_SWAP)``; two renames elsewhere). Until
   that moment the previous artifact is intact and verifiable, and after any failure or signal too.
 - Deleted are only what the writer can prove it wrote: the files that the previous artifact's
-  validated manifest lists, that manifest, verify's reports, and temporary directories carrying
-  the writer's marker. An output directory holding anything else is refused before work starts.
-- One writer per output directory (an advisory lock on it): a second one fails at once.
+  validated manifest lists, that manifest, verify's reports, and its own temporary directories:
+  named exactly ``.NAME.rwkv-edge-`` + eight hex digits, owned by this user, holding the marker file
+  whose text names that very directory, and lockable (no live run holds them). Anything else is left
+  alone whatever it holds; an output directory holding anything else is refused before work starts.
+- One writer per output directory (an advisory lock on it, ``artifact/lock.py``): a second one, or a
+  ``verify`` of the directory, makes it fail at once.
 - Temporary directories that a killed run left behind are removed by the next run.
 """
 
@@ -17,7 +21,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import glob
 import os
 import re
 import secrets
@@ -29,12 +32,14 @@ from pathlib import Path
 
 from ..atomic import current_umask
 from ..errors import ArtifactError
+from .lock import lock_directory
 from .manifest import MANIFEST, REPORTS, Manifest, parse_manifest, sha256_bytes, sha256_file
 from .reader import read_files
 
 TEMP_INFIX = ".rwkv-edge-"  # .NAME.rwkv-edge-XXXXXXXX beside the output directory
+TEMP_SUFFIX = re.compile(r"[0-9a-f]{8}")  # the XXXXXXXX: secrets.token_hex(4)
 MARKER = ".rwkv-edge-temporary"  # inside a temporary directory while it holds nothing of value
-LEGACY_TEMP = re.compile(r"^\.(export|compile)-[a-z0-9_]{8}$")  # rwkv-edge 0.1's temporary directories
+MAX_MARKER_BYTES = 4096
 Files = dict[str, dict]  # a manifest's files: relative name -> sha256, bytes
 
 REPORT_PARTIAL = re.compile(r"^\.(parity\.json|parity\.png)\.[A-Za-z0-9_]+\.partial")  # an interrupted report
@@ -63,7 +68,7 @@ class ArtifactWriter:
                                     "to another directory")
         try:
             self._created = not self.out.exists()
-            self._locks.append(_lock_directory(self.out))
+            self._locks.append(lock_directory(self.out, create=True))
             self.previous = _previous_artifact(self.out)
             _remove_stale(self.out, self.log)
             self.dir = self._temporary_directory()
@@ -109,8 +114,8 @@ class ArtifactWriter:
         path = self.out.parent / f".{self.out.name}{TEMP_INFIX}{secrets.token_hex(4)}"
         path.mkdir(mode=0o700)
         self._temporary.append(path)
-        (path / MARKER).touch()
-        self._locks.append(_lock_directory(path))
+        (path / MARKER).write_text(_marker_text(path))
+        self._locks.append(lock_directory(path))
         return path
 
     def _clean_up(self) -> None:
@@ -145,24 +150,6 @@ def _output_directory(requested: Path) -> Path:
     return out
 
 
-def _lock_directory(path: Path) -> int:
-    """An exclusive flock on ``path`` (created if missing); ArtifactError if another run holds it."""
-    for _ in range(3):
-        path.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ArtifactError(f"another rwkv-edge run is writing {path}: wait for it to finish, "
-                                "or write elsewhere") from None
-        held, now = os.fstat(fd), os.stat(path)
-        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-            return fd
-        os.close(fd)  # another run swapped a new artifact in meanwhile: lock that one
-    raise ArtifactError(f"{path} keeps changing under concurrent rwkv-edge runs; try again")
-
-
 def _previous_artifact(out: Path) -> Files | None:
     """The validated file list of the artifact in ``out`` (None when empty); ArtifactError when ``out``
     holds anything the writer cannot prove it wrote."""
@@ -194,9 +181,7 @@ def _foreign_entries(root: Path, files: Files) -> list[str]:
         prefix = "" if relative == "." else f"{relative}/"
         for name in list(dirs):
             path = prefix + name
-            if not prefix and LEGACY_TEMP.match(name) and not Path(current, name).is_symlink():
-                dirs.remove(name)  # an earlier version's temporary directory: ours
-            elif Path(current, name).is_symlink() or path not in parents:
+            if Path(current, name).is_symlink() or path not in parents:
                 foreign.append(path)
                 dirs.remove(name)
         for name in files:
@@ -214,9 +199,7 @@ def _delete_artifact(directory: Path, files: Files | None, log: Callable[[str], 
         if _is_regular_file(directory / name):
             (directory / name).unlink()
     for entry in directory.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and LEGACY_TEMP.match(entry.name):
-            shutil.rmtree(entry)
-        elif REPORT_PARTIAL.match(entry.name) and _is_regular_file(entry):
+        if REPORT_PARTIAL.match(entry.name) and _is_regular_file(entry):
             entry.unlink()
     for current, _, _ in sorted(os.walk(directory), key=lambda walked: -len(walked[0])):
         if Path(current) != directory:
@@ -231,24 +214,47 @@ def _delete_artifact(directory: Path, files: Files | None, log: Callable[[str], 
 
 
 def _remove_stale(out: Path, log: Callable[[str], None]) -> None:
-    """Remove the temporary directories of earlier runs on ``out`` that were killed (none still running)."""
-    for path in out.parent.glob(f".{glob.escape(out.name)}{TEMP_INFIX}*"):
-        if path.is_symlink() or not path.is_dir():
+    """Remove the temporary directories that earlier runs on ``out`` left when they were killed: only
+    those ``_left_by_a_killed_run`` proves are the writer's, and only once their lock can be taken."""
+    prefix = f".{out.name}{TEMP_INFIX}"
+    for path in out.parent.iterdir():
+        if not (path.name.startswith(prefix) and TEMP_SUFFIX.fullmatch(path.name[len(prefix):])):
             continue
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            continue  # a symlink, a file, or another user's: never ours
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             continue  # a live run's
         finally:
             os.close(fd)
-        if (path / MARKER).is_file() or not any(path.iterdir()):
+        if _marked(path) or not any(path.iterdir()):
             _discard(path)
         else:  # a complete artifact: a new one not yet swapped in, or an old one swapped out
             with contextlib.suppress(ArtifactError):
                 files = read_files(path)
                 if not _foreign_entries(path, files):
                     _delete_artifact(path, files, log)
+
+
+def _marker_text(directory: Path) -> str:
+    """What the writer's marker says: the name of the very directory it marks."""
+    return f"rwkv-edge temporary directory {directory.name}\n"
+
+
+def _marked(directory: Path) -> bool:
+    """Whether ``directory`` holds the marker the writer wrote into it (a regular file naming it)."""
+    try:
+        fd = os.open(directory / MARKER, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.read(MAX_MARKER_BYTES) == _marker_text(directory).encode()
 
 
 def _discard(directory: Path) -> None:

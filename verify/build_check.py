@@ -54,13 +54,15 @@ class BuildReport:
         lines += [f"  {check}" for check in self.checks]
         return "\n".join(lines)
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, manifest_sha256: str | None = None) -> list[Path]:
+        """parity.json in ``directory``, atomically, naming the manifest judged."""
         path = Path(directory) / "parity.json"
         record = {"status": "built, not executed", "executed": False, "passed": False, "target": self.target,
-                  "reason": self.reason, "checks": self.checks, "problems": self.problems}
+                  "reason": self.reason, "checks": self.checks, "problems": self.problems,
+                  "manifest_sha256": manifest_sha256}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n")
-        return path
+        return [path]
 
 
 def check_gpu_build(artifact: Artifact, reason: str) -> BuildReport:

@@ -134,21 +134,22 @@ class ParityReport(Verdict):
             "greedy": asdict(self.greedy) if self.greedy else None,
         }
 
-    def save(self, directory: str | Path) -> tuple[Path, Path | None]:
-        """Write ``parity.json`` and ``parity.png`` into ``directory``, each atomically (the plot only
-        where matplotlib is installed: a runtime-only machine gets the JSON report alone)."""
+    def save(self, directory: str | Path, manifest_sha256: str | None = None) -> list[Path]:
+        """Write ``parity.json`` (naming the manifest judged) and ``parity.png`` into ``directory``, each
+        atomically (the plot only where matplotlib is installed: a runtime-only machine gets the JSON
+        report alone)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         json_path, png_path = directory / "parity.json", directory / "parity.png"
         with atomic_path(json_path) as tmp:
-            text = json.dumps(self.to_json(), indent=1, allow_nan=False, ensure_ascii=False)
-            tmp.write_text(text + "\n", encoding="utf-8")
+            record = {**self.to_json(), "manifest_sha256": manifest_sha256}
+            tmp.write_text(json.dumps(record, indent=1, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")
         if importlib.util.find_spec("matplotlib") is None:
             png_path.unlink(missing_ok=True)  # an older plot would not show this report
-            return json_path, None
+            return [json_path]
         with atomic_path(png_path) as tmp:
             _plot(self, tmp)
-        return json_path, png_path
+        return [json_path, png_path]
 
     def summary(self) -> str:
         """A few lines: the verdict first, then the worst error per output group, top-1 and greedy."""

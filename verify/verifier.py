@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact, Manifest, open_artifact
-from ..errors import ArtifactError
+from ..artifact import REPORTS, Artifact, Manifest, open_artifact
+from ..artifact.lock import reading
+from ..errors import ArtifactError, one_line
 from ..runtime.backend import Backend
 from ..runtime.registry import backend_of
 from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_reference, greedy_against,
                      greedy_identity)
 from ..weights import weight_format
+from .build_check import BuildReport
 from .tolerances import tolerance_for
 from .vision import ImageParityReport
 
@@ -42,14 +44,22 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     images instead (verify/vision.py; ``steps`` and ``greedy_tokens`` do not apply)."""
     from ..runtime.coreml_backend import artifact_directory
 
-    artifact = open_artifact(artifact_directory(directory), expect_sha256=expect_sha256, log=log)
+    directory = artifact_directory(directory)
+    with reading(directory):  # no writer swaps another artifact in before the verdict is written
+        artifact = open_artifact(directory, expect_sha256=expect_sha256, log=log)
+        report = _judge(artifact, steps, greedy_tokens, against_checkpoint, log, executor, remote)
+        _save(report, artifact, log)
+    return report
+
+
+def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoint: str | Path | bool,
+           log: Callable[[str], None], executor: str | None, remote) -> ParityReport | ImageParityReport | BuildReport:
+    """The verdict on an opened artifact (``verify_artifact``), not yet saved."""
     directory, manifest = artifact.directory, artifact.manifest
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
         from .build_check import check_gpu_build
 
-        build = check_gpu_build(artifact, why)
-        log(f"wrote {build.save(directory)}")
-        return build
+        return check_gpu_build(artifact, why)
     if manifest.is_vision:
         from .vision import verify_image_artifact
 
@@ -80,9 +90,19 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
     if manifest.kind in KIND_CHECKS:
         KIND_CHECKS[manifest.kind](report, candidate, log)
     candidate.close()  # a remote device serves one session at a time
-    json_path, png_path = report.save(directory)
-    log(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return report
+
+
+def _save(report: ParityReport | ImageParityReport | BuildReport, artifact: Artifact, log: Callable[[str], None]) -> None:
+    """The report beside the artifact, naming the manifest it judged; where it cannot be written (a
+    read-only artifact, say) one warning line, and the verdict stands."""
+    try:
+        paths = report.save(artifact.directory, artifact.manifest_sha256)
+    except (OSError, ArtifactError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        log(f"warning: the verdict is not saved: cannot write {artifact.directory / REPORTS[0]} ({reason})")
+        return
+    log(f"wrote {' and '.join(map(str, paths))} (manifest sha256 {artifact.manifest_sha256})")
 
 
 def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Callable[[str], None]) -> Backend:

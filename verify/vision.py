@@ -74,13 +74,15 @@ class ImageParityReport(Verdict):
                                       for metric, values in asdict(self.errors).items()}},
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """parity.json in ``directory``, atomically (an older parity.png would not show this report: removed)."""
+    def save(self, directory: str | Path, manifest_sha256: str | None = None) -> list[Path]:
+        """parity.json in ``directory``, atomically, naming the manifest judged (an older parity.png
+        would not show this report: removed)."""
         path = Path(directory) / "parity.json"
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+            record = {**self.to_json(), "manifest_sha256": manifest_sha256}
+            tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         (Path(directory) / "parity.png").unlink(missing_ok=True)
-        return path
+        return [path]
 
     def summary(self) -> str:
         t, n = self.tolerance, len(self.errors.scaled)
@@ -131,7 +133,6 @@ def verify_image_artifact(artifact: Artifact, against_checkpoint: str | Path | b
     report.what_ran += [runner.runs_on, (f"{len(recorded.images)} reference images, "
                                          f"{recorded.images.shape[-1]} x {recorded.images.shape[-2]} px")]
     compare_images(expected, got, report)
-    log(f"wrote {report.save(artifact.directory)}")
     return report
 
 

@@ -111,19 +111,21 @@ def test_a_directory_that_is_no_artifact_is_refused(tree):
     assert user_data_intact(tree) and sorted(p.name for p in (tree / "keep").iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("mine", ["README", "data/table.csv", "sub/notes.txt", ".export-ab12cd34/x"])
+@pytest.mark.parametrize("mine", ["README", "data/table.csv", "sub/notes.txt", ".export-ab12cd34/x", "link"])
 def test_an_artifact_holding_a_users_file_is_refused_and_the_file_named(tree, mine):
+    """A folder named as rwkv-edge 0.1 named its temporary folders (.export-XXXXXXXX) is the user's too."""
     out = tree / "work" / "out"
     build(out, {"model.onnx": b"old", "sub/w.bin": b"old"})
-    if mine.startswith(".export"):  # an old temporary directory's name, but a symlink: not ours
-        (out / ".export-ab12cd34").symlink_to(tree / "keep")
-        mine = ".export-ab12cd34"
+    if mine == "link":
+        (out / "link").symlink_to(tree / "keep")
     else:
         (out / mine).parent.mkdir(exist_ok=True)
         (out / mine).write_text("mine")
-    with pytest.raises(ArtifactError, match=rf"\({mine.split('/')[0] if mine.startswith('data') else mine}\): move them"):
+    shown = mine.split("/")[0] if mine.startswith(("data", ".export")) else mine
+    with pytest.raises(ArtifactError, match=rf"\({shown}\): move them"):
         build(out, {"model.onnx": b"new"})
     assert (out / "model.onnx").read_bytes() == b"old" and user_data_intact(tree)
+    assert mine == "link" or (out / mine).read_text() == "mine"
 
 
 @pytest.mark.parametrize("bad", ["not json", b"\xff\xfe", json.dumps("a string"), "[" * 100_000 + "]" * 100_000,
@@ -141,8 +143,6 @@ def test_an_artifact_of_an_older_rwkv_edge_is_replaced(tree):
     out = tree / "work" / "out"
     build(out, {"model.onnx": b"old"})
     tamper(out, lambda data: data.pop("schema"))
-    (out / ".export-ab12cd34").mkdir()  # 0.1's temporary directory, left by a killed export
-    (out / ".export-ab12cd34" / "model.onnx").write_bytes(b"half")
     build(out, {"model.onnx": b"new"})
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx", "reference.npz"]
 
@@ -177,7 +177,7 @@ def test_a_first_build_that_fails_leaves_no_directory(tree):
 def test_a_second_writer_to_the_same_directory_fails_at_once(tree):
     out = tree / "work" / "out"
     with ArtifactWriter(out, quiet) as first:
-        with pytest.raises(ArtifactError, match="another rwkv-edge run is writing"):
+        with pytest.raises(ArtifactError, match="another rwkv-edge run is using .* \\(writing or verifying it\\)"):
             ArtifactWriter(out, quiet).__enter__()
         (first.dir / "model.onnx").write_bytes(b"first")
         (first.dir / "reference.npz").write_bytes(b"r")
@@ -202,7 +202,7 @@ def test_temporary_directories_of_killed_runs_are_removed_by_the_next(tree):
     build(out, {"model.onnx": b"old"})
     scratch = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0001"  # a build killed mid-way
     scratch.mkdir()
-    (scratch / writer_module.MARKER).touch()
+    (scratch / writer_module.MARKER).write_text(writer_module._marker_text(scratch))
     (scratch / "model.onnx").write_bytes(b"half")
     swapped = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0002"  # killed after the swap
     build(swapped, {"model.onnx": b"older"})
@@ -212,6 +212,34 @@ def test_temporary_directories_of_killed_runs_are_removed_by_the_next(tree):
     (tree / "work" / f".out{writer_module.TEMP_INFIX}dead0004").mkdir()  # killed between mkdir and marker
     build(out, {"model.onnx": b"new"})
     assert siblings(out) == [unknown.name] and (unknown / "mine.txt").exists()
+
+
+@pytest.mark.parametrize("name, marker", [
+    (".keep.rwkv-edge-notes", ""),  # the writer's prefix and a marker file (the review's case)
+    (".keep.rwkv-edge-notes", "the writer's"),  # ... even one that names the folder
+    (".keep.rwkv-edge-dead00051", "the writer's"),  # nine hex digits
+    (".keep.rwkv-edge-dead0005", ""),  # its exact name, but an empty marker
+    (".keep.rwkv-edge-dead0005", "rwkv-edge temporary directory .keep.rwkv-edge-dead0006\n"),  # another folder's
+])
+def test_a_users_folder_is_never_taken_for_a_temporary_directory(tree, name, marker):
+    """Only a folder with the writer's exact name holding the marker that names it is removed: a user's
+    folder that merely looks like one (a marker file alone, the prefix alone) is left whole."""
+    folder = tree / "work" / name
+    (folder / "sub").mkdir(parents=True)
+    (folder / writer_module.MARKER).write_text(writer_module._marker_text(folder) if marker == "the writer's" else marker)
+    (folder / "precious.txt").write_text("mine")
+    (folder / "sub" / "b.txt").write_text("mine too")
+    build(tree / "work" / "keep", {"model.onnx": b"new"})
+    build(tree / "work" / "keep", {"model.onnx": b"newer"})  # a run that finds an artifact there too
+    assert (folder / "precious.txt").read_text() == "mine" and (folder / "sub" / "b.txt").read_text() == "mine too"
+
+
+def test_a_symlink_named_as_a_temporary_directory_is_left_alone(tree):
+    link = tree / "work" / f".out{writer_module.TEMP_INFIX}dead0007"
+    (tree / "keep" / writer_module.MARKER).write_text(writer_module._marker_text(link))
+    link.symlink_to(tree / "keep")
+    build(tree / "work" / "out", {"model.onnx": b"new"})
+    assert link.is_symlink() and user_data_intact(tree)
 
 
 def test_without_an_atomic_exchange_two_renames_still_swap(tree, monkeypatch):

@@ -186,10 +186,10 @@ def test_json_round_trips(reference):
 def test_save_writes_json_and_png_and_no_temporary_files(checkpoint, reference, tmp_path):
     candidate = perturbed(checkpoint, lambda t: t["emb.weight"][0, 0].add_(1e-2))
     report = compare_rollouts(reference, candidate, TOKENS, "fp16")
-    json_path, png_path = report.save(tmp_path / "verify")
+    json_path, png_path = report.save(tmp_path / "verify", "ab" * 32)
     assert sorted(p.name for p in (tmp_path / "verify").iterdir()) == ["parity.json", "parity.png"]
     assert (json_path.name, png_path.name) == ("parity.json", "parity.png")
-    assert json.loads(json_path.read_text(encoding="utf-8")) == report.to_json()
+    assert json.loads(json_path.read_text(encoding="utf-8")) == {**report.to_json(), "manifest_sha256": "ab" * 32}
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
