@@ -13,7 +13,8 @@ VERSIONS = ("v4", "v5", "v6", "v7")  # the architectures an artifact may hold (m
 VISION_ARCHITECTURES = ("vrwkv",)  # Vision-RWKV (model/vision.py)
 IMAGE_GRAPH, IMAGE_INPUT = "image", "images"  # the manifest's graph role; the input (B, 3, H, W) float32
 IMAGE_OUTPUTS = ("logits", "features")  # (B, classes), or (B, C, H / patch, W / patch) for a backbone
-NO_TOKENIZER = "none"  # the manifest's tokenizer field of an image model
+NO_TOKENIZER = "none"
+MAX_CHUNK = 4096  # tokens per prefill call: the most any graph is exported or compiled with  # the manifest's tokenizer field of an image model
 # what image models' pixels are normalised with, RGB in 0..255 (mmcls img_norm_cfg): (pixel - mean) / std
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 

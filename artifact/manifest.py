@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, NO_TOKENIZER, VERSIONS, VISION_ARCHITECTURES,
-                        StateTensor, compatible)
+from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, NO_TOKENIZER, VERSIONS,
+                        VISION_ARCHITECTURES, StateTensor, compatible)
 from ..errors import ArtifactError
 from ..quantize import GROUP_SIZES
 from ..weights import WEIGHT_FORMATS
@@ -333,6 +333,11 @@ class _Checker:
         typed = {}
         for role, graph in graphs.items():
             typed[role] = self.record(Graph, graph, f"graphs.{role}")
+            chunk, num_params = typed[role].chunk, typed[role].num_params
+            if not (1 if role == "prefill" else 0) <= chunk <= (MAX_CHUNK if role == "prefill" else 0):
+                self.fail(f"graphs.{role}.chunk {chunk} is not " + (f"1 to {MAX_CHUNK} tokens" if role == "prefill" else "0"))
+            if not 0 <= num_params <= MAX_FILES or (num_params > 0) != (typed[role].params is not None):
+                self.fail(f"graphs.{role}.num_params {num_params} does not fit graphs.{role}.params")
             for key in ("file", "params"):
                 name = getattr(typed[role], key)
                 if name is not None and not is_listed(name, files):

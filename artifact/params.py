@@ -18,17 +18,21 @@ A mapping of the file starts on a page boundary, so each tensor's address is 64-
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError
+from .interface import TensorSpec
 
 ALIGNMENT = 64  # bytes: TVM's kAllocAlignment
 FORMAT = "rwkv-edge params"
 DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8}  # what bundles store
 MAX_HEADER_BYTES = 16 << 20
+MAX_RANK = 8  # dimensions of one weight
 
 
 def save_params(values: list[np.ndarray], path: Path) -> None:
@@ -54,10 +58,13 @@ def save_params(values: list[np.ndarray], path: Path) -> None:
     path.chmod(0o644)
 
 
-def map_params(path: Path, count: int) -> list[np.ndarray]:
-    """``w0 ... w<count-1>`` as views of one copy-on-write mapping of ``path`` (nothing is read until
-    used; the library never writes its weights, so every page stays shared with the page cache).
-    ArtifactError, one line, for a file that is not such a params file or holds other weights."""
+def map_params(path: Path, weights: int | Sequence[TensorSpec]) -> list[np.ndarray]:
+    """``w0 ... w<n-1>`` as views of one copy-on-write mapping of ``path`` (nothing is read until used;
+    the library never writes its weights, so every page stays shared with the page cache). ``weights``:
+    what the library takes (its ``interface()``, artifact/interface.py), each weight's dtype and shape
+    held to it; or only how many, where no library is loaded. ArtifactError, one line, for a file that
+    is not such a params file or holds other weights."""
+    count = weights if isinstance(weights, int) else len(weights)
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -66,7 +73,7 @@ def map_params(path: Path, count: int) -> list[np.ndarray]:
             raise ArtifactError(f"{path}: not a params file (a header of {length} bytes in a {size}-byte file)")
         try:
             header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ArtifactError(f"{path}: unreadable header ({e})") from None
     first = 8 + length
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
@@ -77,8 +84,11 @@ def map_params(path: Path, count: int) -> list[np.ndarray]:
         raise ArtifactError(f"{path}: holds {len(names)} weights, the library takes {count} (w0 ... w{count - 1})")
     mapping = np.memmap(path, dtype=np.uint8, mode="c") if size > first else np.zeros(0, np.uint8)
     values, end = [], first
-    for name in names:
+    for i, name in enumerate(names):
         value, stop = _view(path, mapping, first, name, header[name])
+        if not isinstance(weights, int) and (value.dtype != np.dtype(weights[i].dtype) or value.shape != weights[i].shape):
+            raise ArtifactError(f"{path}: {name} is {value.dtype} {list(value.shape)}, the library takes "
+                                f"{weights[i].dtype} {list(weights[i].shape)}: the weights of another bundle")
         values.append(value)
         end = max(end, stop)
     if end != size:
@@ -88,13 +98,19 @@ def map_params(path: Path, count: int) -> list[np.ndarray]:
 
 def _view(path: Path, mapping: np.ndarray, first: int, name: str, entry) -> tuple[np.ndarray, int]:
     """One weight as a view of the mapping, after checking its entry against the file; and where it ends."""
-    try:
-        dtype, shape = np.dtype(DTYPES[entry["dtype"]]), tuple(int(d) for d in entry["shape"])
-        start, end = (first + int(o) for o in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError):
-        raise ArtifactError(f"{path}: {name}: a malformed entry {str(entry)[:80]}") from None
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    fields = entry if isinstance(entry, dict) else {}
+    code, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+    if code not in DTYPES or not _integers(shape) or len(shape) > MAX_RANK or not _integers(offsets) or len(offsets) != 2:
+        raise ArtifactError(f"{path}: {name}: a malformed entry {str(entry)[:80]}")
+    dtype = np.dtype(DTYPES[code])
+    start, end = first + offsets[0], first + offsets[1]
+    nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow, whatever the header claims
     if start % ALIGNMENT or end - start != nbytes or not first <= start <= end <= mapping.size:
-        raise ArtifactError(f"{path}: {name} ({entry['dtype']} {list(shape)}) has bytes {start}..{end} of "
+        raise ArtifactError(f"{path}: {name} ({code} {shape}) has bytes {start}..{end} of "
                             f"{mapping.size}: not {ALIGNMENT}-byte aligned or not its size")
     return mapping[start:end].view(dtype).reshape(shape), end
+
+
+def _integers(values: object) -> bool:
+    """A list of non-negative integers (JSON numbers, no booleans)."""
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)

@@ -66,9 +66,7 @@ class Artifact:
 
     def vision_reference(self) -> VisionReference:
         """An image model's reference images and the PyTorch model's outputs on them (checked)."""
-        config = self.manifest.config
-        return load_vision_reference(self.path(self.manifest.reference), config["output"], config["image_size"],
-                                     config["in_channels"])
+        return load_vision_reference(self.path(self.manifest.reference), self.manifest.config)
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -75,16 +75,21 @@ class VisionReference:
             np.savez(f, version=np.int64(REFERENCE_VERSION), images=self.images, **{self.name: self.output})
 
 
-def load_vision_reference(path: Path, name: str, image_size: int, in_channels: int) -> VisionReference:
-    """The reference images and outputs at ``path``, checked against the artifact's image size."""
+def load_vision_reference(path: Path, config: dict) -> VisionReference:
+    """The reference images and outputs at ``path``, checked against the image model's ``config``
+    (a manifest's, validated): images (N, C, S, S), outputs (N, classes) or (N, C, S / p, S / p), N >= 1."""
     arrays = read_npz(path)
     if arrays.get("version", np.int64(-1)).item() != REFERENCE_VERSION:
         raise ArtifactError(f"{path}: reference version {arrays.get('version')}, this rwkv-edge reads "
                             f"{REFERENCE_VERSION}: rebuild the artifact")
+    name, size = config["output"], config["image_size"]
     images, output = arrays.get("images"), arrays.get(name)
     if images is None or output is None:
         raise ArtifactError(f"{path}: holds no {'images' if images is None else name}")
-    if (images.shape[1:] != (in_channels, image_size, image_size) or not len(images) or images.dtype.kind != "f"
-            or len(output) != len(images) or output.dtype.kind != "f"):
-        raise ArtifactError(f"{path}: its arrays do not have the shapes and dtypes of this artifact's images")
+    grid = size // config["patch_size"]
+    per_image = (config["num_classes"],) if name == "logits" else (config["embed_dims"], grid, grid)
+    if (images.shape[1:] != (config["in_channels"], size, size) or not len(images) or images.dtype.kind != "f"
+            or output.shape != (len(images), *per_image) or output.dtype.kind != "f"):
+        raise ArtifactError(f"{path}: its arrays do not have the shapes and dtypes of this artifact's images "
+                            f"and {name} (images {images.shape}, {name} {output.shape})")
     return VisionReference(images.astype(np.float32), output.astype(np.float32), name)

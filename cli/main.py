@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..contract import MAX_CHUNK
 from ..errors import OptionError, RwkvEdgeError
 
 WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
-MAX_CHUNK = 4096  # prefill tokens per call
 MAX_IMAGE_SIZE = 4096  # pixels per side of an image model's input
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)

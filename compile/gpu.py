@@ -32,16 +32,18 @@ WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4"
 
 
 def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False,
-              group: int = 0):
+              group: int = 0, vocab_size: int | None = None):
     """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
     device code's source (and PTX) into ``bundle``. ``image``: an image model's whole-image graph,
     unfused (compile/vision.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
-    ``group``: int8/int4 weights' group size (the export's)."""
+    ``group``: int8/int4 weights' group size (the export's); ``vocab_size``: the embedding's rows, for
+    ``interface()`` (compile/interface.py)."""
     import tvm
     from tvm import relax
 
     from ..export.artifact import stage
     from .gpu_schedules import ApplyGpuSchedules, gpu_weights
+    from .interface import add_interface
 
     tvm_target = tvm.target.Target(target.tvm_target())
     fusion = [] if image else [relax.transform.FuseOps(), relax.transform.FuseTIR()]
@@ -59,7 +61,7 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     log("  " + ", ".join(f"{k}: {v}" for k, v in counts.items())
         + f"; {len(values)} weight tensors, {sum(v.nbytes for v in values) / 1e6:.1f} MB")
     with stage(log, f"build for {target.device} {target.arch or ''} (host {target.triple})".replace("  ", " ")):
-        executable = tvm.compile(mod, tvm_target)
+        executable = tvm.compile(add_interface(mod, vocab_size), tvm_target)
     source = _device_source(executable.mod, target.device)
     if target.device == "metal":
         (bundle / MSL).write_text(source)

@@ -7,7 +7,7 @@ constants (the CPU packing pass, the GPU row GEMVs) and before fusion.
 The parameter list is shared: a tensor used by several functions (``main`` and ``prefill`` share
 every weight) is one parameter, found by content (shape, dtype, bytes), and every function that
 uses a weight takes the whole list after its own inputs, in the same order (``num_input`` marks
-where the weights start). Functions without inputs (``initial_state()``, ``vocab_size()``) and
+where the weights start). Functions without inputs (``initial_state()``, ``interface()``) and
 constants under ``LIFT_MIN_ELEMENTS`` (scalars, per-channel vectors) stay in the library.
 """
 

@@ -10,7 +10,9 @@ also keep the device code's source beside it. The bundle:
   weights...) -> (logits (1, V), state_out...)`` with the state in manifest order;
   ``prefill(tokens int64 (1, T), state..., weights...) -> (logits (1, V), state_out...)``, T tokens in
   one call (CPU targets, from the export's prefill graph; its projections are GEMMs, ``compile/gemm.py``);
-  ``initial_state() -> (state...)``, the state before the first token;
+  ``initial_state() -> (state...)``, the state before the first token; ``interface()``, what the
+  functions take and return and the embedding's rows (``compile/interface.py``), which runtimes hold
+  the manifest and the weights file to before they call anything;
 - ``params.safetensors``: the weights ``main`` and ``prefill`` take after the state, one list shared
   by both (``compile/params.py`` lifts them out of the module; ``artifact/params.py`` writes them
   64-byte aligned, for mapping);
@@ -100,7 +102,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, {options.compute} compute, schedules "
             f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
         step = onnx.graph("step")
-        mod = _add_contract_functions(import_graph(step, log), onnx.initial_state(), onnx.manifest, _embedding_rows(step))
+        mod = _add_initial_state(import_graph(step, log), onnx.initial_state(), onnx.manifest)
+        rows = _embedding_rows(step)
         prefill = _prefill_graph(onnx, options, gpu, log)
         if prefill is not None:
             mod = _add_prefill(mod, import_graph(onnx.graph("prefill"), log))
@@ -110,9 +113,9 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
 
             with _without_gather_warnings():
                 executable, counts, params = build_gpu(mod, target, options.weights, bundle, log,
-                                                       group=options.group_size or 0)
+                                                       group=options.group_size or 0, vocab_size=rows)
         else:
-            executable, counts, params = _build(mod, target, options, log)
+            executable, counts, params = _build(mod, target, options, log, vocab_size=rows)
         library = LIBRARY if linker is not None else OBJECTS
         with stage(log, f"link {library}"):
             _export(executable, bundle / library, linker)
@@ -303,7 +306,7 @@ def import_graph(path: Path, log: Callable[[str], None], slices: bool = True):
 
 def _embedding_rows(step: Path) -> int:
     """Rows of the embedding that the token indexes, read from the graph itself: the range of valid
-    token ids, which the bundle reports through ``vocab_size()`` (the compiled gather does not check)."""
+    token ids, which the bundle reports through ``interface()`` (the compiled gather does not check)."""
     import onnx
 
     graph = onnx.load(str(step), load_external_data=False).graph
@@ -317,25 +320,26 @@ def _embedding_rows(step: Path) -> int:
     raise ArtifactError(f"{step}: no embedding lookup of the token input found; not an rwkv-edge step graph")
 
 
-def _add_contract_functions(mod, state: dict, manifest: Manifest, rows: int):
-    """Add ``initial_state() -> (state...)`` (batch axis included) and ``vocab_size() -> int64 (1,)``."""
-    import numpy as np
+def _add_initial_state(mod, state: dict, manifest: Manifest):
+    """Add ``initial_state() -> (state...)``, batch axis included."""
     from tvm import relax
 
     builder = relax.BlockBuilder(mod)
     with builder.function("initial_state", params=[]):
         builder.emit_func_output(relax.Tuple([relax.const(state[t.input_name][None]) for t in manifest.state]))
-    with builder.function("vocab_size", params=[]):
-        builder.emit_func_output(relax.const(np.array([rows], dtype=np.int64), "int64"))  # else int32
     return builder.get()
 
 
-def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True):
+def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True,
+           vocab_size: int | None = None):
+    """Optimise, add ``interface()`` (``vocab_size``: the embedding's rows; None for an image graph), build."""
     import tvm
+
+    from .interface import add_interface
 
     mod, counts, weights = optimise(mod, target, options, log, fuse)
     with stage(log, f"build for {target.triple}"):
-        executable = tvm.compile(mod, tvm.target.Target(target.tvm_target()))
+        executable = tvm.compile(add_interface(mod, vocab_size), tvm.target.Target(target.tvm_target()))
     return executable, counts, weights
 
 
@@ -441,7 +445,7 @@ def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: T
 
     build = target_record(target, options, library, counts)
     step = Graph(library, function="main", params=PARAMS, num_params=len(params))
-    graphs = {"step": step, "initial_state": Graph(function="initial_state"), "vocab_size": Graph(function="vocab_size")}
+    graphs = {"step": step, "initial_state": Graph(function="initial_state"), "interface": Graph(function="interface")}
     if prefill is not None:
         graphs["prefill"] = Graph(library, function="prefill", chunk=prefill.chunk, all_logits=prefill.all_logits,
                                   params=PARAMS, num_params=len(params))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
+from ..artifact.interface import GraphInterface, Signature, TensorSpec, check_interface
 from ..errors import ArtifactError, StateError, one_line
 from ..contract import StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
@@ -41,8 +42,11 @@ class OrtBackend:
         graphs = self.manifest.graphs
         self.step_session = session("step")
         self.prefill_session = session("prefill") if "prefill" in graphs else None
+        sessions = {"step": self.step_session, "prefill": self.prefill_session}
+        check_interface(self.manifest, GraphInterface({role: session_signature(s) for role, s in sessions.items() if s}),
+                        self.directory)
         self.chunk = graphs["prefill"].chunk if "prefill" in graphs else 0
-        self.vocab_size = _vocabulary(self.step_session, self.manifest, self.artifact.graph("step"))
+        self.vocab_size = self.manifest.vocab_size  # the width of the graph's logits (checked above)
         self.runs_on = f"onnxruntime {ort.__version__} CPUExecutionProvider, on this machine"
         self._initial = self.artifact.initial_state()
 
@@ -82,23 +86,24 @@ class OrtBackend:
 
 
 def _check_io(session, spec: list[StateTensor], path: Path) -> None:
-    """ArtifactError unless the graph's inputs and outputs are the contract's names, in the manifest's order."""
+    """ArtifactError unless the graph's inputs and outputs are the contract's names, in the manifest's order
+    (their shapes: ``check_interface``)."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     want_in, want_out = [t.input_name for t in spec], ["logits"] + [t.output_name for t in spec]
     if inputs[1:] != want_in or inputs[:1] not in (["token"], ["tokens"]) or outputs != want_out:
         raise ArtifactError(f"{path}: its inputs/outputs ({', '.join(inputs[:3])}, ... -> {', '.join(outputs[:2])}, "
                             "...) are not the state the manifest lists: the graph belongs to another model")
-    for t, value in zip(spec, session.get_inputs()[1:]):
-        if [d for d in value.shape[1:]] != list(t.shape):
-            raise ArtifactError(f"{path}: {t.input_name} has shape {value.shape[1:]} in the graph, "
-                                f"{list(t.shape)} in the manifest")
 
 
-def _vocabulary(session, manifest: Manifest, path: Path) -> int:
-    """The token range, from the graph (its logits' width); the manifest must agree."""
-    width = session.get_outputs()[0].shape[-1]
-    if width != manifest.vocab_size:
-        raise ArtifactError(f"{path}: the graph's logits have {width} entries, the manifest says vocab_size "
-                            f"{manifest.vocab_size}")
-    return width
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def session_signature(session) -> Signature:
+    """An onnxruntime session's inputs and outputs as the graph declares them (a dynamic axis by its name)."""
+    def specs(values) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(_ORT_TYPES.get(v.type, v.type), tuple(d if isinstance(d, int) else str(d) for d in v.shape))
+                     for v in values)
+
+    return Signature(specs(session.get_inputs()), specs(session.get_outputs()))

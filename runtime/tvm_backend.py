@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..artifact import Artifact, Manifest, open_artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, LIBRARY
+from ..artifact.interface import GraphInterface, check_interface, parse_interface
 from ..artifact.params import map_params
 from ..errors import ArtifactError, PlatformError, StateError, ToolError, one_line
 from ..platforms import gpu_unavailable, host_triple
@@ -64,8 +67,9 @@ class TvmBackend:
 
         self.runs_on = f"TVM {tvm.__version__} Relax VM on {self.where}"
         self._vm, self._device = self._load()
-        self._params = self._load_params()
-        self.vocab_size = self._vocabulary()
+        interface = library_interface(self._call, self.library, self.manifest)
+        self.vocab_size = interface.vocab_size  # the token range, from the library (its embedding's rows)
+        self._params = self._load_params(interface)
         self._initial = self._initial_state()
         prefill = self.manifest.graphs.get("prefill")
         self.chunk = prefill.chunk if prefill is not None else 0  # 0: prompts run one step per token
@@ -137,16 +141,6 @@ class TvmBackend:
     def _call(self, function: str, args: list):
         return self._vm[function](*args) if self.remote is None else self._remote_call(function, args)
 
-    def _vocabulary(self) -> int:
-        """The token range, from the library itself (the rows of its embedding); the manifest must agree."""
-        if "vocab_size" not in self.manifest.graphs:
-            raise ArtifactError(f"{self.directory}: built by an older rwkv-edge (no vocab_size function): recompile it")
-        rows = int(_numpy(self._call("vocab_size", []))[0])
-        if rows != self.manifest.vocab_size:
-            raise ArtifactError(f"{self.library}: its embedding has {rows} rows, the manifest says vocab_size "
-                                f"{self.manifest.vocab_size}")
-        return rows
-
     def _initial_state(self) -> NamedState:
         """``initial_state()`` of the library, checked against the manifest's state spec."""
         values = [_numpy(v) for v in self._call("initial_state", [])]
@@ -175,28 +169,18 @@ class TvmBackend:
         return f"this machine ({triple})"
 
     def _load(self):
+        """The VM over the library's bytes as hashed (``library_bytes``), here or on the remote device."""
         import tvm
-        from tvm import relax
 
-        library = self.library
+        data = library_bytes(self.artifact, self.library)
         if self.remote is None:
             self._register_fatbin()
-            try:
-                with _content_name(library, self.manifest.files.get(library.name, {}).get("sha256")) as name:
-                    module = tvm.runtime.load_module(name)
-                device = tvm.device(self.device_kind)
-                return relax.VirtualMachine(module, device), device
-            except Exception as e:  # a library that does not load is a broken artifact
-                raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
+            device = tvm.device(self.device_kind)
+            return load_library(data, self.library, device), device
         session = open_session(self.remote)
-        try:
-            session.upload(str(library))
-            module = session.load_module(library.name)
-        except Exception as e:
-            raise ToolError(f"{self.remote.describe()}: cannot load {library.name} there: {one_line(e, last=True)}") from None
         device = session.device(self.device_kind)
         self._session = session  # keep the connection alive as long as the VM
-        return relax.VirtualMachine(module, device), device
+        return upload_library(session, data, self.library, self.remote, device), device
 
     def _library(self) -> Path:
         """model.so; for Apple bundles the one linked on the Mac from model.tar (docs/tvm-gpu.md)."""
@@ -221,16 +205,14 @@ class TvmBackend:
         _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = self.artifact.path(FATBIN).read_bytes()
         tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
 
-    def _load_params(self) -> list:
-        """The weights the library's functions take after their inputs: views of the mapped file on this
-        machine's CPU (no copy; TVM's from_dlpack checks the 64-byte alignment), one copy on a GPU or a
-        remote device. Bundles built before the weights left the library have none."""
-        step = self.manifest.graphs["step"]
-        if step.params is None:
-            return []
+    def _load_params(self, interface: GraphInterface) -> list:
+        """The weights the library's functions take after their inputs, the params file's header held to
+        the library's own list: views of the mapped file on this machine's CPU (no copy; TVM's
+        from_dlpack checks the 64-byte alignment), one copy on a GPU or a remote device."""
         import tvm
 
-        mapped = map_params(self.artifact.path(step.params), step.num_params)
+        step = self.manifest.graphs["step"]
+        mapped = map_params(self.artifact.path(step.params), interface.weights)
         if self.device_kind == "cpu" and self.remote is None:
             return [tvm.runtime.from_dlpack(v) for v in mapped]
         return [tvm.runtime.tensor(v, self._device) for v in mapped]
@@ -251,27 +233,80 @@ class TvmBackend:
         return [outputs[i] for i in range(len(outputs))] if hasattr(outputs, "__len__") else outputs
 
 
+def library_bytes(artifact: Artifact, library: Path) -> bytes:
+    """The bytes of ``library``, read once and held to the manifest's sha256: what is loaded is what was
+    hashed, whatever happens to the file afterwards. (A Metal bundle's model.so, linked on the Mac, is
+    not listed: nothing to hold it to.)"""
+    listed = artifact.manifest.files.get(library.name)
+    try:
+        fd = os.open(library, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ArtifactError(f"{library}: cannot be read ({e.strerror})") from None
+    if listed is not None and hashlib.sha256(data).hexdigest() != listed["sha256"]:
+        raise ArtifactError(f"{library}: sha256 differs from the manifest (modified since the artifact was checked); "
+                            "nothing was loaded")
+    return data
+
+
+def load_library(data: bytes, library: Path, device):
+    """The Relax VM on ``device`` over a library's ``data``, staged for the loader in a folder this
+    process creates for it alone (``_private_copy``). The loader hands back an already loaded library
+    of the same path, so each load gets a path of its own: a bundle rebuilt in place runs its new code."""
+    import tvm
+    from tvm import relax
+
+    try:
+        with _private_copy(data, library.suffix) as path:
+            module = tvm.runtime.load_module(str(path))
+        return relax.VirtualMachine(module, device)
+    except Exception as e:  # a library that does not load is a broken artifact
+        raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
+
+
+def upload_library(session, data: bytes, library: Path, remote: Remote, device):
+    """The Relax VM on the device behind an RPC ``session`` over a library's ``data`` (as hashed)."""
+    from tvm import relax
+
+    try:
+        session.upload(bytearray(data), library.name)
+        return relax.VirtualMachine(session.load_module(library.name), device)
+    except Exception as e:
+        raise ToolError(f"{remote.describe()}: cannot load {library.name} there: {one_line(e, last=True)}") from None
+
+
 @contextlib.contextmanager
-def _content_name(library: Path, sha256: str | None) -> Iterator[str]:
-    """A path to ``library`` for loading that is unique to its content: a hard link (or a copy, across
-    file systems) named by its sha256 in a private folder, there while it loads. TVM loads a library
-    by its real path and the dynamic loader hands back an already loaded library of the same path,
-    so reloading a bundle rebuilt in the same directory would otherwise run the old code."""
-    if sha256 is None:  # a Metal bundle's model.so, linked on the Mac: no recorded hash
-        yield str(library)
-        return
-    folder = Path(tempfile.gettempdir()) / f"rwkv-edge-libraries-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    name = folder / f"{sha256}-{os.getpid()}{library.suffix}"
-    name.unlink(missing_ok=True)
+def _private_copy(data: bytes, suffix: str) -> Iterator[Path]:
+    """``data`` in a new file of a new folder: made by this process (mkdtemp: mode 0700, a fresh random
+    name, so nobody could have planted it or a symlink there), checked to be this user's and closed to
+    others, removed when the block ends (a loaded library stays mapped)."""
+    folder = Path(tempfile.mkdtemp(prefix="rwkv-edge-library-"))
     try:
-        os.link(library, name)
-    except OSError:
-        shutil.copyfile(library, name)
-    try:
-        yield str(name)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise ArtifactError(f"{folder}: not a private folder of this user's; set TMPDIR to one")
+        path = folder / f"model{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o500)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
     finally:
-        name.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def library_interface(call: Callable, library: Path, manifest: Manifest) -> GraphInterface:
+    """The loaded library's ``interface()`` (``call(function, args)`` runs one of its functions), checked
+    against ``manifest``: ArtifactError naming the first field that disagrees, before anything else runs."""
+    try:
+        data = _numpy(call("interface", []))
+    except AttributeError:  # TVM: the VM has no such function
+        raise ArtifactError(f"{library}: built by an older rwkv-edge (no interface() function): recompile it") from None
+    interface = parse_interface(np.ascontiguousarray(data, dtype=np.uint8).tobytes(), library)
+    check_interface(manifest, interface, library)
+    if not manifest.is_vision and interface.vocab_size is None:
+        raise ArtifactError(f"{library}: its interface() gives no token range: not a step library")
+    return interface
 
 
 def _prebuilt_fatbin(code: str, *_target) -> bytes:

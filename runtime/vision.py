@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..artifact import Artifact, open_artifact
+from ..artifact.interface import GraphInterface, check_interface
 from ..contract import IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, IMAGE_INPUT
-from ..errors import ArtifactError, ImageError, OptionError, PlatformError, ToolError, one_line
+from ..errors import ArtifactError, ImageError, OptionError, PlatformError, one_line
 from ..targets.coreml import import_coremltools, quiet_coremltools
 from ..platforms import host_triple
 from .rpc_client import Remote, open_session
@@ -102,6 +103,8 @@ class _OrtImage:
     def __init__(self, artifact: Artifact, threads: int | None) -> None:
         import onnxruntime as ort
 
+        from .ort_backend import session_signature
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -114,6 +117,7 @@ class _OrtImage:
         names = [i.name for i in self.session.get_inputs()]
         if names != [IMAGE_INPUT]:
             raise ArtifactError(f"{path}: inputs {names}, expected [{IMAGE_INPUT!r}]: not an image graph")
+        check_interface(artifact.manifest, GraphInterface({IMAGE_GRAPH: session_signature(self.session)}), path)
         self.runs_on = f"onnxruntime {ort.__version__} CPUExecutionProvider, on this machine"
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -128,10 +132,9 @@ class _TvmImage:
 
     def __init__(self, artifact: Artifact, remote: Remote | None) -> None:
         import tvm
-        from tvm import relax
 
         from ..artifact.params import map_params
-        from .tvm_backend import _content_name
+        from .tvm_backend import library_bytes, library_interface, load_library, upload_library
 
         m = artifact.manifest
         graph = m.graphs[IMAGE_GRAPH]
@@ -144,35 +147,29 @@ class _TvmImage:
             if host_triple() != m.target.triple:
                 raise PlatformError(f"{artifact.directory} was built for {m.target.triple} ({m.target.name}); this "
                                     f"machine is {host_triple()}: run it on a {m.target.triple} device with --rpc")
-            try:
-                with _content_name(library, m.files[graph.file]["sha256"]) as name:
-                    module = tvm.runtime.load_module(name)
-            except Exception as e:  # a library that does not load is a broken artifact
-                raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
             self.device = tvm.cpu()
+            self.vm = load_library(library_bytes(artifact, library), library, self.device)
             self.runs_on = f"TVM {tvm.__version__} Relax VM on this machine ({m.target.triple})"
         else:
             self._session = open_session(remote)
-            try:
-                self._session.upload(str(library))
-                module = self._session.load_module(library.name)
-            except Exception as e:
-                raise ToolError(f"{remote.describe()}: cannot load {library.name} there: {one_line(e, last=True)}") from None
             self.device = self._session.cpu()
+            self.vm = upload_library(self._session, library_bytes(artifact, library), library, remote, self.device)
             self.runs_on = f"TVM {tvm.__version__} Relax VM on {remote.describe()} ({m.target.triple})"
-        self.vm = relax.VirtualMachine(module, self.device)
-        weights = map_params(artifact.path(graph.params), graph.num_params)
+        interface = library_interface(self._call, library, m)
+        weights = map_params(artifact.path(graph.params), interface.weights)
         self.params = [tvm.runtime.tensor(w, self.device) for w in weights]
+
+    def _call(self, function: str, args: list):
+        if self.remote is None:
+            return self.vm[function](*args)
+        self.vm.set_input(function, *args)  # over RPC a result comes back through get_outputs
+        self.vm.invoke_stateful(function)
+        return self.vm.get_outputs(function)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         import tvm
 
-        args = [tvm.runtime.tensor(images, self.device), *self.params]
-        if self.remote is None:
-            return self.vm["main"](*args).numpy()
-        self.vm.set_input("main", *args)  # over RPC a result comes back through get_outputs
-        self.vm.invoke_stateful("main")
-        return self.vm.get_outputs("main").numpy()
+        return self._call("main", [tvm.runtime.tensor(images, self.device), *self.params]).numpy()
 
     def close(self) -> None:
         import gc

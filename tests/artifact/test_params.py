@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+from rwkv_edge.artifact.interface import TensorSpec
 from rwkv_edge.artifact.params import ALIGNMENT, map_params, save_params
 from rwkv_edge.errors import ArtifactError
 
@@ -80,3 +81,40 @@ def test_a_misaligned_entry_is_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + text[8 + length:])
     with pytest.raises(ArtifactError, match="w0 .* not 64-byte aligned"):
         map_params(path, 1)
+
+
+def _edit_header(path, edit) -> None:
+    """Rewrite the header of a params file in place (its data untouched), as a tamperer would."""
+    text = path.read_bytes()
+    length = struct.unpack("<Q", text[:8])[0]
+    header = json.loads(text[8:8 + length])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGNMENT)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + text[8 + length:])
+
+
+@pytest.mark.parametrize("shape", [[-3, -5], [2**32, 2**32], [2**62, 4], [3, True], [3.0, 5], "15", [1] * 9])
+def test_a_header_claiming_impossible_dimensions_is_one_line(tmp_path, shape):
+    """The review's headers: negative dimensions, 2^32 x 2^32 (whose byte count overflows int64), and
+    other shapes that are no list of sizes."""
+    path = tmp_path / "params.safetensors"
+    save_params(weights(), path)
+    _edit_header(path, lambda header: header["w0"].update(shape=shape))
+    with pytest.raises(ArtifactError, match="w0") as e:
+        map_params(path, 5)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda specs: [TensorSpec("float16", specs[0].shape), *specs[1:]], "w0 is float32 .3, 5., the library takes float16"),
+    (lambda specs: [TensorSpec("float32", (5, 3)), *specs[1:]], r"w0 is float32 \[3, 5\], the library takes float32 \[5, 3\]"),
+])
+def test_each_weight_is_held_to_what_the_library_takes(tmp_path, change, message):
+    """A dtype or a transposed shape that is not the library's: one line before anything runs."""
+    path = tmp_path / "params.safetensors"
+    save_params(weights(), path)
+    specs = [TensorSpec(str(w.dtype), w.shape) for w in weights()]
+    assert len(map_params(path, specs)) == 5
+    with pytest.raises(ArtifactError, match=f"{message}.*: the weights of another bundle"):
+        map_params(path, change(specs))
