@@ -62,3 +62,16 @@ def one_line(error: BaseException, last: bool = False) -> str:
     of ours; the exception's type name when it says nothing."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return (lines[-1] if last else lines[0]).strip() if lines else type(error).__name__
+
+
+# C0 controls, DEL and C1 controls (what a terminal acts on: newlines, ANSI escapes, CSI) and the Unicode line
+# and paragraph separators, written as Python escapes; every other character, letters of any script included,
+# stays as it is.
+_ESCAPES = {c: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(chr(c), f"\\x{c:02x}")
+            for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable(text: object) -> str:
+    """``text`` (str() of it) safe to print on one line of a terminal: control characters escaped, e.g. a newline
+    as ``\\n`` and ESC as ``\\x1b``. For text read from a file (a checkpoint's class names, a manifest's strings)."""
+    return str(text).translate(_ESCAPES)

@@ -4,10 +4,17 @@ Pillow and numpy only (no torch), so an install that only runs artifacts can cla
 (docs/vision.md, "Preprocessing"): the image as RGB, its shorter side resized to
 ``image_size * 256 // 224`` with Pillow's bicubic filter (the long side ``int(long * short' / short)``),
 a centre crop of ``image_size``, then ``(pixel - IMAGENET_MEAN) / IMAGENET_STD`` per channel.
+
+Bounded work: an image whose longer side is more than MAX_ASPECT_RATIO times its shorter one is one
+ImageError, checked on the file's header before any pixel is decoded, so the resized image (the largest
+intermediate) holds at most about MAX_ASPECT_RATIO x (image_size * 256 / 224)^2 pixels, and only the
+crop becomes float32. The source itself is bounded by Pillow's decompression-bomb limit.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +22,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .contract import IMAGENET_MEAN, IMAGENET_STD
-from .errors import ImageError
+from .errors import ImageError, one_line
 
 RESIZE_RATIO = (256, 224)  # the shorter side is resized to image_size * 256 // 224, then centre-cropped
+# Longer side / shorter side of an image: past 20:1 the centre crop keeps under 5% of it, and resizing the
+# shorter side first makes the longer one huge (an 814-byte 1 x 100000 PNG resized to 73 x 7,300,000 px took
+# 10 GB and 30 s before this limit). At the CLI's largest --image-size, 1024, the resized image is then at most
+# 1170 x 23400 px.
+MAX_ASPECT_RATIO = 20
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _GRAY_MODES = {"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -35,6 +47,24 @@ class LoadedImage:
 def resize_size(image_size: int) -> int:
     """The shorter side before the centre crop: 256 for the official 224 px."""
     return image_size * RESIZE_RATIO[0] // RESIZE_RATIO[1]
+
+
+def resized_size(width: int, height: int, image_size: int) -> tuple[int, int]:
+    """(width, height) after the resize, before the centre crop: the shorter side ``resize_size(image_size)``,
+    the longer ``int(long * short' / short)`` (mmcls)."""
+    short = resize_size(image_size)
+    return (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+
+
+def check_proportions(width: int, height: int, name: str | Path = "image") -> None:
+    """ImageError, one line naming ``name``, for an image without pixels or whose longer side is more than
+    MAX_ASPECT_RATIO times its shorter one."""
+    short, long = sorted((width, height))
+    if short < 1:
+        raise ImageError(f"{name}: {width} x {height} pixels: an image without pixels")
+    if long > MAX_ASPECT_RATIO * short:
+        raise ImageError(f"{name}: {width} x {height} pixels, an aspect ratio of {long / short:,.1f}:1; rwkv-edge "
+                         f"takes images up to {MAX_ASPECT_RATIO}:1 (longer side / shorter side): crop it first")
 
 
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
@@ -64,29 +94,34 @@ def _describe(mode: str) -> str:
 
 def preprocess(image: Image.Image, image_size: int) -> np.ndarray:
     """An RGB image -> (3, image_size, image_size) float32: shorter side resized (bicubic), centre crop,
-    ImageNet mean and std. The crop offset is mmcls's ``round((side - S) / 2)`` (Python's round: 4.5 -> 4)."""
+    ImageNet mean and std. The crop offset is mmcls's ``round((side - S) / 2)`` (Python's round: 4.5 -> 4).
+    ImageError past MAX_ASPECT_RATIO (``check_proportions``)."""
     if image.mode != "RGB":
         raise ImageError(f"preprocess takes an RGB image, got mode {image.mode}; convert it with to_rgb first")
     if image_size < 1:
         raise ImageError(f"image size must be positive, got {image_size}")
-    w, h = image.size
-    short = resize_size(image_size)
-    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    resized = image.resize(size, Image.Resampling.BICUBIC)
+    check_proportions(*image.size)
+    size = resized_size(*image.size, image_size)
     left, top = round((size[0] - image_size) / 2), round((size[1] - image_size) / 2)
-    crop = np.asarray(resized, dtype=np.float32)[top:top + image_size, left:left + image_size]  # (S, S, 3)
+    # The whole image is resized, as mmcls does, and then cropped: resizing only the crop's box is not the same
+    # (Pillow rounds the box to float32 and may run its two passes in the other order; docs/vision.md measured
+    # up to 25 levels apart). Only the crop becomes float.
+    resized = image.resize(size, Image.Resampling.BICUBIC)  # size[0] x size[1] uint8, bounded by MAX_ASPECT_RATIO
+    crop = np.asarray(resized.crop((left, top, left + image_size, top + image_size)), dtype=np.float32)  # (S, S, 3)
     normalised = (crop - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (3, S, S)
 
 
 def load_image(path: str | Path, image_size: int) -> LoadedImage:
     """Read a PNG, JPEG or any image Pillow reads (EXIF orientation applied), make it RGB and preprocess
-    it. A missing, unreadable, corrupt or non-image file is one ImageError naming it."""
+    it. A missing, unreadable, corrupt or non-image file, or one past MAX_ASPECT_RATIO (seen in its header,
+    before its pixels are decoded), is one ImageError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: {'a directory, not an image file' if path.is_dir() else 'no such file'}")
     try:
         with Image.open(path) as opened:
+            check_proportions(*opened.size, name=path)
             opened.load()
             image = ImageOps.exif_transpose(opened)
     except UnidentifiedImageError:
@@ -99,21 +134,48 @@ def load_image(path: str | Path, image_size: int) -> LoadedImage:
 
 def load_image_batch(path: str | Path) -> np.ndarray:
     """A .npy batch of already normalised images -> (N, 3, H, W) float32; ImageError for a missing or
-    unreadable file, another dtype or rank, a channel count other than 3, no images, or non-finite values."""
+    unreadable file, another dtype or rank, a channel count other than 3, no images, a header whose shape
+    does not match the file's size (checked before anything is allocated), or non-finite values."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such .npy file")
-    try:
-        images = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ImageError(f"{path}: not a readable .npy array ({e}); save one with numpy.save") from None
-    if not isinstance(images, np.ndarray):
-        raise ImageError(f"{path}: an .npz archive; give one array (N, 3, H, W) saved with numpy.save")
-    if images.dtype != np.float32:
-        raise ImageError(f"{path}: images are {images.dtype}; expected float32 (N, 3, H, W), already normalised "
-                         "(images.astype(numpy.float32))")
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ImageError(f"{path}: images have shape {images.shape}; expected (N, 3, H, W) with N >= 1")
+    images = _read_npy(path)
     if not np.isfinite(images).all():
         raise ImageError(f"{path}: images hold NaN or infinite values")
     return images
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file of images, its header checked against the file's size before it is read."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise ImageError(f"{path}: an .npz archive; give one array (N, 3, H, W) saved with numpy.save")
+        f.seek(0)
+        try:
+            version = fmt.read_magic(f)
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, not 1.0 or 2.0")
+            shape, fortran_order, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise ImageError(f"{path}: not a readable .npy array ({one_line(e)}); save one with numpy.save") from None
+        _check_batch_header(path, shape, dtype)
+        expected, left = math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+        if expected != left:
+            raise ImageError(f"{path}: its header says {dtype} {shape}, {expected:,} bytes, but {left:,} bytes follow "
+                             "it: a truncated or corrupt .npy file")
+        images = np.fromfile(f, dtype=dtype, count=math.prod(shape))  # exactly the bytes checked above
+    return np.ascontiguousarray(images.reshape(shape, order="F" if fortran_order else "C"))
+
+
+def _check_batch_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """ImageError unless a .npy header describes float32 images (N >= 1, 3, H, W)."""
+    if dtype.hasobject:
+        raise ImageError(f"{path}: not a readable .npy array (it holds pickled Python objects); save one with "
+                         "numpy.save")
+    if dtype != np.float32:
+        raise ImageError(f"{path}: images are {dtype}; expected float32 (N, 3, H, W), already normalised "
+                         "(images.astype(numpy.float32))")
+    if len(shape) != 4 or shape[1] != 3 or shape[0] == 0:
+        raise ImageError(f"{path}: images have shape {shape}; expected (N, 3, H, W) with N >= 1")

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, NO_TOKENIZER, VERSIONS,
-                        VISION_ARCHITECTURES, StateTensor, compatible)
+from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, MAX_IMAGE_SIZE, NO_TOKENIZER,
+                        VERSIONS, VISION_ARCHITECTURES, StateTensor, compatible)
 from ..errors import ArtifactError
 from ..quantize import GROUP_SIZES
 from ..weights import WEIGHT_FORMATS
@@ -319,6 +319,8 @@ class _Checker:
         classes = self.get(config, "num_classes", int, "config.num_classes")
         if classes < 0 or config["image_size"] % config["patch_size"]:
             self.fail("config.num_classes is negative or config.image_size is not a multiple of config.patch_size")
+        if config["image_size"] > MAX_IMAGE_SIZE:
+            self.fail(f"config.image_size {config['image_size']} is past the {MAX_IMAGE_SIZE} px rwkv-edge runs")
         output = self.get(config, "output", str, "config.output")
         if output != IMAGE_OUTPUTS[0 if classes else 1]:
             self.fail(f"config.output {output!r} does not fit {classes} classes ({' / '.join(IMAGE_OUTPUTS)})")

@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..contract import MAX_CHUNK
-from ..errors import OptionError, RwkvEdgeError
+from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
+from ..errors import OptionError, RwkvEdgeError, printable
 
 WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
-MAX_IMAGE_SIZE = 4096  # pixels per side of an image model's input
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
@@ -27,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up as Ctrl-C does
     try:
         return args.run(args) or 0
-    except RwkvEdgeError as e:
-        print(f"rwkv-edge: error: {e}", file=sys.stderr)
+    except RwkvEdgeError as e:  # one line, whatever a file's text in it holds
+        print(f"rwkv-edge: error: {printable(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rwkv-edge: interrupted", file=sys.stderr)
@@ -161,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["predict", "mil"],
                    help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
                         "default off macOS)")
-    p.add_argument("--rpc", metavar="HOST:PORT", help="TVM: run the bundle on the device behind this TVM RPC server")
-    p.add_argument("--tracker", metavar="HOST:PORT", help="TVM: ask this RPC tracker for a device (with --key)")
+    p.add_argument("--rpc", type=_address, metavar="HOST:PORT",
+                   help="TVM: run the bundle on the device behind this TVM RPC server (port 1-65535)")
+    p.add_argument("--tracker", type=_address, metavar="HOST:PORT",
+                   help="TVM: ask this RPC tracker for a device (with --key)")
     p.add_argument("--key", help="TVM: the device key registered with the tracker")
     p.set_defaults(run=cmd_verify)
 
@@ -280,6 +281,17 @@ def _output_file(text: str) -> Path:
     return path
 
 
+def _address(text: str) -> str:
+    """An argparse type: HOST:PORT with a port in 1-65535 (``rpc_client.parse_address``, which ``Remote`` uses)."""
+    from ..runtime.rpc_client import parse_address
+
+    try:
+        parse_address(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _sha256(text: str) -> str:
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
         raise argparse.ArgumentTypeError(f"expected the 64 hex digits of a sha256, got {text!r}")
@@ -325,12 +337,12 @@ def _vision_info(args: argparse.Namespace, model) -> None:
         print(json.dumps(info, indent=2))
         return
     cfg = model.config
-    print(f"checkpoint    {args.checkpoint}")
+    print(f"checkpoint    {printable(args.checkpoint)}")
     print(f"architecture  Vision-RWKV [{cfg.embed_dims} x {cfg.depth}, {cfg.image_size} px, patch {cfg.patch_size}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in info.items():
         if key not in ("family", "architecture", "parameters"):
-            print(f"  {key:<15} {value}")
+            print(f"  {key:<15} {printable(value)}")
     grid = cfg.image_size // cfg.patch_size
     out = f"logits (B, {cfg.num_classes})" if cfg.num_classes else f"features (B, {cfg.embed_dims}, {grid}, {grid})"
     print(f"output        {out} for images (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
@@ -392,11 +404,11 @@ def cmd_classify(args: argparse.Namespace) -> None:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return
     size = args.image_size or model.image_size
-    print(f"classify: {source or f'{_vision_demo()} (bundled demo model)'}, {size} px")
-    for r in results:
-        print(f"{r.path}" + (f"  (converted: {r.converted})" if r.converted else ""))
+    print(f"classify: {printable(source or f'{_vision_demo()} (bundled demo model)')}, {size} px")
+    for r in results:  # names from the checkpoint or manifest, paths from the disk: escaped, one line each
+        print(printable(r.path) + (f"  (converted: {r.converted})" if r.converted else ""))
         for g in r.top:
-            print(f"  {g.probability:7.2%}  {g.name}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
+            print(f"  {g.probability:7.2%}  {printable(g.name)}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
 
 
 def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:
@@ -460,7 +472,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         remote = Remote(args.rpc or args.tracker, args.key if args.tracker else None)
     report = verify_artifact(args.artifact, steps=args.steps, greedy_tokens=args.greedy_tokens,
                              against_checkpoint=args.against_checkpoint, executor=args.executor, remote=remote,
-                             expect_sha256=args.expect_sha256)
+                             expect_sha256=args.expect_sha256, log=lambda line: print(printable(line)))
     print(report.summary())
     return report.exit_code  # 3: a GPU bundle built but not executed here (no GPU)
 

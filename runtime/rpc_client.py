@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..errors import OptionError, ToolError
 
 RPC_TIMEOUT_S = 10  # connecting, and each remote call's session
+PORTS = range(1, 65536)  # TCP ports a server or tracker listens on
 
 
 class RpcConnectError(ToolError):
@@ -29,14 +30,25 @@ class Remote:
     key: str | None = None
     timeout_s: float = RPC_TIMEOUT_S
 
+    def __post_init__(self) -> None:
+        parse_address(self.address)  # OptionError now, not a wrapped port at connect time
+
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit():
-            raise OptionError(f"expected HOST:PORT, got {self.address!r}")
-        return host, int(port)
+        return parse_address(self.address)
 
     def describe(self) -> str:
         return f"tracker {self.address}, key {self.key}" if self.key else f"RPC server {self.address}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT" -> (host, port); OptionError, one line, unless the port is an integer in 1-65535."""
+    host, _, port = str(text).rpartition(":")
+    if not host or not (port.isascii() and port.isdigit()):
+        raise OptionError(f"expected HOST:PORT, got {text!r}")
+    digits = port.lstrip("0") or "0"
+    if len(digits) > 5 or int(digits) not in PORTS:
+        raise OptionError(f"port {port} in {text!r} is outside 1-65535")
+    return host, int(digits)
 
 
 def open_session(remote: Remote):

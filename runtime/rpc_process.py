@@ -46,13 +46,39 @@ def track(host: str, port: int, port_end: int, silent: bool) -> None:
     tracker.PopenTrackerServerState.current.thread.join()
 
 
+def _bounded(low: int, high: int):
+    """An argparse type: an integer in [low, high] (ports; rpc_client.PORTS, which this file cannot import)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _address(text: str) -> str:
+    """An argparse type: HOST:PORT, the port in 1-65535."""
+    host, _, port = text.rpartition(":")
+    digits = port.lstrip("0")
+    if not host or not (port.isascii() and port.isdigit()) or len(digits) > 5 or not 1 <= int(digits or "0") <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1-65535, got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("role", choices=["server", "tracker"])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--port-end", type=int, default=None, help="first port not to try (default: port + 1)")
-    parser.add_argument("--tracker", default=None, help="server: HOST:PORT of a TVM RPC tracker to register with")
+    parser.add_argument("--port", type=_bounded(1, 65535), required=True)
+    parser.add_argument("--port-end", type=_bounded(2, 65536), default=None,
+                        help="first port not to try (default: port + 1)")
+    parser.add_argument("--tracker", type=_address, default=None,
+                        help="server: HOST:PORT of a TVM RPC tracker to register with")
     parser.add_argument("--key", default="", help="server: device key announced to the tracker")
     parser.add_argument("--silent", action="store_true", help="log errors only")
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..errors import OptionError, RwkvEdgeError, ToolError
 from ..platforms import Emulation, emulation, host_arch
-from .rpc_client import check_tracker
+from .rpc_client import PORTS, check_tracker, parse_address
 from .rpc_process import READY
 
 SERVE_SCRIPT = Path(__file__).with_name("rpc_process.py")
@@ -89,6 +89,10 @@ def serve_command(
     """
     if role not in ("server", "tracker"):
         raise OptionError(f"role must be 'server' or 'tracker', not {role!r}")
+    if port not in PORTS:
+        raise OptionError(f"port {port} is outside 1-65535")
+    if tracker is not None:
+        parse_address(tracker)
     if tracker is not None and not key:
         raise RpcServerError("a server that registers with a tracker needs a --key naming its kind of device")
     args = [role, "--host", host, "--port", str(port), "--port-end", str(port + 1)]
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; the server runs any code a client sends)")
-    parser.add_argument("--port", type=int, default=9090, help="TCP port (default 9090)")
+    parser.add_argument("--port", type=_port, default=9090, help="TCP port, 1-65535 (default 9090)")
     parser.add_argument("--emulate-aarch64", action="store_true",
                         help="run the server as aarch64 under qemu-aarch64-static (scripts/install-arm-tools.sh)")
     parser.add_argument("--cpu", default=None,
@@ -245,13 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if port not in PORTS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {port}")
+    return port
+
+
+def _is_address(text: str) -> bool:
+    """Whether ``text`` is HOST:PORT with a port in 1-65535."""
+    try:
+        parse_address(text)
+    except OptionError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.tracker and not args.key:
         parser.error("--tracker needs --key (the kind of device clients request, e.g. rpi5)")
-    if args.tracker and ":" not in args.tracker:
-        parser.error(f"--tracker wants HOST:PORT, got {args.tracker!r}")
+    if args.tracker and not _is_address(args.tracker):
+        parser.error(f"--tracker wants HOST:PORT with a port in 1-65535, got {args.tracker!r}")
     if args.cpu and not args.emulate_aarch64:
         parser.error("--cpu picks the emulated core: it needs --emulate-aarch64")
     emulate = (args.cpu or DEFAULT_CPU) if args.emulate_aarch64 else None

@@ -1,11 +1,17 @@
-"""Image preprocessing (images.py) against crops derived by hand, the RGB conversions, and bad files."""
+"""Image preprocessing (images.py) against crops derived by hand and against resizing the whole image, the RGB
+conversions, the aspect-ratio limit (in bounded memory), bad files, and .npy headers checked before reading."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import rwkv_edge.images as pipeline
 from rwkv_edge.errors import ImageError
 from rwkv_edge.images import (
     IMAGENET_MEAN, IMAGENET_STD, load_image, load_image_batch, preprocess, resize_size, to_rgb,
@@ -148,3 +154,133 @@ def test_missing_and_non_npy_batches(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros(1), b=np.zeros(1))
     with pytest.raises(ImageError, match="an .npz archive"):
         load_image_batch(tmp_path / "two.npz")
+
+
+# -- bounded work: the resize is the whole image's (bit for bit as before), proportions are limited --------
+def resize_then_crop(image: Image.Image, size: int) -> np.ndarray:
+    """The pipeline as it was first written: the whole image resized, made float, then cropped.  -> (3, S, S)"""
+    w, h = image.size
+    short = resize_size(size)
+    shape = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    resized = image.resize(shape, Image.Resampling.BICUBIC)
+    left, top = round((shape[0] - size) / 2), round((shape[1] - size) / 2)
+    crop = np.asarray(resized, dtype=np.float32)[top:top + size, left:left + size]
+    return ((crop - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("width,height,size", [
+    (640, 480, 224), (480, 640, 224), (333, 1000, 64), (1000, 50, 64), (50, 1000, 24), (17, 340, 16),
+    (2000, 1500, 384), (100, 99, 224), (64, 64, 64), (9, 7, 7), (73, 500, 64), (4000, 210, 32),
+])
+def test_preprocess_equals_resizing_the_whole_image_then_cropping(width, height, size):
+    # noise is the worst case for a resampling that differs: every pixel differs from its neighbours
+    pixels = np.random.default_rng(width * height + size).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    np.testing.assert_array_equal(preprocess(image, size), resize_then_crop(image, size))
+
+
+@pytest.mark.parametrize("size", [(20, 400), (400, 20), (1, 20), (3, 60)])
+def test_images_up_to_the_aspect_ratio_limit_are_preprocessed(size):
+    assert pipeline.MAX_ASPECT_RATIO == 20
+    got = preprocess(Image.new("RGB", size, (10, 200, 30)), 16)
+    np.testing.assert_allclose(got, np.broadcast_to(normalised((10, 200, 30))[:, None, None], (3, 16, 16)), atol=1e-6)
+
+
+@pytest.mark.parametrize("size,message", [
+    ((1, 21), r"1 x 21 pixels, an aspect ratio of 21\.0:1; rwkv-edge takes images up to 20:1"),
+    ((401, 20), r"401 x 20 pixels, an aspect ratio of 20\.1:1"),
+    ((0, 5), "0 x 5 pixels: an image without pixels"),
+])
+def test_images_past_the_aspect_ratio_limit_are_one_image_error(tmp_path, size, message):
+    with pytest.raises(ImageError, match=message):
+        preprocess(Image.new("RGB", size), 16)
+    if size[0]:
+        Image.new("RGB", size).save(tmp_path / "thin.png")
+        with pytest.raises(ImageError, match=message) as error:
+            load_image(tmp_path / "thin.png", 16)
+        assert str(error.value).startswith(str(tmp_path / "thin.png")) and "\n" not in str(error.value)
+
+
+LIMITED = """
+import resource, sys
+from PIL import Image
+from rwkv_edge.errors import ImageError
+from rwkv_edge.images import load_image, preprocess
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + {headroom}, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    {call}
+except ImageError as e:
+    print(e)
+    sys.exit(0)
+sys.exit("no ImageError")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the address space size from /proc")
+@pytest.mark.parametrize("size", [(1, 100_000), (1, 1_000_000), (100_000, 1)])
+def test_a_thin_image_is_refused_in_bounded_memory(tmp_path, size):
+    """An 814-byte 1 x 100000 PNG once took 10 GB and 30 s (its shorter side resized first made it 73 x 7.3
+    million pixels, all converted to float32); 1 x 1,000,000 ended in a MemoryError. Now the header is enough:
+    256 MB of address space more than the imports is plenty."""
+    path = tmp_path / "thin.png"
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    for call in (f"load_image({str(path)!r}, 64)", f"preprocess(Image.new('RGB', {size}), 64)"):
+        done = subprocess.run([sys.executable, "-c", LIMITED.format(headroom=256 << 20, call=call)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"{size[0]} x {size[1]} pixels, an aspect ratio of 100,000.0:1" in done.stdout \
+            or f"{size[0]} x {size[1]} pixels, an aspect ratio of 1,000,000.0:1" in done.stdout, done.stdout
+
+
+# -- .npy batches: the header is checked against the file's size before anything is allocated -------------
+def write_npy_header(path: Path, shape: tuple[int, ...], data: bytes = b"", version: tuple[int, int] = (1, 0),
+                     descr: str = "<f4") -> Path:
+    """A .npy file whose header claims ``shape``, followed by ``data`` (a crafted or truncated file)."""
+    fmt = np.lib.format
+    write = {(1, 0): fmt.write_array_header_1_0, (2, 0): fmt.write_array_header_2_0}.get(version)
+    with open(path, "wb") as f:
+        if write:  # the magic string, then the header
+            write(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        else:
+            f.write(fmt.magic(*version))
+        f.write(data)
+    return path
+
+
+def test_a_header_claiming_terabytes_is_refused_before_anything_is_allocated(tmp_path):
+    path = write_npy_header(tmp_path / "batch.npy", (100000, 3, 4096, 4096), b"\0" * 65)
+    assert path.stat().st_size == 193  # numpy.load tried to allocate 18.3 TiB for it
+    with pytest.raises(ImageError, match=r"its header says float32 \(100000, 3, 4096, 4096\), 20,132,659,200,000 "
+                                         r"bytes, but 65 bytes follow it: a truncated or corrupt \.npy file"):
+        load_image_batch(path)
+
+
+@pytest.mark.parametrize("edit,follow", [(lambda b: b[:-10], "1,526"), (lambda b: b + b"x", "1,537")])
+def test_a_batch_whose_size_does_not_match_its_header_is_refused(tmp_path, edit, follow):
+    path = tmp_path / "batch.npy"
+    np.save(path, np.zeros((2, 3, 8, 8), np.float32))  # 1,536 bytes of data
+    path.write_bytes(edit(path.read_bytes()))
+    with pytest.raises(ImageError, match=f"its header says float32 \\(2, 3, 8, 8\\), 1,536 bytes, but {follow} bytes"):
+        load_image_batch(path)
+
+
+def test_fortran_order_and_version_2_batches_load(tmp_path):
+    images = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(images))
+    with open(tmp_path / "v2.npy", "wb") as f:
+        np.lib.format.write_array(f, images, version=(2, 0))
+    for name in ("fortran.npy", "v2.npy"):
+        got = load_image_batch(tmp_path / name)
+        np.testing.assert_array_equal(got, images)
+        assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize("version,data,message", [
+    ((3, 0), b"", r"not a readable \.npy array \(\.npy format version 3\.0, not 1\.0 or 2\.0\)"),
+    ((1, 0), b"", r"images have shape \(2, 4, 8, 8\)"),  # the header is judged before the size
+])
+def test_other_headers_are_one_image_error(tmp_path, version, data, message):
+    path = write_npy_header(tmp_path / "batch.npy", (2, 4, 8, 8), data, version)
+    with pytest.raises(ImageError, match=message):
+        load_image_batch(path)

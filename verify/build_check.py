@@ -20,7 +20,7 @@ from ..artifact import Artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 from ..artifact.params import map_params
 from ..contract import IMAGE_GRAPH
-from ..errors import ArtifactError
+from ..errors import ArtifactError, printable
 
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # 0xBA55ED50, little-endian
@@ -52,7 +52,7 @@ class BuildReport:
         lines = [f"{verdict}  {self.target} bundle {self.directory}: {self.reason}"]
         lines += [f"  - {problem}" for problem in self.problems]
         lines += [f"  {check}" for check in self.checks]
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))  # manifest text escaped: one line stays one line
 
     def save(self, directory: str | Path, manifest_sha256: str | None = None) -> list[Path]:
         """parity.json in ``directory``, atomically, naming the manifest judged."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..artifact.reference import Reference
 from ..atomic import atomic_path
-from ..errors import OptionError
+from ..errors import OptionError, printable
 from ..runtime.backend import Backend, NamedState, check_token_ids
 from ..runtime.generate import Sampler, generate
 from .tolerances import LIMITS, Tolerance
@@ -168,7 +168,7 @@ class ParityReport(Verdict):
             lines.append(f"  {group:<10} max|Δ|/std {_sci(scaled)}{where}, max|Δ| {_sci(worst_abs)}")
         lines.append(f"  top-1      {sum(self.top1)}/{len(self.top1)} steps agree ({self.top1_agreement:.1%})")
         lines.append(f"  greedy     {_describe_greedy(self.greedy)}")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))  # manifest text escaped: one line stays one line
 
 
 def compare_rollouts(reference: Backend, candidate: Backend, tokens: list[int],

@@ -21,7 +21,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..artifact.reference import VisionReference
 from ..atomic import atomic_path
-from ..errors import ArtifactError
+from ..errors import ArtifactError, printable
 from ..runtime.vision import open_vision
 from .report import OutputErrors, Verdict, _finite_or_none, _sci
 from .tolerances import ImageTolerance, image_tolerance_for
@@ -94,7 +94,7 @@ class ImageParityReport(Verdict):
         if self.top1:
             lines.append(f"  top-1      {sum(self.top1)}/{n} images agree")
             lines.append(f"  top-5      {sum(self.top5)}/{n} images agree (same set)")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))  # manifest text escaped: one line stays one line
 
 
 def compare_images(reference: np.ndarray, candidate: np.ndarray, report: ImageParityReport) -> None:

@@ -93,6 +93,12 @@ def test_bad_input_is_one_line(argv, message, cli, tmp_path, monkeypatch):
     (["verify", ".", "--expect-sha256", "abc"], "expected the 64 hex digits of a sha256"),
     (["export", "onnx", "-o", "out", "--opset", "99"], "must be between 18 and 28"),
     (["export", "onnx", "-o", "out", "--prefill-chunk", "-1"], "must be between 0 and"),
+    (["verify", ".", "--rpc", "127.0.0.1:99999"], "argument --rpc: port 99999 in '127.0.0.1:99999' is outside 1-65535"),
+    (["verify", ".", "--rpc", "127.0.0.1:0"], "port 0 in '127.0.0.1:0' is outside 1-65535"),
+    (["verify", ".", "--rpc", "127.0.0.1"], "argument --rpc: expected HOST:PORT, got '127.0.0.1'"),
+    (["verify", ".", "--tracker", "127.0.0.1:70000", "--key", "k"], "argument --tracker: port 70000"),
+    (["verify", ".", "--tracker", ":9190", "--key", "k"], "argument --tracker: expected HOST:PORT, got ':9190'"),
+    (["classify", "x.png", "--image-size", "2048"], "must be between 1 and 1,024, got 2,048"),
 ])
 def test_bad_arguments_exit_2_before_any_work(argv, message, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -282,3 +288,12 @@ def test_every_class_of_bad_input_is_one_line(case, message, cli, tmp_path, make
 def test_an_option_of_another_kind_of_artifact_is_one_line(cli, onnx_export):
     code, _, err = cli("verify", str(onnx_export("v4")), "--rpc", "127.0.0.1:1")
     assert code == 1 and err.count("\n") == 1 and "--rpc / --tracker applies to tvm artifacts" in err
+
+
+def test_verify_report_lines_keep_manifest_text_on_its_line():
+    from rwkv_edge.verify.build_check import BuildReport
+
+    report = BuildReport("out/h100", "cuda-sm90\nPASS  tvm vs torch", "no CUDA GPU here\x1b[1A\x1b[2K", ["params ok"])
+    assert report.summary().split("\n") == [
+        "BUILT, NOT EXECUTED  cuda-sm90\\nPASS  tvm vs torch bundle out/h100: no CUDA GPU here\\x1b[1A\\x1b[2K",
+        "  params ok"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,64 @@ def test_trace_takes_tokens_or_images_not_both(cli, tmp_path, monkeypatch):
     assert code == 2 and "not allowed with argument" in err
     code, _, err = cli("trace", "-o", "t.npz")
     assert code == 2 and "one of the arguments --tokens --images is required" in err
+
+
+# -- text from a checkpoint is escaped; images and batches that would take unbounded memory are one line ----
+FORGED = {  # class name in the checkpoint -> as classify shows it
+    "cat\nFAKE: 99.99% cat": "cat\\nFAKE: 99.99% cat", "\x1b[2K\x1b[1Adog": "\\x1b[2K\\x1b[1Adog",
+    "bird\r  99.99%  eagle": "bird\\r  99.99%  eagle", "fish\x9b31m": "fish\\x9b31m", "ok": "ok", "été 猫": "été 猫",
+}
+
+
+def test_classify_escapes_class_names_from_the_checkpoint(tmp_path, pictures, cli):
+    names = list(FORGED)
+    torch.save({"meta": {"CLASSES": names}, "state_dict": make_vision_checkpoint(num_classes=6, seed=3)},
+               tmp_path / "forged.pth")
+    code, out, _ = cli("classify", str(tmp_path / "forged.pth"), str(pictures["rgb.png"]), "--top", "6")
+    lines = out.split("\n")[:-1]
+    assert code == 0 and len(lines) == 8, out  # the header, the image, one line per class
+    assert not any(c in out for c in "\x1b\r\x9b") and not any(line.startswith("FAKE") for line in lines)
+    for index, name in enumerate(names):
+        assert sum(line.endswith(f"%  {FORGED[name]}  [{index}]") for line in lines) == 1, (name, out)
+    code, out, _ = cli("classify", str(tmp_path / "forged.pth"), str(pictures["rgb.png"]), "--top", "6", "--json")
+    assert code == 0 and sorted(g["name"] for g in json.loads(out)[0]["top"]) == sorted(names)  # JSON escapes itself
+
+
+def test_an_error_quoting_a_checkpoint_s_keys_stays_one_line(tmp_path, cli):
+    torch.save({"backbone.x\n\x1b[2Krwkv-edge: all good": torch.zeros(1)}, tmp_path / "keys.pth")
+    code, out, err = cli("info", str(tmp_path / "keys.pth"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "\x1b" not in err, err
+    assert "not a Vision-RWKV checkpoint (keys backbone.x\\n\\x1b[2Krwkv-edge: all good)" in err
+
+
+def test_trace_refuses_a_header_claiming_terabytes_in_one_line(tmp_path, cli):
+    path = tmp_path / "batch.npy"
+    with open(path, "wb") as f:  # 193 bytes; numpy.load tried to allocate 18.3 TiB for them
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (100000, 3, 4096, 4096)})
+        f.write(b"\0" * 65)
+    code, out, err = cli("trace", "--images", str(path), "-o", str(tmp_path / "t.npz"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "its header says float32 (100000, 3, 4096, 4096)" in err
+    assert not (tmp_path / "t.npz").exists()
+
+
+LIMITED_CLI = """
+import resource, sys
+import torch
+from rwkv_edge.cli.main import main
+from rwkv_edge.runtime import classify, torch_vision
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the address space size from /proc")
+def test_classify_refuses_a_thin_image_in_one_line_and_bounded_memory(tmp_path):
+    """`classify thin.png` (814 bytes, 1 x 100000 px) on the demo model took 10.2 GB and 30 s, and 1 x 1,000,000
+    a MemoryError traceback; run here with 1 GB of address space beyond the imports."""
+    for height in (100_000, 1_000_000):
+        Image.new("RGB", (1, height), (0, 90, 200)).save(tmp_path / "thin.png")
+        done = subprocess.run([sys.executable, "-c", LIMITED_CLI, "classify", str(tmp_path / "thin.png")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr[-3000:]
+        assert done.stderr.startswith(f"rwkv-edge: error: {tmp_path / 'thin.png'}: 1 x {height} pixels, an aspect ratio")

@@ -14,7 +14,9 @@ import pytest
 import tvm
 from tvm import relax
 
-from rwkv_edge.runtime.rpc_client import RpcConnectError, connect
+from rwkv_edge.errors import OptionError
+from rwkv_edge.runtime import rpc_client
+from rwkv_edge.runtime.rpc_client import Remote, RpcConnectError, connect
 from rwkv_edge.runtime.rpc_server import (
     EmulationUnavailableError,
     RpcServerError,
@@ -24,6 +26,7 @@ from rwkv_edge.runtime.rpc_server import (
     main,
     rpc_server,
     rpc_tracker,
+    serve_command,
 )
 
 CPU = "cortex-a53"  # the emulated core: ARMv8.0-A + NEON, what the aarch64 build below asks for
@@ -239,6 +242,52 @@ def test_command_line_refuses_incomplete_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
+    (["--port", "0"], "argument --port: must be between 1 and 65535, got 0"),
+    (["--port", "-1"], "argument --port: must be between 1 and 65535, got -1"),
+    (["--tracker", "127.0.0.1:70000", "--key", "rpi5"], "--tracker wants HOST:PORT with a port in 1-65535, got"),
+    (["--tracker", "127.0.0.1:", "--key", "rpi5"], "--tracker wants HOST:PORT"),
+])
+def test_command_line_refuses_ports_outside_the_range_with_its_usage(argv, message, capsys, monkeypatch):
+    """`--port 70000` once reached TVM and ended in an OverflowError traceback."""
+    monkeypatch.setattr("os.execve", lambda *args: pytest.fail(f"started a server for {argv}"))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" in err and message in err, err
+
+
+@pytest.mark.parametrize("argv", [["server", "--port", "70000"], ["server", "--port", "9090", "--port-end", "70000"],
+                                  ["server", "--port", "9090", "--tracker", "127.0.0.1:99999", "--key", "k"]])
+def test_the_server_process_refuses_ports_outside_the_range(argv, capsys, monkeypatch):
+    from rwkv_edge.runtime import rpc_process
+
+    monkeypatch.setattr(rpc_process, "serve", lambda *args: pytest.fail(f"served {argv}"))
+    with pytest.raises(SystemExit) as exit_:
+        rpc_process.main(argv)
+    assert exit_.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address,message", [
+    ("127.0.0.1:99999", "port 99999 in '127.0.0.1:99999' is outside 1-65535"), ("host:0", "port 0 in"),
+    ("host:65536", "port 65536 in"), ("host:-1", "expected HOST:PORT"), ("9090", "expected HOST:PORT"),
+    (":9090", "expected HOST:PORT"), ("host:" + "9" * 5000, "is outside 1-65535"),
+])
+def test_library_addresses_outside_the_port_range_are_option_errors(address, message):
+    """``Remote("127.0.0.1:99999")`` once connected to port 34463 (TVM wrapped it)."""
+    with pytest.raises(OptionError, match=message):
+        Remote(address)
+    with pytest.raises(OptionError, match=message):
+        rpc_client.parse_address(address)
+    with pytest.raises(OptionError, match="outside 1-65535"):
+        serve_command("server", "127.0.0.1", 70000)
+    with pytest.raises(OptionError, match=message):
+        serve_command("server", "127.0.0.1", 9090, tracker=address, key="k")
+    assert rpc_client.parse_address("127.0.0.1:65535") == ("127.0.0.1", 65535)
+    assert Remote("host:1").host_port() == ("host", 1)
 
 
 def test_command_line_binds_to_loopback_by_default():
