@@ -5,7 +5,9 @@ runtime libraries of that architecture (the installed apache-tvm / apache-tvm-ff
 host; for aarch64 on an x86-64 host, the aarch64 wheels that ``scripts/install-arm-tools.sh``
 unpacks into ``$RWKV_EDGE_ARM_ROOT/site``). ``run_bundle`` checks a TVM bundle against its manifest,
 runs its tokens through the runner, natively or under ``qemu-aarch64-static -cpu <core>``, and reads
-back the logits, the final state and the step times. Nothing here imports TVM.
+back the logits, the final state and the step times. The runner checks the bundle again itself (the
+same rules, ``runtime/cpp/bundle_reader.h``), pinned to the manifest checked here. Nothing here
+imports TVM.
 """
 
 from __future__ import annotations
@@ -111,18 +113,22 @@ def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
 
 def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | None = None, repeat: int = 0,
                state: NamedState | None = None, runner: str | Path | None = None, prefill: bool = False,
-               log: Callable[[str], None] = print) -> RunnerResult:
+               expect_sha256: str | None = None, log: Callable[[str], None] = print) -> RunnerResult:
     """Run ``tokens`` through the TVM bundle in ``bundle_dir`` with the native runner.
 
-    The bundle's files must hash as its manifest says. An aarch64 bundle on an x86-64 host runs
-    under qemu with ``-cpu`` = ``emulate_cpu`` or the target's ``qemu_cpu``. ``state`` (contract input
-    names) replaces the bundle's initial state; ``repeat`` times that many extra decode steps.
+    The bundle's files must hash as its manifest says, and the manifest as ``expect_sha256`` says where
+    given; the runner, which checks the bundle again itself, is pinned (``--expect-sha256``) to the
+    manifest checked here, so a manifest swapped between the two checks fails before any code loads.
+    An aarch64 bundle on an x86-64 host runs under qemu with ``-cpu`` = ``emulate_cpu`` or the target's
+    ``qemu_cpu``. ``state`` (contract input names) replaces the bundle's initial state; ``repeat`` times
+    that many extra decode steps.
     ``prefill``: the tokens are a prompt, run as ``TvmBackend.prefill`` runs it (whole chunks through the
     bundle's prefill function, the rest by steps); the logits are then those after the last token only.
     ``runner`` is a prebuilt binary for the bundle's architecture (default: ``build_runner``).
     """
     bundle_dir = Path(bundle_dir)
-    manifest = open_artifact(bundle_dir, kind="tvm").manifest
+    artifact = open_artifact(bundle_dir, kind="tvm", expect_sha256=expect_sha256)
+    manifest = artifact.manifest
     if not tokens:
         raise OptionError("the runner needs at least one token")
     if repeat < 0:
@@ -135,7 +141,8 @@ def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | Non
     binary = Path(runner) if runner else build_runner(arch, log=log)
     with tempfile.TemporaryDirectory(prefix="rwkv-edge-runner-") as tmp:
         out = Path(tmp) / "out"
-        command = [*prefix, str(binary), str(bundle_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out)]
+        command = [*prefix, str(binary), str(bundle_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out),
+                   "--expect-sha256", artifact.manifest_sha256]
         if repeat:
             command += ["--repeat", str(repeat)]
         if prefill:

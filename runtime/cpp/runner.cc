@@ -2,11 +2,14 @@
 // a prompt through its prefill function.
 //
 //   rwkv-edge-runner BUNDLE_DIR --tokens 1,2,3 [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K]
+//                    [--expect-sha256 HEX]
 //
-// Loads BUNDLE_DIR/model.so (a Relax VM executable), maps its weights (the manifest's params file,
-// params.safetensors: every tensor 64-byte aligned, passed to the library as views of the mapping,
-// never copied), takes the state before the first token from its `initial_state()` function (or
-// from DIR/state_{i}.npy with --state-in), feeds the tokens through
+// Checks the bundle first, as the Python reader does (bundle_reader.h: the manifest validated, every
+// listed file's size and sha256; with --expect-sha256, the manifest's own sha256), then loads the
+// very bytes of model.so it hashed (a Relax VM executable), maps its weights (the manifest's params
+// file, params.safetensors: every tensor 64-byte aligned, passed to the library as views of the
+// mapping, never copied), takes the state before the first token from its `initial_state()`
+// function (or from DIR/state_{i}.npy with --state-in), feeds the tokens through
 // `main(token, state..., weights...) -> (logits, state'...)`, each step on the state the last one
 // returned, and writes into OUTDIR (default: the current directory)
 //   logits.npy   (T, V) float32, the logits after each token
@@ -19,8 +22,8 @@
 // --repeat K times K more greedy decode steps after the rollout (they change none of the files
 // above except step_ms.npy). Needs only libtvm_runtime.so and libtvm_ffi.so, and only the
 // tvm-ffi headers (the apache-tvm wheel's tvm/include lacks headers that tvm/runtime/*.h include).
-// Exit status: 0 done, 1 TVM failed to load or run the model, 2 bad arguments, bundle or input;
-// every error is one line on stderr.
+// Exit status: 0 done, 1 TVM failed to load or run the model, 2 bad arguments, bundle (a tampered or
+// partly copied one included) or input; every error is one line on stderr.
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/array.h>
@@ -32,12 +35,10 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "bundle_reader.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -55,6 +56,12 @@ namespace {
 
 namespace ffi = tvm::ffi;
 namespace json = tvm::ffi::json;
+using rwkv_edge::As;
+using rwkv_edge::BundleError;
+using rwkv_edge::Field;
+using rwkv_edge::Manifest;
+using rwkv_edge::MappedFile;
+using rwkv_edge::StateSpec;
 
 constexpr int kExitRuntime = 1;  // TVM failed while loading or running the model
 constexpr int kExitInput = 2;    // bad arguments, bundle or input: the user can fix it
@@ -71,7 +78,8 @@ constexpr const char* kHostTriple = "x86_64-linux-gnu";
 #error "rwkv-edge-runner is built for x86_64 and aarch64 only"
 #endif
 
-// A mistake the user can fix (exit 2); everything else that goes wrong is a runtime failure (exit 1).
+// A mistake the user can fix (exit 2), as a BundleError is; everything else that goes wrong is a
+// runtime failure (exit 1).
 struct InputError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -83,29 +91,15 @@ struct Options {
   std::vector<int64_t> tokens;
   int repeat = 0;
   bool prefill = false;  // the tokens are a prompt: whole chunks through `prefill`, the rest by steps
-};
-
-struct StateSpec {
-  std::string output;          // "state_out.3.wkv"
-  std::vector<int64_t> shape;  // without the batch axis
-};
-
-struct Bundle {
-  int64_t vocab_size = 0;
-  std::string triple;
-  std::vector<StateSpec> state;  // in the order of main's state inputs and outputs
-  std::string params;            // the weights file main takes after the state; empty: none
-  int64_t num_params = 0;
-  std::string prefill;           // the prefill function's name; empty: none (prompts run by steps)
-  int64_t chunk = 0;             // tokens per prefill call
-  bool all_logits = false;       // prefill returns (1, chunk, V) logits, not (1, V)
+  std::string expect_sha256;  // the sha256 manifest.json must have (lowercase); empty: not pinned
 };
 
 // ---------------------------------------------------------------------------------------------
 // command line
 
 const char* kUsage =
-    "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K]";
+    "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K] "
+    "[--expect-sha256 HEX]";
 
 int64_t ParseInt(const std::string& text, const std::string& what) {
   size_t used = 0;
@@ -117,6 +111,16 @@ int64_t ParseInt(const std::string& text, const std::string& what) {
   }
   if (text.empty() || used != text.size()) throw InputError(what + ": not an integer: '" + text + "'");
   return value;
+}
+
+// The 64 hex digits of a sha256 (either case), lowercased as the reader compares them.
+std::string ParseSha256(const std::string& text) {
+  if (text.size() != 64 || text.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
+    throw InputError("--expect-sha256: expected the 64 hex digits of a sha256, got '" + text + "'");
+  }
+  std::string lower = text;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return lower;
 }
 
 Options ParseArgs(int argc, char** argv) {
@@ -142,6 +146,8 @@ Options ParseArgs(int argc, char** argv) {
       int64_t k = ParseInt(value(), "--repeat");
       if (k < 0 || k > 1000000) throw InputError("--repeat must be in [0, 1000000], got " + std::to_string(k));
       opt.repeat = static_cast<int>(k);
+    } else if (arg == "--expect-sha256") {
+      opt.expect_sha256 = ParseSha256(value());
     } else if (arg == "-h" || arg == "--help") {
       std::cout << kUsage << "\n";
       std::exit(0);
@@ -159,80 +165,25 @@ Options ParseArgs(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// manifest.json
+// the bundle (bundle_reader.h opens and checks it)
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw InputError(path + ": cannot be read (not an rwkv-edge TVM bundle?)");
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-json::Value Field(const json::Object& obj, const char* key, const std::string& where) {
-  auto it = obj.find(ffi::String(key));
-  if (it == obj.end()) throw InputError(where + ": no field '" + key + "'");
-  return (*it).second;
-}
-
-template <typename T>
-T As(const json::Value& value, const std::string& what) {
-  std::optional<T> v = value.try_cast<T>();
-  if (!v.has_value()) throw InputError(what + " has an unexpected type");
-  return *v;
-}
-
-Bundle ReadManifest(const std::string& dir) {
-  std::string path = dir + "/manifest.json";
-  ffi::String error;
-  json::Value root = json::Parse(ffi::String(ReadText(path)), &error);
-  if (!error.empty()) throw InputError(path + ": unreadable JSON (" + std::string(error) + ")");
-  auto manifest = As<json::Object>(root, path);
-  auto kind = As<ffi::String>(Field(manifest, "kind", path), path + ": kind");
-  if (kind != "tvm") throw InputError(dir + ": holds a " + std::string(kind) + " artifact, not a TVM bundle");
-
-  Bundle bundle;
-  auto config = As<json::Object>(Field(manifest, "config", path), path + ": config");
-  bundle.vocab_size = As<int64_t>(Field(config, "vocab_size", path + ": config"), path + ": config.vocab_size");
-  auto target = As<json::Object>(Field(manifest, "target", path), path + ": target");
-  bundle.triple = As<ffi::String>(Field(target, "triple", path + ": target"), path + ": target.triple");
-  for (const json::Value& item : As<json::Array>(Field(manifest, "state", path), path + ": state")) {
-    auto entry = As<json::Object>(item, path + ": state entry");
-    StateSpec spec;
-    spec.output = As<ffi::String>(Field(entry, "output", path + ": state entry"), path + ": state output");
-    for (const json::Value& d : As<json::Array>(Field(entry, "shape", path + ": state entry"), path + ": shape")) {
-      spec.shape.push_back(As<int64_t>(d, path + ": state shape"));
-    }
-    bundle.state.push_back(std::move(spec));
-  }
-  auto graphs = As<json::Object>(Field(manifest, "graphs", path), path + ": graphs");
-  auto step = As<json::Object>(Field(graphs, "step", path + ": graphs"), path + ": graphs.step");
-  auto params = step.find(ffi::String("params"));
-  if (params != step.end() && (*params).second != nullptr) {
-    bundle.params = As<ffi::String>((*params).second, path + ": graphs.step.params");
-    bundle.num_params = As<int64_t>(Field(step, "num_params", path + ": graphs.step"), path + ": graphs.step.num_params");
-    if (bundle.params.find('/') != std::string::npos) throw InputError(path + ": graphs.step.params names a path");
-  }
-  auto prefill = graphs.find(ffi::String("prefill"));
-  if (prefill != graphs.end()) {  // the same weights as main (compile/params.py lifts one list for both)
-    auto graph = As<json::Object>((*prefill).second, path + ": graphs.prefill");
-    bundle.prefill = As<ffi::String>(Field(graph, "function", path + ": graphs.prefill"), path + ": graphs.prefill.function");
-    bundle.chunk = As<int64_t>(Field(graph, "chunk", path + ": graphs.prefill"), path + ": graphs.prefill.chunk");
-    bundle.all_logits = As<bool>(Field(graph, "all_logits", path + ": graphs.prefill"), path + ": graphs.prefill.all_logits");
-    if (bundle.chunk < 1) throw InputError(path + ": graphs.prefill.chunk must be at least 1");
-  }
-  return bundle;
-}
-
-void CheckTriple(const Bundle& bundle, const std::string& dir) {
-  if (bundle.triple != kHostTriple) {
-    throw InputError(dir + ": bundle compiled for " + bundle.triple + "; this runner runs " + kHostTriple +
-                     " bundles (use the runner built for " + bundle.triple + ")");
+void CheckTriple(const Manifest& manifest, const std::string& dir) {
+  if (manifest.triple != kHostTriple) {
+    throw InputError(dir + ": bundle compiled for " + manifest.triple + "; this runner runs " + kHostTriple +
+                     " bundles (use the runner built for " + manifest.triple + ")");
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // NPY v1.0 files (little-endian, C order)
+
+std::string ReadText(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw InputError(path + ": cannot be read");
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   std::string dims;
@@ -356,29 +307,13 @@ struct MappedView {
 
 class MappedParams {
  public:
-  MappedParams() = default;
-  MappedParams(const MappedParams&) = delete;
-  MappedParams& operator=(const MappedParams&) = delete;
-  ~MappedParams() {
-    tensors_.clear();
-    if (base_ != nullptr) munmap(base_, size_);
-  }
-
-  // Maps `path` read-only and makes a view of each of w0 ... w{count-1}; InputError for any file
-  // that is not such a params file.
-  void Map(const std::string& path, int64_t count) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw InputError(path + ": cannot be opened");
-    struct stat st {};
-    if (fstat(fd, &st) != 0 || st.st_size < 8) {
-      close(fd);
-      throw InputError(path + ": not a params file (shorter than its header length)");
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    void* base = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (base == MAP_FAILED) throw InputError(path + ": cannot be mapped");
-    base_ = static_cast<char*>(base);
+  // Takes the params file as OpenBundle mapped (and hashed) it and makes a view of each of
+  // w0 ... w{count-1}; InputError for any file that is not such a params file.
+  void Adopt(MappedFile file, const std::string& path, int64_t count) {
+    file_ = std::move(file);
+    base_ = file_.data();
+    size_ = file_.size();
+    if (size_ < 8) throw InputError(path + ": not a params file (shorter than its header length)");
 
     uint64_t length = 0;
     for (int b = 7; b >= 0; --b) length = length << 8 | static_cast<unsigned char>(base_[b]);
@@ -454,11 +389,13 @@ class MappedParams {
                        std::to_string(kParamsAlign) + "-byte aligned, not its size, or past the end of the file");
     }
     *end = std::max(*end, first + static_cast<size_t>(stop));
-    return ffi::Tensor::FromNDAlloc(MappedView{base_ + first + begin}, ffi::ShapeView(shape.data(), shape.size()), dtype,
-                                    kCPU);
+    // The library only reads its weights: a view of the read-only mapping is safe to hand it.
+    return ffi::Tensor::FromNDAlloc(MappedView{const_cast<char*>(base_) + first + begin},
+                                    ffi::ShapeView(shape.data(), shape.size()), dtype, kCPU);
   }
 
-  char* base_ = nullptr;
+  MappedFile file_;  // before the views: unmapped after they are gone
+  const char* base_ = nullptr;
   size_t size_ = 0;
   std::vector<ffi::Tensor> tensors_;
 };
@@ -471,24 +408,27 @@ std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
 
 class Model {
  public:
-  Model(const std::string& dir, const Bundle& bundle)
-      : bundle_(bundle),
+  // Takes what OpenBundle checked: the library's bytes and the mapped weights.
+  explicit Model(rwkv_edge::OpenedBundle bundle)
+      : manifest_(bundle.manifest),
         token_(Empty({1}, DLDataType{kDLInt, 64, 1})),
-        chunk_(Empty({1, std::max<int64_t>(bundle.chunk, 1)}, DLDataType{kDLInt, 64, 1})) {
-    const std::string so_path = dir + "/model.so";
-    if (!bundle_.params.empty()) params_.Map(dir + "/" + bundle_.params, bundle_.num_params);
-    ffi::Module lib = ffi::Module::LoadFromFile(so_path);
+        chunk_(Empty({1, std::max<int64_t>(manifest_.chunk, 1)}, DLDataType{kDLInt, 64, 1})) {
+    const std::string so_path = bundle.dir + "/" + rwkv_edge::kLibrary;
+    if (!manifest_.params.empty()) {
+      params_.Adopt(std::move(bundle.params), bundle.dir + "/" + manifest_.params, manifest_.num_params);
+    }
+    ffi::Module lib = rwkv_edge::LoadLibrary(std::move(bundle.library), so_path);
     ffi::Module vm = Get(lib, "vm_load_executable", so_path)().cast<ffi::Module>();
     Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
     main_ = Get(vm, "main", so_path);
-    if (!bundle_.prefill.empty()) prefill_ = Get(vm, bundle_.prefill.c_str(), so_path);
+    if (!manifest_.prefill.empty()) prefill_ = Get(vm, manifest_.prefill.c_str(), so_path);
     initial_state_ = Get(vm, "initial_state", so_path);
     // The token range comes from the library (its embedding's rows), not from the manifest.
     auto rows = Get(vm, "vocab_size", so_path)().cast<ffi::Tensor>();
     int64_t vocab = *Data<int64_t>(rows, DLDataType{kDLInt, 64, 1}, {1}, "vocab_size()");
-    if (vocab != bundle_.vocab_size) {
+    if (vocab != manifest_.vocab_size) {
       throw InputError(so_path + ": its embedding has " + std::to_string(vocab) + " rows, the manifest says vocab_size " +
-                       std::to_string(bundle_.vocab_size));
+                       std::to_string(manifest_.vocab_size));
     }
   }
 
@@ -497,23 +437,23 @@ class Model {
   // One step: writes the logits (V floats) and returns the new state.
   std::vector<ffi::Tensor> Step(int64_t token, const std::vector<ffi::Tensor>& state, float* logits) {
     static_cast<int64_t*>(token_.data_ptr())[0] = token;
-    return Call(main_, "main()", token_, state, {1, bundle_.vocab_size}, logits);
+    return Call(main_, "main()", token_, state, {1, manifest_.vocab_size}, logits);
   }
 
   // One call of the prefill function on exactly `chunk` tokens: writes the logits after the last
   // of them (V floats) and returns the new state.
   std::vector<ffi::Tensor> Prefill(const int64_t* tokens, const std::vector<ffi::Tensor>& state, float* logits) {
-    std::memcpy(chunk_.data_ptr(), tokens, static_cast<size_t>(bundle_.chunk) * sizeof(int64_t));
-    std::vector<int64_t> shape = {1, bundle_.vocab_size};
-    if (bundle_.all_logits) shape.insert(shape.begin() + 1, bundle_.chunk);  // (1, chunk, V): the last row is ours
-    return Call(*prefill_, bundle_.prefill + "()", chunk_, state, shape, logits);
+    std::memcpy(chunk_.data_ptr(), tokens, static_cast<size_t>(manifest_.chunk) * sizeof(int64_t));
+    std::vector<int64_t> shape = {1, manifest_.vocab_size};
+    if (manifest_.all_logits) shape.insert(shape.begin() + 1, manifest_.chunk);  // (1, chunk, V): the last row is ours
+    return Call(*prefill_, manifest_.prefill + "()", chunk_, state, shape, logits);
   }
 
   // The state read from DIR/state_{i}.npy, in manifest order.
   std::vector<ffi::Tensor> LoadState(const std::string& dir) const {
     std::vector<ffi::Tensor> state;
-    for (size_t i = 0; i < bundle_.state.size(); ++i) {
-      const StateSpec& spec = bundle_.state[i];
+    for (size_t i = 0; i < manifest_.state.size(); ++i) {
+      const StateSpec& spec = manifest_.state[i];
       std::vector<float> data = ReadNpyF32(dir + "/state_" + std::to_string(i) + ".npy", spec.shape);
       ffi::Tensor t = Empty(Batched(spec.shape), DLDataType{kDLFloat, 32, 1});
       std::memcpy(t.data_ptr(), data.data(), data.size() * sizeof(float));
@@ -536,13 +476,13 @@ class Model {
     ffi::Any ret;
     fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
     auto outputs = ret.cast<ffi::Array<ffi::Any>>();
-    if (outputs.size() != 1 + bundle_.state.size()) {
+    if (outputs.size() != 1 + manifest_.state.size()) {
       throw std::runtime_error(what + " returned " + std::to_string(outputs.size()) + " outputs, expected " +
-                               std::to_string(1 + bundle_.state.size()) + " (logits and the state)");
+                               std::to_string(1 + manifest_.state.size()) + " (logits and the state)");
     }
     auto out = outputs[0].cast<ffi::Tensor>();
     const float* src = Data<float>(out, DLDataType{kDLFloat, 32, 1}, logits_shape, what + " logits");
-    const size_t V = static_cast<size_t>(bundle_.vocab_size);
+    const size_t V = static_cast<size_t>(manifest_.vocab_size);
     std::memcpy(logits, src + (out.numel() - V), V * sizeof(float));
     return CheckState(outputs, 1, what);
   }
@@ -556,21 +496,21 @@ class Model {
   }
 
   std::vector<ffi::Tensor> CheckState(const ffi::Array<ffi::Any>& values, size_t first, const std::string& fn) const {
-    if (values.size() != first + bundle_.state.size()) {
+    if (values.size() != first + manifest_.state.size()) {
       throw std::runtime_error(fn + " returned " + std::to_string(values.size() - first) + " state tensors; the manifest lists " +
-                               std::to_string(bundle_.state.size()));
+                               std::to_string(manifest_.state.size()));
     }
     std::vector<ffi::Tensor> state;
-    for (size_t i = 0; i < bundle_.state.size(); ++i) {
+    for (size_t i = 0; i < manifest_.state.size(); ++i) {
       auto t = values[first + i].cast<ffi::Tensor>();
-      Data<float>(t, DLDataType{kDLFloat, 32, 1}, Batched(bundle_.state[i].shape), fn + " " + bundle_.state[i].output);
+      Data<float>(t, DLDataType{kDLFloat, 32, 1}, Batched(manifest_.state[i].shape), fn + " " + manifest_.state[i].output);
       state.push_back(t);
     }
     return state;
   }
 
   MappedParams params_;  // first: unmapped after the functions that use it are gone
-  Bundle bundle_;
+  Manifest manifest_;
   ffi::Tensor token_, chunk_;  // main's token (1,), prefill's tokens (1, chunk)
   ffi::Function main_, initial_state_;
   ffi::Optional<ffi::Function> prefill_;
@@ -587,35 +527,36 @@ double Median(std::vector<double> v) {
 int64_t ArgMax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
 
 int Run(const Options& opt) {
-  Bundle bundle = ReadManifest(opt.bundle);
-  CheckTriple(bundle, opt.bundle);
-  Model model(opt.bundle, bundle);  // checks the manifest's vocab_size against the library's
+  rwkv_edge::OpenedBundle bundle = rwkv_edge::OpenBundle(opt.bundle, opt.expect_sha256);
+  const Manifest manifest = bundle.manifest;
+  CheckTriple(manifest, opt.bundle);  // before any code of the bundle loads
+  Model model(std::move(bundle));     // checks the manifest's vocab_size against the library's
   for (size_t i = 0; i < opt.tokens.size(); ++i) {
     int64_t t = opt.tokens[i];
-    if (t < 0 || t >= bundle.vocab_size) {  // the compiled embedding lookup does not check
+    if (t < 0 || t >= manifest.vocab_size) {  // the compiled embedding lookup does not check
       throw InputError("token id " + std::to_string(t) + " (position " + std::to_string(i) + ") is outside the vocabulary [0, " +
-                       std::to_string(bundle.vocab_size) + ")");
+                       std::to_string(manifest.vocab_size) + ")");
     }
   }
   std::vector<ffi::Tensor> state = opt.state_in.empty() ? model.InitialState() : model.LoadState(opt.state_in);
 
-  const int64_t V = bundle.vocab_size, T = static_cast<int64_t>(opt.tokens.size());
+  const int64_t V = manifest.vocab_size, T = static_cast<int64_t>(opt.tokens.size());
   // --prefill: whole chunks through prefill, the rest by steps, one row of logits (after the last token)
-  const int64_t chunks = opt.prefill && bundle.chunk ? T / bundle.chunk : 0;
+  const int64_t chunks = opt.prefill && manifest.chunk ? T / manifest.chunk : 0;
   const int64_t rows = opt.prefill ? 1 : T;
   std::vector<float> logits(static_cast<size_t>(rows * V));
   std::vector<double> step_ms;
   using Clock = std::chrono::steady_clock;
   for (int64_t c = 0; c < chunks; ++c) {
     auto t0 = Clock::now();
-    state = model.Prefill(opt.tokens.data() + c * bundle.chunk, state, logits.data());
+    state = model.Prefill(opt.tokens.data() + c * manifest.chunk, state, logits.data());
     step_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     int64_t top = ArgMax(logits.data(), V);
     std::printf("prefill %lld: tokens %lld..%lld -> top-1 %lld (%.4f)  %.3f ms\n", static_cast<long long>(c),
-                static_cast<long long>(c * bundle.chunk), static_cast<long long>((c + 1) * bundle.chunk - 1),
+                static_cast<long long>(c * manifest.chunk), static_cast<long long>((c + 1) * manifest.chunk - 1),
                 static_cast<long long>(top), logits[top], step_ms.back());
   }
-  for (int64_t i = chunks * bundle.chunk; i < T; ++i) {
+  for (int64_t i = chunks * manifest.chunk; i < T; ++i) {
     float* row = logits.data() + (opt.prefill ? 0 : i * V);
     auto t0 = Clock::now();
     state = model.Step(opt.tokens[i], state, row);
@@ -632,7 +573,7 @@ int Run(const Options& opt) {
   for (size_t i = 0; i < state.size(); ++i) {
     const ffi::Tensor& t = state[i];
     std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
-    const float* data = Data<float>(t, DLDataType{kDLFloat, 32, 1}, shape, bundle.state[i].output);
+    const float* data = Data<float>(t, DLDataType{kDLFloat, 32, 1}, shape, manifest.state[i].output);
     WriteNpy(opt.out + "/state_" + std::to_string(i) + ".npy", "<f4", data, t.numel() * sizeof(float), shape);
   }
 
@@ -654,11 +595,11 @@ int Run(const Options& opt) {
     double prompt_ms = 0;
     for (double ms : step_ms) prompt_ms += ms;
     std::printf("prompt: %lld tokens in %lld prefill calls of %lld and %lld steps, %.3f ms (%.1f tokens/s)\n",
-                static_cast<long long>(T), static_cast<long long>(chunks), static_cast<long long>(bundle.chunk),
-                static_cast<long long>(T - chunks * bundle.chunk), prompt_ms, T / prompt_ms * 1e3);
+                static_cast<long long>(T), static_cast<long long>(chunks), static_cast<long long>(manifest.chunk),
+                static_cast<long long>(T - chunks * manifest.chunk), prompt_ms, T / prompt_ms * 1e3);
   }
   std::printf("done: %lld steps, vocab %lld, %zu state tensors, %s; median step %.3f ms over %zu %s\n",
-              static_cast<long long>(T - chunks * bundle.chunk), static_cast<long long>(V), state.size(), kHostTriple,
+              static_cast<long long>(T - chunks * manifest.chunk), static_cast<long long>(V), state.size(), kHostTriple,
               Median(timed_decode ? decode_ms : step_ms), timed_decode ? decode_ms.size() : step_ms.size(),
               timed_decode ? "decode steps after the rollout" : "rollout calls (the first includes warm-up)");
   return 0;
@@ -673,6 +614,9 @@ int main(int argc, char** argv) {
   try {
     return Run(ParseArgs(argc, argv));
   } catch (const InputError& e) {
+    std::fprintf(stderr, "rwkv-edge-runner: error: %s\n", FirstLine(e.what()).c_str());
+    return kExitInput;
+  } catch (const BundleError& e) {
     std::fprintf(stderr, "rwkv-edge-runner: error: %s\n", FirstLine(e.what()).c_str());
     return kExitInput;
   } catch (const ffi::Error& e) {

@@ -4,11 +4,16 @@ Each runner (x86-64 host; aarch64 under ``qemu-aarch64-static -cpu cortex-a53``)
 its own state; the logits of every step and the final state are held to the fp32 parity limits.
 The aarch64 tests skip, naming what is missing, where the cross compiler, qemu or the aarch64 TVM
 libraries are not installed (``scripts/install-arm-tools.sh``).
+
+The binary checks a bundle itself, as the Python reader does, before any of its code loads: the
+tamper tests put a real shared library whose constructor leaves a file behind in place of model.so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -225,14 +230,308 @@ def test_corrupted_model_is_refused(bundle, host_runner, tmp_path):
 
 
 @needs_host
-def test_a_truncated_params_file_is_refused_by_the_runner(bundle, host_runner, tmp_path):
-    """The binary checks the params file itself (run_bundle's hashing aside): one line, exit 2."""
+def test_a_params_file_shorter_than_its_header_says_is_refused_by_the_runner(bundle, host_runner, tmp_path, rehash):
+    """The binary checks the params file's header against its size (a truncated file rehashed into
+    the manifest passes the hashes): one line, exit 2."""
     directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
     params = directory / read_manifest(directory).graphs["step"].params
     params.write_bytes(params.read_bytes()[:-4])
+    rehash(directory)
     done = subprocess.run([str(host_runner), str(directory), "--tokens", "1"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "params.safetensors: w" in done.stderr and "past the end of the file" in done.stderr
+
+
+# -- the binary checks the bundle itself --------------------------------------------------------------
+
+EVIL_LIBRARY = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void leave_trace(void) {
+    FILE *f = fopen(TRACE, "w");
+    if (f) {
+        fputs("the constructor ran\n", f);
+        fclose(f);
+    }
+}
+"""
+
+
+@pytest.fixture
+def tampered(bundle, tmp_path):
+    """(a copy of the v7 host bundle, an evil library of the size of its model.so whose constructor writes
+    ``trace``, trace): the library padded with zeros, so only its sha256 tells it apart."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler (apt-get install gcc)")
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    original = (directory / "model.so").read_bytes()
+    trace = tmp_path / "trace"
+    (tmp_path / "evil.c").write_text(EVIL_LIBRARY)
+    subprocess.run([compiler, "-shared", "-fPIC", f'-DTRACE="{trace}"', str(tmp_path / "evil.c"),
+                    "-o", str(tmp_path / "evil.so")], check=True, capture_output=True)
+    evil = (tmp_path / "evil.so").read_bytes()
+    assert len(evil) < len(original)
+    return directory, evil + bytes(len(original) - len(evil)), trace
+
+
+def run_runner(runner: Path, directory: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The runner on one token of ``directory`` (a copy in a test's tmp_path: its output goes beside it)."""
+    return subprocess.run([str(runner), str(directory), "--tokens", "1", "--out", str(directory.parent / "out"), *args],
+                          capture_output=True, text=True, env=env)
+
+
+def assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 2 with one line on stderr holding every one of ``words``."""
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("rwkv-edge-runner: error: ") and done.stderr.count("\n") == 1, done.stderr
+    for part in words:
+        assert part in done.stderr, done.stderr
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_host
+def test_a_replaced_library_is_refused_before_its_code_runs(tampered, host_runner):
+    directory, evil, trace = tampered
+    (directory / "model.so").write_bytes(evil)  # the manifest unchanged
+    assert_refused(run_runner(host_runner, directory), f"{directory}/model.so: sha256 differs from the manifest")
+    assert not trace.exists()
+
+
+@needs_host
+def test_bytes_appended_to_the_library_are_refused(bundle, host_runner, tmp_path):
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    original = (directory / "model.so").read_bytes()
+    (directory / "model.so").write_bytes(original + bytes(64))
+    assert_refused(run_runner(host_runner, directory),
+                   f"model.so: {len(original) + 64} bytes, the manifest says {len(original)} (modified or partly written)")
+
+
+@needs_host
+def test_a_rehashed_tamper_fails_against_the_pinned_manifest(tampered, host_runner, rehash):
+    """A consistent tamper (the evil library's size and sha256 written into the manifest) passes every
+    hash; only the manifest's own sha256, pinned at build time, catches it: before the library loads."""
+    directory, evil, trace = tampered
+    pinned = sha256_of(directory / "manifest.json")
+    (directory / "model.so").write_bytes(evil)
+    rehash(directory)
+    assert_refused(run_runner(host_runner, directory, "--expect-sha256", pinned.upper()),
+                   f"manifest.json: sha256 {sha256_of(directory / 'manifest.json')}, not the expected {pinned}: "
+                   "this is not the artifact you pinned (rebuilt or modified since)")
+    assert not trace.exists()
+    with pytest.raises(ArtifactError, match=f"not the expected {pinned}"):  # the Python driver refuses it too
+        run_bundle(directory, [1], runner=host_runner, expect_sha256=pinned, log=quiet)
+    # Unpinned, nothing tells it apart (docs/artifacts.md): its code runs, which shows the trace is real.
+    done = run_runner(host_runner, directory)
+    assert done.returncode == 2 and "has no function 'vm_load_executable'" in done.stderr
+    assert trace.read_text() == "the constructor ran\n"
+
+
+@needs_host
+def test_run_bundle_pins_the_runner_to_the_manifest_it_checked(bundle, host_runner, tmp_path):
+    """A manifest swapped after run_bundle checked it (here by a wrapper around the runner) fails in the
+    runner: run_bundle passes the sha256 it validated as --expect-sha256."""
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    pinned = sha256_of(directory / "manifest.json")
+    result = run_bundle(directory, [1], runner=host_runner, expect_sha256=pinned.upper(), log=quiet)
+    assert result.command[result.command.index("--expect-sha256") + 1] == pinned
+    swapper = tmp_path / "swap-then-run"
+    swapper.write_text(f'#!/bin/sh\nprintf " " >> "$1/manifest.json"\nexec {host_runner} "$@"\n')
+    swapper.chmod(0o755)
+    with pytest.raises(ToolError, match=f"exit 2.*manifest.json: sha256 .*, not the expected {pinned}"):
+        run_bundle(directory, [1], runner=swapper, log=quiet)
+
+
+@needs_host
+def test_the_library_loads_from_the_bytes_that_were_hashed(bundle, host_runner, tmp_path):
+    """The dynamic loader opens a sealed in-memory copy of model.so, never the file in the bundle
+    (which could be swapped between the hash and the load)."""
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    done = run_runner(host_runner, directory, env={**os.environ, "LD_DEBUG": "files"})
+    assert done.returncode == 0, done.stderr
+    loaded = [line for line in done.stderr.splitlines() if "calling init:" in line]
+    assert any("/proc/self/fd/" in line for line in loaded), loaded
+    assert not any("model.so" in line for line in loaded), loaded
+
+
+def _edit_manifest(directory: Path, edit) -> None:
+    path = directory / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _listed(name: str, meta: dict | None = None):
+    """An edit that lists one more file, ``name``."""
+    return lambda data: data["files"].__setitem__(name, meta or {"sha256": "0" * 64, "bytes": 0})
+
+
+def _symlinked_library(directory: Path) -> str:
+    real = directory.parent / "elsewhere.so"
+    (directory / "model.so").rename(real)
+    (directory / "model.so").symlink_to(real)  # the very same bytes, through a link
+    return f"{directory}/model.so: a symbolic link"
+
+
+def _renamed_params(directory: Path, name: str) -> None:
+    """params.safetensors moved to ``name``, the manifest following it (sizes and hashes unchanged)."""
+    (directory / name).parent.mkdir(exist_ok=True)
+    (directory / "params.safetensors").rename(directory / name)
+
+    def edit(data):
+        data["files"][name] = data["files"].pop("params.safetensors")
+        for graph in data["graphs"].values():
+            if graph.get("params") == "params.safetensors":
+                graph["params"] = name
+
+    _edit_manifest(directory, edit)
+
+
+def _symlinked_folder(directory: Path) -> str:
+    _renamed_params(directory, "weights/params.safetensors")
+    (directory / "weights").rename(directory.parent / "weights")
+    (directory / "weights").symlink_to(directory.parent / "weights")
+    return f"{directory}/weights: a symbolic link"
+
+
+def _truncated_params(directory: Path) -> str:
+    params = directory / "params.safetensors"
+    size = params.stat().st_size
+    params.write_bytes(params.read_bytes()[:-4])
+    return f"params.safetensors: {size - 4} bytes, the manifest says {size}"
+
+
+def _missing_file(directory: Path) -> str:
+    (directory / "reference.npz").unlink()
+    return f"{directory}: reference.npz, listed in the manifest, is missing"
+
+
+def _manifest_edit(edit, message: str):
+    def damage(directory: Path) -> str:
+        _edit_manifest(directory, edit)
+        return message
+
+    return damage
+
+
+def _unlinked(data: dict) -> None:
+    """The manifest of a bundle whose objects are still to link (model.tar), as a Metal bundle's is."""
+    data["files"]["model.tar"] = data["files"].pop("model.so")
+    for graph in data["graphs"].values():
+        if graph.get("file") == "model.so":
+            graph["file"] = "model.tar"
+
+
+def _symlinked_manifest(directory: Path) -> str:
+    (directory / "manifest.json").rename(directory.parent / "manifest.json")
+    (directory / "manifest.json").symlink_to(directory.parent / "manifest.json")
+    return "manifest.json: not a regular file"
+
+
+def _huge_manifest(directory: Path) -> str:
+    with open(directory / "manifest.json", "ab") as f:
+        f.write(b" " * (16 << 20))
+    return "bytes, more than a manifest can hold"
+
+
+NOT_INSIDE = "is not a relative path inside the artifact directory"
+DAMAGES = {
+    "symlinked library": _symlinked_library,
+    "symlinked folder on a listed path": _symlinked_folder,
+    "truncated params": _truncated_params,
+    "missing listed file": _missing_file,
+    "symlinked manifest": _symlinked_manifest,
+    "manifest over 16 MiB": _huge_manifest,
+    "bad schema": _manifest_edit(lambda d: d.update(schema="rwkv-edge.artifact/1"),
+                                 "written by another version of rwkv-edge (schema 'rwkv-edge.artifact/1'"),
+    "name with ..": _manifest_edit(_listed("../outside.so"), f"file name '../outside.so' {NOT_INSIDE}"),
+    "absolute name": _manifest_edit(_listed("/etc/passwd"), f"file name '/etc/passwd' {NOT_INSIDE}"),
+    "empty component": _manifest_edit(_listed("weights//w.bin"), f"file name 'weights//w.bin' {NOT_INSIDE}"),
+    "dot component": _manifest_edit(_listed("./w.bin"), f"file name './w.bin' {NOT_INSIDE}"),
+    "backslash": _manifest_edit(_listed("weights\\w.bin"), f"file name 'weights\\\\w.bin' {NOT_INSIDE}"),
+    "newline and NUL": _manifest_edit(_listed("a\nb\0"), f"file name 'a\\x0ab\\x00' {NOT_INSIDE}"),
+    "name too long": _manifest_edit(_listed("é" * 1025), NOT_INSIDE),
+    "reserved name": _manifest_edit(_listed("parity.json"), "file name 'parity.json' is reserved"),
+    "upper-case sha256": _manifest_edit(_listed("x.bin", {"sha256": "A" * 64, "bytes": 0}),
+                                        "files['x.bin'].sha256 is not a sha256 hex digest"),
+    "negative size": _manifest_edit(_listed("x.bin", {"sha256": "0" * 64, "bytes": -1}),
+                                    "files['x.bin'].bytes is negative"),
+    "boolean size": _manifest_edit(_listed("x.bin", {"sha256": "0" * 64, "bytes": True}),
+                                   "files['x.bin'].bytes has the wrong type (boolean)"),
+    "params not listed": _manifest_edit(lambda d: d["graphs"]["step"].update(params="other.safetensors"),
+                                        "graphs.step.params 'other.safetensors' is not one of the listed files"),
+    "objects not linked": _manifest_edit(_unlinked, "holds no linked model.so (files: model.tar, params.safetensors, "
+                                                    "reference.npz); link it for the target first"),
+}
+
+
+@needs_host
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_bundle_is_refused_with_one_line(damage, bundle, host_runner, tmp_path):
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    message = DAMAGES[damage](directory)
+    assert_refused(run_runner(host_runner, directory), message)
+
+
+@needs_host
+def test_listed_files_in_a_folder_are_found(bundle, host_runner, tmp_path):
+    """A listed path through a real folder is fine (a symlinked one is refused above)."""
+    directory = shutil.copytree(bundle("v7", HOST), tmp_path / "bundle")
+    _renamed_params(directory, "weights/params.safetensors")
+    done = run_runner(host_runner, directory)
+    assert done.returncode == 0, done.stderr
+
+
+SHA256_DRIVER = r"""
+#include "sha256.h"
+#include <cstdio>
+#include <vector>
+
+// Prints the sha256 of each file named, fed to Update in pieces of 1 to 1000 bytes.
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::FILE* f = std::fopen(argv[i], "rb");
+    if (f == nullptr) return 1;
+    rwkv_edge::Sha256 h;
+    std::vector<char> buffer(1000);
+    size_t piece = 1;
+    for (size_t n; (n = std::fread(buffer.data(), 1, piece, f)) > 0; piece = piece * 7 % 1000 + 1) h.Update(buffer.data(), n);
+    std::fclose(f);
+    std::printf("%s\n", h.HexDigest().c_str());
+  }
+  return 0;
+}
+"""
+
+
+@needs_host
+def test_the_runners_sha256_agrees_with_hashlib(bundle, tmp_path):
+    """runtime/cpp/sha256.cc on the FIPS 180-4 examples, every length around the block and padding
+    boundaries, data split into uneven pieces, and a bundle's real files."""
+    (tmp_path / "driver.cc").write_text(SHA256_DRIVER)
+    sources = native_runner.SOURCES
+    compiler = shutil.which("g++") or shutil.which("c++")
+    subprocess.run([compiler, "-std=c++17", "-O2", f"-I{sources}", str(sources / "sha256.cc"), str(tmp_path / "driver.cc"),
+                    "-o", str(tmp_path / "driver")], check=True, capture_output=True)
+    rng = np.random.default_rng(0)
+    messages = [b"abc", b"", b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", b"a" * 1_000_000]
+    messages += [rng.bytes(n) for n in [*range(0, 200), 1000, 4095, 4096, 65537, 3_000_001]]
+    files = []
+    for i, data in enumerate(messages):
+        files.append(tmp_path / f"m{i}")
+        files[-1].write_bytes(data)
+    directory = bundle("v7", HOST)
+    files += sorted(p for p in directory.iterdir() if p.is_file())
+    done = subprocess.run([str(tmp_path / "driver"), *map(str, files)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [sha256_of(p) for p in files]
+    assert done.stdout.split()[:4] == [  # FIPS 180-4 examples (and the empty message)
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+    ]
 
 
 @needs_host
