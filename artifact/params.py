@@ -86,9 +86,9 @@ def map_params(path: Path, weights: int | Sequence[TensorSpec]) -> list[np.ndarr
     values, end = [], first
     for i, name in enumerate(names):
         value, stop = _view(path, mapping, first, name, header[name])
-        if not isinstance(weights, int) and (value.dtype != np.dtype(weights[i].dtype) or value.shape != weights[i].shape):
-            raise ArtifactError(f"{path}: {name} is {value.dtype} {list(value.shape)}, the library takes "
-                                f"{weights[i].dtype} {list(weights[i].shape)}: the weights of another bundle")
+        found = TensorSpec(str(value.dtype), value.shape)
+        if not isinstance(weights, int) and found != weights[i]:
+            raise ArtifactError(f"{path}: {name} is {found}, the library takes {weights[i]}: the weights of another bundle")
         values.append(value)
         end = max(end, stop)
     if end != size:

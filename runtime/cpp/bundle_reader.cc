@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 #include <utility>
 
 namespace rwkv_edge {
@@ -25,6 +26,12 @@ constexpr const char* kSchema = "rwkv-edge.artifact/2";
 constexpr const char* kReports[] = {"parity.json", "parity.png"};  // verify writes them beside a bundle
 constexpr size_t kMaxManifestBytes = 16u << 20;
 constexpr size_t kMaxFiles = 100000;
+constexpr int64_t kMaxChunk = 4096;  // contract.py MAX_CHUNK: tokens per prefill call
+constexpr size_t kMaxInterfaceBytes = 16u << 20;
+constexpr const char* kInterfaceFormat = "rwkv-edge interface";
+constexpr size_t kParamsAlign = 64;  // TVM's kAllocAlignment: every weight starts on it
+constexpr uint64_t kMaxParamsHeader = 16u << 20;
+constexpr const char* kParamsFormat = "rwkv-edge params";
 constexpr size_t kMaxNameChars = 1024;
 constexpr size_t kReadChunk = 1u << 20;
 // MFD_EXEC (Linux 6.3), which older headers lack: with vm.memfd_noexec=1 a memfd made without it
@@ -295,6 +302,9 @@ void ParseRuntimeFields(const json::Object& manifest, const std::string& path, M
     out->params = Str((*params).second, path + ": graphs.step.params");
     out->num_params =
         As<int64_t>(Field(step, "num_params", path + ": graphs.step"), path + ": graphs.step.num_params");
+    if (out->num_params < 0 || out->num_params > static_cast<int64_t>(kMaxFiles)) {
+      throw BundleError(path + ": graphs.step.num_params " + std::to_string(out->num_params) + " is out of range");
+    }
   }
   auto prefill = graphs.find(ffi::String("prefill"));
   if (prefill != graphs.end()) {  // the same weights as main (compile/params.py lifts one list for both)
@@ -303,7 +313,10 @@ void ParseRuntimeFields(const json::Object& manifest, const std::string& path, M
     out->prefill = Str(Field(graph, "function", where), where + ".function");
     out->chunk = As<int64_t>(Field(graph, "chunk", where), where + ".chunk");
     out->all_logits = As<bool>(Field(graph, "all_logits", where), where + ".all_logits");
-    if (out->chunk < 1) throw BundleError(path + ": graphs.prefill.chunk must be at least 1");
+    if (out->chunk < 1 || out->chunk > kMaxChunk) {
+      throw BundleError(where + ".chunk " + std::to_string(out->chunk) + " is not 1 to " + std::to_string(kMaxChunk) +
+                        " tokens");
+    }
   }
 }
 
@@ -354,6 +367,85 @@ int SealedCopy(const std::vector<uint8_t>& bytes, const std::string& path) {
   }
   return owner.release();
 }
+
+// ---------------------------------------------------------------------------------------------
+// the library's interface() and the weights it takes
+
+// Python's tuple syntax, as artifact/interface.py prints a shape: (1,), (1, 16).
+std::string Shape(const std::vector<int64_t>& shape) {
+  std::string dims;
+  for (int64_t d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
+  return "(" + dims + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::string Describe(const TensorSpec& t) { return t.dtype + " " + Shape(t.shape); }
+
+std::vector<TensorSpec> Specs(const json::Value& value, const std::string& where) {
+  std::vector<TensorSpec> specs;
+  for (const json::Value& item : As<json::Array>(value, where)) {
+    auto pair = As<json::Array>(item, where + " entry");
+    if (pair.size() != 2) throw BundleError(where + ": an entry is not [dtype, shape]");
+    TensorSpec spec;
+    spec.dtype = Str(pair[0], where + " dtype");
+    for (const json::Value& d : As<json::Array>(pair[1], where + " shape")) {
+      int64_t n = As<int64_t>(d, where + " shape");
+      if (n < 0) throw BundleError(where + ": a negative dimension");
+      spec.shape.push_back(n);
+    }
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
+// (what a function must take or return by the manifest, the field that says so)
+using Expected = std::vector<std::pair<TensorSpec, std::string>>;
+
+Expected StateSpecs(const Manifest& m, bool outputs, Expected first) {
+  for (const StateSpec& t : m.state) {
+    std::vector<int64_t> shape = t.shape;
+    shape.insert(shape.begin(), 1);
+    const std::string name = outputs ? t.output : "state." + t.output.substr(std::string("state_out.").size());
+    first.push_back({{"float32", shape}, "state " + name});
+  }
+  return first;
+}
+
+void Compare(const std::string& where, const std::string& function, const std::string& side,
+             const std::vector<TensorSpec>& got, const Expected& want) {
+  if (got.size() != want.size()) {
+    throw BundleError(where + ": " + function + " has " + std::to_string(got.size()) + " " + side + "s, the manifest implies " +
+                      std::to_string(want.size()) + ": it belongs to another model");
+  }
+  for (size_t i = 0; i < got.size(); ++i) {
+    const TensorSpec& expected = want[i].first;
+    if (got[i].dtype != expected.dtype || got[i].shape != expected.shape) {
+      throw BundleError(where + ": " + function + "'s " + side + " " + std::to_string(i) + " is " + Describe(got[i]) +
+                        ", the manifest implies " + Describe(expected) + " (" + want[i].second + ")");
+    }
+  }
+}
+
+std::string ParamsDtype(const std::string& code) {  // artifact/params.py DTYPES
+  if (code == "F32") return "float32";
+  if (code == "F16") return "float16";
+  if (code == "I8") return "int8";
+  if (code == "U8") return "uint8";
+  return "";
+}
+
+DLDataType DlType(const std::string& dtype) {
+  if (dtype == "float32") return {kDLFloat, 32, 1};
+  if (dtype == "float16") return {kDLFloat, 16, 1};
+  if (dtype == "int8") return {kDLInt, 8, 1};
+  return {kDLUInt, 8, 1};
+}
+
+// An "allocator" that hands out a pointer into the mapping: the tensor owns nothing.
+struct MappedView {
+  void* data;
+  void AllocData(DLTensor* t) { t->data = data; }
+  void FreeData(DLTensor*) {}
+};
 
 }  // namespace
 
@@ -432,6 +524,140 @@ OpenedBundle OpenBundle(const std::string& dir, const std::string& expect_sha256
     }
   }
   return bundle;
+}
+
+std::vector<TensorSpec> CheckInterface(const Manifest& m, const std::string& text, const std::string& where) {
+  auto fail = [&](const std::string& problem) {
+    return BundleError(where + ": its interface() " + problem + ": not a library made by this rwkv-edge; recompile it");
+  };
+  if (text.size() > kMaxInterfaceBytes) throw fail("is " + std::to_string(text.size()) + " bytes");
+  ffi::String error;
+  json::Value root = json::Parse(ffi::String(text), &error);
+  std::optional<json::Object> record = root.as<json::Object>();
+  if (!error.empty() || !record.has_value()) throw fail("is not a JSON object");
+  auto format = record->find(ffi::String("format"));
+  if (format == record->end() || !(*format).second.as<ffi::String>().has_value() ||
+      std::string((*format).second.cast<ffi::String>()) != kInterfaceFormat) {
+    throw fail(std::string("is not an '") + kInterfaceFormat + "' object");
+  }
+  const int64_t rows = As<int64_t>(Field(*record, "vocab_size", where + ": interface()"), where + ": interface().vocab_size");
+  if (rows != m.vocab_size) {
+    throw BundleError(where + ": its embedding has " + std::to_string(rows) + " rows, the manifest says vocab_size " +
+                      std::to_string(m.vocab_size));
+  }
+  auto functions = As<json::Object>(Field(*record, "functions", where + ": interface()"), where + ": interface().functions");
+  const std::vector<int64_t> logits = {1, m.vocab_size};
+  std::vector<std::tuple<std::string, std::string, Expected, Expected>> graphs = {
+      {"step", "main", StateSpecs(m, false, {{{"int64", {1}}, "a step takes one token"}}),
+       StateSpecs(m, true, {{{"float32", logits}, "config.vocab_size"}})}};
+  if (!m.prefill.empty()) {
+    std::vector<int64_t> all = {1, m.chunk, m.vocab_size};
+    graphs.emplace_back("prefill", m.prefill, StateSpecs(m, false, {{{"int64", {1, m.chunk}}, "graphs.prefill.chunk"}}),
+                        StateSpecs(m, true, {m.all_logits ? std::make_pair(TensorSpec{"float32", all},
+                                                                           std::string("graphs.prefill.all_logits, config.vocab_size"))
+                                                          : std::make_pair(TensorSpec{"float32", logits},
+                                                                           std::string("config.vocab_size"))}));
+  }
+  for (const auto& [role, function, inputs, outputs] : graphs) {
+    auto found = functions.find(ffi::String(function));
+    if (found == functions.end()) {
+      throw BundleError(where + ": has no function " + Quoted(function) + ", which the manifest's graphs." + role + " names");
+    }
+    auto signature = As<json::Object>((*found).second, where + ": interface()." + function);
+    Compare(where, function, "input", Specs(Field(signature, "inputs", where), where + ": interface() inputs"), inputs);
+    Compare(where, function, "output", Specs(Field(signature, "outputs", where), where + ": interface() outputs"), outputs);
+  }
+  std::vector<TensorSpec> weights = Specs(Field(*record, "weights", where + ": interface()"), where + ": interface().weights");
+  if (!m.params.empty() && static_cast<int64_t>(weights.size()) != m.num_params) {
+    throw BundleError(where + ": its functions take " + std::to_string(weights.size()) +
+                      " weights, the manifest's graphs.step.num_params says " + std::to_string(m.num_params) +
+                      ": the library belongs to another bundle");
+  }
+  return weights;
+}
+
+Weights::Weights(MappedFile file, const std::string& path, const std::vector<TensorSpec>& expected)
+    : file_(std::move(file)) {
+  const char* base = file_.data();
+  const size_t size = file_.size();
+  if (size < 8) throw BundleError(path + ": not a params file (shorter than its header length)");
+  uint64_t length = 0;
+  for (int b = 7; b >= 0; --b) length = length << 8 | static_cast<unsigned char>(base[b]);
+  if (length == 0 || length > kMaxParamsHeader || length > size - 8) {
+    throw BundleError(path + ": not a params file (a header of " + std::to_string(length) + " bytes in a " +
+                      std::to_string(size) + "-byte file)");
+  }
+  const size_t first = 8 + static_cast<size_t>(length);
+  ffi::String error;
+  json::Value root = json::Parse(ffi::String(std::string(base + 8, length)), &error);
+  std::optional<json::Object> header = root.as<json::Object>();
+  if (!error.empty() || !header.has_value()) throw BundleError(path + ": unreadable header");
+  auto meta = header->find(ffi::String("__metadata__"));
+  bool ours = false;
+  if (meta != header->end()) {
+    if (auto m = (*meta).second.as<json::Object>()) {
+      auto format = m->find(ffi::String("format"));
+      ours = format != m->end() && (*format).second.as<ffi::String>().has_value() &&
+             std::string((*format).second.cast<ffi::String>()) == kParamsFormat;
+    }
+  }
+  if (!ours || first % kParamsAlign != 0) {
+    throw BundleError(path + ": not an aligned rwkv-edge params file (an older bundle? recompile it)");
+  }
+  size_t count = 0;
+  for (const auto& kv : *header) {
+    std::string key(kv.first.cast<ffi::String>());
+    if (key.size() > 1 && key[0] == 'w' && key.find_first_not_of("0123456789", 1) == std::string::npos) ++count;
+  }
+  if (count != expected.size()) {
+    throw BundleError(path + ": holds " + std::to_string(count) + " weights, the library takes " +
+                      std::to_string(expected.size()));
+  }
+  size_t end = first;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const std::string name = "w" + std::to_string(i);
+    auto it = header->find(ffi::String(name));
+    if (it == header->end()) throw BundleError(path + ": no " + name);
+    tensors_.push_back(View(path, name, As<json::Object>((*it).second, path + ": " + name), expected[i], first, &end));
+  }
+  if (end != size) {
+    throw BundleError(path + ": " + std::to_string(size) + " bytes, its header describes " + std::to_string(end));
+  }
+}
+
+ffi::Tensor Weights::View(const std::string& path, const std::string& name, const json::Object& entry,
+                          const TensorSpec& expected, size_t first, size_t* end) {
+  const std::string where = path + ": " + name;
+  const std::string code = Str(Field(entry, "dtype", where), where + " dtype");
+  TensorSpec spec{ParamsDtype(code), {}};
+  if (spec.dtype.empty()) throw BundleError(where + ": dtype " + Quoted(code) + " (a params file holds F32, F16, I8, U8)");
+  const size_t itemsize = DlType(spec.dtype).bits / 8;
+  size_t bytes = itemsize;
+  for (const json::Value& d : As<json::Array>(Field(entry, "shape", where), where + " shape")) {
+    int64_t n = As<int64_t>(d, where + " shape");
+    if (n < 0 || (n > 0 && bytes > file_.size() / static_cast<size_t>(n))) {
+      throw BundleError(where + ": a negative dimension, or more bytes than the file holds");
+    }
+    spec.shape.push_back(n);
+    bytes *= static_cast<size_t>(n);
+  }
+  if (spec.dtype != expected.dtype || spec.shape != expected.shape) {
+    throw BundleError(where + " is " + Describe(spec) + ", the library takes " + Describe(expected) +
+                      ": the weights of another bundle");
+  }
+  auto offsets = As<json::Array>(Field(entry, "data_offsets", where), where + " data_offsets");
+  if (offsets.size() != 2) throw BundleError(where + ": data_offsets is not [begin, end]");
+  const int64_t begin = As<int64_t>(offsets[0], where + " offset"), stop = As<int64_t>(offsets[1], where + " offset");
+  if (begin < 0 || stop < begin || static_cast<size_t>(stop - begin) != bytes ||
+      static_cast<size_t>(stop) > file_.size() - first || (first + static_cast<size_t>(begin)) % kParamsAlign != 0) {
+    throw BundleError(where + ": bytes " + std::to_string(begin) + ".." + std::to_string(stop) + " of the data: not " +
+                      std::to_string(kParamsAlign) + "-byte aligned, not its size, or past the end of the file");
+  }
+  *end = std::max(*end, first + static_cast<size_t>(stop));
+  // The library only reads its weights: a view of the read-only mapping is safe to hand it.
+  return ffi::Tensor::FromNDAlloc(MappedView{const_cast<char*>(file_.data()) + first + begin},
+                                  ffi::ShapeView(spec.shape.data(), spec.shape.size()), DlType(spec.dtype),
+                                  DLDevice{kDLCPU, 0});
 }
 
 ffi::Module LoadLibrary(std::vector<uint8_t> bytes, const std::string& path) {

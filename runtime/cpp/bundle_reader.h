@@ -13,12 +13,17 @@
 // bytes; LoadLibrary then loads exactly them, so a library swapped on disk after the check is never
 // the one that runs. The params file is mapped and hashed through the mapping (a mapping is only as
 // fixed as the file under it: docs/artifacts.md).
+//
+// Once the library is loaded, CheckInterface holds the manifest to what the library says of itself
+// (its interface(), artifact/interface.py) and Weights holds the params file's header to the weights
+// the library takes, so a tampered field is one clear line before any step runs.
 
 #ifndef RWKV_EDGE_BUNDLE_READER_H_
 #define RWKV_EDGE_BUNDLE_READER_H_
 
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
 
@@ -86,6 +91,12 @@ struct Manifest {
   bool all_logits = false;  // prefill returns (1, chunk, V) logits, not (1, V)
 };
 
+// A tensor a library takes or returns: numpy's dtype name ("float32", "int64", ...) and its shape.
+struct TensorSpec {
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+
 // A file mapped read-only (MAP_PRIVATE); unmapped when the object goes.
 class MappedFile {
  public:
@@ -116,6 +127,31 @@ struct OpenedBundle {
 // Opens the bundle in `dir` as the header comment says; `expect_sha256` (64 lowercase hex digits, or
 // empty: no pin) is the sha256 manifest.json must have. BundleError for anything that fails.
 OpenedBundle OpenBundle(const std::string& dir, const std::string& expect_sha256);
+
+// Parses a loaded library's interface() bytes (`text`; artifact/interface.py has the format) and holds
+// the manifest to them as the Python reader does: the embedding's rows against config.vocab_size,
+// main's and the prefill function's inputs and outputs against the state, graphs.prefill.chunk and
+// graphs.prefill.all_logits, the number of weights against graphs.step.num_params. Returns the
+// weights the functions take after their inputs. BundleError naming the field that disagrees.
+std::vector<TensorSpec> CheckInterface(const Manifest& manifest, const std::string& text, const std::string& where);
+
+// The weights of a params file (artifact/params.py): w0, w1, ... as views of its mapping, the header
+// checked against the file's size and each weight's dtype and shape against what the library takes.
+class Weights {
+ public:
+  Weights() = default;
+  // Takes the mapping OpenBundle made (and hashed); BundleError for a file that is not such a params
+  // file or holds other weights than `expected`.
+  Weights(MappedFile file, const std::string& path, const std::vector<TensorSpec>& expected);
+  const std::vector<ffi::Tensor>& tensors() const { return tensors_; }
+
+ private:
+  ffi::Tensor View(const std::string& path, const std::string& name, const json::Object& entry,
+                   const TensorSpec& expected, size_t first, size_t* end);
+
+  MappedFile file_;  // before the views: unmapped after they are gone
+  std::vector<ffi::Tensor> tensors_;
+};
 
 // Loads `bytes` (an OpenedBundle's library) as a TVM module from a sealed in-memory copy: no file
 // anyone can change between the hash and the load. `path` names the library in messages.

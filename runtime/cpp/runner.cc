@@ -60,7 +60,6 @@ using rwkv_edge::As;
 using rwkv_edge::BundleError;
 using rwkv_edge::Field;
 using rwkv_edge::Manifest;
-using rwkv_edge::MappedFile;
 using rwkv_edge::StateSpec;
 
 constexpr int kExitRuntime = 1;  // TVM failed while loading or running the model
@@ -292,114 +291,6 @@ const T* Data(const ffi::Tensor& t, DLDataType dtype, const std::vector<int64_t>
   return reinterpret_cast<const T*>(static_cast<const char*>(t.data_ptr()) + t.byte_offset());
 }
 
-// ---------------------------------------------------------------------------------------------
-// the weights: params.safetensors mapped, each tensor a view (artifact/params.py describes the file)
-
-constexpr size_t kParamsAlign = 64;  // TVM's kAllocAlignment: every tensor starts on it
-constexpr uint64_t kMaxHeader = 16u << 20;
-
-// An "allocator" that hands out a pointer into the mapping: the tensor owns nothing.
-struct MappedView {
-  void* data;
-  void AllocData(DLTensor* t) { t->data = data; }
-  void FreeData(DLTensor*) {}
-};
-
-class MappedParams {
- public:
-  // Takes the params file as OpenBundle mapped (and hashed) it and makes a view of each of
-  // w0 ... w{count-1}; InputError for any file that is not such a params file.
-  void Adopt(MappedFile file, const std::string& path, int64_t count) {
-    file_ = std::move(file);
-    base_ = file_.data();
-    size_ = file_.size();
-    if (size_ < 8) throw InputError(path + ": not a params file (shorter than its header length)");
-
-    uint64_t length = 0;
-    for (int b = 7; b >= 0; --b) length = length << 8 | static_cast<unsigned char>(base_[b]);
-    if (length == 0 || length > kMaxHeader || length > size_ - 8) {
-      throw InputError(path + ": not a params file (a header of " + std::to_string(length) + " bytes)");
-    }
-    const size_t first = 8 + static_cast<size_t>(length);
-    ffi::String error;
-    json::Value root = json::Parse(ffi::String(std::string(base_ + 8, length)), &error);
-    if (!error.empty()) throw InputError(path + ": unreadable header (" + std::string(error) + ")");
-    auto header = As<json::Object>(root, path + ": header");
-    auto meta = header.find(ffi::String("__metadata__"));
-    bool ours = meta != header.end() && (*meta).second.try_cast<json::Object>().has_value();
-    if (ours) {
-      auto m = (*meta).second.cast<json::Object>();
-      auto format = m.find(ffi::String("format"));
-      std::optional<ffi::String> name;
-      if (format != m.end()) name = (*format).second.try_cast<ffi::String>();
-      ours = name.has_value() && std::string(*name) == "rwkv-edge params";
-    }
-    if (!ours || first % kParamsAlign != 0) {
-      throw InputError(path + ": not an aligned rwkv-edge params file (an older bundle? recompile it)");
-    }
-    int64_t weights = 0;
-    for (const auto& kv : header) {
-      std::string key(kv.first.cast<ffi::String>());
-      if (key.size() > 1 && key[0] == 'w' && key.find_first_not_of("0123456789", 1) == std::string::npos) ++weights;
-    }
-    if (weights != count) {
-      throw InputError(path + ": holds " + std::to_string(weights) + " weights, the library takes " + std::to_string(count));
-    }
-    size_t end = first;
-    for (int64_t i = 0; i < count; ++i) {
-      std::string name = "w" + std::to_string(i);
-      auto it = header.find(ffi::String(name));
-      if (it == header.end()) throw InputError(path + ": no " + name);
-      tensors_.push_back(View(path, name, As<json::Object>((*it).second, path + ": " + name), first, &end));
-    }
-    if (end != size_) {
-      throw InputError(path + ": " + std::to_string(size_) + " bytes, its header describes " + std::to_string(end));
-    }
-  }
-
-  const std::vector<ffi::Tensor>& tensors() const { return tensors_; }
-
- private:
-  ffi::Tensor View(const std::string& path, const std::string& name, const json::Object& entry, size_t first,
-                   size_t* end) {
-    const std::string where = path + ": " + name;
-    std::string code(As<ffi::String>(Field(entry, "dtype", where), where + " dtype"));
-    DLDataType dtype;
-    if (code == "F32") dtype = {kDLFloat, 32, 1};
-    else if (code == "F16") dtype = {kDLFloat, 16, 1};
-    else if (code == "I8") dtype = {kDLInt, 8, 1};
-    else if (code == "U8") dtype = {kDLUInt, 8, 1};
-    else throw InputError(where + ": dtype " + code + " (a params file holds F32, F16, I8, U8)");
-    std::vector<int64_t> shape;
-    size_t bytes = dtype.bits / 8;
-    for (const json::Value& d : As<json::Array>(Field(entry, "shape", where), where + " shape")) {
-      int64_t n = As<int64_t>(d, where + " shape");
-      if (n < 0 || (n > 0 && bytes > size_ / static_cast<size_t>(n))) {
-        throw InputError(where + ": a negative dimension, or more bytes than the file holds");
-      }
-      shape.push_back(n);
-      bytes *= static_cast<size_t>(n);
-    }
-    auto offsets = As<json::Array>(Field(entry, "data_offsets", where), where + " data_offsets");
-    if (offsets.size() != 2) throw InputError(where + ": data_offsets is not [begin, end]");
-    int64_t begin = As<int64_t>(offsets[0], where + " offset"), stop = As<int64_t>(offsets[1], where + " offset");
-    if (begin < 0 || stop < begin || static_cast<size_t>(stop - begin) != bytes ||
-        first + static_cast<size_t>(stop) > size_ || (first + static_cast<size_t>(begin)) % kParamsAlign != 0) {
-      throw InputError(where + ": bytes " + std::to_string(begin) + ".." + std::to_string(stop) + " of the data: not " +
-                       std::to_string(kParamsAlign) + "-byte aligned, not its size, or past the end of the file");
-    }
-    *end = std::max(*end, first + static_cast<size_t>(stop));
-    // The library only reads its weights: a view of the read-only mapping is safe to hand it.
-    return ffi::Tensor::FromNDAlloc(MappedView{const_cast<char*>(base_) + first + begin},
-                                    ffi::ShapeView(shape.data(), shape.size()), dtype, kCPU);
-  }
-
-  MappedFile file_;  // before the views: unmapped after they are gone
-  const char* base_ = nullptr;
-  size_t size_ = 0;
-  std::vector<ffi::Tensor> tensors_;
-};
-
 std::vector<int64_t> Batched(const std::vector<int64_t>& shape) {
   std::vector<int64_t> b = shape;
   b.insert(b.begin(), 1);
@@ -414,22 +305,25 @@ class Model {
         token_(Empty({1}, DLDataType{kDLInt, 64, 1})),
         chunk_(Empty({1, std::max<int64_t>(manifest_.chunk, 1)}, DLDataType{kDLInt, 64, 1})) {
     const std::string so_path = bundle.dir + "/" + rwkv_edge::kLibrary;
-    if (!manifest_.params.empty()) {
-      params_.Adopt(std::move(bundle.params), bundle.dir + "/" + manifest_.params, manifest_.num_params);
-    }
     ffi::Module lib = rwkv_edge::LoadLibrary(std::move(bundle.library), so_path);
     ffi::Module vm = Get(lib, "vm_load_executable", so_path)().cast<ffi::Module>();
     Get(vm, "vm_initialization", so_path)(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    // What the library says it takes, before anything else runs: the manifest and the weights are held
+    // to it (the token range, the state, the prefill chunk, every weight's dtype and shape).
+    ffi::Optional<ffi::Function> interface = vm->GetFunction("interface");
+    if (!interface.has_value()) {
+      throw InputError(so_path + ": built by an older rwkv-edge (no interface() function): recompile it");
+    }
+    auto text = (*interface)().cast<ffi::Tensor>();
+    const uint8_t* bytes = Data<uint8_t>(text, DLDataType{kDLUInt, 8, 1}, {text.numel()}, "interface()");
+    std::vector<rwkv_edge::TensorSpec> weights =
+        rwkv_edge::CheckInterface(manifest_, std::string(bytes, bytes + text.numel()), so_path);
+    if (!manifest_.params.empty()) {
+      params_ = rwkv_edge::Weights(std::move(bundle.params), bundle.dir + "/" + manifest_.params, weights);
+    }
     main_ = Get(vm, "main", so_path);
     if (!manifest_.prefill.empty()) prefill_ = Get(vm, manifest_.prefill.c_str(), so_path);
     initial_state_ = Get(vm, "initial_state", so_path);
-    // The token range comes from the library (its embedding's rows), not from the manifest.
-    auto rows = Get(vm, "vocab_size", so_path)().cast<ffi::Tensor>();
-    int64_t vocab = *Data<int64_t>(rows, DLDataType{kDLInt, 64, 1}, {1}, "vocab_size()");
-    if (vocab != manifest_.vocab_size) {
-      throw InputError(so_path + ": its embedding has " + std::to_string(vocab) + " rows, the manifest says vocab_size " +
-                       std::to_string(manifest_.vocab_size));
-    }
   }
 
   std::vector<ffi::Tensor> InitialState() const { return CheckState(initial_state_().cast<ffi::Array<ffi::Any>>(), 0, "initial_state()"); }
@@ -509,7 +403,7 @@ class Model {
     return state;
   }
 
-  MappedParams params_;  // first: unmapped after the functions that use it are gone
+  rwkv_edge::Weights params_;  // first: unmapped after the functions that use it are gone
   Manifest manifest_;
   ffi::Tensor token_, chunk_;  // main's token (1,), prefill's tokens (1, chunk)
   ffi::Function main_, initial_state_;
@@ -530,7 +424,7 @@ int Run(const Options& opt) {
   rwkv_edge::OpenedBundle bundle = rwkv_edge::OpenBundle(opt.bundle, opt.expect_sha256);
   const Manifest manifest = bundle.manifest;
   CheckTriple(manifest, opt.bundle);  // before any code of the bundle loads
-  Model model(std::move(bundle));     // checks the manifest's vocab_size against the library's
+  Model model(std::move(bundle));     // holds the manifest to the library's interface()
   for (size_t i = 0; i < opt.tokens.size(); ++i) {
     int64_t t = opt.tokens[i];
     if (t < 0 || t >= manifest.vocab_size) {  // the compiled embedding lookup does not check

@@ -8,14 +8,18 @@ import json
 import re
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rwkv_edge.artifact import MANIFEST
+from rwkv_edge.platforms import host_arch
+from rwkv_edge.runtime.native_runner import build_runner, runner_unavailable
 
 PREFILL = 4  # the language artifacts' prefill chunk
+no_runner = runner_unavailable(host_arch())
 
 
 def manifest(edit):
@@ -98,9 +102,10 @@ CASES = {  # name -> (artifact, tampering, what the one line says)
                                                   if g["params"]]), "the library belongs to another bundle"),
     "tvm library without prefill": ("tvm", other_library("v7", 0), "has no function 'prefill'"),
     "tvm library of v5": ("tvm", other_library("v5", PREFILL), "belongs to another (model|bundle)"),
-    "params negative dims": ("tvm", params_header(lambda h: h["w0"].update(shape=[-2, -2])), "w0: a malformed entry"),
+    "params negative dims": ("tvm", params_header(lambda h: h["w0"].update(shape=[-2, -2])),
+                             "w0: (a malformed entry|a negative dimension)"),  # Python | the C++ runner
     "params 2^32 x 2^32": ("tvm", params_header(lambda h: h["w0"].update(shape=[2**32, 2**32])),
-                           r"w0 \(F32 \[4294967296, 4294967296\]\) has bytes .* not its size"),
+                           r"w0 \(F32 \[4294967296, 4294967296\]\) has bytes .* not its size|w0: .*more bytes than the file holds"),
     "params dtype": ("tvm", params_header(as_int8), "is int8 .* the library takes float32 .*: the weights of another bundle"),
     "params transposed": ("tvm", params_header(transpose_first_matrix), "the library takes .*: the weights of another bundle"),
     "onnx image size": ("vision-onnx", reference_images(32),
@@ -136,3 +141,21 @@ def test_a_tampered_field_is_one_line_before_anything_runs(case, artifact, tvm_b
     assert "Traceback" not in out + err and "rollout of" not in out  # refused before the first step
     assert re.search(message, err), err
     assert not (directory / "parity.json").exists()
+
+
+@pytest.mark.skipif(no_runner is not None, reason=f"no host runner: {no_runner}")
+@pytest.mark.parametrize("case", [case for case, (kind, _, _) in CASES.items() if kind == "tvm"])
+def test_the_cpp_runner_refuses_the_same_tampering_in_the_same_words(case, artifact, tvm_bundle, rehash):
+    """The C++ runner's reader (runtime/cpp/bundle_reader.cc) holds the bundle to the same library facts."""
+    _, tamper, message = CASES[case]
+    directory = artifact("tvm")
+    if case.startswith("tvm library"):
+        tamper(directory, tvm_bundle)
+    else:
+        tamper(directory)
+    rehash(directory)
+    done = subprocess.run([str(build_runner(log=lambda _: None)), str(directory), "--tokens", "1,2", "--out",
+                           str(directory.parent / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("rwkv-edge-runner: error: ") and re.search(message, done.stderr), done.stderr
+    assert not (directory.parent / "out").exists()
