@@ -19,13 +19,12 @@ it; the C++ runner reads the same):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import IMAGE_GRAPH
 from ..errors import ArtifactError
-from .manifest import Manifest
+from .manifest import CoreMLBuild, Manifest
 
 FORMAT = "rwkv-edge interface"
 MAX_INTERFACE_BYTES = 16 << 20
@@ -142,9 +141,10 @@ def _inputs(m: Manifest, role: str) -> list[tuple[TensorSpec, str]]:
     if role == IMAGE_GRAPH:
         c, s = m.config["in_channels"], m.config["image_size"]
         return [(TensorSpec("float32", (b, c, s, s)), "config.in_channels, config.image_size")]
-    token = (TensorSpec("int64", (b, m.graphs[role].chunk)), f"graphs.{role}.chunk") if role == "prefill" else \
-        (TensorSpec("int64", (b,)), "a step takes one token")
-    return [token, *((TensorSpec("float32", (b, *t.shape)), f"state {t.input_name}") for t in m.state)]
+    token = m.target.token_dtype if isinstance(m.target, CoreMLBuild) else "int64"  # Core ML: "int32"
+    first = (TensorSpec(token, (b, m.graphs[role].chunk)), f"graphs.{role}.chunk") if role == "prefill" else \
+        (TensorSpec(token, (b,)), "a step takes one token")
+    return [first, *((TensorSpec(_state_dtype(m), (b, *t.shape)), f"state {t.input_name}") for t in m.state)]
 
 
 def _outputs(m: Manifest, role: str) -> list[tuple[TensorSpec, str]]:
@@ -158,11 +158,11 @@ def _outputs(m: Manifest, role: str) -> list[tuple[TensorSpec, str]]:
     graph = m.graphs[role]
     logits = (TensorSpec("float32", (b, graph.chunk, m.vocab_size)), f"graphs.{role}.all_logits, config.vocab_size") \
         if graph.all_logits else (TensorSpec("float32", (b, m.vocab_size)), "config.vocab_size")
-    return [logits, *((TensorSpec("float32", (b, *t.shape)), f"state {t.output_name}") for t in m.state)]
+    stateful = isinstance(m.target, CoreMLBuild) and m.target.form == "stateful"  # states updated in place
+    return [logits, *(() if stateful else ((TensorSpec("float32", (b, *t.shape)), f"state {t.output_name}") for t in m.state))]
 
 
-def tensor_bytes(spec: TensorSpec) -> int:
-    """The bytes of a tensor of ``spec`` (every dimension a size)."""
-    import numpy as np
-
-    return math.prod(int(d) for d in spec.shape) * np.dtype(spec.dtype).itemsize
+def _state_dtype(m: Manifest) -> str:
+    """fp32 at the contract's interface; a stateful Core ML package keeps its states in its state_dtype."""
+    stateful = isinstance(m.target, CoreMLBuild) and m.target.form == "stateful"
+    return {"fp16": "float16", "fp32": "float32"}.get(m.target.state_dtype, m.target.state_dtype) if stateful else "float32"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, open_artifact
-from ..errors import ArtifactError, OptionError, StateError
+from ..artifact.interface import GraphInterface, Signature, TensorSpec, check_interface
+from ..errors import ArtifactError, OptionError, StateError, one_line
 from ..contract import StateTensor
 from ..targets.coreml import coreml_name, import_coremltools, quiet_coremltools
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
@@ -61,7 +62,8 @@ class CoreMLBackend:
         self.prefill_function = graphs["prefill"].function if "prefill" in graphs else None
         self.chunk = graphs["prefill"].chunk if "prefill" in graphs else 0
         self.package = artifact.graph("step")
-        self.vocab_size = _vocabulary(self.package, self.step_function, self.manifest.vocab_size)
+        check_interface(self.manifest, package_interface(self.package), self.package)
+        self.vocab_size = self.manifest.vocab_size  # the width of the step function's logits (checked above)
         self._initial = artifact.initial_state()
         self._run = self._mil_runner() if self.executor == "mil" else self._predict_runner()
 
@@ -149,21 +151,32 @@ class CoreMLBackend:
         return run
 
 
-def _vocabulary(package: Path, function: str, vocab_size: int) -> int:
-    """The token range, from the package's spec (the width of the step function's logits); the
-    manifest must agree."""
+_ARRAY_DTYPES = {"INT32": "int32", "FLOAT32": "float32", "FLOAT16": "float16"}
+
+
+def package_interface(package: Path) -> GraphInterface:
+    """What a Core ML package's functions take and return, by its spec: the array inputs, then the
+    states (a stateful package reads and writes them in place), and the outputs. An RGB image input
+    counts as float32 (1, 3, H, W), the pixels it stands for."""
     ct = import_coremltools()
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
     try:
         with quiet_coremltools():
             spec = ct.utils.load_spec(str(package))
     except Exception as e:  # coremltools' own errors for an unreadable package
-        raise ArtifactError(f"{package}: coremltools cannot read it: {e}") from None
-    description = {f.name: f for f in spec.description.functions}.get(function, spec.description)
-    logits = [list(o.type.multiArrayType.shape) for o in description.output if o.name == "logits"]
-    if not logits or logits[0][-1:] != [vocab_size]:
-        raise ArtifactError(f"{package}: the {function} function's logits are {logits[0] if logits else 'missing'}, "
-                            f"the manifest says vocab_size {vocab_size}")
-    return vocab_size
+        raise ArtifactError(f"{package}: coremltools cannot read it: {one_line(e)}") from None
+
+    def tensor(feature, array) -> TensorSpec:
+        if feature.type.WhichOneof("Type") == "imageType":
+            return TensorSpec("float32", (1, 3, int(feature.type.imageType.height), int(feature.type.imageType.width)))
+        code = ft.ArrayFeatureType.ArrayDataType.Name(array.dataType)
+        return TensorSpec(_ARRAY_DTYPES.get(code, code.lower()), tuple(int(d) for d in array.shape))
+
+    described = {f.name: f for f in spec.description.functions} or {"main": spec.description}
+    return GraphInterface({name: Signature(
+        tuple(tensor(f, f.type.multiArrayType) for f in d.input) + tuple(tensor(f, f.type.stateType.arrayType) for f in d.state),
+        tuple(tensor(f, f.type.multiArrayType) for f in d.output)) for name, d in described.items()})
 
 
 def _to_fp16(value: np.ndarray) -> np.ndarray:

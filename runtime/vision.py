@@ -183,12 +183,13 @@ class _CoreMLImage:
     (compile/coreml_vision.py), so normalised images are turned back into pixels first."""
 
     def __init__(self, artifact: Artifact, executor: str | None) -> None:
-        from .coreml_backend import EXECUTORS, default_executor, describe_executor
+        from .coreml_backend import EXECUTORS, default_executor, describe_executor, package_interface
 
         self.executor = executor or default_executor()
         if self.executor not in EXECUTORS:
             raise OptionError(f"unknown Core ML executor {self.executor!r}; choose {', '.join(EXECUTORS)}")
         self.package, self.output = artifact.graph(IMAGE_GRAPH), artifact.manifest.config["output"]
+        check_interface(artifact.manifest, package_interface(self.package), self.package)
         self.runs_on = describe_executor(self.executor)
         if self.executor == "mil":
             from .coreml_mil import MilProgram

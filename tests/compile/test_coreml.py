@@ -7,6 +7,7 @@ Apple's runtime); the tests that need Core ML itself run on macOS only and skip 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from dataclasses import replace
@@ -98,6 +99,22 @@ def test_spec_check_reports_what_differs(compiled):
     problems = check_spec(wrong, program.spec, program.program).problems
     assert any("spec version 8, expected 9" in p for p in problems)
     assert any("logits" in p and "300" in p for p in problems)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["graphs"]["prefill"].update(chunk=3),
+     rf"prefill's input 0 is int32 \(1, {CHUNK}\), the manifest implies int32 \(1, 3\) \(graphs.prefill.chunk\)"),
+    (lambda d: d["graphs"]["prefill"].update(all_logits=True),
+     rf"prefill's output 0 is float32 \(1, 256\), the manifest implies float32 \(1, {CHUNK}, 256\)"),
+])
+def test_a_tampered_manifest_is_one_line_before_anything_runs(compiled, tmp_path, rehash, cli, edit, message):
+    """The package's own functions say what they take: a rehashed manifest that disagrees is refused
+    before the first step (it was a numpy broadcasting traceback mid-verify)."""
+    out = Path(shutil.copytree(compiled("v7", "stateful"), tmp_path / "tampered"))
+    rehash(out, edit)
+    code, printed, err = cli("verify", str(out), "--steps", "4", "--greedy-tokens", "0")
+    assert code == 1 and err.count("\n") == 1 and re.search(message, err), err
+    assert "rollout of" not in printed
 
 
 def test_reference_evaluation_catches_a_corrupted_weight(compiled, tmp_path, rehash):
