@@ -13,16 +13,15 @@ crop becomes float32. The source itself is bounded by Pillow's decompression-bom
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .arrays import read_npy
 from .contract import IMAGENET_MEAN, IMAGENET_STD
-from .errors import ImageError, one_line
+from .errors import ImageError
 
 RESIZE_RATIO = (256, 224)  # the shorter side is resized to image_size * 256 // 224, then centre-cropped
 # Longer side / shorter side of an image: past 20:1 the centre crop keeps under 5% of it, and resizing the
@@ -139,41 +138,14 @@ def load_image_batch(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such .npy file")
-    images = _read_npy(path)
+    images = read_npy(path, ImageError, lambda shape, dtype: _check_batch_header(path, shape, dtype))
     if not np.isfinite(images).all():
         raise ImageError(f"{path}: images hold NaN or infinite values")
     return images
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    """The array of a .npy file of images, its header checked against the file's size before it is read."""
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            raise ImageError(f"{path}: an .npz archive; give one array (N, 3, H, W) saved with numpy.save")
-        f.seek(0)
-        try:
-            version = fmt.read_magic(f)
-            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f".npy format version {version[0]}.{version[1]}, not 1.0 or 2.0")
-            shape, fortran_order, dtype = read_header(f)
-        except (ValueError, OSError, EOFError) as e:
-            raise ImageError(f"{path}: not a readable .npy array ({one_line(e)}); save one with numpy.save") from None
-        _check_batch_header(path, shape, dtype)
-        expected, left = math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
-        if expected != left:
-            raise ImageError(f"{path}: its header says {dtype} {shape}, {expected:,} bytes, but {left:,} bytes follow "
-                             "it: a truncated or corrupt .npy file")
-        images = np.fromfile(f, dtype=dtype, count=math.prod(shape))  # exactly the bytes checked above
-    return np.ascontiguousarray(images.reshape(shape, order="F" if fortran_order else "C"))
-
-
 def _check_batch_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """ImageError unless a .npy header describes float32 images (N >= 1, 3, H, W)."""
-    if dtype.hasobject:
-        raise ImageError(f"{path}: not a readable .npy array (it holds pickled Python objects); save one with "
-                         "numpy.save")
     if dtype != np.float32:
         raise ImageError(f"{path}: images are {dtype}; expected float32 (N, 3, H, W), already normalised "
                          "(images.astype(numpy.float32))")

@@ -113,7 +113,7 @@ def check_interface(manifest: Manifest, graph: GraphInterface, where: Path | str
         for side, got, want in (("input", found.inputs, _inputs(manifest, role)),
                                 ("output", found.outputs, _outputs(manifest, role))):
             _compare(where, name, side, got, want, manifest.batch)
-        if graph.weights is not None and entry.params is not None and len(graph.weights) != entry.num_params:
+        if graph.weights is not None and len(graph.weights) != entry.num_params:
             raise ArtifactError(f"{where}: its functions take {len(graph.weights)} weights, the manifest's "
                                 f"graphs.{role}.num_params says {entry.num_params}: the library belongs to another bundle")
 

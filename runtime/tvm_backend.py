@@ -300,7 +300,9 @@ def library_interface(call: Callable, library: Path, manifest: Manifest) -> Grap
     against ``manifest``: ArtifactError naming the first field that disagrees, before anything else runs."""
     try:
         data = _numpy(call("interface", []))
-    except AttributeError:  # TVM: the VM has no such function
+    except (AttributeError, RuntimeError) as e:  # no such function: AttributeError here, an RPCError over RPC
+        if "interface" not in str(e):
+            raise
         raise ArtifactError(f"{library}: built by an older rwkv-edge (no interface() function): recompile it") from None
     interface = parse_interface(np.ascontiguousarray(data, dtype=np.uint8).tobytes(), library)
     check_interface(manifest, interface, library)

@@ -568,7 +568,7 @@ std::vector<TensorSpec> CheckInterface(const Manifest& m, const std::string& tex
     Compare(where, function, "output", Specs(Field(signature, "outputs", where), where + ": interface() outputs"), outputs);
   }
   std::vector<TensorSpec> weights = Specs(Field(*record, "weights", where + ": interface()"), where + ": interface().weights");
-  if (!m.params.empty() && static_cast<int64_t>(weights.size()) != m.num_params) {
+  if (static_cast<int64_t>(weights.size()) != m.num_params) {  // 0 where the manifest lists no params file
     throw BundleError(where + ": its functions take " + std::to_string(weights.size()) +
                       " weights, the manifest's graphs.step.num_params says " + std::to_string(m.num_params) +
                       ": the library belongs to another bundle");

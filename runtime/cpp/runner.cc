@@ -216,6 +216,14 @@ void WriteNpy(const std::string& path, const char* descr, const void* data, size
 // A float32 C-order array; its shape must hold `want` (shape without the batch axis) with or
 // without a leading batch axis of 1.
 std::vector<float> ReadNpyF32(const std::string& path, const std::vector<int64_t>& want) {
+  size_t count = 1;
+  for (int64_t d : want) count *= static_cast<size_t>(d);
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > count * sizeof(float) + (1u << 20)) {  // read nothing larger than a header and the data
+    throw InputError(path + ": " + std::to_string(size) + " bytes, more than a state tensor of shape " +
+                     ShapeText(want) + " takes");
+  }
   std::string text = ReadText(path);
   if (text.size() < 10 || text.compare(0, 6, "\x93NUMPY") != 0) throw InputError(path + ": not an NPY file");
   int major = static_cast<unsigned char>(text[6]);
@@ -250,8 +258,6 @@ std::vector<float> ReadNpyF32(const std::string& path, const std::vector<int64_t
   if (shape != want && shape != batched) {
     throw InputError(path + ": shape " + ShapeText(shape) + ", expected " + ShapeText(batched));
   }
-  size_t count = 1;
-  for (int64_t d : want) count *= static_cast<size_t>(d);
   if (text.size() != start + len + count * sizeof(float)) throw InputError(path + ": data size does not match its shape");
   std::vector<float> data(count);
   std::memcpy(data.data(), text.data() + start + len, count * sizeof(float));
