@@ -400,7 +400,8 @@ def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
         manifest = open_artifact(out).manifest
         if backend == "tvm":
             made_as_asked = (manifest.kind == "tvm" and manifest.target.name == options.tvm_target
-                             and manifest.weights == options.weights_of("tvm"))
+                             and manifest.weights == options.weights_of("tvm")
+                             and "interface" in manifest.graphs)  # older bundles' libraries lack interface()
         else:
             made_as_asked = manifest.kind == "onnx" and manifest.weights == options.weights_of(backend)
         made_as_asked &= getattr(manifest.graphs.get("prefill"), "chunk", 0) == _prefill_chunk(backend, options)

@@ -21,7 +21,7 @@ from ..runtime.registry import backend_of
 from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_reference, greedy_against,
                      greedy_identity)
 from ..weights import weight_format
-from .build_check import BuildReport
+from .build_check import BuildReport, check_gpu_build
 from .tolerances import tolerance_for
 from .vision import ImageParityReport
 
@@ -57,8 +57,6 @@ def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoin
     """The verdict on an opened artifact (``verify_artifact``), not yet saved."""
     directory, manifest = artifact.directory, artifact.manifest
     if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
-        from .build_check import check_gpu_build
-
         return check_gpu_build(artifact, why)
     if manifest.is_vision:
         from .vision import verify_image_artifact
