@@ -241,7 +241,8 @@ def _fake_bundle(export: Path, out: Path, target: dict, rehash) -> Path:
     shutil.copytree(export, out)
     weights = target.pop("weights", "fp32")
     rehash(out, lambda data: data.update(kind="tvm", weights=weights, compute="fp32",
-                                         target={"triple": "x86_64-linux-gnu", "tvm": {}, "linked": True, **target}))
+                                         target={"triple": "x86_64-linux-gnu", "tvm": {}, "linked": True, **target},
+                                         graphs={**data["graphs"], "interface": {"function": "interface"}}))
     return out
 
 
@@ -257,6 +258,8 @@ def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash)
     assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
     assert not bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))  # asks for a prefill function
     assert not bench._cached("tvm", cpu, sha, asked)
+    rehash(cpu, lambda data: data["graphs"].pop("interface"))  # an older rwkv-edge's bundle: its library lacks it
+    assert not bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
 
 
 def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
