@@ -261,6 +261,8 @@ def load_library(data: bytes, library: Path, device):
         with _private_copy(data, library.suffix) as path:
             module = tvm.runtime.load_module(str(path))
         return relax.VirtualMachine(module, device)
+    except ArtifactError:
+        raise
     except Exception as e:  # a library that does not load is a broken artifact
         raise ArtifactError(f"{library}: TVM cannot load it: {one_line(e, last=True)}") from None
 

@@ -400,12 +400,12 @@ std::vector<TensorSpec> Specs(const json::Value& value, const std::string& where
 // (what a function must take or return by the manifest, the field that says so)
 using Expected = std::vector<std::pair<TensorSpec, std::string>>;
 
-Expected StateSpecs(const Manifest& m, bool outputs, Expected first) {
+// `first` (the token or the logits), then the state tensors, batch axis 1, in manifest order.
+Expected StateSpecs(const Manifest& m, Expected first) {
   for (const StateSpec& t : m.state) {
     std::vector<int64_t> shape = t.shape;
     shape.insert(shape.begin(), 1);
-    const std::string name = outputs ? t.output : "state." + t.output.substr(std::string("state_out.").size());
-    first.push_back({{"float32", shape}, "state " + name});
+    first.push_back({{"float32", shape}, "state " + t.output});  // the output's name stands for the tensor
   }
   return first;
 }
@@ -548,12 +548,12 @@ std::vector<TensorSpec> CheckInterface(const Manifest& m, const std::string& tex
   auto functions = As<json::Object>(Field(*record, "functions", where + ": interface()"), where + ": interface().functions");
   const std::vector<int64_t> logits = {1, m.vocab_size};
   std::vector<std::tuple<std::string, std::string, Expected, Expected>> graphs = {
-      {"step", "main", StateSpecs(m, false, {{{"int64", {1}}, "a step takes one token"}}),
-       StateSpecs(m, true, {{{"float32", logits}, "config.vocab_size"}})}};
+      {"step", "main", StateSpecs(m, {{{"int64", {1}}, "a step takes one token"}}),
+       StateSpecs(m, {{{"float32", logits}, "config.vocab_size"}})}};
   if (!m.prefill.empty()) {
     std::vector<int64_t> all = {1, m.chunk, m.vocab_size};
-    graphs.emplace_back("prefill", m.prefill, StateSpecs(m, false, {{{"int64", {1, m.chunk}}, "graphs.prefill.chunk"}}),
-                        StateSpecs(m, true, {m.all_logits ? std::make_pair(TensorSpec{"float32", all},
+    graphs.emplace_back("prefill", m.prefill, StateSpecs(m, {{{"int64", {1, m.chunk}}, "graphs.prefill.chunk"}}),
+                        StateSpecs(m, {m.all_logits ? std::make_pair(TensorSpec{"float32", all},
                                                                            std::string("graphs.prefill.all_logits, config.vocab_size"))
                                                           : std::make_pair(TensorSpec{"float32", logits},
                                                                            std::string("config.vocab_size"))}));
