@@ -35,26 +35,33 @@ MAX_HEADER_BYTES = 16 << 20
 MAX_RANK = 8  # dimensions of one weight
 
 
-def save_params(values: list[np.ndarray], path: Path) -> None:
-    """The weights in the library's parameter order as ``w0``, ``w1``, ..., each 64-byte aligned."""
+def save_params(values: Sequence, path: Path) -> None:
+    """The weights in the library's parameter order as ``w0``, ``w1``, ..., each 64-byte aligned.
+    ``values``: arrays, or objects with ``shape``, ``dtype`` and ``__array__`` (``compile/params.py``'s
+    ``Weight``), whose values are asked for one at a time, as the file is written."""
     codes = {np.dtype(v): k for k, v in DTYPES.items()}
     header: dict[str, dict] = {"__metadata__": {"format": FORMAT, "alignment": str(ALIGNMENT)}}
     end = 0
     for i, value in enumerate(values):
-        if value.dtype not in codes:
-            raise ArtifactError(f"weight w{i} is {value.dtype}; a params file holds {', '.join(map(str, codes))}")
+        dtype = np.dtype(value.dtype)
+        if dtype not in codes:
+            raise ArtifactError(f"weight w{i} is {dtype}; a params file holds {', '.join(map(str, codes))}")
         start = -(-end // ALIGNMENT) * ALIGNMENT
         if start > end:
             header[f"pad.{i}"] = {"dtype": "U8", "shape": [start - end], "data_offsets": [end, start]}
-        end = start + value.nbytes
-        header[f"w{i}"] = {"dtype": codes[value.dtype], "shape": list(value.shape), "data_offsets": [start, end]}
+        end = start + math.prod(value.shape) * dtype.itemsize
+        header[f"w{i}"] = {"dtype": codes[dtype], "shape": list(value.shape), "data_offsets": [start, end]}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % ALIGNMENT)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for i, value in enumerate(values):
+            array = np.ascontiguousarray(value)
+            if array.shape != tuple(header[f"w{i}"]["shape"]) or array.dtype != np.dtype(value.dtype):
+                raise ArtifactError(f"weight w{i} is {array.dtype} {array.shape}, not what the header says")
             f.seek(8 + len(text) + header[f"w{i}"]["data_offsets"][0])
-            f.write(np.ascontiguousarray(value).data)
+            f.write(array.data)
+            del array
     path.chmod(0o644)
 
 

@@ -29,6 +29,7 @@ from functools import partial
 import tvm
 from tvm import s_tir, te, tirx
 
+from .params import WeightTable
 from .quantized import integer_weight
 from .schedules import PackConstantMatmuls, ScheduleParams, _inline_producers, accumulate_with_epilogue, packed_gemv
 
@@ -36,12 +37,12 @@ GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found agai
 packed_gemm = partial(packed_gemv, name=GEMM_BLOCK)  # (..., T, K) x packed W -> (..., T, n): the GEMV's compute
 
 
-def pack_gemm_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
+def pack_gemm_weights(mod: tvm.IRModule, table: WeightTable, params: ScheduleParams, bits: int = 32,
                       group: int = 0) -> tuple[tvm.IRModule, int]:
     """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs
     (quantized ones where ``W`` is exactly a ``bits``-bit quantization); returns the module and the
     count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
-    rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=False,
+    rewriter = PackConstantMatmuls(mod, table, params.tile, bits, group, one_row=False,
                                    dense=(packed_gemm, GEMM_BLOCK),
                                    quantized=(quantized_gemm, GEMM_BLOCK), dot=params.dot)
     mod = rewriter.rewrite(mod)

@@ -84,16 +84,24 @@ def pack_intdot(found: Quantized, tile: int, isa: str) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(blocks), _tiles(scales, tile)
 
 
-def emit_intdot(builder, x, found: Quantized, tile: int, isa: str, n: int):
-    """``x @ W`` for the quantized ``W`` (``found``) in int8 compute: the rounding of ``x`` (a kernel
-    of its own, once per call) and the integer dot product over ``pack_intdot``'s tiles, (..., n)."""
+def intdot_shapes(source, tile: int, isa: str, n: int) -> tuple:
+    """((shape, dtype) of the values, of the scales) that ``pack_intdot`` makes of a quantized (K, N)
+    weight ``source`` (its ``bits`` and ``group``), N padded to ``n``."""
+    k_len = source.shape[0]
+    per_block = 4 if source.bits == 8 else 8  # K values per 4-byte lane group
+    dtype = DOT_ISAS[isa].weight_dtype if source.bits == 8 else "uint8"
+    return ((n // tile, k_len // per_block, tile, 4), dtype), ((n // tile, k_len // source.group, tile), "float16")
+
+
+def emit_intdot(builder, x, values, scales, group: int, bits: int, isa: str, n: int):
+    """``x @ W`` for a quantized ``W`` in int8 compute, given ``pack_intdot``'s ``values`` and ``scales``
+    (Relax expressions): the rounding of ``x`` (a kernel of its own, once per call) and the integer
+    dot product, (..., n)."""
     from tvm import relax
 
-    values, scales = pack_intdot(found, tile, isa)
-    rounded = builder.emit_te(quantize_activations, x, found.group, primfunc_name_hint="quantize_activations")
+    rounded = builder.emit_te(quantize_activations, x, group, primfunc_name_hint="quantize_activations")
     xq, dx, xsum = (builder.emit(relax.TupleGetItem(rounded, i)) for i in range(3))
-    return builder.call_te(intdot, xq, dx, xsum, relax.const(values), relax.const(scales), n, found.bits, isa,
-                           primfunc_name_hint="intdot")
+    return builder.call_te(intdot, xq, dx, xsum, values, scales, n, bits, isa, primfunc_name_hint="intdot")
 
 
 def quantize_activations(x: te.Tensor, group: int) -> list[te.Tensor]:

@@ -39,6 +39,14 @@ def pack_quantized(found: Quantized, tile: int) -> tuple[np.ndarray, np.ndarray]
     return _tiles(values, tile), _tiles(scales, tile)
 
 
+def quantized_shapes(source, tile: int, n: int) -> tuple:
+    """((shape, dtype) of the values, of the scales) that ``pack_quantized`` makes of a quantized (K, N)
+    weight ``source`` (its ``bits`` and ``group``), N padded to ``n``."""
+    k_len = source.shape[0]
+    values = ((n // tile, k_len, tile), "int8") if source.bits == 8 else ((n // tile, k_len // 2, tile), "uint8")
+    return values, ((n // tile, k_len // source.group, tile), "float16")
+
+
 def padded(found: Quantized, tile: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The integers (as ``dtype``) and fp16 scales, (N', K) and (N', K / group), N' = N rounded up to
     whole tiles: the padding rows are zero, with zero scales."""

@@ -29,9 +29,9 @@ from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..errors import OptionError
-from ..quantize import quantized_exactly
-from .intdot import emit_intdot, schedule_intdot
-from .quantized import QGEMV_BLOCK, pack_quantized, quantized_gemv, schedule_quantized_gemv
+from .intdot import emit_intdot, intdot_shapes, pack_intdot, schedule_intdot
+from .params import Weight, WeightTable
+from .quantized import QGEMV_BLOCK, pack_quantized, quantized_gemv, quantized_shapes, schedule_quantized_gemv
 
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
 MATMUL_BLOCK = "matmul"  # TVM's matmul: one row times an activation matrix (the WKV read-out r @ S)
@@ -58,13 +58,13 @@ class ScheduleParams:
                               "width, the unroll at least 1); fix targets/tuned/<target>.json")
 
 
-def pack_gemv_weights(mod: tvm.IRModule, params: ScheduleParams, bits: int = 32,
+def pack_gemv_weights(mod: tvm.IRModule, table: WeightTable, params: ScheduleParams, bits: int = 32,
                       group: int = 0) -> tuple[tvm.IRModule, dict[str, int]]:
-    """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and one row in ``x`` into packed GEMVs; returns
-    the module and the counts. ``bits`` 8 or 4 (a quantized export, groups of ``group``): every ``W``
-    that is exactly a quantization becomes a quantized GEMV (``compile/quantized.py``), the others
-    stay fp32."""
-    rewriter = PackConstantMatmuls(mod, params.tile, bits, group, one_row=True,
+    """Rewrite ``matmul(x, W)`` with a weight ``W`` (2-D, one of ``table``'s or a large constant) and one
+    row in ``x`` into packed GEMVs; returns the module and the counts. ``bits`` 8 or 4 (a quantized
+    export, groups of ``group``): every ``W`` that stands for the export's quantization (MatMulNBits)
+    becomes a quantized GEMV (``compile/quantized.py``), the others stay fp32."""
+    rewriter = PackConstantMatmuls(mod, table, params.tile, bits, group, one_row=True,
                                    dense=(packed_gemv, GEMV_BLOCK), quantized=(quantized_gemv, QGEMV_BLOCK),
                                    dot=params.dot)
     mod = rewriter.rewrite(mod)
@@ -104,10 +104,10 @@ class PackConstantMatmuls(PyExprMutator):
     activation rounding and the integer dot product of ``compile/intdot.py``. Equal tiles in ``main`` and ``prefill`` become one parameter later
     (``compile/params.py``)."""
 
-    def __init__(self, mod: tvm.IRModule, tile: int, bits: int, group: int, one_row: bool,
+    def __init__(self, mod: tvm.IRModule, table: WeightTable, tile: int, bits: int, group: int, one_row: bool,
                  dense: tuple, quantized: tuple, dot: str = "") -> None:
         super().__init__(mod)
-        self.tile, self.bits, self.group, self.one_row, self.dot = tile, bits, group, one_row, dot
+        self.table, self.tile, self.bits, self.group, self.one_row, self.dot = table, tile, bits, group, one_row, dot
         self.kernels = {"dense": dense, "quantized": quantized}
         self.dense = self.quantized = 0  # how many of each
         self.matmul = tvm.ir.Op.get("relax.matmul")
@@ -120,35 +120,45 @@ class PackConstantMatmuls(PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        weight = call.args[1] if call.op == self.matmul else None
-        if not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 2:
+        source = self.table.weight(call.args[1]) if call.op == self.matmul else None
+        if source is None or len(source.shape) != 2:
             return call
         x_shape = call.args[0].ty.shape
         if x_shape is None or any(not isinstance(d, tirx.IntImm) for d in x_shape):
             return call
         dims = [int(d) for d in x_shape]  # (..., T, K)
-        k_len, n = weight.value.shape
+        k_len, n = source.shape
         rows = dims[-2] if len(dims) >= 2 else 1
         if dims[-1] != k_len or any(d != 1 for d in dims[:-2]) or (rows == 1) != self.one_row:
             return call
-        matrix = weight.value.numpy()  # (K, N)
         padded = -(-n // self.tile) * self.tile  # N rounded up to whole tiles (vocabularies such as 50277)
-        found = quantized_exactly(matrix.T, self.bits, self.group) if self.bits < 16 else None
-        if found is not None and self.dot:
+        quantized = source.quantized is not None and source.bits == self.bits and source.group == self.group
+        if quantized and self.dot:
             self.quantized += 1
-            out = emit_intdot(self.builder_, call.args[0], found, self.tile, self.dot, padded)
+            values, scales = self._derived(source, f"intdot/{self.dot}", intdot_shapes(source, self.tile, self.dot, padded),
+                                           lambda: pack_intdot(source.quantized(), self.tile, self.dot))
+            out = emit_intdot(self.builder_, call.args[0], values, scales, source.group, source.bits, self.dot, padded)
             return unpadded(self.builder_, out, dims, padded, n)
-        if found is not None:
+        if quantized:
             self.quantized += 1
             function, name = self.kernels["quantized"]
-            values, scales = pack_quantized(found, self.tile)
-            args = (relax.const(values), relax.const(scales), padded, found.bits)
+            values, scales = self._derived(source, "quantized", quantized_shapes(source, self.tile, padded),
+                                           lambda: pack_quantized(source.quantized(), self.tile))
+            args = (values, scales, padded, source.bits)
         else:
             self.dense += 1
             function, name = self.kernels["dense"]
-            args = (relax.const(pack_weight(matrix, self.tile)), padded)
+            shape = (padded // self.tile, k_len, self.tile)
+            args = (self.table.derive(f"packed/{self.tile}", source, shape, source.dtype,
+                                      lambda: pack_weight(np.asarray(source), self.tile)), padded)
         out = self.builder_.call_te(function, call.args[0], *args, primfunc_name_hint=name)
         return unpadded(self.builder_, out, dims, padded, n)
+
+    def _derived(self, source: Weight, how: str, shapes: tuple, pack) -> tuple:
+        """The variables of the two arrays ``pack()`` makes of ``source`` (values, scales), each
+        ``shapes[i]`` = (shape, dtype)."""
+        return tuple(self.table.derive(f"{how}/{self.tile}/{i}", source, shape, dtype, lambda i=i: pack()[i])
+                     for i, (shape, dtype) in enumerate(shapes))
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="RwkvEdgeCpuSchedule")

@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..artifact import Artifact, ArtifactWriter, Graph, Manifest, TvmBuild, open_artifact
@@ -47,6 +48,9 @@ from ..export.artifact import report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
 from . import CompileRequest
 from ..targets.tvm import host_triple
+
+if TYPE_CHECKING:
+    from .params import WeightTable
 
 GATHER_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 COMPUTES = ("int8", "fp32")  # TvmOptions.compute
@@ -101,12 +105,15 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
             return compile_image_graph(onnx, writer, target, options, linker, log)
         log(f"target {target.name}: {target.tvm_target()}, {options.weights} weights, {options.compute} compute, schedules "
             f"{_schedule_data(target, options)['params'] if options.schedules else 'off (TVM default lowering)'}")
+        from .params import WeightTable
+
         step = onnx.graph("step")
-        mod = _add_initial_state(import_graph(step, log), onnx.initial_state(), onnx.manifest)
+        table = None if gpu else WeightTable()  # GPU builds rewrite constants (compile/gpu_schedules.py)
+        mod = _add_initial_state(import_graph(step, log, table=table), onnx.initial_state(), onnx.manifest)
         rows = _embedding_rows(step)
         prefill = _prefill_graph(onnx, options, gpu, log)
         if prefill is not None:
-            mod = _add_prefill(mod, import_graph(onnx.graph("prefill"), log))
+            mod = _add_prefill(mod, import_graph(onnx.graph("prefill"), log, table=table))
         bundle = writer.dir
         if gpu:
             from .gpu import build_gpu
@@ -115,7 +122,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
                 executable, counts, params = build_gpu(mod, target, options.weights, bundle, log,
                                                        group=options.group_size or 0, vocab_size=rows)
         else:
-            executable, counts, params = _build(mod, target, options, log, vocab_size=rows)
+            executable, counts, params = _build(mod, target, options, log, vocab_size=rows, table=table)
         library = LIBRARY if linker is not None else OBJECTS
         with stage(log, f"link {library}"):
             _export(executable, bundle / library, linker)
@@ -284,21 +291,26 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
     return dataclasses.replace(options, weights=weights, group_size=manifest.group_size or None)
 
 
-def import_graph(path: Path, log: Callable[[str], None], slices: bool = True):
-    """An exported graph in Relax; MatMulNBits (int8/int4 exports), which TVM's importer does not know,
-    first become MatMuls with the exact dequantized matrices (the packing pass recovers the integers),
-    and Gathers of one constant position become slices (``compile/slices.py``; ``slices`` False: not,
-    for ``scripts/profile_kernels.py --gathers``)."""
+def import_graph(path: Path, log: Callable[[str], None], slices: bool = True, table: WeightTable | None = None):
+    """An exported graph in Relax. With a ``table``, its weights become parameters bound to the export's
+    initializers (``compile/params.py``: TVM never holds their bytes; a MatMulNBits stands for its
+    integers and scales); without, constants (image and GPU builds; MatMulNBits first become MatMuls
+    with the exact dequantized matrices, which TVM's importer knows). Gathers of one constant position
+    become slices (``compile/slices.py``; ``slices`` False: not, for ``scripts/profile_kernels.py --gathers``)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     from ..export.nbits import from_matmul_nbits
+    from .params import bind_initializers
     from .slices import gathers_as_slices
 
     with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
-        proto = onnx.load(str(path))
-        from_matmul_nbits(proto)
+        proto = onnx.load(str(path), load_external_data=table is None)
+        if table is None:
+            from_matmul_nbits(proto)
+        else:
+            bind_initializers(proto, path.parent, table)
         if slices:
             gathers_as_slices(proto)
         return from_onnx(proto, keep_params_in_input=False)
@@ -331,29 +343,31 @@ def _add_initial_state(mod, state: dict, manifest: Manifest):
 
 
 def _build(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True,
-           vocab_size: int | None = None):
+           vocab_size: int | None = None, table: WeightTable | None = None):
     """Optimise, add ``interface()`` (``vocab_size``: the embedding's rows; None for an image graph), build."""
     import tvm
 
     from .interface import add_interface
 
-    mod, counts, weights = optimise(mod, target, options, log, fuse)
+    mod, counts, weights = optimise(mod, target, options, log, fuse, table=table)
     with stage(log, f"build for {target.triple}"):
         executable = tvm.compile(add_interface(mod, vocab_size), tvm.target.Target(target.tvm_target()))
     return executable, counts, weights
 
 
 def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], None], fuse: bool = True,
-             candidate: dict[str, int] | None = None):
+             candidate: dict[str, int] | None = None, table: WeightTable | None = None):
     """``mod`` as the CPU build compiles it: weights packed and lifted, fused (unless ``fuse`` is False:
-    one kernel per op), scheduled; returns the module, the kernel counts and the lifted weights
-    (``scripts/profile_kernels.py`` times its kernels). ``candidate``: schedule parameters in place of
-    the target's tuned ones, e.g. {"tile": 64, "unroll": 8} (``scripts/tune_schedules.py`` times them)."""
+    one kernel per op), scheduled; returns the module, the kernel counts and the weights (``Weight``s,
+    ``np.asarray`` computes each; ``scripts/profile_kernels.py`` times its kernels). ``table``: the
+    weights ``import_graph`` bound (None: a module with constant weights). ``candidate``: schedule
+    parameters in place of the target's tuned ones, e.g. {"tile": 64, "unroll": 8}
+    (``scripts/tune_schedules.py`` times them)."""
     import tvm
     from tvm import relax
 
     from .gemm import ScheduleGemms, pack_gemm_weights
-    from .params import lift_weights
+    from .params import WeightTable, lift_weights
     from .schedules import ApplyCpuSchedules, ScheduleParams, pack_gemv_weights
 
     tvm_target = tvm.target.Target(target.tvm_target())
@@ -361,13 +375,14 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
     params = ScheduleParams(**{**tuned, **(candidate or {})},
                             dot=target.dot_product() if options.compute == "int8" else "")
     counts: dict[str, int] = {}
+    table = table or WeightTable()
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), _without_gather_warnings():
         if options.schedules:
             bits = weight_format(options.weights).bits
-            mod, counts["packed gemm"] = pack_gemm_weights(mod, params, bits, options.group_size or 0)
-            mod, gemvs = pack_gemv_weights(mod, params, bits, options.group_size or 0)
+            mod, counts["packed gemm"] = pack_gemm_weights(mod, table, params, bits, options.group_size or 0)
+            mod, gemvs = pack_gemv_weights(mod, table, params, bits, options.group_size or 0)
             counts.update(gemvs)
-        mod, weights = lift_weights(mod)
+        mod, weights = lift_weights(mod, table)
         fusion = [relax.transform.FuseOps(), relax.transform.FuseTIR()] if fuse else []
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion, relax.transform.DeadCodeElimination(),

@@ -30,6 +30,7 @@ from ..model.vision import is_vision_checkpoint
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
 from .artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from .graph import ContractGraph, ImageGraph
+from .cleanup import clean_up, fold_weight_transposes
 from .nbits import to_matmul_nbits
 
 # the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
@@ -128,20 +129,25 @@ def _export_graph(graph: ContractGraph | ImageGraph, path: Path, manifest: Manif
         )
     before = len(program.model.graph)
     with stage(log, f"clean up {role} graph"):
-        program.optimize()
+        clean_up(program.model)
+    fmt = weight_format(manifest.weights)
+    if fmt.quantized:
+        names = quantized_weight_names(graph)
+        log(f"  {to_matmul_nbits(program.model, names, fmt.bits, manifest.group_size)} MatMul -> MatMulNBits ({fmt.name})")
+    fold_weight_transposes(program.model.graph)
     log(f"  {role}: {before} -> {len(program.model.graph)} nodes")
     program.model.metadata_props.update(_metadata(manifest, role))
     weights = sum(p.numel() * p.element_size() for p in graph.parameters())
-    fmt = weight_format(manifest.weights)
     with stage(log, f"save and check {path.name}"):
         program.save(path, external_data=weights > EXTERNAL_DATA_BYTES)
         import onnx
 
-        if fmt.quantized:
-            proto = onnx.load(str(path))
-            log(f"  {to_matmul_nbits(proto, fmt.bits, manifest.group_size)} MatMul -> MatMulNBits ({fmt.name})")
-            onnx.save_model(proto, str(path))
         onnx.checker.check_model(str(path), full_check=True)
+
+
+def quantized_weight_names(graph: ContractGraph) -> set[str]:
+    """The graph's initializer names of the matrices ``quantize_weights`` quantized (every linear layer's)."""
+    return {f"{name}.weight" for name, module in graph.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def _metadata(manifest: Manifest, role: str) -> dict[str, str]:

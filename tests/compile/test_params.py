@@ -54,7 +54,7 @@ def test_the_lifted_module_computes_what_the_original_does():
     mod, values = lift_weights(module())
     before = relax.VirtualMachine(tvm.compile(module(), "llvm"), tvm.cpu())
     after = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
-    weights = [tvm.runtime.tensor(v) for v in values]
+    weights = [tvm.runtime.tensor(np.asarray(v)) for v in values]
     for name in ("main", "prefill"):
         want = before[name](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_array_equal(after[name](tvm.runtime.tensor(x), *weights).numpy(), want)

@@ -160,7 +160,7 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
         assert 0 < counts[f"{weights} gemv"] == quantized < counts["row gemv"], counts  # v7's LoRA factors stay fp32
         assert {np.dtype(np.int8 if fmt.bits == 8 else np.uint8), np.dtype(np.float16)} <= {v.dtype for v in values}
     vm = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
-    params = [tvm.runtime.tensor(v) for v in values]
+    params = [tvm.runtime.tensor(np.asarray(v)) for v in values]
     reference = TorchBackend(model)
     state = reference.init_state()
     names = [t.input_name for t in reference.state_spec()]

@@ -83,16 +83,21 @@ def test_onnxruntime_matmulnbits_computes_with_exactly_these_numbers(bits, group
 
     from rwkv_edge.export.nbits import from_matmul_nbits, to_matmul_nbits
 
+    import onnx_ir as ir
+
     n, k = 40, 256
     w = quantize(matrix(n, k), bits, group).dequantize()  # (N, K): what the model holds after quantize_weights
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    graph = helper.make_graph([helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+                               helper.make_node("MatMul", ["x", "wt"], ["y"])], "g",  # x @ W.T, as torch exports it
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
-                              [numpy_helper.from_array(np.ascontiguousarray(w.T), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    assert to_matmul_nbits(model, bits, group) == 1
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w, "other")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert to_matmul_nbits(model, {"other"}, bits, group) == 0  # only the matrices named
+    assert to_matmul_nbits(model, {"w"}, bits, group) == 1
+    model = ir.serde.serialize_model(model)
     assert [node.op_type for node in model.graph.node] == ["MatMulNBits"]
-    assert [i.name for i in model.graph.initializer] == ["w_q%d" % bits, "w_q%d_scales" % bits]
+    assert [i.name for i in model.graph.initializer] == ["other", "w_q%d" % bits, "w_q%d_scales" % bits]
     onnx.checker.check_model(model, full_check=True)
     x = RNG.standard_normal((3, k)).astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -101,4 +106,4 @@ def test_onnxruntime_matmulnbits_computes_with_exactly_these_numbers(bits, group
     assert np.abs(got - expected).max() / expected.std() < 1e-5  # fp32 sums of 256 products: ~1e-6
     assert from_matmul_nbits(model) == 1  # and back: the very same matrix
     back = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    np.testing.assert_array_equal(next(iter(back.values())), w.T)
+    np.testing.assert_array_equal(back["w_q%d_dequantized" % bits], w.T)
