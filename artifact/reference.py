@@ -65,10 +65,11 @@ class RecordedLogits:
     std: np.ndarray  # (T,) float64
 
     @classmethod
-    def of(cls, logits: np.ndarray, steps: Iterable[int], k: int = TOP_K) -> RecordedLogits:
-        """The record of ``logits`` (T, V) keeping the whole rows of ``steps`` (each in [0, T))."""
+    def of(cls, logits: np.ndarray, steps: Iterable[int]) -> RecordedLogits:
+        """The record of ``logits`` (T, V) keeping the whole rows of ``steps`` (each in [0, T)) and the
+        TOP_K largest of every row (all V where V is smaller)."""
         logits = np.ascontiguousarray(logits, dtype=np.float32)
-        ids = np.argsort(-logits, axis=1, kind="stable")[:, :min(k, logits.shape[1])]  # ties: the lower id first
+        ids = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]  # ties: the lower id first
         kept = np.unique(np.asarray(list(steps), dtype=np.int64))
         rows = logits.astype(np.float64)
         return cls(kept, logits[kept], ids.astype(np.int64), np.take_along_axis(logits, ids, axis=1),
