@@ -1,20 +1,27 @@
 """reference.npz: what the fp32 PyTorch model computed when the artifact was built, so that a machine
 with only the runtime and the artifact (no torch, no checkpoint) can verify it (docs/onnx-contract.md).
 
-Arrays of one .npz (read without pickle):
+Arrays of one .npz (read without pickle), version 2:
 
 - ``version`` () int64: REFERENCE_VERSION
 - ``tokens`` (T,) int64: the rollout's token ids (T = 64)
-- ``logits`` (T, V) float32: the logits after each token, the model feeding back its own state
+- the logits after each token, the model feeding back its own state, in compact form (``RecordedLogits``):
+  ``logits_steps`` (F,) int64, ascending, and ``logits_full`` (F, V) float32: the whole rows of those steps;
+  ``logits_top_ids`` (T, K) int64 and ``logits_top`` (T, K) float32: every step's K largest logits, by value
+  descending (ties: the lower id first); ``logits_mean`` and ``logits_std`` (T,) float64: every row's mean and std
 - ``state_out.{layer}.{role}`` float32, the state's shape: the state after the last token
 - ``greedy_prompt`` (P,) int64 and ``greedy_tokens`` (G,) int64: greedy generation from the prompt
 
-An image model's reference (``VisionReference``) holds ``version``, ``images`` (N, 3, H, W) float32
-and its output under the graph's output name: ``logits`` (N, classes) or ``features`` (N, C, h, w).
+Version 1 held ``logits`` (T, V) float32, every row whole; it is still read (each step then has its whole row).
+
+An image model's reference (``VisionReference``, version VISION_REFERENCE_VERSION) holds ``version``,
+``images`` (N, 3, H, W) float32 and its output under the graph's output name: ``logits`` (N, classes)
+or ``features`` (N, C, h, w).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,42 +31,135 @@ from ..contract import StateTensor
 from ..errors import ArtifactError
 from .files import read_npz
 
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # of a language model's reference; version 1 (every logit of every step) is read too
+VISION_REFERENCE_VERSION = 1
+TOP_K = 64  # the largest logits recorded for every step
+LOGITS = ("logits_steps", "logits_full", "logits_top_ids", "logits_top", "logits_mean", "logits_std")
+
+
+@dataclass(frozen=True)
+class TopLogits:
+    """One step's logits where the whole row is not recorded: its K largest and the row's mean and std."""
+
+    ids: np.ndarray  # (K,) int64, by value descending, ties by the lower id: ids[0] is the row's argmax
+    values: np.ndarray  # (K,) float32
+    mean: float  # of the whole row (float64)
+    std: float
+    vocab_size: int
+
+    @property
+    def shape(self) -> tuple[int]:
+        """The shape of the row it stands for: (V,)."""
+        return (self.vocab_size,)
+
+
+@dataclass(frozen=True)
+class RecordedLogits:
+    """The logits (T, V) of a rollout: the whole rows of a few steps; every step's K largest, mean and std."""
+
+    steps: np.ndarray  # (F,) int64, ascending: the steps whose whole row is recorded
+    full: np.ndarray  # (F, V) float32
+    top_ids: np.ndarray  # (T, K) int64
+    top: np.ndarray  # (T, K) float32
+    mean: np.ndarray  # (T,) float64
+    std: np.ndarray  # (T,) float64
+
+    @classmethod
+    def of(cls, logits: np.ndarray, steps: Iterable[int]) -> RecordedLogits:
+        """The record of ``logits`` (T, V) keeping the whole rows of ``steps`` (each in [0, T)) and the
+        TOP_K largest of every row (all V where V is smaller)."""
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        ids = np.argsort(-logits, axis=1, kind="stable")[:, :TOP_K]  # ties: the lower id first
+        kept = np.unique(np.asarray(list(steps), dtype=np.int64))
+        rows = logits.astype(np.float64)
+        return cls(kept, logits[kept], ids.astype(np.int64), np.take_along_axis(logits, ids, axis=1),
+                   rows.mean(axis=1), rows.std(axis=1))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.full.shape[1]
+
+    def at(self, step: int) -> np.ndarray | TopLogits:
+        """Step ``step``'s whole row (V,) where it is recorded, else its ``TopLogits``."""
+        where = int(np.searchsorted(self.steps, step))
+        if where < len(self.steps) and self.steps[where] == step:
+            return self.full[where]
+        return TopLogits(self.top_ids[step], self.top[step], float(self.mean[step]), float(self.std[step]),
+                         self.vocab_size)
 
 
 @dataclass(frozen=True)
 class Reference:
     tokens: np.ndarray  # (T,) int64
-    logits: np.ndarray  # (T, V) float32
+    logits: RecordedLogits  # after each token
     state: dict[str, np.ndarray]  # state_out.{layer}.{role} after the last token
     greedy_prompt: np.ndarray  # (P,) int64
     greedy_tokens: np.ndarray  # (G,) int64
 
     def save(self, path: Path) -> None:
+        logits = self.logits
         with open(path, "wb") as f:
-            np.savez(f, version=np.int64(REFERENCE_VERSION), tokens=self.tokens, logits=self.logits,
-                     greedy_prompt=self.greedy_prompt, greedy_tokens=self.greedy_tokens, **self.state)
+            np.savez(f, version=np.int64(REFERENCE_VERSION), tokens=self.tokens, logits_steps=logits.steps,
+                     logits_full=logits.full, logits_top_ids=logits.top_ids, logits_top=logits.top,
+                     logits_mean=logits.mean, logits_std=logits.std, greedy_prompt=self.greedy_prompt,
+                     greedy_tokens=self.greedy_tokens, **self.state)
 
 
 def load_reference(path: Path, spec: list[StateTensor], vocab_size: int) -> Reference:
-    """The reference rollout at ``path``, checked against the artifact's state spec and vocabulary."""
+    """The reference rollout at ``path`` (version 2, or 1), every array's shape, dtype and index range
+    checked against the artifact's state spec and vocabulary."""
     arrays = read_npz(path)
-    if arrays.get("version", np.int64(-1)).item() != REFERENCE_VERSION:
-        raise ArtifactError(f"{path}: reference version {arrays.get('version')}, this rwkv-edge reads "
-                            f"{REFERENCE_VERSION}: rebuild the artifact")
-    names = ["tokens", "logits", "greedy_prompt", "greedy_tokens", *(t.output_name for t in spec)]
+    version = _version(arrays, path, (1, REFERENCE_VERSION))
+    logits_names = ("logits",) if version == 1 else LOGITS
+    names = ["tokens", *logits_names, "greedy_prompt", "greedy_tokens", *(t.output_name for t in spec)]
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ArtifactError(f"{path}: holds no {missing[0]}")
-    tokens, logits = arrays["tokens"], arrays["logits"]
-    shapes_ok = (tokens.ndim == 1 and tokens.size and logits.shape == (tokens.size, vocab_size)
-                 and all(arrays[t.output_name].shape == t.shape for t in spec))
-    ids = np.concatenate([tokens, arrays["greedy_prompt"], arrays["greedy_tokens"]])
-    if not shapes_ok or ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= vocab_size:
-        raise ArtifactError(f"{path}: its arrays do not have the shapes, dtypes and token range of this artifact")
-    return Reference(tokens.astype(np.int64), logits.astype(np.float32),
-                     {t.output_name: arrays[t.output_name].astype(np.float32) for t in spec},
-                     arrays["greedy_prompt"].astype(np.int64), arrays["greedy_tokens"].astype(np.int64))
+    tokens = _token_ids(arrays, "tokens", path, vocab_size)
+    if not tokens.size:
+        raise ArtifactError(f"{path}: tokens is empty")
+    for t in spec:
+        _check(arrays, t.output_name, path, "f", t.shape)
+    logits = _whole_logits(arrays, path, tokens.size, vocab_size) if version == 1 else \
+        _recorded_logits(arrays, path, tokens.size, vocab_size)
+    return Reference(tokens, logits, {t.output_name: arrays[t.output_name].astype(np.float32) for t in spec},
+                     _token_ids(arrays, "greedy_prompt", path, vocab_size),
+                     _token_ids(arrays, "greedy_tokens", path, vocab_size))
+
+
+def _whole_logits(arrays: dict[str, np.ndarray], path: Path, steps: int, vocab_size: int) -> RecordedLogits:
+    """A version-1 file's ``logits`` (T, V): every step's whole row."""
+    logits = _check(arrays, "logits", path, "f", (steps, vocab_size))
+    return RecordedLogits.of(logits, range(steps))
+
+
+def _recorded_logits(arrays: dict[str, np.ndarray], path: Path, steps: int, vocab_size: int) -> RecordedLogits:
+    """A version-2 file's logits: whole rows of 1 to T distinct ascending steps in [0, T); every step's K
+    (1 <= K <= V) distinct ids in [0, V) and their values, descending; each row's mean and std (>= 0)."""
+    kept = _check(arrays, "logits_steps", path, "iu", None)
+    if kept.ndim != 1 or not 1 <= kept.size <= steps or kept.min() < 0 or kept.max() >= steps \
+            or np.any(np.diff(kept) <= 0):
+        raise ArtifactError(f"{path}: logits_steps must be 1 to {steps} distinct ascending steps in [0, {steps}); "
+                            f"it is {_described(kept)}")
+    full = _check(arrays, "logits_full", path, "f", (kept.size, vocab_size))
+    ids = _check(arrays, "logits_top_ids", path, "iu", None)
+    if ids.ndim != 2 or len(ids) != steps or not 1 <= ids.shape[1] <= vocab_size:
+        raise ArtifactError(f"{path}: logits_top_ids must be ({steps}, K) with 1 <= K <= {vocab_size}; "
+                            f"it is {_described(ids)}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ArtifactError(f"{path}: logits_top_ids must be token ids in [0, {vocab_size}); they run from "
+                            f"{ids.min()} to {ids.max()}")
+    if np.any(np.diff(np.sort(ids, axis=1), axis=1) == 0):
+        raise ArtifactError(f"{path}: logits_top_ids repeats an id within a step")
+    top = _check(arrays, "logits_top", path, "f", ids.shape)
+    if not np.all(top[:, :-1] >= top[:, 1:]):
+        raise ArtifactError(f"{path}: logits_top must be in descending order in each row, with no NaN")
+    mean = _check(arrays, "logits_mean", path, "f", (steps,))
+    std = _check(arrays, "logits_std", path, "f", (steps,))
+    if not np.all(std >= 0):
+        raise ArtifactError(f"{path}: logits_std holds a negative or NaN value")
+    return RecordedLogits(kept.astype(np.int64), full.astype(np.float32), ids.astype(np.int64),
+                          top.astype(np.float32), mean.astype(np.float64), std.astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -72,16 +172,14 @@ class VisionReference:
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
-            np.savez(f, version=np.int64(REFERENCE_VERSION), images=self.images, **{self.name: self.output})
+            np.savez(f, version=np.int64(VISION_REFERENCE_VERSION), images=self.images, **{self.name: self.output})
 
 
 def load_vision_reference(path: Path, config: dict) -> VisionReference:
     """The reference images and outputs at ``path``, checked against the image model's ``config``
     (a manifest's, validated): images (N, C, S, S), outputs (N, classes) or (N, C, S / p, S / p), N >= 1."""
     arrays = read_npz(path)
-    if arrays.get("version", np.int64(-1)).item() != REFERENCE_VERSION:
-        raise ArtifactError(f"{path}: reference version {arrays.get('version')}, this rwkv-edge reads "
-                            f"{REFERENCE_VERSION}: rebuild the artifact")
+    _version(arrays, path, (VISION_REFERENCE_VERSION,))
     name, size = config["output"], config["image_size"]
     images, output = arrays.get("images"), arrays.get(name)
     if images is None or output is None:
@@ -93,3 +191,38 @@ def load_vision_reference(path: Path, config: dict) -> VisionReference:
         raise ArtifactError(f"{path}: its arrays do not have the shapes and dtypes of this artifact's images "
                             f"and {name} (images {images.shape}, {name} {output.shape})")
     return VisionReference(images.astype(np.float32), output.astype(np.float32), name)
+
+
+def _version(arrays: dict[str, np.ndarray], path: Path, readable: tuple[int, ...]) -> int:
+    """The file's ``version``, one of ``readable``; else the one-line error to rebuild the artifact."""
+    version = arrays.get("version")
+    found = version.item() if version is not None and version.size == 1 and version.dtype.kind in "iu" else None
+    if found not in readable:
+        shown = "none" if version is None else found if found is not None else _described(version)
+        raise ArtifactError(f"{path}: reference version {shown}, this rwkv-edge reads "
+                            f"{' and '.join(map(str, readable))}: rebuild the artifact")
+    return found
+
+
+def _check(arrays: dict[str, np.ndarray], name: str, path: Path, kinds: str,
+           shape: tuple[int, ...] | None) -> np.ndarray:
+    """``arrays[name]``, whose dtype kind must be one of ``kinds`` and, unless None, shape ``shape``."""
+    array = arrays[name]
+    if array.dtype.kind not in kinds or (shape is not None and array.shape != tuple(shape)):
+        expected = {"f": "float", "iu": "integer"}[kinds]
+        raise ArtifactError(f"{path}: {name} must be {expected}{'' if shape is None else f' {tuple(shape)}'}; "
+                            f"it is {_described(array)}")
+    return array
+
+
+def _token_ids(arrays: dict[str, np.ndarray], name: str, path: Path, vocab_size: int) -> np.ndarray:
+    """``arrays[name]`` as int64: a 1-D array of token ids in [0, vocab_size)."""
+    ids = _check(arrays, name, path, "iu", None)
+    if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= vocab_size)):
+        raise ArtifactError(f"{path}: {name} must be a 1-D array of token ids in [0, {vocab_size}); "
+                            f"it is {_described(ids)}" + (f" from {ids.min()} to {ids.max()}" if ids.size else ""))
+    return ids.astype(np.int64)
+
+
+def _described(array: np.ndarray) -> str:
+    return f"{array.dtype} {array.shape}"

@@ -11,12 +11,16 @@ import numpy as np
 import torch
 
 from ..artifact import MANIFEST, Manifest
-from ..artifact.reference import Reference
+from ..artifact.reference import RecordedLogits, Reference
 from ..model import ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
 from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
+# The steps whose whole logits row the reference keeps (every step keeps its top TOP_K, mean and std): the
+# first; the last of a prefill chunk of 16 (the export's and Core ML's default) and of 32 (a TVM CPU bundle's
+# compiled from a checkpoint), whose prefill check compares that row; the last.
+FULL_STEPS = (0, 15, 31, ROLLOUT_STEPS - 1)
 # The rollout's text where the artifact's tokenizer is bundled: activations of real input.
 ROLLOUT_TEXT = (
     "import os\n\n\nclass Reader:\n    def __init__(self, path):\n        self.path = path\n\n"
@@ -65,8 +69,9 @@ def build_reference(model: RWKVModel, tokenizer: str) -> Reference:
             greedy.append(int(out[-1].argmax()))
             if i + 1 < GREEDY_TOKENS:
                 out, state = model.forward([greedy[-1]], state)
-    return Reference(np.asarray(tokens, np.int64), torch.stack(logits).numpy(), final,
-                     np.asarray(prompt, np.int64), np.asarray(greedy, np.int64))
+    recorded = RecordedLogits.of(torch.stack(logits).numpy(), FULL_STEPS)
+    return Reference(np.asarray(tokens, np.int64), recorded, final, np.asarray(prompt, np.int64),
+                     np.asarray(greedy, np.int64))
 
 
 def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:

@@ -12,8 +12,12 @@ each ``state_out.{layer}.{role}``) the report records at each step
 - scaled error    ``max|Δ| / std(ref)``, the std taken over that output at that step (for a
   constant reference its largest magnitude, and 1 for an all-zero one)
 
-and whether the logits agree on the top-1 token. The scaled error and the top-1 agreement are
-judged against a ``Tolerance`` (verify/tolerances.py); the other two are reported only.
+and whether the logits agree on the top-1 token. A recorded step whose logits row is kept in top-k
+form (``TopLogits``: its K largest, the row's mean and std) gives max|Δ| over those K ids and of the
+row's mean and std, each at most the whole row's max|Δ|: a lower bound of it, equal to it when the
+largest difference is at one of the K ids; the max rel error over the K ids; the same scale and
+top-1 token. The scaled error and the top-1 agreement are judged against a ``Tolerance``
+(verify/tolerances.py); the other two are reported only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.reference import Reference
+from ..artifact.reference import Reference, TopLogits
 from ..atomic import atomic_path
 from ..errors import OptionError, printable
 from ..runtime.backend import Backend, NamedState, check_token_ids
@@ -49,15 +53,33 @@ class OutputErrors:
     max_rel: list[float] = field(default_factory=list)
     scaled: list[float] = field(default_factory=list)  # max|Δ| / std(ref)
 
-    def add(self, step: int, ref: np.ndarray, cand: np.ndarray) -> None:
-        r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
-        delta = np.abs(c - r)
-        max_abs = float(delta.max())
-        scale = float(r.std()) or float(np.abs(r).max()) or 1.0
+    def add(self, step: int, ref: np.ndarray | TopLogits, cand: np.ndarray) -> None:
+        """The errors of ``cand`` against ``ref``: a whole output, or a logits row in top-k form."""
+        c = np.asarray(cand, dtype=np.float64)
+        max_abs, max_rel, scale = _top_errors(ref, c) if isinstance(ref, TopLogits) else _errors(ref, c)
         self.steps.append(step)
         self.max_abs.append(max_abs)
-        self.max_rel.append(float((delta / np.maximum(np.abs(r), REL_EPS)).max()))
+        self.max_rel.append(max_rel)
         self.scaled.append(max_abs / scale)
+
+
+def _errors(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
+    """(max|Δ|, max rel error, scale) of ``cand`` against the whole ``ref``."""
+    r = np.asarray(ref, dtype=np.float64)
+    delta = np.abs(cand - r)
+    scale = float(r.std()) or float(np.abs(r).max()) or 1.0
+    return float(delta.max()), float((delta / np.maximum(np.abs(r), REL_EPS)).max()), scale
+
+
+def _top_errors(ref: TopLogits, cand: np.ndarray) -> tuple[float, float, float]:
+    """(max|Δ|, max rel error, scale) of the row ``cand`` against a row in top-k form: max|Δ| over the K
+    ids and of the row's mean and std (each at most the whole row's max|Δ|; a NaN anywhere in ``cand``
+    makes it NaN), the max rel error over the K ids, the row's std as scale (a constant row: its value)."""
+    r = ref.values.astype(np.float64)
+    delta = np.abs(cand[ref.ids] - r)
+    max_abs = float(np.max([delta.max(), abs(cand.mean() - ref.mean), abs(cand.std() - ref.std)]))
+    scale = ref.std or float(abs(r[0])) or 1.0
+    return max_abs, float((delta / np.maximum(np.abs(r), REL_EPS)).max()), scale
 
 
 @dataclass(frozen=True)
@@ -205,17 +227,19 @@ def compare_to_reference(reference: Reference, candidate: Backend, steps: int, t
                           f"{total} (or --against-checkpoint for longer rollouts)")
     tokens = reference.tokens[:steps].tolist()
 
-    def outputs() -> Iterator[dict[str, np.ndarray]]:
+    def outputs() -> Iterator[dict[str, np.ndarray | TopLogits]]:
         for step in range(steps):
-            yield {"logits": reference.logits[step], **(reference.state if step == total - 1 else {})}
+            yield {"logits": reference.logits.at(step), **(reference.state if step == total - 1 else {})}
 
     report = ParityReport("torch (recorded at build)", candidate.name, tolerance, tokens)
     wanted = {name.replace("state_out.", "state.", 1): value for name, value in reference.state.items()}
     problems = _structure(wanted, candidate.init_state(), "initial state", exact=True)
-    stopped = _roll_out(report, candidate, outputs(), reference.logits.shape[1], problems)
+    stopped = _roll_out(report, candidate, outputs(), reference.logits.vocab_size, problems)
     report.what_ran.append(f"rollout of {report.n_steps}/{steps} steps on {candidate.name}, feeding back its own "
                            f"state, against the PyTorch model's rollout recorded when the artifact was built{stopped}")
-    report.what_ran.append("compared the logits at every step" + (
+    whole = ", ".join(str(s) for s in reference.logits.steps if s < steps) or "none"
+    report.what_ran.append(f"compared the logits at every step (whole rows at steps {whole}; elsewhere the recorded "
+                           f"top {reference.logits.top_ids.shape[1]} and the row's mean and std)" + (
         f" and {len(reference.state)} state outputs after the last" if steps == total else
         f"; the state is recorded after step {total - 1} only, so it is compared with the full {total} steps"))
     report.failures += _over_limits(report)
@@ -249,7 +273,7 @@ def _limits(tolerance: Tolerance | str) -> Tolerance:
     return LIMITS[tolerance]
 
 
-def _roll_out(report: ParityReport, candidate: Backend, reference: Iterable[dict[str, np.ndarray]],
+def _roll_out(report: ParityReport, candidate: Backend, reference: Iterable[dict[str, np.ndarray | TopLogits]],
               vocab_size: int, problems: list[str]) -> str:
     """Step ``candidate`` through ``report.tokens`` beside the ``reference`` outputs of each step (logits,
     and state_out.* where recorded); fill ``report.errors`` and ``report.top1``; return why it stopped early."""
@@ -269,9 +293,14 @@ def _roll_out(report: ParityReport, candidate: Backend, reference: Iterable[dict
             return f" (stopped at step {step}: the candidate's outputs do not match the contract)"
         for name, ref in ref_out.items():
             report.errors[name].add(step, ref, cand_out[name])
-        report.top1.append(bool(np.argmax(ref_out["logits"]) == np.argmax(logits)))
+        report.top1.append(_argmax(ref_out["logits"]) == int(np.argmax(logits)))
         report.n_steps = step + 1
     return ""
+
+
+def _argmax(logits: np.ndarray | TopLogits) -> int:
+    """The first id of the largest logit (a row in top-k form records it first)."""
+    return int(logits.ids[0]) if isinstance(logits, TopLogits) else int(np.argmax(logits))
 
 
 def _output_name(input_name: str) -> str:
@@ -283,7 +312,8 @@ def _as_outputs(state: NamedState) -> dict[str, np.ndarray]:
     return {_output_name(k): v for k, v in state.items()}
 
 
-def _structure(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], where: str, exact: bool = False) -> list[str]:
+def _structure(ref: dict[str, np.ndarray | TopLogits], cand: dict[str, np.ndarray], where: str,
+               exact: bool = False) -> list[str]:
     """Contract mismatches in the candidate's ``where``: missing or mis-shaped tensors (with ``exact``,
     unexpected ones too)."""
     problems = [f"{name}: missing from the candidate's {where}" for name in ref if name not in cand]

@@ -175,7 +175,7 @@ def _check_prefill(report: ParityReport, candidate: Backend, live: Backend | Non
     if live is not None:
         expected_logits, expected_state = live.prefill(tokens, live.init_state())
     elif chunk <= len(recorded.tokens):
-        expected_logits, expected_state = recorded.logits[chunk - 1], {}
+        expected_logits, expected_state = recorded.logits.at(chunk - 1), {}
     else:
         report.what_ran.append(f"prefill graph ({chunk} tokens) not checked: the recorded rollout is shorter")
         return

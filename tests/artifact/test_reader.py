@@ -57,7 +57,7 @@ def test_unreadable_manifests(onnx_copy, text, message):
     (lambda d: d["files"].update({"/etc/passwd": {"sha256": "0" * 64, "bytes": 1}}), "not a relative path inside"),
     (lambda d: d["files"]["model.onnx"].update(sha256="xyz"), "not a sha256 hex digest"),
     (lambda d: d.pop("schema"), "written by another version of rwkv-edge"),
-    (lambda d: d.update(contract_version="2.0"), "step contract 2.0; this rwkv-edge runs contract 1.1"),
+    (lambda d: d.update(contract_version="2.0"), "step contract 2.0; this rwkv-edge runs contract 1.2"),
     (lambda d: d.update(kind="wasm"), "unknown artifact kind 'wasm'"),
     (lambda d: d.update(architecture="v9"), "unknown architecture 'v9'"),
     (lambda d: d.update(surprise=1), "unknown field 'surprise'"),

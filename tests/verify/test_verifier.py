@@ -100,7 +100,7 @@ def test_a_failing_verdict_keeps_its_exit_code_when_unsaved(artifact, rehash, cl
 
     with np.load(artifact / "reference.npz") as saved:
         arrays = {name: saved[name] for name in saved.files}
-    arrays["logits"] = arrays["logits"] + 1.0  # a reference the artifact no longer matches
+    arrays["logits_full"] = arrays["logits_full"] + 1.0  # a reference the artifact no longer matches
     np.savez(artifact / "reference.npz", **arrays)
     rehash(artifact)
     (artifact / "parity.json").mkdir()
