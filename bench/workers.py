@@ -131,7 +131,8 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
 
 
 def _open(spec: DecodeSpec):
-    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS); on ``cuda``:
+    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS; torch's every
+    call, whatever the work, for the row to compare with the others); on ``cuda``:
     PyTorch's model moved to the GPU in the spec's weights, onnxruntime's CUDA provider, the TVM
     bundle where its manifest says (a CUDA bundle runs on the GPU)."""
     from ..runtime.registry import open_backend
@@ -146,13 +147,12 @@ def _open(spec: DecodeSpec):
     if spec.backend == "torch":
         import torch
 
-        torch.set_num_threads(spec.threads)
-        if spec.device != "cpu":
-            from ..model import load_model
-            from ..runtime.torch_backend import TorchBackend
+        from ..model import load_model
+        from ..runtime.torch_backend import TorchBackend
 
-            dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
-            return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device)
+        torch.set_num_threads(spec.threads)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
+        return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device, threads=spec.threads)
     return open_backend(spec.source, spec.backend)
 
 

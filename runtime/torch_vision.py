@@ -10,11 +10,13 @@ import torch
 from ..errors import CheckpointError
 from ..model import ARCHITECTURES, VisionRWKV, detect_version
 from ..model.checkpoint import open_checkpoint
+from ..model.threads import image_threads, torch_threads
 from ..model.vision import class_names, is_vision_checkpoint
 
 
 class TorchVisionModel:
-    """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size."""
+    """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size; each
+    call on the threads ``image_threads`` picks for its batch."""
 
     def __init__(self, model: VisionRWKV, class_names: list[str] | None) -> None:
         self.model = model
@@ -23,11 +25,13 @@ class TorchVisionModel:
 
     @property
     def runs_on(self) -> str:
-        return f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, on this machine"
+        size = self.image_size
+        threads = image_threads(self.model, (1, self.model.config.in_channels, size, size)) or torch.get_num_threads()
+        return f"PyTorch {torch.__version__}, {threads} threads (one image), on this machine"
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> logits (N, classes) or features (N, C, H / p, W / p), float32."""
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(image_threads(self.model, images.shape)):
             return self.model(torch.from_numpy(np.asarray(images))).numpy()
 
 
