@@ -80,10 +80,13 @@ def test_image_calls_count_every_patch_of_the_batch(vision_ckpt, monkeypatch, tw
     from rwkv_edge.runtime.torch_vision import open_vision_checkpoint
 
     vision = open_vision_checkpoint(vision_ckpt("plain"))  # 16 px, patch 4: 16 patches an image
+    given = open_vision_checkpoint(vision_ckpt("plain"), threads=2)
     patches = 16
-    seen = record_threads(monkeypatch, vision.model, "forward")
-    vision.run(np.zeros((2, 3, 16, 16), np.float32))
-    assert seen == [1] and torch.get_num_threads() == 2
+    seen = [record_threads(monkeypatch, m.model, "forward") for m in (vision, given)]
+    for m in (vision, given):
+        m.run(np.zeros((2, 3, 16, 16), np.float32))
+    assert seen == [[1], [2]] and torch.get_num_threads() == 2
+    assert "1 threads" in vision.runs_on and "2 threads" in given.runs_on
     weights = sum(p.numel() for p in vision.model.parameters())
     batch = SERIAL_MACS // (weights * patches) + 1  # enough images for a call past SERIAL_MACS
     assert image_threads(vision.model, (batch - 1, 3, 16, 16)) == 1
