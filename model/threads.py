@@ -29,7 +29,7 @@ def threads_for(parameters: int, tokens: int = 1, requested: int | None = None) 
     """Intra-op threads for calls of a model of ``parameters`` weights over ``tokens`` positions each
     (a decode step: 1; an image batch: patches x images): ``requested`` where given (a user's
     ``--threads``), 1 where a call's multiply-adds (parameters x tokens) are below SERIAL_MACS, else
-    None (torch's default: one per core)."""
+    None (the count as it is: torch's default, one per core, unless the program set another)."""
     if requested is not None:
         return requested
     return 1 if parameters * tokens < SERIAL_MACS else None
@@ -43,8 +43,8 @@ def parameter_count(model: torch.nn.Module) -> int:
 def image_threads(model: VisionRWKV, shape: tuple[int, ...], requested: int | None = None) -> int | None:
     """``threads_for`` a Vision-RWKV call on images of ``shape`` (N, C, H, W): N x its patches per image."""
     n, _, height, width = shape
-    return threads_for(parameter_count(model), n * (height // model.config.patch_size) * (width // model.config.patch_size),
-                       requested)
+    patch = model.config.patch_size
+    return threads_for(parameter_count(model), n * (height // patch) * (width // patch), requested)
 
 
 @contextmanager
