@@ -2,7 +2,10 @@
 
 A decode step of an RWKV model reads every weight once (the embedding: one row) and does about two
 flops per weight read, so on a CPU its speed is set by how fast memory delivers the weights. The
-bound is ``weight bytes per token / read bandwidth``, both measured in the same run.
+bound is ``weight bytes per token / read bandwidth``, both measured in the same run. The bandwidth is
+read the way a decode step reads its weights (bench/workers.py ``bandwidth``): each thread streams
+its own contiguous part of a buffer no cache holds, block by block, as a GEMV thread streams its
+tiles of K x tile weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from ..model import ARCHITECTURES, detect_version
 from ..model.checkpoint import StateDict
 
 BYTES_PER_VALUE = 4  # every backend computes in fp32 on the CPU
+MEMINFO = Path("/proc/meminfo")
+BANDWIDTH_BUFFER_MAX = 1 << 30  # the read-bandwidth buffer's largest default size
 
 
 def weight_bytes_per_token(tensors: StateDict, bytes_per_value: int = BYTES_PER_VALUE,
@@ -93,9 +98,27 @@ def last_level_cache_bytes() -> int:
     return largest
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of MEMINFO: what the machine can give without swapping (None where unknown)."""
+    try:
+        lines = MEMINFO.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key == "MemAvailable" and value.split()[1:] == ["kB"]:
+            return int(value.split()[0]) << 10
+    return None
+
+
 def bandwidth_buffer_bytes() -> int:
-    """Large enough that no cache holds it: max(512 MiB, 16 x the last-level cache)."""
-    return max(512 << 20, 16 * last_level_cache_bytes())
+    """Large enough that no cache holds it, no larger: max(256 MiB, 8 x the last-level cache), at most
+    1 GiB and a quarter of the available memory (a virtual machine may report a huge cache)."""
+    cap = BANDWIDTH_BUFFER_MAX
+    available = available_memory_bytes()
+    if available is not None:
+        cap = min(cap, available // 4)
+    return min(max(256 << 20, 8 * last_level_cache_bytes()), cap)
 
 
 def _size_bytes(text: str) -> int:

@@ -59,8 +59,8 @@ class BenchOptions:
     prefill: int = 64  # prompt tokens through backend.prefill; 0 skips the prefill measurement
     prefill_repeats: int = 3  # timed prefill calls (after one untimed), the median is reported
     threads: int | None = None  # per backend; None: every core this process may use
-    bandwidth_mib: int | None = None  # read-bandwidth buffer; None: max(512 MiB, 16 x last-level cache)
-    bandwidth_repeats: int = 10  # timed reductions before and again after the backends
+    bandwidth_mib: int | None = None  # read-bandwidth buffer; None: bound.bandwidth_buffer_bytes()
+    bandwidth_repeats: int = 10  # timed reads before and again after the backends
     onnx_prefill_chunk: int = PREFILL_CHUNK  # the ONNX export's prefill graph, compiled into CPU TVM bundles too
     # (the bundles' own default, 32: docs/tvm.md "Prefill"); 0: single steps
     tvm_target: str | None = None  # None: x86_64-host, or on "cuda" the newest CUDA target the GPU runs
@@ -207,7 +207,8 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
         samples += measure_bandwidth(buffer, options.bandwidth_repeats, threads, log)
     gb_s = float(np.median(samples))
     bandwidth = {"gb_s": gb_s, "samples_gb_s": samples, "buffer_mib": buffer >> 20,
-                 "method": f"torch.amax over {buffer >> 20} MiB of fp32, {threads} threads, before and after the backends"}
+                 "method": f"{threads} threads each streaming its part of {buffer >> 20} MiB in "
+                           f"{workers.STREAM_BLOCK >> 10} KiB blocks, before and after the backends"}
     if arch:
         bandwidth["method"] = (f"torch.amax over {buffer >> 20} MiB of fp32 on the GPU, timed with CUDA events, "
                                "before and after the backends")
@@ -468,8 +469,9 @@ def _measure(backend: str, source: Path, options: BenchOptions, threads: int, lo
 
 
 def measure_bandwidth(buffer_bytes: int, repeats: int, threads: int, log: Callable[[str], None] = print) -> list[float]:
-    """GB/s of ``repeats`` timed multithreaded reductions over a ``buffer_bytes`` buffer, in a subprocess."""
-    log(f"read bandwidth: {repeats} x torch.amax over {buffer_bytes >> 20} MiB, {threads} threads ...")
+    """GB/s of ``repeats`` timed reads of a ``buffer_bytes`` buffer by ``threads`` threads, each streaming its
+    own contiguous part (workers.bandwidth), in a subprocess."""
+    log(f"read bandwidth: {repeats} reads of {buffer_bytes >> 20} MiB, {threads} threads streaming ...")
     samples = in_own_process(workers.bandwidth, BandwidthSpec(buffer_bytes, repeats, threads), threads)
     log(f"read bandwidth: median {np.median(samples):.1f} GB/s")
     return samples

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ArtifactError, OptionError, one_line
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS")
+STREAM_BLOCK = 64 * 4096 * 4  # bytes a bandwidth thread reads per call: a GEMV tile, 64 rows of K = 4096 fp32
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
 
 
 def _open(spec: DecodeSpec):
-    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS); on ``cuda``:
+    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS; torch's every
+    call, whatever the work, for the row to compare with the others); on ``cuda``:
     PyTorch's model moved to the GPU in the spec's weights, onnxruntime's CUDA provider, the TVM
     bundle where its manifest says (a CUDA bundle runs on the GPU)."""
     from ..runtime.registry import open_backend
@@ -146,13 +148,12 @@ def _open(spec: DecodeSpec):
     if spec.backend == "torch":
         import torch
 
-        torch.set_num_threads(spec.threads)
-        if spec.device != "cpu":
-            from ..model import load_model
-            from ..runtime.torch_backend import TorchBackend
+        from ..model import load_model
+        from ..runtime.torch_backend import TorchBackend
 
-            dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
-            return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device)
+        torch.set_num_threads(spec.threads)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
+        return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device, threads=spec.threads)
     return open_backend(spec.source, spec.backend)
 
 
@@ -193,23 +194,34 @@ def _details(spec: DecodeSpec, backend) -> dict[str, Any]:
 
 
 def bandwidth(spec: BandwidthSpec) -> list[float] | dict[str, Any]:
-    """GB/s of ``spec.repeats`` timed reductions over a buffer of ``spec.bytes`` (on a GPU: also copies)."""
+    """GB/s of ``spec.repeats`` timed reads of a buffer of ``spec.bytes`` (on a GPU: also copies). On
+    the CPU, as a decode step's GEMV reads its weights: ``spec.threads`` threads, each streaming its own
+    contiguous part, block by block (``_stream``); a sample is the bytes over the time until the last
+    thread is done."""
     if spec.device != "cpu":
         return _gpu_bandwidth(spec)
-    import torch
+    from concurrent.futures import ThreadPoolExecutor
 
-    torch.set_num_threads(spec.threads)
     # written once, so every page is resident; distinct values, so no page can be shared (KSM, zero page)
-    buffer = torch.arange(spec.bytes // 4, dtype=torch.float32)
-    # torch.amax: a pure read with the least arithmetic per byte; torch.sum measured 15-35% lower
-    # (41 vs 49 GB/s) on the same buffer, and a bound from a slow probe is no bound
-    buffer.amax()
-    samples = []
-    for _ in range(spec.repeats):
-        t0 = time.perf_counter()
-        buffer.amax().item()
-        samples.append(buffer.numel() * 4 / (time.perf_counter() - t0) / 1e9)
-    return samples
+    words = np.arange(spec.bytes // 8, dtype=np.uint64)
+    parts = np.array_split(words, spec.threads)
+    with ThreadPoolExecutor(spec.threads) as pool:
+        def read() -> float:
+            t0 = time.perf_counter()
+            list(pool.map(_stream, parts))
+            return words.nbytes / (time.perf_counter() - t0) / 1e9
+
+        read()  # untimed: the pool's threads start
+        return [read() for _ in range(spec.repeats)]
+
+
+def _stream(part: np.ndarray) -> None:
+    """Read ``part`` from start to end in STREAM_BLOCK-byte blocks. numpy's reductions let go of the GIL,
+    so the threads read in parallel; a bitwise or has the least arithmetic per byte (numpy's max and
+    float sum measured the same or slower)."""
+    step = STREAM_BLOCK // part.itemsize
+    for start in range(0, part.size, step):
+        np.bitwise_or.reduce(part[start:start + step])
 
 
 def _gpu_bandwidth(spec: BandwidthSpec) -> dict[str, Any]:

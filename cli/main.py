@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="sampling seed, >= 0 (default 0)")
     _tokenizer_args(p)
     _backend_arg(p)
+    p.add_argument("--threads", type=_bounded_int(1, 4096),
+                   help="torch and onnxruntime intra-op threads (default: torch one per step of a model below ~1e9 "
+                        "parameters, else torch's default; onnxruntime its own)")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("trace", help="run step over tokens from the initial state and save logits and state, or "
@@ -354,7 +357,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from ..runtime.registry import open_backend
 
     sampler = Sampler(args.temperature, args.top_p, args.seed)
-    backend = open_backend(args.source, args.backend)
+    backend = open_backend(args.source, args.backend, args.threads)
     tokenizer = load_tokenizer(args.tokenizer or tokenizer_for_vocab(backend.vocab_size), args.tokenizer_file)
     prompt = tokenizer.encode(args.prompt)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")

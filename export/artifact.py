@@ -14,6 +14,7 @@ from ..artifact import MANIFEST, Manifest
 from ..artifact.reference import RecordedLogits, Reference
 from ..model import ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
 from ..model.checkpoint import Checkpoint, open_checkpoint
+from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
@@ -52,11 +53,13 @@ def save_initial_state(model: RWKVModel, path: Path) -> bool:
     return True
 
 
-def build_reference(model: RWKVModel, tokenizer: str) -> Reference:
+def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None) -> Reference:
     """What the model computes (fp32) over ROLLOUT_STEPS tokens of ROLLOUT_TEXT, feeding back its own
-    state, and greedily from a prompt of its first GREEDY_PROMPT: the artifact's reference rollout."""
+    state, and greedily from a prompt of its first GREEDY_PROMPT: the artifact's reference rollout.
+    Single-token steps, on ``threads`` intra-op threads, or where None those ``threads_for`` picks for
+    one token (one, below ~1e9 parameters)."""
     tokens = rollout_tokens(tokenizer, model.config.vocab_size, ROLLOUT_STEPS)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(threads_for(parameter_count(model), requested=threads)):
         state, logits = model.init_state(), []
         for token in tokens:
             out, state = model.step(token, state)

@@ -25,6 +25,7 @@ from ..errors import OptionError
 from ..model import VisionRWKV
 from ..model.vision import class_names
 from ..model.checkpoint import Checkpoint
+from ..model.threads import image_threads, torch_threads
 from .artifact import report_commit, stage
 from .graph import ImageGraph
 
@@ -57,10 +58,11 @@ def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, 
 
 
 def write_reference(graph: ImageGraph, path: Path, log: Callable[[str], None]) -> None:
-    """REFERENCE_IMAGES reference images and the (fp32) ``graph``'s outputs on them, saved to ``path``."""
+    """REFERENCE_IMAGES reference images and the (fp32) ``graph``'s outputs on them, saved to ``path``
+    (on the threads ``image_threads`` picks for the batch)."""
     with stage(log, f"reference outputs on {REFERENCE_IMAGES} images (fp32 compute)"):
         images = reference_images(REFERENCE_IMAGES, graph.image_size, graph.model.config.in_channels)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(image_threads(graph.model, images.shape)):
             output = graph(torch.from_numpy(images)).numpy()
         VisionReference(images, output, graph.output_names()[0]).save(path)
 

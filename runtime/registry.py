@@ -27,7 +27,8 @@ class BackendEntry:
 FLAGS = {"remote": "--rpc / --tracker", "executor": "--executor"}  # how the CLI spells the options
 
 BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
-    BackendEntry("torch", None, "torch_backend", "TorchBackend", "a checkpoint (or an artifact, for its checkpoint)"),
+    BackendEntry("torch", None, "torch_backend", "TorchBackend", "a checkpoint (or an artifact, for its checkpoint)",
+                 ("threads",)),
     BackendEntry("onnxruntime", "onnx", "ort_backend", "OrtBackend", "an artifact directory made by `rwkv-edge export onnx`",
                  ("threads",)),
     BackendEntry("coreml", "coreml", "coreml_backend", "CoreMLBackend",
@@ -56,26 +57,32 @@ def backend_of(artifact: Artifact, **options) -> Backend:
     entry = next(e for e in BACKENDS.values() if e.kind == kind)
     given = {name: value for name, value in options.items() if value is not None}
     for name in given.keys() - set(entry.options):
-        takers = [e.kind for e in BACKENDS.values() if name in e.options]
+        takers = [e.kind for e in BACKENDS.values() if e.kind and name in e.options]
         raise OptionError(f"{artifact.directory} holds a {kind} artifact; {FLAGS.get(name, name)} applies to "
                           f"{' and '.join(takers)} artifacts")
     return backend_class(entry.name)(artifact, **given)
 
 
-def open_backend(source: str | Path | None, backend: str = "torch") -> Backend:
+def open_backend(source: str | Path | None, backend: str = "torch", threads: int | None = None) -> Backend:
     """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint; no
-    source: the bundled demo model); every other backend runs an artifact of its kind."""
+    source: the bundled demo model); every other backend runs an artifact of its kind. ``threads``:
+    torch's and onnxruntime's intra-op threads (None: each backend's choice); OptionError for another
+    backend."""
     entry = BACKENDS.get(backend)
     if entry is None:
         raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    options = {"threads": threads} if threads is not None else {}
+    if options and "threads" not in entry.options:
+        raise OptionError(f"--threads applies to {' and '.join(e.name for e in BACKENDS.values() if 'threads' in e.options)}, "
+                          f"not {backend}")
     source = Path(source) if source is not None else None
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
 
         if source is not None and source.is_dir():
             source = Path(read_manifest(source).source["checkpoint"])
-        return backend_class(backend)(load_model(source or DEMO_CHECKPOINT))
+        return backend_class(backend)(load_model(source or DEMO_CHECKPOINT), **options)
     directory = source.parent if source is not None and source.suffix == ".mlpackage" else source
     if directory is None or not directory.is_dir():
         raise OptionError(f"--backend {backend} needs {entry.source}")
-    return backend_class(backend)(open_artifact(directory, kind=entry.kind))
+    return backend_class(backend)(open_artifact(directory, kind=entry.kind), **options)

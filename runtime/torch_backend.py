@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import RWKVModel, StateTensor, state_from_named, state_to_named
+from ..model.threads import parameter_count, threads_for, torch_threads
 from .backend import NamedState, check_named_state, check_token_ids, no_prefill_graph
 
 
@@ -14,15 +15,17 @@ class TorchBackend:
     On ``device`` "cpu" (the default) arrays cross as numpy. On a GPU (``"cuda"``) the model is moved
     there once; the logits come back as numpy, as from every backend, and the state stays there as
     ``TorchDeviceTensor`` values (numpy on demand) that the next step takes without a copy; ``sync()``
-    waits for the GPU."""
+    waits for the GPU. Each call runs on ``threads`` intra-op threads where given, else on those
+    ``threads_for`` picks for its tokens (one for a step of a model below ~1e9 parameters)."""
 
     name = "torch"
     chunk = 0  # forward() takes any number of tokens: prefill is one call
 
-    def __init__(self, model: RWKVModel, device: str = "cpu") -> None:
-        self.device = device
+    def __init__(self, model: RWKVModel, device: str = "cpu", threads: int | None = None) -> None:
+        self.device, self.threads = device, threads
         self.model = model if device == "cpu" else model.to(device)
         self.vocab_size = model.config.vocab_size
+        self.parameters = parameter_count(model)
         import torch
 
         self.runs_on = f"PyTorch {torch.__version__} eager, {device}"
@@ -37,10 +40,15 @@ class TorchBackend:
         return self.prefill([token], state)
 
     def prefill(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
-        import torch
-
         check_token_ids(tokens, self.vocab_size)
         check_named_state(state, self.state_spec())
+        with torch_threads(threads_for(self.parameters, len(tokens), self.threads)):
+            return self._forward(tokens, state)
+
+    def _forward(self, tokens: list[int], state: NamedState) -> tuple[np.ndarray, NamedState]:
+        """``prefill`` once checked, on the threads chosen."""
+        import torch
+
         if self.device == "cpu":
             named = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
             with torch.inference_mode():

@@ -10,30 +10,34 @@ import torch
 from ..errors import CheckpointError
 from ..model import ARCHITECTURES, VisionRWKV, detect_version
 from ..model.checkpoint import open_checkpoint
+from ..model.threads import image_threads, torch_threads
 from ..model.vision import class_names, is_vision_checkpoint
 
 
 class TorchVisionModel:
-    """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size."""
+    """The PyTorch model of a checkpoint: any image size that is a multiple of the patch size; each
+    call on ``threads`` intra-op threads, or where None on those ``image_threads`` picks for its batch."""
 
-    def __init__(self, model: VisionRWKV, class_names: list[str] | None) -> None:
-        self.model = model
+    def __init__(self, model: VisionRWKV, class_names: list[str] | None, threads: int | None = None) -> None:
+        self.model, self.threads = model, threads
         self.image_size = model.config.image_size
         self.class_names = class_names
 
     @property
     def runs_on(self) -> str:
-        return f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, on this machine"
+        one = (1, self.model.config.in_channels, self.image_size, self.image_size)
+        threads = image_threads(self.model, one, self.threads) or torch.get_num_threads()
+        return f"PyTorch {torch.__version__}, {threads} threads (one image), on this machine"
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> logits (N, classes) or features (N, C, H / p, W / p), float32."""
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(image_threads(self.model, images.shape, self.threads)):
             return self.model(torch.from_numpy(np.asarray(images))).numpy()
 
 
-def open_vision_checkpoint(path: str | Path, classifier: bool = False) -> TorchVisionModel:
-    """Load a Vision-RWKV checkpoint; CheckpointError, in one line, for a language model or, with
-    ``classifier``, a backbone without a classification head."""
+def open_vision_checkpoint(path: str | Path, classifier: bool = False, threads: int | None = None) -> TorchVisionModel:
+    """Load a Vision-RWKV checkpoint (run on ``threads``, as ``TorchVisionModel``); CheckpointError, in
+    one line, for a language model or, with ``classifier``, a backbone without a classification head."""
     checkpoint = open_checkpoint(path)
     if not is_vision_checkpoint(checkpoint.tensors):
         label = ARCHITECTURES[detect_version(checkpoint.tensors)].label  # raises for anything else
@@ -44,4 +48,4 @@ def open_vision_checkpoint(path: str | Path, classifier: bool = False) -> TorchV
         raise CheckpointError(f"{path}: a Vision-RWKV backbone without a classification head (no head.fc), "
                               "which gives features, not classes; classify needs a classifier checkpoint "
                               "(`rwkv-edge trace --images` writes the features)")
-    return TorchVisionModel(model, class_names(checkpoint.meta, model.config.num_classes))
+    return TorchVisionModel(model, class_names(checkpoint.meta, model.config.num_classes), threads)

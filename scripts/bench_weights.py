@@ -58,7 +58,7 @@ def main() -> int:
         bundles[name] = bundle
         weight_bytes[name] = (quantized_weight_bytes_per_token(tensors, fmt.bits, read_manifest(bundle).group_size)
                               if fmt.quantized else weight_bytes_per_token(tensors))
-    buffer = min(bandwidth_buffer_bytes(), 2 << 30)  # a virtual machine may report a huge last-level cache
+    buffer = bandwidth_buffer_bytes()
     bandwidth = measure_bandwidth(buffer, 10, args.threads)
     medians: dict[str, list[float]] = {name: [] for name in formats}
     rss: dict[str, float] = {}

@@ -31,13 +31,9 @@ CHECKPOINTS = (".pth", ".pt", ".safetensors")
 def open_source(path: Path, threads: int | None):
     """An image model with ``run(images)`` and ``runs_on``: PyTorch for a checkpoint, else the artifact's runtime."""
     if path.suffix in CHECKPOINTS:
-        import torch
-
         from rwkv_edge.runtime.torch_vision import open_vision_checkpoint
 
-        if threads:
-            torch.set_num_threads(threads)
-        return open_vision_checkpoint(path)
+        return open_vision_checkpoint(path, threads=threads)
     return open_vision(path, threads=threads) if path.joinpath("model.onnx").exists() else open_vision(path)
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
+
+
+def pytest_configure(config) -> None:
+    """One torch thread for the session and the Python processes it starts (OpenMP reads
+    OMP_NUM_THREADS): the suite's models are tiny, and on a busy machine torch's default of one
+    thread per core made each step wait on the scheduler (rwkv_edge/model/threads.py)."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -146,6 +146,7 @@ def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path 
     from ..model.base import quantize_linears
     from ..weights import weight_format
     from ..model.checkpoint import open_checkpoint
+    from ..model.threads import image_threads, torch_threads
 
     source = Path(artifact.manifest.source["checkpoint"] if checkpoint is True else checkpoint)
     if not source.is_file():
@@ -159,5 +160,5 @@ def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path 
     fmt = weight_format(artifact.manifest.weights)
     if fmt.quantized:  # the quantizer's numbers, as the artifact holds them
         quantize_linears(model, fmt.bits, artifact.manifest.group_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(image_threads(model, recorded.images.shape)):
         return model(torch.from_numpy(recorded.images)).float().numpy()

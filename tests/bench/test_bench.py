@@ -61,6 +61,45 @@ def test_bound_arithmetic():
     assert bound_ms(544_000_000, 13.6) == pytest.approx(40.0)
 
 
+@pytest.mark.parametrize("available_mib, cache_mib, buffer_mib", [
+    (64 << 10, 300, 1024),  # a virtual machine's huge cache report: 1 GiB at most
+    (2048, 300, 512),  # a quarter of the available memory
+    (64 << 10, 16, 256),  # at least 256 MiB
+    (64 << 10, 64, 512),  # 8 x the last-level cache
+    (512, 32, 128),  # a small board: the available memory wins over the 256 MiB floor
+    (None, 300, 1024),  # no MemAvailable line (or no /proc/meminfo): the 1 GiB cap alone
+])
+def test_bandwidth_buffer_is_bounded_by_available_memory(available_mib, cache_mib, buffer_mib, tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    lines = ["MemTotal:       131072000 kB", "MemFree:          1024000 kB"]
+    if available_mib is not None:
+        lines.append(f"MemAvailable:   {available_mib << 10:>9} kB")
+    meminfo.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(bound, "MEMINFO", meminfo)
+    monkeypatch.setattr(bound, "last_level_cache_bytes", lambda: cache_mib << 20)
+    assert bound.available_memory_bytes() == (None if available_mib is None else available_mib << 20)
+    assert bound.bandwidth_buffer_bytes() == buffer_mib << 20
+
+
+def test_bandwidth_threads_each_stream_their_own_part(monkeypatch):
+    from rwkv_edge.bench import workers
+
+    parts = []
+    stream = workers._stream
+
+    def record(part):
+        parts.append(part)
+        stream(part)
+
+    monkeypatch.setattr(workers, "_stream", record)
+    samples = workers.bandwidth(workers.BandwidthSpec(8 << 20, 3, 2))
+    assert len(samples) == 3 and all(s > 0 for s in samples)
+    assert len(parts) == 2 * 4  # an untimed read, then 3, of two parts each
+    first, second = parts[:2]
+    assert first.nbytes == second.nbytes == 4 << 20 and first.flags.c_contiguous
+    assert first[-1] + 1 == second[0]  # the buffer's two halves, in order
+
+
 def test_report_rows_and_ratios(report):
     assert [r.backend for r in report.runs] == ["torch", "onnxruntime", "tvm"]
     torch_run, ort_run, tvm_run = report.runs
