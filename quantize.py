@@ -28,6 +28,7 @@ from .weights import WeightFormat
 
 GROUP_SIZES = (16, 32, 64, 128, 256)  # powers of two: onnxruntime's MatMulNBits takes these
 SMALLEST_SCALE = np.float16(2**-14)  # fp16's smallest normal number
+ROWS = 4096  # rows quantized or dequantized at a time: temporaries of a few MB
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,14 @@ class Quantized:
         return self.values.shape[1] // self.scales.shape[1]
 
     def dequantize(self) -> np.ndarray:
-        """(N, K) float32, exactly the matrix every backend computes with."""
-        scales = np.repeat(self.scales.astype(np.float32), self.group, axis=1)
-        return self.values.astype(np.float32) * scales
+        """(N, K) float32, exactly the matrix every backend computes with (ROWS rows at a time)."""
+        n, k = self.values.shape
+        out = np.empty((n, k), np.float32)
+        for start in range(0, n, ROWS):
+            rows = slice(start, start + ROWS)
+            scales = self.scales[rows].astype(np.float32)[..., None]  # (rows, K / group, 1)
+            out[rows] = (self.values[rows].reshape(-1, k // self.group, self.group) * scales).reshape(-1, k)
+        return out
 
     def unsigned(self) -> np.ndarray:
         """(N, K) uint8 with the zero point 2^(bits-1) added: what MatMulNBits and the TVM kernels store."""
@@ -72,21 +78,32 @@ def check_group(fmt: WeightFormat, group: int | None) -> int:
 
 
 def quantize(weight: np.ndarray, bits: int, group: int) -> Quantized:
-    """(N, K) float -> Quantized; K must be a multiple of ``group`` (OptionError otherwise)."""
+    """(N, K) float -> Quantized; K must be a multiple of ``group`` (OptionError otherwise). Rows are
+    quantized ROWS at a time, so the temporaries stay small beside the matrix (a 65536-row head)."""
     n, k = weight.shape
     if k % group:
         raise OptionError(f"a group size of {group} does not divide the input dimension {k} of a {n} x {k} matrix")
+    if bits not in (8, 4):
+        raise OptionError(f"no {bits}-bit quantization: int8 and int4 only")
+    values, scales = np.empty((n, k), np.int8), np.empty((n, k // group), np.float16)
+    for start in range(0, n, ROWS):
+        rows = slice(start, start + ROWS)
+        values[rows], scales[rows] = _quantize_rows(weight[rows], bits, group)
+    return Quantized(values, scales, bits)
+
+
+def _quantize_rows(weight: np.ndarray, bits: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize`` of a few rows: (values (n, K) int8, scales (n, K / group) fp16)."""
+    n, k = weight.shape
     w = weight.astype(np.float32).reshape(n, k // group, group)
     if bits == 8:
         low, high, extreme = -127, 127, np.abs(w).max(axis=2) / np.float32(127)
-    elif bits == 4:
+    else:
         low, high = -8, 7
         at = np.abs(w).argmax(axis=2)[..., None]
         extreme = np.take_along_axis(w, at, axis=2)[..., 0] / np.float32(-8)
-    else:
-        raise OptionError(f"no {bits}-bit quantization: int8 and int4 only")
     with np.errstate(over="ignore"):
-        scales = extreme.astype(np.float16)  # (N, K / group)
+        scales = extreme.astype(np.float16)  # (n, K / group)
     if not np.isfinite(scales).all():
         raise OptionError(f"weights of magnitude {np.abs(w).max():.3g} are beyond fp16 scales")
     tiny = (scales != 0) & (np.abs(scales) < SMALLEST_SCALE)  # no subnormal scales: they would not round-trip
@@ -94,8 +111,7 @@ def quantize(weight: np.ndarray, bits: int, group: int) -> Quantized:
     d = scales.astype(np.float32)[..., None]
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(d != 0, np.rint(w / np.where(d != 0, d, 1)), 0)
-    values = np.clip(values, low, high).astype(np.int8).reshape(n, k)
-    return Quantized(values, scales, bits)
+    return np.clip(values, low, high).astype(np.int8).reshape(n, k), scales
 
 
 def quantized_exactly(weight: np.ndarray, bits: int, group: int) -> Quantized | None:

@@ -282,7 +282,10 @@ def _quantize(model: RWKVModel, plan: CoreMLPlan, log: Callable[[str], None]) ->
     ``quantized_matrices``."""
     fmt = weight_format(plan.weights)
     with stage(log, f"quantize the projections to {fmt.name}, groups of {plan.group_size}"):
-        log(f"  {model.quantize_weights(fmt.bits, plan.group_size)} matrices; the embedding and LoRA matrices stay fp32")
+        # Core ML compresses the matrices its converter makes consts of (compress_blockwise): the embedding,
+        # a gather, keeps its precision
+        count = model.quantize_weights(fmt.bits, plan.group_size, embedding=False)
+        log(f"  {count} matrices; the embedding and LoRA matrices stay fp32")
     return quantized_matrices(model, fmt.bits, plan.group_size)
 
 

@@ -122,7 +122,7 @@ def bind_initializers(proto, directory: Path, table: WeightTable) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]
+    kept = [_inline(t, directory) for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     inputs = [name for name in dict.fromkeys(n for node in graph.node for n in node.input) if name in table.by_name]
@@ -131,6 +131,15 @@ def bind_initializers(proto, directory: Path, table: WeightTable) -> int:
         dtype = helper.np_dtype_to_tensor_dtype(weight.dtype)
         graph.input.append(helper.make_tensor_value_info(name, dtype, list(weight.shape)))
     return len(inputs)
+
+
+def _inline(tensor, directory: Path):
+    """A small initializer with its values in the proto (read from its external data file if it has one)."""
+    from onnx import numpy_helper
+
+    if tensor.data_location != tensor.EXTERNAL:
+        return tensor
+    return numpy_helper.from_array(np.asarray(_initializer_weight(tensor, directory)), tensor.name)
 
 
 def _matmul_nbits_weight(node, tensors: dict, directory: Path) -> Weight:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import shutil
 import sys
@@ -221,7 +222,21 @@ def _onnx_export(source: Path, scratch: Path, options: TvmOptions, chunk: int, l
     export = OnnxOptions(options.weights if quantized else "fp32", prefill_chunk=chunk, group_size=options.group_size)
     log(f"exporting {source} to ONNX first ({export.weights} weights)")
     export_onnx(source, scratch, export, log=lambda line: log(f"  {line}"))
+    _release_memory()
     return scratch
+
+
+def _release_memory() -> None:
+    """Hand the export's freed memory back before the build: its model and programs hold reference cycles,
+    and glibc keeps freed heap pages (weights under its 32 MB mmap threshold) unless asked to trim."""
+    import ctypes
+    import ctypes.util
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 def _prefill_graph(onnx: Artifact, options: TvmOptions, gpu: bool, log: Callable[[str], None]) -> Graph | None:

@@ -15,6 +15,7 @@ and writes one weight at a time. Two more departures from ``onnxscript.optimizer
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -43,7 +44,7 @@ def clean_up(model: ir.Model) -> None:
         steps = ir.passes.PassManager([
             _constant_folding.FoldConstantsPass(shape_inference=True, input_size_limit=LARGE,
                                                 output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
-            rewriter.RewritePass(RULES),
+            rewriter.RewritePass(copy.deepcopy(RULES)),  # fresh: a rule keeps the last graph it matched
             common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
         ], steps=2, early_stop=True)
         ir.passes.Sequential(
@@ -54,6 +55,7 @@ def clean_up(model: ir.Model) -> None:
         )(model)
     finally:
         quiet.setLevel(level)
+
         for name, value in held.items():
             if name in model.graph.initializers:
                 model.graph.initializers[name].const_value = value
@@ -74,7 +76,7 @@ def fold_weight_transposes(graph: ir.Graph) -> int:
                                   lambda source=weight.const_value: np.ascontiguousarray(source.numpy().T))
         ir.convenience.replace_all_uses_with(node.outputs[0], folded)
         graph.remove(node, safe=True)
-        graph.initializers.pop(weight.name)
+        graph.initializers.pop(weight.name).const_value = None  # the lazy initializer holds it now
         count += 1
     return count
 

@@ -40,7 +40,7 @@ def to_matmul_nbits(model, names: Collection[str], bits: int, group: int) -> int
         if not transpose.outputs[0].uses():
             graph.remove(transpose, safe=True)
         if not weight.uses():
-            graph.initializers.pop(weight.name)
+            graph.initializers.pop(weight.name).const_value = None  # the lazy initializers hold it now
         count += 1
     if count and DOMAIN not in model.opset_imports:
         model.opset_imports[DOMAIN] = 1

@@ -35,7 +35,9 @@ from .nbits import to_matmul_nbits
 
 # the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
 WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32, "int4": torch.float32}
-EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph itself
+# weights above this go to ``<graph>.onnx.data`` beside the graph, written one tensor at a time and mapped
+# by onnxruntime and the TVM build, instead of a protobuf serialised whole in memory (and at most 2 GB)
+EXTERNAL_DATA_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
         group = check_group(fmt, options.group_size)
         if fmt.quantized:
             with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
-                log(f"  {model.quantize_weights(fmt.bits, group)} matrices; the embedding and LoRA matrices stay fp32")
+                log(f"  {model.quantize_weights(fmt.bits, group)} matrices and the embedding; the LoRA matrices stay fp32")
         with stage(log, "reference rollout (fp32 compute)"):
             build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
         model = model.to(WEIGHTS[options.weights])

@@ -6,11 +6,13 @@ import dataclasses
 import numbers
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import OptionError, TokenError
+from ..quantize import Quantized
 from .checkpoint import StateDict, check_tensors
 from .state import State, StateTensor, check_state, zero_state
 
@@ -108,6 +110,31 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
     return len(linears)
 
 
+class QuantizedEmbedding(nn.Module):
+    """An embedding held as ``quantize.py``'s integers and scales, each row looked up dequantized: exactly
+    ``Quantized.dequantize()``'s row (small integers times fp16 scales are exact in fp32), so a bundle
+    stores and reads the embedding at the format's bytes, as llama.cpp does.
+
+    values: (V, C * bits / 8) uint8, the zero point 2^(bits-1) added, int4 two to a byte (the even
+    column in the low nibble: ``Quantized.packed``); scales: (V, C / group) fp32 (fp16 values).
+    """
+
+    def __init__(self, found: Quantized) -> None:
+        super().__init__()
+        self.bits, self.group = found.bits, found.group
+        self.register_buffer("values", torch.from_numpy(found.packed()))
+        self.register_buffer("scales", torch.from_numpy(found.scales.astype(np.float32)))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # (..., C * bits / 8) as int32 (ONNX Gather, then integer arithmetic every runtime has)
+        rows = F.embedding(tokens, self.values).to(torch.int32)
+        if self.bits == 4:
+            high = torch.div(rows, 16, rounding_mode="trunc")
+            rows = torch.stack([rows - 16 * high, high], dim=-1).flatten(-2)  # (..., C), even columns low
+        q = rows.to(torch.float32) - (1 << (self.bits - 1))  # (..., C) integers
+        return (q.unflatten(-1, (-1, self.group)) * F.embedding(tokens, self.scales).unsqueeze(-1)).flatten(-2)
+
+
 class RWKVModel(nn.Module):
     """Base of the per-version models.
 
@@ -140,10 +167,17 @@ class RWKVModel(nn.Module):
         model.load_state_dict({k: v.to(dtype) for k, v in matched.items()}, assign=True)
         return model.eval().requires_grad_(False)
 
-    def quantize_weights(self, bits: int, group: int, activations: bool = False) -> int:
-        """``quantize_linears`` on this model: the projections and the head; the embedding, LoRA matrices,
-        norms and mixing vectors stay as they are."""
-        return quantize_linears(self, bits, group, activations)
+    def quantize_weights(self, bits: int, group: int, activations: bool = False, embedding: bool = True) -> int:
+        """``quantize_linears`` on this model (the projections and the head) and, with ``embedding``, the
+        embedding as a ``QuantizedEmbedding`` (its rows are looked up, never multiplied: ``activations``
+        does not apply); LoRA matrices, norms and mixing vectors stay as they are. Returns the number of
+        linear layers quantized."""
+        from ..quantize import quantize
+
+        count = quantize_linears(self, bits, group, activations)
+        if embedding:
+            self.emb = QuantizedEmbedding(quantize(self.emb.weight.detach().float().numpy(), bits, group))
+        return count
 
     def describe(self) -> dict[str, Any]:
         """The version and full config, for ``rwkv-edge info``."""

@@ -43,6 +43,7 @@ from rwkv_edge.bench.run import WEIGHTS, cuda_arch, default_work_dir
 
 SHAPES = {  # make_checkpoint's arguments
     "0.1b": {"version": "v7", "n_layer": 12, "n_embd": 768, "vocab_size": 65536, "head_size": 64, "seed": 0},
+    "0.4b": {"version": "v7", "n_layer": 24, "n_embd": 1024, "vocab_size": 65536, "head_size": 64, "seed": 0},
     "1.5b": {"version": "v7", "n_layer": 24, "n_embd": 2048, "vocab_size": 65536, "head_size": 64, "seed": 0},
 }
 CHECKPOINTS = {name: f"rwkv7-{name}-shape-random.pth" for name in SHAPES}

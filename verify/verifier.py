@@ -118,7 +118,7 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     manifest = artifact.manifest
     if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices (and activations)
         model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size,
-                               activations=manifest.compute == "int8")
+                               activations=manifest.compute == "int8", embedding=manifest.kind != "coreml")
     return TorchBackend(model)
 
 
