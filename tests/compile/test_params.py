@@ -59,3 +59,48 @@ def test_the_lifted_module_computes_what_the_original_does():
         want = before[name](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_array_equal(after[name](tvm.runtime.tensor(x), *weights).numpy(), want)
     np.testing.assert_array_equal(after["initial_state"]().numpy(), STATE)
+
+
+# -- an export's initializers bound as weights (bind_initializers) -------------------------------------
+def external_graph(tmp_path, location: str, length: int | None = None):
+    """y = x @ W with W (64, 32) in an external data file written beside the graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensor = numpy_helper.from_array(SHARED, "w")
+    (tmp_path / "w.bin").write_bytes(SHARED.tobytes())
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length or SHARED.nbytes))):
+        tensor.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], [tensor])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_bound_initializers_are_inputs_read_only_when_written(tmp_path):
+    from rwkv_edge.compile.params import WeightTable, bind_initializers
+
+    table = WeightTable()
+    proto = external_graph(tmp_path, "w.bin")
+    assert bind_initializers(proto, tmp_path, table) == 1
+    assert not proto.graph.initializer and [i.name for i in proto.graph.input] == ["x", "weight_0"]
+    again = external_graph(tmp_path, "w.bin")  # the prefill graph's copy: the same weight
+    assert bind_initializers(again, tmp_path, table) == 1 and len(table.by_key) == 1
+    (weight,) = table.by_name.values()
+    np.testing.assert_array_equal(np.asarray(weight), SHARED)
+
+
+@pytest.mark.parametrize("location, length, message", [
+    ("../w.bin", None, "not a file beside the graph"),
+    ("/etc/passwd", None, "not a file beside the graph"),
+    ("w.bin", 7, "does not fit"),
+    ("missing.bin", None, "does not fit"),
+])
+def test_external_data_outside_the_artifact_or_of_the_wrong_size_is_refused(tmp_path, location, length, message):
+    from rwkv_edge.compile.params import WeightTable, bind_initializers
+    from rwkv_edge.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=message):
+        bind_initializers(external_graph(tmp_path, location, length), tmp_path, WeightTable())

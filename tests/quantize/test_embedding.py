@@ -1,0 +1,43 @@
+"""The quantized embedding: each looked-up row is exactly the dequantized row; bundles store it at the format's bytes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from rwkv_edge.model import load_model
+from rwkv_edge.model.base import QuantizedEmbedding
+from rwkv_edge.quantize import quantize
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rows_are_exactly_the_dequantized_rows(version_ckpt, bits):
+    model = load_model(version_ckpt("v7"))
+    table = model.emb.weight.detach().numpy().copy()
+    model.quantize_weights(bits, 32)
+    assert isinstance(model.emb, QuantizedEmbedding) and model.emb.values.dtype == torch.uint8
+    assert model.emb.values.shape == (table.shape[0], table.shape[1] * bits // 8)
+    tokens = torch.tensor([[0, 3, table.shape[0] - 1], [7, 7, 1]])
+    np.testing.assert_array_equal(model.emb(tokens).numpy(), quantize(table, bits, 32).dequantize()[tokens.numpy()])
+
+
+def test_core_ml_keeps_its_embedding(version_ckpt):
+    model = load_model(version_ckpt("v7"))
+    model.quantize_weights(4, 32, embedding=False)
+    assert isinstance(model.emb, torch.nn.Embedding)
+
+
+@pytest.mark.parametrize("weights, dtype", [("int8", "U8"), ("int4", "U8")])
+def test_a_quantized_bundle_holds_no_float_embedding(tvm_bundle, version_ckpt, weights, dtype):
+    """The embedding (V, C) is stored as its integers (V, C * bits / 8) and scales, never as V x C floats."""
+    rows, width = load_model(version_ckpt("v7")).emb.weight.shape
+    bundle = tvm_bundle("v7", weights=weights)
+    data = (bundle / "params.safetensors").read_bytes()
+    header = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])
+    shapes = {(entry["dtype"], tuple(entry["shape"])) for name, entry in header.items() if name.startswith("w")}
+    assert (dtype, (rows, width * (8 if weights == "int8" else 4) // 8)) in shapes
+    assert not any(kind == "F32" and int(np.prod(shape)) >= rows * width for kind, shape in shapes)
