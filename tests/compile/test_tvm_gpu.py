@@ -109,11 +109,14 @@ def test_quantized_gpu_bundles_hold_the_integers(version, weights, tvm_bundle, v
     values = map_params(directory / PARAMS, manifest.graphs["step"].num_params)
     integers = [v for v in values if v.dtype == (np.int8 if bits == 8 else np.uint8)]
     scales = sorted(v.shape for v in values if v.dtype == np.float16)
-    linears = [m for m in load_model(version_ckpt(version)).modules() if isinstance(m, torch.nn.Linear)]
-    assert sorted(v.shape for v in integers) == sorted((m.out_features, m.in_features * bits // 8) for m in linears)
+    model = load_model(version_ckpt(version))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows, width = model.emb.weight.shape  # the embedding's integers too, gathered a row at a time (uint8)
+    assert sorted(v.shape for v in integers) == sorted([(m.out_features, m.in_features * bits // 8) for m in linears]
+                                                       + [(rows, width * bits // 8)] * (bits == 4))
     assert scales and set(scales) <= {(m.out_features, m.in_features // 32) for m in linears}  # fp16 per 32 weights
     # (scales below LIFT_MIN_ELEMENTS stay in the library, as every small constant does: the tiny model's 128 x 4)
-    assert sum(v.nbytes for v in integers) * 32 // bits == sum(m.weight.numel() * 4 for m in linears)  # 1/4, 1/8 of fp32
+    assert sum(v.nbytes for v in integers) * 32 // bits == sum(m.weight.numel() * 4 for m in linears) + 4 * rows * width * (bits == 4)
     if TARGETS["cuda-sm90"].runs_here():
         return
     code, out, _ = cli("verify", str(directory))
