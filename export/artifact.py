@@ -99,8 +99,17 @@ def report_commit(log: Callable[[str], None], out_dir: Path, manifest: Manifest,
     log(f"manifest sha256 {manifest_sha256} (pin it: rwkv-edge verify {out_dir} --expect-sha256 {manifest_sha256})")
 
 
+def peak_memory_gb() -> float:
+    """This process's largest resident set so far, in GB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
+
+
 class stage:
-    """Log a stage's name, then its wall time when it ends."""
+    """Log a stage's name, then its wall time and the process's peak memory so far when it ends."""
 
     def __init__(self, log: Callable[[str], None], name: str) -> None:
         self.log, self.name = log, name
@@ -111,4 +120,4 @@ class stage:
 
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
-            self.log(f"  {self.name}: {time.perf_counter() - self.start:.1f} s")
+            self.log(f"  {self.name}: {time.perf_counter() - self.start:.1f} s, peak memory {peak_memory_gb():.2f} GB")
