@@ -37,6 +37,7 @@ from ..errors import ArtifactError
 from ..quantize import Quantized
 
 LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
+PREFIX = "rwkv_edge_weight_"  # the table's variables: graph input names the importer keeps as they are
 
 
 @dataclass(eq=False)
@@ -75,7 +76,7 @@ class WeightTable:
     def var(self, weight: Weight) -> relax.Var:
         """The variable that stands for ``weight`` (the same one for an equal key)."""
         if weight.key not in self.by_key:
-            name = f"weight_{len(self.by_key)}"
+            name = f"{PREFIX}{len(self.by_key)}"
             self.by_key[weight.key] = relax.Var(name, relax.TensorType(weight.shape, str(weight.dtype)))
             self.by_name[name] = weight
         return self.by_key[weight.key]
@@ -111,11 +112,11 @@ def bind_initializers(proto, directory: Path, table: WeightTable) -> int:
     quantized = {name for node in nbits for name in node.input[1:3]}
     rename = {name: table.var(_initializer_weight(tensor, directory)).name for name, tensor in tensors.items()
               if name not in quantized and int(np.prod(tensor.dims, dtype=np.int64)) >= LIFT_MIN_ELEMENTS}
-    replaced = {}
-    for node in nbits:
-        weight = table.var(_matmul_nbits_weight(node, tensors, directory)).name
-        replaced[id(node)] = helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name)
-    nodes = [replaced.get(id(node), node) for node in graph.node]
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
+        if node.op_type == OP and node.domain == DOMAIN:
+            weight = table.var(_matmul_nbits_weight(node, tensors, directory)).name
+            nodes[i] = helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name)
     for node in nodes:
         if any(name in rename for name in node.input):
             node.input[:] = [rename.get(name, name) for name in node.input]

@@ -85,7 +85,7 @@ def test_bound_initializers_are_inputs_read_only_when_written(tmp_path):
     table = WeightTable()
     proto = external_graph(tmp_path, "w.bin")
     assert bind_initializers(proto, tmp_path, table) == 1
-    assert not proto.graph.initializer and [i.name for i in proto.graph.input] == ["x", "weight_0"]
+    assert not proto.graph.initializer and [i.name for i in proto.graph.input] == ["x", "rwkv_edge_weight_0"]
     again = external_graph(tmp_path, "w.bin")  # the prefill graph's copy: the same weight
     assert bind_initializers(again, tmp_path, table) == 1 and len(table.by_key) == 1
     (weight,) = table.by_name.values()
