@@ -72,14 +72,17 @@ def gemv_weight_names(tensors: StateDict) -> set[str]:
 def quantized_weight_bytes_per_token(tensors: StateDict, bits: int, group: int) -> int:
     """``weight_bytes_per_token`` of an int8/int4 artifact: the linear layers' matrices (the projections
     and the head, which ``quantize_weights`` quantizes) take ``bits / 8`` bytes a weight plus one fp16
-    scale per ``group``; the rest (LoRA matrices, vectors, the embedding row) stays fp32."""
+    scale per ``group``, and so does the embedding row the token reads (its scales stored as fp32); the
+    rest (LoRA matrices, vectors) stays fp32."""
     import torch
 
     model_class = ARCHITECTURES[detect_version(tensors)].model_class
     model = model_class.from_state_dict({k: torch.empty(t.shape, dtype=torch.float32, device="meta")
                                          for k, t in tensors.items()})
     linear = [m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return weight_bytes_per_token(tensors) - sum(linear) * BYTES_PER_VALUE + sum(n * bits // 8 + n // group * 2 for n in linear)
+    row = model.config.n_embd  # the embedding row, counted at fp32 by weight_bytes_per_token
+    quantized = sum(n * bits // 8 + n // group * 2 for n in linear) + row * bits // 8 + row // group * 4
+    return weight_bytes_per_token(tensors) - (sum(linear) + row) * BYTES_PER_VALUE + quantized
 
 
 def bound_ms(bytes_per_token: int, gb_s: float) -> float:

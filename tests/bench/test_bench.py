@@ -363,7 +363,9 @@ def test_quantized_weight_bytes_count_the_linear_layers_at_bits_plus_scales(bits
     linear = L * (4 * C * C + 4 * C * C + 4 * C * C) + V * C  # receptance key value output, ffn key/value, head
     tensors = make_checkpoint("v7", n_layer=L, n_embd=C, vocab_size=V, head_size=32)
     quantized = linear * bits // 8 + linear // 32 * 2  # fp16 scales per 32; LoRA matrices stay fp32
-    assert bound.quantized_weight_bytes_per_token(tensors, bits, 32) == weight_bytes_per_token(tensors) - 4 * linear + quantized
+    row = C * bits // 8 + C // 32 * 4  # the token's embedding row: its integers and fp32-stored scales
+    assert (bound.quantized_weight_bytes_per_token(tensors, bits, 32)
+            == weight_bytes_per_token(tensors) - 4 * linear - 4 * C + quantized + row)
 
 
 @pytest.mark.parametrize("version", ["v4", "v5", "v6", "v7"])
