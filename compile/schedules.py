@@ -96,13 +96,14 @@ def pack_weight(weight: np.ndarray, tile: int) -> np.ndarray:
 
 @mutator
 class PackConstantMatmuls(PyExprMutator):
-    """Rewrites ``matmul(x, W)`` with a constant 2-D ``W`` (K, N) into a packed product: one row in ``x``
-    (``one_row``: the decode GEMVs) or T rows (the prefill GEMMs). ``W`` becomes (N / tile, K, tile)
-    tiles for the ``dense`` kernel, or, where it is exactly a ``bits``-bit quantization, its integers
-    and scales in the same tiles (``pack_quantized``) for the ``quantized`` kernel; each kernel is
-    (TE function, block name). With ``dot`` (int8 compute) a quantized matrix instead becomes the
-    activation rounding and the integer dot product of ``compile/intdot.py``. Equal tiles in ``main`` and ``prefill`` become one parameter later
-    (``compile/params.py``)."""
+    """Rewrites ``matmul(x, W)`` with a 2-D weight ``W`` (K, N) of ``table`` into a packed product: one row
+    in ``x`` (``one_row``: the decode GEMVs) or T rows (the prefill GEMMs). ``W`` becomes a new weight,
+    (N / tile, K, tile) tiles for the ``dense`` kernel, or, where it stands for a ``bits``-bit
+    quantization (an export's MatMulNBits), its integers and scales in the same tiles
+    (``pack_quantized``) for the ``quantized`` kernel; each kernel is (TE function, block name). With
+    ``dot`` (int8 compute) a quantized matrix instead becomes the activation rounding and the integer
+    dot product of ``compile/intdot.py``. No weight is computed here: the tiles are made as the params
+    file is written, and equal tiles in ``main`` and ``prefill`` are one parameter (``compile/params.py``)."""
 
     def __init__(self, mod: tvm.IRModule, table: WeightTable, tile: int, bits: int, group: int, one_row: bool,
                  dense: tuple, quantized: tuple, dot: str = "") -> None:
