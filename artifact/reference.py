@@ -11,6 +11,8 @@ Arrays of one .npz (read without pickle), version 2:
   descending (ties: the lower id first); ``logits_mean`` and ``logits_std`` (T,) float64: every row's mean and std
 - ``state_out.{layer}.{role}`` float32, the state's shape: the state after the last token
 - ``greedy_prompt`` (P,) int64 and ``greedy_tokens`` (G,) int64: greedy generation from the prompt
+- int8-compute artifacts only, ``spread_logits``, ``spread_state`` and ``spread_top1`` () float64
+  (``RoundingSpread``): how far the same rollout moves when every rounded input is nudged by one fp32 ulp
 
 Version 1 held ``logits`` (T, V) float32, every row whole; it is still read (each step then has its whole row).
 
@@ -22,7 +24,7 @@ or ``features`` (N, C, h, w).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +91,30 @@ class RecordedLogits:
 
 
 @dataclass(frozen=True)
+class RoundingSpread:
+    """What an int8-compute model's own rollout does when every input it rounds to int8 is nudged by one
+    fp32 ulp (export/artifact.py, ``build_reference(spread=True)``), by verify's figures against the unnudged rollout: the worst scaled
+    logits error over the steps, the worst over the final state tensors, and the top-1 agreement."""
+
+    logits: float  # max over steps of max|Δ|/std
+    state: float  # max over state tensors of max|Δ|/std after the last step
+    top1: float  # fraction of steps whose top-1 token agrees, in [0, 1]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"spread_{name}": np.float64(value) for name, value in asdict(self).items()}
+
+
+SPREAD = tuple(f"spread_{f.name}" for f in fields(RoundingSpread))
+
+
+@dataclass(frozen=True)
 class Reference:
     tokens: np.ndarray  # (T,) int64
     logits: RecordedLogits  # after each token
     state: dict[str, np.ndarray]  # state_out.{layer}.{role} after the last token
     greedy_prompt: np.ndarray  # (P,) int64
     greedy_tokens: np.ndarray  # (G,) int64
+    spread: RoundingSpread | None = None  # int8-compute artifacts: the rollout's sensitivity to its rounding
 
     def save(self, path: Path) -> None:
         logits = self.logits
@@ -102,7 +122,7 @@ class Reference:
             np.savez(f, version=np.int64(REFERENCE_VERSION), tokens=self.tokens, logits_steps=logits.steps,
                      logits_full=logits.full, logits_top_ids=logits.top_ids, logits_top=logits.top,
                      logits_mean=logits.mean, logits_std=logits.std, greedy_prompt=self.greedy_prompt,
-                     greedy_tokens=self.greedy_tokens, **self.state)
+                     greedy_tokens=self.greedy_tokens, **self.state, **(self.spread.arrays() if self.spread else {}))
 
 
 def load_reference(path: Path, spec: list[StateTensor], vocab_size: int) -> Reference:
@@ -124,7 +144,26 @@ def load_reference(path: Path, spec: list[StateTensor], vocab_size: int) -> Refe
         _recorded_logits(arrays, path, tokens.size, vocab_size)
     return Reference(tokens, logits, {t.output_name: arrays[t.output_name].astype(np.float32) for t in spec},
                      _token_ids(arrays, "greedy_prompt", path, vocab_size),
-                     _token_ids(arrays, "greedy_tokens", path, vocab_size))
+                     _token_ids(arrays, "greedy_tokens", path, vocab_size), _spread(arrays, path))
+
+
+def _spread(arrays: dict[str, np.ndarray], path: Path) -> RoundingSpread | None:
+    """The recorded ``RoundingSpread``: all three figures or none, each one finite number >= 0 (top-1 <= 1)."""
+    present = [name for name in SPREAD if name in arrays]
+    if not present:
+        return None
+    if len(present) < len(SPREAD):
+        raise ArtifactError(f"{path}: holds {present[0]} but not {next(n for n in SPREAD if n not in arrays)}")
+    values = {}
+    for name in SPREAD:
+        value = arrays[name]
+        if value.size != 1 or value.dtype.kind != "f" or not np.isfinite(value).all() or value.item() < 0:
+            what = value.item() if value.size == 1 else _described(value)
+            raise ArtifactError(f"{path}: {name} must be one finite number >= 0; it is {what}")
+        values[name.removeprefix("spread_")] = float(value.item())
+    if values["top1"] > 1:
+        raise ArtifactError(f"{path}: spread_top1 is a fraction of steps, at most 1; it is {values['top1']}")
+    return RoundingSpread(**values)
 
 
 def _whole_logits(arrays: dict[str, np.ndarray], path: Path, steps: int, vocab_size: int) -> RecordedLogits:

@@ -174,7 +174,8 @@ def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights:
 
 def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], None]) -> None:
     """Replace the export's reference rollout with the int8-compute model's: the checkpoint with the same
-    quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``)."""
+    quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``),
+    with its rounding spread (``build_reference(spread=True)``)."""
     from ..export.artifact import build_reference, tokenizer_name
     from ..model import load_checkpoint
 
@@ -182,12 +183,16 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     if not checkpoint.is_file():
         raise ArtifactError(f"int8 compute needs the export's checkpoint for its reference rollout: {checkpoint} is "
                             "not there (compile the checkpoint itself, or --compute fp32)")
-    with stage(log, "reference rollout (int8 compute: activations rounded per group)"):
+    with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
         model, sha = load_checkpoint(checkpoint)
         if sha != onnx_manifest.source["sha256"]:
             raise ArtifactError(f"{checkpoint} is not the checkpoint the export was made from (sha256 differs)")
         model.quantize_weights(weight_format(onnx_manifest.weights).bits, onnx_manifest.group_size, activations=True)
-        build_reference(model, tokenizer_name(model)).save(path)
+        reference = build_reference(model, tokenizer_name(model), spread=True)
+        reference.save(path)
+    spread = reference.spread
+    log(f"  rounding spread (the rollout again, every rounded input nudged by one ulp): max|Δ|/std logits "
+        f"{spread.logits:.1e}, state {spread.state:.1e}; top-1 {spread.top1:.1%}")
 
 
 def _linker(target: TvmTarget | GpuTarget) -> Callable | None:

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..artifact import MANIFEST, Manifest
-from ..artifact.reference import RecordedLogits, Reference
+from ..artifact.reference import RecordedLogits, Reference, RoundingSpread
 from ..model import ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
+from ..model.base import nudged_inputs
 from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
@@ -53,18 +54,14 @@ def save_initial_state(model: RWKVModel, path: Path) -> bool:
     return True
 
 
-def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None) -> Reference:
+def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None, spread: bool = False) -> Reference:
     """What the model computes (fp32) over ROLLOUT_STEPS tokens of ROLLOUT_TEXT, feeding back its own
     state, and greedily from a prompt of its first GREEDY_PROMPT: the artifact's reference rollout.
     Single-token steps, on ``threads`` intra-op threads, or where None those ``threads_for`` picks for
-    one token (one, below ~1e9 parameters)."""
+    one token (one, below ~1e9 parameters). ``spread`` (an int8-compute model): with its ``RoundingSpread``."""
     tokens = rollout_tokens(tokenizer, model.config.vocab_size, ROLLOUT_STEPS)
     with torch.inference_mode(), torch_threads(threads_for(parameter_count(model), requested=threads)):
-        state, logits = model.init_state(), []
-        for token in tokens:
-            out, state = model.step(token, state)
-            logits.append(out)
-        final = {k: v.numpy() for k, v in state_to_named(state, prefix="state_out").items()}
+        logits, final = _rollout(model, tokens)
         prompt = tokens[:GREEDY_PROMPT]
         out, state = model.forward(prompt)
         greedy = []
@@ -72,9 +69,39 @@ def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None
             greedy.append(int(out[-1].argmax()))
             if i + 1 < GREEDY_TOKENS:
                 out, state = model.forward([greedy[-1]], state)
-    recorded = RecordedLogits.of(torch.stack(logits).numpy(), FULL_STEPS)
-    return Reference(np.asarray(tokens, np.int64), recorded, final, np.asarray(prompt, np.int64),
-                     np.asarray(greedy, np.int64))
+        measured = _rounding_spread(model, tokens, logits, final) if spread else None
+    return Reference(np.asarray(tokens, np.int64), RecordedLogits.of(logits, FULL_STEPS), final,
+                     np.asarray(prompt, np.int64), np.asarray(greedy, np.int64), measured)
+
+
+def _rollout(model: RWKVModel, tokens: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The logits (T, V) after each token, the model feeding back its own state, and the final state
+    (``state_out.{layer}.{role}``)."""
+    state, logits = model.init_state(), []
+    for token in tokens:
+        out, state = model.step(token, state)
+        logits.append(out)
+    return torch.stack(logits).numpy(), {k: v.numpy() for k, v in state_to_named(state, prefix="state_out").items()}
+
+
+def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray,
+                     state: dict[str, np.ndarray]) -> RoundingSpread:
+    """How far an int8-compute model's rollout moves when every input it rounds is nudged by one fp32 ulp.
+
+    An int8-compute bundle rounds every projection's input to int8 levels (compile/intdot.py) as its
+    reference does (``quantize_weights(activations=True)``). The two compute those inputs in fp32 in
+    different orders, so an input within a few ulps of a rounding boundary is now and then rounded to
+    neighbouring levels on the two sides (a flip); the state carries the move on. A 2 x 128 model sees a
+    few flips in a rollout, a 0.1B one several every step, and its bundle drifts from the reference about
+    as far as the reference drifts under this nudge (docs/quantization.md): verify's yardstick at scale.
+    Figures over whole rows: max|Δ|/std of the logits (worst step) and of the final state (worst tensor)."""
+    with nudged_inputs(model, seed=0):
+        nudged, nudged_state = _rollout(model, tokens)
+    ref = logits.astype(np.float64)
+    steps = np.abs(nudged - ref).max(axis=1) / ref.std(axis=1)
+    tensors = [np.abs(nudged_state[k] - v).max() / (v.std() or np.abs(v).max() or 1.0) for k, v in state.items()]
+    top1 = np.mean(nudged.argmax(axis=1) == logits.argmax(axis=1))
+    return RoundingSpread(float(steps.max()), float(max(tensors, default=0.0)), float(top1))
 
 
 def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:

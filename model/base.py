@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,6 +88,25 @@ def round_activations(x: torch.Tensor, group: int) -> torch.Tensor:
     dx = g.abs().amax(-1, keepdim=True) / 127  # (..., K / group, 1)
     xq = torch.where(dx > 0, torch.round(g / torch.where(dx > 0, dx, 1)), 0)
     return (xq * dx).reshape(x.shape)
+
+
+@contextmanager
+def nudged_inputs(model: nn.Module, seed: int) -> Iterator[None]:
+    """Within the block, every ``nn.Linear`` of ``model`` moves each input value by one fp32 ulp, up or
+    down at random (seeded), before its other hooks (``round_activations``) see it."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def nudge(_module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        up = torch.rand(x.shape, generator=generator) < 0.5
+        return (torch.nextafter(x, torch.where(up, torch.inf, -torch.inf)), *args[1:])
+
+    handles = [m.register_forward_pre_hook(nudge, prepend=True) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool = False) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..artifact.reference import RoundingSpread
 from ..errors import OptionError
 
 
@@ -65,6 +66,17 @@ INT4_FP16 = Tolerance("int4 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_ide
 # (zero point, layout, scale) by O(1).
 INT8_INT8 = Tolerance("int8 weights, int8 compute", 1e-1, 3e-2, 0.95, greedy_identical=False)
 INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-1, 3e-2, 0.95, greedy_identical=False)
+# At scale the flips are no longer rare: on the 0.1B shape (12 x 768, vocab 65536) one fp32 ulp of difference
+# in what is rounded flips several inputs every step, and the int4 x86-64 bundle drifted from its reference by
+# 9.7e-2 logits / 1.9e-1 state (layer 11 wkv) over 64 steps, top-1 61/64, with kernels that match it to ~1e-6
+# between flips. The reference itself, every rounded input nudged by one ulp (export/artifact.py, ``build_reference(spread=True)``), drifts as far:
+# four seeds gave 9.1e-2 to 9.8e-2 logits, 1.35e-1 to 1.68e-1 state, top-1 61 to 63/64. So an int8-compute
+# build records that drift (reference.npz ``spread_*``) and verify widens the fixed limits to SPREAD_FACTOR
+# times it where that is larger: 3x covers the worst bundle-to-spread ratio seen (1.4x, state) twice over,
+# and a wrong kernel (zero point, layout, scale: O(1)) still fails. Widened limits stop at SPREAD_CEILING,
+# where an error is as large as the outputs' own spread and the comparison would say nothing.
+SPREAD_FACTOR = 3.0
+SPREAD_CEILING = 1.0
 
 # (weight format, compute precision, manifest kind) -> limits
 TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
@@ -84,6 +96,20 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
     ("int4", "fp16", "coreml"): INT4_FP16,
 }
 LIMITS: dict[str, Tolerance] = {t.name: t for t in TOLERANCES.values()}  # by name, for scripts and tests
+
+
+def widened(tolerance: Tolerance, spread: RoundingSpread) -> Tolerance:
+    """An int8-compute ``tolerance`` with each limit raised to SPREAD_FACTOR x the model's recorded rounding
+    ``spread`` where that is larger (at most SPREAD_CEILING); ``tolerance`` itself where nothing is raised."""
+    logits = min(max(tolerance.logits_scaled, SPREAD_FACTOR * spread.logits), SPREAD_CEILING)
+    state = tolerance.state_scaled
+    if state is not None:
+        state = min(max(state, SPREAD_FACTOR * spread.state), SPREAD_CEILING)
+    top1 = max(min(tolerance.top1, 1 - SPREAD_FACTOR * (1 - spread.top1)), 0.0)
+    if (logits, state, top1) == (tolerance.logits_scaled, tolerance.state_scaled, tolerance.top1):
+        return tolerance
+    return Tolerance(f"{tolerance.name}, widened to {SPREAD_FACTOR:g}x this model's rounding spread", logits, state,
+                     top1, tolerance.greedy_identical)
 
 
 def tolerance_for(weights: str, compute: str, kind: str) -> Tolerance:

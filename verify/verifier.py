@@ -22,7 +22,7 @@ from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_re
                      greedy_identity)
 from ..weights import weight_format
 from .build_check import BuildReport, check_gpu_build
-from .tolerances import tolerance_for
+from .tolerances import tolerance_for, widened
 from .vision import ImageParityReport
 
 GREEDY_PROMPT = 16  # tokens of the rollout that prompt greedy generation (as recorded at build time)
@@ -64,6 +64,8 @@ def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoin
         return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
     tolerance = tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.reference()
+    if manifest.compute == "int8" and recorded.spread is not None:  # rounding flips at scale (export/artifact.py, ``build_reference(spread=True)``)
+        tolerance = widened(tolerance, recorded.spread)
     live = _live_reference(artifact, against_checkpoint, log) if against_checkpoint else None
     log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {manifest.weights} weights, "
         f"{manifest.compute} compute; limits {tolerance.name}; against "

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_edge.artifact.reference import (TOP_K, RecordedLogits, Reference, TopLogits, VisionReference,
-                                          load_reference)
+from rwkv_edge.artifact.reference import (TOP_K, RecordedLogits, Reference, RoundingSpread, TopLogits,
+                                          VisionReference, load_reference)
 from rwkv_edge.contract import StateTensor
 from rwkv_edge.errors import ArtifactError
 from rwkv_edge.export.artifact import FULL_STEPS
 
 T, V = 64, 256
 SPEC = [StateTensor(0, "wkv", (2, 4, 4))]
+SPREAD = RoundingSpread(0.1, 0.2, 0.9375).arrays()  # what an int8-compute build records
 
 
 @pytest.fixture
@@ -74,6 +75,13 @@ def test_the_compact_form_is_a_fraction_of_a_large_vocabulary(tmp_path):
     assert load_reference(tmp_path / "reference.npz", [], 65536).logits.at(7).ids[0] == np.argmax(logits[7])
 
 
+def test_an_int8_compute_reference_carries_its_rounding_spread(saved):
+    """The spread is three plain numbers beside the rollout, read back as written; a float reference has none."""
+    assert load_reference(saved, SPEC, V).spread is None
+    spread = load_reference(rewritten(saved, **SPREAD), SPEC, V).spread
+    assert spread == RoundingSpread(0.1, 0.2, 0.9375)
+
+
 def test_a_version_1_reference_is_read_with_every_row_whole(saved, logits):
     path = rewritten(saved, version=np.int64(1), logits=logits,
                      **{name: None for name in ("logits_steps", "logits_full", "logits_top_ids", "logits_top",
@@ -107,6 +115,11 @@ def test_a_version_1_reference_is_read_with_every_row_whole(saved, logits):
     ({"version": np.int64(3)}, "reference version 3, this rwkv-edge reads 1 and 2: rebuild the artifact"),
     ({"version": np.array(["2"])}, r"reference version <U1 \(1,\), this rwkv-edge reads 1 and 2"),
     ({"version": None}, "reference version none, this rwkv-edge reads 1 and 2"),
+    ({"spread_logits": np.float64(0.1)}, "holds spread_logits but not spread_state"),
+    ({**SPREAD, "spread_state": np.float64(-1)}, "spread_state must be one finite number >= 0; it is -1.0"),
+    ({**SPREAD, "spread_logits": np.float64(np.nan)}, "spread_logits must be one finite number >= 0; it is nan"),
+    ({**SPREAD, "spread_top1": np.ones(2)}, r"spread_top1 must be one finite number >= 0; it is float64 \(2,\)"),
+    ({**SPREAD, "spread_top1": np.float64(1.5)}, "spread_top1 is a fraction of steps, at most 1; it is 1.5"),
 ])
 def test_a_tampered_reference_is_one_line(saved, arrays, message):
     with pytest.raises(ArtifactError, match=message) as raised:
