@@ -96,7 +96,8 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
     linker = _linker(target)
     with ArtifactWriter(out_dir, log, reads=[source]) as writer:
         chunk = PREFILL_CHUNK if options.prefill_chunk is None else options.prefill_chunk
-        onnx = open_artifact(_onnx_export(source, writer.scratch / "onnx", options, 0 if gpu else chunk, log), kind="onnx")
+        exported, int8_reference = _onnx_export(source, writer.scratch / "onnx", target, options, 0 if gpu else chunk, log)
+        onnx = open_artifact(exported, kind="onnx")
         options = _check_exportable(onnx.manifest, onnx.directory, options)
         check_weights(options.weights, target.weight_formats, f"a {target.name} bundle")
         options = dataclasses.replace(options, compute=resolve_compute(target, options.compute, options.weights))
@@ -130,7 +131,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
         with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
             save_params(params, bundle / PARAMS)
         _copy_extras(onnx, bundle)
-        if options.compute == "int8":
+        if options.compute == "int8" and not int8_reference:
             _int8_reference(onnx.manifest, bundle / REFERENCE, log)
         manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
         report_commit(log, writer.out, manifest, writer.commit(manifest))
@@ -176,7 +177,7 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     """Replace the export's reference rollout with the int8-compute model's: the checkpoint with the same
     quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``),
     with its rounding spread (``build_reference(spread=True)``)."""
-    from ..export.artifact import build_reference, tokenizer_name
+    from ..export.artifact import build_reference, log_spread, tokenizer_name
     from ..model import load_checkpoint
 
     checkpoint = Path(onnx_manifest.source["checkpoint"])
@@ -190,9 +191,7 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
         model.quantize_weights(weight_format(onnx_manifest.weights).bits, onnx_manifest.group_size, activations=True)
         reference = build_reference(model, tokenizer_name(model), spread=True)
         reference.save(path)
-    spread = reference.spread
-    log(f"  rounding spread (the rollout again, every rounded input nudged by one ulp): max|Δ|/std logits "
-        f"{spread.logits:.1e}, state {spread.state:.1e}; top-1 {spread.top1:.1%}")
+        log_spread(log, reference.spread)
 
 
 def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
@@ -211,24 +210,27 @@ def _linker(target: TvmTarget | GpuTarget) -> Callable | None:
     return cc.cross_compiler(target.cross_compiler)
 
 
-def _onnx_export(source: Path, scratch: Path, options: TvmOptions, chunk: int, log: Callable[[str], None]) -> Path:
+def _onnx_export(source: Path, scratch: Path, target: TvmTarget | GpuTarget, options: TvmOptions, chunk: int,
+                 log: Callable[[str], None]) -> tuple[Path, bool]:
     """The ONNX artifact directory for ``source``: itself, its parent (model.onnx), or a fresh export
     into ``scratch`` (int8/int4 when those weights are asked for, else fp32; with a prefill graph of
-    ``chunk`` tokens, none if 0)."""
+    ``chunk`` tokens, none if 0); and whether its reference rollout is already the int8-compute one (a
+    fresh export for an int8-compute bundle records it from the model in memory)."""
     if source.is_dir():
-        return source
+        return source, False
     if source.suffix == ".onnx":
-        return source.parent
+        return source.parent, False
     if not source.is_file():
         raise ArtifactError(f"{source}: no such file or directory")
     from ..export.onnx import OnnxOptions, export_onnx
 
-    quantized = options.weights in ("int8", "int4")
-    export = OnnxOptions(options.weights if quantized else "fp32", prefill_chunk=chunk, group_size=options.group_size)
+    weights = options.weights if options.weights in ("int8", "int4") else "fp32"
+    compute = resolve_compute(target, options.compute, weights)
+    export = OnnxOptions(weights, prefill_chunk=chunk, group_size=options.group_size, reference_compute=compute)
     log(f"exporting {source} to ONNX first ({export.weights} weights)")
     export_onnx(source, scratch, export, log=lambda line: log(f"  {line}"))
     _release_memory()
-    return scratch
+    return scratch, compute == "int8"
 
 
 def _release_memory() -> None:

@@ -104,6 +104,11 @@ def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray,
     return RoundingSpread(float(steps.max()), float(max(tensors, default=0.0)), float(top1))
 
 
+def log_spread(log: Callable[[str], None], spread: RoundingSpread) -> None:
+    log(f"  rounding spread (the rollout again, every rounded input nudged by one ulp): max|Δ|/std logits "
+        f"{spread.logits:.1e}, state {spread.state:.1e}; top-1 {spread.top1:.1%}")
+
+
 def rollout_tokens(tokenizer: str, vocab_size: int, n: int) -> list[int]:
     """``n`` tokens of ROLLOUT_TEXT (repeated) where the tokenizer is bundled, else seeded random ids."""
     if tokenizer in ("bytes", "world"):

@@ -26,9 +26,11 @@ from ..errors import OptionError
 from ..quantize import check_group
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
+from ..model.base import copy_out_of, round_linear_inputs
 from ..model.vision import is_vision_checkpoint
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
-from .artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
+from .artifact import (build_reference, load_source, log_spread, open_source, report_commit, save_initial_state, stage,
+                       tokenizer_name)
 from .graph import ContractGraph, ImageGraph
 from .cleanup import clean_up, fold_weight_transposes
 from .nbits import to_matmul_nbits
@@ -49,9 +51,17 @@ class OnnxOptions:
     opset: int = 18
     group_size: int | None = None  # int8/int4: weights per scale (default: the format's)
     image_size: int | None = None  # image models: the graph's fixed resolution (default: the trained one)
+    # what the reference rollout computes: "fp32" (the export's own numbers); "int8" (int8/int4 weights) the
+    # projections' inputs rounded per group too, with the rounding spread: the reference of the int8-compute
+    # TVM bundle that compile_tvm builds from this export (not of the ONNX graphs, which compute in fp32)
+    reference_compute: str = "fp32"
 
     def __post_init__(self) -> None:
         check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
+        if self.reference_compute not in ("fp32", "int8"):
+            raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected fp32 or int8")
+        if self.reference_compute == "int8" and not weight_format(self.weights).quantized:
+            raise OptionError(f"an int8-compute reference takes int8 or int4 weights, not {self.weights}")
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         if self.opset < 18:
@@ -78,8 +88,11 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
         if fmt.quantized:
             with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
                 log(f"  {model.quantize_weights(fmt.bits, group)} matrices and the embedding; the LoRA matrices stay fp32")
-        with stage(log, "reference rollout (fp32 compute)"):
-            build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
+                copy_out_of(model, opened.tensors)
+        del opened  # the checkpoint's memory, where the model no longer maps it
+        if options.reference_compute == "fp32":
+            with stage(log, "reference rollout (fp32 compute)"):
+                build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
         model = model.to(WEIGHTS[options.weights])
         manifest = _manifest(model, checkpoint, sha, options, group)
         graphs = {"step": (ContractGraph(model), STEP_ONNX)}
@@ -87,6 +100,12 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
             graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), PREFILL_ONNX)
         for role, (graph, name) in graphs.items():
             _export_graph(graph, writer.dir / name, manifest, options, log, role)
+        if options.reference_compute == "int8":  # after the graphs: the rounding must not be traced into them
+            with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
+                round_linear_inputs(model, group)
+                reference = build_reference(model, tokenizer_name(model), spread=True)
+                reference.save(writer.dir / REFERENCE)
+                log_spread(log, reference.spread)
         if save_initial_state(model, writer.dir / INITIAL_STATE):
             manifest.initial_state = INITIAL_STATE
         report_commit(log, writer.out, manifest, writer.commit(manifest))

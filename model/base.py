@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,9 +127,30 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
     for m in linears:
         weight = m.weight.detach().float().numpy()
         m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
-        if activations:
-            m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
+    if activations:
+        round_linear_inputs(model, group)
     return len(linears)
+
+
+def round_linear_inputs(model: nn.Module, group: int) -> None:
+    """Every ``nn.Linear`` of ``model`` rounds its input per group of ``group`` along K to int8 levels
+    (``round_activations``) from now on, as int8-compute bundles do (``compile/intdot.py``)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
+
+
+def copy_out_of(model: nn.Module, tensors: dict[str, torch.Tensor]) -> int:
+    """Give every parameter and buffer of ``model`` that still shares memory with ``tensors`` (a loaded
+    checkpoint, mapped from its private copy) memory of its own, so that the checkpoint's memory goes
+    with ``tensors`` once quantization has replaced the large matrices. Returns the bytes copied."""
+    shared = {t.untyped_storage().data_ptr() for t in tensors.values()}
+    copied = 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.untyped_storage().data_ptr() in shared:
+            t.data = t.data.clone()
+            copied += t.nbytes
+    return copied
 
 
 class QuantizedEmbedding(nn.Module):

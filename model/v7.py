@@ -106,22 +106,36 @@ class TimeMix(nn.Module):
 
 
 def wkv7(r, decay, k, v, kk, a, wkv):
-    """The delta-rule recurrence over T, state [head, key, value].
+    """The delta-rule recurrence over T, state [head, key, value], token by token; the factors that do not
+    need the state are shaped for all T at once (a T-token prefill graph then traces half the ops per token).
 
     r, decay, k, v, kk, a: (..., T, H, N); wkv: (..., H, N, N) -> y (..., T, H, N), wkv.
     """
+    factors = _factors(r, decay, k, v, kk, a)  # each (..., T, H, N, 1) or (..., T, H, 1, N)
     ys = []
     for t in range(r.shape[-3]):
-        y, wkv = wkv7_step(wkv, *(z[..., t, :, :] for z in (r, decay, k, v, kk, a)))
+        y, wkv = _update(wkv, *(f[..., t, :, :, :] for f in factors))
         ys.append(y)
-    return torch.stack(ys, dim=-3), wkv
+    return torch.stack(ys, dim=-4).squeeze(-2), wkv
 
 
 def wkv7_step(wkv, r_t, w_t, k_t, v_t, kk_t, a_t):
-    """One token: S' = diag(w) S - (kk * a) (kk^T S) + k v^T ;  y = r^T S'.  (..., H, N) each."""
-    removal = (kk_t * a_t).unsqueeze(-1) * (kk_t.unsqueeze(-2) @ wkv)  # (..., H, N, N)
-    wkv = w_t.unsqueeze(-1) * wkv - removal + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
-    return (r_t.unsqueeze(-2) @ wkv).squeeze(-2), wkv  # (..., H, N)
+    """One token: (..., H, N) each -> y (..., H, N), wkv."""
+    y, wkv = _update(wkv, *_factors(r_t, w_t, k_t, v_t, kk_t, a_t))
+    return y.squeeze(-2), wkv
+
+
+def _factors(r, decay, k, v, kk, a):
+    """(..., H, N) each -> the update's factors: ``kk * a``, ``decay`` and ``k`` as columns (..., H, N, 1),
+    ``kk``, ``v`` and ``r`` as rows (..., H, 1, N)."""
+    return (kk * a).unsqueeze(-1), kk.unsqueeze(-2), decay.unsqueeze(-1), k.unsqueeze(-1), v.unsqueeze(-2), r.unsqueeze(-2)
+
+
+def _update(wkv, kka_col, kk_row, w_col, k_col, v_row, r_row):
+    """S' = diag(w) S - (kk * a) (kk^T S) + k v^T ;  y = r^T S' (a row, (..., H, 1, N))."""
+    removal = kka_col * (kk_row @ wkv)  # (..., H, N, N)
+    wkv = w_col * wkv - removal + k_col * v_row
+    return r_row @ wkv, wkv
 
 
 class ChannelMix(nn.Module):

@@ -69,6 +69,21 @@ def test_verify_against_the_checkpoint_rounds_the_activations_too(tvm_bundle):
 
 
 @needs_vnni
+def test_a_checkpoint_compiled_for_int8_compute_records_one_reference_and_passes(make_ckpt, tmp_path):
+    """From a checkpoint the export records the int8-compute rollout (with its spread) from the model it holds:
+    no fp32 rollout to throw away, no second load of the checkpoint; the bundle passes verify on it."""
+    lines: list[str] = []
+    compile_tvm(make_ckpt("v7"), tmp_path, TvmOptions(weights="int4", prefill_chunk=4), log=lines.append)
+    rollouts = [line.strip() for line in lines if "rollout" in line and line.strip().endswith("...")]
+    assert rollouts == ["reference rollout and rounding spread (int8 compute: activations rounded per group) ..."]
+    assert sum("load checkpoint ..." in line for line in lines) == 1
+    with np.load(tmp_path / "reference.npz") as reference:
+        assert "spread_logits" in reference.files
+    report = verify_artifact(tmp_path, steps=64, greedy_tokens=32, log=quiet)
+    assert report.passed, report.summary()
+
+
+@needs_vnni
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_prefill_rounds_each_row_as_the_steps_do(weights, tvm_bundle, prefill_vs_steps):
     """The prefill GEMMs round every row on its own: 8 tokens in one call equal 8 steps."""

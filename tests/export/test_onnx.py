@@ -233,3 +233,37 @@ def test_the_prefill_graph_runs_the_head_on_the_last_position_only(make_ckpt, tm
     assert [d for d in shapes[head[0].input[0]] if d != 1] == [width]  # one row of C: not (T, C)
     logits, _ = OrtBackend(tmp_path).run_prefill_chunk([3, 1, 4, 1, 5], OrtBackend(tmp_path).init_state())
     np.testing.assert_allclose(logits, ref.prefill([3, 1, 4, 1, 5], ref.init_state())[0], rtol=0, atol=1e-4)
+
+
+def test_an_int8_compute_reference_is_the_reloaded_models_and_stays_out_of_the_graphs(make_ckpt, tmp_path):
+    """``reference_compute="int8"`` (compile_tvm's export for an int8-compute bundle) records the rollout of
+    the model already in memory, its projections rounding their inputs, with its spread: the very numbers of
+    the checkpoint loaded again and quantized with that rounding; the graphs compute in fp32 as ever."""
+    from rwkv_edge.artifact.reference import load_reference
+    from rwkv_edge.export.artifact import build_reference, tokenizer_name
+
+    ckpt = make_ckpt("v7")
+    export_onnx(ckpt, tmp_path, OnnxOptions(weights="int4", prefill_chunk=CHUNK, reference_compute="int8"), log=quiet)
+    model = load_model(ckpt)
+    model.quantize_weights(4, 32, activations=True)
+    expected = build_reference(model, tokenizer_name(model), spread=True)
+    got = load_reference(tmp_path / "reference.npz", model.state_spec(), model.config.vocab_size)
+    np.testing.assert_array_equal(got.logits.full, expected.logits.full)
+    np.testing.assert_array_equal(got.greedy_tokens, expected.greedy_tokens)
+    for name, value in expected.state.items():
+        np.testing.assert_array_equal(got.state[name], value)
+    assert got.spread == expected.spread and got.spread.logits > 0
+    for graph in ("model.onnx", "prefill.onnx"):
+        ops = {node.op_type for node in onnx.load(tmp_path / graph, load_external_data=False).graph.node}
+        assert "Round" not in ops and "MatMulNBits" in ops
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(reference_compute="int8"), "an int8-compute reference takes int8 or int4 weights, not fp32"),
+    (dict(weights="int8", reference_compute="int4"), "unknown reference compute 'int4'; expected fp32 or int8"),
+])
+def test_a_bad_reference_compute_is_one_line(options, message):
+    from rwkv_edge.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        OnnxOptions(**options)

@@ -41,3 +41,27 @@ def test_a_quantized_bundle_holds_no_float_embedding(tvm_bundle, version_ckpt, w
     shapes = {(entry["dtype"], tuple(entry["shape"])) for name, entry in header.items() if name.startswith("w")}
     assert ("U8", (rows, width * (8 if weights == "int8" else 4) // 8)) in shapes  # q + 2^(bits-1), unsigned
     assert not any(kind == "F32" and int(np.prod(shape)) >= rows * width for kind, shape in shapes)
+
+
+def test_a_quantized_model_lets_go_of_the_checkpoints_memory(make_ckpt):
+    """After quantization only small tensors (LoRAs, norms, mixing vectors) still map the checkpoint's
+    private copy; ``copy_out_of`` gives them memory of their own, values unchanged, so that copy can go."""
+    from rwkv_edge.model import model_from_state_dict
+    from rwkv_edge.model.base import copy_out_of
+    from rwkv_edge.model.checkpoint import open_checkpoint
+
+    opened = open_checkpoint(make_ckpt("v7"))
+    model = model_from_state_dict(opened.tensors)
+    model.quantize_weights(8, 32)
+    mapped = {t.untyped_storage().data_ptr() for t in opened.tensors.values()}
+
+    def still_mapped() -> list[str]:
+        return [name for name, t in model.state_dict().items() if t.untyped_storage().data_ptr() in mapped]
+
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    small = still_mapped()
+    assert "blocks.0.att.w1" in small and "head.weight" not in small
+    assert copy_out_of(model, opened.tensors) == sum(before[n].nbytes for n in small)
+    assert still_mapped() == []
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, before[name]), name
