@@ -43,10 +43,14 @@ class Quantized:
     def group(self) -> int:
         return self.values.shape[1] // self.scales.shape[1]
 
-    def dequantize(self) -> np.ndarray:
-        """(N, K) float32, exactly the matrix every backend computes with (ROWS rows at a time)."""
+    def dequantize(self, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, K) float32, exactly the matrix every backend computes with (ROWS rows at a time), written
+        into ``out`` where given (say the matrix's own memory: no second copy)."""
         n, k = self.values.shape
-        out = np.empty((n, k), np.float32)
+        if out is None:
+            out = np.empty((n, k), np.float32)
+        elif out.shape != (n, k) or out.dtype != np.float32 or not out.flags.writeable:
+            raise ValueError(f"dequantize into a writable ({n}, {k}) float32 array, not {out.dtype} {out.shape}")
         for start in range(0, n, ROWS):
             rows = slice(start, start + ROWS)
             scales = self.scales[rows].astype(np.float32)[..., None]  # (rows, K / group, 1)

@@ -26,7 +26,7 @@ from ..errors import OptionError
 from ..quantize import check_group
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
-from ..model.base import copy_out_of, round_linear_inputs
+from ..model.base import round_linear_inputs
 from ..model.vision import is_vision_checkpoint
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
 from .artifact import (build_reference, load_source, log_spread, open_source, report_commit, save_initial_state, stage,
@@ -84,12 +84,12 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
             raise OptionError(f"{checkpoint} is a language model: --image-size applies to image models")
         fmt = weight_format(options.weights)
         model, sha = load_source(checkpoint, opened, log, note=f", {fmt.name} weights, {_compute(options)} compute")
+        del opened  # its private copy lives on only where the model maps it (fp32 tensors)
         group = check_group(fmt, options.group_size)
         if fmt.quantized:
             with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
-                log(f"  {model.quantize_weights(fmt.bits, group)} matrices and the embedding; the LoRA matrices stay fp32")
-                copy_out_of(model, opened.tensors)
-        del opened  # the checkpoint's memory, where the model no longer maps it
+                count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one
+                log(f"  {count} matrices and the embedding; the LoRA matrices stay fp32")
         if options.reference_compute == "fp32":
             with stage(log, "reference rollout (fp32 compute)"):
                 build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,13 +109,14 @@ def nudged_inputs(model: nn.Module, seed: int) -> Iterator[None]:
             handle.remove()
 
 
-def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool = False) -> int:
+def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool = False, in_place: bool = False) -> int:
     """Replace the weight of every ``nn.Linear`` in ``model`` with its ``bits``-bit quantization
     (``quantize.py``), dequantized: the numbers every quantized artifact of the model computes with.
     ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
     K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/intdot.py``).
-    Returns the number of matrices; OptionError (before any change) if ``group`` does not divide
-    an input dimension."""
+    ``in_place``: fp32 weights are overwritten in their own memory, whatever else shares it (a caller
+    that owns the checkpoint's copy saves the model's size). Returns the number of matrices;
+    OptionError (before any change) if ``group`` does not divide an input dimension."""
     from ..quantize import quantize
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -125,8 +125,12 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
             raise OptionError(f"a group size of {group} does not divide the input dimension {m.in_features} "
                               f"of the {m.out_features} x {m.in_features} matrices")
     for m in linears:
-        weight = m.weight.detach().float().numpy()
-        m.weight.data = torch.from_numpy(quantize(weight, bits, group).dequantize()).to(m.weight.dtype)
+        weight = m.weight.detach()
+        quantized = quantize(weight.float().numpy(), bits, group)
+        if in_place and weight.dtype == torch.float32 and weight.is_contiguous():
+            quantized.dequantize(out=weight.numpy())
+        else:
+            m.weight.data = torch.from_numpy(quantized.dequantize()).to(m.weight.dtype)
     if activations:
         round_linear_inputs(model, group)
     return len(linears)
@@ -138,19 +142,6 @@ def round_linear_inputs(model: nn.Module, group: int) -> None:
     for m in model.modules():
         if isinstance(m, nn.Linear):
             m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))
-
-
-def copy_out_of(model: nn.Module, tensors: dict[str, torch.Tensor]) -> int:
-    """Give every parameter and buffer of ``model`` that still shares memory with ``tensors`` (a loaded
-    checkpoint, mapped from its private copy) memory of its own, so that the checkpoint's memory goes
-    with ``tensors`` once quantization has replaced the large matrices. Returns the bytes copied."""
-    shared = {t.untyped_storage().data_ptr() for t in tensors.values()}
-    copied = 0
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.untyped_storage().data_ptr() in shared:
-            t.data = t.data.clone()
-            copied += t.nbytes
-    return copied
 
 
 class QuantizedEmbedding(nn.Module):
@@ -210,14 +201,15 @@ class RWKVModel(nn.Module):
         model.load_state_dict({k: v.to(dtype) for k, v in matched.items()}, assign=True)
         return model.eval().requires_grad_(False)
 
-    def quantize_weights(self, bits: int, group: int, activations: bool = False, embedding: bool = True) -> int:
+    def quantize_weights(self, bits: int, group: int, activations: bool = False, embedding: bool = True,
+                         in_place: bool = False) -> int:
         """``quantize_linears`` on this model (the projections and the head) and, with ``embedding``, the
         embedding as a ``QuantizedEmbedding`` (its rows are looked up, never multiplied: ``activations``
         does not apply); LoRA matrices, norms and mixing vectors stay as they are. Returns the number of
         linear layers quantized."""
         from ..quantize import quantize
 
-        count = quantize_linears(self, bits, group, activations)
+        count = quantize_linears(self, bits, group, activations, in_place)
         if embedding:
             self.emb = QuantizedEmbedding(quantize(self.emb.weight.detach().float().numpy(), bits, group))
         return count

@@ -211,8 +211,15 @@ def _read_safetensors(source: str | BinaryIO, path: Path) -> StateDict:
 
 
 def _read_torch(source: str | BinaryIO, path: Path, mmap: bool) -> StateDict:
+    """With ``mmap`` (``source`` is the private copy) the tensors map it shared and writable: a model that
+    quantizes its weights in place (``quantize_weights(in_place=True)``) then needs no second copy."""
     try:
-        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+        if not mmap:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        from mmap import MAP_SHARED
+
+        with torch.serialization.set_default_mmap_options(MAP_SHARED):
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(

@@ -43,25 +43,27 @@ def test_a_quantized_bundle_holds_no_float_embedding(tvm_bundle, version_ckpt, w
     assert not any(kind == "F32" and int(np.prod(shape)) >= rows * width for kind, shape in shapes)
 
 
-def test_a_quantized_model_lets_go_of_the_checkpoints_memory(make_ckpt):
-    """After quantization only small tensors (LoRAs, norms, mixing vectors) still map the checkpoint's
-    private copy; ``copy_out_of`` gives them memory of their own, values unchanged, so that copy can go."""
+def test_quantizing_in_place_writes_the_same_numbers_into_the_checkpoints_copy(make_ckpt):
+    """``in_place``: every projection's dequantized numbers land in the memory the model mapped from the
+    checkpoint's private copy (no second copy of the model), equal to quantizing into new memory; the
+    checkpoint file itself is untouched (the copy is the process's own)."""
+    import hashlib
+
     from rwkv_edge.model import model_from_state_dict
-    from rwkv_edge.model.base import copy_out_of
     from rwkv_edge.model.checkpoint import open_checkpoint
 
-    opened = open_checkpoint(make_ckpt("v7"))
+    path = make_ckpt("v7")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = model_from_state_dict(open_checkpoint(path).tensors)
+    expected.quantize_weights(4, 32)
+    opened = open_checkpoint(path)
     model = model_from_state_dict(opened.tensors)
-    model.quantize_weights(8, 32)
-    mapped = {t.untyped_storage().data_ptr() for t in opened.tensors.values()}
-
-    def still_mapped() -> list[str]:
-        return [name for name, t in model.state_dict().items() if t.untyped_storage().data_ptr() in mapped]
-
-    before = {name: t.clone() for name, t in model.state_dict().items()}
-    small = still_mapped()
-    assert "blocks.0.att.w1" in small and "head.weight" not in small
-    assert copy_out_of(model, opened.tensors) == sum(before[n].nbytes for n in small)
-    assert still_mapped() == []
-    for name, t in model.state_dict().items():
-        assert torch.equal(t, before[name]), name
+    where = {name: p.data_ptr() for name, p in model.named_parameters()}
+    model.quantize_weights(4, 32, in_place=True)
+    for name, p in model.named_parameters():
+        assert p.data_ptr() == where[name], f"{name} moved to new memory"
+    for (name, got), want in zip(model.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(got, want), name
+    assert torch.equal(opened.tensors["head.weight"], model.head.weight)  # the same memory
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert open_checkpoint(path).sha256 == before
