@@ -93,8 +93,9 @@ class RecordedLogits:
 @dataclass(frozen=True)
 class RoundingSpread:
     """What an int8-compute model's own rollout does when every input it rounds to int8 is nudged by one
-    fp32 ulp (export/artifact.py, ``build_reference(spread=True)``), by verify's figures against the unnudged rollout: the worst scaled
-    logits error over the steps, the worst over the final state tensors, and the top-1 agreement."""
+    fp32 ulp (export/artifact.py, ``build_reference(spread=True)``), against the rollout without the
+    nudge, over whole rows: the worst max|Δ|/std of the logits over the steps, the worst over the final
+    state tensors, and the top-1 agreement."""
 
     logits: float  # max over steps of max|Δ|/std
     state: float  # max over state tensors of max|Δ|/std after the last step

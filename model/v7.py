@@ -128,7 +128,9 @@ def wkv7_step(wkv, r_t, w_t, k_t, v_t, kk_t, a_t):
 def _factors(r, decay, k, v, kk, a):
     """(..., H, N) each -> the update's factors: ``kk * a``, ``decay`` and ``k`` as columns (..., H, N, 1),
     ``kk``, ``v`` and ``r`` as rows (..., H, 1, N)."""
-    return (kk * a).unsqueeze(-1), kk.unsqueeze(-2), decay.unsqueeze(-1), k.unsqueeze(-1), v.unsqueeze(-2), r.unsqueeze(-2)
+    columns = (kk * a).unsqueeze(-1), decay.unsqueeze(-1), k.unsqueeze(-1)  # (..., H, N, 1)
+    rows = kk.unsqueeze(-2), v.unsqueeze(-2), r.unsqueeze(-2)  # (..., H, 1, N)
+    return columns[0], rows[0], columns[1], columns[2], rows[1], rows[2]
 
 
 def _update(wkv, kka_col, kk_row, w_col, k_col, v_row, r_row):

@@ -84,7 +84,8 @@ def main() -> None:
     heads, size = fp32.config.n_embd // fp32.config.head_size, fp32.config.head_size
     eps = fp32.blocks[0].att.ln_x.eps
     for step in (0, 2):
-        print(f"\nstep {step}: per layer, the head with the largest normalized error (ln_x's input RMS: that head, median head)")
+        print(f"\nstep {step}: per layer, the head with the largest normalized error "
+              "(ln_x's input RMS: that head, median head)")
         for layer, (a, b) in enumerate(zip(exact[step], rounded[step])):
             a, b = a.reshape(heads, size), b.reshape(heads, size)
             normalized = [(x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)

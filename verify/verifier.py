@@ -64,7 +64,7 @@ def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoin
         return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
     tolerance = tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.reference()
-    if manifest.compute == "int8" and recorded.spread is not None:  # rounding flips at scale (export/artifact.py, ``build_reference(spread=True)``)
+    if manifest.compute == "int8" and recorded.spread is not None:  # rounding flips at scale (docs/quantization.md)
         tolerance = widened(tolerance, recorded.spread)
     live = _live_reference(artifact, against_checkpoint, log) if against_checkpoint else None
     log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {manifest.weights} weights, "
