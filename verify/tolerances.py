@@ -112,6 +112,13 @@ def widened(tolerance: Tolerance, spread: RoundingSpread) -> Tolerance:
                      top1, tolerance.greedy_identical)
 
 
+def beyond_judgement(spread: RoundingSpread) -> bool:
+    """Whether the model's rounding spread is so large that the widened limits stop at SPREAD_CEILING: a
+    rollout comparison then cannot tell rounding flips from a wrong kernel (random 0.4B and 1.5B shapes,
+    whose first token amplifies flips as it does weight rounding: docs/quantization.md)."""
+    return SPREAD_FACTOR * max(spread.logits, spread.state) > SPREAD_CEILING
+
+
 def tolerance_for(weights: str, compute: str, kind: str) -> Tolerance:
     """The limits of an artifact of ``kind`` with ``weights`` computed in ``compute``."""
     found = TOLERANCES.get((weights, compute, kind))

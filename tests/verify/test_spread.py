@@ -14,7 +14,7 @@ from rwkv_edge.export.artifact import build_reference
 from rwkv_edge.model import model_from_state_dict
 from rwkv_edge.model.base import nudged_inputs
 from rwkv_edge.model.synthetic import make_checkpoint
-from rwkv_edge.verify.tolerances import INT4_INT8, SPREAD_CEILING, SPREAD_FACTOR, widened
+from rwkv_edge.verify.tolerances import INT4_INT8, SPREAD_CEILING, SPREAD_FACTOR, beyond_judgement, widened
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,10 @@ def test_limits_widen_to_the_recorded_spread_and_no_further():
     assert "rounding spread" in wide.name and wide.greedy_identical is False
     huge = widened(INT4_INT8, RoundingSpread(5.0, 5.0, 0.0))
     assert huge.logits_scaled == huge.state_scaled == SPREAD_CEILING and huge.top1 == 0
+
+
+def test_a_spread_past_the_ceiling_is_beyond_a_rollouts_judgement():
+    """The 1.5B-shape int8 bundle's recorded spread (1.6 logits, 0.93 state) leaves nothing to judge by; the
+    0.1B int4 one's (9.1e-2, 1.7e-1) does."""
+    assert beyond_judgement(RoundingSpread(1.6, 0.93, 0.875))
+    assert not beyond_judgement(RoundingSpread(9.1e-2, 1.7e-1, 61 / 64))
