@@ -9,9 +9,7 @@ from dataclasses import dataclass
 
 CONTRACT_VERSION = "1.2"  # of docs/onnx-contract.md; bump on any change (1.1: weights/compute metadata, reference.npz;
 # 1.2: reference.npz version 2, the logits in compact form)
-VERSIONS = ("v4", "v5", "v6", "v7")  # the architectures an artifact may hold (model.ARCHITECTURES)
 # The image contract (docs/onnx-contract.md, "Vision artifacts"): one whole-image graph, no state, no tokenizer.
-VISION_ARCHITECTURES = ("vrwkv",)  # Vision-RWKV (model/vision.py)
 IMAGE_GRAPH, IMAGE_INPUT = "image", "images"  # the manifest's graph role; the input (B, 3, H, W) float32
 IMAGE_OUTPUTS = ("logits", "features")  # (B, classes), or (B, C, H / patch, W / patch) for a backbone
 NO_TOKENIZER = "none"  # the manifest's tokenizer field of an image model

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..architectures import ARCHITECTURES, IMAGE
 from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, MAX_IMAGE_SIZE, NO_TOKENIZER,
-                        VERSIONS, VISION_ARCHITECTURES, StateTensor, compatible)
+                        StateTensor, compatible)
 from ..errors import ArtifactError
 from ..quantize import GROUP_SIZES
 from ..weights import WEIGHT_FORMATS
@@ -113,9 +114,13 @@ class Manifest:
         return self.config["vocab_size"]
 
     @property
+    def family(self) -> str:
+        """``language`` (the step contract) or ``image`` (one whole-image graph, no state, no tokenizer)."""
+        return ARCHITECTURES[self.architecture].family
+
+    @property
     def is_vision(self) -> bool:
-        """An image model's artifact: one whole-image graph, no state, no tokenizer."""
-        return self.architecture in VISION_ARCHITECTURES
+        return self.family == IMAGE
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -217,10 +222,10 @@ class _Checker:
         if not compatible(contract):
             self.fail(f"step contract {contract}; this rwkv-edge runs contract {CONTRACT_VERSION}: rebuild the artifact")
         architecture = self.get(data, "architecture", str, "architecture")
-        if architecture not in VERSIONS + VISION_ARCHITECTURES:
-            self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(VERSIONS + VISION_ARCHITECTURES)}")
+        if architecture not in ARCHITECTURES:
+            self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
         config = self.get(data, "config", dict, "config")
-        vision = architecture in VISION_ARCHITECTURES
+        vision = ARCHITECTURES[architecture].family == IMAGE
         if vision:
             self.vision_config(config)
         else:

@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ..model import ARCHITECTURES, detect_version
+from ..model import LANGUAGE_ARCHITECTURES, detect_version
 from ..model.checkpoint import StateDict
 
 BYTES_PER_VALUE = 4  # every backend computes in fp32 on the CPU
@@ -29,7 +29,7 @@ def weight_bytes_per_token(tensors: StateDict, bytes_per_value: int = BYTES_PER_
     embedding, of which one row (the token's). ``gemv_bytes_per_value``: the matrices the step
     multiplies a row by (``gemv_weight_names``) take that many bytes each, the rest ``bytes_per_value``
     (a GPU bundle's fp16 weights: 2, with everything else fp32)."""
-    unused = set(ARCHITECTURES[detect_version(tensors)].model_class.unused_keys)
+    unused = set(LANGUAGE_ARCHITECTURES[detect_version(tensors)].model_class().unused_keys)
     gemv = gemv_weight_names(tensors) if gemv_bytes_per_value is not None else set()
     total = 0
     for name, t in tensors.items():
@@ -49,7 +49,7 @@ def gemv_weight_names(tensors: StateDict) -> set[str]:
     import torch
     from torch.overrides import TorchFunctionMode
 
-    model_class = ARCHITECTURES[detect_version(tensors)].model_class
+    model_class = LANGUAGE_ARCHITECTURES[detect_version(tensors)].model_class()
     model = model_class.from_state_dict({k: torch.empty(t.shape, dtype=torch.float32, device="meta")
                                          for k, t in tensors.items()})
     names = {id(p): name for name, p in model.named_parameters()}
@@ -76,7 +76,7 @@ def quantized_weight_bytes_per_token(tensors: StateDict, bits: int, group: int) 
     rest (LoRA matrices, vectors) stays fp32."""
     import torch
 
-    model_class = ARCHITECTURES[detect_version(tensors)].model_class
+    model_class = LANGUAGE_ARCHITECTURES[detect_version(tensors)].model_class()
     model = model_class.from_state_dict({k: torch.empty(t.shape, dtype=torch.float32, device="meta")
                                          for k, t in tensors.items()})
     linear = [m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)]

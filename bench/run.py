@@ -34,7 +34,7 @@ import numpy as np
 from ..artifact import TvmBuild, open_artifact, sha256_file
 from ..compile.tvm import PREFILL_CHUNK
 from ..errors import ArtifactError, OptionError, RwkvEdgeError
-from ..model import ARCHITECTURES, DEMO_CHECKPOINT, detect_version
+from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
 from ..platforms import cuda_device_arch, gpu_unavailable, host_triple, sm_number
 from ..runtime.registry import BACKENDS as RUNNERS
@@ -333,11 +333,11 @@ def _bundle_options(source: Path, target: TvmBuild, manifest_weights: str, optio
 
 def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any]:
     version = detect_version(tensors)
-    unused = ARCHITECTURES[version].model_class.unused_keys  # v7 layer 0's value-residual weights
+    unused = LANGUAGE_ARCHITECTURES[version].model_class().unused_keys  # v7 layer 0's value-residual weights
     vocab_size, n_embd = tensors["emb.weight"].shape
     return {
         "checkpoint": str(checkpoint), "sha256": sha, "architecture": version,
-        "label": ARCHITECTURES[version].label, "n_layer": n_layers(tensors),
+        "label": LANGUAGE_ARCHITECTURES[version].label, "n_layer": n_layers(tensors),
         "n_embd": int(n_embd), "vocab_size": int(vocab_size),
         "parameters": sum(t.numel() for name, t in tensors.items() if name not in unused),  # as `rwkv-edge info`
     }

@@ -312,7 +312,7 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import ARCHITECTURES, DEMO_CHECKPOINT, VisionRWKV, load_any_model
+    from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, VisionRWKV, load_any_model
 
     model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
     if isinstance(model, VisionRWKV):
@@ -325,7 +325,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2))
         return
     print(f"checkpoint    {args.checkpoint or f'{DEMO_CHECKPOINT} (bundled demo model)'}")
-    print(f"architecture  {ARCHITECTURES[model.version].label} [{model.version}]")
+    print(f"architecture  {LANGUAGE_ARCHITECTURES[model.version].label} [{model.version}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in model.describe().items():
         if key != "version":

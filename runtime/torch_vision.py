@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..model import ARCHITECTURES, VisionRWKV, detect_version
+from ..model import LANGUAGE_ARCHITECTURES, VisionRWKV, detect_version
 from ..model.checkpoint import open_checkpoint
 from ..model.threads import image_threads, torch_threads
 from ..model.vision import class_names, is_vision_checkpoint
@@ -40,7 +40,7 @@ def open_vision_checkpoint(path: str | Path, classifier: bool = False, threads: 
     one line, for a language model or, with ``classifier``, a backbone without a classification head."""
     checkpoint = open_checkpoint(path)
     if not is_vision_checkpoint(checkpoint.tensors):
-        label = ARCHITECTURES[detect_version(checkpoint.tensors)].label  # raises for anything else
+        label = LANGUAGE_ARCHITECTURES[detect_version(checkpoint.tensors)].label  # raises for anything else
         raise CheckpointError(f"{path}: an {label} language model; this command takes a Vision-RWKV image "
                               "checkpoint (`rwkv-edge info` shows what a checkpoint is)")
     model = VisionRWKV.from_state_dict(checkpoint.tensors, source=str(path), meta=checkpoint.meta)

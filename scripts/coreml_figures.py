@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
-from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, load_model
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
 from rwkv_edge.export.artifact import rollout_tokens
 from rwkv_edge.runtime.coreml_backend import CoreMLBackend
@@ -51,13 +51,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("coreml-figures.json"))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--models", nargs="*", default=["demo", *ARCHITECTURES], choices=["demo", *ARCHITECTURES])
+    parser.add_argument("--models", nargs="*", default=["demo", *LANGUAGE_ARCHITECTURES], choices=["demo", *LANGUAGE_ARCHITECTURES])
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = {"demo (v7 4x128)": DEMO_CHECKPOINT} if "demo" in args.models else {}
-        for version in (v for v in ARCHITECTURES if v in args.models):
+        for version in (v for v in LANGUAGE_ARCHITECTURES if v in args.models):
             path = work / f"{version}.pth"
             save_checkpoint(make_checkpoint(version, time_state=version in ("v5", "v6")), path)
             models[f"{version} 2x128 random"] = path

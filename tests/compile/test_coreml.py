@@ -20,7 +20,7 @@ from rwkv_edge.artifact.files import PACKAGE
 from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
 from rwkv_edge.errors import ArtifactError, OptionError, UnknownArchitectureError, UnknownTargetError
 from rwkv_edge.artifact import read_manifest
-from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT, load_model
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, load_model
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime.coreml_backend import CoreMLBackend
 from rwkv_edge.runtime.coreml_mil import MilProgram
@@ -57,7 +57,7 @@ def compiled(version_ckpt, tmp_path_factory):
 
 
 @pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_every_version_converts_and_matches_pytorch(version, form, compiled):
     out = compiled(version, form)
     report = verify_artifact(out, steps=24, greedy_tokens=16, log=quiet, executor="mil")
@@ -72,7 +72,7 @@ def test_every_version_converts_and_matches_pytorch(version, form, compiled):
     assert saved["passed"] and saved["ops"]
 
 
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_spec_follows_the_contract(version, compiled):
     explicit, stateful = compiled(version, "explicit"), compiled(version, "stateful")
     spec = MilProgram(explicit / PACKAGE).spec
@@ -227,7 +227,7 @@ def test_predict_is_refused_off_macos(compiled):
 
 @on_macos
 @pytest.mark.parametrize("form", list(FORMS))
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_core_ml_predict_matches_pytorch(version, form, compiled):
     report = verify_artifact(compiled(version, form), steps=64, greedy_tokens=32, log=quiet, executor="predict")
     assert report.passed, report.summary()

@@ -14,7 +14,7 @@ from rwkv_edge.artifact import read_manifest
 from rwkv_edge.artifact.files import LIBRARY
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError
-from rwkv_edge.model import ARCHITECTURES
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES
 from rwkv_edge.runtime.tvm_backend import TvmBackend
 from rwkv_edge.targets import get_target
 from rwkv_edge.verify import verify_artifact
@@ -31,7 +31,7 @@ def quiet(_: str) -> None:
 
 @needs_vnni
 @pytest.mark.parametrize("weights", ["int8", "int4"])
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_int8_compute_bundles_match_the_activation_rounding_model(version, weights, tvm_bundle):
     """Default on a VNNI host: every quantized projection rounds its input and sums integer products;
     held to the int8-compute limits against the PyTorch model that rounds the same way."""

@@ -20,7 +20,7 @@ from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateEr
                               UnknownTargetError)
 from rwkv_edge.export.onnx import OnnxOptions, export_onnx
 from rwkv_edge.artifact import read_manifest
-from rwkv_edge.model import ARCHITECTURES
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES
 from rwkv_edge.runtime.rpc_client import Remote, open_session
 from rwkv_edge.runtime.tvm_backend import TvmBackend
 from rwkv_edge.verify import verify_artifact
@@ -34,7 +34,7 @@ def quiet(_: str) -> None:
     pass
 
 
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bundle):
     report = verify_artifact(tvm_bundle(version), steps=32, greedy_tokens=0, log=quiet)
     assert report.passed, report.summary()
@@ -45,7 +45,7 @@ def test_every_version_compiles_for_the_host_and_matches_pytorch(version, tvm_bu
     assert kernels["packed gemv"] > 0 and kernels["gemv kernels"] > 0, kernels
 
 
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_the_prefill_function_equals_single_steps(version, tvm_bundle, prefill_vs_steps):
     """``prefill`` (8 tokens in one call, GEMM projections) against 8 calls of ``main`` on the same
     bundle, and against PyTorch's rollout through verify."""

@@ -16,7 +16,7 @@ from rwkv_edge.artifact.params import map_params
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError, PlatformError, ToolError
 from rwkv_edge.artifact import read_manifest
-from rwkv_edge.model import ARCHITECTURES
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES
 from rwkv_edge.verify.build_check import NOT_EXECUTED_EXIT
 from rwkv_edge.platforms import cuda_device_arch
 from rwkv_edge.runtime.tvm_backend import DeviceTensor, TvmBackend
@@ -45,7 +45,7 @@ def test_the_issue_s_gpu_targets_are_registered():
 
 @needs_nvcc
 @pytest.mark.parametrize("target", GPU_TARGETS)
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_every_gpu_target_builds_every_version(version, target, tvm_bundle, cli):
     linker = TARGETS[target].cross_compiler
     if linker and shutil.which(linker) is None:
@@ -238,7 +238,7 @@ def test_a_broken_device_code_file_is_reported(tvm_bundle, tmp_path, cli):
 
 @needs_cuda_gpu
 @pytest.mark.parametrize("weights", ["fp32", "fp16", "int8", "int4"])
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_cuda_bundles_match_pytorch_on_the_gpu(version, weights, tvm_bundle):
     target = max((t for t in GPU_TARGETS if TARGETS[t].device == "cuda" and TARGETS[t].runs_here()),
                  key=lambda t: TARGETS[t].arch)

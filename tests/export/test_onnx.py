@@ -13,7 +13,7 @@ import torch
 
 from rwkv_edge.errors import ArtifactError, StateError, UnknownArchitectureError
 from rwkv_edge.export.onnx import OnnxOptions, export_onnx
-from rwkv_edge.model import ARCHITECTURES, load_model, state_to_named
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, load_model, state_to_named
 from rwkv_edge.model.state import CONTRACT_VERSION
 from rwkv_edge.runtime import TorchBackend
 from rwkv_edge.runtime.ort_backend import OrtBackend
@@ -44,7 +44,7 @@ def exported(version_ckpt, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_export_verifies(version, precision, exported):
     out = exported(version, precision)
     report = verify_artifact(out, steps=64, greedy_tokens=32, log=quiet)
@@ -57,7 +57,7 @@ def test_export_verifies(version, precision, exported):
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_quantized_exports_hold_every_projection_in_matmulnbits(version, precision, exported, version_ckpt):
     """Every nn.Linear of the model (projections and head) is a MatMulNBits in both graphs; nothing else
     is, and the quantized model is measurably another model than the fp32 one."""
@@ -85,7 +85,7 @@ def test_quantized_export_bad_input(make_ckpt, tmp_path, cli):
     assert code == 2 and "invalid choice" in err
 
 
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_graph_follows_the_contract(version, exported):
     out = exported(version, "fp16")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -115,7 +115,7 @@ def test_metadata_matches_the_contract_document(exported, make_ckpt):
 
     assert meta["rwkv_edge.checkpoint_sha256"] == hashlib.sha256(make_ckpt("v7").read_bytes()).hexdigest()
     roles = re.findall(r"`(att_shift|wkv_num|wkv_den|wkv_max|ffn_shift|wkv)`", CONTRACT_DOC.read_text())
-    for version in ARCHITECTURES:
+    for version in LANGUAGE_ARCHITECTURES:
         assert {t.role for t in load_model(make_ckpt(version)).state_spec()} <= set(roles)
 
 

@@ -16,21 +16,21 @@ import pytest
 import torch
 
 from rwkv_edge.errors import CheckpointError, ShapeError, TokenError, UnknownArchitectureError
-from rwkv_edge.model import ARCHITECTURES, detect_version, load_checkpoint, load_model, model_from_state_dict
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, detect_version, load_checkpoint, load_model, model_from_state_dict
 from rwkv_edge.model import checkpoint
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint, save_checkpoint
 
 
 def test_generator_covers_every_registered_architecture():
-    assert set(VERSIONS) == set(ARCHITECTURES)
+    assert set(VERSIONS) == set(LANGUAGE_ARCHITECTURES)
 
 
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 def test_detects_version(version):
     assert detect_version(make_checkpoint(version)) == version
 
 
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 def test_config_is_inferred_from_shapes(version):
     tensors = make_checkpoint(version, n_layer=3, n_embd=192, vocab_size=300, head_size=64)
     config = model_from_state_dict(tensors).config
@@ -157,7 +157,7 @@ def test_missing_and_unexpected_tensors_are_named():
 
 
 # -- layer indices: parsed strictly, contiguous from 0, checked before anything is built -------------
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 def test_stray_huge_layer_index_fails_fast(version, tmp_path):
     tensors = make_checkpoint(version)
     tensors["blocks.99999999.ln1.weight"] = torch.ones(128)
@@ -176,7 +176,7 @@ def test_layer_index_must_be_an_integer(index):
         model_from_state_dict(tensors)
 
 
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 def test_layer_gap_names_the_missing_layer(version):
     tensors = {k: v for k, v in make_checkpoint(version, n_layer=3).items() if not k.startswith("blocks.1.")}
     with pytest.raises(ShapeError, match=r"layer 1 is missing, but key blocks\.2\.\S+ names layer 2"):
@@ -195,7 +195,7 @@ CONFIG_KEYS = {
 
 
 def test_config_keys_cover_every_architecture():
-    assert set(CONFIG_KEYS) == set(ARCHITECTURES)
+    assert set(CONFIG_KEYS) == set(LANGUAGE_ARCHITECTURES)
 
 
 @pytest.mark.parametrize("version,key", [(v, k) for v, keys in CONFIG_KEYS.items() for k in keys])
@@ -203,7 +203,7 @@ def test_config_names_each_missing_key(version, key):
     tensors = make_checkpoint(version)
     del tensors[key]
     with pytest.raises(ShapeError, match=rf"src: missing {key}; the model's configuration is read from it"):
-        ARCHITECTURES[version].model_class.config_class.from_state_dict(tensors, "src")
+        LANGUAGE_ARCHITECTURES[version].model_class().config_class.from_state_dict(tensors, "src")
 
 
 @pytest.mark.parametrize("version,key", [("v6", "blocks.0.att.time_maa_w2"), ("v6", "blocks.0.att.time_decay_w1"),
@@ -217,7 +217,7 @@ def test_missing_lora_key_is_a_shape_error(version, key, tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 @pytest.mark.parametrize("shape", [(256 * 128,), (1, 256, 128)])
 def test_emb_of_the_wrong_rank(version, shape):
     tensors = make_checkpoint(version)
@@ -252,7 +252,7 @@ def test_head_size_must_divide_the_width(version, key):
 
 
 # -- values: floating point and finite -------------------------------------------------------------
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
 def test_non_float_tensors_are_refused(version, dtype, tmp_path):
     tensors = make_checkpoint(version)
@@ -263,7 +263,7 @@ def test_non_float_tensors_are_refused(version, dtype, tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("version", ARCHITECTURES)
+@pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_non_finite_tensor_is_named(version, value, tmp_path):
     tensors = make_checkpoint(version)

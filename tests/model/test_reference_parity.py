@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv_edge.model import ARCHITECTURES, DEMO_CHECKPOINT, load_model, state_to_named
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, load_model, state_to_named
 
 RUNNER = Path(__file__).parents[1] / "reference" / "run_reference.py"
 N_TOKENS = 40
@@ -30,7 +30,7 @@ REFERENCE_ROLES = {
     "v7": ("att_shift", "wkv", "ffn_shift"),
 }
 
-CASES = [(v, vocab) for v in ARCHITECTURES for vocab in (256, 65536)]
+CASES = [(v, vocab) for v in LANGUAGE_ARCHITECTURES for vocab in (256, 65536)]
 
 
 def tokens_for(vocab: int, seed: int) -> list[int]:

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rwkv_edge.errors import StateError, TokenError
-from rwkv_edge.model import ARCHITECTURES, model_from_state_dict, state_from_named, state_to_named
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, model_from_state_dict, state_from_named, state_to_named
 from rwkv_edge.model.synthetic import make_checkpoint
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+@pytest.fixture(scope="module", params=list(LANGUAGE_ARCHITECTURES))
 def model(request):
     return model_from_state_dict(make_checkpoint(request.param))
 

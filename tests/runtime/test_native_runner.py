@@ -23,7 +23,7 @@ import pytest
 
 from rwkv_edge.errors import ArtifactError, PlatformError, TokenError, ToolError
 from rwkv_edge.artifact import read_manifest
-from rwkv_edge.model import ARCHITECTURES, load_model
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES, load_model
 from rwkv_edge.runtime.torch_backend import TorchBackend
 from rwkv_edge.runtime import native_runner
 from rwkv_edge.runtime.native_runner import build_runner, host_arch, run_bundle, runner_unavailable
@@ -103,7 +103,7 @@ def assert_matches(result: native_runner.RunnerResult, reference) -> None:
 
 
 @needs_host
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_host_runner_matches_pytorch(version, bundle, reference, host_runner):
     result = run_bundle(bundle(version, HOST), TOKENS, runner=host_runner, repeat=3, log=quiet)
     assert_matches(result, reference(version))
@@ -113,7 +113,7 @@ def test_host_runner_matches_pytorch(version, bundle, reference, host_runner):
 
 
 @needs_arm
-@pytest.mark.parametrize("version", list(ARCHITECTURES))
+@pytest.mark.parametrize("version", list(LANGUAGE_ARCHITECTURES))
 def test_aarch64_runner_matches_pytorch_under_qemu(version, bundle, reference, arm_runner):
     directory = bundle(version, "aarch64")
     assert read_manifest(directory).target.qemu_cpu == "cortex-a53"

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from rwkv_edge.errors import ToolError
-from rwkv_edge.model import ARCHITECTURES
+from rwkv_edge.model import LANGUAGE_ARCHITECTURES
 from rwkv_edge.runtime.rpc_server import emulation_unavailable_reason, rpc_server, rpc_tracker
 from rwkv_edge.runtime.rpc_client import Remote
 from rwkv_edge.verify import verify_artifact
@@ -56,7 +56,7 @@ def test_every_version_prefills_on_an_emulated_board(tvm_bundle):
     if reason:
         pytest.skip(reason)
     with rpc_server(emulate="cortex-a53") as (host, port):
-        for version in ARCHITECTURES:
+        for version in LANGUAGE_ARCHITECTURES:
             report = verify_artifact(tvm_bundle(version, "aarch64-linux", prefill=8), steps=8, greedy_tokens=0,
                                      remote=Remote(f"{host}:{port}"), log=quiet)
             assert report.passed, f"{version}: {report.summary()}"
