@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..architectures import ARCHITECTURES, IMAGE
+from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
 from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, MAX_IMAGE_SIZE, NO_TOKENIZER,
                         StateTensor, compatible)
 from ..errors import ArtifactError
@@ -26,7 +26,6 @@ from ..weights import WEIGHT_FORMATS
 
 MANIFEST = "manifest.json"
 SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning
-KINDS = ("onnx", "tvm", "coreml")
 REPORTS = ("parity.json", "parity.png")  # what `verify` writes beside an artifact: not part of it
 COMPUTE = ("fp32", "fp16", "int8")  # int8: activations rounded to int8 per group, integer dot products
 DEVICES = ("cpu", "cuda", "metal")
@@ -65,6 +64,12 @@ class TvmBuild:
     device_code: list[str] = field(default_factory=list)  # GPU targets: the device-code files
     executed: str | None = None  # GPU targets: what the build machine ran of it
 
+    def problem(self, family: str) -> str | None:
+        """What is wrong with this record (read from a manifest), or None."""
+        if self.device not in DEVICES:
+            return f"target.device must be one of {', '.join(DEVICES)}"
+        return None
+
 
 @dataclass(frozen=True)
 class CoreMLBuild:
@@ -79,15 +84,38 @@ class CoreMLBuild:
     token_dtype: str
     functions: list[str]
 
+    def problem(self, family: str) -> str | None:
+        """What is wrong with this record (read from a manifest) for a model of ``family``, or None."""
+        forms, model = CORE_ML_FORMS[family]
+        if self.form not in forms:
+            return f"target.form must be {' or '.join(forms)} for {model} model"
+        return None
+
 
 CORE_ML_STEP_FORMS = ("explicit", "stateful")  # a language model's package: fp32 state I/O, or Core ML states
 CORE_ML_IMAGE_FORMS = ("image",)  # an image model's: one RGB image input (compile/coreml_vision.py)
-BUILDS = {"tvm": TvmBuild, "coreml": CoreMLBuild}  # manifest kind -> its target record
+CORE_ML_FORMS = {LANGUAGE: (CORE_ML_STEP_FORMS, "a language"), IMAGE: (CORE_ML_IMAGE_FORMS, "an image")}
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One value of a manifest's ``kind``: the record of what it was built for, and how its builder quantizes."""
+
+    name: str
+    build: type | None = None  # the manifest's ``target`` record (its ``problem`` checks it); None: no target
+    quantized_embedding: bool = True  # int8/int4: the embedding quantized with the matrices (Core ML keeps it float)
+
+
+KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
+    ArtifactKind("onnx"),
+    ArtifactKind("tvm", TvmBuild),
+    ArtifactKind("coreml", CoreMLBuild, quantized_embedding=False),
+)}
 
 
 @dataclass
 class Manifest:
-    kind: str  # "onnx", "tvm", "coreml"
+    kind: str  # one of KINDS
     contract_version: str
     architecture: str
     config: dict[str, Any]
@@ -225,7 +253,8 @@ class _Checker:
         if architecture not in ARCHITECTURES:
             self.fail(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
         config = self.get(data, "config", dict, "config")
-        vision = ARCHITECTURES[architecture].family == IMAGE
+        family = ARCHITECTURES[architecture].family
+        vision = family == IMAGE
         if vision:
             self.vision_config(config)
         else:
@@ -260,7 +289,7 @@ class _Checker:
             source=self.source(self.get(data, "source", dict, "source")),
             graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files, IMAGE_GRAPH if vision else "step"),
             tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
-            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind, vision),
+            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind, family),
         )
 
     def files(self, files: dict) -> dict[str, dict[str, Any]]:
@@ -374,18 +403,17 @@ class _Checker:
             self.fail(f"{what}.{bad[0]} is not a string")
         return data
 
-    def target(self, target: object, kind: str, vision: bool) -> TvmBuild | CoreMLBuild | None:
-        if kind not in BUILDS:
+    def target(self, target: object, kind: str, family: str) -> TvmBuild | CoreMLBuild | None:
+        build = KINDS[kind].build
+        if build is None:
             if target is not None:
                 self.fail(f"an {kind} artifact has no target")
             return None
-        build = self.record(BUILDS[kind], target, "target")
-        if kind == "tvm" and build.device not in DEVICES:
-            self.fail(f"target.device must be one of {', '.join(DEVICES)}")
-        forms = CORE_ML_IMAGE_FORMS if vision else CORE_ML_STEP_FORMS
-        if kind == "coreml" and build.form not in forms:
-            self.fail(f"target.form must be {' or '.join(forms)} for {'an image' if vision else 'a language'} model")
-        return build
+        record = self.record(build, target, "target")
+        problem = record.problem(family)
+        if problem is not None:
+            self.fail(problem)
+        return record
 
 
 def _matches(value: object, annotation: str) -> bool:

@@ -159,14 +159,14 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def row_weight_bytes(tensors: StateDict, backend: str, weights: str) -> int:
-    """Bytes of weights ``backend``'s decode step reads with its weights in ``weights``: PyTorch in
-    fp16 holds every weight in fp16; a GPU bundle's ``--weights fp16`` the GEMV weights alone; int8/int4
-    the quantizer's default groups of 32."""
+def row_weight_bytes(tensors: StateDict, weights: str, every_weight: bool = False) -> int:
+    """Bytes of weights a row's decode step reads with its weights in ``weights``: fp16 is every weight
+    where the row's format applies to ``every_weight`` (PyTorch's dtype), else the GEMV weights alone (a
+    GPU bundle's ``--weights fp16``); int8/int4 the quantizer's default groups of 32."""
     if weights == "fp32":
         return weight_bytes_per_token(tensors)
     if weights in ("int8", "int4"):
         return quantized_weight_bytes_per_token(tensors, 8 if weights == "int8" else 4, 32)
-    if backend == "torch":
+    if every_weight:
         return weight_bytes_per_token(tensors, bytes_per_value=2)
     return weight_bytes_per_token(tensors, gemv_bytes_per_value=2)

@@ -9,10 +9,12 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import OptionError
+from ..runtime.registry import BACKENDS as REGISTRY
 from .peer import PeerRun, table as peer_table
+from .rows import bench_row
 
 SCHEMA = "rwkv-edge.bench/1"
-BACKENDS = ("torch", "onnxruntime", "tvm")  # in the order a run reports them
+BACKENDS = tuple(e.name for e in REGISTRY.values() if e.bench)  # the backends with a bench row, in report order
 
 
 @dataclass
@@ -146,16 +148,14 @@ def _layout(backend: str, weights: str) -> str:
     """How a row stores its weights, in words."""
     if weights == "fp32":
         return "every weight fp32"
-    if backend == "torch":
+    if bench_row(backend).every_weight:
         return f"every weight {weights}"
     return f"GEMV weights {weights}, the rest fp32"
 
 
 def _prefill_mode(run: BackendRun) -> str:
-    if run.backend == "torch":
-        return "the whole prompt per forward call"
     chunk = run.details.get("prefill_chunk", 0)
-    return f"{chunk}-token prefill graph calls" if chunk else "one step per token"
+    return bench_row(run.backend).prefill or (f"{chunk}-token prefill graph calls" if chunk else "one step per token")
 
 
 def _span(lo: float, hi: float) -> str:

@@ -7,8 +7,9 @@ where its CUDA provider is installed. Each timed step ends with a synchronisatio
 bandwidth is that of GPU memory (torch.amax timed with CUDA events), and each row's bound counts
 the bytes its own weights take (2 per GEMV weight with fp16 weights).
 
-The bench prepares what the backends need (an ONNX export, a TVM bundle) with the library's own
-``export_onnx`` and ``compile_tvm``, cached by checkpoint sha256 and settings. Every measurement
+Each backend's row (bench/rows.py, named by its runtime.registry entry) prepares what it runs (an
+ONNX export, a TVM bundle) with the library's own ``export_onnx`` and ``compile_tvm``, cached by
+checkpoint sha256 and settings. Every measurement
 runs in a process of its own (bench/workers.py), one after the other, with the same thread count,
 so that the peak RSS is that backend's alone and no two measurements overlap; the read bandwidth
 is measured the same way before and after them.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,23 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import TvmBuild, open_artifact, sha256_file
+from ..artifact import open_artifact, sha256_file
 from ..compile.tvm import PREFILL_CHUNK
-from ..errors import ArtifactError, OptionError, RwkvEdgeError
+from ..errors import ArtifactError, OptionError
 from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
-from ..platforms import cuda_device_arch, gpu_unavailable, host_triple, sm_number
-from ..runtime.registry import BACKENDS as RUNNERS
+from ..platforms import cuda_device_arch, host_triple, sm_number
+from ..runtime.registry import backend_entry
 from . import peer as peers, workers
 from .bound import (BYTES_PER_VALUE, bandwidth_buffer_bytes, bound_ms, machine_info, row_weight_bytes,
                     weight_bytes_per_token)
 from .report import BACKENDS, BackendRun, BenchReport
+from .rows import OrtRow, Preparation, TorchRow, Unavailable, bench_row
 from .workers import BandwidthSpec, DecodeSpec, in_own_process
 
 DEVICES = ("cpu", "cuda")
 WEIGHTS = ("fp32", "fp16", "int8", "int4")  # the rows' weight format: fp16 on a GPU, int8/int4 on the CPU
 QUANTIZED = ("int8", "int4")  # onnxruntime and TVM hold them (quantize.py, groups of 32); torch runs fp32
-ARTIFACT_KINDS = {b: RUNNERS[b].kind for b in BACKENDS if RUNNERS[b].kind}  # bench row -> the manifest kind it runs
+ARTIFACT_KINDS = {b: backend_entry(b).kind for b in BACKENDS if backend_entry(b).kind}  # row -> the manifest kind it runs
 GPU_BANDWIDTH_MIB = 2048  # the GPU's read-bandwidth buffer: 40 x an H100's 50 MB L2
 
 
@@ -104,12 +105,6 @@ class BenchOptions:
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
 
-    def weights_of(self, backend: str) -> str:
-        """The format ``backend``'s row keeps its weights in: fp16 for torch and TVM only, int8/int4 for
-        onnxruntime and TVM only, fp32 otherwise."""
-        held = {"fp16": ("torch", "tvm"), "int8": ("onnxruntime", "tvm"), "int4": ("onnxruntime", "tvm")}
-        return self.weights if backend in held.get(self.weights, RUNNERS) else "fp32"
-
 
 def check_target_device(target: str, device: str) -> None:
     """OptionError if ``target`` is a TVM target of the other kind of device (CPU against GPU);
@@ -153,31 +148,19 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
     weights = {"bytes_per_token": weight_bytes_per_token(tensors), "precision": "fp32",
                "bytes_per_value": BYTES_PER_VALUE}
     weights["fits_in_cache"] = weights["bytes_per_token"] <= machine["last_level_cache_mib"] * (1 << 20)
-    row_bytes = {b: row_weight_bytes(tensors, b, options.weights_of(b)) for b in options.backends}
+    rows = {b: bench_row(b) for b in options.backends}
+    row_bytes = {b: row_weight_bytes(tensors, row.weights_of(options), row.every_weight) for b, row in rows.items()}
     del tensors
     log(f"bench {checkpoint}: {model['label']} {model['n_layer']} x {model['n_embd']}, "
         f"backends {', '.join(options.backends)}, {threads} threads"
         + (f"; on the GPU ({arch}): torch and TVM {options.tvm_target} with {options.weights} weights" if arch else ""))
 
-    work = Path(work) if work is not None else default_work_dir()
-    sources, runs, preparation = {}, {}, {}
-    for backend in options.backends:
-        if backend == "torch":
-            sources[backend] = checkpoint
-            continue
+    prep = Preparation(checkpoint, sha, options, Path(work) if work is not None else default_work_dir(), log, arch)
+    sources, runs = prep.sources, {}
+    for backend, row in rows.items():
         try:
-            if backend in given:
-                sources[backend] = given[backend]
-                continue
-            if backend == "onnxruntime" and arch and (why := ort_cuda_unavailable()):
-                raise _Unavailable(why)
-            onnx = sources.get("onnxruntime")
-            if backend == "tvm" and arch and onnx is None:  # one decode-step export for the builds of every --weights
-                if why := tvm_unavailable(options.tvm_target):
-                    raise _Unavailable(why)
-                onnx = _prepare("onnx", checkpoint, sha, options, work, log, preparation)
-            sources[backend] = _prepare(backend, checkpoint, sha, options, work, log, preparation, onnx=onnx)
-        except _Unavailable as e:
+            sources[backend] = given[backend] if backend in given else row.source(prep)
+        except Unavailable as e:
             runs[backend] = BackendRun(backend, "unavailable", str(e), threads=threads)
             log(f"{backend}: unavailable: {e}")
         except ArtifactError as e:
@@ -218,9 +201,9 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
     bound = bound_ms(weights["bytes_per_token"], gb_s)
 
     ordered = [runs[b] for b in options.backends]
-    reference, eager = runs.get("onnxruntime"), runs.get("torch")
+    reference, eager = runs.get(OrtRow.name), runs.get(TorchRow.name)  # the rows the others are compared with
     for r in ordered:
-        r.weights, r.weight_bytes_per_token = options.weights_of(r.backend), row_bytes[r.backend]
+        r.weights, r.weight_bytes_per_token = rows[r.backend].weights_of(options), row_bytes[r.backend]
         r.bound_ms = bound_ms(r.weight_bytes_per_token, gb_s)
         if r.ok:
             r.vs_bound = r.decode_ms["median"] / r.bound_ms
@@ -231,7 +214,7 @@ def run_bench(source: str | Path | None, options: BenchOptions = BenchOptions(),
     peers.compare(list(peer_runs.values()), ordered)
     machine["load_average_end"] = list(os.getloadavg())
     return BenchReport(machine, model, {**asdict(options), "backends": list(options.backends), "threads": threads}, weights, bandwidth, bound, ordered,
-                       preparation, started, time.perf_counter() - start, list(peer_runs.values()))
+                       prep.record, started, time.perf_counter() - start, list(peer_runs.values()))
 
 
 # -- the GPU ----------------------------------------------------------------------------------------
@@ -264,20 +247,6 @@ def default_cuda_target(arch: str) -> str:
     return max(fits, key=lambda t: sm_number(t.arch)).name if fits else min(here, key=lambda t: sm_number(t.arch)).name
 
 
-def ort_cuda_unavailable() -> str | None:
-    """Why onnxruntime cannot run on the GPU here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed"
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return None
-    return (f"onnxruntime {onnxruntime.__version__} here has no CUDA provider (that is the onnxruntime-gpu "
-            "package); it runs on the CPU only")
-
-
 def check_output(path: str | Path) -> None:
     """ArtifactError now, not after a long run, if the report cannot be written at ``path``."""
     path = Path(path)
@@ -285,10 +254,6 @@ def check_output(path: str | Path) -> None:
         tempfile.NamedTemporaryFile(dir=path.parent).close()
     except OSError as e:
         raise ArtifactError(f"cannot write {path}: {e.strerror}") from None
-
-
-class _Unavailable(Exception):
-    """A backend this build or this machine cannot run (not an error of the user's)."""
 
 
 def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[Path, dict[str, Path], BenchOptions]:
@@ -307,28 +272,13 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if manifest.compute == "fp16":
         raise OptionError(f"{source}: an artifact that computes in fp16; bench compares backends computing in fp32 "
                           "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
-    if backend == "tvm":
-        options = _bundle_options(source, manifest.target, manifest.weights, options)
+    options = bench_row(backend).given(source, manifest, options)
     checkpoint = Path(manifest.source["checkpoint"])
     if not checkpoint.is_file():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
     if sha256_file(checkpoint) != manifest.source["sha256"]:
         raise ArtifactError(f"{checkpoint} is not the checkpoint {source} was made from (sha256 differs)")
     return checkpoint, {backend: source} if backend in options.backends else {}, options
-
-
-def _bundle_options(source: Path, target: TvmBuild, manifest_weights: str, options: BenchOptions) -> BenchOptions:
-    """``options`` for the TVM bundle ``source`` (its ``target`` record): same device, same weights,
-    its target name."""
-    name, device, weights = target.name, target.device, manifest_weights
-    if (device == "cpu") != (options.device == "cpu"):
-        flag = "leave out --device cuda" if device == "cpu" else f"add --device {device}"
-        raise OptionError(f"{source}: a TVM bundle for {name} ({device}); bench runs it on device {options.device}: {flag}")
-    if weights != options.weights:
-        raise OptionError(f"{source}: a bundle with {weights} weights; pass --weights {weights}")
-    if options.tvm_target not in (None, name):
-        raise OptionError(f"{source}: a bundle for {name}, not {options.tvm_target} (--target)")
-    return replace(options, tvm_target=name)
 
 
 def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any]:
@@ -343,117 +293,14 @@ def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any
     }
 
 
-# -- preparing artifacts (in a subprocess: the runtime does not import the exporter or compiler) ---
-def _prepare(backend: str, checkpoint: Path, sha: str, options: BenchOptions, work: Path,
-             log: Callable[[str], None], preparation: dict[str, Any], onnx: Path | None = None) -> Path:
-    """The artifact ``backend`` runs, made from ``checkpoint`` under ``work`` unless a matching one is
-    there. TVM compiles the ONNX export ``onnx`` where this run has one (the same graph, exported once).
-    ``backend`` "onnx": the decode-step export alone, for the GPU builds when onnxruntime does not run."""
-    if backend == "tvm" and (why := tvm_unavailable(options.tvm_target)):
-        raise _Unavailable(why)
-    out = work / f"{checkpoint.stem}-{sha[:12]}"
-    if backend in ("onnxruntime", "onnx"):
-        chunk = _prefill_chunk(backend, options)
-        out /= f"onnx-{options.weights_of(backend)}-prefill{chunk}"
-        what, source = f"export onnx (prefill chunk {chunk})", checkpoint
-    else:
-        gpu = _gpu_target(options.tvm_target)
-        out /= tvm_bundle_name(options.tvm_target, options.weights_of("tvm"))
-        what, source = f"compile {options.tvm_target}, {options.weights_of('tvm')} weights", onnx or checkpoint
-    if not options.rebuild and _cached(backend, out, sha, options):
-        log(f"{backend}: reusing {out} (same checkpoint sha256, files match its manifest; --rebuild to redo)")
-        preparation[backend] = {"artifact": str(out), "reused": True}
-        return out
-    if backend == "tvm" and gpu and gpu.device == "cuda" and shutil.which("nvcc") is None:
-        raise _Unavailable("nvcc not found: compiling for a CUDA target needs the CUDA toolkit's nvcc on PATH")
-    log(f"{backend}: {what} -> {out}")
-    start = time.perf_counter()
-    try:
-        build(backend, source, out, options, lambda line: log(f"    {line}"))
-    except RwkvEdgeError as e:
-        raise ArtifactError(f"{what} failed: {e}") from None
-    preparation[backend] = {"artifact": str(out), "reused": False, "seconds": time.perf_counter() - start}
-    return out
-
-
-def tvm_bundle_name(target: str, weights: str) -> str:
-    """The cache directory of a bundle: the target, and its weights unless fp32 on a CPU."""
-    return f"tvm-{target}-{weights}" if _gpu_target(target) or weights != "fp32" else f"tvm-{target}"
-
-
-def _gpu_target(name: str):
-    from ..targets.gpu import GPU_TARGETS
-
-    return GPU_TARGETS.get(name)
-
-
-def _prefill_chunk(backend: str, options: BenchOptions) -> int:
-    """Tokens per prefill call of ``backend``'s artifact: onnxruntime's export and CPU TVM bundles
-    (GPU bundles and the decode-only export hold none)."""
-    cpu_tvm = backend == "tvm" and not _gpu_target(options.tvm_target)
-    return options.onnx_prefill_chunk if backend == "onnxruntime" or cpu_tvm else 0
-
-
-def _cached(backend: str, out: Path, sha: str, options: BenchOptions) -> bool:
-    """Whether ``out`` holds an intact fp32 artifact of the checkpoint with this sha256, made as asked:
-    an export with the same prefill graph, a bundle for the same target with the same weights and prefill."""
-    try:
-        manifest = open_artifact(out).manifest
-        if backend == "tvm":
-            made_as_asked = (manifest.kind == "tvm" and manifest.target.name == options.tvm_target
-                             and manifest.weights == options.weights_of("tvm")
-                             and "interface" in manifest.graphs)  # older bundles' libraries lack interface()
-        else:
-            made_as_asked = manifest.kind == "onnx" and manifest.weights == options.weights_of(backend)
-        made_as_asked &= getattr(manifest.graphs.get("prefill"), "chunk", 0) == _prefill_chunk(backend, options)
-        if manifest.source.get("sha256") != sha or not made_as_asked:
-            return False
-    except (ArtifactError, KeyError, AttributeError):
-        return False
-    return True
-
-
-def tvm_unavailable(target: str) -> str | None:
-    """Why the TVM row cannot run in this build or on this machine, or None."""
-    import importlib.util
-
-    if "tvm" not in RUNNERS or importlib.util.find_spec("rwkv_edge.runtime.tvm_backend") is None:
-        return "this build has no TVM backend (rwkv_edge.runtime.tvm_backend)"
-    if importlib.util.find_spec("tvm") is None:
-        return "apache-tvm is not installed"
-    from ..targets import TARGETS
-
-    if target not in TARGETS:
-        return f"no target {target!r} in this build"
-    gpu = _gpu_target(target)
-    if gpu is not None and not gpu.runs_here():
-        return f"{target}: {gpu_unavailable(gpu.device, gpu.arch, gpu.triple)}"
-    return None
-
-
-
-
-def build(backend: str, source: Path, out: Path, options: BenchOptions, log: Callable[[str], None]) -> None:
-    """Export (``onnxruntime``, ``onnx``: the decode step alone) or compile (``tvm``) ``source`` into ``out``."""
-    if backend in ("onnxruntime", "onnx"):
-        from ..export.onnx import OnnxOptions, export_onnx
-
-        export_onnx(source, out, OnnxOptions(options.weights_of(backend), prefill_chunk=_prefill_chunk(backend, options)),
-                    log)
-    else:
-        from ..compile.tvm import TvmOptions, compile_tvm
-
-        compile_tvm(source, out, TvmOptions(options.tvm_target, weights=options.weights_of("tvm"),
-                                            prefill_chunk=_prefill_chunk(backend, options)), log)
-
-
 # -- measurements ---------------------------------------------------------------------------------
 def _measure(backend: str, source: Path, options: BenchOptions, threads: int, log: Callable[[str], None]) -> BackendRun:
-    where = f" on the GPU, {options.weights_of(backend)} weights" if options.device != "cpu" else ""
+    weights = bench_row(backend).weights_of(options)
+    where = f" on the GPU, {weights} weights" if options.device != "cpu" else ""
     log(f"{backend}: {options.warmup} + {options.steps} decode steps, prefill {options.prefill} tokens, "
         f"{threads} threads{where} ...")
     spec = DecodeSpec(backend, str(source), threads, options.warmup, options.steps, options.prefill,
-                      options.prefill_repeats, options.seed, options.device, options.weights_of(backend))
+                      options.prefill_repeats, options.seed, options.device, weights)
     start = time.perf_counter()
     try:
         result = in_own_process(workers.decode, spec, threads)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, OptionError, one_line
+from .rows import bench_row
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS")
 STREAM_BLOCK = 64 * 4096 * 4  # bytes a bandwidth thread reads per call: a GEMV tile, 64 rows of K = 4096 fp32
@@ -132,59 +133,18 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
 
 
 def _open(spec: DecodeSpec):
-    """The backend, with ``spec.threads`` intra-op threads (TVM reads TVM_NUM_THREADS; torch's every
-    call, whatever the work, for the row to compare with the others); on ``cuda``:
-    PyTorch's model moved to the GPU in the spec's weights, onnxruntime's CUDA provider, the TVM
-    bundle where its manifest says (a CUDA bundle runs on the GPU)."""
-    from ..runtime.registry import open_backend
-
-    if spec.backend == "onnxruntime":
-        from ..runtime.ort_backend import OrtBackend
-
-        backend = OrtBackend(spec.source, threads=spec.threads)
-        if spec.device == "cuda":
-            _use_cuda_provider(backend)
-        return backend
-    if spec.backend == "torch":
-        import torch
-
-        from ..model import load_model
-        from ..runtime.torch_backend import TorchBackend
-
-        torch.set_num_threads(spec.threads)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16}[spec.weights]
-        return TorchBackend(load_model(spec.source, dtype=dtype), device=spec.device, threads=spec.threads)
-    return open_backend(spec.source, spec.backend)
-
-
-def _use_cuda_provider(backend) -> None:
-    """Rebuild an OrtBackend's sessions on onnxruntime's CUDA provider (inputs and outputs still
-    cross as numpy arrays, so every call copies the state to the GPU and back)."""
-    import onnxruntime as ort
-
-    options = backend.step_session.get_session_options()
-    for attribute, role in (("step_session", "step"), ("prefill_session", "prefill")):
-        if getattr(backend, attribute) is not None:
-            path = backend.artifact.graph(role)
-            setattr(backend, attribute, ort.InferenceSession(str(path), options, providers=["CUDAExecutionProvider"]))
+    """The backend, opened by its row (bench/rows.py) with ``spec.threads`` intra-op threads (TVM reads
+    TVM_NUM_THREADS); on ``cuda`` where the row runs it on the GPU."""
+    return bench_row(spec.backend).open(spec)
 
 
 def _details(spec: DecodeSpec, backend) -> dict[str, Any]:
     import sys
 
+    row = bench_row(spec.backend)
     details: dict[str, Any] = {"prefill_chunk": getattr(backend, "chunk", 0)}
-    module = {"torch": "torch", "onnxruntime": "onnxruntime", "tvm": "tvm"}[spec.backend]
-    details[module] = getattr(sys.modules.get(module), "__version__", None)
-    if spec.backend == "torch":
-        import torch
-
-        details["intra_op_threads"] = torch.get_num_threads()
-        if spec.device != "cpu":
-            details["dtype"] = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
-            details["gpu"] = torch.cuda.get_device_name(0)
-            details["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated() / (1 << 20)
-    if spec.backend == "onnxruntime":
-        details["provider"] = backend.step_session.get_providers()[0] if spec.device != "cpu" else "CPUExecutionProvider"
+    details[row.module] = getattr(sys.modules.get(row.module), "__version__", None)
+    details.update(row.details(spec, backend))
     if spec.device != "cpu" and getattr(backend, "where", None):
         details["where"] = backend.where
     manifest = getattr(backend, "manifest", None)

@@ -1,4 +1,5 @@
-"""``rwkv-edge``: a thin command line over the library. Heavy imports happen inside commands."""
+"""``rwkv-edge``: a thin command line over the library. Its backend choices and flags come from
+runtime/registry.py; heavy imports (torch, TVM, onnxruntime, coremltools) happen inside commands."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import OptionError, RwkvEdgeError, printable
+from ..runtime.coreml_backend import EXECUTORS
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, backend_entry, takers
 
 WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
@@ -63,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tokenizer_args(p)
     _backend_arg(p)
     p.add_argument("--threads", type=_bounded_int(1, 4096),
-                   help="torch and onnxruntime intra-op threads (default: torch one per step of a model below ~1e9 "
-                        "parameters, else torch's default; onnxruntime its own)")
+                   help=f"{' and '.join(e.name for e in takers('threads'))} intra-op threads (default: torch one per "
+                        "step of a model below ~1e9 parameters, else torch's default; onnxruntime its own)")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("trace", help="run step over tokens from the initial state and save logits and state, or "
@@ -160,14 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against-checkpoint", nargs="?", const=True, default=False, metavar="PATH",
                    help="compare with the PyTorch model run live (needs torch): the checkpoint the manifest names, "
                         "or PATH; default: the reference rollout the artifact carries (no torch, no checkpoint)")
-    p.add_argument("--executor", choices=["predict", "mil"],
-                   help="Core ML: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
+    executor, remote = (" and ".join(e.label for e in takers(option)) for option in ("executor", "remote"))
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help=f"{executor}: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
                         "default off macOS)")
     p.add_argument("--rpc", type=_address, metavar="HOST:PORT",
-                   help="TVM: run the bundle on the device behind this TVM RPC server (port 1-65535)")
+                   help=f"{remote}: run the bundle on the device behind this TVM RPC server (port 1-65535)")
     p.add_argument("--tracker", type=_address, metavar="HOST:PORT",
-                   help="TVM: ask this RPC tracker for a device (with --key)")
-    p.add_argument("--key", help="TVM: the device key registered with the tracker")
+                   help=f"{remote}: ask this RPC tracker for a device (with --key)")
+    p.add_argument("--key", help=f"{remote}: the device key registered with the tracker")
     p.set_defaults(run=cmd_verify)
 
     p = sub.add_parser("bench", help="decode latency, prefill speed and peak memory per backend, against the "
@@ -175,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint, or an artifact directory: its backend runs it, the others its source checkpoint "
                         "(default: the bundled RWKV-7 demo model)")
-    p.add_argument("--backends", default="torch,onnxruntime,tvm", metavar="LIST",
-                   help="comma-separated (default torch,onnxruntime,tvm)")
+    rows = ",".join(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
+    p.add_argument("--backends", default=rows, metavar="LIST", help=f"comma-separated (default {rows})")
     p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=128, help="timed decode steps (default 128)")
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
@@ -218,18 +223,16 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
                    help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
 
 
-# The choices below repeat the library's registries (TOKENIZER_NAMES, runtime.registry.BACKENDS) so that
-# `--help` needs no torch import; tests/cli checks that they agree.
+# The tokenizer choices repeat model.tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
+# tests/cli checks that they agree.
 def _source_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint file or artifact directory (default: the bundled RWKV-7 demo model)")
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "coreml", "tvm"], default="torch",
-                   help="torch runs the checkpoint (an artifact's source); onnxruntime an ONNX artifact; "
-                        "coreml a Core ML artifact (Core ML on macOS, coremltools' reference evaluation elsewhere); "
-                        "tvm a TVM bundle built for this machine")
+    p.add_argument("--backend", choices=list(BACKENDS), default=CHECKPOINT_BACKEND,
+                   help="; ".join(f"{e.name} runs {e.source}" for e in BACKENDS.values()))
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -312,11 +315,15 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, VisionRWKV, load_any_model
+    from ..model import DEMO_CHECKPOINT, load_any_model
 
     model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
-    if isinstance(model, VisionRWKV):
-        return _vision_info(args, model)
+    INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model)
+
+
+def _language_info(args: argparse.Namespace, model) -> None:
+    from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
+
     info = model.describe()
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
@@ -349,6 +356,9 @@ def _vision_info(args: argparse.Namespace, model) -> None:
     grid = cfg.image_size // cfg.patch_size
     out = f"logits (B, {cfg.num_classes})" if cfg.num_classes else f"features (B, {cfg.embed_dims}, {grid}, {grid})"
     print(f"output        {out} for images (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})")
+
+
+INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` prints of its checkpoints
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -386,7 +396,7 @@ def _trace_images(args: argparse.Namespace) -> None:
     from ..runtime.classify import open_image_model
     from ..runtime.tracing import run_image_trace, save_arrays
 
-    if args.backend != "torch":
+    if backend_entry(args.backend).kind is not None:
         raise OptionError("--backend applies to --tokens; with --images the source decides how it runs "
                           "(a checkpoint runs on PyTorch)")
     images = load_image_batch(args.images)  # before the model loads: a bad file fails fast

@@ -6,7 +6,8 @@ Two executors run the package's functions:
 
 The state crosses this interface as fp32 arrays under the contract's names, as with every backend.
 The stateful form keeps it in fp16 Core ML states: it is written into them before a call and read
-back after (on a device the app keeps one MLState instead).
+back after (on a device the app keeps one MLState instead). ``CoreMLImage`` runs an image model's
+package with the same executors.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 from ..artifact import Artifact, open_artifact
 from ..artifact.interface import GraphInterface, Signature, TensorSpec, check_interface
 from ..errors import ArtifactError, OptionError, StateError, one_line
-from ..contract import StateTensor
+from ..contract import IMAGE_GRAPH, StateTensor
 from ..targets.coreml import coreml_name, import_coremltools, quiet_coremltools
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
+from .vision import pixels
 
 EXECUTORS = ("predict", "mil")
 
@@ -149,6 +151,52 @@ class CoreMLBackend:
             return outputs, {name: np.asarray(core_state.read_state(name)) for name in states}
 
         return run
+
+
+class CoreMLImage:
+    """An image model's model.mlpackage, ``main(image)``: an image input of pixels in 0..255 that normalises
+    them itself (compile/coreml_vision.py), so normalised images are turned back into pixels first."""
+
+    def __init__(self, artifact: Artifact, executor: str | None = None) -> None:
+        self.executor = executor or default_executor()
+        if self.executor not in EXECUTORS:
+            raise OptionError(f"unknown Core ML executor {self.executor!r}; choose {', '.join(EXECUTORS)}")
+        self.package, self.output = artifact.graph(IMAGE_GRAPH), artifact.manifest.config["output"]
+        check_interface(artifact.manifest, package_interface(self.package), self.package)
+        self.runs_on = describe_executor(self.executor)
+        if self.executor == "mil":
+            from .coreml_mil import MilProgram
+
+            program = MilProgram(self.package)
+            self._run = lambda pixels: program.run("main", {"image": pixels})[self.output]
+        else:
+            self._run = self._predictor(artifact)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(pixels(images)), np.float32)
+
+    def _predictor(self, artifact: Artifact):
+        if sys.platform != "darwin":
+            raise OptionError("Core ML predict runs on macOS only; on this OS use the reference evaluation "
+                              "(executor 'mil'), which `rwkv-edge verify` picks by default")
+        from PIL import Image
+
+        ct = import_coremltools()
+        try:
+            with quiet_coremltools():
+                model = ct.models.MLModel(str(self.package),
+                                          compute_units=getattr(ct.ComputeUnit, artifact.manifest.target.compute_units))
+        except Exception as e:  # Core ML's own errors for a package it cannot load
+            raise ArtifactError(f"{self.package}: Core ML cannot load it: {one_line(e)}") from None
+
+        def run(image: np.ndarray) -> np.ndarray:  # (1, 3, H, W) pixels -> an 8-bit RGB image
+            rgb = np.clip(np.round(image[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
+            return model.predict({"image": Image.fromarray(rgb, "RGB")})[self.output]
+
+        return run
+
+    def close(self) -> None:
+        self._run = None
 
 
 _ARRAY_DTYPES = {"INT32": "int32", "FLOAT32": "float32", "FLOAT16": "float16"}

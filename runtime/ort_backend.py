@@ -1,4 +1,5 @@
-"""ONNX Runtime behind the step contract, reading an artifact directory made by ``export onnx``."""
+"""ONNX Runtime behind the step contract, reading an artifact directory made by ``export onnx``; and the
+runner of an image model's export (``OrtImage``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from ..artifact import Artifact, Manifest, open_artifact
 from ..artifact.interface import GraphInterface, Signature, TensorSpec, check_interface
 from ..errors import ArtifactError, StateError, one_line
-from ..contract import StateTensor
+from ..contract import IMAGE_GRAPH, IMAGE_INPUT, StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 
 
@@ -83,6 +84,34 @@ class OrtBackend:
         except Exception as e:  # onnxruntime's own error types: a graph that breaks at run time
             raise ArtifactError(f"{self.directory}: onnxruntime failed running the graph: {one_line(e)}") from None
         return outputs[0][0], {t.input_name: out[0] for t, out in zip(self.spec, outputs[1:])}
+
+
+class OrtImage:
+    """An image model's whole-image graph (model.onnx) on onnxruntime's CPU provider."""
+
+    def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        path = artifact.graph(IMAGE_GRAPH)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for unreadable or invalid graphs
+            raise ArtifactError(f"{path}: onnxruntime cannot load it: {one_line(e)}") from None
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [IMAGE_INPUT]:
+            raise ArtifactError(f"{path}: inputs {names}, expected [{IMAGE_INPUT!r}]: not an image graph")
+        check_interface(artifact.manifest, GraphInterface({IMAGE_GRAPH: session_signature(self.session)}), path)
+        self.runs_on = f"onnxruntime {ort.__version__} CPUExecutionProvider, on this machine"
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {IMAGE_INPUT: images})[0]
+
+    def close(self) -> None:
+        self.session = None
 
 
 def _check_io(session, spec: list[StateTensor], path: Path) -> None:

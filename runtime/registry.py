@@ -1,6 +1,16 @@
-"""Which backend runs what: one table from a manifest kind (or a checkpoint) to the backend class.
+"""The backends: one entry each, holding everything one is.
 
-Adding a backend is one entry here plus its own module in runtime/ implementing ``Backend``.
+An entry names the ``--backend`` spelling, the manifest kind it runs (``artifact.KINDS``: that kind's
+build record and its checks; None for a checkpoint), its step runner (a ``Backend``), its image
+runner (``runtime/vision.py`` runs image artifacts through it), the keyword options their
+constructors take, and the hooks of the layers above: the bench's row (preparation, opening in the
+worker, how the row is described) and the checks verify adds to its kind's report.
+
+Everything is referenced by name, ``"package.module:attribute"`` below ``rwkv_edge``, and imported on
+first use (``resolve``): onnxruntime, TVM and coremltools are heavy, and the hooks of bench/ and
+verify/ lie above runtime/, which never imports them. bench/, verify/ and cli/ loop over this table
+and ask an entry; none of them names a backend. Adding a backend is one entry here plus its module
+in runtime/ (its step and image runners) and, where it has them, its bench row and verify checks.
 """
 
 from __future__ import annotations
@@ -8,7 +18,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..architectures import IMAGE, LANGUAGE
 from ..artifact import Artifact, open_artifact, read_manifest
 from ..errors import ArtifactError, OptionError
 from .backend import Backend
@@ -18,71 +30,100 @@ from .backend import Backend
 class BackendEntry:
     name: str  # the --backend spelling
     kind: str | None  # the manifest kind it runs; None: a checkpoint
-    module: str  # the runtime module that defines it
-    cls: str
-    source: str  # what it runs, for the error when given something else
-    options: tuple[str, ...] = ()  # keyword options of its constructor beyond the artifact
+    label: str  # what it runs, in a word ("TVM"): the CLI's flag help, the image runner's errors
+    runner: str  # the step runner: a ``Backend`` class taking (artifact or model, **options)
+    source: str  # what it runs, for the error when given something else, and `--backend` help
+    options: tuple[str, ...] = ()  # keyword options of its runners' constructors beyond the artifact
+    image: str | None = None  # the image runner: (artifact, **options) -> ``run(images)``, ``runs_on``, ``close()``
+    image_refusal: str = "{option} applies to {takers} artifacts, this is {kind}"  # an option its image runner lacks
+    bench: str | None = None  # its bench row (bench/rows.py); None: the bench does not run it
+    verify: str | None = None  # what verify adds for its kind (verify/checks.py); None: the rollout alone
+
+    def step_runner(self) -> type:
+        return resolve(self.runner)
 
 
 FLAGS = {"remote": "--rpc / --tracker", "executor": "--executor"}  # how the CLI spells the options
 
 BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
-    BackendEntry("torch", None, "torch_backend", "TorchBackend", "a checkpoint (or an artifact, for its checkpoint)",
-                 ("threads",)),
-    BackendEntry("onnxruntime", "onnx", "ort_backend", "OrtBackend", "an artifact directory made by `rwkv-edge export onnx`",
-                 ("threads",)),
-    BackendEntry("coreml", "coreml", "coreml_backend", "CoreMLBackend",
-                 "an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`", ("executor",)),
-    BackendEntry("tvm", "tvm", "tvm_backend", "TvmBackend",
+    BackendEntry("torch", None, "PyTorch", "runtime.torch_backend:TorchBackend",
+                 "a checkpoint (or an artifact, for its checkpoint)", ("threads",), bench="bench.rows:TorchRow"),
+    BackendEntry("onnxruntime", "onnx", "ONNX", "runtime.ort_backend:OrtBackend",
+                 "an artifact directory made by `rwkv-edge export onnx`", ("threads",),
+                 image="runtime.ort_backend:OrtImage", bench="bench.rows:OrtRow"),
+    BackendEntry("coreml", "coreml", "Core ML", "runtime.coreml_backend:CoreMLBackend",
+                 "an artifact made by `rwkv-edge compile --target ios-coreml|macos-coreml`", ("executor",),
+                 image="runtime.coreml_backend:CoreMLImage",
+                 image_refusal="a Core ML package runs here or on a Mac, not with {option}",
+                 verify="verify.checks:CoreMLChecks"),
+    BackendEntry("tvm", "tvm", "TVM", "runtime.tvm_backend:TvmBackend",
                  "a bundle made by `rwkv-edge compile --target x86_64-host` (or another target this machine runs)",
-                 ("remote",)),
+                 ("remote",), image="runtime.tvm_backend:TvmImage", bench="bench.rows:TvmRow",
+                 verify="verify.checks:TvmChecks"),
 )}
+CHECKPOINT_BACKEND = next(e.name for e in BACKENDS.values() if e.kind is None)  # what runs a checkpoint: the default
+# An artifact of each family opened as a step backend: None, or why it cannot be
+STEP_REFUSALS = {LANGUAGE: None, IMAGE: "holds an image model ({architecture}), which has no step contract: run it "
+                                        "with runtime.vision.open_vision (`rwkv-edge verify` checks it)"}
 
 
-def backend_class(name: str) -> type:
-    """The class of backend ``name``, imported on first use (onnxruntime, TVM and coremltools are heavy)."""
+def resolve(reference: str) -> Any:
+    """``"package.module:attribute"`` (below rwkv_edge) -> the attribute, its module imported now."""
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(f"..{module}", __package__), attribute)
+
+
+def backend_entry(name: str) -> BackendEntry:
+    """The entry of ``--backend name``; OptionError naming the choices for another."""
     entry = BACKENDS.get(name)
     if entry is None:
         raise OptionError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return getattr(importlib.import_module(f"{__package__}.{entry.module}"), entry.cls)
+    return entry
+
+
+def entry_of_kind(kind: str) -> BackendEntry:
+    """The entry that runs artifacts of manifest kind ``kind`` (one of artifact.KINDS)."""
+    return next(e for e in BACKENDS.values() if e.kind == kind)
+
+
+def takers(option: str) -> list[BackendEntry]:
+    """The entries whose runners take keyword ``option``."""
+    return [e for e in BACKENDS.values() if option in e.options]
 
 
 def backend_of(artifact: Artifact, **options) -> Backend:
     """The backend that runs ``artifact``, chosen by its manifest kind, with the ``options`` that are
     set (not None); OptionError for one its backend does not take."""
     kind = artifact.manifest.kind
-    if artifact.manifest.is_vision:
-        raise ArtifactError(f"{artifact.directory} holds an image model ({artifact.manifest.architecture}), which has "
-                            "no step contract: run it with runtime.vision.open_vision (`rwkv-edge verify` checks it)")
-    entry = next(e for e in BACKENDS.values() if e.kind == kind)
+    refusal = STEP_REFUSALS[artifact.manifest.family]
+    if refusal is not None:
+        raise ArtifactError(f"{artifact.directory} {refusal.format(architecture=artifact.manifest.architecture)}")
+    entry = entry_of_kind(kind)
     given = {name: value for name, value in options.items() if value is not None}
     for name in given.keys() - set(entry.options):
-        takers = [e.kind for e in BACKENDS.values() if e.kind and name in e.options]
+        kinds = [e.kind for e in takers(name) if e.kind]
         raise OptionError(f"{artifact.directory} holds a {kind} artifact; {FLAGS.get(name, name)} applies to "
-                          f"{' and '.join(takers)} artifacts")
-    return backend_class(entry.name)(artifact, **given)
+                          f"{' and '.join(kinds)} artifacts")
+    return entry.step_runner()(artifact, **given)
 
 
-def open_backend(source: str | Path | None, backend: str = "torch", threads: int | None = None) -> Backend:
+def open_backend(source: str | Path | None, backend: str = CHECKPOINT_BACKEND, threads: int | None = None) -> Backend:
     """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint; no
     source: the bundled demo model); every other backend runs an artifact of its kind. ``threads``:
     torch's and onnxruntime's intra-op threads (None: each backend's choice); OptionError for another
     backend."""
-    entry = BACKENDS.get(backend)
-    if entry is None:
-        raise OptionError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    entry = backend_entry(backend)
     options = {"threads": threads} if threads is not None else {}
     if options and "threads" not in entry.options:
-        raise OptionError(f"--threads applies to {' and '.join(e.name for e in BACKENDS.values() if 'threads' in e.options)}, "
-                          f"not {backend}")
+        raise OptionError(f"--threads applies to {' and '.join(e.name for e in takers('threads'))}, not {backend}")
     source = Path(source) if source is not None else None
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
 
         if source is not None and source.is_dir():
             source = Path(read_manifest(source).source["checkpoint"])
-        return backend_class(backend)(load_model(source or DEMO_CHECKPOINT), **options)
+        return entry.step_runner()(load_model(source or DEMO_CHECKPOINT), **options)
     directory = source.parent if source is not None and source.suffix == ".mlpackage" else source
     if directory is None or not directory.is_dir():
         raise OptionError(f"--backend {backend} needs {entry.source}")
-    return backend_class(backend)(open_artifact(directory, kind=entry.kind), **options)
+    return entry.step_runner()(open_artifact(directory, kind=entry.kind), **options)

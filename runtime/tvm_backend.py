@@ -1,4 +1,5 @@
-"""A TVM bundle behind the step contract: on this machine (CPU or GPU), or on a board through TVM's RPC server."""
+"""A TVM bundle behind the step contract, or an image bundle's runner: on this machine (CPU or GPU), or on a
+board through TVM's RPC server. Both load the library through ``LoadedLibrary``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..artifact.interface import GraphInterface, check_interface, parse_interfac
 from ..artifact.params import map_params
 from ..errors import ArtifactError, PlatformError, StateError, ToolError, one_line
 from ..platforms import gpu_unavailable, host_triple
-from ..contract import StateTensor
+from ..contract import IMAGE_GRAPH, StateTensor
 from .backend import NamedState, check_named_state, check_token_ids, no_prefill_graph, prefill_in_chunks
 from .rpc_client import Remote, open_session
 
@@ -60,16 +61,15 @@ class TvmBackend:
         self.device_kind = self.manifest.target.device
         self.spec: list[StateTensor] = self.manifest.state
         self.remote = remote
-        self._session = None
         self.library = self._library()
         self.where = self._where()
         import tvm
 
         self.runs_on = f"TVM {tvm.__version__} Relax VM on {self.where}"
-        self._vm, self._device = self._load()
-        interface = library_interface(self._call, self.library, self.manifest)
-        self.vocab_size = interface.vocab_size  # the token range, from the library (its embedding's rows)
-        self._params = self._load_params(interface)
+        self.loaded = LoadedLibrary(self.artifact, self.library, "step", self.device_kind, remote)
+        self.vocab_size = self.loaded.interface.vocab_size  # the token range, from the library (its embedding's rows)
+        if self.vocab_size is None:
+            raise ArtifactError(f"{self.library}: its interface() gives no token range: not a step library")
         self._initial = self._initial_state()
         prefill = self.manifest.graphs.get("prefill")
         self.chunk = prefill.chunk if prefill is not None else 0  # 0: prompts run one step per token
@@ -83,20 +83,21 @@ class TvmBackend:
     def step(self, token: int, state: NamedState) -> tuple[np.ndarray, NamedState]:
         check_token_ids([token], self.vocab_size)  # compiled gathers read out of bounds otherwise
         check_named_state(state, self.spec)
-        logits, *new_state = self._call("main", self._arguments(token, state))
+        logits, *new_state = self.loaded.call("main", self._arguments(token, state))
         if self.device_kind != "cpu" and self.remote is None:
             return _numpy(logits)[0], {t.input_name: DeviceTensor(s) for t, s in zip(self.spec, new_state)}
         return self._array(logits)[0], {t.input_name: self._array(s)[0] for t, s in zip(self.spec, new_state)}
 
     def sync(self) -> None:
         """Wait until the device has finished what was launched (GPU kernels run asynchronously)."""
-        self._device.sync()
+        self.loaded.device.sync()
 
     def time_decode(self, repeat: int = 20, number: int = 5) -> list[float]:
         """Milliseconds per decode step, measured where the library runs (on the device, over RPC)
         by TVM's time_evaluator: ``repeat`` figures, each the mean of ``number`` calls after a warm-up."""
-        self._vm.set_input("main", *self._arguments(1, self.init_state()))
-        timer = self._vm.time_evaluator("invoke_stateful", self._device, number=number, repeat=repeat)
+        vm = self.loaded.vm
+        vm.set_input("main", *self._arguments(1, self.init_state()))
+        timer = vm.time_evaluator("invoke_stateful", self.loaded.device, number=number, repeat=repeat)
         return [float(seconds) * 1e3 for seconds in timer("main").results]
 
     def _arguments(self, token: int | list[int], state: NamedState) -> list:
@@ -106,9 +107,9 @@ class TvmBackend:
         args = [self._tensor(tokens)]
         for t in self.spec:
             value = state[t.input_name]
-            resident = isinstance(value, DeviceTensor) and value.tensor.device == self._device
+            resident = isinstance(value, DeviceTensor) and value.tensor.device == self.loaded.device
             args.append(value.tensor if resident else self._tensor(np.asarray(value, dtype=np.float32)[None]))
-        return args + self._params
+        return args + self.loaded.params
 
     def _tensor(self, array: np.ndarray):
         """numpy -> TVM; on this machine without a copy where the array allows it (a state this
@@ -117,7 +118,7 @@ class TvmBackend:
 
         if self.device_kind == "cpu" and self.remote is None and array.flags.c_contiguous and array.ctypes.data % 64 == 0:
             return tvm.runtime.from_dlpack(array)
-        return tvm.runtime.tensor(np.ascontiguousarray(array), self._device)
+        return tvm.runtime.tensor(np.ascontiguousarray(array), self.loaded.device)
 
     def _array(self, value) -> np.ndarray:
         """TVM -> numpy: a view of the VM's fresh output here, a copy from a remote device."""
@@ -135,15 +136,12 @@ class TvmBackend:
             raise StateError(f"this bundle's prefill function takes exactly {self.chunk} tokens")
         check_token_ids(tokens, self.vocab_size)
         check_named_state(state, self.spec)
-        logits, *new_state = self._call("prefill", self._arguments(list(tokens), state))
+        logits, *new_state = self.loaded.call("prefill", self._arguments(list(tokens), state))
         return self._array(logits)[0], {t.input_name: self._array(s)[0] for t, s in zip(self.spec, new_state)}
-
-    def _call(self, function: str, args: list):
-        return self._vm[function](*args) if self.remote is None else self._remote_call(function, args)
 
     def _initial_state(self) -> NamedState:
         """``initial_state()`` of the library, checked against the manifest's state spec."""
-        values = [_numpy(v) for v in self._call("initial_state", [])]
+        values = [_numpy(v) for v in self.loaded.call("initial_state", [])]
         shapes = [tuple(v.shape) for v in values]
         if shapes != [(1, *t.shape) for t in self.spec]:
             raise ArtifactError(f"{self.library}: its state ({len(values)} tensors) is not the one the manifest lists "
@@ -168,20 +166,6 @@ class TvmBackend:
                                 f"with the C++ runner under qemu (rwkv_edge.runtime.native_runner)")
         return f"this machine ({triple})"
 
-    def _load(self):
-        """The VM over the library's bytes as hashed (``library_bytes``), here or on the remote device."""
-        import tvm
-
-        data = library_bytes(self.artifact, self.library)
-        if self.remote is None:
-            self._register_fatbin()
-            device = tvm.device(self.device_kind)
-            return load_library(data, self.library, device), device
-        session = open_session(self.remote)
-        device = session.device(self.device_kind)
-        self._session = session  # keep the connection alive as long as the VM
-        return upload_library(session, data, self.library, self.remote, device), device
-
     def _library(self) -> Path:
         """model.so; for Apple bundles the one linked on the Mac from model.tar (docs/tvm-gpu.md)."""
         name = self.manifest.graphs["step"].file
@@ -195,42 +179,91 @@ class TvmBackend:
                             + (" (on the Mac: link model.tar into model.so, docs/tvm-gpu.md)"
                                if self.device_kind == "metal" else ""))
 
-    def _register_fatbin(self) -> None:
-        """A CUDA bundle's kernels come precompiled (kernels.fatbin): TVM asks its compile callback for
-        them when the library loads, and gets the fatbin made from exactly this source."""
-        if self.device_kind != "cuda":
-            return
-        import tvm_ffi
-
-        _PREBUILT_CUDA[self.manifest.files[CUDA_SOURCE]["sha256"]] = self.artifact.path(FATBIN).read_bytes()
-        tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
-
-    def _load_params(self, interface: GraphInterface) -> list:
-        """The weights the library's functions take after their inputs, the params file's header held to
-        the library's own list: views of the mapped file on this machine's CPU (no copy; TVM's
-        from_dlpack checks the 64-byte alignment), one copy on a GPU or a remote device."""
-        import tvm
-
-        step = self.manifest.graphs["step"]
-        mapped = map_params(self.artifact.path(step.params), interface.weights)
-        if self.device_kind == "cpu" and self.remote is None:
-            return [tvm.runtime.from_dlpack(v) for v in mapped]
-        return [tvm.runtime.tensor(v, self._device) for v in mapped]
-
     def close(self) -> None:
         """Release the library (and the RPC session: a TVM server serves one session at a time)."""
+        self.loaded.close()
+
+
+class LoadedLibrary:
+    """A bundle's library loaded where it runs: on this machine's ``device_kind`` (CPU or GPU), or on
+    the device behind ``remote``; its ``interface()`` checked against the manifest, and the weights
+    ``role``'s functions take after their inputs, from the mapped params file: views of the mapping
+    on this machine's CPU (no copy; TVM's from_dlpack checks the 64-byte alignment), one copy on a
+    GPU or a remote device. What the step backend and the image runner share."""
+
+    def __init__(self, artifact: Artifact, library: Path, role: str, device_kind: str, remote: Remote | None) -> None:
+        import tvm
+
+        self.remote, self.session = remote, None
+        data = library_bytes(artifact, library)
+        if remote is None:
+            if device_kind == "cuda":
+                _register_fatbin(artifact)
+            self.device = tvm.device(device_kind)
+            self.vm = load_library(data, library, self.device)
+        else:
+            self.session = open_session(remote)  # kept alive as long as the VM
+            self.device = self.session.device(device_kind)
+            self.vm = upload_library(self.session, data, library, remote, self.device)
+        self.interface = library_interface(self.call, library, artifact.manifest)
+        mapped = map_params(artifact.path(artifact.manifest.graphs[role].params), self.interface.weights)
+        here = device_kind == "cpu" and remote is None
+        self.params = [tvm.runtime.from_dlpack(v) if here else tvm.runtime.tensor(v, self.device) for v in mapped]
+
+    def call(self, function: str, args: list):
+        """One function of the library; over RPC a tuple return cannot be indexed: set inputs, invoke,
+        fetch each output."""
+        if self.remote is None:
+            return self.vm[function](*args)
+        self.vm.set_input(function, *args)
+        self.vm.invoke_stateful(function)
+        outputs = self.vm.get_outputs(function)
+        return [outputs[i] for i in range(len(outputs))] if hasattr(outputs, "__len__") else outputs
+
+    def close(self) -> None:
+        """Release the VM, the weights and the RPC session (a TVM server serves one session at a time)."""
         import gc
 
-        self._vm = self._session = self._device = None
-        self._params = []
+        self.vm = self.session = self.device = None
+        self.params = []
         gc.collect()  # the VM's get_outputs closure is a reference cycle that holds the session
 
-    def _remote_call(self, function: str, args: list):
-        """Over RPC a tuple return cannot be indexed: set inputs, invoke, fetch each output."""
-        self._vm.set_input(function, *args)
-        self._vm.invoke_stateful(function)
-        outputs = self._vm.get_outputs(function)
-        return [outputs[i] for i in range(len(outputs))] if hasattr(outputs, "__len__") else outputs
+
+class TvmImage:
+    """An image bundle's model.so: ``main(images (1, 3, H, W), weights...)`` on the Relax VM, weights
+    from params.safetensors; on this machine's CPU, or on the device behind ``remote``."""
+
+    def __init__(self, artifact: Artifact, remote: Remote | None = None) -> None:
+        import tvm
+
+        m = artifact.manifest
+        library = artifact.graph(IMAGE_GRAPH)
+        if m.target.device != "cpu":
+            raise PlatformError(f"{artifact.directory}: a {m.target.device} image bundle is built and checked "
+                                f"(`rwkv-edge verify`), not yet run: the image runtime runs CPU bundles")
+        if remote is None and host_triple() != m.target.triple:
+            raise PlatformError(f"{artifact.directory} was built for {m.target.triple} ({m.target.name}); this "
+                                f"machine is {host_triple()}: run it on a {m.target.triple} device with --rpc")
+        self.loaded = LoadedLibrary(artifact, library, IMAGE_GRAPH, "cpu", remote)
+        where = "this machine" if remote is None else remote.describe()
+        self.runs_on = f"TVM {tvm.__version__} Relax VM on {where} ({m.target.triple})"
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        import tvm
+
+        return _numpy(self.loaded.call("main", [tvm.runtime.tensor(images, self.loaded.device), *self.loaded.params]))
+
+    def close(self) -> None:
+        self.loaded.close()
+
+
+def _register_fatbin(artifact: Artifact) -> None:
+    """A CUDA bundle's kernels come precompiled (kernels.fatbin): TVM asks its compile callback for
+    them when the library loads, and gets the fatbin made from exactly this source."""
+    import tvm_ffi
+
+    _PREBUILT_CUDA[artifact.manifest.files[CUDA_SOURCE]["sha256"]] = artifact.path(FATBIN).read_bytes()
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", _prebuilt_fatbin, override=True)
 
 
 def library_bytes(artifact: Artifact, library: Path) -> bytes:
@@ -308,8 +341,6 @@ def library_interface(call: Callable, library: Path, manifest: Manifest) -> Grap
         raise ArtifactError(f"{library}: built by an older rwkv-edge (no interface() function): recompile it") from None
     interface = parse_interface(np.ascontiguousarray(data, dtype=np.uint8).tobytes(), library)
     check_interface(manifest, interface, library)
-    if not manifest.is_vision and interface.vocab_size is None:
-        raise ArtifactError(f"{library}: its interface() gives no token range: not a step library")
     return interface
 
 

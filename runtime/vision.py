@@ -1,29 +1,32 @@
 """Running an image model's artifact: ``open_vision(directory).run(images) -> logits`` (or features).
 
-The whole-image graph of ``export onnx`` (onnxruntime) or of ``compile`` (TVM, here or on the device
-behind a TVM RPC server, e.g. an aarch64 board or qemu). Images are validated before any backend sees
-them: (N, 3, H, W) float32 at the artifact's one resolution, one ImageError line otherwise. A graph
-exported for batch 1 runs the images one by one.
+The whole-image graph of ``export onnx`` (onnxruntime), of ``compile`` for TVM (here or on the device
+behind a TVM RPC server, e.g. an aarch64 board or qemu) or for Core ML: the image runner of the
+backend whose kind the manifest names (runtime/registry.py). Images are validated before any runner
+sees them: (N, 3, H, W) float32 at the artifact's one resolution, one ImageError line otherwise. A
+graph exported for batch 1 runs the images one by one.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..architectures import IMAGE, LANGUAGE
 from ..artifact import Artifact, open_artifact
-from ..artifact.interface import GraphInterface, check_interface
-from ..contract import IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, IMAGE_INPUT
-from ..errors import ArtifactError, ImageError, OptionError, PlatformError, one_line
-from ..targets.coreml import import_coremltools, quiet_coremltools
-from ..platforms import host_triple
-from .rpc_client import Remote, open_session
+from ..contract import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ArtifactError, ImageError
+from .registry import BACKENDS, entry_of_kind, resolve
+from .rpc_client import Remote
+
+# An artifact of each family opened as an image model: None, or why it cannot be
+IMAGE_REFUSALS = {LANGUAGE: "holds a {architecture} language model, not an image model", IMAGE: None}
+OPTION_WORDS = {"executor": "an executor", "remote": "an RPC device", "threads": "threads"}  # an error names the first
 
 
-class _ImageBackend(Protocol):
+class ImageRunner(Protocol):
     runs_on: str
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -35,7 +38,7 @@ class _ImageBackend(Protocol):
 class VisionRunner:
     """An opened image-model artifact: ``run`` images through it; what it is in ``describe()``."""
 
-    def __init__(self, artifact: Artifact, backend: _ImageBackend) -> None:
+    def __init__(self, artifact: Artifact, backend: ImageRunner) -> None:
         self.artifact, self.backend = artifact, backend
         self.manifest = artifact.manifest
         config = self.manifest.config
@@ -77,153 +80,24 @@ def check_images(images: object, channels: int, size: int) -> None:
 
 def open_vision(directory: str | Path | Artifact, remote: Remote | None = None, threads: int | None = None,
                 expect_sha256: str | None = None, executor: str | None = None) -> VisionRunner:
-    """The image-model artifact at ``directory`` (checked and hashed) on its backend: onnxruntime for an
-    ONNX export (``threads``), TVM for a bundle, here or on the device behind ``remote``, Core ML for a
-    package (``executor``: "predict" on macOS, else "mil", coremltools' evaluation of the program)."""
+    """The image-model artifact at ``directory`` (checked and hashed) on the image runner of its kind:
+    onnxruntime for an ONNX export (``threads``), TVM for a bundle, here or on the device behind
+    ``remote``, Core ML for a package (``executor``: "predict" on macOS, else "mil", coremltools'
+    evaluation of the program). ArtifactError for an option its runner does not take."""
     artifact = directory if isinstance(directory, Artifact) else open_artifact(directory, expect_sha256=expect_sha256)
     m = artifact.manifest
-    if not m.is_vision:
-        raise ArtifactError(f"{artifact.directory}: holds a {m.architecture} language model, not an image model")
-    if m.kind == "coreml" and remote is None and threads is None:
-        return VisionRunner(artifact, _CoreMLImage(artifact, executor))
-    if executor is not None:
-        raise ArtifactError(f"{artifact.directory}: an executor applies to Core ML artifacts, this is {m.kind}")
-    if m.kind == "onnx" and remote is None:
-        return VisionRunner(artifact, _OrtImage(artifact, threads))
-    if m.kind == "tvm" and threads is None:
-        return VisionRunner(artifact, _TvmImage(artifact, remote))
-    if m.kind in ("onnx", "tvm"):
-        raise ArtifactError(f"{artifact.directory}: {'an RPC device' if remote else 'threads'} applies to "
-                            f"{'TVM' if remote else 'ONNX'} artifacts, this is {m.kind}")
-    raise ArtifactError(f"{artifact.directory}: a Core ML package runs here or on a Mac, not with "
-                        f"{'an RPC device' if remote else 'threads'}")
-
-
-class _OrtImage:
-    def __init__(self, artifact: Artifact, threads: int | None) -> None:
-        import onnxruntime as ort
-
-        from .ort_backend import session_signature
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        path = artifact.graph(IMAGE_GRAPH)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for unreadable or invalid graphs
-            raise ArtifactError(f"{path}: onnxruntime cannot load it: {one_line(e)}") from None
-        names = [i.name for i in self.session.get_inputs()]
-        if names != [IMAGE_INPUT]:
-            raise ArtifactError(f"{path}: inputs {names}, expected [{IMAGE_INPUT!r}]: not an image graph")
-        check_interface(artifact.manifest, GraphInterface({IMAGE_GRAPH: session_signature(self.session)}), path)
-        self.runs_on = f"onnxruntime {ort.__version__} CPUExecutionProvider, on this machine"
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {IMAGE_INPUT: images})[0]
-
-    def close(self) -> None:
-        self.session = None
-
-
-class _TvmImage:
-    """model.so's ``main(images (1, 3, H, W), weights...)`` on the Relax VM, weights from params.safetensors."""
-
-    def __init__(self, artifact: Artifact, remote: Remote | None) -> None:
-        import tvm
-
-        from ..artifact.params import map_params
-        from .tvm_backend import library_bytes, library_interface, load_library, upload_library
-
-        m = artifact.manifest
-        graph = m.graphs[IMAGE_GRAPH]
-        library = artifact.path(graph.file)
-        if m.target.device != "cpu":
-            raise PlatformError(f"{artifact.directory}: a {m.target.device} image bundle is built and checked "
-                                f"(`rwkv-edge verify`), not yet run: the image runtime runs CPU bundles")
-        self.remote, self._session = remote, None
-        if remote is None:
-            if host_triple() != m.target.triple:
-                raise PlatformError(f"{artifact.directory} was built for {m.target.triple} ({m.target.name}); this "
-                                    f"machine is {host_triple()}: run it on a {m.target.triple} device with --rpc")
-            self.device = tvm.cpu()
-            self.vm = load_library(library_bytes(artifact, library), library, self.device)
-            self.runs_on = f"TVM {tvm.__version__} Relax VM on this machine ({m.target.triple})"
-        else:
-            self._session = open_session(remote)
-            self.device = self._session.cpu()
-            self.vm = upload_library(self._session, library_bytes(artifact, library), library, remote, self.device)
-            self.runs_on = f"TVM {tvm.__version__} Relax VM on {remote.describe()} ({m.target.triple})"
-        interface = library_interface(self._call, library, m)
-        weights = map_params(artifact.path(graph.params), interface.weights)
-        self.params = [tvm.runtime.tensor(w, self.device) for w in weights]
-
-    def _call(self, function: str, args: list):
-        if self.remote is None:
-            return self.vm[function](*args)
-        self.vm.set_input(function, *args)  # over RPC a result comes back through get_outputs
-        self.vm.invoke_stateful(function)
-        return self.vm.get_outputs(function)
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        import tvm
-
-        return self._call("main", [tvm.runtime.tensor(images, self.device), *self.params]).numpy()
-
-    def close(self) -> None:
-        import gc
-
-        self.vm = self.params = self._session = self.device = None
-        gc.collect()  # the VM's get_outputs closure is a reference cycle that holds the session
-
-
-class _CoreMLImage:
-    """model.mlpackage's ``main(image)``: an image input of pixels in 0..255 that normalises them itself
-    (compile/coreml_vision.py), so normalised images are turned back into pixels first."""
-
-    def __init__(self, artifact: Artifact, executor: str | None) -> None:
-        from .coreml_backend import EXECUTORS, default_executor, describe_executor, package_interface
-
-        self.executor = executor or default_executor()
-        if self.executor not in EXECUTORS:
-            raise OptionError(f"unknown Core ML executor {self.executor!r}; choose {', '.join(EXECUTORS)}")
-        self.package, self.output = artifact.graph(IMAGE_GRAPH), artifact.manifest.config["output"]
-        check_interface(artifact.manifest, package_interface(self.package), self.package)
-        self.runs_on = describe_executor(self.executor)
-        if self.executor == "mil":
-            from .coreml_mil import MilProgram
-
-            program = MilProgram(self.package)
-            self._run = lambda pixels: program.run("main", {"image": pixels})[self.output]
-        else:
-            self._run = self._predictor(artifact)
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run(pixels(images)), np.float32)
-
-    def _predictor(self, artifact: Artifact):
-        if sys.platform != "darwin":
-            raise OptionError("Core ML predict runs on macOS only; on this OS use the reference evaluation "
-                              "(executor 'mil'), which `rwkv-edge verify` picks by default")
-        from PIL import Image
-
-        ct = import_coremltools()
-        try:
-            with quiet_coremltools():
-                model = ct.models.MLModel(str(self.package),
-                                          compute_units=getattr(ct.ComputeUnit, artifact.manifest.target.compute_units))
-        except Exception as e:  # Core ML's own errors for a package it cannot load
-            raise ArtifactError(f"{self.package}: Core ML cannot load it: {one_line(e)}") from None
-
-        def run(image: np.ndarray) -> np.ndarray:  # (1, 3, H, W) pixels -> an 8-bit RGB image
-            rgb = np.clip(np.round(image[0].transpose(1, 2, 0)), 0, 255).astype(np.uint8)
-            return model.predict({"image": Image.fromarray(rgb, "RGB")})[self.output]
-
-        return run
-
-    def close(self) -> None:
-        self._run = None
+    refusal = IMAGE_REFUSALS[m.family]
+    if refusal is not None:
+        raise ArtifactError(f"{artifact.directory}: {refusal.format(architecture=m.architecture)}")
+    entry = entry_of_kind(m.kind)
+    options = {"executor": executor, "remote": remote, "threads": threads}  # OPTION_WORDS' order
+    given = {name: value for name, value in options.items() if value is not None}
+    refused = [name for name in given if name not in entry.options]
+    if refused:
+        takers = " and ".join(e.label for e in BACKENDS.values() if e.image and refused[0] in e.options)
+        raise ArtifactError(f"{artifact.directory}: "
+                            + entry.image_refusal.format(option=OPTION_WORDS[refused[0]], takers=takers, kind=m.kind))
+    return VisionRunner(artifact, resolve(entry.image)(artifact, **given))
 
 
 def pixels(images: np.ndarray) -> np.ndarray:

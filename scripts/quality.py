@@ -42,7 +42,7 @@ from rwkv_edge.model import DEMO_CHECKPOINT, load_model, model_from_state_dict
 from rwkv_edge.model.demo.train import load_corpus
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint
 from rwkv_edge.quantize import GROUP_SIZES
-from rwkv_edge.runtime.registry import backend_of
+from rwkv_edge.runtime.registry import backend_of, entry_of_kind
 
 BITS = {"int8": 8, "int4": 4}
 
@@ -154,7 +154,7 @@ def _artifact_row(directory: Path, tokens: list[int], fp32: np.ndarray,
     key = (m.weights, m.group_size if m.weights in BITS else 0)
     if key not in torch_out:
         raise OptionError(f"{directory}: {m.weights} weights in groups of {m.group_size}; add that group to --groups")
-    backend = backend_of(artifact, threads=threads if m.kind == "onnx" else None)
+    backend = backend_of(artifact, threads=threads if "threads" in entry_of_kind(m.kind).options else None)
     start = time.perf_counter()
     try:
         logits = stepped_logits(backend, tokens)

@@ -15,6 +15,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..architectures import IMAGE, LANGUAGE
 from ..atomic import atomic_path
 from ..artifact import Artifact
 from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
@@ -22,6 +23,7 @@ from ..artifact.params import map_params
 from ..contract import IMAGE_GRAPH
 from ..errors import ArtifactError, printable
 
+MAIN_GRAPHS = {LANGUAGE: "step", IMAGE: IMAGE_GRAPH}  # family -> the role whose library and weights are checked
 NOT_EXECUTED_EXIT = 3  # `rwkv-edge verify`: the build is intact but nothing ran (no pass, no failure)
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # 0xBA55ED50, little-endian
 _CUDA_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(')
@@ -67,7 +69,7 @@ class BuildReport:
 
 def check_gpu_build(artifact: Artifact, reason: str) -> BuildReport:
     """Read the bundle's device code, library and weights file; nothing is executed."""
-    role = IMAGE_GRAPH if artifact.manifest.is_vision else "step"
+    role = MAIN_GRAPHS[artifact.manifest.family]
     target, step = artifact.manifest.target, artifact.manifest.graphs[role]
     report = BuildReport(str(artifact.directory), target.name, reason)
     if target.device == "cuda":

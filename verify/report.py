@@ -150,7 +150,7 @@ class ParityReport(Verdict):
             "n_steps": self.n_steps,
             "top1": {"agreement": self.top1_agreement, "per_step": list(self.top1)},
             "outputs": {
-                name: {metric: [_finite_or_none(v) for v in values] for metric, values in asdict(e).items()}
+                name: {metric: [finite_or_none(v) for v in values] for metric, values in asdict(e).items()}
                 for name, e in self.errors.items()
             },
             "greedy": asdict(self.greedy) if self.greedy else None,
@@ -178,8 +178,8 @@ class ParityReport(Verdict):
         t = self.tolerance
         lines = [
             f"{'PASS' if self.passed else 'FAIL'}  {self.candidate} vs {self.reference}, {self.tolerance.name}, "
-            f"{self.n_steps}/{len(self.tokens)} steps (limits: max|Δ|/std {_sci(t.logits_scaled)} logits, "
-            f"{_sci(t.state_scaled) if t.state_scaled is not None else 'not judged on the'} state; "
+            f"{self.n_steps}/{len(self.tokens)} steps (limits: max|Δ|/std {sci(t.logits_scaled)} logits, "
+            f"{sci(t.state_scaled) if t.state_scaled is not None else 'not judged on the'} state; "
             f"top-1 >= {t.top1:.1%})"
         ]
         lines += [f"  - {failure}" for failure in self.failures]
@@ -187,7 +187,7 @@ class ParityReport(Verdict):
             name, step, scaled = _worst_of(self.errors, names)
             where = "" if scaled == 0 else f" (step {step})" if name == group else f" ({name}, step {step})"
             worst_abs = float(np.max([self.errors[n].max_abs for n in names]))
-            lines.append(f"  {group:<10} max|Δ|/std {_sci(scaled)}{where}, max|Δ| {_sci(worst_abs)}")
+            lines.append(f"  {group:<10} max|Δ|/std {sci(scaled)}{where}, max|Δ| {sci(worst_abs)}")
         lines.append(f"  top-1      {sum(self.top1)}/{len(self.top1)} steps agree ({self.top1_agreement:.1%})")
         lines.append(f"  greedy     {_describe_greedy(self.greedy)}")
         return "\n".join(map(printable, lines))  # manifest text escaped: one line stays one line
@@ -333,7 +333,7 @@ def _over_limits(report: ParityReport) -> list[str]:
         limit = t.logits_scaled if name == "logits" else t.state_scaled
         step, worst = _worst(e)
         if limit is not None and step is not None and not worst <= limit:  # `not <=` so that NaN fails
-            failures.append(f"{name}: max|Δ|/std {_sci(worst)} at step {step} exceeds {_sci(limit)}")
+            failures.append(f"{name}: max|Δ|/std {sci(worst)} at step {step} exceeds {sci(limit)}")
     if report.top1 and report.top1_agreement < t.top1:
         first = report.top1.index(False)
         failures.append(
@@ -377,7 +377,7 @@ def _describe_greedy(greedy: GreedyResult | None) -> str:
     return f"diverges at generated token {greedy.first_divergence} of {n}"
 
 
-def _sci(x: float) -> str:
+def sci(x: float) -> str:
     """Three significant digits, trailing zeros dropped: 1.04e-04, 1e-04, 0, nan."""
     if x == 0 or not np.isfinite(x):
         return f"{x:g}"
@@ -385,7 +385,8 @@ def _sci(x: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
-def _finite_or_none(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
+    """``x``, or None for NaN and infinities (which JSON cannot hold)."""
     return x if np.isfinite(x) else None
 
 
@@ -415,7 +416,7 @@ def _plot(report: ParityReport, path: Path) -> None:
         ax.axhline(t.state_scaled, color="k", ls=":", lw=1, label="limit (state)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(f"max|Δ| / std(ref)   (0 drawn at {_sci(floor)})")
+    ax.set_ylabel(f"max|Δ| / std(ref)   (0 drawn at {sci(floor)})")
     verdict = "PASS" if report.passed else "FAIL"
     ax.set_title(f"{verdict}: {report.candidate} vs {report.reference}, {report.tolerance.name}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))

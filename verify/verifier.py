@@ -11,19 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from ..artifact import REPORTS, Artifact, Manifest, open_artifact
+from ..architectures import IMAGE, LANGUAGE
+from ..artifact import REPORTS, Artifact, open_artifact
 from ..artifact.lock import reading
+from ..artifact.manifest import KINDS
 from ..errors import ArtifactError, one_line
 from ..runtime.backend import Backend
-from ..runtime.registry import backend_of
+from ..runtime.registry import backend_of, entry_of_kind, resolve
 from .report import (OutputErrors, ParityReport, compare_rollouts, compare_to_reference, greedy_against,
                      greedy_identity)
 from ..weights import weight_format
-from .build_check import BuildReport, check_gpu_build
+from .build_check import BuildReport
+from .checks import KindChecks
 from .tolerances import beyond_judgement, tolerance_for, widened
-from .vision import ImageParityReport
+from .vision import ImageParityReport, verify_image_artifact
 
 GREEDY_PROMPT = 16  # tokens of the rollout that prompt greedy generation (as recorded at build time)
 
@@ -55,13 +56,24 @@ def verify_artifact(directory: str | Path, steps: int = 64, greedy_tokens: int =
 def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoint: str | Path | bool,
            log: Callable[[str], None], executor: str | None, remote) -> ParityReport | ImageParityReport | BuildReport:
     """The verdict on an opened artifact (``verify_artifact``), not yet saved."""
-    directory, manifest = artifact.directory, artifact.manifest
-    if manifest.kind == "tvm" and remote is None and (why := _gpu_absent(manifest)):
-        return check_gpu_build(artifact, why)
-    if manifest.is_vision:
-        from .vision import verify_image_artifact
+    checks = kind_checks(artifact.manifest.kind)
+    built = checks.unrunnable(artifact, remote)
+    if built is not None:
+        return built
+    return JUDGES[artifact.manifest.family](artifact, steps, greedy_tokens, against_checkpoint, log, executor, remote,
+                                            checks)
 
-        return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
+
+def kind_checks(kind: str) -> KindChecks:
+    """What verify adds for an artifact of manifest kind ``kind`` (its backend entry's ``verify``)."""
+    hooks = entry_of_kind(kind).verify
+    return resolve(hooks)() if hooks is not None else KindChecks()
+
+
+def _judge_rollout(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoint: str | Path | bool,
+                   log: Callable[[str], None], executor: str | None, remote, checks: KindChecks) -> ParityReport:
+    """A language model's artifact: its rollout, prefill graph and greedy generation against the PyTorch model's."""
+    directory, manifest = artifact.directory, artifact.manifest
     tolerance = tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.reference()
     if manifest.compute == "int8" and recorded.spread is not None:  # rounding flips at scale (docs/quantization.md)
@@ -94,10 +106,18 @@ def _judge(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoin
         log(f"greedy generation of {greedy_tokens} tokens ...")
         report.add_greedy(greedy_identity(live, candidate, tokens[:GREEDY_PROMPT], greedy_tokens) if live
                           else greedy_against(recorded, candidate, greedy_tokens))
-    if manifest.kind in KIND_CHECKS:
-        KIND_CHECKS[manifest.kind](report, candidate, log)
+    checks.add(report, candidate, log)
     candidate.close()  # a remote device serves one session at a time
     return report
+
+
+def _judge_images(artifact: Artifact, steps: int, greedy_tokens: int, against_checkpoint: str | Path | bool,
+                  log: Callable[[str], None], executor: str | None, remote, checks: KindChecks) -> ImageParityReport:
+    """An image model's artifact: its outputs on the reference images (``steps`` and ``greedy_tokens`` do not apply)."""
+    return verify_image_artifact(artifact, against_checkpoint, remote, log, executor)
+
+
+JUDGES = {LANGUAGE: _judge_rollout, IMAGE: _judge_images}  # family -> how its artifacts are judged
 
 
 def _save(report: ParityReport | ImageParityReport | BuildReport, artifact: Artifact, log: Callable[[str], None]) -> None:
@@ -127,47 +147,9 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     manifest = artifact.manifest
     if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices (and activations)
         model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size,
-                               activations=manifest.compute == "int8", embedding=manifest.kind != "coreml")
+                               activations=manifest.compute == "int8",
+                               embedding=KINDS[manifest.kind].quantized_embedding)
     return TorchBackend(model)
-
-
-def _gpu_absent(manifest: Manifest) -> str | None:
-    """Why a GPU bundle cannot run here (None for CPU bundles and where the GPU is present)."""
-    target = manifest.target
-    if target.device == "cpu":
-        return None
-    from ..platforms import gpu_unavailable
-
-    return gpu_unavailable(target.device, target.arch, target.triple)
-
-
-def _check_coreml_spec(report: ParityReport, candidate, log: Callable[[str], None]) -> None:
-    """A Core ML package's interface and ops against the contract (runs on any OS)."""
-    from ..runtime.coreml_mil import MilProgram
-    from .coreml_spec import check_spec
-
-    program = MilProgram(candidate.package)
-    spec_check = check_spec(candidate.manifest, program.spec, program.program)
-    log(spec_check.summary())
-    report.what_ran.insert(1, spec_check.summary())
-    report.failures[:0] = [f"spec: {problem}" for problem in spec_check.problems]
-    report.details["ops"] = spec_check.ops
-
-
-def _time_decode(report: ParityReport, candidate, log: Callable[[str], None]) -> None:
-    """The decode step's latency where a TVM bundle ran (a figure from an emulator says nothing about the hardware)."""
-    log("timing the decode step ...")
-    times = candidate.time_decode()
-    median = float(np.median(times))
-    report.details["decode_ms"] = {"median": median, "min": min(times), "max": max(times), "samples": times,
-                                   "where": candidate.where, "method": "TVM time_evaluator, 20 x mean of 5 calls"}
-    caveat = "; if that device is emulated, this is not its hardware's speed" if candidate.remote else ""
-    report.what_ran.append(f"decode step timed on {candidate.where}: median {median:.3f} ms "
-                           f"(TVM time_evaluator, 20 x 5 calls{caveat})")
-    log(report.what_ran[-1])
-
-
-KIND_CHECKS = {"coreml": _check_coreml_spec, "tvm": _time_decode}  # what a kind's report adds
 
 
 def _repeat(tokens: list[int], n: int) -> list[int]:

@@ -23,7 +23,7 @@ from ..artifact.reference import VisionReference
 from ..atomic import atomic_path
 from ..errors import ArtifactError, printable
 from ..runtime.vision import open_vision
-from .report import OutputErrors, Verdict, _finite_or_none, _sci
+from .report import OutputErrors, Verdict, finite_or_none, sci
 from .tolerances import ImageTolerance, image_tolerance_for
 
 TOP_K = 5
@@ -55,8 +55,8 @@ class ImageParityReport(Verdict):
         if not self.worst_scaled <= t.output_scaled:  # `not <=`: NaN fails
             image = int(np.nanargmax(self.errors.scaled)) if not np.isnan(self.worst_scaled) else \
                 int(np.flatnonzero(np.isnan(self.errors.scaled))[0])
-            self.failures.append(f"{self.output}: max|Δ|/std {_sci(self.worst_scaled)} on image {image} exceeds "
-                                 f"{_sci(t.output_scaled)}")
+            self.failures.append(f"{self.output}: max|Δ|/std {sci(self.worst_scaled)} on image {image} exceeds "
+                                 f"{sci(t.output_scaled)}")
         for name, agree, limit in (("top-1", self.top1, t.top1), ("top-5", self.top5, t.top5)):
             if agree and sum(agree) / n < limit:
                 self.failures.append(f"{name} agreement {sum(agree)}/{n} is below {limit:.1%}; first disagreement "
@@ -70,7 +70,7 @@ class ImageParityReport(Verdict):
             "tolerance": asdict(self.tolerance), "n_images": n,
             "top1": {"agreement": sum(self.top1) / n if self.top1 else None, "per_image": list(self.top1)},
             "top5": {"agreement": sum(self.top5) / n if self.top5 else None, "per_image": list(self.top5)},
-            "outputs": {self.output: {metric: [_finite_or_none(v) for v in values]
+            "outputs": {self.output: {metric: [finite_or_none(v) for v in values]
                                       for metric, values in asdict(self.errors).items()}},
         }
 
@@ -87,10 +87,10 @@ class ImageParityReport(Verdict):
     def summary(self) -> str:
         t, n = self.tolerance, len(self.errors.scaled)
         lines = [f"{'PASS' if self.passed else 'FAIL'}  {self.candidate} vs {self.reference}, {t.name}, {n} images "
-                 f"(limits: max|Δ|/std {_sci(t.output_scaled)}"
+                 f"(limits: max|Δ|/std {sci(t.output_scaled)}"
                  + (f"; top-1 >= {t.top1:.1%}, top-5 >= {t.top5:.1%})" if self.top1 else ")")]
         lines += [f"  - {failure}" for failure in self.failures]
-        lines.append(f"  {self.output:<10} max|Δ|/std {_sci(self.worst_scaled)}, max|Δ| {_sci(max(self.errors.max_abs))}")
+        lines.append(f"  {self.output:<10} max|Δ|/std {sci(self.worst_scaled)}, max|Δ| {sci(max(self.errors.max_abs))}")
         if self.top1:
             lines.append(f"  top-1      {sum(self.top1)}/{n} images agree")
             lines.append(f"  top-5      {sum(self.top5)}/{n} images agree (same set)")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from rwkv_edge.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
                              weight_bytes_per_token)
-from rwkv_edge.bench import bound
+from rwkv_edge.bench import bound, rows
 from rwkv_edge.bench import run as bench
+from rwkv_edge.bench.rows import bench_row
 
 QUICK = BenchOptions(backends=("torch", "onnxruntime", "tvm"), steps=6, warmup=2, prefill=5, prefill_repeats=2,
                      threads=1, bandwidth_mib=32, bandwidth_repeats=2, onnx_prefill_chunk=0)
@@ -34,7 +35,7 @@ def report(work):
     """One quick run on the demo model; TVM reported unavailable whether or not this build has it."""
     lines = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench, "tvm_unavailable", lambda target: "not in this test")
+        mp.setattr(rows, "tvm_unavailable", lambda target: "not in this test")
         result = run_bench(None, QUICK, work=work, log=lines.append)
     result.log = lines
     return result
@@ -149,11 +150,12 @@ def test_progress_lines_and_cached_export(report, work):
     assert any(line.startswith("torch: median ") for line in report.log)
     artifact = report.preparation["onnxruntime"]["artifact"]
     sha = report.model["sha256"]
-    assert bench._cached("onnxruntime", Path(artifact), sha, QUICK)
-    assert not bench._cached("onnxruntime", Path(artifact), sha, BenchOptions(onnx_prefill_chunk=16))
-    assert not bench._cached("onnxruntime", Path(artifact), "0" * 64, QUICK)
+    ort = rows.OrtRow()
+    assert ort.cached(Path(artifact), sha, QUICK)
+    assert not ort.cached(Path(artifact), sha, BenchOptions(onnx_prefill_chunk=16))
+    assert not ort.cached(Path(artifact), "0" * 64, QUICK)
     (Path(artifact) / "model.onnx").write_bytes(b"tampered")
-    assert not bench._cached("onnxruntime", Path(artifact), sha, QUICK)
+    assert not ort.cached(Path(artifact), sha, QUICK)
 
 
 def test_a_backend_that_breaks_is_a_failed_row(tmp_path):
@@ -237,7 +239,7 @@ def test_gpu_options_are_checked(kwargs, message):
 
 def test_gpu_options_that_hold():
     options = BenchOptions(device="cuda", weights="fp16", tvm_target="cuda-sm80")
-    assert [options.weights_of(b) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: the fp32 export
+    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: fp32
     assert BenchOptions().tvm_target is None and BenchOptions().device == "cpu"
 
 
@@ -247,10 +249,10 @@ def test_quantized_rows_on_the_cpu():
     from rwkv_edge.bench.bound import row_weight_bytes
 
     options = BenchOptions(weights="int4")
-    assert [options.weights_of(b) for b in BACKENDS] == ["fp32", "int4", "int4"]
-    assert bench.tvm_bundle_name("x86_64-host", "int4") == "tvm-x86_64-host-int4"
+    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp32", "int4", "int4"]
+    assert rows.tvm_bundle_name("x86_64-host", "int4") == "tvm-x86_64-host-int4"
     tensors = make_checkpoint("v7")
-    full, int8, int4 = (row_weight_bytes(tensors, "tvm", w) for w in ("fp32", "int8", "int4"))
+    full, int8, int4 = (row_weight_bytes(tensors, w, rows.TvmRow.every_weight) for w in ("fp32", "int8", "int4"))
     assert int4 < int8 < full / 2
 
 
@@ -268,8 +270,8 @@ def test_default_cuda_target_on_a_jetson(monkeypatch):
 
 
 def test_bundle_cache_keys_hold_target_and_weights():
-    assert bench.tvm_bundle_name("x86_64-host", "fp32") == "tvm-x86_64-host"  # CPU caches keep their place
-    names = {bench.tvm_bundle_name(t, w) for t in ("cuda-sm80", "cuda-sm90") for w in ("fp32", "fp16")}
+    assert rows.tvm_bundle_name("x86_64-host", "fp32") == "tvm-x86_64-host"  # CPU caches keep their place
+    names = {rows.tvm_bundle_name(t, w) for t in ("cuda-sm80", "cuda-sm90") for w in ("fp32", "fp16")}
     assert names == {"tvm-cuda-sm80-fp32", "tvm-cuda-sm80-fp16", "tvm-cuda-sm90-fp32", "tvm-cuda-sm90-fp16"}
 
 
@@ -289,42 +291,47 @@ def test_a_cached_bundle_must_match_target_and_weights(report, tmp_path, rehash)
     sha = report.model["sha256"]
     export = Path(report.preparation["onnxruntime"]["artifact"])
     gpu = _fake_bundle(export, tmp_path / "gpu", {"name": "cuda-sm90", "device": "cuda", "arch": "sm_90", "weights": "fp16"}, rehash)
-    asked = BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp16")
-    assert bench._cached("tvm", gpu, sha, asked)
-    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp32"))
-    assert not bench._cached("tvm", gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", weights="fp16"))
+    asked, tvm = BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp16"), rows.TvmRow()
+    assert tvm.cached(gpu, sha, asked)
+    assert not tvm.cached(gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm90", weights="fp32"))
+    assert not tvm.cached(gpu, sha, BenchOptions(device="cuda", tvm_target="cuda-sm80", weights="fp16"))
     cpu = _fake_bundle(export, tmp_path / "cpu", {"name": "x86_64-host", "device": "cpu"}, rehash)  # no weights: fp32
-    assert bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
-    assert not bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host"))  # asks for a prefill function
-    assert not bench._cached("tvm", cpu, sha, asked)
+    assert tvm.cached(cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
+    assert not tvm.cached(cpu, sha, BenchOptions(tvm_target="x86_64-host"))  # asks for a prefill function
+    assert not tvm.cached(cpu, sha, asked)
     rehash(cpu, lambda data: data["graphs"].pop("interface"))  # an older rwkv-edge's bundle: its library lacks it
-    assert not bench._cached("tvm", cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
+    assert not tvm.cached(cpu, sha, BenchOptions(tvm_target="x86_64-host", onnx_prefill_chunk=0))
 
 
 def test_gpu_compiles_pass_target_and_weights(report, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
-    monkeypatch.setattr(bench, "build", lambda backend, source, out, options, log: calls.append(
-        [backend, str(source), options.tvm_target, options.weights_of("tvm"), bench._prefill_chunk(backend, options)]))
-    monkeypatch.setattr(bench.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(rows, "tvm_unavailable", lambda target: None)
+    for row in (rows.OrtRow, rows.TvmRow):
+        monkeypatch.setattr(row, "build", lambda row, source, out, options, log: calls.append(
+            [row.name, str(source), options.tvm_target, row.weights_of(options), row.prefill_chunk(options)]))
+    monkeypatch.setattr(rows.shutil, "which", lambda name: f"/usr/bin/{name}")
     checkpoint, sha, onnx = DEMO_CHECKPOINT, report.model["sha256"], Path("export")
+
+    def prep(options):
+        return rows.Preparation(checkpoint, sha, options, tmp_path, lambda line: None)
+
     for weights in ("fp32", "fp16"):
-        options = BenchOptions(device="cuda", tvm_target="cuda-sm90", weights=weights)
-        out = bench._prepare("tvm", checkpoint, sha, options, tmp_path, lambda line: None, {}, onnx=onnx)
+        out = rows.TvmRow().prepare(prep(BenchOptions(device="cuda", tvm_target="cuda-sm90", weights=weights)), onnx)
         assert out.name == f"tvm-cuda-sm90-{weights}"
         assert calls[-1] == ["tvm", "export", "cuda-sm90", weights, 0]
-    out = bench._prepare("tvm", checkpoint, sha, BenchOptions(tvm_target="x86_64-host"), tmp_path, lambda line: None, {})
+    out = rows.TvmRow().prepare(prep(BenchOptions(tvm_target="x86_64-host")))
     assert out.name == "tvm-x86_64-host" and calls[-1] == ["tvm", str(checkpoint), "x86_64-host", "fp32", PREFILL_CHUNK]
-    out = bench._prepare("onnx", checkpoint, sha, BenchOptions(device="cuda"), tmp_path, lambda line: None, {})
+    out = rows.DecodeExport().prepare(prep(BenchOptions(device="cuda")))
     assert out.name == "onnx-fp32-prefill0" and calls[-1][0] == "onnx" and calls[-1][-1] == 0
 
 
 def test_gpu_compiles_without_nvcc_are_unavailable(report, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
-    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    monkeypatch.setattr(rows, "tvm_unavailable", lambda target: None)
+    monkeypatch.setattr(rows.shutil, "which", lambda name: None)
     options = BenchOptions(device="cuda", tvm_target="cuda-sm90")
-    with pytest.raises(bench._Unavailable, match="nvcc not found"):
-        bench._prepare("tvm", DEMO_CHECKPOINT, report.model["sha256"], options, tmp_path, lambda line: None, {})
+    with pytest.raises(rows.Unavailable, match="nvcc not found"):
+        rows.TvmRow().prepare(rows.Preparation(DEMO_CHECKPOINT, report.model["sha256"], options, tmp_path,
+                                               lambda line: None))
 
 
 def test_a_given_gpu_bundle_sets_device_weights_and_target(report, tmp_path, rehash):
@@ -349,9 +356,9 @@ def test_fp16_weight_bytes_count_gemv_weights_at_two_bytes():
     values_other = L * other + (L - 1) * C + 2 * C + 2 * C + C  # + v0 past layer 0, ln0, ln_out, one emb row
     tensors = make_checkpoint("v7", n_layer=L, n_embd=C, vocab_size=V, head_size=32)
     assert weight_bytes_per_token(tensors, gemv_bytes_per_value=2) == 2 * values_gemv + 4 * values_other
-    assert bound.row_weight_bytes(tensors, "tvm", "fp16") == 2 * values_gemv + 4 * values_other
-    assert bound.row_weight_bytes(tensors, "torch", "fp16") == 2 * (values_gemv + values_other)  # all of it fp16
-    assert bound.row_weight_bytes(tensors, "tvm", "fp32") == weight_bytes_per_token(tensors)
+    assert bound.row_weight_bytes(tensors, "fp16", rows.TvmRow.every_weight) == 2 * values_gemv + 4 * values_other
+    assert bound.row_weight_bytes(tensors, "fp16", rows.TorchRow.every_weight) == 2 * (values_gemv + values_other)
+    assert bound.row_weight_bytes(tensors, "fp32", rows.TvmRow.every_weight) == weight_bytes_per_token(tensors)
     names = bound.gemv_weight_names(tensors)
     assert "head.weight" in names and "blocks.1.att.v1" in names and "blocks.0.att.v1" not in names  # unused there
     assert not {"emb.weight", "blocks.0.att.r_k", "blocks.0.ln1.weight"} & names
@@ -419,9 +426,9 @@ def gpu_report(monkeypatch, tmp_path):
     """run_bench's GPU path with the GPU faked: no worker runs; every row's median is given."""
     medians = {"torch": 8.0, "tvm": 0.5}
     monkeypatch.setattr(bench, "cuda_arch", lambda: "sm_90")
-    monkeypatch.setattr(bench, "ort_cuda_unavailable", lambda: "no CUDA provider in this test")
-    monkeypatch.setattr(bench, "tvm_unavailable", lambda target: None)
-    monkeypatch.setattr(bench, "_prepare", lambda backend, *args, **kwargs: tmp_path / backend)
+    monkeypatch.setattr(rows, "ort_cuda_unavailable", lambda: "no CUDA provider in this test")
+    monkeypatch.setattr(rows, "tvm_unavailable", lambda target: None)
+    monkeypatch.setattr(rows.ArtifactRow, "prepare", lambda row, prep, source=None: tmp_path / row.name)
     monkeypatch.setattr(bench, "measure_gpu_bandwidth", lambda buffer, repeats, log: {
         "read_gb_s": [3000.0] * repeats, "copy_gb_s": [2800.0] * repeats,
         "gpu": {"name": "Fake H100", "arch": "sm_90", "memory_mib": 81559.0, "multiprocessors": 132,

@@ -325,7 +325,7 @@ def test_the_library_holds_code_and_the_weights_are_mapped_not_copied(tvm_bundle
     library, params = (directory / LIBRARY).read_bytes(), directory / PARAMS
     assert len(library) < params.stat().st_size / 2
     backend = TvmBackend(directory)
-    arrays = [np.from_dlpack(p) for p in backend._params]
+    arrays = [np.from_dlpack(p) for p in backend.loaded.params]
     largest = max(arrays, key=lambda a: a.nbytes)
     assert largest.tobytes()[:4096] not in library  # the weights are not in the library
     mapped = _mappings_of(params)
