@@ -7,7 +7,7 @@ disagrees, in one ArtifactError line, before a token or an image reaches the gra
 interface also lists the weights its functions take after their inputs: ``map_params`` holds the
 params file's header to that list (artifact/params.py).
 
-A TVM library's ``interface()`` returns the UTF-8 bytes of a JSON object (compile/interface.py writes
+A TVM library's ``interface()`` returns the UTF-8 bytes of a JSON object (compile/tvm/interface.py writes
 it; the C++ runner reads the same):
 
     {"format": "rwkv-edge interface", "vocab_size": 256,           # rows of the embedding (token range)

@@ -50,7 +50,7 @@ class Graph:
 
 @dataclass(frozen=True)
 class TvmBuild:
-    """What a TVM bundle was built for (``compile/tvm.py``)."""
+    """What a TVM bundle was built for (``compile/tvm/``)."""
 
     name: str  # the target's name
     triple: str  # the host's LLVM triple: what the library runs on
@@ -73,7 +73,7 @@ class TvmBuild:
 
 @dataclass(frozen=True)
 class CoreMLBuild:
-    """What a Core ML package was built for (``compile/coreml.py``)."""
+    """What a Core ML package was built for (``compile/coreml/``)."""
 
     name: str
     platform: str  # "iOS" or "macOS"
@@ -93,7 +93,7 @@ class CoreMLBuild:
 
 
 CORE_ML_STEP_FORMS = ("explicit", "stateful")  # a language model's package: fp32 state I/O, or Core ML states
-CORE_ML_IMAGE_FORMS = ("image",)  # an image model's: one RGB image input (compile/coreml_vision.py)
+CORE_ML_IMAGE_FORMS = ("image",)  # an image model's: one RGB image input (compile/coreml/image.py)
 CORE_ML_FORMS = {LANGUAGE: (CORE_ML_STEP_FORMS, "a language"), IMAGE: (CORE_ML_IMAGE_FORMS, "an image")}
 
 

@@ -37,7 +37,7 @@ MAX_RANK = 8  # dimensions of one weight
 
 def save_params(values: Sequence, path: Path) -> None:
     """The weights in the library's parameter order as ``w0``, ``w1``, ..., each 64-byte aligned.
-    ``values``: arrays, or objects with ``shape``, ``dtype`` and ``__array__`` (``compile/params.py``'s
+    ``values``: arrays, or objects with ``shape``, ``dtype`` and ``__array__`` (``compile/tvm/params.py``'s
     ``Weight``), whose values are asked for one at a time, as the file is written."""
     codes = {np.dtype(v): k for k, v in DTYPES.items()}
     header: dict[str, dict] = {"__metadata__": {"format": FORMAT, "alignment": str(ALIGNMENT)}}

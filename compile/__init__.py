@@ -1,8 +1,8 @@
 """Compilers from a checkpoint or an ONNX export to a deployable artifact: one per target family.
 
-A target names its family (``target.kind``); COMPILERS maps the family to the module whose
+A target names its family (``target.kind``); COMPILERS maps the family to the package whose
 ``compile_target(source, out_dir, target, request, log)`` builds it. Adding a family is a targets/
-module, a compile/ module and one entry here.
+module, a compile/ package and one entry here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from ..artifact import Manifest
 from ..targets import get_target
 
-COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the module in compile/
+COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the package in compile/
 
 
 @dataclass(frozen=True)

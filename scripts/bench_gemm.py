@@ -1,4 +1,4 @@
-"""Time the prefill GEMM kernel (compile/gemm.py) alone for several row-block sizes, round-robin.
+"""Time the prefill GEMM kernel (compile/tvm/gemm.py) alone for several row-block sizes, round-robin.
 
     python scripts/bench_gemm.py [--target x86_64-host] [--chunk 16] [--rows 2,4,8,16] [--rounds 5]
 
@@ -32,8 +32,9 @@ def main() -> None:
     import tvm
     from tvm import te
 
-    from rwkv_edge.compile.gemm import packed_gemm, schedule_gemm
-    from rwkv_edge.compile.schedules import ScheduleParams, pack_weight
+    from rwkv_edge.compile.tvm.gemm import packed_gemm, schedule_gemm
+    from rwkv_edge.compile.tvm.layout import pack_weight
+    from rwkv_edge.compile.tvm.tuning import ScheduleParams
     from rwkv_edge.targets import get_target
 
     target = get_target(args.target)

@@ -3,9 +3,9 @@
     python scripts/profile_kernels.py ONNX_DIR [--graph prefill|step] [--target x86_64-host] [--threads 2]
                                       [--number 20] [--cpu-time] [--gathers]
 
-Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm.py optimise``; an
+Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm/cpu.py optimise``; an
 int8/int4 export in the compute ``compile`` chooses for the target; ``--gathers``: without the
-compiler's Gather rewrite, ``compile/slices.py``, for comparison), counts the calls of each kernel
+compiler's Gather rewrite, ``compile/tvm/slices.py``, for comparison), counts the calls of each kernel
 (PrimFunc), builds each distinct kernel alone (kernels equal up to their name are built once), times it
 with TVM's time_evaluator on random inputs (median of 3 repeats of ``--number`` calls) and prints the
 time per call by kind (GEMM, GEMV, int8 dot, elementwise, other) and the slowest kernels, beside the
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="slowest kernels to list")
     parser.add_argument("--cpu-time", action="store_true", help="the calling thread's CPU time, not wall time")
     parser.add_argument("--gathers", action="store_true",
-                        help="import the position Gathers as they are (compile/slices.py not applied), for comparison")
+                        help="import the position Gathers as they are (compile/tvm/slices.py not applied), for comparison")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -44,10 +44,13 @@ def main() -> None:
     from tvm import relax
 
     from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.compile.gemm import GEMM_BLOCK
-    from rwkv_edge.compile.schedules import GEMV_BLOCK
-    from rwkv_edge.compile.intdot import IGEMV_BLOCK
-    from rwkv_edge.compile.tvm import TvmOptions, import_graph, _without_gather_warnings, optimise, resolve_compute
+    from rwkv_edge.compile.tvm import TvmOptions, resolve_compute
+    from rwkv_edge.compile.tvm.cpu import optimise
+    from rwkv_edge.compile.tvm.gather_warnings import without_gather_warnings
+    from rwkv_edge.compile.tvm.gemm import GEMM_BLOCK
+    from rwkv_edge.compile.tvm.gemv import GEMV_BLOCK
+    from rwkv_edge.compile.tvm.importer import import_graph
+    from rwkv_edge.compile.tvm.intdot import IGEMV_BLOCK
     from rwkv_edge.targets import get_target
 
     onnx = open_artifact(args.onnx_dir, kind="onnx")
@@ -57,7 +60,7 @@ def main() -> None:
     weights = onnx.manifest.weights
     options = TvmOptions(args.target, weights=weights, group_size=onnx.manifest.group_size or None,
                          compute=resolve_compute(target, None, weights))
-    with _without_gather_warnings():
+    with without_gather_warnings():
         mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print, slices=not args.gathers), target, options, print)
 
     calls: Counter = Counter()
@@ -92,7 +95,7 @@ def main() -> None:
                 "scheduled" if func.attrs.get("tirx.is_scheduled") else "default lowering")
         rows.append((built[key] * n, name, n, kind))
 
-    with _without_gather_warnings():
+    with without_gather_warnings():
         executable = tvm.compile(mod, tvm_target)
     vm = relax.VirtualMachine(executable, device)
     state = onnx.initial_state()

@@ -2,7 +2,7 @@
 
     python scripts/tune_schedules.py ONNX_DIR [--target x86_64-host] [--tiles 16,32,64,128] [--unrolls 1,4,8]
 
-Imports the step once and builds it as ``compile`` does (``compile/tvm.py optimise``: an int8/int4 export
+Imports the step once and builds it as ``compile`` does (``compile/tvm/cpu.py optimise``: an int8/int4 export
 in the compute ``compile`` would choose, or ``--compute``) for every (tile, unroll) pair, then times all
 of them in turn for ``--rounds`` rounds of ``--steps`` decode steps (the machine's bandwidth drifts: each
 candidate is judged by the median over rounds of its time relative to the fastest candidate of that
@@ -49,7 +49,9 @@ def main() -> int:
     from tvm import relax
 
     from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.compile.tvm import TvmOptions, resolve_compute, import_graph, optimise
+    from rwkv_edge.compile.tvm import TvmOptions, resolve_compute
+    from rwkv_edge.compile.tvm.cpu import optimise
+    from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.targets import TvmTarget, get_target
     from rwkv_edge.targets.tvm import TUNED
 
@@ -64,7 +66,7 @@ def main() -> int:
     options = TvmOptions(target=target.name, weights=manifest.weights, group_size=manifest.group_size, compute=compute)
     tiles = [int(t) for t in args.tiles.split(",")]
     if compute == "int8":  # a tile the dot instruction cannot fill leaves the GEMVs unscheduled: a meaningless time
-        from rwkv_edge.compile.intdot import DOT_ISAS
+        from rwkv_edge.compile.tvm.intdot import DOT_ISAS
 
         lanes = DOT_ISAS[target.dot_product()].lanes
         if any(tile % lanes for tile in tiles):

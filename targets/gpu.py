@@ -56,7 +56,7 @@ class GpuTarget:
     def schedule_data(self) -> dict[str, Any]:
         return {"params": {"max_threads_per_block": GPU_THREADS[self.device]},
                 "source": "rules, not tuning: rwkv-edge WKV per-head rule, then TVM dlight GEMV/Reduction/"
-                          "GeneralReduction/Fallback (compile/gpu_schedules.py)"}
+                          "GeneralReduction/Fallback (compile/tvm/gpu_schedules.py)"}
 
     def runs_here(self) -> bool:
         """Whether this machine can run the bundle: a CUDA GPU new enough, or a Mac for Metal."""

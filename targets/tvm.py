@@ -53,7 +53,7 @@ class TvmTarget:
         return data.get(weights, {k: v for k, v in data.items() if k not in ("int8", "int4")})
 
     def dot_product(self) -> str | None:
-        """The 4-way int8 dot instruction that int8-compute bundles use (``compile/intdot.py``): "sdot"
+        """The 4-way int8 dot instruction that int8-compute bundles use (``compile/tvm/intdot.py``): "sdot"
         (ARM with +dotprod in the target's features), "vnni" (x86 with AVX-512 VNNI: zmm), "avxvnni"
         (x86 with AVX-VNNI only: ymm), asked of LLVM for the target's CPU; or None."""
         if self.triple.startswith("aarch64"):

@@ -9,8 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rwkv_edge.compile.coreml import CoreMLOptions
-from rwkv_edge.compile.coreml_vision import compile_vision_coreml
+from rwkv_edge.compile.coreml import CoreMLOptions, compile_vision_coreml
 from rwkv_edge.errors import ImageError, OptionError
 from rwkv_edge.runtime.vision import open_vision, pixels
 from rwkv_edge.verify import verify_artifact

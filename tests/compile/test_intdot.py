@@ -1,4 +1,4 @@
-"""int8-compute TVM bundles (compile/intdot.py): int8/int4 weights times activations rounded to int8 per
+"""int8-compute TVM bundles (compile/tvm/intdot.py): int8/int4 weights times activations rounded to int8 per
 group, summed by the dot instructions (x86 AVX-512 VNNI vpdpbusd on the host, ARM sdot under qemu)."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_the_cli_takes_compute_and_the_targets_list_says_it(make_ckpt, tmp_path,
 def test_dot_packing_holds_the_exact_integers_in_groups_of_four_k(bits, isa):
     """pack_intdot: 4 consecutive k of a column in 4 adjacent bytes; int4 low nibbles one 4-k block, high the
     next; the zero point each ISA needs; zero scales on the padding columns (N = 70, tile 32)."""
-    from rwkv_edge.compile.intdot import DOT_ISAS, pack_intdot
+    from rwkv_edge.compile.tvm.intdot import DOT_ISAS, pack_intdot
     from rwkv_edge.quantize import quantize
 
     found = quantize(np.random.default_rng(bits).normal(size=(70, 64)).astype(np.float32), bits, 32)
@@ -218,8 +218,8 @@ def test_the_dot_kernel_alone_on_each_x86_isa(isa, mcpu, register, bits, tmp_pat
     from tvm import te
     from tvm.target import Target, codegen
 
-    from rwkv_edge.compile.intdot import intdot, pack_intdot, schedule_intdot
-    from rwkv_edge.compile.schedules import ScheduleParams
+    from rwkv_edge.compile.tvm.intdot import intdot, pack_intdot, schedule_intdot
+    from rwkv_edge.compile.tvm.tuning import ScheduleParams
     from rwkv_edge.quantize import quantize
 
     rng = np.random.default_rng(bits)

@@ -1,4 +1,4 @@
-"""compile/params.py: large constants become one shared, deduplicated parameter list; the numbers stay the same."""
+"""compile/tvm/params.py: large constants become one shared, deduplicated parameter list; the numbers stay the same."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from rwkv_edge.compile.params import LIFT_MIN_ELEMENTS, lift_weights  # noqa: E402
+from rwkv_edge.compile.tvm.params import LIFT_MIN_ELEMENTS, lift_weights  # noqa: E402
 
 RNG = np.random.default_rng(0)
 SHARED = RNG.standard_normal((64, 32)).astype(np.float32)  # used by both functions
@@ -80,7 +80,7 @@ def external_graph(tmp_path, location: str, length: int | None = None):
 
 
 def test_bound_initializers_are_inputs_read_only_when_written(tmp_path):
-    from rwkv_edge.compile.params import WeightTable, bind_initializers
+    from rwkv_edge.compile.tvm.params import WeightTable, bind_initializers
 
     table = WeightTable()
     proto = external_graph(tmp_path, "w.bin")
@@ -99,7 +99,7 @@ def test_bound_initializers_are_inputs_read_only_when_written(tmp_path):
     ("missing.bin", None, "does not fit"),
 ])
 def test_external_data_outside_the_artifact_or_of_the_wrong_size_is_refused(tmp_path, location, length, message):
-    from rwkv_edge.compile.params import WeightTable, bind_initializers
+    from rwkv_edge.compile.tvm.params import WeightTable, bind_initializers
     from rwkv_edge.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match=message):

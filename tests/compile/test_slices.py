@@ -1,4 +1,4 @@
-"""compile/slices.py: the position Gathers of an exported graph become Slice + Squeeze before TVM imports
+"""compile/tvm/slices.py: the position Gathers of an exported graph become Slice + Squeeze before TVM imports
 it; the rewritten graph computes exactly what the exported one does (onnxruntime runs both), and the
 Relax module loses the run-time index arithmetic."""
 
@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rwkv_edge.compile.slices import gathers_as_slices
-from rwkv_edge.compile.tvm import import_graph
+from rwkv_edge.compile.tvm.importer import import_graph
+from rwkv_edge.compile.tvm.slices import gathers_as_slices
 
 
 def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -107,7 +107,7 @@ def test_quantized_bundles_match_pytorch_with_the_same_weights(version, weights,
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_packing_holds_the_exact_integers_and_scales(bits):
     """pack_quantized's tiles give back every weight, the padding columns are zero (N = 70, tile 32)."""
-    from rwkv_edge.compile.quantized import pack_quantized
+    from rwkv_edge.compile.tvm.quantized import pack_quantized
     from rwkv_edge.quantize import quantize
 
     found = quantize(np.random.default_rng(bits).normal(size=(70, 64)).astype(np.float32), bits, 32)

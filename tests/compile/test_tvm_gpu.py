@@ -143,8 +143,8 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from rwkv_edge.compile.gpu import WEIGHT_DTYPES
-    from rwkv_edge.compile.gpu_schedules import gpu_weights
+    from rwkv_edge.compile.tvm.gpu import WEIGHT_DTYPES
+    from rwkv_edge.compile.tvm.gpu_schedules import gpu_weights
     from rwkv_edge.export.nbits import from_matmul_nbits
     from rwkv_edge.model import load_model
     from rwkv_edge.runtime.torch_backend import TorchBackend

@@ -51,7 +51,7 @@ def test_aarch64_bundle_matches_pytorch_under_qemu(vision_bundle):
 
 def test_cuda_image_bundles_are_built_and_checked_not_executed(vision_export, tmp_path):
     """No GPU here: the bundle's device code, library and weights are checked, nothing runs (exit 3). The
-    Metal build takes the same path (compile/gpu.py) and is not repeated here."""
+    Metal build takes the same path (compile/tvm/gpu.py) and is not repeated here."""
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc (CUDA toolkit 13) is not installed here")
     if gpu_unavailable("cuda", "sm_90", "x86_64-linux-gnu") is None:

@@ -9,9 +9,9 @@
   source, which the Mac compiles when it loads the library; the source is written to the bundle
   (``kernels.metal``) and the host objects go into model.tar (no Mach-O linker here).
 - Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order), lifted by
-  ``compile/params.py`` as for CPU bundles: fp32 or fp16 GEMV weights (N, K), or for int8 / int4
+  ``compile/tvm/params.py`` as for CPU bundles: fp32 or fp16 GEMV weights (N, K), or for int8 / int4
   bundles each quantized projection's integers (int8 (N, K), or int4 (N, K / 2) uint8) and fp16
-  scales (N, K / group) (``compile/gpu_schedules.py``); every sum is fp32.
+  scales (N, K / group) (``compile/tvm/gpu_schedules.py``); every sum is fp32.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from ..artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
-from ..errors import ToolError
-from ..targets.gpu import GpuTarget
-from ..weights import weight_format
+from ...artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
+from ...errors import ToolError
+from ...targets.gpu import GpuTarget
+from ...weights import weight_format
 
 # --weights -> the dtype of the dense GEMV weights (int8/int4: the matrices that are not quantized, e.g. LoRA)
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4": "float32"}
@@ -35,13 +35,13 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
               group: int = 0, vocab_size: int | None = None):
     """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
     device code's source (and PTX) into ``bundle``. ``image``: an image model's whole-image graph,
-    unfused (compile/vision.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
+    unfused (compile/tvm/image.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
     ``group``: int8/int4 weights' group size (the export's); ``vocab_size``: the embedding's rows, for
-    ``interface()`` (compile/interface.py)."""
+    ``interface()`` (compile/tvm/interface.py)."""
     import tvm
     from tvm import relax
 
-    from ..export.artifact import stage
+    from ...export.artifact import stage
     from .gpu_schedules import ApplyGpuSchedules, gpu_weights
     from .interface import add_interface
 

@@ -23,7 +23,7 @@ instructions read them:
   and one shift of a whole vector give two (tile, 4) blocks in the dot layout; zero 8;
 - scales: fp16, (N / tile, K / group, tile), as the fp32-compute kernels store them.
 
-The schedule is the quantized GEMV's (``compile/quantized.py``): tiles of ``tile`` columns in
+The schedule is the quantized GEMV's (``compile/tvm/quantized.py``): tiles of ``tile`` columns in
 parallel, per row and group the int32 sums in vector registers, each (lanes, 4) block one
 instruction (tensorized with the intrinsics below), the group's sum scaled into fp32 accumulators,
 the epilogue per tile. The prefill GEMM is the same kernel over T rows (the row loop inside the
@@ -39,8 +39,9 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from ..quantize import Quantized
-from .quantized import _tiles, padded
+from ...quantize import Quantized
+from .layout import padded, tiled
+from .tir import accumulate_with_epilogue, find_block, is_reduction
 
 IGEMV_BLOCK = "igemv"  # the fp32 total over groups, found again after fusion
 IGROUP_BLOCK = "igroup"  # the int32 sum over one group of K, tensorized
@@ -81,7 +82,7 @@ def pack_intdot(found: Quantized, tile: int, isa: str) -> tuple[np.ndarray, np.n
         nibbles = (q + 8).astype(np.uint8).reshape(tiles * tile, k_len // 8, 2, 4)  # (N, K/8, low|high, 4)
         values = nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)  # (N, K/8, 4)
     blocks = values.reshape(tiles, tile, -1, 4).transpose(0, 2, 1, 3)  # (N/tile, K/4 or K/8, tile, 4)
-    return np.ascontiguousarray(blocks), _tiles(scales, tile)
+    return np.ascontiguousarray(blocks), tiled(scales, tile)
 
 
 def intdot_shapes(source, tile: int, isa: str, n: int) -> tuple:
@@ -160,19 +161,17 @@ def intdot(xq: te.Tensor, dx: te.Tensor, xsum: te.Tensor, values: te.Tensor, sca
 def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
     """Tiles in parallel; per row and group, the (lanes, 4) blocks of the int32 sums tensorized onto the
     dot instruction, the group's sum scaled into the tile's fp32 accumulators; epilogue per row."""
-    from .schedules import _find_block, accumulate_with_epilogue
-
     if not params.dot:
         return None
     sch = s_tir.Schedule(func)
-    total = _find_block(sch, (IGEMV_BLOCK,))
+    total = find_block(sch, (IGEMV_BLOCK,))
     if total is None:
         return None
     spec = DOT_ISAS[params.dot]
     try:
         partial = sch.get_sblock(IGROUP_BLOCK)
         _inline_elementwise(sch, (IGROUP_BLOCK, IUNPACK_BLOCK))
-        unpack = _find_block(sch, (IUNPACK_BLOCK,))
+        unpack = find_block(sch, (IUNPACK_BLOCK,))
         *lead, n, g = sch.get_loops(total)
         tile = params.tile
         if int(sch.get(n).extent) % tile or tile % spec.lanes:
@@ -207,13 +206,11 @@ def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
 def _inline_elementwise(sch: s_tir.Schedule, keep: tuple[str, ...]) -> None:
     """Inline every elementwise block that is not an output or named in ``keep`` (the token-shift
     interpolation, side inputs of the epilogue). By name: inlining rebuilds the other blocks' statements."""
-    from .schedules import _is_reduction
-
     root = sch.get_sblock("root")
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
     for other in reversed(sch.get_child_blocks(root)):
         name = sch.get(other).name_hint
-        if name in keep or name in outputs or _is_reduction(sch, other):
+        if name in keep or name in outputs or is_reduction(sch, other):
             continue
         try:
             sch.compute_inline(other)

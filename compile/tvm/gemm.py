@@ -6,7 +6,7 @@ cross the memory bus once per T tokens, and the arithmetic (2 T K N flops) becom
 
 1. **Packing** (a Relax rewrite, before fusion): every ``matmul(x, W)`` with a constant ``W`` and
    more than one row in ``x`` becomes ``packed_gemm`` over ``W`` stored exactly as the GEMV stores
-   it, (N / tile, K, tile) (``schedules.pack_weight``, the same tile): a weight shared by ``main``
+   it, (N / tile, K, tile) (``layout.pack_weight``, the same tile): a weight shared by ``main``
    and ``prefill`` holds the same packed values in both (TVM's executable stores them once; a pass
    that lifts constants into a parameter file can do the same).
 2. **Schedule** (TIR, after fusion): tiles of ``tile`` output columns in parallel over threads;
@@ -29,9 +29,12 @@ from functools import partial
 import tvm
 from tvm import s_tir, te, tirx
 
+from .gemv import packed_gemv
+from .packing import PackConstantMatmuls
 from .params import WeightTable
 from .quantized import integer_weight
-from .schedules import PackConstantMatmuls, ScheduleParams, _inline_producers, accumulate_with_epilogue, packed_gemv
+from .tir import accumulate_with_epilogue, inline_producers
+from .tuning import ScheduleParams
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
 packed_gemm = partial(packed_gemv, name=GEMM_BLOCK)  # (..., T, K) x packed W -> (..., T, n): the GEMV's compute
@@ -41,7 +44,7 @@ def pack_gemm_weights(mod: tvm.IRModule, table: WeightTable, params: SchedulePar
                       group: int = 0) -> tuple[tvm.IRModule, int]:
     """Rewrite ``matmul(x, W)`` with a constant 2-D ``W`` and several rows in ``x`` into packed GEMMs
     (quantized ones where ``W`` is exactly a ``bits``-bit quantization); returns the module and the
-    count. One-row matmuls are left to ``schedules.pack_gemv_weights``."""
+    count. One-row matmuls are left to ``packing.pack_gemv_weights``."""
     rewriter = PackConstantMatmuls(mod, table, params.tile, bits, group, one_row=False,
                                    dense=(packed_gemm, GEMM_BLOCK),
                                    quantized=(quantized_gemm, GEMM_BLOCK), dot=params.dot)
@@ -95,7 +98,7 @@ def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
     except (RuntimeError, ValueError):
         return None
     try:
-        _inline_producers(sch, block)
+        inline_producers(sch, block)
         *lead, t, n, k = sch.get_loops(block)
         t_extent, n_extent = int(sch.get(t).extent), int(sch.get(n).extent)
         if n_extent % params.tile:

@@ -18,27 +18,40 @@ projection and the head, stored as ``constexpr_blockwise_shift_scale``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from ..artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
-from ..artifact.files import PACKAGE, REFERENCE
-from ..artifact.manifest import CORE_ML_IMAGE_FORMS
-from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
-from ..errors import OptionError
-from ..export.artifact import open_source, report_commit, stage
-from ..export.graph import ImageGraph
-from ..export.vision import vision_config, write_reference
-from ..model.base import quantize_linears
-from ..model.checkpoint import Checkpoint
-from ..model.vision import VisionRWKV
-from ..targets.coreml import import_coremltools, quiet_coremltools
-from ..weights import weight_format
-from .coreml import CoreMLPlan, CoreMLOptions, Fp16Selector, compress_blockwise, ct_target, quantized_matrices
+from ... import __version__
+from ...artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
+from ...artifact.files import PACKAGE, REFERENCE
+from ...artifact.manifest import CORE_ML_IMAGE_FORMS
+from ...contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
+from ...errors import OptionError
+from ...export.artifact import open_source, report_commit, stage
+from ...export.graph import ImageGraph
+from ...export.vision import vision_config, write_reference
+from ...model.base import quantize_linears
+from ...model.checkpoint import Checkpoint
+from ...model.vision import VisionRWKV
+from ...targets.coreml import import_coremltools, quiet_coremltools
+from ...weights import weight_format
+from .. import CompileRequest
+from .compression import compress_blockwise, quantized_matrices
+from .plan import CoreMLOptions, CoreMLPlan, ct_target
+from .precision import Fp16Selector
+
+
+def compile_request(source: Path, out_dir: Path, options: CoreMLOptions, request: CompileRequest,
+                    log: Callable[[str], None], opened: Checkpoint) -> Manifest:
+    """``compile_for`` of an image model's checkpoint (``opened``): refuses --prefill-chunk, then
+    ``compile_vision_coreml`` at ``request.image_size``."""
+    if request.prefill_chunk is not None:
+        raise OptionError("--prefill-chunk applies to language models, not to an image model")
+    return compile_vision_coreml(source, out_dir, replace(options, prefill_chunk=0), request.image_size, log, opened)
 
 
 def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOptions, image_size: int | None,

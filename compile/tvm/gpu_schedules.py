@@ -11,7 +11,7 @@ once per token) plus a small per-head state update. Three parts:
    the export's projections) as its integers and fp16 scales in the same row-major order, and the GEMV
    reads them through a dequantize block, the structure of MLC-LLM's q4f16 kernels, which dlight's
    GEMV rule inlines into the reduction (``dequantized_gemv``); the others (LoRA factors, ...) stay fp32.
-2. **Weights as parameters** (after the rewrite, ``compile/params.py`` as for CPU bundles): every
+2. **Weights as parameters** (after the rewrite, ``compile/tvm/params.py`` as for CPU bundles): every
    large constant leaves the library and becomes a trailing parameter of ``main``, saved in
    ``params.safetensors`` (a GPU library holds kernels only; a 1.5B model's 6 GB of weights could
    not be linked into a shared object).
@@ -32,9 +32,9 @@ import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..errors import ToolError
-from ..quantize import Quantized, quantized_exactly
-from .schedules import _find_block
+from ...errors import ToolError
+from ...quantize import Quantized, quantized_exactly
+from .tir import find_block, is_reduction
 
 GEMV_BLOCK = "gemv"
 DEQUANTIZE_BLOCK = "dequantize"
@@ -118,7 +118,7 @@ def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32", bits: int = 32
     """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` with a constant (K, N)
     ``W`` (``bits`` 8 or 4: over the integers and scales of each ``W`` that is exactly a quantization in
     groups of ``group``), then every large constant moved into shared trailing parameters
-    (``compile/params.py``). Returns the module, the parameters' values in order, and the counts:
+    (``compile/tvm/params.py``). Returns the module, the parameters' values in order, and the counts:
     "row gemv" (all of them) and, for int8/int4, "int8 gemv" / "int4 gemv" (the quantized ones)."""
     from .params import lift_weights
 
@@ -163,7 +163,7 @@ class ApplyGpuSchedules:
                 if sch is not None:
                     scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     self.counts[name] = self.counts.get(name, 0) + 1
-                    if _find_block(s_tir.Schedule(func), (DEQUANTIZE_BLOCK,)) is not None:
+                    if find_block(s_tir.Schedule(func), (DEQUANTIZE_BLOCK,)) is not None:
                         self.dequantizing[name] = self.dequantizing.get(name, 0) + 1
                     break
             else:
@@ -190,7 +190,7 @@ def schedule_state_update(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     root = sch.get_sblock("root")
     blocks = sch.get_child_blocks(root)
     outputs = sch.get_output_blocks(root)
-    if len(outputs) != 1 or any(_is_reduction(sch, b) for b in blocks):
+    if len(outputs) != 1 or any(is_reduction(sch, b) for b in blocks):
         return None
     extents = _extents(sch, outputs[0])
     if len(extents) != 4 or extents[0] != 1 or extents[2] != extents[3] or extents[2] < 16:
@@ -215,7 +215,7 @@ def schedule_head_matvec(func: tirx.PrimFunc) -> s_tir.Schedule | None:
     """(1, H, 1, K) @ (1, H, K, N) per head, plus elementwise pro/epilogue: block per head, thread per column."""
     sch = s_tir.Schedule(func)
     root = sch.get_sblock("root")
-    reductions = [b for b in sch.get_child_blocks(root) if _is_reduction(sch, b)]
+    reductions = [b for b in sch.get_child_blocks(root) if is_reduction(sch, b)]
     if len(reductions) != 1:
         return None
     block = reductions[0]
@@ -262,7 +262,3 @@ def _extents(sch: s_tir.Schedule, block) -> list[int]:
         return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
     except TypeError:  # a symbolic extent
         return []
-
-
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)

@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..artifact.interface import FORMAT
+from ...artifact.interface import FORMAT
 
 FUNCTION = "interface"
 

@@ -1,7 +1,7 @@
 """Quantized GEMVs for TVM CPU bundles: int8 / int4 weights dequantized in registers, summed in fp32.
 
 An int8 or int4 export's projections are exactly dequantized matrices (``quantize.py``), so the
-packing pass (``schedules.PackConstantMatmuls``) recovers each one's integers and fp16 scales with
+packing pass (``packing.PackConstantMatmuls``) recovers each one's integers and fp16 scales with
 ``quantized_exactly`` and stores them in the fp32 GEMV's tile layout instead of the floats:
 
 - values: int8, (N / tile, K, tile); int4 two to a byte along K, (N / tile, K / 2, tile) uint8, the
@@ -22,7 +22,9 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from ..quantize import Quantized
+from ...quantize import Quantized
+from .layout import padded, tiled
+from .tir import accumulate_with_epilogue, find_block, inline_producers
 
 QGEMV_BLOCK = "qgemv"  # the total over groups, found again after fusion
 QGROUP_BLOCK = "qgroup"  # the sum over one group of K, kept in registers
@@ -36,7 +38,7 @@ def pack_quantized(found: Quantized, tile: int) -> tuple[np.ndarray, np.ndarray]
     if found.bits == 4:
         unsigned = (values + 8).astype(np.uint8)  # zero point 8: [-8, 7] -> [0, 15]
         values = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)  # (N, K/2)
-    return _tiles(values, tile), _tiles(scales, tile)
+    return tiled(values, tile), tiled(scales, tile)
 
 
 def quantized_shapes(source, tile: int, n: int) -> tuple:
@@ -45,18 +47,6 @@ def quantized_shapes(source, tile: int, n: int) -> tuple:
     k_len = source.shape[0]
     values = ((n // tile, k_len, tile), "int8") if source.bits == 8 else ((n // tile, k_len // 2, tile), "uint8")
     return values, ((n // tile, k_len // source.group, tile), "float16")
-
-
-def padded(found: Quantized, tile: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The integers (as ``dtype``) and fp16 scales, (N', K) and (N', K / group), N' = N rounded up to
-    whole tiles: the padding rows are zero, with zero scales."""
-    n, k_len = found.values.shape
-    rows = -(-n // tile) * tile
-    values = np.zeros((rows, k_len), dtype)
-    values[:n] = found.values
-    scales = np.zeros((rows, k_len // found.group), np.float16)
-    scales[:n] = found.scales
-    return values, scales
 
 
 def quantized_gemv(x: te.Tensor, values: te.Tensor, scales: te.Tensor, n: int, bits: int) -> te.Tensor:
@@ -99,15 +89,13 @@ def integer_weight(values: te.Tensor, t, k, j, bits: int):
 def schedule_quantized_gemv(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
     """Tiles over output columns in parallel; per group, the K loop unrolled over a register tile of
     partial sums; the group's sum scaled into the tile's accumulators; epilogue per tile."""
-    from .schedules import _find_block, _inline_producers, accumulate_with_epilogue
-
     sch = s_tir.Schedule(func)
-    total = _find_block(sch, (QGEMV_BLOCK,))
+    total = find_block(sch, (QGEMV_BLOCK,))
     if total is None:
         return None
     try:
         partial = sch.get_sblock(QGROUP_BLOCK)
-        _inline_producers(sch, partial)
+        inline_producers(sch, partial)
         *lead, n, g = sch.get_loops(total)
         tile = params.tile
         if int(sch.get(n).extent) % tile:
@@ -136,8 +124,3 @@ def schedule_quantized_gemv(func: tirx.PrimFunc, params) -> s_tir.Schedule | Non
     except (RuntimeError, ValueError, tvm.TVMError):
         return None
 
-
-def _tiles(matrix: np.ndarray, tile: int) -> np.ndarray:
-    """(N, M) with N whole tiles -> (N / tile, M, tile)."""
-    n, m = matrix.shape
-    return np.ascontiguousarray(matrix.reshape(n // tile, tile, m).transpose(0, 2, 1))

@@ -1,11 +1,11 @@
 """``rwkv-edge compile`` of an image model's ONNX export: the whole-image graph -> a TVM CPU bundle.
 
-What differs from the language models' step bundle (compile/tvm.py, whose import, optimisation,
+What differs from the language models' step bundle (compile/tvm/language.py; the import, optimisation,
 build, link and params pieces this reuses): one function, ``main(images (1, 3, H, W) float32,
 weights...) -> logits (1, classes)`` (or features), no state, no prefill, no vocabulary. The
 projections of all T tokens are matrix-matrix products and get the project's packed GEMMs
-(compile/gemm.py); the elementwise ops of the Bi-WKV scans and the Q-shift get the CPU schedules'
-elementwise rule (compile/schedules.py); norms, the patch convolution and the head are TVM's default
+(compile/tvm/gemm.py); the elementwise ops of the Bi-WKV scans and the Q-shift get the CPU schedules'
+elementwise rule (compile/tvm/schedules.py); norms, the patch convolution and the head are TVM's default
 lowering. Nothing is fused: fused, the scans became the epilogue of the k/v GEMMs, whose schedule
 inlines its producers, and each doubling step's two reads recomputed the steps before it (VRWKV-T:
 9.05 s per image instead of 0.51 s; docs/vision.md).
@@ -16,40 +16,45 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-from .. import __version__
-from ..artifact import Artifact, ArtifactWriter, Graph, Manifest
-from ..artifact.files import LIBRARY, OBJECTS, PARAMS, REFERENCE
-from ..artifact.params import save_params
-from ..contract import IMAGE_GRAPH
-from ..errors import OptionError
-from ..export.artifact import report_commit, stage
-from ..targets import GpuTarget, TvmTarget
+from ... import __version__
+from ...artifact import ArtifactWriter, Graph, Manifest
+from ...artifact.files import LIBRARY, OBJECTS, PARAMS, REFERENCE
+from ...artifact.params import save_params
+from ...contract import IMAGE_GRAPH
+from ...errors import OptionError
+from ...export.artifact import report_commit, stage
+from ...targets import GpuTarget, TvmTarget
+from .cpu import build
+from .gpu import build_gpu
+from .importer import import_graph
+from .link import export_library
+from .options import TvmOptions
+from .record import target_record
+from .source import OnnxExport
 
 
 FUSE = False  # one kernel per op (the module docstring says why)
 
 
-def compile_image_graph(onnx: Artifact, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options,
-                        linker: Callable | None, log: Callable[[str], None]) -> Manifest:
-    """Build ``onnx``'s image graph for ``target`` into ``writer`` and commit it (``options``: TvmOptions)."""
+def build_image_bundle(export: OnnxExport, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options: TvmOptions,
+                       linker: Callable | None, log: Callable[[str], None]) -> Manifest:
+    """Build ``export``'s image graph for ``target`` into ``writer`` and commit it (``linker``:
+    ``link.find_linker``'s)."""
     import tvm
 
-    from .tvm import _build, _export, import_graph, target_record
-
+    onnx = export.artifact
     if options.weights != "fp32":
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
     mod = import_graph(onnx.graph(IMAGE_GRAPH), log)
     if isinstance(target, GpuTarget):
-        from .gpu import build_gpu
-
         executable, counts, params = build_gpu(mod, target, options.weights, writer.dir, log, image=True)
     else:
-        executable, counts, params = _build(mod, target, options, log, fuse=FUSE)
+        executable, counts, params = build(mod, target, options, log, fuse=FUSE)
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
-        _export(executable, writer.dir / library, linker)
+        export_library(executable, writer.dir / library, linker)
     with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
         save_params(params, writer.dir / PARAMS)
     shutil.copy2(onnx.path(onnx.manifest.reference), writer.dir / REFERENCE)

@@ -33,8 +33,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.relax.utils import copy_with_new_vars
 
-from ..errors import ArtifactError
-from ..quantize import Quantized
+from ...errors import ArtifactError
+from ...quantize import Quantized
 
 LIFT_MIN_ELEMENTS = 1024  # constants at least this large become parameters (weights); smaller stay inline
 PREFIX = "rwkv_edge_weight_"  # the table's variables: graph input names the importer keeps as they are
@@ -104,7 +104,7 @@ def bind_initializers(proto, directory: Path, table: WeightTable) -> int:
     scales). Equal tensors (by sha256) of several graphs are one weight. Returns how many weights."""
     from onnx import helper
 
-    from ..export.nbits import DOMAIN, OP
+    from ...export.nbits import DOMAIN, OP
 
     graph = proto.graph
     tensors = {t.name: t for t in graph.initializer}
@@ -147,7 +147,7 @@ def _matmul_nbits_weight(node, tensors: dict, directory: Path) -> Weight:
     """The (K, N) float32 matrix a MatMulNBits node multiplies by, with its integers and scales."""
     from onnx import helper
 
-    from ..export.nbits import unpack
+    from ...export.nbits import unpack
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     k, n, bits, group = (int(attrs[name]) for name in ("K", "N", "bits", "block_size"))

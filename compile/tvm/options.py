@@ -1,0 +1,52 @@
+"""What a TVM bundle is asked for (``TvmOptions``), and the compute precision it resolves to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import OptionError
+from ...targets import GpuTarget, TvmTarget
+
+COMPUTES = ("int8", "fp32")  # TvmOptions.compute
+PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
+
+
+@dataclass(frozen=True)
+class TvmOptions:
+    target: str = "x86_64-host"
+    schedules: bool = True  # False: TVM's default lowering (scalar, one thread), for comparison only
+    weights: str | None = None  # None: the ONNX export's (fp32 from a checkpoint); CPU targets hold int8 and int4
+    # (from an export in that format), GPU targets fp16 (GEMV weights fp16, summed in fp32), int8 and int4
+    group_size: int | None = None  # int8/int4 from a checkpoint: weights per scale (default: the format's)
+    # tokens per call of the prefill function; None: the ONNX export's prefill graph (a checkpoint is
+    # exported with PREFILL_CHUNK); 0: none (prompts run one step per token). CPU targets only.
+    prefill_chunk: int | None = None
+    # what the quantized projections compute in: "int8" (activations rounded per group, integer dot
+    # products: compile/tvm/intdot.py), "fp32" (dequantized in registers); None: int8 for int8/int4
+    # weights where the target has the dot instruction (TvmTarget.dot_product), else fp32
+    compute: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefill_chunk is not None and self.prefill_chunk < 0:
+            raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
+        if self.compute not in (None, *COMPUTES):
+            raise OptionError(f"unknown compute {self.compute!r}; TVM CPU bundles compute in {' or '.join(COMPUTES)}")
+
+
+def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights: str | None) -> str | None:
+    """The bundle's compute precision (``TvmOptions.compute``) once the weights are known (None before);
+    OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
+    dot = target.dot_product() if isinstance(target, TvmTarget) else None
+    quantized = weights in ("int8", "int4")
+    if compute == "int8" and isinstance(target, GpuTarget):
+        raise OptionError(f"{target.name} bundles compute in fp32 (int8 compute is for CPU targets with an int8 "
+                          "dot-product instruction): drop --compute int8")
+    if compute == "int8" and dot is None:
+        raise OptionError(f"{target.name} has no int8 dot-product instruction (ARM +dotprod, x86 AVX-512 VNNI): "
+                          "compile with --compute fp32")
+    if compute == "int8" and weights is not None and not quantized:
+        raise OptionError(f"int8 compute takes int8 or int4 weights, not {weights}: add --weights int8 (or int4), "
+                          "or drop --compute int8")
+    if weights is None:
+        return compute
+    return compute or ("int8" if quantized and dot else "fp32")
