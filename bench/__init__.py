@@ -4,8 +4,9 @@ optionally llama.cpp beside them (bench/peer.py)."""
 
 from .bound import bound_ms, weight_bytes_per_token
 from .peer import LlamaCpp, PeerRun, llama_cpp
-from .report import BACKENDS, BackendRun, BenchReport, save_report
-from .run import BenchOptions, check_output, run_bench
+from .options import BACKENDS, BenchOptions
+from .report import BackendRun, BenchReport, save_report
+from .run import check_output, run_bench
 
 __all__ = ["BACKENDS", "BackendRun", "BenchOptions", "BenchReport", "LlamaCpp", "PeerRun", "bound_ms", "check_output",
            "llama_cpp", "run_bench", "save_report", "weight_bytes_per_token"]

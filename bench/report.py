@@ -9,12 +9,11 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import OptionError
-from ..runtime.registry import BACKENDS as REGISTRY
+from .options import BACKENDS
 from .peer import PeerRun, table as peer_table
 from .rows import bench_row
 
 SCHEMA = "rwkv-edge.bench/1"
-BACKENDS = tuple(e.name for e in REGISTRY.values() if e.bench)  # the backends with a bench row, in report order
 
 
 @dataclass

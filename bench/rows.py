@@ -23,8 +23,7 @@ from ..platforms import gpu_unavailable
 from ..runtime.registry import backend_entry, open_backend, resolve
 
 if TYPE_CHECKING:
-    from .run import BenchOptions
-    from .workers import DecodeSpec
+    from .options import BenchOptions, DecodeSpec
 
 
 class Unavailable(Exception):

@@ -22,32 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, OptionError, one_line
+from .options import BandwidthSpec, DecodeSpec
 from .rows import bench_row
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS")
 STREAM_BLOCK = 64 * 4096 * 4  # bytes a bandwidth thread reads per call: a GEMV tile, 64 rows of K = 4096 fp32
-
-
-@dataclass(frozen=True)
-class DecodeSpec:
-    backend: str  # runtime.registry name
-    source: str  # the checkpoint (torch) or the artifact directory
-    threads: int
-    warmup: int
-    steps: int
-    prefill: int  # prompt tokens; 0: no prefill timing
-    prefill_repeats: int
-    seed: int
-    device: str = "cpu"
-    weights: str = "fp32"  # the torch row's dtype on a GPU
-
-
-@dataclass(frozen=True)
-class BandwidthSpec:
-    bytes: int
-    repeats: int
-    threads: int
-    device: str = "cpu"
 
 
 def in_own_process(work: Callable[[Any], Any], spec: Any, threads: int) -> Any:

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: every row on this machine's NVIDIA GPU (torch eager, the TVM bundle for its CUDA "
                         "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
                         "(default cpu)")
-    p.add_argument("--weights", choices=["fp32", "fp16", "int8", "int4"], default="fp32",  # bench.run.WEIGHTS
+    p.add_argument("--weights", choices=["fp32", "fp16", "int8", "int4"], default="fp32",  # bench.options.WEIGHTS
                    help="the rows' weights: fp16 with --device cuda (torch and TVM); int8 or int4 on the CPU "
                         "(onnxruntime and TVM, groups of 32; torch stays fp32); default fp32")
     p.add_argument("--target", metavar="NAME",

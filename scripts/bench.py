@@ -39,7 +39,8 @@ from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
 from rwkv_edge.bench import BenchOptions, BenchReport, check_output, run_bench, save_report
 from rwkv_edge.bench.peer import from_arguments
-from rwkv_edge.bench.run import WEIGHTS, cuda_arch, default_work_dir
+from rwkv_edge.bench.options import WEIGHTS
+from rwkv_edge.bench.run import cuda_arch, default_work_dir
 
 SHAPES = {  # make_checkpoint's arguments
     "0.1b": {"version": "v7", "n_layer": 12, "n_embd": 768, "vocab_size": 65536, "head_size": 64, "seed": 0},

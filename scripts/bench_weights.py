@@ -38,7 +38,8 @@ def main() -> int:
     from rwkv_edge.bench.bound import (bandwidth_buffer_bytes, bound_ms, quantized_weight_bytes_per_token,
                                        weight_bytes_per_token)
     from rwkv_edge.bench.run import measure_bandwidth
-    from rwkv_edge.bench.workers import DecodeSpec, decode, in_own_process
+    from rwkv_edge.bench.options import DecodeSpec
+    from rwkv_edge.bench.workers import decode, in_own_process
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
     from rwkv_edge.export.onnx import OnnxOptions, export_onnx
     from rwkv_edge.model.checkpoint import read_checkpoint

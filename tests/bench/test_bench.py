@@ -17,8 +17,9 @@ from pathlib import Path
 
 from rwkv_edge.bench import (BACKENDS, BackendRun, BenchOptions, BenchReport, bound_ms, run_bench, save_report,
                              weight_bytes_per_token)
-from rwkv_edge.bench import bound, rows
+from rwkv_edge.bench import bound, options, rows
 from rwkv_edge.bench import run as bench
+from rwkv_edge.bench.options import BandwidthSpec
 from rwkv_edge.bench.rows import bench_row
 
 QUICK = BenchOptions(backends=("torch", "onnxruntime", "tvm"), steps=6, warmup=2, prefill=5, prefill_repeats=2,
@@ -93,7 +94,7 @@ def test_bandwidth_threads_each_stream_their_own_part(monkeypatch):
         stream(part)
 
     monkeypatch.setattr(workers, "_stream", record)
-    samples = workers.bandwidth(workers.BandwidthSpec(8 << 20, 3, 2))
+    samples = workers.bandwidth(BandwidthSpec(8 << 20, 3, 2))
     assert len(samples) == 3 and all(s > 0 for s in samples)
     assert len(parts) == 2 * 4  # an untimed read, then 3, of two parts each
     first, second = parts[:2]
@@ -477,7 +478,7 @@ def test_bench_cli_choices_match_the_library(cli):
 
     sub = build_parser()._subparsers._group_actions[0].choices
     choices = {a.dest: tuple(a.choices) for a in sub["bench"]._actions if a.choices}
-    assert choices == {"device": bench.DEVICES, "weights": bench.WEIGHTS}
+    assert choices == {"device": options.DEVICES, "weights": options.WEIGHTS}
     parser = build_parser()
     assert parser.parse_args(["bench"]).prefill_chunk == BenchOptions().onnx_prefill_chunk
     assert parser.parse_args(["bench", "--prefill-chunk", "32"]).prefill_chunk == 32
