@@ -45,6 +45,11 @@ class WeightFormat:
         return self.bits < 16
 
     @property
+    def full_precision(self) -> bool:
+        """Every weight as trained (fp32)."""
+        return self.bits == 32
+
+    @property
     def compute(self) -> Compute:
         """What an export in this format computes in: fp16 weights in fp16, every other format in fp32."""
         return COMPUTES[self.float_dtype.replace("float", "fp")]

@@ -22,12 +22,11 @@ from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK,
                         StateTensor, compatible)
 from ..errors import ArtifactError
 from ..quantize import GROUP_SIZES
-from ..weights import WEIGHT_FORMATS
+from ..weights import COMPUTES, WEIGHT_FORMATS, Compute, WeightFormat
 
 MANIFEST = "manifest.json"
 SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning
 REPORTS = ("parity.json", "parity.png")  # what `verify` writes beside an artifact: not part of it
-COMPUTE = ("fp32", "fp16", "int8")  # int8: activations rounded to int8 per group, integer dot products
 DEVICES = ("cpu", "cuda", "metal")
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_FILES = 100_000
@@ -140,6 +139,15 @@ class Manifest:
     @property
     def vocab_size(self) -> int:
         return self.config["vocab_size"]
+
+    @property
+    def weight_format(self) -> WeightFormat:
+        return WEIGHT_FORMATS[self.weights]
+
+    @property
+    def precision(self) -> Compute:
+        """What the step computes in (``compute``)."""
+        return COMPUTES[self.compute]
 
     @property
     def family(self) -> str:
@@ -267,8 +275,8 @@ class _Checker:
         if group not in ((0, *GROUP_SIZES) if WEIGHT_FORMATS[weights].quantized else (0,)):
             self.fail(f"group_size {group} does not fit {weights} weights")
         compute = self.get(data, "compute", str, "compute")
-        if compute not in COMPUTE:
-            self.fail(f"unknown compute precision {compute!r}; expected one of {', '.join(COMPUTE)}")
+        if compute not in COMPUTES:
+            self.fail(f"unknown compute precision {compute!r}; expected one of {', '.join(COMPUTES)}")
         batch = self.get(data, "batch", (int, str), "batch")
         if batch not in (1, "dynamic"):
             self.fail(f"batch must be 1 or \"dynamic\", got {batch!r}")

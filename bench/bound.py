@@ -17,6 +17,7 @@ from typing import Any
 
 from ..model import LANGUAGE_ARCHITECTURES, detect_version
 from ..model.checkpoint import StateDict
+from ..weights import weight_format
 
 BYTES_PER_VALUE = 4  # every backend computes in fp32 on the CPU
 MEMINFO = Path("/proc/meminfo")
@@ -163,10 +164,11 @@ def row_weight_bytes(tensors: StateDict, weights: str, every_weight: bool = Fals
     """Bytes of weights a row's decode step reads with its weights in ``weights``: fp16 is every weight
     where the row's format applies to ``every_weight`` (PyTorch's dtype), else the GEMV weights alone (a
     GPU bundle's ``--weights fp16``); int8/int4 the quantizer's default groups of 32."""
-    if weights == "fp32":
+    fmt = weight_format(weights)
+    if fmt.full_precision:
         return weight_bytes_per_token(tensors)
-    if weights in ("int8", "int4"):
-        return quantized_weight_bytes_per_token(tensors, 8 if weights == "int8" else 4, 32)
+    if fmt.quantized:
+        return quantized_weight_bytes_per_token(tensors, fmt.bits, fmt.group_size)
     if every_weight:
-        return weight_bytes_per_token(tensors, bytes_per_value=2)
-    return weight_bytes_per_token(tensors, gemv_bytes_per_value=2)
+        return weight_bytes_per_token(tensors, bytes_per_value=fmt.bits // 8)
+    return weight_bytes_per_token(tensors, gemv_bytes_per_value=fmt.bits // 8)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from ..compile.tvm import PREFILL_CHUNK
 from ..errors import OptionError
 from ..runtime.registry import BACKENDS as REGISTRY
+from ..weights import WEIGHT_FORMATS, weight_format
 
 BACKENDS = tuple(e.name for e in REGISTRY.values() if e.bench)  # the backends with a bench row, in report order
 DEVICES = ("cpu", "cuda")
-WEIGHTS = ("fp32", "fp16", "int8", "int4")  # the rows' weight format: fp16 on a GPU, int8/int4 on the CPU
-QUANTIZED = ("int8", "int4")  # onnxruntime and TVM hold them (quantize.py, groups of 32); torch runs fp32
+WEIGHTS = tuple(WEIGHT_FORMATS)  # the rows' weight format: fp16 on a GPU; int8/int4 on the CPU, where onnxruntime and
+# TVM hold them (quantize.py, groups of 32) and torch runs fp32
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ class BenchOptions:
             raise OptionError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         if self.weights not in WEIGHTS:
             raise OptionError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
-        if self.device == "cpu" and self.weights == "fp16":
+        if self.device == "cpu" and weight_format(self.weights).compute.half:
             raise OptionError("fp16 weights run on a GPU only: add --device cuda "
                               "(on the CPU the rows hold fp32, int8 or int4 weights)")
-        if self.device != "cpu" and self.weights in QUANTIZED:
+        if self.device != "cpu" and weight_format(self.weights).quantized:
             raise OptionError(f"{self.weights} weights are benched on the CPU "
                               "(the bench runs GPU bundles with fp32 or fp16 weights)")
         if self.tvm_target is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import OptionError
+from ..weights import FP32, compute_precision, weight_format
 from .options import BACKENDS
 from .peer import PeerRun, table as peer_table
 from .rows import bench_row
@@ -113,7 +114,7 @@ class BenchReport:
             "prefill   " + "; ".join(f"{r.backend}: {_prefill_mode(r)}" for r in self.runs if r.ok),
             *(["compute   " + "; ".join(f"{r.backend}: {r.compute}" for r in self.runs if r.ok)
                + " (int8: activations rounded per group, integer dot products)"]
-              if any(r.compute != "fp32" for r in self.runs) else []),
+              if any(compute_precision(r.compute) != FP32 for r in self.runs) else []),
             *([f"busy      the machine was busy before the run (load average {m['load_average_start'][0]:.2f} on "
                f"{m['usable_cpus']} CPUs): the figures include contention"] if self.busy else []),
             "",
@@ -145,8 +146,8 @@ class BenchReport:
 
 def _layout(backend: str, weights: str) -> str:
     """How a row stores its weights, in words."""
-    if weights == "fp32":
-        return "every weight fp32"
+    if weight_format(weights).full_precision:
+        return f"every weight {weights}"
     if bench_row(backend).every_weight:
         return f"every weight {weights}"
     return f"GEMV weights {weights}, the rest fp32"

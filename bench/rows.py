@@ -21,6 +21,7 @@ from ..artifact import Manifest, open_artifact
 from ..errors import ArtifactError, OptionError, RwkvEdgeError
 from ..platforms import gpu_unavailable
 from ..runtime.registry import backend_entry, open_backend, resolve
+from ..weights import weight_format
 
 if TYPE_CHECKING:
     from .options import BenchOptions, DecodeSpec
@@ -280,7 +281,7 @@ class TvmRow(ArtifactRow):
 
 def tvm_bundle_name(target: str, weights: str) -> str:
     """The cache directory of a bundle: the target, and its weights unless fp32 on a CPU."""
-    return f"tvm-{target}-{weights}" if gpu_target(target) or weights != "fp32" else f"tvm-{target}"
+    return f"tvm-{target}-{weights}" if gpu_target(target) or not weight_format(weights).full_precision else f"tvm-{target}"
 
 
 def gpu_target(name: str):

@@ -197,7 +197,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if backend is None:
         raise OptionError(f"{source}: a {manifest.kind} artifact; bench runs {', '.join(ARTIFACT_KINDS.values())} "
                           "artifacts, or a checkpoint")
-    if manifest.compute == "fp16":
+    if manifest.precision.half:
         raise OptionError(f"{source}: an artifact that computes in fp16; bench compares backends computing in fp32 "
                           "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
     options = bench_row(backend).given(source, manifest, options)

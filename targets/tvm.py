@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..platforms import host_triple
+from ..weights import quantized_formats
 
 TUNED = Path(__file__).parent / "tuned"
 
@@ -50,7 +51,7 @@ class TvmTarget:
         """The committed tuning record of ``weights``: {"params": {...}, "source": "...", "table": [...]};
         an int8/int4 format without a record of its own takes fp32's."""
         data = json.loads((TUNED / f"{self.name}.json").read_text())
-        return data.get(weights, {k: v for k, v in data.items() if k not in ("int8", "int4")})
+        return data.get(weights, {k: v for k, v in data.items() if k not in quantized_formats()})
 
     def dot_product(self) -> str | None:
         """The 4-way int8 dot instruction that int8-compute bundles use (``compile/tvm/intdot.py``): "sdot"

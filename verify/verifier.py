@@ -76,7 +76,7 @@ def _judge_rollout(artifact: Artifact, steps: int, greedy_tokens: int, against_c
     directory, manifest = artifact.directory, artifact.manifest
     tolerance = tolerance_for(manifest.weights, manifest.compute, manifest.kind)
     recorded = artifact.reference()
-    if manifest.compute == "int8" and recorded.spread is not None:  # rounding flips at scale (docs/quantization.md)
+    if manifest.precision.integer and recorded.spread is not None:  # rounding flips at scale (docs/quantization.md)
         tolerance = widened(tolerance, recorded.spread)
     live = _live_reference(artifact, against_checkpoint, log) if against_checkpoint else None
     log(f"verify {directory}: {manifest.kind} {manifest.architecture}, {manifest.weights} weights, "
@@ -93,7 +93,7 @@ def _judge_rollout(artifact: Artifact, steps: int, greedy_tokens: int, against_c
         tokens = recorded.tokens[:steps].tolist()
         report = compare_to_reference(recorded, candidate, steps, tolerance)
     report.what_ran.insert(0, candidate.runs_on)
-    spread = recorded.spread if manifest.compute == "int8" else None
+    spread = recorded.spread if manifest.precision.integer else None
     if spread is not None and beyond_judgement(spread) and not report.passed:
         report.failures.append(
             f"this model's int8-compute rollout moves by {spread.logits:.2g} (logits) and {spread.state:.2g} (state) "
@@ -147,7 +147,7 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     manifest = artifact.manifest
     if manifest.group_size:  # the artifact's numbers: the same quantizer on the same matrices (and activations)
         model.quantize_weights(weight_format(manifest.weights).bits, manifest.group_size,
-                               activations=manifest.compute == "int8",
+                               activations=manifest.precision.integer,
                                embedding=KINDS[manifest.kind].quantized_embedding)
     return TorchBackend(model)
 
