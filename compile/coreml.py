@@ -39,7 +39,7 @@ from ..quantize import Quantized, check_group, quantized_exactly
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
 from ..model.checkpoint import Checkpoint
-from ..model.vision import is_vision_checkpoint
+from ..architectures import IMAGE, detect
 from ..targets import CoreMLTarget, coreml_name, get_target
 from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
@@ -133,7 +133,7 @@ def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: C
                             chunk, request.group_size)
     options.resolve()  # every option checked before the checkpoint loads
     opened = open_source(source, log)  # once: it says which family the checkpoint is
-    if is_vision_checkpoint(opened.tensors):
+    if detect(opened.tensors).family == IMAGE:
         if request.prefill_chunk is not None:
             raise OptionError("--prefill-chunk applies to language models, not to an image model")
         from .coreml_vision import compile_vision_coreml

@@ -27,7 +27,7 @@ from ..quantize import check_group
 from ..weights import check_weights, weight_format
 from ..model import RWKVModel
 from ..model.base import round_linear_inputs
-from ..model.vision import is_vision_checkpoint
+from ..architectures import IMAGE, detect
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
 from .artifact import (build_reference, load_source, log_spread, open_source, report_commit, save_initial_state, stage,
                        tokenizer_name)
@@ -76,7 +76,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     checkpoint = Path(checkpoint)
     with ArtifactWriter(out_dir, log) as writer:
         opened = open_source(checkpoint, log)
-        if is_vision_checkpoint(opened.tensors):
+        if detect(opened.tensors).family == IMAGE:
             from .vision import export_vision
 
             return export_vision(checkpoint, opened, writer, options, log)
