@@ -44,7 +44,7 @@ from ..targets import CoreMLTarget, coreml_name, get_target
 from . import CompileRequest
 from ..targets.coreml import check_compute_units, deployment_order, import_coremltools, quiet_coremltools
 from ..artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
-from ..export.artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
+from ..artifact.builder import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from ..export.graph import ContractGraph
 
 # weight format -> (compute precision, oldest iOS that runs it): fp16 and compressed weights compute in

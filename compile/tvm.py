@@ -45,7 +45,7 @@ from ..errors import ArtifactError, OptionError, ToolError
 from ..weights import check_weights, weight_format
 from ..artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ..artifact.params import save_params
-from ..export.artifact import report_commit, stage
+from ..artifact.builder import report_commit, stage
 from ..targets import GpuTarget, TvmTarget, get_target
 from . import CompileRequest
 from ..targets.tvm import host_triple
@@ -177,7 +177,7 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     """Replace the export's reference rollout with the int8-compute model's: the checkpoint with the same
     quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``),
     with its rounding spread (``build_reference(spread=True)``)."""
-    from ..export.artifact import build_reference, log_spread, tokenizer_name
+    from ..artifact.builder import build_reference, log_spread, tokenizer_name
     from ..model import load_checkpoint
 
     checkpoint = Path(onnx_manifest.source["checkpoint"])

@@ -29,8 +29,8 @@ from ..model import RWKVModel
 from ..model.base import round_linear_inputs
 from ..architectures import IMAGE, detect
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
-from .artifact import (build_reference, load_source, log_spread, open_source, report_commit, save_initial_state, stage,
-                       tokenizer_name)
+from ..artifact.builder import (build_reference, load_source, log_spread, open_source, report_commit, save_initial_state, stage,
+                                tokenizer_name)
 from .graph import ContractGraph, ImageGraph
 from .cleanup import clean_up, fold_weight_transposes
 from .nbits import to_matmul_nbits

@@ -26,7 +26,7 @@ from ..model import VisionRWKV
 from ..model.vision import class_names
 from ..model.checkpoint import Checkpoint
 from ..model.threads import image_threads, torch_threads
-from .artifact import report_commit, stage
+from ..artifact.builder import report_commit, stage
 from .graph import ImageGraph
 
 REFERENCE_IMAGES = 8  # per artifact: noise, gradients, blobs, stripes (reference_images)

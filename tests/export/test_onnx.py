@@ -240,7 +240,7 @@ def test_an_int8_compute_reference_is_the_reloaded_models_and_stays_out_of_the_g
     the model already in memory, its projections rounding their inputs, with its spread: the very numbers of
     the checkpoint loaded again and quantized with that rounding; the graphs compute in fp32 as ever."""
     from rwkv_edge.artifact.reference import load_reference
-    from rwkv_edge.export.artifact import build_reference, tokenizer_name
+    from rwkv_edge.artifact.builder import build_reference, tokenizer_name
 
     ckpt = make_ckpt("v7")
     export_onnx(ckpt, tmp_path, OnnxOptions(weights="int4", prefill_chunk=CHUNK, reference_compute="int8"), log=quiet)
