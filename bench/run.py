@@ -436,7 +436,7 @@ def tvm_unavailable(target: str) -> str | None:
 def build(backend: str, source: Path, out: Path, options: BenchOptions, log: Callable[[str], None]) -> None:
     """Export (``onnxruntime``, ``onnx``: the decode step alone) or compile (``tvm``) ``source`` into ``out``."""
     if backend in ("onnxruntime", "onnx"):
-        from ..export.onnx import OnnxOptions, export_onnx
+        from ..export import OnnxOptions, export_onnx
 
         export_onnx(source, out, OnnxOptions(options.weights_of(backend), prefill_chunk=_prefill_chunk(backend, options)),
                     log)

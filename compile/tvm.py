@@ -222,7 +222,7 @@ def _onnx_export(source: Path, scratch: Path, target: TvmTarget | GpuTarget, opt
         return source.parent, False
     if not source.is_file():
         raise ArtifactError(f"{source}: no such file or directory")
-    from ..export.onnx import OnnxOptions, export_onnx
+    from ..export import OnnxOptions, export_onnx
 
     weights = options.weights if options.weights in ("int8", "int4") else "fp32"
     compute = resolve_compute(target, options.compute, weights)

@@ -11,8 +11,9 @@ import onnx
 import pytest
 import torch
 
+from rwkv_edge.architectures import FAMILIES
 from rwkv_edge.errors import ArtifactError, StateError, UnknownArchitectureError
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import EXPORTERS, OnnxOptions, export_onnx
 from rwkv_edge.model import LANGUAGE_ARCHITECTURES, load_model, state_to_named
 from rwkv_edge.model.state import CONTRACT_VERSION
 from rwkv_edge.runtime import TorchBackend
@@ -149,6 +150,10 @@ def test_dynamic_batch(make_ckpt, tmp_path):
     assert logits.shape == (3, 256)
     for b in range(3):
         np.testing.assert_allclose(logits[b], model.step(int(tokens[b]), model.init_state())[0].numpy(), rtol=0, atol=1e-4)
+
+
+def test_every_family_has_an_exporter():
+    assert set(EXPORTERS) == set(FAMILIES)
 
 
 def test_unknown_architecture_is_refused_and_leaves_an_earlier_export_intact(exported, tmp_path):
