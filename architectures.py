@@ -25,7 +25,7 @@ class Architecture:
     family: str  # one of FAMILIES
     detect: Callable[[Collection[str]], bool]  # the checkpoint's key names (wrapper prefix removed) -> is it this one
     module: str  # the model/ module that defines it
-    cls: str  # its model class there: ``from_state_dict`` builds it, ``config_class`` reads its config
+    cls: str  # its model class there: ``from_checkpoint`` builds it, ``config_class`` reads its config
 
     def model_class(self) -> type:
         """The PyTorch class (imports torch)."""
@@ -33,9 +33,9 @@ class Architecture:
 
 
 def _attention(keys: Collection[str]) -> set[str]:
-    """Block 0's attention tensors, by the name after ``blocks.0.att.``; none where the keys lack an RWKV
-    language model's embedding and first block."""
-    if "emb.weight" not in keys or "blocks.0.ffn.key.weight" not in keys:
+    """Block 0's attention tensors, by the name after ``blocks.0.att.``; none where the keys are an image
+    model's or lack an RWKV language model's embedding and first block."""
+    if _image(keys) or "emb.weight" not in keys or "blocks.0.ffn.key.weight" not in keys:
         return set()
     return {k.split(".", 3)[3] for k in keys if k.startswith("blocks.0.att.")}
 
@@ -81,13 +81,12 @@ def of_family(family: str) -> list[str]:
 
 
 def detect(keys: Collection[str]) -> Architecture:
-    """The architecture a checkpoint's key names identify; UnknownArchitectureError, saying what was
-    found, where none does."""
-    found = [a for a in ARCHITECTURES.values() if a.detect(keys)]
-    if len(found) == 1:
-        return found[0]
-    if _image(keys):  # an image model whose keys also look like a language model's
-        return ARCHITECTURES["vrwkv"]
+    """The architecture a checkpoint's key names identify (the detectors exclude each other: an image
+    model's keys are never a language model's); UnknownArchitectureError, saying what was found, where
+    none does."""
+    for architecture in ARCHITECTURES.values():
+        if architecture.detect(keys):
+            return architecture
     if "emb.weight" not in keys or "blocks.0.ffn.key.weight" not in keys:
         names = sorted(keys)
         raise UnknownArchitectureError(
@@ -99,4 +98,4 @@ def detect(keys: Collection[str]) -> Architecture:
             "an RWKV-5 preview checkpoint (v5.0/v5.1, no 'time_faaaa'); only RWKV-5.2 (x052) is supported")
     raise UnknownArchitectureError(
         f"unknown RWKV architecture: block 0 attention has {', '.join(sorted(att)) or 'no tensors'}; "
-        f"supported: {', '.join(a.label for a in ARCHITECTURES.values() if a.family == LANGUAGE)}")
+        f"supported: {', '.join(ARCHITECTURES[name].label for name in of_family(LANGUAGE))}")

@@ -154,10 +154,6 @@ class Manifest:
         """``language`` (the step contract) or ``image`` (one whole-image graph, no state, no tokenizer)."""
         return ARCHITECTURES[self.architecture].family
 
-    @property
-    def is_vision(self) -> bool:
-        return self.family == IMAGE
-
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = [{"input": t.input_name, "output": t.output_name, **asdict(t)} for t in self.state]

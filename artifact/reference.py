@@ -93,7 +93,7 @@ class RecordedLogits:
 @dataclass(frozen=True)
 class RoundingSpread:
     """What an int8-compute model's own rollout does when every input it rounds to int8 is nudged by one
-    fp32 ulp (export/artifact.py, ``build_reference(spread=True)``), against the rollout without the
+    fp32 ulp (artifact/builder.py, ``build_reference(spread=True)``), against the rollout without the
     nudge, over whole rows: the worst max|Δ|/std of the logits over the steps, the worst over the final
     state tensors, and the top-1 agreement."""
 

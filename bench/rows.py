@@ -194,7 +194,7 @@ class OrtRow(ArtifactRow):
         return f"export onnx (prefill chunk {self.prefill_chunk(options)})"
 
     def build(self, source: Path, out: Path, options: BenchOptions, log: Callable[[str], None]) -> None:
-        from ..export.onnx import OnnxOptions, export_onnx
+        from ..export import OnnxOptions, export_onnx
 
         export_onnx(source, out, OnnxOptions(self.weights_of(options), prefill_chunk=self.prefill_chunk(options)), log)
 

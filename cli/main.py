@@ -441,7 +441,7 @@ def _vision_demo() -> Path:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from ..export.onnx import OnnxOptions, export_onnx
+    from ..export import OnnxOptions, export_onnx
     from ..model import DEMO_CHECKPOINT
 
     options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset,

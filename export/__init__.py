@@ -1,1 +1,6 @@
-"""ONNX export of the single-step RNN graph (see docs/onnx-contract.md once it exists)."""
+"""Checkpoint -> ONNX artifact: ``export_onnx`` runs the exporter of the checkpoint's family (docs/onnx-contract.md)."""
+
+from .onnx import EXPORTERS, export_onnx
+from .options import OnnxOptions
+
+__all__ = ["EXPORTERS", "OnnxOptions", "export_onnx"]

@@ -18,6 +18,7 @@ import torch
 
 from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
+from ..artifact.builder import report_commit, stage
 from ..artifact.files import REFERENCE, STEP_ONNX
 from ..artifact.reference import VisionReference
 from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
@@ -26,22 +27,21 @@ from ..model import VisionRWKV
 from ..model.vision import class_names
 from ..model.checkpoint import Checkpoint
 from ..model.threads import image_threads, torch_threads
-from .artifact import report_commit, stage
 from .graph import ImageGraph
+from .options import OnnxOptions
+from .trace import export_graph
 
 REFERENCE_IMAGES = 8  # per artifact: noise, gradients, blobs, stripes (reference_images)
 VISION_WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16}  # fp16: fp16 compute, the Bi-WKV scans in fp32
 
 
-def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, options,
+def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, options: OnnxOptions,
                   log: Callable[[str], None]) -> Manifest:
-    """Write the image graph, its reference and manifest into ``writer`` and commit them (``options``:
-    export.onnx.OnnxOptions; ``image_size`` None is the trained size)."""
-    from .onnx import _export_graph
-
+    """Write the image graph, its reference and manifest into ``writer`` and commit them (``image_size``
+    None is the trained size)."""
     if options.weights not in VISION_WEIGHTS:
         raise OptionError(f"image models export with {' or '.join(VISION_WEIGHTS)} weights, not {options.weights}")
-    model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
+    model = VisionRWKV.from_checkpoint(opened, torch.float32, str(checkpoint))
     cfg = model.config
     size = options.image_size or cfg.image_size
     fixed = model.at_resolution(size)  # ImageError for a size that is no multiple of the patch
@@ -52,7 +52,7 @@ def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, 
     write_reference(graph, writer.dir / REFERENCE, log)
     graph = ImageGraph(fixed.to(VISION_WEIGHTS[options.weights]), size)
     manifest = _manifest(model, graph, size, checkpoint, opened, options)
-    _export_graph(graph, writer.dir / STEP_ONNX, manifest, options, log, IMAGE_GRAPH)
+    export_graph(graph, writer.dir / STEP_ONNX, manifest, options, log, IMAGE_GRAPH)
     report_commit(log, writer.out, manifest, writer.commit(manifest))
     return manifest
 
@@ -110,7 +110,7 @@ def reference_images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.
 
 
 def _manifest(model: VisionRWKV, graph: ImageGraph, size: int, checkpoint: Path, opened: Checkpoint,
-              options) -> Manifest:
+              options: OnnxOptions) -> Manifest:
     import onnx
     import onnxscript
 

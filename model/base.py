@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ..errors import OptionError, TokenError
 from ..quantize import Quantized
-from .checkpoint import StateDict, check_tensors
+from .checkpoint import Checkpoint, StateDict, check_tensors
 from .state import State, StateTensor, check_state, zero_state
 
 
@@ -259,3 +259,9 @@ class RWKVModel(nn.Module):
         bad = tokens[(tokens < 0) | (tokens >= vocab)]
         if bad.numel():
             raise TokenError(f"token id {int(bad[0])} is outside the vocabulary [0, {vocab})")
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32,
+                        source: str = "checkpoint") -> "RWKVModel":
+        """``from_state_dict`` of an opened checkpoint's tensors."""
+        return cls.from_state_dict(checkpoint.tensors, dtype, source)

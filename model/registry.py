@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE, Architecture, detect
+from ..architectures import ARCHITECTURES, LANGUAGE, Architecture, detect
 from ..errors import UnknownArchitectureError
 from .base import RWKVModel
 from .checkpoint import StateDict, check_values, open_checkpoint
@@ -53,9 +53,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVMode
 def load_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel | VisionRWKV:
     """A language model (v4-v7) or a Vision-RWKV model, whichever the checkpoint's keys name."""
     checkpoint = open_checkpoint(path)
-    if detect(checkpoint.tensors).family == IMAGE:
-        return VisionRWKV.from_state_dict(checkpoint.tensors, dtype, str(path), checkpoint.meta)
-    return _build(checkpoint.tensors, dtype, str(path))
+    return detect(checkpoint.tensors).model_class().from_checkpoint(checkpoint, dtype, str(path))
 
 
 def _build(tensors: StateDict, dtype: torch.dtype, source: str) -> RWKVModel:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ..architectures import LANGUAGE, of_family
 from ..errors import UnknownArchitectureError
 from .checkpoint import StateDict
 
-VERSIONS = ("v4", "v5", "v6", "v7")
+VERSIONS = tuple(of_family(LANGUAGE))
 
 
 def make_checkpoint(

@@ -13,14 +13,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ImageError, OptionError, ShapeError, UnknownArchitectureError
-from .checkpoint import StateDict, check_tensors, check_values, dims, n_layers, open_checkpoint
+from .checkpoint import Checkpoint, StateDict, check_tensors, check_values, dims, n_layers, open_checkpoint
 
 WKV_MODES = ("paper", "kernel")  # the paper's closed form; the official CUDA forward's arithmetic
 KERNEL_TOKEN_SPLIT = 32  # the official kernel splits T into this many chunks (TOKEN_SPLIT)
@@ -306,7 +306,7 @@ class VisionRWKV(nn.Module):
     backbone-only checkpoint. H and W are multiples of the patch size; pos_embed is resized bicubically
     when they differ from the trained size."""
 
-    family = "vision"
+    config_class: ClassVar[type[VisionConfig]] = VisionConfig
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -329,7 +329,7 @@ class VisionRWKV(nn.Module):
         key and shape. ``post_norm`` overrides what the meta or the recipe says; ``wkv`` picks the
         Bi-WKV arithmetic (WKV_MODES)."""
         tensors = vision_keys(tensors, source)
-        config = VisionConfig.from_state_dict(tensors, source, meta, post_norm, wkv)
+        config = cls.config_class.from_state_dict(tensors, source, meta, post_norm, wkv)
         with torch.device("meta"):
             model = cls(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -339,7 +339,7 @@ class VisionRWKV(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """The family and full config, for ``rwkv-edge info``."""
-        return {"family": self.family, "architecture": "Vision-RWKV", **dataclasses.asdict(self.config)}
+        return {"family": "vision", "architecture": "Vision-RWKV", **dataclasses.asdict(self.config)}
 
     def check_images(self, images: torch.Tensor) -> tuple[int, int]:
         """The patch grid of ``images``; ImageError unless (B, channels, H, W) with H, W positive multiples
@@ -396,6 +396,12 @@ class VisionRWKV(nn.Module):
             return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
         return self.head.fc(x.mean(1))  # global average pooling, then the classifier
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32,
+                        source: str = "checkpoint") -> "VisionRWKV":
+        """``from_state_dict`` of an opened checkpoint's tensors and meta."""
+        return cls.from_state_dict(checkpoint.tensors, dtype, source, checkpoint.meta)
+
 
 # -- loading ---------------------------------------------------------------------------------------
 _OTHER_MODELS = (  # a key that gives another vision model away, and its name
@@ -432,12 +438,6 @@ def class_names(meta: dict[str, Any], num_classes: int) -> list[str] | None:
         if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
             return list(names)
     return None
-
-
-def is_vision_checkpoint(tensors: StateDict) -> bool:
-    """Whether the keys are an image model's (a patch embedding, or mmcls ``backbone.`` keys): Vision-RWKV's
-    or, for ``vision_keys`` to name it, another one's."""
-    return any(k.removeprefix("module.").startswith(("backbone.", "patch_embed.")) for k in tensors)
 
 
 def vision_model_from_state_dict(tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint",

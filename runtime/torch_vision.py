@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..architectures import IMAGE, detect
 from ..errors import CheckpointError
-from ..model import LANGUAGE_ARCHITECTURES, VisionRWKV, detect_version
+from ..model import VisionRWKV
 from ..model.checkpoint import open_checkpoint
 from ..model.threads import image_threads, torch_threads
-from ..model.vision import class_names, is_vision_checkpoint
+from ..model.vision import class_names
 
 
 class TorchVisionModel:
@@ -39,11 +40,11 @@ def open_vision_checkpoint(path: str | Path, classifier: bool = False, threads: 
     """Load a Vision-RWKV checkpoint (run on ``threads``, as ``TorchVisionModel``); CheckpointError, in
     one line, for a language model or, with ``classifier``, a backbone without a classification head."""
     checkpoint = open_checkpoint(path)
-    if not is_vision_checkpoint(checkpoint.tensors):
-        label = LANGUAGE_ARCHITECTURES[detect_version(checkpoint.tensors)].label  # raises for anything else
-        raise CheckpointError(f"{path}: an {label} language model; this command takes a Vision-RWKV image "
-                              "checkpoint (`rwkv-edge info` shows what a checkpoint is)")
-    model = VisionRWKV.from_state_dict(checkpoint.tensors, source=str(path), meta=checkpoint.meta)
+    architecture = detect(checkpoint.tensors)  # raises for a checkpoint of no architecture
+    if architecture.family != IMAGE:
+        raise CheckpointError(f"{path}: an {architecture.label} {architecture.family} model; this command takes a "
+                              "Vision-RWKV image checkpoint (`rwkv-edge info` shows what a checkpoint is)")
+    model = VisionRWKV.from_checkpoint(checkpoint, source=str(path))
     if classifier and not model.config.num_classes:
         raise CheckpointError(f"{path}: a Vision-RWKV backbone without a classification head (no head.fc), "
                               "which gives features, not classes; classify needs a classifier checkpoint "

@@ -41,7 +41,7 @@ def main() -> int:
     from rwkv_edge.bench.options import DecodeSpec
     from rwkv_edge.bench.workers import decode, in_own_process
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+    from rwkv_edge.export import OnnxOptions, export_onnx
     from rwkv_edge.model.checkpoint import read_checkpoint
     from rwkv_edge.weights import weight_format
 

@@ -21,7 +21,7 @@ import numpy as np
 from rwkv_edge.compile.coreml import CoreMLOptions, compile_coreml
 from rwkv_edge.model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, load_model
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.export.artifact import rollout_tokens
+from rwkv_edge.artifact.builder import rollout_tokens
 from rwkv_edge.runtime.coreml_backend import CoreMLBackend
 from rwkv_edge.runtime.torch_backend import TorchBackend
 from rwkv_edge.verify import compare_rollouts

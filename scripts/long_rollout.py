@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT, load_model
 from rwkv_edge.runtime.torch_backend import TorchBackend
 from rwkv_edge.runtime.ort_backend import OrtBackend

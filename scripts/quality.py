@@ -37,7 +37,7 @@ import torch
 
 from rwkv_edge.artifact import open_artifact, sha256_file
 from rwkv_edge.errors import OptionError, RwkvEdgeError
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT, load_model, model_from_state_dict
 from rwkv_edge.model.demo.train import load_corpus
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint

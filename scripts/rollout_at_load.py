@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rwkv_edge.export.artifact import build_reference, tokenizer_name
+from rwkv_edge.artifact.builder import build_reference, tokenizer_name
 from rwkv_edge.model import DEMO_CHECKPOINT, RWKVModel, load_model
 from rwkv_edge.model.threads import parameter_count, threads_for
 

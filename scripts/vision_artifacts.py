@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model.synthetic import VISION_SHAPES, make_vision_checkpoint, save_checkpoint
 from rwkv_edge.runtime.rpc_client import Remote
 from rwkv_edge.runtime.rpc_server import rpc_server

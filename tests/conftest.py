@@ -51,7 +51,7 @@ def onnx_export(version_ckpt, tmp_path_factory):
     """onnx_export(version, prefill=0, weights="fp32") -> ONNX export of a tiny checkpoint: the decode step,
     and a prefill graph of ``prefill`` tokens if not 0; v5/v6 carry a trained initial state. Shared by
     the TVM tests."""
-    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+    from rwkv_edge.export import OnnxOptions, export_onnx
 
     done: dict[tuple[str, int, str], Path] = {}
 
@@ -181,7 +181,7 @@ def vision_ckpt(checkpoint_dir):
 def vision_export(vision_ckpt, tmp_path_factory):
     """vision_export(name, weights="fp32") -> ONNX export of the VISION_MODELS model ``name``, once per session
     (copy it before changing it)."""
-    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+    from rwkv_edge.export import OnnxOptions, export_onnx
 
     done: dict[tuple[str, str], Path] = {}
 

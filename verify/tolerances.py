@@ -69,7 +69,7 @@ INT4_INT8 = Tolerance("int4 weights, int8 compute", 1e-1, 3e-2, 0.95, greedy_ide
 # At scale the flips are no longer rare: on the 0.1B shape (12 x 768, vocab 65536) one fp32 ulp of difference
 # in what is rounded flips several inputs every step, and the int4 x86-64 bundle drifted from its reference by
 # 9.7e-2 logits / 1.9e-1 state (layer 11 wkv) over 64 steps, top-1 61/64, with kernels that match it to ~1e-6
-# between flips. The reference itself, every rounded input nudged by one ulp (export/artifact.py,
+# between flips. The reference itself, every rounded input nudged by one ulp (artifact/builder.py,
 # ``build_reference(spread=True)``), drifts as far: four seeds gave 9.1e-2 to 9.8e-2 logits, 1.35e-1 to 1.68e-1 state, top-1 61 to 63/64. So an int8-compute
 # build records that drift (reference.npz ``spread_*``) and verify widens the fixed limits to SPREAD_FACTOR
 # times it where that is larger: 3x covers the worst bundle-to-spread ratio seen (1.4x, state) twice over,

@@ -31,7 +31,7 @@ from ...artifact.files import PACKAGE, REFERENCE
 from ...artifact.manifest import CORE_ML_IMAGE_FORMS
 from ...contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ...errors import OptionError
-from ...export.artifact import open_source, report_commit, stage
+from ...artifact.builder import open_source, report_commit, stage
 from ...export.graph import ImageGraph
 from ...export.vision import vision_config, write_reference
 from ...model.base import quantize_linears

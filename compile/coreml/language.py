@@ -35,7 +35,7 @@ from ...artifact import ArtifactWriter, Graph, Manifest
 from ...artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
 from ...contract import CONTRACT_VERSION
 from ...errors import OptionError
-from ...export.artifact import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
+from ...artifact.builder import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from ...export.graph import ContractGraph
 from ...model import RWKVModel
 from ...model.checkpoint import Checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 from ...architectures import IMAGE, LANGUAGE, detect
 from ...artifact import Manifest
 from ...errors import OptionError
-from ...export.artifact import open_source
+from ...artifact.builder import open_source
 from ...model.checkpoint import Checkpoint
 from ...targets import CoreMLTarget
 from .. import CompileRequest

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ...export.artifact import stage
+from ...artifact.builder import stage
 from ...targets import TvmTarget
 from ...weights import weight_format
 from .gather_warnings import without_gather_warnings

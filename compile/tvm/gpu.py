@@ -41,7 +41,7 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     import tvm
     from tvm import relax
 
-    from ...export.artifact import stage
+    from ...artifact.builder import stage
     from .gpu_schedules import ApplyGpuSchedules, gpu_weights
     from .interface import add_interface
 

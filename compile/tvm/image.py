@@ -22,7 +22,7 @@ from ...artifact.files import LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ...artifact.params import save_params
 from ...contract import IMAGE_GRAPH
 from ...errors import OptionError
-from ...export.artifact import report_commit, stage
+from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
 from .cpu import build
 from .gpu import build_gpu

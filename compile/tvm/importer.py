@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...export.artifact import stage
+from ...artifact.builder import stage
 
 if TYPE_CHECKING:
     from .params import WeightTable

@@ -14,7 +14,7 @@ from ...artifact import Artifact, ArtifactWriter, Graph, Manifest
 from ...artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ...artifact.params import save_params
 from ...errors import ArtifactError, OptionError
-from ...export.artifact import report_commit, stage
+from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
 from ...weights import weight_format
 from .cpu import build
@@ -71,7 +71,7 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     """Replace the export's reference rollout with the int8-compute model's: the checkpoint with the same
     quantized weights, each projection rounding its input per group (``quantize_weights(activations=True)``),
     with its rounding spread (``build_reference(spread=True)``)."""
-    from ...export.artifact import build_reference, log_spread, tokenizer_name
+    from ...artifact.builder import build_reference, log_spread, tokenizer_name
     from ...model import load_checkpoint
 
     checkpoint = Path(onnx_manifest.source["checkpoint"])

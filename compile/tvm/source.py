@@ -33,7 +33,7 @@ def open_export(source: Path, scratch: Path, target: TvmTarget | GpuTarget, opti
         return OnnxExport(open_artifact(source.parent, kind="onnx"), False)
     if not source.is_file():
         raise ArtifactError(f"{source}: no such file or directory")
-    from ...export.onnx import OnnxOptions, export_onnx
+    from ...export import OnnxOptions, export_onnx
 
     weights = options.weights if options.weights in ("int8", "int4") else "fp32"
     compute = resolve_compute(target, options.compute, weights)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rwkv_edge.artifact import open_artifact
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT, load_checkpoint
 from rwkv_edge.verify import verify_artifact
 

@@ -12,7 +12,7 @@ from rwkv_edge.artifact.reference import (TOP_K, RecordedLogits, Reference, Roun
                                           VisionReference, load_reference)
 from rwkv_edge.contract import StateTensor
 from rwkv_edge.errors import ArtifactError
-from rwkv_edge.export.artifact import FULL_STEPS
+from rwkv_edge.artifact.builder import FULL_STEPS
 
 T, V = 64, 256
 SPEC = [StateTensor(0, "wkv", (2, 4, 4))]

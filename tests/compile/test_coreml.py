@@ -138,7 +138,7 @@ def test_compressed_weights_on_the_demo_model(quantize, tmp_path):
     """The package holds the quantizer's very integers and scales (the ONNX export's numbers), and
     computes the quantized model to fp16 limits."""
     from rwkv_edge.export.nbits import unpack
-    from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+    from rwkv_edge.export import OnnxOptions, export_onnx
 
     compile_coreml(DEMO_CHECKPOINT, tmp_path, CoreMLOptions(weights=quantize, prefill_chunk=0), log=quiet)
     plain = sum(p.stat().st_size for p in (tmp_path / PACKAGE).rglob("*.bin"))

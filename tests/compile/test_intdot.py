@@ -52,7 +52,7 @@ def test_verify_against_the_checkpoint_rounds_the_activations_too(tvm_bundle):
     """``--against-checkpoint`` builds the live reference as the manifest says: with compute int8 the model
     rounds its projections' inputs; without that rounding the same bundle is far off (the test can fail)."""
     from rwkv_edge.artifact.reference import load_reference
-    from rwkv_edge.export.artifact import build_reference, tokenizer_name
+    from rwkv_edge.artifact.builder import build_reference, tokenizer_name
     from rwkv_edge.model import load_checkpoint
 
     bundle = tvm_bundle("v7", weights="int4", prefill=8)

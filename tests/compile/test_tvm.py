@@ -18,7 +18,7 @@ from rwkv_edge.artifact.files import LIBRARY, OBJECTS, PARAMS
 from rwkv_edge.compile.tvm import PREFILL_CHUNK, TvmOptions, compile_tvm
 from rwkv_edge.errors import (ArtifactError, OptionError, PlatformError, StateError, TokenError, ToolError,
                               UnknownTargetError)
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.artifact import read_manifest
 from rwkv_edge.model import LANGUAGE_ARCHITECTURES
 from rwkv_edge.runtime.rpc_client import Remote, open_session

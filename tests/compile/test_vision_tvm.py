@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from rwkv_edge.architectures import IMAGE
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
 from rwkv_edge.errors import OptionError
@@ -62,7 +63,7 @@ def test_cuda_image_bundles_are_built_and_checked_not_executed(vision_export, tm
     assert report.exit_code == NOT_EXECUTED_EXIT and not report.problems, report.summary()
     assert any("kernels.ptx" in check for check in report.checks) and any("params" in c for c in report.checks)
     manifest = open_artifact(out).manifest
-    assert manifest.is_vision and manifest.target.device == "cuda"
+    assert manifest.family == IMAGE and manifest.target.device == "cuda"
     assert manifest.target.kernels.get("matmul kernels", 0) > 0, manifest.target.kernels  # the GEMMs: dlight Matmul
 
 

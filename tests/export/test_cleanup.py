@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rwkv_edge.export.cleanup import LARGE, RULES, clean_up, fold_weight_transposes
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 
 RNG = np.random.default_rng(0)
 

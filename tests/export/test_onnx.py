@@ -11,8 +11,9 @@ import onnx
 import pytest
 import torch
 
+from rwkv_edge.architectures import FAMILIES
 from rwkv_edge.errors import ArtifactError, StateError, UnknownArchitectureError
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import EXPORTERS, OnnxOptions, export_onnx
 from rwkv_edge.model import LANGUAGE_ARCHITECTURES, load_model, state_to_named
 from rwkv_edge.model.state import CONTRACT_VERSION
 from rwkv_edge.runtime import TorchBackend
@@ -151,6 +152,10 @@ def test_dynamic_batch(make_ckpt, tmp_path):
         np.testing.assert_allclose(logits[b], model.step(int(tokens[b]), model.init_state())[0].numpy(), rtol=0, atol=1e-4)
 
 
+def test_every_family_has_an_exporter():
+    assert set(EXPORTERS) == set(FAMILIES)
+
+
 def test_unknown_architecture_is_refused_and_leaves_an_earlier_export_intact(exported, tmp_path):
     import shutil
 
@@ -240,7 +245,7 @@ def test_an_int8_compute_reference_is_the_reloaded_models_and_stays_out_of_the_g
     the model already in memory, its projections rounding their inputs, with its spread: the very numbers of
     the checkpoint loaded again and quantized with that rounding; the graphs compute in fp32 as ever."""
     from rwkv_edge.artifact.reference import load_reference
-    from rwkv_edge.export.artifact import build_reference, tokenizer_name
+    from rwkv_edge.artifact.builder import build_reference, tokenizer_name
 
     ckpt = make_ckpt("v7")
     export_onnx(ckpt, tmp_path, OnnxOptions(weights="int4", prefill_chunk=CHUNK, reference_compute="int8"), log=quiet)

@@ -14,7 +14,7 @@ import torch
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.errors import ArtifactError, ImageError, OptionError
 from rwkv_edge.export.graph import ImageGraph
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import VisionRWKV, load_vision_checkpoint
 from rwkv_edge.runtime.vision import open_vision
 from rwkv_edge.verify import verify_artifact

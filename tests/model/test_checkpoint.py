@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from rwkv_edge.architectures import ARCHITECTURES, detect
 from rwkv_edge.errors import CheckpointError, ShapeError, TokenError, UnknownArchitectureError
 from rwkv_edge.model import LANGUAGE_ARCHITECTURES, detect_version, load_checkpoint, load_model, model_from_state_dict
 from rwkv_edge.model import checkpoint
-from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint, save_checkpoint
+from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint, make_vision_checkpoint, save_checkpoint
 
 
 def test_generator_covers_every_registered_architecture():
@@ -28,6 +29,23 @@ def test_generator_covers_every_registered_architecture():
 @pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)
 def test_detects_version(version):
     assert detect_version(make_checkpoint(version)) == version
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_one_detector_names_each_architecture(name):
+    tensors = make_vision_checkpoint() if ARCHITECTURES[name].family == "image" else make_checkpoint(name)
+    assert [a.name for a in ARCHITECTURES.values() if a.detect(tensors)] == [name]
+    assert detect(tensors).name == name
+
+
+def test_image_keys_beside_language_keys_are_an_image_model():
+    assert detect({**make_checkpoint("v7"), "patch_embed.projection.weight": torch.zeros(1)}).name == "vrwkv"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_each_entry_reaches_its_builder_and_config_reader(name):
+    cls = ARCHITECTURES[name].model_class()
+    assert callable(cls.from_checkpoint) and callable(cls.config_class.from_state_dict)
 
 
 @pytest.mark.parametrize("version", LANGUAGE_ARCHITECTURES)

@@ -55,7 +55,7 @@ def test_the_count_is_restored_after_the_block_and_after_an_error(two_threads):
 
 
 def test_reference_rollout_steps_on_one_thread(version_ckpt, monkeypatch, two_threads):
-    from rwkv_edge.export.artifact import GREEDY_TOKENS, ROLLOUT_STEPS, build_reference
+    from rwkv_edge.artifact.builder import GREEDY_TOKENS, ROLLOUT_STEPS, build_reference
 
     model = load_model(version_ckpt("v7"))
     forwards = record_threads(monkeypatch, model, "forward")  # what step() calls too

@@ -28,7 +28,7 @@ def open_backend(version_ckpt, tvm_bundle, tmp_path_factory):
         if name == "torch":
             return by_name(version_ckpt("v5"), "torch")
         if name == "onnxruntime":
-            from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+            from rwkv_edge.export import OnnxOptions, export_onnx
 
             out = tmp_path_factory.mktemp("contract-onnx")
             export_onnx(version_ckpt("v5"), out, OnnxOptions(prefill_chunk=4), log=quiet)

@@ -14,7 +14,7 @@ import pytest
 
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.artifact.reference import TOP_K
-from rwkv_edge.export.artifact import FULL_STEPS
+from rwkv_edge.artifact.builder import FULL_STEPS
 from rwkv_edge.model import load_checkpoint
 from rwkv_edge.runtime.registry import backend_of
 from rwkv_edge.runtime.torch_backend import TorchBackend

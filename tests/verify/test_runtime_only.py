@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-from rwkv_edge.export.onnx import OnnxOptions, export_onnx
+from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The rounding spread an int8-compute build records (export/artifact.py ``build_reference(spread=True)``,
+"""The rounding spread an int8-compute build records (artifact/builder.py ``build_reference(spread=True)``,
 model/base.py ``nudged_inputs``) and the limits it widens (verify/tolerances.py ``widened``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rwkv_edge.artifact.reference import RoundingSpread
-from rwkv_edge.export.artifact import build_reference
+from rwkv_edge.artifact.builder import build_reference
 from rwkv_edge.model import model_from_state_dict
 from rwkv_edge.model.base import nudged_inputs
 from rwkv_edge.model.synthetic import make_checkpoint

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifact import MANIFEST, Manifest
-from ..artifact.reference import RecordedLogits, Reference, RoundingSpread
 from ..model import LANGUAGE_ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
 from ..model.base import nudged_inputs
 from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
+from .manifest import MANIFEST, Manifest
+from .reference import RecordedLogits, Reference, RoundingSpread
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
 # The steps whose whole logits row the reference keeps (every step keeps its top TOP_K, mean and std): the

@@ -1,0 +1,42 @@
+"""The options of an ONNX export, and the weight formats it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import OptionError
+from ..quantize import check_group
+from ..weights import check_weights, weight_format
+
+# the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
+WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32, "int4": torch.float32}
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    weights: str = "fp32"  # the weight format; fp16 also computes in fp16; the state stays fp32 at the interface
+    prefill_chunk: int = 16  # tokens per prefill call; 0: no prefill graph
+    prefill_all_logits: bool = False  # prefill returns (B, T, V) instead of the last position
+    dynamic_batch: bool = False  # a symbolic batch axis instead of batch 1
+    opset: int = 18
+    group_size: int | None = None  # int8/int4: weights per scale (default: the format's)
+    image_size: int | None = None  # image models: the graph's fixed resolution (default: the trained one)
+    # what the reference rollout computes: "fp32" (the export's own numbers); "int8" (int8/int4 weights) the
+    # projections' inputs rounded per group too, with the rounding spread: the reference of the int8-compute
+    # TVM bundle that compile_tvm builds from this export (not of the ONNX graphs, which compute in fp32)
+    reference_compute: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
+        if self.reference_compute not in ("fp32", "int8"):
+            raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected fp32 or int8")
+        if self.reference_compute == "int8" and not weight_format(self.weights).quantized:
+            raise OptionError(f"an int8-compute reference takes int8 or int4 weights, not {self.weights}")
+        if self.prefill_chunk < 0:
+            raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
+        if self.opset < 18:
+            raise OptionError(f"opset must be >= 18, got {self.opset}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise OptionError(f"image size must be positive, got {self.image_size}")
