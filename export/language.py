@@ -19,7 +19,7 @@ from ..model import RWKVModel
 from ..model.base import round_linear_inputs
 from ..model.checkpoint import Checkpoint
 from ..quantize import check_group
-from ..weights import weight_format
+from ..weights import compute_precision, weight_format
 from .graph import ContractGraph
 from .options import WEIGHTS, OnnxOptions
 from .trace import export_graph
@@ -39,7 +39,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
         with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
             count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one
             log(f"  {count} matrices and the embedding; the LoRA matrices stay fp32")
-    if options.reference_compute == "fp32":
+    if not compute_precision(options.reference_compute).integer:
         with stage(log, "reference rollout (fp32 compute)"):
             build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
     model = model.to(WEIGHTS[options.weights])
@@ -49,7 +49,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
         graphs["prefill"] = (ContractGraph(model, options.prefill_chunk, options.prefill_all_logits), PREFILL_ONNX)
     for role, (graph, name) in graphs.items():
         export_graph(graph, writer.dir / name, manifest, options, log, role)
-    if options.reference_compute == "int8":  # after the graphs: the rounding must not be traced into them
+    if compute_precision(options.reference_compute).integer:  # after the graphs: the rounding must not be traced into them
         with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
             round_linear_inputs(model, group)
             reference = build_reference(model, tokenizer_name(model), spread=True)
@@ -62,7 +62,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
 
 
 def _compute(options: OnnxOptions) -> str:
-    return "fp16" if options.weights == "fp16" else "fp32"
+    return weight_format(options.weights).compute.name
 
 
 def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions, group: int) -> Manifest:

@@ -8,10 +8,11 @@ import torch
 
 from ..errors import OptionError
 from ..quantize import check_group
-from ..weights import check_weights, weight_format
+from ..weights import COMPUTES, WEIGHT_FORMATS, check_weights, compute_precision, weight_format
 
 # the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
-WEIGHTS = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32, "int4": torch.float32}
+WEIGHTS = {name: getattr(torch, f.float_dtype) for name, f in WEIGHT_FORMATS.items()}
+REFERENCE_COMPUTES = tuple(c.name for c in COMPUTES.values() if not c.half)  # what a reference rollout computes in
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class OnnxOptions:
 
     def __post_init__(self) -> None:
         check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
-        if self.reference_compute not in ("fp32", "int8"):
-            raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected fp32 or int8")
-        if self.reference_compute == "int8" and not weight_format(self.weights).quantized:
+        if self.reference_compute not in REFERENCE_COMPUTES:
+            raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected "
+                              f"{' or '.join(REFERENCE_COMPUTES)}")
+        if compute_precision(self.reference_compute).integer and not weight_format(self.weights).quantized:
             raise OptionError(f"an int8-compute reference takes int8 or int4 weights, not {self.weights}")
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")

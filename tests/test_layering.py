@@ -1,5 +1,8 @@
 """The import graph runs one way: each layer imports only the layers below it (docs/layout.md), and
-what a device carries (runtime/, verify/, targets/) never imports the exporter or the compiler."""
+what a device carries (runtime/, verify/, targets/) never imports the exporter or the compiler. No
+modules import each other in a circle, none imports another's private name, and weight-format,
+precision, artifact-kind and backend names are compared only in their registries: elsewhere code asks
+the registry's objects."""
 
 from __future__ import annotations
 
@@ -70,3 +73,118 @@ def test_the_check_sees_a_back_edge(tmp_path, monkeypatch):
         assert {("compile", 1), ("bench", 2)} <= imported_layers(bad)
     finally:
         bad.unlink()
+
+
+def module_path(parts: list[str]) -> Path | None:
+    """The file of module ``rwkv_edge.<parts>``: a module, or a package's __init__.py; None outside the package."""
+    base = ROOT.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if parts and path.is_file():
+            return path
+    return None
+
+
+def imported_modules(path: Path) -> list[tuple[Path, str, int]]:
+    """(file, name, line) of every rwkv_edge name ``path`` imports, lazy ones included: ``from .x import
+    y`` is module x's name y, or module x.y where that is a module."""
+    package = list(path.relative_to(ROOT).parent.parts)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package[:len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == "rwkv_edge":
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                target = module_path([*parts, alias.name]) or module_path(parts)
+                if target is not None:
+                    found.append((target, alias.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("rwkv_edge.") and (target := module_path(alias.name.split(".")[1:])):
+                    found.append((target, "", node.lineno))
+    return found
+
+
+def import_circles() -> list[list[str]]:
+    """Groups of modules that import each other in a loop (Tarjan's strongly connected components), a
+    package's __init__.py counted as the module it is."""
+    modules = package_modules()
+    edges = {p: {t for t, _, _ in imported_modules(p) if t != p} for p in modules}
+    index: dict[Path, int] = {}
+    low: dict[Path, int] = {}
+    stack: list[Path] = []
+    circles = []
+
+    def visit(node: Path) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(str(member.relative_to(ROOT)))
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in modules:
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_import_circles():
+    assert import_circles() == []
+
+
+def test_no_module_imports_another_modules_private_name():
+    private = [f"{path.relative_to(ROOT)}:{line} imports {name} from {target.relative_to(ROOT)}"
+               for path in package_modules() for target, name, line in imported_modules(path)
+               if name.startswith("_") and not name.startswith("__") and target != path]
+    assert private == []
+
+
+def test_the_checks_see_a_circle_a_private_import_and_a_compared_name():
+    probes = [ROOT / "runtime" / "_probe_a.py", ROOT / "runtime" / "_probe_b.py"]
+    try:
+        probes[0].write_text("from ._probe_b import _hidden\n")
+        probes[1].write_text("def _hidden():\n    from . import _probe_a\n")
+        assert ["runtime/_probe_a.py", "runtime/_probe_b.py"] in import_circles()
+        assert [(t.name, n) for t, n, _ in imported_modules(probes[0])] == [("_probe_b.py", "_hidden")]
+        probes[1].write_text("def pick(weights, kind):\n    return weights in ('int8', 'int4') or kind != 'tvm'\n")
+        assert compared_names(probes[1]) == [("int4", 2), ("int8", 2), ("tvm", 2)]
+    finally:
+        for probe in probes:
+            probe.unlink()
+
+
+FORMAT_NAMES = {"fp32", "fp16", "int8", "int4"}  # weights.py: weight formats and compute precisions
+KIND_NAMES = {"onnx", "tvm", "coreml", "torch", "onnxruntime"}  # artifact kinds and backends
+REGISTRIES = {"weights.py", "artifact/kinds.py", "runtime/registry.py"}  # where those names are defined
+
+
+def compared_names(path: Path) -> list[tuple[str, int]]:
+    """(name, line) of every format or kind name ``path`` compares with: ``x == "int8"``, ``k in ("tvm", ...)``."""
+    def strings(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        return set().union(*map(strings, node.elts)) if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else set()
+
+    return [(name, node.lineno) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Compare)
+            for name in sorted(set().union(*map(strings, [node.left, *node.comparators])) & (FORMAT_NAMES | KIND_NAMES))]
+
+
+def test_format_and_kind_names_are_compared_only_in_their_registries():
+    found = [f"{path.relative_to(ROOT)}:{line} compares with {name!r}" for path in package_modules()
+             if str(path.relative_to(ROOT)) not in REGISTRIES for name, line in compared_names(path)]
+    assert found == []

@@ -38,7 +38,7 @@ from ...model.base import quantize_linears
 from ...model.checkpoint import Checkpoint
 from ...model.vision import VisionRWKV
 from ...targets.coreml import import_coremltools, quiet_coremltools
-from ...weights import weight_format
+from ...weights import compute_precision, weight_format
 from .. import CompileRequest
 from .compression import compress_blockwise, quantized_matrices
 from .plan import CoreMLOptions, CoreMLPlan, ct_target
@@ -66,7 +66,7 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
     log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units} "
         f"({build.name})")
     log(f"weights: {plan.weights}, {plan.compute} compute"
-        + (", the Bi-WKV scans and the norms in fp32" if plan.compute == "fp16" else ""))
+        + (", the Bi-WKV scans and the norms in fp32" if compute_precision(plan.compute).half else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         opened = opened or open_source(checkpoint, log)
         model = VisionRWKV.from_state_dict(opened.tensors, torch.float32, str(checkpoint), opened.meta)
@@ -110,7 +110,7 @@ def _convert(model: VisionRWKV, size: int, output: str, plan: CoreMLPlan):
     example = torch.zeros(1, model.config.in_channels, size, size)
     image = ct.ImageType(name="image", shape=tuple(example.shape), scale=1.0, bias=[-m for m in IMAGENET_MEAN],
                          color_layout=ct.colorlayout.RGB)
-    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector(bi_wkv_ops)) if plan.compute == "fp16"
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector(bi_wkv_ops)) if compute_precision(plan.compute).half
                  else ct.precision.FLOAT32)
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(PixelGraph(model, size).eval(), (example,), check_trace=False)

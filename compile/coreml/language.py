@@ -42,7 +42,7 @@ from ...model.checkpoint import Checkpoint
 from ...quantize import Quantized
 from ...targets import coreml_name
 from ...targets.coreml import import_coremltools, quiet_coremltools
-from ...weights import weight_format
+from ...weights import compute_precision, weight_format
 from .. import CompileRequest
 from .compression import compress_blockwise, quantized_matrices
 from .plan import CoreMLOptions, CoreMLPlan, ct_target
@@ -66,7 +66,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
     build = plan.build()
     log(f"target: platform {build.platform}, deployment {build.deployment}, compute_units {build.compute_units}, "
         f"form {build.form}, functions {', '.join(build.functions)} ({build.name})")
-    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the WKV recurrence and norms in fp32" if plan.compute == "fp16" else ""))
+    log(f"weights: {plan.weights}, {plan.compute} compute" + (", the WKV recurrence and norms in fp32" if compute_precision(plan.compute).half else ""))
     with ArtifactWriter(out_dir, log, reads=[checkpoint]) as writer:
         model, sha = load_source(checkpoint, opened or open_source(checkpoint, log), log)
         manifest = _manifest(model, checkpoint, sha, plan)
@@ -133,7 +133,7 @@ def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
                                   for t in graph.spec]
         outputs = [ct.TensorType(name=coreml_name(name), dtype=np.float32) for name in graph.output_names()]
         states = None
-    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if plan.compute == "fp16"
+    precision = (ct.transform.FP16ComputePrecision(op_selector=Fp16Selector()) if compute_precision(plan.compute).half
                  else ct.precision.FLOAT32)
     with quiet_coremltools(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)

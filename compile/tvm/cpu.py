@@ -49,7 +49,7 @@ def optimise(mod, target: TvmTarget, options: TvmOptions, log: Callable[[str], N
     tvm_target = tvm.target.Target(target.tvm_target())
     tuned = target.schedule_data(options.weights)["params"]
     params = ScheduleParams(**{**tuned, **(candidate or {})},
-                            dot=target.dot_product() if options.compute == "int8" else "")
+                            dot=target.dot_product() if options.integer_compute else "")
     counts: dict[str, int] = {}
     table = table or WeightTable()
     with tvm_target, stage(log, "optimise: pack weights, lift them, fuse, schedule"), without_gather_warnings():

@@ -24,6 +24,7 @@ from ...contract import IMAGE_GRAPH
 from ...errors import OptionError
 from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
+from ...weights import weight_format
 from .cpu import build
 from .gpu import build_gpu
 from .importer import import_graph
@@ -43,7 +44,7 @@ def build_image_bundle(export: OnnxExport, writer: ArtifactWriter, target: TvmTa
     import tvm
 
     onnx = export.artifact
-    if options.weights != "fp32":
+    if not weight_format(options.weights).full_precision:
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")

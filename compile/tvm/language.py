@@ -56,7 +56,7 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
     with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
         save_params(params, bundle / PARAMS)
     _copy_extras(onnx, bundle)
-    if options.compute == "int8" and not export.int8_reference:
+    if options.integer_compute and not export.int8_reference:
         _int8_reference(onnx.manifest, bundle / REFERENCE, log)
     manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
     report_commit(log, writer.out, manifest, writer.commit(manifest))

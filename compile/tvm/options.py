@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import OptionError
 from ...targets import GpuTarget, TvmTarget
+from ...weights import compute_precision, weight_format
 
 COMPUTES = ("int8", "fp32")  # TvmOptions.compute
 PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
@@ -26,6 +27,11 @@ class TvmOptions:
     # weights where the target has the dot instruction (TvmTarget.dot_product), else fp32
     compute: str | None = None
 
+    @property
+    def integer_compute(self) -> bool:
+        """Whether the projections round their inputs to int8 and take integer dot products."""
+        return self.compute is not None and compute_precision(self.compute).integer
+
     def __post_init__(self) -> None:
         if self.prefill_chunk is not None and self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
@@ -37,14 +43,15 @@ def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights:
     """The bundle's compute precision (``TvmOptions.compute``) once the weights are known (None before);
     OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
     dot = target.dot_product() if isinstance(target, TvmTarget) else None
-    quantized = weights in ("int8", "int4")
-    if compute == "int8" and isinstance(target, GpuTarget):
+    quantized = weights is not None and weight_format(weights).quantized
+    integer = compute is not None and compute_precision(compute).integer
+    if integer and isinstance(target, GpuTarget):
         raise OptionError(f"{target.name} bundles compute in fp32 (int8 compute is for CPU targets with an int8 "
                           "dot-product instruction): drop --compute int8")
-    if compute == "int8" and dot is None:
+    if integer and dot is None:
         raise OptionError(f"{target.name} has no int8 dot-product instruction (ARM +dotprod, x86 AVX-512 VNNI): "
                           "compile with --compute fp32")
-    if compute == "int8" and weights is not None and not quantized:
+    if integer and weights is not None and not quantized:
         raise OptionError(f"int8 compute takes int8 or int4 weights, not {weights}: add --weights int8 (or int4), "
                           "or drop --compute int8")
     if weights is None:

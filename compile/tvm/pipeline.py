@@ -71,8 +71,9 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
     one-row GEMVs. An int8/int4 bundle (CPU or GPU) takes its integers from an export in that format (the
     PyTorch reference of the export has the same quantized weights). GPU bundles store fp16 weights with
     --weights fp16, from the fp32 export."""
-    if manifest.weights == "fp16" or manifest.batch != 1:
-        what = f"{manifest.weights} weights" if manifest.weights == "fp16" else f"batch {manifest.batch}"
+    half = manifest.weight_format.compute.half
+    if half or manifest.batch != 1:
+        what = f"{manifest.weights} weights" if half else f"batch {manifest.batch}"
         raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, int8 or int4 batch-1 exports "
                           f"(`rwkv-edge export onnx` without --weights fp16 / --dynamic-batch, or give the checkpoint)")
     weights = options.weights or manifest.weights

@@ -10,6 +10,7 @@ from pathlib import Path
 from ...artifact import Artifact, open_artifact
 from ...errors import ArtifactError
 from ...targets import GpuTarget, TvmTarget
+from ...weights import compute_precision, weight_format
 from .options import TvmOptions, resolve_compute
 
 
@@ -35,13 +36,13 @@ def open_export(source: Path, scratch: Path, target: TvmTarget | GpuTarget, opti
         raise ArtifactError(f"{source}: no such file or directory")
     from ...export import OnnxOptions, export_onnx
 
-    weights = options.weights if options.weights in ("int8", "int4") else "fp32"
+    weights = options.weights if options.weights is not None and weight_format(options.weights).quantized else "fp32"
     compute = resolve_compute(target, options.compute, weights)
     export = OnnxOptions(weights, prefill_chunk=chunk, group_size=options.group_size, reference_compute=compute)
     log(f"exporting {source} to ONNX first ({export.weights} weights)")
     export_onnx(source, scratch, export, log=lambda line: log(f"  {line}"))
     _release_memory()
-    return OnnxExport(open_artifact(scratch, kind="onnx"), compute == "int8")
+    return OnnxExport(open_artifact(scratch, kind="onnx"), compute_precision(compute).integer)
 
 
 def _release_memory() -> None:
