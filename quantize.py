@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OptionError
-from .weights import WeightFormat
 
 GROUP_SIZES = (16, 32, 64, 128, 256)  # powers of two: onnxruntime's MatMulNBits takes these
 SMALLEST_SCALE = np.float16(2**-14)  # fp16's smallest normal number
@@ -67,18 +66,6 @@ class Quantized:
         if self.bits == 8:
             return unsigned
         return unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
-
-
-def check_group(fmt: WeightFormat, group: int | None) -> int:
-    """The group size for ``fmt``: ``group`` or the format's default; OptionError if not one of GROUP_SIZES."""
-    if not fmt.quantized:
-        if group is not None:
-            raise OptionError(f"--group-size applies to int8 and int4 weights, not {fmt.name}")
-        return 0
-    group = fmt.group_size if group is None else group
-    if group not in GROUP_SIZES:
-        raise OptionError(f"group size {group} is not one of {', '.join(map(str, GROUP_SIZES))}")
-    return group
 
 
 def quantize(weight: np.ndarray, bits: int, group: int) -> Quantized:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import OptionError
+from .quantize import GROUP_SIZES
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,18 @@ class WeightFormat:
     def compute(self) -> Compute:
         """What an export in this format computes in: fp16 weights in fp16, every other format in fp32."""
         return COMPUTES[self.float_dtype.replace("float", "fp")]
+
+    def check_group(self, group: int | None) -> int:
+        """The group size: ``group`` or the format's default (0 for a float format); OptionError if not one
+        of GROUP_SIZES, or given for a float format."""
+        if not self.quantized:
+            if group is not None:
+                raise OptionError(f"--group-size applies to int8 and int4 weights, not {self.name}")
+            return 0
+        group = self.group_size if group is None else group
+        if group not in GROUP_SIZES:
+            raise OptionError(f"group size {group} is not one of {', '.join(map(str, GROUP_SIZES))}")
+        return group
 
     def bytes_per_weight(self, group: int | None = None) -> float:
         """Stored bytes per weight value: the values, and a quantized format's fp16 scale per ``group``."""

@@ -18,7 +18,6 @@ from ..errors import OptionError
 from ..model import RWKVModel
 from ..model.base import round_linear_inputs
 from ..model.checkpoint import Checkpoint
-from ..quantize import check_group
 from ..weights import compute_precision, weight_format
 from .graph import ContractGraph
 from .options import WEIGHTS, OnnxOptions
@@ -34,7 +33,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
     fmt = weight_format(options.weights)
     model, sha = load_source(checkpoint, opened, log, note=f", {fmt.name} weights, {_compute(options)} compute")
     opened.tensors.clear()  # its private copy lives on only where the model maps it (fp32 tensors)
-    group = check_group(fmt, options.group_size)
+    group = fmt.check_group(options.group_size)
     if fmt.quantized:
         with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
             count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one

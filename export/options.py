@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import OptionError
-from ..quantize import check_group
 from ..weights import COMPUTES, WEIGHT_FORMATS, check_weights, compute_precision, weight_format
 
 # the formats an export holds -> the precision it computes in (int8/int4: MatMulNBits, fp32 activations)
@@ -30,7 +29,7 @@ class OnnxOptions:
     reference_compute: str = "fp32"
 
     def __post_init__(self) -> None:
-        check_group(check_weights(self.weights, tuple(WEIGHTS), "an ONNX export"), self.group_size)
+        check_weights(self.weights, tuple(WEIGHTS), "an ONNX export").check_group(self.group_size)
         if self.reference_compute not in REFERENCE_COMPUTES:
             raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected "
                               f"{' or '.join(REFERENCE_COMPUTES)}")

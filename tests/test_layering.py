@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module of a layer may import its own layer and the layers before it.
-LAYERS = ["errors", "contract", "architectures", "atomic", "arrays", "images", "platforms", "weights", "quantize", "targets", "model", "artifact", "export", "compile",
+LAYERS = ["errors", "contract", "architectures", "atomic", "arrays", "images", "platforms", "quantize", "weights", "targets", "model", "artifact", "export", "compile",
           "runtime", "verify", "bench", "cli"]
 # On top of the order: what a device runs must work without the exporter and the compiler installed.
 NEVER = {(low, high) for low in ("targets", "runtime", "verify") for high in ("export", "compile")}
@@ -170,7 +170,7 @@ def test_the_checks_see_a_circle_a_private_import_and_a_compared_name():
 
 FORMAT_NAMES = {"fp32", "fp16", "int8", "int4"}  # weights.py: weight formats and compute precisions
 KIND_NAMES = {"onnx", "tvm", "coreml", "torch", "onnxruntime"}  # artifact kinds and backends
-REGISTRIES = {"weights.py", "artifact/kinds.py", "runtime/registry.py"}  # where those names are defined
+REGISTRIES = {"weights.py", "artifact/manifest.py", "runtime/registry.py"}  # where those names are defined
 
 
 def compared_names(path: Path) -> list[tuple[str, int]]:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from ...artifact import CoreMLBuild
 from ...errors import OptionError
-from ...quantize import check_group
 from ...targets import CoreMLTarget, get_target
 from ...targets.coreml import check_compute_units, deployment_order, import_coremltools
 from ...weights import check_weights, weight_format
@@ -37,7 +36,7 @@ class CoreMLOptions:
         deployment = target.deployment(self.stateful, self.deployment)
         if fmt.quantized and self.deployment is None:
             deployment = target.stateful_deployment  # iOS 18 / macOS 15: the first with blockwise weights
-        weights, group = fmt.name, check_group(fmt, self.group_size)
+        weights, group = fmt.name, fmt.check_group(self.group_size)
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         ios = _ios_equivalent(deployment)

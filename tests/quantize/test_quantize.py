@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rwkv_edge.errors import OptionError
-from rwkv_edge.quantize import SMALLEST_SCALE, check_group, quantize, quantized_exactly
+from rwkv_edge.quantize import SMALLEST_SCALE, quantize, quantized_exactly
 from rwkv_edge.weights import weight_format
 
 RNG = np.random.default_rng(7)
@@ -65,10 +65,10 @@ def test_bad_groups_are_one_clear_error():
     with pytest.raises(OptionError, match="does not divide the input dimension 100"):
         quantize(matrix(4, 100), 8, 32)
     with pytest.raises(OptionError, match="not one of"):
-        check_group(weight_format("int4"), 48)
+        weight_format("int4").check_group(48)
     with pytest.raises(OptionError, match="applies to int8 and int4"):
-        check_group(weight_format("fp32"), 32)
-    assert check_group(weight_format("int8"), None) == 32
+        weight_format("fp32").check_group(32)
+    assert weight_format("int8").check_group(None) == 32
     with pytest.raises(OptionError, match="beyond fp16 scales"):
         quantize(np.full((1, 32), 1e9, np.float32), 8, 32)
 
