@@ -88,7 +88,7 @@ def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray,
                      state: dict[str, np.ndarray]) -> RoundingSpread:
     """How far an int8-compute model's rollout moves when every input it rounds is nudged by one fp32 ulp.
 
-    An int8-compute bundle rounds every projection's input to int8 levels (compile/intdot.py) as its
+    An int8-compute bundle rounds every projection's input to int8 levels (compile/tvm/intdot.py) as its
     reference does (``quantize_weights(activations=True)``). The two compute those inputs in fp32 in
     different orders, so an input within a few ulps of a rounding boundary is now and then rounded to
     neighbouring levels on the two sides (a flip); the state carries the move on. A 2 x 128 model sees a

@@ -113,7 +113,7 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
     """Replace the weight of every ``nn.Linear`` in ``model`` with its ``bits``-bit quantization
     (``quantize.py``), dequantized: the numbers every quantized artifact of the model computes with.
     ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
-    K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/intdot.py``).
+    K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/tvm/intdot.py``).
     ``in_place``: fp32 weights are overwritten in their own memory, whatever else shares it (a caller
     that owns the checkpoint's copy saves the model's size). Returns the number of matrices;
     OptionError (before any change) if ``group`` does not divide an input dimension."""
@@ -138,7 +138,7 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
 
 def round_linear_inputs(model: nn.Module, group: int) -> None:
     """Every ``nn.Linear`` of ``model`` rounds its input per group of ``group`` along K to int8 levels
-    (``round_activations``) from now on, as int8-compute bundles do (``compile/intdot.py``)."""
+    (``round_activations``) from now on, as int8-compute bundles do (``compile/tvm/intdot.py``)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             m.register_forward_pre_hook(lambda _module, args: (round_activations(args[0], group),))

@@ -155,7 +155,7 @@ class CoreMLBackend:
 
 class CoreMLImage:
     """An image model's model.mlpackage, ``main(image)``: an image input of pixels in 0..255 that normalises
-    them itself (compile/coreml_vision.py), so normalised images are turned back into pixels first."""
+    them itself (compile/coreml/image.py), so normalised images are turned back into pixels first."""
 
     def __init__(self, artifact: Artifact, executor: str | None = None) -> None:
         self.executor = executor or default_executor()

@@ -43,14 +43,14 @@ FP16_WEIGHTS = Tolerance("fp16 weights, fp32 compute", 5e-2, 5e-2, 0.95, greedy_
 # measured separately (docs/quantization.md).
 # fp32 compute (onnxruntime's MatMulNBits, TVM's dequantizing GEMVs): measured over 64 steps, v4-v7
 # random 2x128 models: onnxruntime 1.32 logits <= 2.0e-6, state <= 1.5e-5 (int8 and int4 alike);
-# TVM x86-64 (compile/quantized.py) int8 2.3e-6 / 1.5e-5, int4 3.0e-6 / 1.2e-5 (v5's wkv); top-1 100%.
+# TVM x86-64 (compile/tvm/quantized.py) int8 2.3e-6 / 1.5e-5, int4 3.0e-6 / 1.2e-5 (v5's wkv); top-1 100%.
 INT8_FP32 = Tolerance("int8 weights, fp32 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
 INT4_FP32 = Tolerance("int4 weights, fp32 compute", 1e-4, 1e-4, 1.0, greedy_identical=True)
 # fp16 compute (Core ML, constexpr_blockwise_shift_scale): judged by the fp16 limits. Measured
 # (coremltools' evaluation, 64 steps): v7 2x128 int4 logits 3.5e-3, state 2.5e-2 (wkv), top-1 64/64.
 INT8_FP16 = Tolerance("int8 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
 INT4_FP16 = Tolerance("int4 weights, fp16 compute", 5e-2, 5e-2, 0.95, greedy_identical=False)
-# int8 compute (TVM CPU bundles with an int8 dot instruction, compile/intdot.py): the reference is the
+# int8 compute (TVM CPU bundles with an int8 dot instruction, compile/tvm/intdot.py): the reference is the
 # PyTorch model with the same weights whose projections round their inputs the same way
 # (quantize_weights(activations=True)), so the sums match to fp32 rounding (~1e-6) -- until an input lands
 # within fp32 rounding of a rounding boundary (x / dx = n + 0.5): the two sides then round it to
@@ -154,7 +154,7 @@ IMAGE_FP32 = ImageTolerance("image fp32", 1e-4, 1.0, 1.0)
 # tolerated; a wrong kernel moves every image by O(1) and fails the logits limit first.
 IMAGE_FP16 = ImageTolerance("image fp16", 5e-2, 0.75, 0.5)
 
-# Core ML packages (compile/coreml_vision.py), coremltools' evaluation of the ML program, 8/8 top-1 and top-5 in
+# Core ML packages (compile/coreml/image.py), coremltools' evaluation of the ML program, 8/8 top-1 and top-5 in
 # every run: fp32 7.5e-7 to 1.1e-6 on three tiny models (C = 32 and 64 x 4), VRWKV-T 2.0e-6; fp16 compute (the
 # scans in fp32) 2.1e-3 to 2.9e-3, VRWKV-T 2.7e-3, VRWKV-S 6.5e-3, the demo model 1.2e-3; int8 / int4 weights (fp16 compute) against the PyTorch model
 # with the same quantized weights 2.5e-3 to 3.1e-3 / 1.6e-3 to 3.0e-3, VRWKV-T 3.0e-3 / 3.4e-3. The quantization

@@ -307,7 +307,7 @@ void ParseRuntimeFields(const json::Object& manifest, const std::string& path, M
     }
   }
   auto prefill = graphs.find(ffi::String("prefill"));
-  if (prefill != graphs.end()) {  // the same weights as main (compile/params.py lifts one list for both)
+  if (prefill != graphs.end()) {  // the same weights as main (compile/tvm/params.py lifts one list for both)
     auto graph = As<json::Object>((*prefill).second, path + ": graphs.prefill");
     const std::string where = path + ": graphs.prefill";
     out->prefill = Str(Field(graph, "function", where), where + ".function");
