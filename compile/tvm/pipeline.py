@@ -12,7 +12,7 @@ from ...architectures import IMAGE, LANGUAGE
 from ...artifact import ArtifactWriter, Manifest
 from ...errors import OptionError
 from ...targets import GpuTarget, TvmTarget, get_target
-from ...weights import check_weights
+from ...weights import check_weights, weight_format
 from .. import CompileRequest
 from .image import build_image_bundle
 from .language import build_language_bundle
@@ -77,7 +77,7 @@ def _check_exportable(manifest: Manifest, directory: Path, options: TvmOptions) 
         raise OptionError(f"{directory}: an export with {what}; TVM bundles compile fp32, int8 or int4 batch-1 exports "
                           f"(`rwkv-edge export onnx` without --weights fp16 / --dynamic-batch, or give the checkpoint)")
     weights = options.weights or manifest.weights
-    quantized = {weights, manifest.weights} & {"int8", "int4"}
+    quantized = weight_format(weights).quantized or manifest.weight_format.quantized
     if quantized and weights != manifest.weights:
         raise OptionError(f"{directory}: an export with {manifest.weights} weights cannot become an {weights} bundle: "
                           f"export with `--weights {weights}`, or give the checkpoint")
