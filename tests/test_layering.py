@@ -161,8 +161,10 @@ def test_the_checks_see_a_circle_a_private_import_and_a_compared_name():
         probes[1].write_text("def _hidden():\n    from . import _probe_a\n")
         assert ["runtime/_probe_a.py", "runtime/_probe_b.py"] in import_circles()
         assert [(t.name, n) for t, n, _ in imported_modules(probes[0])] == [("_probe_b.py", "_hidden")]
-        probes[1].write_text("def pick(weights, kind):\n    return weights in ('int8', 'int4') or kind != 'tvm'\n")
-        assert compared_names(probes[1]) == [("int4", 2), ("int8", 2), ("tvm", 2)]
+        probes[1].write_text("def pick(weights, kind):\n    return weights in ('int8', 'int4') or kind != 'tvm'\n"
+                             "def both(weights):\n    return {weights} & {'fp16'}\n")
+        found = sorted(compared_names(probes[1]), key=lambda name_line: name_line[1])
+        assert found == [("int4", 2), ("int8", 2), ("tvm", 2), ("fp16", 4)]
     finally:
         for probe in probes:
             probe.unlink()
@@ -174,14 +176,21 @@ REGISTRIES = {"weights.py", "artifact/manifest.py", "runtime/registry.py"}  # wh
 
 
 def compared_names(path: Path) -> list[tuple[str, int]]:
-    """(name, line) of every format or kind name ``path`` compares with: ``x == "int8"``, ``k in ("tvm", ...)``."""
+    """(name, line) of every format or kind name ``path`` compares with: ``x == "int8"``, ``k in ("tvm", ...)``,
+    ``{x} & {"int8", "int4"}``."""
     def strings(node: ast.AST) -> set[str]:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return {node.value}
         return set().union(*map(strings, node.elts)) if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else set()
 
-    return [(name, node.lineno) for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Compare)
-            for name in sorted(set().union(*map(strings, [node.left, *node.comparators])) & (FORMAT_NAMES | KIND_NAMES))]
+    def operands(node: ast.AST) -> list[ast.AST]:
+        if isinstance(node, ast.Compare):
+            return [node.left, *node.comparators]
+        sets = isinstance(node, ast.BinOp) and isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.Sub))
+        return [node.left, node.right] if sets else []  # {weights} & {"int8", "int4"}
+
+    return [(name, node.lineno) for node in ast.walk(ast.parse(path.read_text())) if (found := operands(node))
+            for name in sorted(set().union(*map(strings, found)) & (FORMAT_NAMES | KIND_NAMES))]
 
 
 def test_format_and_kind_names_are_compared_only_in_their_registries():
