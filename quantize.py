@@ -13,8 +13,7 @@ and with the PyTorch model (whose matrices are replaced by ``dequantize(quantize
 
 Quantizing a dequantized matrix gives back the same integers and scales (the extreme of every group
 is exactly the scale times the extreme level, and fp16 scales times small integers are exact in
-fp32). ``quantized_exactly`` uses that to find, in a graph, the matrices that were quantized: no
-names need to survive an exporter.
+fp32): the export quantizes the model's (dequantized) matrices again as it writes MatMulNBits.
 """
 
 from __future__ import annotations
@@ -103,11 +102,3 @@ def _quantize_rows(weight: np.ndarray, bits: int, group: int) -> tuple[np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(d != 0, np.rint(w / np.where(d != 0, d, 1)), 0)
     return np.clip(values, low, high).astype(np.int8).reshape(n, k), scales
-
-
-def quantized_exactly(weight: np.ndarray, bits: int, group: int) -> Quantized | None:
-    """The quantization of ``weight`` (N, K) if ``weight`` is one, exactly, that ``quantize`` produced; else None."""
-    if weight.ndim != 2 or weight.shape[1] % group or weight.dtype != np.float32:
-        return None
-    found = quantize(weight, bits, group)
-    return found if np.array_equal(found.dequantize(), weight) else None

@@ -4,7 +4,8 @@ The export names the matrices it quantized (the model's linear layers: ``quantiz
 each by its quantization, dequantized), and ``to_matmul_nbits`` turns every ``MatMul(x, Transpose(W))``
 of such a ``W`` (N, K) into MatMulNBits, whose integers and scales ``quantize`` gives back exactly
 from ``W`` when the graph is saved: (N, K / group, group * bits / 8) uint8 with the zero point
-2^(bits-1) implied, and the scales (N * K / group) as float32 (the fp16 values, exactly).
+2^(bits-1) implied, and the scales (N * K / group) as float32 (the fp16 values, exactly). ``unpack``
+reads them back as a ``Quantized`` (the TVM compiler's weights, ``compile/tvm/params.py``).
 """
 
 from __future__ import annotations
@@ -65,35 +66,6 @@ def _quantized_initializers(graph, weight, bits: int, group: int):
     scales = lazy_initializer(graph, f"{weight.name}_q{bits}_scales", (n * k // group,), ir.DataType.FLOAT,
                               lambda: found().scales.astype(np.float32).reshape(-1))
     return packed, scales
-
-
-def from_matmul_nbits(model) -> int:
-    """Rewrite, in place, every MatMulNBits back into ``MatMul`` with the dequantized matrix (exact: the
-    quantization is recovered from it by ``quantized_exactly``); returns how many. For compilers that
-    read plain ONNX and quantize themselves (TVM)."""
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    weights = {w.name: w for w in graph.initializer}
-    count, nodes = 0, []
-    for node in graph.node:
-        if node.op_type != OP or node.domain != DOMAIN:
-            nodes.append(node)
-            continue
-        count += 1
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        packed, scales = (numpy_helper.to_array(weights[name]) for name in node.input[1:3])
-        matrix = unpack(packed, scales, attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]).dequantize()
-        name = f"{node.input[1]}_dequantized"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix.T), name))
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for node in graph.node for i in node.input}
-    kept = [w for w in graph.initializer if w.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return count
 
 
 def unpack(packed: np.ndarray, scales: np.ndarray, k: int, n: int, bits: int, group: int) -> Quantized:

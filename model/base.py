@@ -114,9 +114,21 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
     (``quantize.py``), dequantized: the numbers every quantized artifact of the model computes with.
     ``activations``: each of those ``nn.Linear`` also rounds its input per group of ``group`` along
     K to int8 levels (``round_activations``), as int8-compute bundles do (``compile/tvm/intdot.py``).
-    ``in_place``: fp32 weights are overwritten in their own memory, whatever else shares it (a caller
-    that owns the checkpoint's copy saves the model's size). Returns the number of matrices;
-    OptionError (before any change) if ``group`` does not divide an input dimension."""
+    ``in_place``: as for ``quantized_linears``. Returns the number of matrices; OptionError (before
+    any change) if ``group`` does not divide an input dimension."""
+    count = sum(1 for _ in quantized_linears(model, bits, group, in_place))
+    if activations:
+        round_linear_inputs(model, group)
+    return count
+
+
+def quantized_linears(model: nn.Module, bits: int, group: int,
+                      in_place: bool = False) -> Iterator[tuple[nn.Linear, Quantized]]:
+    """Quantize every ``nn.Linear`` of ``model`` as ``quantize_linears`` does, one at a time, yielding
+    each with its quantization once its weight is replaced (a caller that stores the integers keeps
+    them; the others hold one matrix's at a time). ``in_place``: fp32 weights are overwritten in their
+    own memory, whatever else shares it (a caller that owns the checkpoint's copy saves the model's
+    size). OptionError (before any change) if ``group`` does not divide an input dimension."""
     from ..quantize import quantize
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -131,9 +143,7 @@ def quantize_linears(model: nn.Module, bits: int, group: int, activations: bool 
             quantized.dequantize(out=weight.numpy())
         else:
             m.weight.data = torch.from_numpy(quantized.dequantize()).to(m.weight.dtype)
-    if activations:
-        round_linear_inputs(model, group)
-    return len(linears)
+        yield m, quantized
 
 
 def round_linear_inputs(model: nn.Module, group: int) -> None:

@@ -3,25 +3,22 @@ of exactly the project's quantizer's integers and fp16 scales (iOS 18 / macOS 15
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from torch import nn
 
 from ...errors import ToolError
-from ...quantize import Quantized, quantized_exactly
+from ...quantize import Quantized
 from ...targets.coreml import quiet_coremltools
 
 BLOCKWISE_SPEC = 9  # Core ML spec version of iOS 18 / macOS 15: constexpr_blockwise_shift_scale
 
 
-def quantized_matrices(model: nn.Module, bits: int, group: int) -> dict[bytes, Quantized]:
-    """The quantizations of ``model``'s (already quantized) ``nn.Linear`` weights, keyed by the fp16 bytes of
-    the dequantized matrix: the value its Core ML const holds."""
-    found = {}
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            weight = module.weight.detach().numpy()  # (N, K): exactly a dequantized matrix now
-            found[weight.astype(np.float16).tobytes()] = quantized_exactly(weight, bits, group)
-    return found
+def quantized_matrices(linears: Iterable[tuple[nn.Linear, Quantized]]) -> dict[bytes, Quantized]:
+    """The quantizer's integers and scales of each quantized ``nn.Linear`` (``model.base.quantized_linears``),
+    keyed by the fp16 bytes of its weight, the dequantized matrix: the value its Core ML const holds."""
+    return {module.weight.detach().numpy().astype(np.float16).tobytes(): quantized for module, quantized in linears}
 
 
 def compress_blockwise(mlmodel, matrices: dict[bytes, Quantized]):

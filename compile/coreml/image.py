@@ -34,7 +34,7 @@ from ...errors import OptionError
 from ...artifact.builder import open_source, report_commit, stage
 from ...export.graph import ImageGraph
 from ...export.vision import vision_config, write_reference
-from ...model.base import quantize_linears
+from ...model.base import quantized_linears
 from ...model.checkpoint import Checkpoint
 from ...model.vision import VisionRWKV
 from ...targets.coreml import import_coremltools, quiet_coremltools
@@ -143,8 +143,9 @@ def bi_wkv_ops(block) -> set[int]:
 def _quantize(model: VisionRWKV, plan: CoreMLPlan, log: Callable[[str], None]) -> dict:
     fmt = weight_format(plan.weights)
     with stage(log, f"quantize the projections and the head to {fmt.name}, groups of {plan.group_size}"):
-        log(f"  {quantize_linears(model, fmt.bits, plan.group_size)} matrices; the patch embedding stays fp16")
-    return quantized_matrices(model, fmt.bits, plan.group_size)
+        linears = list(quantized_linears(model, fmt.bits, plan.group_size))
+        log(f"  {len(linears)} matrices; the patch embedding stays fp16")
+    return quantized_matrices(linears)
 
 
 def _stamp(mlmodel, manifest: Manifest) -> None:

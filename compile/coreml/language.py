@@ -38,6 +38,7 @@ from ...errors import OptionError
 from ...artifact.builder import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from ...export.graph import ContractGraph
 from ...model import RWKVModel
+from ...model.base import quantized_linears
 from ...model.checkpoint import Checkpoint
 from ...quantize import Quantized
 from ...targets import coreml_name
@@ -143,15 +144,15 @@ def _convert(model: RWKVModel, chunk: int | None, plan: CoreMLPlan):
 
 
 def _quantize(model: RWKVModel, plan: CoreMLPlan, log: Callable[[str], None]) -> dict[bytes, Quantized]:
-    """Quantize the model's projections and head in place (``quantize_weights``); returns
-    ``quantized_matrices``."""
+    """Quantize the model's projections and head in place (``quantize_weights(embedding=False)``: its
+    ``quantized_linears``); returns their ``quantized_matrices``."""
     fmt = weight_format(plan.weights)
     with stage(log, f"quantize the projections to {fmt.name}, groups of {plan.group_size}"):
         # Core ML compresses the matrices its converter makes consts of (compress_blockwise): the embedding,
         # a gather, keeps its precision
-        count = model.quantize_weights(fmt.bits, plan.group_size, embedding=False)
-        log(f"  {count} matrices; the embedding and LoRA matrices stay fp32")
-    return quantized_matrices(model, fmt.bits, plan.group_size)
+        linears = list(quantized_linears(model, fmt.bits, plan.group_size))
+        log(f"  {len(linears)} matrices; the embedding and LoRA matrices stay fp32")
+    return quantized_matrices(linears)
 
 
 def _package(parts: dict[str, Path], out: Path) -> None:

@@ -11,7 +11,8 @@
 - Weights: ``params.safetensors`` (``w0``, ``w1``, ... in ``main``'s parameter order), lifted by
   ``compile/tvm/params.py`` as for CPU bundles: fp32 or fp16 GEMV weights (N, K), or for int8 / int4
   bundles each quantized projection's integers (int8 (N, K), or int4 (N, K / 2) uint8) and fp16
-  scales (N, K / group) (``compile/tvm/gpu_schedules.py``); every sum is fp32.
+  scales (N, K / group), taken from the export's MatMulNBits initializers
+  (``compile/tvm/gpu_schedules.py``); every sum is fp32.
 """
 
 from __future__ import annotations
@@ -20,22 +21,26 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 from ...artifact.files import CUDA_SOURCE, FATBIN, MSL, PTX
 from ...errors import ToolError
 from ...targets.gpu import GpuTarget
 from ...weights import weight_format
 
+if TYPE_CHECKING:
+    from .params import WeightTable
+
 # --weights -> the dtype of the dense GEMV weights (int8/int4: the matrices that are not quantized, e.g. LoRA)
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4": "float32"}
 
 
 def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False,
-              group: int = 0, vocab_size: int | None = None):
-    """Relax module with constant weights -> (executable, kernel counts, weight arrays); writes the
-    device code's source (and PTX) into ``bundle``. ``image``: an image model's whole-image graph,
-    unfused (compile/tvm/image.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
+              group: int = 0, vocab_size: int | None = None, table: WeightTable | None = None):
+    """Relax module -> (executable, kernel counts, weights: ``np.asarray`` computes each); writes the
+    device code's source (and PTX) into ``bundle``. ``table``: the weights ``import_graph`` bound (None:
+    a module with constant weights). ``image``: an image model's whole-image graph, unfused
+    (compile/tvm/image.py says why) and its projections scheduled as GEMMs (dlight's Matmul).
     ``group``: int8/int4 weights' group size (the export's); ``vocab_size``: the embedding's rows, for
     ``interface()`` (compile/tvm/interface.py)."""
     import tvm
@@ -49,7 +54,7 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     fusion = [] if image else [relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, "
                                 f"{'no fusion' if image else 'fuse'}, GPU schedules"):
-        mod, values, gemvs = gpu_weights(mod, WEIGHT_DTYPES[weights], weight_format(weights).bits, group)
+        mod, values, gemvs = gpu_weights(mod, table, WEIGHT_DTYPES[weights], weight_format(weights).bits, group)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion,
             relax.transform.DeadCodeElimination(),

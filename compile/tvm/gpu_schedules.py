@@ -7,12 +7,14 @@ once per token) plus a small per-head state update. Three parts:
    (K, N) and one row of ``x`` becomes a GEMV over ``W`` stored transposed, (N, K), optionally in
    fp16 (accumulated in fp32): each output row's weights are contiguous, which is the layout
    dlight's GEMV rule reads with whole warps (coalesced, vectorised loads, a warp-shuffle sum).
-   int8 / int4 bundles store each ``W`` that is exactly a quantization (``quantize.quantized_exactly``:
-   the export's projections) as its integers and fp16 scales in the same row-major order, and the GEMV
-   reads them through a dequantize block, the structure of MLC-LLM's q4f16 kernels, which dlight's
-   GEMV rule inlines into the reduction (``dequantized_gemv``); the others (LoRA factors, ...) stay fp32.
+   int8 / int4 bundles store each ``W`` that stands for the export's quantization (a MatMulNBits,
+   whose integers and fp16 scales ``compile/tvm/params.py``'s table holds: the projections) as those
+   integers and scales in the same row-major order, and the GEMV reads them through a dequantize
+   block, the structure of MLC-LLM's q4f16 kernels, which dlight's GEMV rule inlines into the
+   reduction (``dequantized_gemv``); the others (LoRA factors, ...) stay fp32.
 2. **Weights as parameters** (after the rewrite, ``compile/tvm/params.py`` as for CPU bundles): every
-   large constant leaves the library and becomes a trailing parameter of ``main``, saved in
+   weight (the table's, derived from the export's initializers without being computed, and any large
+   constant) leaves the library and becomes a trailing parameter of ``main``, saved in
    ``params.safetensors`` (a GPU library holds kernels only; a 1.5B model's 6 GB of weights could
    not be linked into a shared object).
 3. **Schedules** (TIR, after fusion), first match wins per kernel:
@@ -27,13 +29,16 @@ once per token) plus a small per-head state update. Three parts:
 
 from __future__ import annotations
 
+import string
+
 import numpy as np
 import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ...errors import ToolError
-from ...quantize import Quantized, quantized_exactly
+from ...quantize import Quantized
+from .params import LIFT_MIN_ELEMENTS, Weight, WeightTable, constant_weight, lift_weights
 from .tir import find_block, is_reduction
 
 GEMV_BLOCK = "gemv"
@@ -80,53 +85,83 @@ def quantized_rows(found: Quantized) -> tuple[np.ndarray, np.ndarray]:
 
 @mutator
 class _GpuWeights(PyExprMutator):
-    """Rewrites one-row matmuls by constant weights into row GEMVs over W^T (a new constant), or, for
-    ``bits`` 8 or 4, over its integers and scales where W is exactly such a quantization."""
+    """Rewrites one-row matmuls by a 2-D weight (one of ``table``'s, or a constant) into row GEMVs over
+    W^T in ``weight_dtype``, or, for ``bits`` 8 or 4, over the integers and scales of each weight that
+    stands for such a quantization in groups of ``group`` (an export's MatMulNBits)."""
 
-    def __init__(self, mod: tvm.IRModule, weight_dtype: str, bits: int = 32, group: int = 0) -> None:
+    def __init__(self, mod: tvm.IRModule, table: WeightTable, weight_dtype: str, bits: int = 32, group: int = 0) -> None:
         super().__init__(mod)
-        self.weight_dtype, self.bits, self.group = weight_dtype, bits, group
+        self.table, self.weight_dtype, self.bits, self.group = table, weight_dtype, bits, group
         self.gemvs = self.quantized = 0
         self.matmul = tvm.ir.Op.get("relax.matmul")
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        weight = call.args[1] if call.op == self.matmul and len(call.args) == 2 else None
-        if isinstance(weight, tvm.ir.expr.Constant) and len(weight.value.shape) == 2:
-            k_len, n = weight.value.shape
-            shape = call.args[0].ty.shape
-            dims = [int(d) for d in shape] if shape is not None else [0]
-            if dims[-1] == k_len and all(d == 1 for d in dims[:-1]):  # one row: the decode step
-                self.gemvs += 1
-                matrix = np.ascontiguousarray(weight.value.numpy().T)  # (N, K)
-                found = quantized_exactly(matrix, self.bits, self.group) if self.bits < 16 else None
-                x = self.builder_.emit(relax.op.reshape(call.args[0], (1, k_len)))
-                if found is not None:
-                    self.quantized += 1
-                    values, scales = (relax.const(a) for a in quantized_rows(found))
-                    y = self.builder_.emit_te(dequantized_gemv, x, values, scales, found.bits,
-                                              primfunc_name_hint=GEMV_BLOCK)
-                else:
-                    rows = relax.const(matrix.astype(self.weight_dtype))
-                    y = self.builder_.emit_te(row_gemv, x, rows, primfunc_name_hint=GEMV_BLOCK)
-                return relax.op.reshape(y, [*dims[:-1], n])
-        return call
+        source = self._source(call.args[1]) if call.op == self.matmul and len(call.args) == 2 else None
+        if source is None or len(source.shape) != 2:
+            return call
+        k_len, n = source.shape
+        shape = call.args[0].ty.shape
+        dims = [int(d) for d in shape] if shape is not None else [0]
+        if dims[-1] != k_len or any(d != 1 for d in dims[:-1]):  # not one row: not the decode step
+            return call
+        self.gemvs += 1
+        x = self.builder_.emit(relax.op.reshape(call.args[0], (1, k_len)))
+        if source.quantized is not None and source.bits == self.bits and source.group == self.group:
+            self.quantized += 1
+            values, scales = (self._derived(f"gpu/{name}", source, size, dtype,
+                                            lambda i=i: quantized_rows(source.quantized())[i])
+                              for i, (name, size, dtype) in enumerate(quantized_row_shapes(source)))
+            y = self._emit_gemv(dequantized_gemv, x, [values, scales], source.bits)
+        else:
+            rows = self._derived(f"gpu/rows/{self.weight_dtype}", source, (n, k_len), self.weight_dtype,
+                                 lambda: np.ascontiguousarray(np.asarray(source).T).astype(self.weight_dtype))
+            y = self._emit_gemv(row_gemv, x, [rows])
+        return relax.op.reshape(y, [*dims[:-1], n])
+
+    def _emit_gemv(self, function, x, weights: list, *args) -> relax.Var:
+        """``emit_te(function, x, *weights, *args)`` with the kernel's weight buffers named B, C, ... (as
+        ``emit_te`` names a constant's) whatever the weights' variables are called: the kernels' source
+        depends on the weights' shapes only."""
+        stand_ins = [relax.Var(string.ascii_uppercase[1 + i], w.ty) for i, w in enumerate(weights)]
+        call = self.builder_.call_te(function, x, *stand_ins, *args, primfunc_name_hint=GEMV_BLOCK)
+        return self.builder_.emit(relax.Call(call.op, [call.args[0], relax.Tuple([x, *weights])], call.attrs,
+                                             call.ty_args))
+
+    def _source(self, expr) -> Weight | None:
+        """The weight ``expr`` stands for: one of the table's, or a constant of any size."""
+        weight = self.table.weight(expr)
+        return constant_weight(expr) if weight is None and isinstance(expr, tvm.ir.expr.Constant) else weight
+
+    def _derived(self, how: str, source: Weight, shape: tuple[int, ...], dtype: str, compute):
+        """A weight made from ``source``: a table variable (computed as the params file is written), or,
+        under LIFT_MIN_ELEMENTS elements, a constant the library keeps as every small constant."""
+        if int(np.prod(shape)) < LIFT_MIN_ELEMENTS:
+            return relax.const(compute())
+        return self.table.derive(how, source, shape, dtype, compute)
 
 
-def gpu_weights(mod: tvm.IRModule, weight_dtype: str = "float32", bits: int = 32,
-                group: int = 0) -> tuple[tvm.IRModule, list[np.ndarray], dict[str, int]]:
-    """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` with a constant (K, N)
-    ``W`` (``bits`` 8 or 4: over the integers and scales of each ``W`` that is exactly a quantization in
-    groups of ``group``), then every large constant moved into shared trailing parameters
-    (``compile/tvm/params.py``). Returns the module, the parameters' values in order, and the counts:
-    "row gemv" (all of them) and, for int8/int4, "int8 gemv" / "int4 gemv" (the quantized ones)."""
-    from .params import lift_weights
+def quantized_row_shapes(source: Weight) -> list[tuple[str, tuple[int, int], str]]:
+    """(name, shape, dtype) of the two arrays ``quantized_rows`` makes of a quantized (K, N) weight."""
+    k_len, n = source.shape
+    values = ("values", (n, k_len), "int8") if source.bits == 8 else ("nibbles", (n, k_len // 2), "uint8")
+    return [values, ("scales", (n, k_len // source.group), "float16")]
 
-    rewriter = _GpuWeights(mod, weight_dtype, bits, group)
+
+def gpu_weights(mod: tvm.IRModule, table: WeightTable | None = None, weight_dtype: str = "float32", bits: int = 32,
+                group: int = 0) -> tuple[tvm.IRModule, list[Weight], dict[str, int]]:
+    """Row GEMVs over W^T in ``weight_dtype`` for every one-row ``matmul(x, W)`` by a 2-D weight (``table``:
+    the weights ``import_graph`` bound; None: a module with constant weights), over the integers and
+    scales of each ``W`` that stands for a ``bits``-bit quantization in groups of ``group``, then every
+    weight moved into shared trailing parameters (``compile/tvm/params.py``). Returns the module, the
+    parameters in order (``np.asarray`` computes each), and the counts: "row gemv" (all of them) and,
+    for int8/int4, "int8 gemv" / "int4 gemv" (the quantized ones)."""
+    table = table or WeightTable()
+    rewriter = _GpuWeights(mod, table, weight_dtype, bits, group)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    mod, values = lift_weights(rewriter.builder_.get())
+    mod, values = lift_weights(rewriter.builder_.get(), table)
     counts = {"row gemv": rewriter.gemvs}
     if bits < 16:
         counts[f"int{bits} gemv"] = rewriter.quantized

@@ -14,24 +14,21 @@ if TYPE_CHECKING:
 
 
 def import_graph(path: Path, log: Callable[[str], None], slices: bool = True, table: WeightTable | None = None):
-    """An exported graph in Relax. With a ``table``, its weights become parameters bound to the export's
-    initializers (``compile/tvm/params.py``: TVM never holds their bytes; a MatMulNBits stands for its
-    integers and scales); without, constants (image and GPU builds; MatMulNBits first become MatMuls
-    with the exact dequantized matrices, which TVM's importer knows). Gathers of one constant position
-    become slices (``compile/tvm/slices.py``; ``slices`` False: not, for ``scripts/profile_kernels.py --gathers``)."""
+    """An exported graph in Relax. With a ``table`` (language builds), its weights become parameters
+    bound to the export's initializers (``compile/tvm/params.py``: TVM never holds their bytes; a
+    MatMulNBits stands for its integers and scales); without, constants (image builds: fp32 graphs,
+    no MatMulNBits). Gathers of one constant position become slices (``compile/tvm/slices.py``;
+    ``slices`` False: not, for ``scripts/profile_kernels.py --gathers``)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from ...export.nbits import from_matmul_nbits
     from .params import bind_initializers
     from .slices import gathers_as_slices
 
     with stage(log, f"import {path.name} into Relax"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the importer renames dotted names ("state.0.wkv" -> "state_0_wkv")
         proto = onnx.load(str(path), load_external_data=table is None)
-        if table is None:
-            from_matmul_nbits(proto)
-        else:
+        if table is not None:
             bind_initializers(proto, path.parent, table)
         if slices:
             gathers_as_slices(proto)

@@ -37,7 +37,7 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
     from .params import WeightTable
 
     step = onnx.graph("step")
-    table = None if gpu else WeightTable()  # GPU builds rewrite constants (compile/tvm/gpu_schedules.py)
+    table = WeightTable()
     mod = _add_initial_state(import_graph(step, log, table=table), onnx.initial_state(), onnx.manifest)
     rows = _embedding_rows(step)
     prefill = _prefill_graph(onnx, options, gpu, log)
@@ -47,7 +47,7 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
     if gpu:
         with without_gather_warnings():
             executable, counts, params = build_gpu(mod, target, options.weights, bundle, log,
-                                                   group=options.group_size or 0, vocab_size=rows)
+                                                   group=options.group_size or 0, vocab_size=rows, table=table)
     else:
         executable, counts, params = build(mod, target, options, log, vocab_size=rows, table=table)
     library = LIBRARY if linker is not None else OBJECTS

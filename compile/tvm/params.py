@@ -9,11 +9,12 @@ which the runtime maps instead of copying. The weights never enter the Relax mod
 - each such parameter is a ``Weight`` of a ``WeightTable``: its shape and dtype, a key that says what
   it is computed from (equal keys are one weight), and how to compute its values, which the params
   writer asks for one weight at a time (``np.asarray(weight)``). The packing passes make new weights
-  from old ones (``WeightTable.derive``: a packed tile layout of a matrix) without computing them;
+  from old ones (``WeightTable.derive``: a packed tile layout of a matrix, a GPU GEMV's rows) without
+  computing them;
 - ``lift_weights``, after the packing passes and before fusion, gives every function that uses a
   weight the same shared list after its own inputs (``num_input`` marks where the weights start), so
   ``main`` and ``prefill`` share each weight; large constants still in the module (graphs imported
-  with their weights, as image and GPU builds do) join the list by content.
+  with their weights, as image builds do) join the list by content.
 
 Functions without inputs (``initial_state()``, ``interface()``) and constants under
 ``LIFT_MIN_ELEMENTS`` (scalars, per-channel vectors) stay in the library.
@@ -86,15 +87,20 @@ class WeightTable:
         if isinstance(expr, relax.Var):
             return self.by_name.get(expr.name)
         if isinstance(expr, tvm.ir.expr.Constant) and int(np.prod(expr.value.shape)) >= LIFT_MIN_ELEMENTS:
-            array = np.ascontiguousarray(expr.value.numpy())
-            digest = hashlib.sha256(array.view(np.uint8).data).hexdigest()
-            return Weight(array.shape, array.dtype, ("constant", digest, array.shape, str(array.dtype)), lambda: array)
+            return constant_weight(expr)
         return None
 
     def derive(self, how: str, source: Weight, shape: tuple[int, ...], dtype: str | np.dtype,
                compute: Callable[[], np.ndarray]) -> relax.Var:
         """The variable of a weight made from ``source`` (``how``: the transform and its settings)."""
         return self.var(Weight(tuple(int(d) for d in shape), np.dtype(dtype), (how, source.key), compute))
+
+
+def constant_weight(const) -> Weight:
+    """A Relax constant as a Weight, keyed by its content."""
+    array = np.ascontiguousarray(const.value.numpy())
+    digest = hashlib.sha256(array.view(np.uint8).data).hexdigest()
+    return Weight(array.shape, array.dtype, ("constant", digest, array.shape, str(array.dtype)), lambda: array)
 
 
 def bind_initializers(proto, directory: Path, table: WeightTable) -> int:

@@ -1,8 +1,8 @@
 """Quantized GEMVs for TVM CPU bundles: int8 / int4 weights dequantized in registers, summed in fp32.
 
-An int8 or int4 export's projections are exactly dequantized matrices (``quantize.py``), so the
-packing pass (``packing.PackConstantMatmuls``) recovers each one's integers and fp16 scales with
-``quantized_exactly`` and stores them in the fp32 GEMV's tile layout instead of the floats:
+An int8 or int4 export's projections are MatMulNBits nodes, whose integers and fp16 scales the
+packing pass (``packing.PackConstantMatmuls``) takes from the weight table (``params.py``) and stores
+in the fp32 GEMV's tile layout instead of the floats:
 
 - values: int8, (N / tile, K, tile); int4 two to a byte along K, (N / tile, K / 2, tile) uint8, the
   even k in the low nibble, each nibble ``q + 8`` (unsigned: a mask or a shift extracts it);

@@ -138,24 +138,22 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
     """Row GEMVs over W^T (fp16 weights summed in fp32; int8/int4: integers and scales dequantized in the
     GEMV) and lifted weights, built for the CPU with TVM's default lowering: the same numbers as PyTorch
     (int8/int4: the model with the same quantized weights), so a GPU mismatch is the GPU's code."""
-    import onnx
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     from rwkv_edge.compile.tvm.gpu import WEIGHT_DTYPES
     from rwkv_edge.compile.tvm.gpu_schedules import gpu_weights
-    from rwkv_edge.export.nbits import from_matmul_nbits
+    from rwkv_edge.compile.tvm.importer import import_graph
+    from rwkv_edge.compile.tvm.params import WeightTable
     from rwkv_edge.model import load_model
     from rwkv_edge.runtime.torch_backend import TorchBackend
     from rwkv_edge.weights import weight_format
 
     fmt = weight_format(weights)
     directory = onnx_export("v7", weights=weights if fmt.quantized else "fp32")
-    proto = onnx.load(str(directory / "model.onnx"))
-    from_matmul_nbits(proto)
-    mod = from_onnx(proto, keep_params_in_input=False)
-    mod, values, counts = gpu_weights(mod, WEIGHT_DTYPES[weights], fmt.bits, fmt.group_size)
+    table = WeightTable()
+    mod = import_graph(directory / "model.onnx", quiet, table=table)
+    mod, values, counts = gpu_weights(mod, table, WEIGHT_DTYPES[weights], fmt.bits, fmt.group_size)
     assert counts["row gemv"] > 0 and values
     model = load_model(version_ckpt("v7"))
     if fmt.quantized:
