@@ -18,8 +18,8 @@ from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import OptionError, RwkvEdgeError, printable
 from ..runtime.coreml_backend import EXECUTORS
 from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, backend_entry, takers
+from ..weights import COMPUTES, WEIGHT_FORMATS
 
-WEIGHT_FORMATS = ["fp32", "fp16", "int8", "int4"]  # weights.WEIGHT_FORMATS (a test checks), without its import
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = export.add_parser("onnx", help="single-step ONNX graph (+ prefill graph) with the state as named I/O")
     _checkpoint_arg(p)
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="fp32",
+    p.add_argument("--weights", choices=list(WEIGHT_FORMATS), default="fp32",
                    help="weight format: fp32, fp16 (fp16 compute), int8 or int4 (the projections and head quantized, "
                         "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32)")
     _group_size_arg(p)
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True,
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--weights", choices=WEIGHT_FORMATS,
+    p.add_argument("--weights", choices=list(WEIGHT_FORMATS),
                    help="weight format (default: the target's, or an ONNX export's): TVM CPU fp32, int8 or int4 "
                         "(the project's quantizer, fp32 compute); TVM GPU fp32, fp16, int8 or int4 (GEMV weights, "
                         "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 or int4 (the project's quantizer, "
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "graph is used (none: steps only) unless T is given")
     p.add_argument("--no-schedules", action="store_true",
                    help="TVM: TVM's default lowering instead of the project's schedules (slow; for comparison)")
-    p.add_argument("--compute", choices=["int8", "fp32"],
+    p.add_argument("--compute", choices=[c.name for c in COMPUTES.values() if not c.half],  # TVM CPU's
                    help="TVM CPU, int8/int4 weights: int8 (activations rounded to int8 per group, integer dot "
                         "products: ARM sdot, x86 AVX-512 VNNI) or fp32 (weights dequantized in registers); "
                         "default int8 where the target has the instruction (see `rwkv-edge targets`)")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: every row on this machine's NVIDIA GPU (torch eager, the TVM bundle for its CUDA "
                         "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
                         "(default cpu)")
-    p.add_argument("--weights", choices=["fp32", "fp16", "int8", "int4"], default="fp32",  # bench.options.WEIGHTS
+    p.add_argument("--weights", choices=list(WEIGHT_FORMATS), default="fp32",
                    help="the rows' weights: fp16 with --device cuda (torch and TVM); int8 or int4 on the CPU "
                         "(onnxruntime and TVM, groups of 32; torch stays fp32); default fp32")
     p.add_argument("--target", metavar="NAME",

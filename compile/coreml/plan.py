@@ -9,11 +9,10 @@ from ...artifact import CoreMLBuild
 from ...errors import OptionError
 from ...targets import CoreMLTarget, get_target
 from ...targets.coreml import check_compute_units, deployment_order, import_coremltools
-from ...weights import check_weights, weight_format
+from ...weights import COMPUTES, check_weights, weight_format
 
-# weight format -> (compute precision, oldest iOS that runs it): fp16 and compressed weights compute in
-# fp16 (with the recurrence and the norms in fp32, see precision.Fp16Selector), fp32 weights in fp32
-WEIGHTS = {"fp16": ("fp16", "iOS16"), "fp32": ("fp32", "iOS16"), "int8": ("fp16", "iOS18"), "int4": ("fp16", "iOS18")}
+# the oldest iOS a package runs on: float weights iOS 16; quantized ones, blockwise constants, iOS 18
+OLDEST_FLOAT, OLDEST_QUANTIZED = "iOS16", "iOS18"
 MULTIFUNCTION_IOS = 18  # multifunction packages (and states) need iOS 18 / macOS 15
 
 
@@ -21,7 +20,7 @@ MULTIFUNCTION_IOS = 18  # multifunction packages (and states) need iOS 18 / macO
 class CoreMLOptions:
     target: str = "ios-coreml"
     stateful: bool = False  # Core ML states (fp16) instead of explicit fp32 state I/O
-    weights: str | None = None  # the weight format (WEIGHTS); default: the target's
+    weights: str | None = None  # the weight format; default: the target's
     compute_units: str | None = None  # ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE; default: the target's
     deployment: str | None = None  # minimum deployment target, e.g. "iOS18"; default: per form
     prefill_chunk: int = 16  # tokens per prefill call (multifunction packages only); 0: decode only
@@ -40,7 +39,9 @@ class CoreMLOptions:
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         ios = _ios_equivalent(deployment)
-        compute, oldest = WEIGHTS[weights]
+        # fp16 and quantized weights compute in fp16 (the recurrence and the norms in fp32, precision.Fp16Selector)
+        compute = COMPUTES["fp16"].name if fmt.quantized else fmt.compute.name
+        oldest = OLDEST_QUANTIZED if fmt.quantized else OLDEST_FLOAT
         if ios < deployment_order(oldest):
             raise OptionError(f"{weights} weights need iOS 18 / macOS 15; {deployment} is too old")
         multifunction = ios >= MULTIFUNCTION_IOS and self.prefill_chunk > 0

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .params import WeightTable
 
 # --weights -> the dtype of the dense GEMV weights (int8/int4: the matrices that are not quantized, e.g. LoRA)
-WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4": "float32"}
 
 
 def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[[str], None], image: bool = False,
@@ -54,7 +53,7 @@ def build_gpu(mod, target: GpuTarget, weights: str, bundle: Path, log: Callable[
     fusion = [] if image else [relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with tvm_target, stage(log, f"optimise: row GEMVs ({weights} weights), lift weights, "
                                 f"{'no fusion' if image else 'fuse'}, GPU schedules"):
-        mod, values, gemvs = gpu_weights(mod, table, WEIGHT_DTYPES[weights], weight_format(weights).bits, group)
+        mod, values, gemvs = gpu_weights(mod, table, weight_format(weights).float_dtype, weight_format(weights).bits, group)
         mod = tvm.ir.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), *fusion,
             relax.transform.DeadCodeElimination(),

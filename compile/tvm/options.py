@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from ...errors import OptionError
 from ...targets import GpuTarget, TvmTarget
-from ...weights import compute_precision, weight_format
+from ...weights import COMPUTES as PRECISIONS, compute_precision, weight_format
 
-COMPUTES = ("int8", "fp32")  # TvmOptions.compute
+COMPUTES = tuple(c.name for c in PRECISIONS.values() if not c.half)  # TvmOptions.compute: fp32, int8
 PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
 
 

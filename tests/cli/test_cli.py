@@ -174,13 +174,6 @@ def test_artifact_errors_are_one_line(argv, message, cli, tmp_path, monkeypatch)
     assert code == 1 and err.count("\n") == 1 and message in err, err
 
 
-def test_the_weight_formats_are_the_registry_s():
-    from rwkv_edge.cli.main import WEIGHT_FORMATS
-    from rwkv_edge.weights import WEIGHT_FORMATS as REGISTRY
-
-    assert WEIGHT_FORMATS == list(REGISTRY)
-
-
 def test_the_opset_range_is_onnx_s():
     import onnx
 

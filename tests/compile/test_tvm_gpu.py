@@ -141,7 +141,6 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
     import tvm
     from tvm import relax
 
-    from rwkv_edge.compile.tvm.gpu import WEIGHT_DTYPES
     from rwkv_edge.compile.tvm.gpu_schedules import gpu_weights
     from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.compile.tvm.params import WeightTable
@@ -153,7 +152,7 @@ def test_the_gpu_rewrite_computes_the_step_on_the_cpu(weights, onnx_export, vers
     directory = onnx_export("v7", weights=weights if fmt.quantized else "fp32")
     table = WeightTable()
     mod = import_graph(directory / "model.onnx", quiet, table=table)
-    mod, values, counts = gpu_weights(mod, table, WEIGHT_DTYPES[weights], fmt.bits, fmt.group_size)
+    mod, values, counts = gpu_weights(mod, table, fmt.float_dtype, fmt.bits, fmt.group_size)
     assert counts["row gemv"] > 0 and values
     model = load_model(version_ckpt("v7"))
     if fmt.quantized:
