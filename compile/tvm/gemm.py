@@ -33,7 +33,7 @@ from .gemv import packed_gemv
 from .packing import PackConstantMatmuls
 from .params import WeightTable
 from .quantized import integer_weight
-from .tir import accumulate_with_epilogue, inline_producers
+from .tir import accumulate_with_epilogue, finish_tiled_reduction, inline_producers
 from .tuning import ScheduleParams
 
 GEMM_BLOCK = "gemm"  # the name of the packed GEMM's reduction block, found again after fusion
@@ -115,10 +115,6 @@ def schedule_gemm(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         sch.unroll(t_inner)
         if unroll > 1:
             sch.unroll(k_inner)
-        if n_extent // params.tile > 1:
-            sch.parallel(outer)
-        init = sch.decompose_reduction(block, k_outer)  # last: loops cannot be annotated after it
-        sch.vectorize(sch.get_loops(init)[-1])
-        return sch
+        return finish_tiled_reduction(sch, block, outer, k_outer, n_extent // params.tile > 1)
     except (RuntimeError, ValueError):
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tvm import s_tir, te, tirx
 
-from .tir import accumulate_with_epilogue, find_block, inline_producers
+from .tir import accumulate_with_epilogue, find_block, finish_tiled_reduction, inline_producers
 from .tuning import ScheduleParams
 
 GEMV_BLOCK = "gemv"  # the name of the packed GEMV's reduction block, found again after fusion
@@ -53,10 +53,6 @@ def schedule_gemv(func: tirx.PrimFunc, params: ScheduleParams) -> s_tir.Schedule
         sch.vectorize(n_inner)
         if unroll > 1:
             sch.unroll(k_inner)
-        if n_extent // tile > 1:
-            sch.parallel(outer)
-        init = sch.decompose_reduction(block, k_outer)  # last: loops cannot be annotated after it
-        sch.vectorize(sch.get_loops(init)[-1])
-        return sch
+        return finish_tiled_reduction(sch, block, outer, k_outer, n_extent // tile > 1)
     except (RuntimeError, ValueError):
         return None

@@ -46,6 +46,16 @@ def accumulate_with_epilogue(sch: s_tir.Schedule, block, at) -> None:
             sch.vectorize(sch.get_loops(consumer)[-1])
 
 
+def finish_tiled_reduction(sch: s_tir.Schedule, block, outer, k_outer, parallel: bool) -> s_tir.Schedule:
+    """The last steps of a tiled reduction: its outer loop parallel where there is more than one tile,
+    the initialisation split off at ``k_outer`` and vectorised (last: loops cannot be annotated after it)."""
+    if parallel:
+        sch.parallel(outer)
+    init = sch.decompose_reduction(block, k_outer)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch
+
+
 def is_reduction(sch: s_tir.Schedule, block) -> bool:
     """Whether ``block`` has a reduction axis."""
     return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
