@@ -24,7 +24,6 @@ import numpy as np
 
 from .errors import OptionError
 
-GROUP_SIZES = (16, 32, 64, 128, 256)  # powers of two: onnxruntime's MatMulNBits takes these
 SMALLEST_SCALE = np.float16(2**-14)  # fp16's smallest normal number
 ROWS = 4096  # rows quantized or dequantized at a time: temporaries of a few MB
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import OptionError
-from .quantize import GROUP_SIZES
+
+
+GROUP_SIZES = (16, 32, 64, 128, 256)  # a quantized format's groups: powers of two, which onnxruntime's MatMulNBits takes
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
 from ..contract import (CONTRACT_VERSION, IMAGE_GRAPH, IMAGE_OUTPUTS, MAX_CHUNK, MAX_IMAGE_SIZE, NO_TOKENIZER,
                         StateTensor, compatible)
 from ..errors import ArtifactError
-from ..quantize import GROUP_SIZES
-from ..weights import COMPUTES, WEIGHT_FORMATS, Compute, WeightFormat
+from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, Compute, WeightFormat
 
 MANIFEST = "manifest.json"
 SCHEMA = "rwkv-edge.artifact/2"  # 2: validated manifests, graph-derived token ranges, manifest sha256 pinning

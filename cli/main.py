@@ -16,9 +16,9 @@ from .. import __version__
 from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import OptionError, RwkvEdgeError, printable
-from ..runtime.coreml_backend import EXECUTORS
+from ..targets.coreml import EXECUTORS
 from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, backend_entry, takers
-from ..weights import COMPUTES, WEIGHT_FORMATS
+from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _group_size_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group-size", type=int, choices=[16, 32, 64, 128, 256], metavar="G",  # quantize.GROUP_SIZES
+    p.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="G",
                    help="int8/int4: weights per fp16 scale along each row's input axis (default 32)")
 
 

@@ -21,11 +21,10 @@ from ..artifact import Artifact, open_artifact
 from ..artifact.interface import GraphInterface, Signature, TensorSpec, check_interface
 from ..errors import ArtifactError, OptionError, StateError, one_line
 from ..contract import IMAGE_GRAPH, StateTensor
-from ..targets.coreml import coreml_name, import_coremltools, quiet_coremltools
+from ..targets.coreml import EXECUTORS, coreml_name, import_coremltools, quiet_coremltools
 from .backend import NamedState, check_named_state, check_token_ids, prefill_in_chunks
 from .vision import pixels
 
-EXECUTORS = ("predict", "mil")
 
 
 def default_executor() -> str:

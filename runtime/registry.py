@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from ..architectures import IMAGE, LANGUAGE
-from ..artifact import Artifact, open_artifact, read_manifest
 from ..errors import ArtifactError, OptionError
-from .backend import Backend
+
+if TYPE_CHECKING:  # numpy: imported where an artifact is opened, not by the CLI's parser
+    from ..artifact import Artifact
+    from .backend import Backend
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,13 @@ def open_backend(source: str | Path | None, backend: str = CHECKPOINT_BACKEND, t
         from ..model import DEMO_CHECKPOINT, load_model
 
         if source is not None and source.is_dir():
+            from ..artifact import read_manifest
+
             source = Path(read_manifest(source).source["checkpoint"])
         return entry.step_runner()(load_model(source or DEMO_CHECKPOINT), **options)
     directory = source.parent if source is not None and source.suffix == ".mlpackage" else source
     if directory is None or not directory.is_dir():
         raise OptionError(f"--backend {backend} needs {entry.source}")
+    from ..artifact import open_artifact
+
     return entry.step_runner()(open_artifact(directory, kind=entry.kind), **options)

@@ -41,7 +41,7 @@ from rwkv_edge.export import OnnxOptions, export_onnx
 from rwkv_edge.model import DEMO_CHECKPOINT, load_model, model_from_state_dict
 from rwkv_edge.model.demo.train import load_corpus
 from rwkv_edge.model.synthetic import VERSIONS, make_checkpoint
-from rwkv_edge.quantize import GROUP_SIZES
+from rwkv_edge.weights import GROUP_SIZES
 from rwkv_edge.runtime.registry import backend_of, entry_of_kind
 
 BITS = {"int8": 8, "int4": 4}

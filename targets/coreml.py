@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 
+EXECUTORS = ("predict", "mil")  # what runs a package: Core ML's predict (macOS), or coremltools' MIL interpreter
+
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 # Deployment targets coremltools can emit an ML program for, oldest first. iOS 18 / macOS 15 add
 # Core ML states, multifunction packages and per-block int4 weights.

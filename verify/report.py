@@ -34,7 +34,7 @@ from ..artifact.reference import Reference, TopLogits
 from ..atomic import atomic_path
 from ..errors import OptionError, printable
 from ..runtime.backend import Backend, NamedState, check_token_ids
-from ..runtime.generate import Sampler, generate
+from ..runtime.generation import Sampler, generate
 from .tolerances import LIMITS, Tolerance
 
 # Floor of the denominator of the relative error: reference values closer to zero than this (the
