@@ -197,3 +197,14 @@ def test_format_and_kind_names_are_compared_only_in_their_registries():
     found = [f"{path.relative_to(ROOT)}:{line} compares with {name!r}" for path in package_modules()
              if str(path.relative_to(ROOT)) not in REGISTRIES for name, line in compared_names(path)]
     assert found == []
+
+
+def test_every_package_is_in_the_distribution():
+    """A non-editable install (the README's first command) holds only the packages pyproject.toml lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("rwkv_edge", *p.parent.relative_to(ROOT).parts)) for p in ROOT.rglob("__init__.py")
+             if p.parent.relative_to(ROOT).parts[:1] not in (("tests",), (".venv",), ("scripts",))
+             and not any(part.startswith(".") or part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)}
+    assert found - listed == set()
