@@ -204,7 +204,9 @@ def test_every_package_is_in_the_distribution():
     import tomllib
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(("rwkv_edge", *p.parent.relative_to(ROOT).parts)) for p in ROOT.rglob("__init__.py")
-             if p.parent.relative_to(ROOT).parts[:1] not in (("tests",), (".venv",), ("scripts",))
-             and not any(part.startswith(".") or part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)}
+    def packages(directory: Path) -> set[str]:  # the package at ``directory`` and those below it
+        name = ".".join(("rwkv_edge", *directory.relative_to(ROOT).parts))
+        return {name}.union(*(packages(d) for d in directory.iterdir() if (d / "__init__.py").is_file()))
+
+    found = {name for name in packages(ROOT) if not name.startswith("rwkv_edge.tests")}
     assert found - listed == set()
