@@ -13,7 +13,9 @@ and with the PyTorch model (whose matrices are replaced by ``dequantize(quantize
 
 Quantizing a dequantized matrix gives back the same integers and scales (the extreme of every group
 is exactly the scale times the extreme level, and fp16 scales times small integers are exact in
-fp32): the export quantizes the model's (dequantized) matrices again as it writes MatMulNBits.
+fp32), except in a group whose integers are all zero (weights far below the smallest scale), which
+comes back with scale 0: the same matrix either way. The export quantizes the model's (dequantized)
+matrices again as it writes MatMulNBits.
 """
 
 from __future__ import annotations
