@@ -35,7 +35,8 @@ from ..artifact import open_artifact, sha256_file
 from ..compile.tvm import PREFILL_CHUNK
 from ..errors import ArtifactError, OptionError
 from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
-from ..model.checkpoint import StateDict, n_layers, open_checkpoint
+from ..model.checkpoint import StateDict, n_layers
+from ..model.sources import open_checkpoint
 from ..platforms import cuda_device_arch, host_triple, sm_number
 from ..runtime.registry import backend_entry
 from . import peer as peers, workers
