@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
+from ..architectures import IMAGE, LANGUAGE, detect
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import OptionError, RwkvEdgeError, printable
 from ..targets.coreml import EXECUTORS
@@ -220,7 +220,8 @@ def _group_size_arg(p: argparse.ArgumentParser) -> None:
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", type=Path,
-                   help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
+                   help=".pth or .safetensors checkpoint, or a Hugging Face model folder (default: the bundled "
+                        "RWKV-7 demo model)")
 
 
 # The tokenizer choices repeat model.tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
@@ -315,16 +316,20 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import DEMO_CHECKPOINT, load_any_model
+    from ..model import DEMO_CHECKPOINT
+    from ..model.sources import open_checkpoint
 
-    model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
-    INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model)
+    path = args.checkpoint or DEMO_CHECKPOINT
+    checkpoint = open_checkpoint(path)  # a file or a Hugging Face model folder: its layout is shown
+    architecture = detect(checkpoint.tensors)
+    INFO[architecture.family](args, architecture.model_class().from_checkpoint(checkpoint, source=str(path)),
+                              checkpoint.layout)
 
 
-def _language_info(args: argparse.Namespace, model) -> None:
+def _language_info(args: argparse.Namespace, model, layout: str) -> None:
     from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
 
-    info = model.describe()
+    info = {**model.describe(), "format": layout}
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
@@ -332,6 +337,7 @@ def _language_info(args: argparse.Namespace, model) -> None:
         print(json.dumps(info, indent=2))
         return
     print(f"checkpoint    {args.checkpoint or f'{DEMO_CHECKPOINT} (bundled demo model)'}")
+    print(f"format        {printable(layout)}")
     print(f"architecture  {LANGUAGE_ARCHITECTURES[model.version].label} [{model.version}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in model.describe().items():
@@ -341,8 +347,8 @@ def _language_info(args: argparse.Namespace, model) -> None:
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model) -> None:
-    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters())}
+def _vision_info(args: argparse.Namespace, model, layout: str) -> None:
+    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters()), "format": layout}
     if args.json:
         print(json.dumps(info, indent=2))
         return

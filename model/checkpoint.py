@@ -76,7 +76,8 @@ def _regular_file(path: Path) -> Path:
 def directory_message(path: Path) -> str:
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        return f"{path}: is a directory, not a checkpoint file; pass the .pth or .safetensors file itself"
+        return (f"{path}: is a directory, not a checkpoint file nor a Hugging Face model folder (it has no config.json); "
+                "pass the .pth or .safetensors file itself, or the model folder")
     try:
         made_from = f" (this one was made from {json.loads(manifest.read_text())['source']['checkpoint']})"
     except (OSError, ValueError, KeyError, TypeError):

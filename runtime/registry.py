@@ -123,8 +123,9 @@ def open_backend(source: str | Path | None, backend: str = CHECKPOINT_BACKEND, t
     source = Path(source) if source is not None else None
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
+        from ..model.huggingface import is_model_folder
 
-        if source is not None and source.is_dir():
+        if source is not None and source.is_dir() and not is_model_folder(source):
             from ..artifact import read_manifest
 
             source = Path(read_manifest(source).source["checkpoint"])

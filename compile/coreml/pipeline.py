@@ -11,6 +11,7 @@ from ...artifact import Manifest
 from ...errors import OptionError
 from ...artifact.builder import open_source
 from ...model.checkpoint import Checkpoint
+from ...model.huggingface import is_model_folder
 from ...targets import CoreMLTarget
 from .. import CompileRequest
 from . import image, language
@@ -26,7 +27,7 @@ BUILDERS: dict[str, Callable[[Path, Path, CoreMLOptions, CompileRequest, Callabl
 def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
     """``compile_for`` for Core ML targets: from a checkpoint only (Core ML converts the PyTorch step)."""
-    if source.is_dir() or source.suffix == ".onnx":
+    if (source.is_dir() and not is_model_folder(source)) or source.suffix == ".onnx":
         raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:

@@ -344,7 +344,8 @@ def test_not_a_checkpoint_says_what_it_is(content, message, tmp_path):
 
 
 def test_directory(tmp_path):
-    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file; pass the \.pth"):
+    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file nor a Hugging Face model folder "
+                                              r"\(it has no config\.json\); pass the \.pth"):
         load_model(tmp_path)
 
 
