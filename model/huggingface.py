@@ -2,7 +2,7 @@
 
 A folder is read as its files say: ``config.json``, then the weights (an index and its shards, or one file;
 safetensors before ``pytorch_model.bin``), each file through ``checkpoint.open_file`` (read once, hashed, no
-pickled code run). Every path comes from the folder or its index and must stay inside the folder. The
+pickled code run). Every file read is an entry of the folder: an index names plain file names only. The
 layout (``hf_layouts.py``) is the one whose ``model_type`` and marker key the folder has; its table renames
 the tensors, its config fields are checked against them, and its constants come from the config.
 """
@@ -138,16 +138,12 @@ def _index(folder: Path, name: str) -> dict[str, frozenset[str]]:
 
 
 def _inside(folder: Path, name: str) -> Path:
-    """``folder / name``, refused unless ``name`` is a plain file name whose file (links followed) is in the
-    folder: an index or config is read from someone else's download."""
+    """``folder / name``, refused unless ``name`` is a plain file name: an index is read from someone else's
+    download. The entry itself may be a link (a Hugging Face cache snapshot links its files to ../../blobs)."""
     if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
         raise CheckpointError(f"{folder}: the weights file name {name!r} is not a plain file name inside the "
                               "folder; refusing to read it")
-    path = folder / name
-    if path.exists() and path.resolve().parent != folder.resolve():
-        raise CheckpointError(f"{path}: is a link to {path.resolve()}, outside the folder; refusing to read it "
-                              "(copy the files into the folder)")
-    return path
+    return folder / name
 
 
 def _read_inside(folder: Path, name: str) -> bytes:
