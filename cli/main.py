@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = export.add_parser("onnx", help="single-step ONNX graph (+ prefill graph) with the state as named I/O")
     _checkpoint_arg(p)
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--weights", choices=list(WEIGHT_FORMATS), default="fp32",
+    p.add_argument("--weights", choices=list(WEIGHT_FORMATS),
                    help="weight format: fp32, fp16 (fp16 compute), int8 or int4 (the projections and head quantized, "
-                        "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32)")
+                        "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32; a GGUF "
+                        "of Q8_0 / Q4_0 matrices: int8 / int4, as it stores them)")
     _group_size_arg(p)
     p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="tokens per prefill call; 0 exports no prefill graph (default 16)")
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--weights", choices=list(WEIGHT_FORMATS),
-                   help="weight format (default: the target's, or an ONNX export's): TVM CPU fp32, int8 or int4 "
+                   help="weight format (default: the target's, an ONNX export's, or a GGUF's Q8_0 / Q4_0 as int8 / "
+                        "int4): TVM CPU fp32, int8 or int4 "
                         "(the project's quantizer, fp32 compute); TVM GPU fp32, fp16, int8 or int4 (GEMV weights, "
                         "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 or int4 (the project's quantizer, "
                         "iOS 18 / macOS 15), fp16 compute")
