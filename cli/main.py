@@ -317,23 +317,27 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import DEMO_CHECKPOINT, load_any_model
+    from ..model import DEMO_CHECKPOINT, open_any_model
 
-    model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
-    INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model)
+    model, checkpoint = open_any_model(args.checkpoint or DEMO_CHECKPOINT)
+    INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model, checkpoint)
 
 
-def _language_info(args: argparse.Namespace, model) -> None:
+def _language_info(args: argparse.Namespace, model, checkpoint) -> None:
     from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
 
     info = model.describe()
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
+    stored = checkpoint.stored and checkpoint.stored.report(checkpoint.stored.format or "fp32", checkpoint.stored.group)
+    source = {"source": checkpoint.layout, "stored": stored} if stored else {}  # a quantized source (GGUF)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, **source}, indent=2))
         return
     print(f"checkpoint    {args.checkpoint or f'{DEMO_CHECKPOINT} (bundled demo model)'}")
+    for key, value in source.items():
+        print(f"{key:<14}{value}")
     print(f"architecture  {LANGUAGE_ARCHITECTURES[model.version].label} [{model.version}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in model.describe().items():
@@ -343,7 +347,7 @@ def _language_info(args: argparse.Namespace, model) -> None:
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model) -> None:
+def _vision_info(args: argparse.Namespace, model, _checkpoint) -> None:
     info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters())}
     if args.json:
         print(json.dumps(info, indent=2))
