@@ -38,7 +38,7 @@ class OnnxOptions:
             raise OptionError(f"unknown reference compute {self.reference_compute!r}; expected "
                               f"{' or '.join(REFERENCE_COMPUTES)}")
         if compute_precision(self.reference_compute).integer and not weight_format(self.weights or "fp32").quantized:
-            raise OptionError(f"an int8-compute reference takes int8 or int4 weights, not {self.weights}")
+            raise OptionError(f"an int8-compute reference takes int8 or int4 weights, not {self.weights or 'fp32'}")
         if self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
         if self.opset < 18:
