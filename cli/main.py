@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = export.add_parser("onnx", help="single-step ONNX graph (+ prefill graph) with the state as named I/O")
     _checkpoint_arg(p)
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    p.add_argument("--weights", choices=list(WEIGHT_FORMATS), default="fp32",
+    p.add_argument("--weights", choices=list(WEIGHT_FORMATS),
                    help="weight format: fp32, fp16 (fp16 compute), int8 or int4 (the projections and head quantized, "
-                        "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32)")
+                        "onnxruntime's MatMulNBits, fp32 compute); the state stays fp32 (default fp32; a GGUF "
+                        "of Q8_0 / Q4_0 matrices: int8 / int4, as it stores them)")
     _group_size_arg(p)
     p.add_argument("--prefill-chunk", type=_bounded_int(0, MAX_CHUNK), default=16, metavar="T",
                    help="tokens per prefill call; 0 exports no prefill graph (default 16)")
@@ -127,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     p.add_argument("--weights", choices=list(WEIGHT_FORMATS),
-                   help="weight format (default: the target's, or an ONNX export's): TVM CPU fp32, int8 or int4 "
+                   help="weight format (default: the target's, an ONNX export's, or a GGUF's Q8_0 / Q4_0 as int8 / "
+                        "int4): TVM CPU fp32, int8 or int4 "
                         "(the project's quantizer, fp32 compute); TVM GPU fp32, fp16, int8 or int4 (GEMV weights, "
                         "summed in fp32); Core ML fp16 (fp16 compute), fp32 (fp32 compute), int8 or int4 (the project's quantizer, "
                         "iOS 18 / macOS 15), fp16 compute")
@@ -316,28 +318,28 @@ def _token_list(text: str) -> list[int]:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import DEMO_CHECKPOINT
-    from ..model.sources import open_checkpoint
+    from ..model import DEMO_CHECKPOINT, open_any_model
 
-    path = args.checkpoint or DEMO_CHECKPOINT
-    checkpoint = open_checkpoint(path)  # a file or a Hugging Face model folder: its layout is shown
-    architecture = detect(checkpoint.tensors)
-    INFO[architecture.family](args, architecture.model_class().from_checkpoint(checkpoint, source=str(path)),
-                              checkpoint.layout)
+    model, checkpoint = open_any_model(args.checkpoint or DEMO_CHECKPOINT)  # any form: its layout is shown
+    INFO[detect(checkpoint.tensors).family](args, model, checkpoint)
 
 
-def _language_info(args: argparse.Namespace, model, layout: str) -> None:
+def _language_info(args: argparse.Namespace, model, checkpoint) -> None:
     from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
 
-    info = {**model.describe(), "format": layout}
+    info = {**model.describe(), "format": checkpoint.layout}
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
+    stored = checkpoint.stored and checkpoint.stored.report(checkpoint.stored.format or "fp32", checkpoint.stored.group)
+    source = {"stored": stored} if stored else {}  # a quantized source (GGUF): what is kept exactly
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, **source}, indent=2))
         return
     print(f"checkpoint    {args.checkpoint or f'{DEMO_CHECKPOINT} (bundled demo model)'}")
-    print(f"format        {printable(layout)}")
+    print(f"format        {printable(checkpoint.layout)}")
+    for key, value in source.items():
+        print(f"{key:<14}{value}")
     print(f"architecture  {LANGUAGE_ARCHITECTURES[model.version].label} [{model.version}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in model.describe().items():
@@ -347,8 +349,8 @@ def _language_info(args: argparse.Namespace, model, layout: str) -> None:
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model, layout: str) -> None:
-    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters()), "format": layout}
+def _vision_info(args: argparse.Namespace, model, checkpoint) -> None:
+    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters()), "format": checkpoint.layout}
     if args.json:
         print(json.dumps(info, indent=2))
         return

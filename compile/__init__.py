@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..artifact import Manifest
+from ..model.sources import stored_format
 from ..targets import get_target
 
 COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the package in compile/
@@ -44,4 +45,16 @@ def compile_for(source: str | Path, out_dir: str | Path, target: str, request: C
     """Build the artifact of ``target`` from ``source`` into ``out_dir``."""
     resolved = get_target(target)
     module = importlib.import_module(f"{__package__}.{COMPILERS[resolved.kind]}")
+    request = _stored_weights(request, Path(source), resolved.weight_formats, log)
     return module.compile_target(Path(source), Path(out_dir), resolved, request, log)
+
+
+def _stored_weights(request: CompileRequest, source: Path, held: tuple[str, ...],
+                    log: Callable[[str], None]) -> CompileRequest:
+    """``request`` with the weight format, where none was asked for, that holds a quantized source's matrices
+    exactly (a GGUF file of Q8_0 / Q4_0 matrices: int8 / int4 in groups of 32), if the target holds it."""
+    stored = stored_format(source) if request.weights is None and source.is_file() else None
+    if stored is None or stored[0] not in held:
+        return request
+    log(f"weights: {stored[0]} in groups of {stored[1]}, as {source.name} stores its matrices (--weights for another)")
+    return replace(request, weights=stored[0], group_size=request.group_size or stored[1])

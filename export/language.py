@@ -34,6 +34,8 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
     model, sha = load_source(checkpoint, opened, log, note=f", {fmt.name} weights, {_compute(options)} compute")
     opened.tensors.clear()  # its private copy lives on only where the model maps it (fp32 tensors)
     group = fmt.check_group(options.group_size)
+    if opened.stored is not None:  # a quantized source (GGUF): which matrices this format holds exactly
+        log(f"  {opened.stored.report(fmt.name, group)}")
     if fmt.quantized:
         with stage(log, f"quantize the projections to {fmt.name}, groups of {group}"):
             count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one

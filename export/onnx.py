@@ -33,4 +33,5 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, options: OnnxOption
     checkpoint = Path(checkpoint)
     with ArtifactWriter(out_dir, log) as writer:
         opened = open_source(checkpoint, log)
+        options = options.for_source(opened.stored)
         return EXPORTERS[detect(opened.tensors).family](checkpoint, opened, writer, options, log)

@@ -31,6 +31,36 @@ _FINITE_SLICE = 1 << 24  # elements per isfinite() mask
 
 
 @dataclass(frozen=True)
+class StoredWeights:
+    """How a quantized source (a GGUF file) stored the matrices the project quantizes (the projections,
+    the head and the embedding), under their official names: ``types`` each one's stored type (say
+    "Q4_0"); ``format`` the project's weight format that holds most of them exactly ("int8" for Q8_0,
+    "int4" for Q4_0, in groups of ``group``), None where none does; ``exact`` the matrices ``format``
+    holds exactly (``quantize.py`` gives back their stored integers and scales)."""
+
+    types: dict[str, str]
+    format: str | None = None
+    group: int = 0
+    exact: frozenset[str] = frozenset()
+
+    def report(self, weights: str, group: int) -> str:
+        """One line: which matrices an artifact of ``weights`` in groups of ``group`` (0: a float format)
+        holds exactly, and which re-quantized or dequantized."""
+        found: dict[str, int] = {}
+        for t in self.types.values():
+            found[t] = found.get(t, 0) + 1
+        stored = ", ".join(f"{n} {t}" for t, n in sorted(found.items(), key=lambda item: -item[1]))
+        if self.format is None or (weights, group) != (self.format, self.group):
+            how = f"re-quantized to {weights} in groups of {group}" if group else f"dequantized to {weights}"
+            return f"{len(self.types)} matrices stored as {stored}: {how}"
+        other = [f"{name} ({t})" for name, t in self.types.items() if name not in self.exact]
+        line = f"{len(self.exact)} of {len(self.types)} matrices ({stored}) kept exactly as {weights} in groups of {group}"
+        if other:
+            line += "; re-quantized: " + ", ".join(other[:6]) + (f" and {len(other) - 6} more" if len(other) > 6 else "")
+        return line
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint's tensors under the official (BlinkDL) names, the sha256 of the exact bytes they were
     parsed from, and the ``meta`` of an mmcls/mmcv wrapper (``{"meta": {...}, "state_dict": {...}}``;
@@ -43,6 +73,7 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     layout: str = "BlinkDL"  # what the source was, for messages and `info`
     constants: dict[str, Any] = field(default_factory=dict)
+    stored: StoredWeights | None = None  # a quantized source's matrices: what the weight format defaults to
 
 
 def open_file(path: str | Path) -> Checkpoint:

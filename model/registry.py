@@ -59,8 +59,13 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVMode
 
 def load_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel | VisionRWKV:
     """A language model (v4-v7) or a Vision-RWKV model, whichever the checkpoint's keys name."""
+    return open_any_model(path, dtype)[0]
+
+
+def open_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RWKVModel | VisionRWKV, Checkpoint]:
+    """``load_any_model``'s model and the opened checkpoint it was built from (its source's layout)."""
     checkpoint = open_checkpoint(path)
-    return detect(checkpoint.tensors).model_class().from_checkpoint(checkpoint, dtype, str(path))
+    return detect(checkpoint.tensors).model_class().from_checkpoint(checkpoint, dtype, str(path)), checkpoint
 
 
 def _build(tensors: StateDict, dtype: torch.dtype, source: str, constants: dict | None = None) -> RWKVModel:

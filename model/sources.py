@@ -28,3 +28,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if huggingface.is_hf_layout(checkpoint.tensors):
         return huggingface.open_folder(path, opened=checkpoint)
     return checkpoint
+
+
+def stored_format(path: str | Path) -> tuple[str, int] | None:
+    """(weight format, group) that holds most of the source's matrices exactly, from the file's header alone:
+    a GGUF file of Q8_0 (int8) or Q4_0 (int4) matrices, groups of 32; None for every other source."""
+    path = Path(path)
+    return gguf.stored_format(path) if gguf.is_gguf(path) else None
