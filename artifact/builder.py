@@ -16,6 +16,7 @@ from ..model.checkpoint import Checkpoint, open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 from .manifest import MANIFEST, Manifest
+from .writer import ArtifactWriter
 from .reference import RecordedLogits, Reference, RoundingSpread
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
@@ -124,11 +125,16 @@ def tokenizer_name(model: RWKVModel) -> str:
         return "unknown"
 
 
-def report_commit(log: Callable[[str], None], out_dir: Path, manifest: Manifest, manifest_sha256: str) -> None:
-    """The last lines of a build: what it wrote where, and the sha256 that pins exactly this artifact."""
-    entries = list(dict.fromkeys(name.split("/")[0] for name in manifest.files))
-    log(f"wrote {', '.join(entries)} and {MANIFEST} to {out_dir}")
-    log(f"manifest sha256 {manifest_sha256} (pin it: rwkv-edge verify {out_dir} --expect-sha256 {manifest_sha256})")
+def report_commit(log: Callable[[str], None], writer: ArtifactWriter, manifest: Manifest, manifest_sha256: str) -> None:
+    """The last lines of a build: what it wrote where, and the sha256 that pins exactly this artifact; for
+    an artifact in another build's scratch directory (compile's export of a checkpoint) what it wrote, as
+    nothing there outlives that build."""
+    entries = ", ".join(dict.fromkeys(name.split("/")[0] for name in manifest.files))
+    if writer.temporary:
+        log(f"wrote {entries} and {MANIFEST} to a scratch directory (removed when this build ends)")
+        return
+    log(f"wrote {entries} and {MANIFEST} to {writer.out}")
+    log(f"manifest sha256 {manifest_sha256} (pin it: rwkv-edge verify {writer.out} --expect-sha256 {manifest_sha256})")
 
 
 def peak_memory_gb() -> float:

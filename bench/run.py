@@ -33,6 +33,7 @@ import numpy as np
 
 from ..artifact import open_artifact, sha256_file
 from ..compile.tvm import PREFILL_CHUNK
+from ..bundled import source_checkpoint
 from ..errors import ArtifactError, OptionError
 from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers, open_checkpoint
@@ -201,7 +202,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
         raise OptionError(f"{source}: an artifact that computes in fp16; bench compares backends computing in fp32 "
                           "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
     options = bench_row(backend).given(source, manifest, options)
-    checkpoint = Path(manifest.source["checkpoint"])
+    checkpoint = source_checkpoint(manifest.source)
     if not checkpoint.is_file():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
     if sha256_file(checkpoint) != manifest.source["sha256"]:

@@ -13,6 +13,7 @@ from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.builder import (build_reference, load_source, log_spread, report_commit, save_initial_state, stage,
                                 tokenizer_name)
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
+from ..bundled import recorded_checkpoint
 from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
 from ..model import RWKVModel
@@ -56,7 +57,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
             log_spread(log, reference.spread)
     if save_initial_state(model, writer.dir / INITIAL_STATE):
         manifest.initial_state = INITIAL_STATE
-    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    report_commit(log, writer, manifest, writer.commit(manifest))
     return manifest
 
 
@@ -76,7 +77,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
         config=model.describe(), tokenizer=tokenizer_name(model), weights=options.weights, compute=_compute(options), group_size=group,
         batch="dynamic" if options.dynamic_batch else 1,
         state=model.state_spec(),
-        source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs, reference=REFERENCE,
+        source={"checkpoint": recorded_checkpoint(checkpoint), "sha256": sha}, graphs=graphs, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                "onnxscript": onnxscript.__version__, "opset": str(options.opset)},
     )

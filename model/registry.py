@@ -13,10 +13,6 @@ from .checkpoint import StateDict, check_values, open_checkpoint
 from .vision import VisionRWKV
 
 
-DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "rwkv7-demo.pth"  # trained by model/demo/train.py
-VISION_DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "vrwkv-demo.pth"  # trained by model/demo/train_vision.py
-
-
 LANGUAGE_ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in ARCHITECTURES.values() if a.family == LANGUAGE}
 
 
