@@ -14,11 +14,13 @@ from pathlib import Path
 
 from .. import __version__
 from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
+from ..bundled import DEMO_CHECKPOINT, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
-from ..errors import OptionError, RwkvEdgeError, printable
+from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
+from ..targets import get_target
 from ..targets.coreml import EXECUTORS
-from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, backend_entry, takers
-from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, default_entry, takers
+from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
@@ -231,8 +233,9 @@ def _source_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=list(BACKENDS), default=CHECKPOINT_BACKEND,
-                   help="; ".join(f"{e.name} runs {e.source}" for e in BACKENDS.values()))
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="; ".join(f"{e.name} runs {e.source}" for e in BACKENDS.values()) +
+                        f" (default: an artifact runs on its own backend, a checkpoint on {CHECKPOINT_BACKEND})")
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -314,15 +317,29 @@ def _token_list(text: str) -> list[int]:
     return tokens
 
 
+def _exists(path: Path | None, what: str = "checkpoint file") -> None:
+    """CheckpointError now, before torch, ONNX or TVM load, if ``path`` is given and not there."""
+    if path is not None and not path.exists():
+        raise CheckpointError(f"{path}: no such {what}")
+
+
+def _check_output(out: Path) -> None:
+    """ArtifactError now, before torch, ONNX or TVM load, for an output directory the artifact writer refuses."""
+    from ..artifact import check_output_directory  # numpy, nothing heavier
+
+    check_output_directory(out)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import DEMO_CHECKPOINT, load_any_model
+    _exists(args.checkpoint)
+    from ..model import load_any_model
 
     model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
     INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model)
 
 
 def _language_info(args: argparse.Namespace, model) -> None:
-    from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
+    from ..model import LANGUAGE_ARCHITECTURES
 
     info = model.describe()
     spec = model.state_spec()
@@ -362,6 +379,7 @@ INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` 
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    _exists(args.source, "checkpoint file or artifact directory")
     from ..model.tokenizer import load_tokenizer, tokenizer_for_vocab
     from ..runtime import Sampler, generate
     from ..runtime.registry import open_backend
@@ -379,15 +397,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
+    _exists(args.source, "checkpoint file or artifact directory")
     if args.images is not None:
         return _trace_images(args)
     from ..runtime import run_trace, save_trace
     from ..runtime.registry import open_backend
 
-    trace = run_trace(open_backend(args.source, args.backend), args.tokens)
+    backend = open_backend(args.source, args.backend)
+    trace = run_trace(backend, args.tokens)
     save_trace(trace, args.out)
     top1 = trace.logits.argmax(-1).tolist()
-    print(f"traced {len(args.tokens)} tokens on {args.backend}: logits {trace.logits.shape}, "
+    print(f"traced {len(args.tokens)} tokens on {backend.name}: logits {trace.logits.shape}, "
           f"{len(trace.state)} state tensors -> {args.out} (greedy next tokens {top1[:8]}{' ...' if len(top1) > 8 else ''})")
 
 
@@ -396,11 +416,14 @@ def _trace_images(args: argparse.Namespace) -> None:
     from ..runtime.classify import open_image_model
     from ..runtime.tracing import run_image_trace, save_arrays
 
-    if backend_entry(args.backend).kind is not None:
-        raise OptionError("--backend applies to --tokens; with --images the source decides how it runs "
-                          "(a checkpoint runs on PyTorch)")
+    own = default_entry(args.source)
+    if args.backend is not None and args.backend != own.name:  # the habit of --tokens, as long as it agrees
+        what = f"this {own.label} artifact" if own.kind else "a checkpoint"
+        raise OptionError(f"--backend {args.backend} contradicts {args.source or 'the bundled demo model'}: with "
+                          f"--images a model runs on its own backend ({own.name} for {what}); drop --backend or "
+                          f"name {own.name}")
     images = load_image_batch(args.images)  # before the model loads: a bad file fails fast
-    model = open_image_model(args.source or _vision_demo())
+    model = open_image_model(args.source or VISION_DEMO_CHECKPOINT)
     arrays = run_image_trace(model, images)
     save_arrays(arrays, args.out)
     (name, out), = arrays.items()
@@ -411,13 +434,13 @@ def cmd_classify(args: argparse.Namespace) -> None:
     from ..runtime.classify import classify, open_image_model
 
     source, images = _model_and_images(args.paths)
-    model = open_image_model(source or _vision_demo(), classifier=True)
+    model = open_image_model(source or VISION_DEMO_CHECKPOINT, classifier=True)
     results = classify(model, images, args.top, args.image_size)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return
     size = args.image_size or model.image_size
-    print(f"classify: {printable(source or f'{_vision_demo()} (bundled demo model)')}, {size} px")
+    print(f"classify: {printable(source or f'{VISION_DEMO_CHECKPOINT} (bundled demo model)')}, {size} px")
     for r in results:  # names from the checkpoint or manifest, paths from the disk: escaped, one line each
         print(printable(r.path) + (f"  (converted: {r.converted})" if r.converted else ""))
         for g in r.top:
@@ -434,15 +457,11 @@ def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:
     return paths[0], paths[1:]
 
 
-def _vision_demo() -> Path:
-    from ..model import VISION_DEMO_CHECKPOINT
-
-    return VISION_DEMO_CHECKPOINT
-
-
 def cmd_export_onnx(args: argparse.Namespace) -> None:
+    _exists(args.checkpoint)
+    weight_format(args.weights).check_group(args.group_size)
+    _check_output(args.out)
     from ..export import OnnxOptions, export_onnx
-    from ..model import DEMO_CHECKPOINT
 
     options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset,
                           args.group_size, args.image_size)
@@ -452,13 +471,16 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from ..compile import CompileRequest, compile_for
-    from ..model import DEMO_CHECKPOINT
+    from ..compile import CompileRequest, check_request, compile_for  # numpy, nothing heavier
 
+    target = get_target(args.target)
     source = args.checkpoint or DEMO_CHECKPOINT
-    print(f"compile: {source} -> {args.out}")
+    _exists(source, "checkpoint file or ONNX export")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
                              args.prefill_chunk, args.group_size, args.compute, args.image_size)
+    check_request(source, target, request)
+    _check_output(args.out)
+    print(f"compile: {source} -> {args.out}")
     compile_for(source, args.out, args.target, request)
 
 
