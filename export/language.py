@@ -40,8 +40,8 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
             count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one
             log(f"  {count} matrices and the embedding; the LoRA matrices stay fp32")
     if not compute_precision(options.reference_compute).integer:
-        with stage(log, "reference rollout (fp32 compute)"):
-            build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
+        with stage(log, "reference rollout (fp32 compute)") as rollout:
+            build_reference(model, tokenizer_name(model), progress=rollout.progress).save(writer.dir / REFERENCE)
     model = model.to(WEIGHTS[options.weights])
     manifest = _manifest(model, checkpoint, sha, options, group)
     graphs = {"step": (ContractGraph(model), STEP_ONNX)}
@@ -50,9 +50,9 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
     for role, (graph, name) in graphs.items():
         export_graph(graph, writer.dir / name, manifest, options, log, role)
     if compute_precision(options.reference_compute).integer:  # after the graphs: the rounding must not be traced into them
-        with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
+        with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)") as rollout:
             round_linear_inputs(model, group)
-            reference = build_reference(model, tokenizer_name(model), spread=True)
+            reference = build_reference(model, tokenizer_name(model), spread=True, progress=rollout.progress)
             reference.save(writer.dir / REFERENCE)
             log_spread(log, reference.spread)
     if save_initial_state(model, writer.dir / INITIAL_STATE):

@@ -73,8 +73,8 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
         model, sha = load_source(checkpoint, opened or open_source(checkpoint, log), log)
         manifest = _manifest(model, checkpoint, sha, plan)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
-        with stage(log, "reference rollout (fp32 compute)"):
-            build_reference(model, manifest.tokenizer).save(writer.dir / REFERENCE)
+        with stage(log, "reference rollout (fp32 compute)") as rollout:
+            build_reference(model, manifest.tokenizer, progress=rollout.progress).save(writer.dir / REFERENCE)
         parts = {}
         for function, chunk in plan.functions.items():
             with stage(log, f"convert {function}" + (f" ({chunk} tokens)" if chunk else "")):

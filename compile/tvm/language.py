@@ -79,12 +79,12 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     if not checkpoint.is_file():
         raise ArtifactError(f"int8 compute needs the export's checkpoint for its reference rollout: {checkpoint} is "
                             "not there (compile the checkpoint itself, or --compute fp32)")
-    with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
+    with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)") as rollout:
         model, sha = load_checkpoint(checkpoint)
         if sha != onnx_manifest.source["sha256"]:
             raise ArtifactError(f"{checkpoint} is not the checkpoint the export was made from (sha256 differs)")
         model.quantize_weights(weight_format(onnx_manifest.weights).bits, onnx_manifest.group_size, activations=True)
-        reference = build_reference(model, tokenizer_name(model), spread=True)
+        reference = build_reference(model, tokenizer_name(model), spread=True, progress=rollout.progress)
         reference.save(path)
         log_spread(log, reference.spread)
 

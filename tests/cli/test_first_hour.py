@@ -4,6 +4,7 @@ survive a reinstall, bad input is refused before anything heavy loads, and what 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -161,3 +162,33 @@ def test_an_export_into_a_build_s_scratch_prints_no_pin_command(tmp_path, cli):
     pin = out.splitlines()[-1].split("(pin it: ")[1].rstrip(")").split()
     assert code == 0 and pin[:2] == ["rwkv-edge", "verify"]
     assert cli(*pin[1:], "--steps", "2", "--greedy-tokens", "0")[0] == 0, "the printed command works"
+
+
+# 3. a long stage is never silent, a short one prints its two lines
+
+def test_a_long_stage_says_how_far_it_has_got_and_a_short_one_stays_quiet():
+    import time
+
+    from rwkv_edge.artifact.builder import stage
+
+    lines: list[str] = []
+    with stage(lines.append, "quick", every=5.0):
+        pass
+    assert len(lines) == 2 and lines[0] == "quick ..." and lines[1].startswith("  quick: 0.0 s, peak memory")
+    lines.clear()
+    with stage(lines.append, "slow", "sleeps", every=0.2) as slow:
+        slow.progress("3/4 steps")
+        time.sleep(0.9)  # beats at 0.2 and 0.6 s (later on a loaded machine)
+    assert lines[0] == "slow (sleeps) ..." and lines[-1].startswith("  slow: ") and "s, peak memory" in lines[-1]
+    beats = lines[1:-1]
+    assert beats and all(re.fullmatch(r"  slow: \d+ s so far, 3/4 steps \.\.\.", line) for line in beats), lines
+
+
+def test_the_reference_rollout_reports_where_it_has_got_to():
+    from rwkv_edge.artifact.builder import GREEDY_TOKENS, ROLLOUT_STEPS, build_reference
+    from rwkv_edge.model import load_model
+
+    seen: list[str] = []
+    build_reference(load_model(DEMO_CHECKPOINT), "bytes", progress=seen.append)
+    assert seen[0] == f"rollout 0/{ROLLOUT_STEPS} steps" and f"rollout {ROLLOUT_STEPS - 1}/{ROLLOUT_STEPS} steps" in seen
+    assert seen[-1] == f"greedy {GREEDY_TOKENS - 1}/{GREEDY_TOKENS} tokens"
