@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_bounded_int(1, 4096), help="threads per backend (default: every usable core)")
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="also save the whole report as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the whole report as JSON on stdout instead of the table (progress goes to stderr)")
+    p.add_argument("--json-out", type=Path, metavar="OUT.json", help="also save the whole report as JSON in this file")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: every row on this machine's NVIDIA GPU (torch eager, the TVM bundle for its CUDA "
                         "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
@@ -335,13 +337,16 @@ def cmd_info(args: argparse.Namespace) -> None:
     from ..model import load_any_model
 
     model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
-    INFO[next(a.family for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))](args, model)
+    architecture = next(a for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))
+    # every family's JSON starts alike: the family, the architecture's name (the manifest's) and its label
+    header = {"family": architecture.family, "architecture": architecture.name, "label": architecture.label}
+    INFO[architecture.family](args, model, header)
 
 
-def _language_info(args: argparse.Namespace, model) -> None:
+def _language_info(args: argparse.Namespace, model, header: dict[str, str]) -> None:
     from ..model import LANGUAGE_ARCHITECTURES
 
-    info = model.describe()
+    info = {**header, **model.describe()}  # describe() names the architecture "version" too, as a manifest's config
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
@@ -358,8 +363,9 @@ def _language_info(args: argparse.Namespace, model) -> None:
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model) -> None:
-    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters())}
+def _vision_info(args: argparse.Namespace, model, header: dict[str, str]) -> None:
+    config = {k: v for k, v in model.describe().items() if k not in header}  # describe() says "vision", "Vision-RWKV"
+    info = {**header, **config, "parameters": sum(p.numel() for p in model.parameters())}
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -368,7 +374,7 @@ def _vision_info(args: argparse.Namespace, model) -> None:
     print(f"architecture  Vision-RWKV [{cfg.embed_dims} x {cfg.depth}, {cfg.image_size} px, patch {cfg.patch_size}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in info.items():
-        if key not in ("family", "architecture", "parameters"):
+        if key not in (*header, "parameters"):
             print(f"  {key:<15} {printable(value)}")
     grid = cfg.image_size // cfg.patch_size
     out = f"logits (B, {cfg.num_classes})" if cfg.num_classes else f"features (B, {cfg.embed_dims}, {grid}, {grid})"
@@ -513,18 +519,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    _exists(args.source, "checkpoint file or artifact directory")
     from ..bench import BenchOptions, check_output, run_bench, save_report
 
     options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
                            args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
                            weights=args.weights, tvm_target=args.target, onnx_prefill_chunk=args.prefill_chunk)
+    if args.json_out:
+        check_output(args.json_out)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print  # stdout: the JSON alone
+    report = run_bench(args.source, options, work=args.work, log=log, peer=_peer(args.llama_cpp, args.gguf))
     if args.json:
-        check_output(args.json)
-    report = run_bench(args.source, options, work=args.work, peer=_peer(args.llama_cpp, args.gguf))
-    print()
-    print(report.table())
-    if args.json:
-        print(f"wrote {save_report(report, args.json)}")
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print()
+        print(report.table())
+    if args.json_out:
+        log(f"wrote {save_report(report, args.json_out)}")
     return 1 if report.failed else 0
 
 

@@ -192,3 +192,25 @@ def test_the_reference_rollout_reports_where_it_has_got_to():
     build_reference(load_model(DEMO_CHECKPOINT), "bytes", progress=seen.append)
     assert seen[0] == f"rollout 0/{ROLLOUT_STEPS} steps" and f"rollout {ROLLOUT_STEPS - 1}/{ROLLOUT_STEPS} steps" in seen
     assert seen[-1] == f"greedy {GREEDY_TOKENS - 1}/{GREEDY_TOKENS} tokens"
+
+
+# 9. --json prints JSON on stdout, in every command; info's keys agree across families
+
+def test_bench_json_prints_the_report_and_json_out_saves_it(tmp_path, cli):
+    code, out, err = cli("bench", "--backends", "torch", "--steps", "2", "--warmup", "0", "--prefill", "0", "--json",
+                         "--json-out", str(tmp_path / "bench.json"), "--work", str(tmp_path / "work"))
+    assert code == 0, err
+    report = json.loads(out)  # stdout is the JSON alone; the progress went to stderr
+    assert report["schema"] == "rwkv-edge.bench/1" and [r["backend"] for r in report["runs"]] == ["torch"]
+    assert "read bandwidth" in err and f"wrote {tmp_path / 'bench.json'}" in err
+    assert json.loads((tmp_path / "bench.json").read_text())["runs"] == report["runs"]
+
+
+def test_info_json_names_family_and_architecture_alike_for_every_family(cli):
+    from rwkv_edge.bundled import VISION_DEMO_CHECKPOINT
+
+    language = json.loads(cli("info", "--json")[1])
+    vision = json.loads(cli("info", str(VISION_DEMO_CHECKPOINT), "--json")[1])
+    assert list(language)[:3] == list(vision)[:3] == ["family", "architecture", "label"]
+    assert (language["family"], language["architecture"], language["version"]) == ("language", "v7", "v7")
+    assert (vision["family"], vision["architecture"], vision["label"]) == ("image", "vrwkv", "Vision-RWKV")
