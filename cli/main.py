@@ -386,13 +386,17 @@ INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _exists(args.source, "checkpoint file or artifact directory")
-    from ..model.tokenizer import load_tokenizer, tokenizer_for_vocab
+    from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
     from ..runtime import Sampler, generate
     from ..runtime.registry import open_backend
 
     sampler = Sampler(args.temperature, args.top_p, args.seed)
     backend = open_backend(args.source, args.backend, args.threads)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_for_vocab(backend.vocab_size), args.tokenizer_file)
+    name = args.tokenizer or tokenizer_for_vocab(backend.vocab_size)
+    tokenizer = load_tokenizer(name, args.tokenizer_file)
+    if tokenizer.vocab_size > backend.vocab_size:
+        raise TokenizerError(f"the {name} tokenizer's ids run to {tokenizer.vocab_size - 1:,}, past this model's "
+                             f"vocabulary of {backend.vocab_size:,}: {_tokenizer_fix(backend.vocab_size)}")
     prompt = tokenizer.encode(args.prompt)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
@@ -400,6 +404,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(text.decode(tokenizer.decode_bytes([token])))
         sys.stdout.flush()
     sys.stdout.write(text.decode(b"", final=True) + "\n")
+
+
+def _tokenizer_fix(vocab_size: int) -> str:
+    """What to pass for a model of ``vocab_size`` tokens instead of a tokenizer that does not fit it."""
+    from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+
+    try:
+        return f"use --tokenizer {tokenizer_for_vocab(vocab_size)}, the default for a vocabulary of {vocab_size:,}"
+    except TokenizerError:
+        return "pass --tokenizer-file with this model's own vocabulary"
 
 
 def cmd_trace(args: argparse.Namespace) -> None:

@@ -21,9 +21,9 @@ def detect_version(tensors: StateDict) -> str:
     architecture = detect(tensors)
     if architecture.family != LANGUAGE:
         raise UnknownArchitectureError(
-            "an image-model checkpoint (it has patch_embed or backbone. keys), not an RWKV language model; this "
-            "takes a language model (Vision-RWKV checkpoints load with load_vision_checkpoint; `rwkv-edge info` "
-            "shows their config)"
+            "an image-model checkpoint (it has patch_embed or backbone. keys), not an RWKV language model, which "
+            "this command takes: run a Vision-RWKV with `rwkv-edge classify`, `rwkv-edge trace --images`, "
+            "`rwkv-edge export onnx` or `rwkv-edge compile` (`rwkv-edge info` shows its config)"
         )
     return architecture.name
 

@@ -214,3 +214,14 @@ def test_info_json_names_family_and_architecture_alike_for_every_family(cli):
     assert list(language)[:3] == list(vision)[:3] == ["family", "architecture", "label"]
     assert (language["family"], language["architecture"], language["version"]) == ("language", "v7", "v7")
     assert (vision["family"], vision["architecture"], vision["label"]) == ("image", "vrwkv", "Vision-RWKV")
+
+
+# 10. errors name the command or flag to use, not a Python function
+
+def test_errors_point_at_commands_and_flags(cli):
+    from rwkv_edge.bundled import VISION_DEMO_CHECKPOINT
+
+    code, _, err = cli("generate", str(VISION_DEMO_CHECKPOINT), "--prompt", "a")
+    assert code == 1 and "run a Vision-RWKV with `rwkv-edge classify`" in err and "load_vision" not in err, err
+    code, _, err = cli("generate", "--prompt", "Hello", "--tokenizer", "world")
+    assert code == 1 and err.count("\n") == 1 and "use --tokenizer bytes" in err and "token id" not in err, err
