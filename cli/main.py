@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
-from ..bundled import DEMO_CHECKPOINT, VISION_DEMO_CHECKPOINT
+from ..bundled import DEMO_CHECKPOINT, SAMPLE_IMAGES, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
 from ..targets import get_target
@@ -89,10 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_trace)
 
     p = sub.add_parser("classify", help="the most probable classes of images (PNG, JPEG, ...) under a Vision-RWKV model",
-                       usage="rwkv-edge classify [-h] [--top K] [--image-size N] [--json] [CHECKPOINT] IMAGE [IMAGE ...]")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                       usage="rwkv-edge classify [-h] [--top K] [--image-size N] [--json] [--samples] [CHECKPOINT] "
+                             "[IMAGE ...]")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="a Vision-RWKV checkpoint (.pth, .pt or .safetensors) or artifact directory (default: the "
                         "bundled demo model, which tells ten shapes and textures apart), then one or more image files")
+    p.add_argument("--samples", action="store_true",
+                   help=f"also classify the sample images installed with the demo model "
+                        f"({', '.join(p.name for p in SAMPLE_IMAGES)}, in {SAMPLE_IMAGES[0].parent})")
     p.add_argument("--top", type=_bounded_int(1, 1000), default=5, metavar="K", help="classes shown per image (default 5)")
     p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
                    help="crop size after resizing the shorter side to N * 256 / 224 (default: the model's "
@@ -453,7 +457,7 @@ def _trace_images(args: argparse.Namespace) -> None:
 def cmd_classify(args: argparse.Namespace) -> None:
     from ..runtime.classify import classify, open_image_model
 
-    source, images = _model_and_images(args.paths)
+    source, images = _model_and_images(args.paths, args.samples)
     model = open_image_model(source or VISION_DEMO_CHECKPOINT, classifier=True)
     results = classify(model, images, args.top, args.image_size)
     if args.json:
@@ -467,14 +471,16 @@ def cmd_classify(args: argparse.Namespace) -> None:
             print(f"  {g.probability:7.2%}  {printable(g.name)}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
 
 
-def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+def _model_and_images(paths: list[Path], samples: bool) -> tuple[Path | None, list[Path]]:
     """classify's positional paths: a leading checkpoint (by its suffix) or artifact directory, if any, and
-    the images."""
-    if paths[0].suffix.lower() not in CHECKPOINT_SUFFIXES and not paths[0].is_dir():
-        return None, paths
-    if len(paths) == 1:
-        raise OptionError(f"no images to classify: give image files after the model {paths[0]}")
-    return paths[0], paths[1:]
+    the images, the installed samples after them with ``samples``."""
+    model = paths[0] if paths and (paths[0].suffix.lower() in CHECKPOINT_SUFFIXES or paths[0].is_dir()) else None
+    images = [*(paths[1:] if model else paths), *(SAMPLE_IMAGES if samples else ())]
+    if not images:
+        after = f" after the model {model}" if model else ""
+        raise OptionError(f"no images to classify: give image files{after}, or --samples for the ones installed "
+                          f"with the demo model")
+    return model, images
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:

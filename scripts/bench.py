@@ -20,7 +20,7 @@ of the same run, so an fp16 bundle is compared with fp16 PyTorch.
     python scripts/bench.py --models 0.1b --llama-cpp LLAMA/build/bin --gguf GGUF_DIR --prefill 512
 
 --llama-cpp and --gguf add llama.cpp's llama-bench (bench/peer.py) to the 0.1B-shape run: GGUF_DIR holds
-that checkpoint (--make-0.1b) converted and quantized as shared/peers/llamacpp/README.md says
+that checkpoint (--make-0.1b) converted and quantized as docs/llamacpp.md says
 (model-f32.gguf, model-q8_0.gguf, model-q4_0.gguf).
 """
 

@@ -225,3 +225,27 @@ def test_errors_point_at_commands_and_flags(cli):
     assert code == 1 and "run a Vision-RWKV with `rwkv-edge classify`" in err and "load_vision" not in err, err
     code, _, err = cli("generate", "--prompt", "Hello", "--tokenizer", "world")
     assert code == 1 and err.count("\n") == 1 and "use --tokenizer bytes" in err and "token id" not in err, err
+
+
+# 7, 11. what the README tells a new user works from an install and prints what it says
+
+def test_classify_samples_works_from_any_directory_and_says_where_they_are(tmp_path, cli, monkeypatch):
+    from rwkv_edge.bundled import SAMPLE_IMAGES
+
+    monkeypatch.chdir(tmp_path)  # not a source checkout: model/demo/... is no path here
+    code, out, _ = cli("classify", "--samples", "--top", "1")
+    lines = out.splitlines()
+    assert code == 0 and lines[1::2] == [str(p) for p in SAMPLE_IMAGES]
+    assert [line.split()[1] for line in lines[2::2]] == ["ring", "star", "checkerboard"]
+    code, _, err = cli("classify")
+    assert code == 1 and "no images to classify: give image files, or --samples" in err
+
+
+def test_the_readme_sample_text_is_what_its_command_prints(cli):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    command = re.search(r'rwkv-edge (generate --prompt "def " [^&]*?) &&', readme).group(1)
+    shown = readme.split("```text\n", 1)[1].split("\n```", 1)[0]
+    argv = [a.strip('"') for a in re.findall(r'"[^"]*"|\S+', command)]
+    code, out, _ = cli(*argv)
+    assert code == 0 and out.rstrip("\n") == shown.rstrip("\n")
+    assert "max_name, max_name" not in shown
