@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -174,15 +173,6 @@ def default_cuda_target(arch: str) -> str:
                           f"CUDA targets: {', '.join(t.name for t in GPU_TARGETS.values() if t.device == 'cuda')}")
     fits = [t for t in here if sm_number(t.arch) <= sm_number(arch)]
     return max(fits, key=lambda t: sm_number(t.arch)).name if fits else min(here, key=lambda t: sm_number(t.arch)).name
-
-
-def check_output(path: str | Path) -> None:
-    """ArtifactError now, not after a long run, if the report cannot be written at ``path``."""
-    path = Path(path)
-    try:
-        tempfile.NamedTemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise ArtifactError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[Path, dict[str, Path], BenchOptions]:

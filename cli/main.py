@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
+from ..atomic import check_writable
 from ..bundled import DEMO_CHECKPOINT, SAMPLE_IMAGES, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
@@ -24,6 +25,7 @@ from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
+BENCH_BACKENDS = tuple(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -186,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint, or an artifact directory: its backend runs it, the others its source checkpoint "
                         "(default: the bundled RWKV-7 demo model)")
-    rows = ",".join(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
-    p.add_argument("--backends", default=rows, metavar="LIST", help=f"comma-separated (default {rows})")
+    p.add_argument("--backends", default=",".join(BENCH_BACKENDS), metavar="LIST",
+                   help=f"comma-separated (default {','.join(BENCH_BACKENDS)})")
     p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=128, help="timed decode steps (default 128)")
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
@@ -455,9 +457,12 @@ def _trace_images(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
+    source, images = _model_and_images(args.paths, args.samples)
+    _exists(source, "checkpoint file or artifact directory")
+    for image in images:
+        _exists(image, "file")
     from ..runtime.classify import classify, open_image_model
 
-    source, images = _model_and_images(args.paths, args.samples)
     model = open_image_model(source or VISION_DEMO_CHECKPOINT, classifier=True)
     results = classify(model, images, args.top, args.image_size)
     if args.json:
@@ -540,13 +545,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _exists(args.source, "checkpoint file or artifact directory")
-    from ..bench import BenchOptions, check_output, run_bench, save_report
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    unknown = [b for b in backends if b not in BENCH_BACKENDS]  # BenchOptions checks it too, after torch loads
+    if unknown:
+        raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BENCH_BACKENDS)}")
+    if args.json_out:
+        check_writable(args.json_out)
+    from ..bench import BenchOptions, run_bench, save_report
 
-    options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
+    options = BenchOptions(backends, args.steps, args.warmup,
                            args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
                            weights=args.weights, tvm_target=args.target, onnx_prefill_chunk=args.prefill_chunk)
-    if args.json_out:
-        check_output(args.json_out)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print  # stdout: the JSON alone
     report = run_bench(args.source, options, work=args.work, log=log, peer=_peer(args.llama_cpp, args.gguf))
     if args.json:

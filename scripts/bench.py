@@ -37,7 +37,8 @@ from rwkv_edge.errors import RwkvEdgeError
 from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.bench import BenchOptions, BenchReport, check_output, run_bench, save_report
+from rwkv_edge.atomic import check_writable
+from rwkv_edge.bench import BenchOptions, BenchReport, run_bench, save_report
 from rwkv_edge.bench.peer import from_arguments
 from rwkv_edge.bench.options import WEIGHTS
 from rwkv_edge.bench.run import cuda_arch, default_work_dir
@@ -194,7 +195,7 @@ def main() -> int:
             parser.error("nothing to run: onnxruntime runs fp32 exports only (add fp32 to --weights, or another backend)")
         paths = {key: args.json_dir / _report_name(*key, args.device) for key in runs}
         for path in paths.values():
-            check_output(path)
+            check_writable(path)
         reports = {}
         for (name, w), options in runs.items():
             checkpoint = DEMO_CHECKPOINT if name == "demo" else make_shape(name, args.work / CHECKPOINTS[name])

@@ -115,6 +115,9 @@ def test_a_missing_path_resolves_to_a_bundled_model_only_by_its_hash():
     (["generate", "{tmp}/missing", "--prompt", "a"], "missing: no such checkpoint file or artifact directory"),
     (["trace", "{tmp}/missing.pth", "--tokens", "1", "-o", "{tmp}/t.npz"], "missing.pth: no such"),
     (["info", "{tmp}/missing.pth"], "missing.pth: no such checkpoint file"),
+    (["classify", "{tmp}/missing.png"], "missing.png: no such file"),
+    (["bench", "--backends", "torch,tensorrt"], "unknown backend 'tensorrt'; choose from torch, onnxruntime, tvm"),
+    (["bench", "--json-out", "{tmp}/no/dir/bench.json"], "cannot write"),
 ])
 def test_bad_input_is_refused_before_the_heavy_imports(tmp_path, argv, message):
     (tmp_path / "full").mkdir()
