@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import LANGUAGE_ARCHITECTURES, RWKVModel, model_from_state_dict, state_to_named
+from ..model import LANGUAGE_ARCHITECTURES, RWKVModel, model_from_checkpoint, state_to_named
 from ..model.base import nudged_inputs
-from ..model.checkpoint import Checkpoint, open_checkpoint
+from ..model.checkpoint import Checkpoint
+from ..model.sources import open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 from .manifest import MANIFEST, Manifest
@@ -40,7 +41,7 @@ def open_source(checkpoint: Path, log: Callable[[str], None]) -> Checkpoint:
 
 def load_source(checkpoint: Path, opened: Checkpoint, log: Callable[[str], None], note: str = "") -> tuple[RWKVModel, str]:
     """The fp32 language model of an opened checkpoint and its sha256; log what it is."""
-    model, sha = model_from_state_dict(opened.tensors, source=str(checkpoint)), opened.sha256
+    model, sha = model_from_checkpoint(opened, source=str(checkpoint)), opened.sha256
     log(f"  {LANGUAGE_ARCHITECTURES[model.version].label}: {model.config.n_layer} layers x {model.config.n_embd}, "
         f"vocab {model.config.vocab_size}{note}")
     return model, sha

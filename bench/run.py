@@ -35,7 +35,9 @@ from ..compile.tvm import PREFILL_CHUNK
 from ..bundled import source_checkpoint
 from ..errors import ArtifactError, OptionError
 from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
-from ..model.checkpoint import StateDict, n_layers, open_checkpoint
+from ..model.checkpoint import StateDict, n_layers
+from ..model.huggingface import is_model_folder
+from ..model.sources import open_checkpoint
 from ..platforms import cuda_device_arch, host_triple, sm_number
 from ..runtime.registry import backend_entry
 from . import peer as peers, workers
@@ -181,7 +183,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if source is None:
         return DEMO_CHECKPOINT, {}, options
     source = Path(source)
-    if not source.is_dir():
+    if not source.is_dir() or is_model_folder(source):
         return source, {}, options
     manifest = open_artifact(source).manifest
     backend = next((b for b, kind in ARTIFACT_KINDS.items() if kind == manifest.kind), None)
@@ -193,9 +195,9 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
                           "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
     options = bench_row(backend).given(source, manifest, options)
     checkpoint = source_checkpoint(manifest.source)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
-    if sha256_file(checkpoint) != manifest.source["sha256"]:
+    if (open_checkpoint(checkpoint).sha256 if checkpoint.is_dir() else sha256_file(checkpoint)) != manifest.source["sha256"]:
         raise ArtifactError(f"{checkpoint} is not the checkpoint {source} was made from (sha256 differs)")
     return checkpoint, {backend: source} if backend in options.backends else {}, options
 
@@ -227,7 +229,7 @@ def _measure(backend: str, source: Path, options: BenchOptions, threads: int, lo
         log(f"{backend}: failed: {e}")
         return BackendRun(backend, "failed", str(e), str(source), threads)
     run = BackendRun(**result)
-    if source.is_dir():
+    if source.is_dir() and not is_model_folder(source):
         run.compute = open_artifact(source).manifest.compute
     log(f"{backend}: median {run.decode_ms['median']:.3f} ms/token, peak RSS {run.peak_rss_mib:.0f} MiB, steady {run.steady_rss_mib:.0f} MiB "
         f"({time.perf_counter() - start:.0f} s)")

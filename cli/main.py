@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..architectures import ARCHITECTURES, IMAGE, LANGUAGE
+from ..architectures import IMAGE, LANGUAGE, detect
 from ..atomic import check_writable
 from ..bundled import DEMO_CHECKPOINT, SAMPLE_IMAGES, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
@@ -230,7 +230,8 @@ def _group_size_arg(p: argparse.ArgumentParser) -> None:
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", type=Path,
-                   help=".pth or .safetensors checkpoint (default: the bundled RWKV-7 demo model)")
+                   help=".pth or .safetensors checkpoint, or a Hugging Face model folder (default: the bundled "
+                        "RWKV-7 demo model)")
 
 
 # The tokenizer choices repeat model.tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
@@ -339,20 +340,22 @@ def _check_output(out: Path) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    _exists(args.checkpoint)
-    from ..model import load_any_model
+    _exists(args.checkpoint, "checkpoint file or model folder")
+    from ..model.sources import open_checkpoint
 
-    model = load_any_model(args.checkpoint or DEMO_CHECKPOINT)
-    architecture = next(a for a in ARCHITECTURES.values() if isinstance(model, a.model_class()))
+    path = args.checkpoint or DEMO_CHECKPOINT
+    checkpoint = open_checkpoint(path)  # a file or a Hugging Face model folder: its layout is shown
+    architecture = detect(checkpoint.tensors)
     # every family's JSON starts alike: the family, the architecture's name (the manifest's) and its label
     header = {"family": architecture.family, "architecture": architecture.name, "label": architecture.label}
-    INFO[architecture.family](args, model, header)
+    INFO[architecture.family](args, architecture.model_class().from_checkpoint(checkpoint, source=str(path)),
+                              header, checkpoint.layout)
 
 
-def _language_info(args: argparse.Namespace, model, header: dict[str, str]) -> None:
+def _language_info(args: argparse.Namespace, model, header: dict[str, str], layout: str) -> None:
     from ..model import LANGUAGE_ARCHITECTURES
 
-    info = {**header, **model.describe()}  # describe() names the architecture "version" too, as a manifest's config
+    info = {**header, **model.describe(), "format": layout}  # describe() names the architecture "version" too
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
@@ -360,6 +363,7 @@ def _language_info(args: argparse.Namespace, model, header: dict[str, str]) -> N
         print(json.dumps(info, indent=2))
         return
     print(f"checkpoint    {args.checkpoint or f'{DEMO_CHECKPOINT} (bundled demo model)'}")
+    print(f"format        {printable(layout)}")
     print(f"architecture  {LANGUAGE_ARCHITECTURES[model.version].label} [{model.version}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in model.describe().items():
@@ -369,9 +373,9 @@ def _language_info(args: argparse.Namespace, model, header: dict[str, str]) -> N
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model, header: dict[str, str]) -> None:
+def _vision_info(args: argparse.Namespace, model, header: dict[str, str], layout: str) -> None:
     config = {k: v for k, v in model.describe().items() if k not in header}  # describe() says "vision", "Vision-RWKV"
-    info = {**header, **config, "parameters": sum(p.numel() for p in model.parameters())}
+    info = {**header, **config, "parameters": sum(p.numel() for p in model.parameters()), "format": layout}
     if args.json:
         print(json.dumps(info, indent=2))
         return

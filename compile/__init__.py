@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import Manifest
+from ..artifact import MANIFEST, Manifest
 from ..errors import OptionError
 from ..targets import CoreMLTarget, Target, get_target
 from ..weights import check_weights
@@ -59,7 +59,7 @@ def _check_tvm(source: Path, target: Target, request: CompileRequest) -> None:
 
 
 def _check_coreml(source: Path, target: CoreMLTarget, request: CompileRequest) -> None:
-    if source.is_dir() or source.suffix == ".onnx":
+    if source.suffix == ".onnx" or (source / MANIFEST).is_file():  # an export; a model folder has no manifest
         raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:

@@ -3,7 +3,8 @@
 from ..bundled import DEMO_CHECKPOINT, VISION_DEMO_CHECKPOINT
 from .base import RWKVModel
 from .registry import (
-    LANGUAGE_ARCHITECTURES, detect_version, load_any_model, load_checkpoint, load_model, model_from_state_dict,
+    LANGUAGE_ARCHITECTURES, detect_version, load_any_model, load_checkpoint, load_model, model_from_checkpoint,
+    model_from_state_dict,
 )
 from .state import LayerState, State, StateTensor, state_from_named, state_to_named
 from .vision import VisionConfig, VisionRWKV, load_vision_checkpoint, vision_model_from_state_dict
@@ -11,6 +12,6 @@ from .vision import VisionConfig, VisionRWKV, load_vision_checkpoint, vision_mod
 __all__ = [
     "DEMO_CHECKPOINT", "LANGUAGE_ARCHITECTURES", "LayerState", "RWKVModel", "State", "StateTensor",
     "VISION_DEMO_CHECKPOINT", "VisionConfig", "VisionRWKV", "detect_version", "load_any_model", "load_checkpoint", "load_model",
-    "load_vision_checkpoint", "model_from_state_dict", "state_from_named", "state_to_named",
+    "load_vision_checkpoint", "model_from_checkpoint", "model_from_state_dict", "state_from_named", "state_to_named",
     "vision_model_from_state_dict",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import OptionError, TokenError
+from ..errors import CheckpointError, OptionError, TokenError
 from ..quantize import Quantized
 from .checkpoint import Checkpoint, StateDict, check_tensors
 from .state import State, StateTensor, check_state, zero_state
@@ -195,14 +195,21 @@ class RWKVModel(nn.Module):
         self.config = config
         # _weight skips the random init, which on the meta device imports torch._dynamo (1.2 s)
         self.emb = nn.Embedding(config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd))
-        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.ln_out = nn.LayerNorm(config.n_embd, eps=config.norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def from_state_dict(cls, tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint") -> "RWKVModel":
-        """Build the model whose shapes the tensors imply, checking every key and shape."""
+    def from_state_dict(cls, tensors: StateDict, dtype: torch.dtype = torch.float32, source: str = "checkpoint",
+                        constants: Mapping[str, Any] | None = None) -> "RWKVModel":
+        """Build the model whose shapes the tensors imply, checking every key and shape; ``constants``
+        (``Checkpoint.constants``) override config fields the tensors do not imply."""
         config = cls.config_class.from_state_dict(tensors, source)
+        if constants:
+            unknown = sorted(set(constants) - {f.name for f in dataclasses.fields(config)})
+            if unknown:
+                raise CheckpointError(f"{source}: sets {', '.join(unknown)}, which {cls.__name__} does not have")
+            config = dataclasses.replace(config, **constants)
         with torch.device("meta"):
             model = cls(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -273,5 +280,5 @@ class RWKVModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32,
                         source: str = "checkpoint") -> "RWKVModel":
-        """``from_state_dict`` of an opened checkpoint's tensors."""
-        return cls.from_state_dict(checkpoint.tensors, dtype, source)
+        """``from_state_dict`` of an opened checkpoint's tensors and constants."""
+        return cls.from_state_dict(checkpoint.tensors, dtype, source, checkpoint.constants)

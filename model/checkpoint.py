@@ -32,22 +32,23 @@ _FINITE_SLICE = 1 << 24  # elements per isfinite() mask
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint's tensors, the sha256 of the exact bytes they were parsed from, and the ``meta`` of an
-    mmcls/mmcv wrapper (``{"meta": {...}, "state_dict": {...}}``; empty for a plain state dict)."""
+    """A checkpoint's tensors under the official (BlinkDL) names, the sha256 of the exact bytes they were
+    parsed from, and the ``meta`` of an mmcls/mmcv wrapper (``{"meta": {...}, "state_dict": {...}}``;
+    empty for a plain state dict). A source in another layout (a Hugging Face folder, a GGUF file) is
+    renamed to these tensors, and ``constants`` carries the config fields its own config sets (say a
+    LayerNorm eps), which override the defaults of the model's config."""
 
     tensors: StateDict
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
+    layout: str = "BlinkDL"  # what the source was, for messages and `info`
+    constants: dict[str, Any] = field(default_factory=dict)
 
 
-def read_checkpoint(path: str | Path) -> StateDict:
-    """The tensors of a ``.pth`` or ``.safetensors`` file, checked (see ``open_checkpoint``)."""
-    return open_checkpoint(path).tensors
-
-
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint into a private copy, parse it without executing pickled code, and check it is
-    a plain state dict of finite floating-point tensors. The file type comes from its content."""
+def open_file(path: str | Path) -> Checkpoint:
+    """Read one ``.pth``/``.bin`` or ``.safetensors`` file into a private copy, parse it without executing
+    pickled code, and check it is a plain state dict of finite floating-point tensors (under whatever
+    names the file uses). The file type comes from its content."""
     path = _regular_file(Path(path))
     try:
         with open(path, "rb") as f:
@@ -64,7 +65,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 # -- what kind of file is it ------------------------------------------------------------------------
 def _regular_file(path: Path) -> Path:
     if path.is_dir():
-        raise CheckpointError(_directory_message(path))
+        raise CheckpointError(directory_message(path))
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
@@ -72,10 +73,11 @@ def _regular_file(path: Path) -> Path:
     return path
 
 
-def _directory_message(path: Path) -> str:
+def directory_message(path: Path) -> str:
     manifest = path / "manifest.json"
     if not manifest.is_file():
-        return f"{path}: is a directory, not a checkpoint file; pass the .pth or .safetensors file itself"
+        return (f"{path}: is a directory, not a checkpoint file nor a Hugging Face model folder (it has no config.json); "
+                "pass the .pth or .safetensors file itself, or the model folder")
     try:
         made_from = f" (this one was made from {json.loads(manifest.read_text())['source']['checkpoint']})"
     except (OSError, ValueError, KeyError, TypeError):

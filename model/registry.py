@@ -9,7 +9,8 @@ import torch
 from ..architectures import ARCHITECTURES, LANGUAGE, Architecture, detect
 from ..errors import UnknownArchitectureError
 from .base import RWKVModel
-from .checkpoint import StateDict, check_values, open_checkpoint
+from .checkpoint import Checkpoint, StateDict, check_values
+from .sources import open_checkpoint
 from .vision import VisionRWKV
 
 
@@ -34,11 +35,17 @@ def model_from_state_dict(tensors: StateDict, dtype: torch.dtype = torch.float32
     return _build(tensors, dtype, source)
 
 
+def model_from_checkpoint(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32,
+                          source: str = "checkpoint") -> RWKVModel:
+    """The language model of an opened (values checked) checkpoint, with its source's constants."""
+    return _build(checkpoint.tensors, dtype, source, checkpoint.constants)
+
+
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RWKVModel, str]:
-    """Load a ``.pth`` or ``.safetensors`` checkpoint of any supported version (computed in ``dtype``),
-    and the sha256 of the exact bytes it was built from."""
+    """Load a checkpoint of any supported version (computed in ``dtype``), and the sha256 of the exact
+    bytes it was built from."""
     checkpoint = open_checkpoint(path)  # values checked
-    return _build(checkpoint.tensors, dtype, str(path)), checkpoint.sha256
+    return model_from_checkpoint(checkpoint, dtype, str(path)), checkpoint.sha256
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKVModel:
@@ -52,5 +59,6 @@ def load_any_model(path: str | Path, dtype: torch.dtype = torch.float32) -> RWKV
     return detect(checkpoint.tensors).model_class().from_checkpoint(checkpoint, dtype, str(path))
 
 
-def _build(tensors: StateDict, dtype: torch.dtype, source: str) -> RWKVModel:
-    return ARCHITECTURES[detect_version(tensors)].model_class().from_state_dict(tensors, dtype=dtype, source=source)
+def _build(tensors: StateDict, dtype: torch.dtype, source: str, constants: dict | None = None) -> RWKVModel:
+    model_class = ARCHITECTURES[detect_version(tensors)].model_class()
+    return model_class.from_state_dict(tensors, dtype=dtype, source=source, constants=constants)

@@ -18,6 +18,7 @@ class ConfigV4:
     n_embd: int
     n_layer: int
     ffn_dim: int
+    norm_eps: float = 1e-5  # every LayerNorm's (a source's config may set another)
 
     @classmethod
     def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV4":
@@ -98,12 +99,12 @@ class ChannelMix(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block shared by v4, v5 and v6: x += att(ln1 x); x += ffn(ln2 x)."""
 
-    def __init__(self, n_embd: int, layer_id: int, att: nn.Module, ffn: nn.Module) -> None:
+    def __init__(self, n_embd: int, layer_id: int, att: nn.Module, ffn: nn.Module, eps: float) -> None:
         super().__init__()
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(n_embd)
-        self.ln1 = nn.LayerNorm(n_embd)
-        self.ln2 = nn.LayerNorm(n_embd)
+            self.ln0 = nn.LayerNorm(n_embd, eps=eps)
+        self.ln1 = nn.LayerNorm(n_embd, eps=eps)
+        self.ln2 = nn.LayerNorm(n_embd, eps=eps)
         self.att, self.ffn = att, ffn
 
     def forward(self, x: torch.Tensor, s: LayerState) -> tuple[torch.Tensor, LayerState]:
@@ -132,7 +133,7 @@ class RWKV4(RecurrentModel):
         super().__init__(config)
         C = config.n_embd
         self.blocks = nn.ModuleList(
-            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim)) for i in range(config.n_layer)
+            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim), config.norm_eps) for i in range(config.n_layer)
         )
 
     def state_spec(self) -> list[StateTensor]:

@@ -23,6 +23,8 @@ class ConfigV5:
     n_head: int
     ffn_dim: int
     time_state: bool  # the checkpoint carries a tuned initial WKV state
+    norm_eps: float = 1e-5  # every LayerNorm's (a source's config may set another)
+    ln_x_eps: float = 64e-5  # the per-head GroupNorm's
 
     @classmethod
     def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV5":
@@ -80,7 +82,7 @@ class MatrixTimeMix(nn.Module):
         self.value = nn.Linear(C, C, bias=False)
         self.gate = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
+        self.ln_x = nn.GroupNorm(H, C, eps=cfg.ln_x_eps)
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         return to_heads(t, self.H, self.N)
@@ -117,5 +119,5 @@ class RWKV5(MatrixStateModel):
         super().__init__(config)
         C = config.n_embd
         self.blocks = nn.ModuleList(
-            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim)) for i in range(config.n_layer)
+            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim), config.norm_eps) for i in range(config.n_layer)
         )

@@ -27,6 +27,8 @@ class ConfigV6:
     mix_lora: int  # rank of the data-dependent token-shift LoRA (5 of them share the input matrix)
     decay_lora: int
     time_state: bool  # the checkpoint carries a tuned initial WKV state
+    norm_eps: float = 1e-5  # every LayerNorm's (a source's config may set another)
+    ln_x_eps: float = 64e-5  # the per-head GroupNorm's
 
     @classmethod
     def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV6":
@@ -90,5 +92,5 @@ class RWKV6(MatrixStateModel):
         super().__init__(config)
         C = config.n_embd
         self.blocks = nn.ModuleList(
-            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim)) for i in range(config.n_layer)
+            Block(C, i, TimeMix(config), ChannelMix(C, config.ffn_dim), config.norm_eps) for i in range(config.n_layer)
         )

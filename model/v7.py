@@ -25,6 +25,8 @@ class ConfigV7:
     iclr_lora: int  # in-context learning rate "a"
     value_lora: int  # value residual to layer 0, absent in layer 0
     gate_lora: int
+    norm_eps: float = 1e-5  # every LayerNorm's (a source's config may set another)
+    ln_x_eps: float = 64e-5  # the per-head GroupNorm's
 
     @classmethod
     def from_state_dict(cls, t: StateDict, source: str = "checkpoint") -> "ConfigV7":
@@ -71,7 +73,7 @@ class TimeMix(nn.Module):
         self.key = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(H, C, eps=64e-5)
+        self.ln_x = nn.GroupNorm(H, C, eps=cfg.ln_x_eps)
 
     def forward(self, x: torch.Tensor, s: LayerState, v_first: torch.Tensor | None):
         """x (..., T, C) -> out (..., T, C), new shift and wkv, v_first of layer 0."""
@@ -157,9 +159,9 @@ class Block(nn.Module):
     def __init__(self, cfg: ConfigV7, layer_id: int) -> None:
         super().__init__()
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(cfg.n_embd)
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
+            self.ln0 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.ln1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg)
 

@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ImageError, OptionError, ShapeError, UnknownArchitectureError
-from .checkpoint import Checkpoint, StateDict, check_tensors, check_values, dims, n_layers, open_checkpoint
+from .checkpoint import Checkpoint, StateDict, check_tensors, check_values, dims, n_layers
+from .sources import open_checkpoint
 
 WKV_MODES = ("paper", "kernel")  # the paper's closed form; the official CUDA forward's arithmetic
 KERNEL_TOKEN_SPLIT = 32  # the official kernel splits T into this many chunks (TOKEN_SPLIT)

@@ -124,8 +124,9 @@ def open_backend(source: str | Path | None, backend: str | None = None, threads:
         raise OptionError(f"--threads applies to {' and '.join(e.name for e in takers('threads'))}, not {entry.name}")
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
+        from ..model.huggingface import is_model_folder
 
-        if source is not None and source.is_dir():
+        if source is not None and source.is_dir() and not is_model_folder(source):
             from ..artifact import read_manifest
 
             source = source_checkpoint(read_manifest(source).source)
@@ -147,10 +148,11 @@ def artifact_directory(source: Path | None) -> Path | None:
 
 def default_entry(source: Path | None) -> BackendEntry:
     """What runs ``source`` when no backend is named: an artifact's own backend (its manifest's kind:
-    what it was built to run on), the checkpoint backend for a checkpoint."""
-    directory = artifact_directory(source)
-    if directory is None:
-        return BACKENDS[CHECKPOINT_BACKEND]
-    from ..artifact import read_manifest
+    what it was built to run on), the checkpoint backend for a checkpoint (a file, or a model folder:
+    a directory without a manifest)."""
+    from ..artifact import MANIFEST, read_manifest
 
+    directory = artifact_directory(source)
+    if directory is None or not (directory / MANIFEST).exists():
+        return BACKENDS[CHECKPOINT_BACKEND]
     return entry_of_kind(read_manifest(directory).kind)

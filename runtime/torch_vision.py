@@ -10,7 +10,7 @@ import torch
 from ..architectures import IMAGE, detect
 from ..errors import CheckpointError
 from ..model import VisionRWKV
-from ..model.checkpoint import open_checkpoint
+from ..model.sources import open_checkpoint
 from ..model.threads import image_threads, torch_threads
 from ..model.vision import class_names
 

@@ -42,11 +42,11 @@ def main() -> int:
     from rwkv_edge.bench.workers import decode, in_own_process
     from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
     from rwkv_edge.export import OnnxOptions, export_onnx
-    from rwkv_edge.model.checkpoint import read_checkpoint
+    from rwkv_edge.model.sources import open_checkpoint
     from rwkv_edge.weights import weight_format
 
     formats = args.formats.split(",")
-    tensors = read_checkpoint(args.checkpoint)
+    tensors = open_checkpoint(args.checkpoint).tensors
     bundles, weight_bytes = {}, {}
     for name in formats:
         weights, _, compute = name.partition(":")

@@ -139,7 +139,7 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     from ..runtime.torch_backend import TorchBackend
 
     source = source_checkpoint(artifact.manifest.source) if checkpoint is True else Path(checkpoint)
-    if not source.is_file():
+    if not source.exists():
         raise ArtifactError(f"source checkpoint {source} not found; give its path: --against-checkpoint PATH")
     log(f"loading {source} ...")
     model, sha = load_checkpoint(source)

@@ -146,7 +146,7 @@ def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path 
     from ..model import VisionRWKV
     from ..model.base import quantize_linears
     from ..weights import weight_format
-    from ..model.checkpoint import open_checkpoint
+    from ..model.sources import open_checkpoint
     from ..model.threads import image_threads, torch_threads
 
     source = source_checkpoint(artifact.manifest.source) if checkpoint is True else Path(checkpoint)

@@ -76,7 +76,7 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     from ...model import load_checkpoint
 
     checkpoint = source_checkpoint(onnx_manifest.source)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise ArtifactError(f"int8 compute needs the export's checkpoint for its reference rollout: {checkpoint} is "
                             "not there (compile the checkpoint itself, or --compute fp32)")
     with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)") as rollout:

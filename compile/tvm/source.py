@@ -28,11 +28,13 @@ def open_export(source: Path, scratch: Path, target: TvmTarget | GpuTarget, opti
     """The ONNX export of ``source``: itself, its parent (model.onnx), or a fresh export into ``scratch``
     (int8/int4 when those weights are asked for, else fp32; with a prefill graph of ``chunk`` tokens,
     none if 0)."""
-    if source.is_dir():
+    from ...model.huggingface import is_model_folder
+
+    if source.is_dir() and not is_model_folder(source):
         return OnnxExport(open_artifact(source, kind="onnx"), False)
     if source.suffix == ".onnx":
         return OnnxExport(open_artifact(source.parent, kind="onnx"), False)
-    if not source.is_file():
+    if not source.exists():
         raise ArtifactError(f"{source}: no such file or directory")
     from ...export import OnnxOptions, export_onnx
 

@@ -119,9 +119,9 @@ def test_report_rows_and_ratios(report):
 
 
 def test_bound_comes_from_the_checkpoint_and_the_measured_bandwidth(report):
-    from rwkv_edge.model.checkpoint import read_checkpoint
+    from rwkv_edge.model.sources import open_checkpoint
 
-    weights = weight_bytes_per_token(read_checkpoint(DEMO_CHECKPOINT))
+    weights = weight_bytes_per_token(open_checkpoint(DEMO_CHECKPOINT).tensors)
     bw = report.bandwidth
     assert report.weights["bytes_per_token"] == weights and report.weights["precision"] == "fp32"
     assert len(bw["samples_gb_s"]) == 4 and bw["buffer_mib"] == 32  # 2 before the backends, 2 after
@@ -393,10 +393,10 @@ def test_fp16_bytes_match_what_a_gpu_bundle_stores(tvm_bundle, version_ckpt):
     from safetensors.numpy import load_file
 
     from rwkv_edge.artifact import read_manifest
-    from rwkv_edge.model.checkpoint import read_checkpoint
+    from rwkv_edge.model.sources import open_checkpoint
 
     bundle = tvm_bundle("v7", "cuda-sm90", "fp16")
-    tensors = read_checkpoint(read_manifest(bundle).source["checkpoint"])
+    tensors = open_checkpoint(read_manifest(bundle).source["checkpoint"]).tensors
     params = load_file(str(bundle / "params.safetensors"))
     stored = sum(v.nbytes for v in params.values() if v.dtype == "float16")
     assert stored == 2 * sum(tensors[name].numel() for name in bound.gemv_weight_names(tensors))
@@ -445,9 +445,9 @@ def gpu_report(monkeypatch, tmp_path):
 
 
 def test_gpu_rows_each_have_their_own_bound(gpu_report):
-    from rwkv_edge.model.checkpoint import read_checkpoint
+    from rwkv_edge.model.sources import open_checkpoint
 
-    tensors = read_checkpoint(DEMO_CHECKPOINT)
+    tensors = open_checkpoint(DEMO_CHECKPOINT).tensors
     torch_run, ort_run, tvm_run = gpu_report.runs
     assert gpu_report.options["tvm_target"] == "cuda-sm90" and gpu_report.options["device"] == "cuda"
     assert ort_run.status == "unavailable" and ort_run.reason == "no CUDA provider in this test"

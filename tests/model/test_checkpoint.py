@@ -344,7 +344,8 @@ def test_not_a_checkpoint_says_what_it_is(content, message, tmp_path):
 
 
 def test_directory(tmp_path):
-    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file; pass the \.pth"):
+    with pytest.raises(CheckpointError, match=r"is a directory, not a checkpoint file nor a Hugging Face model folder "
+                                              r"\(it has no config\.json\); pass the \.pth"):
         load_model(tmp_path)
 
 
@@ -441,7 +442,7 @@ def test_integer_token_ids_of_any_kind(v4_model, tokens):
 def test_an_mmcv_wrapper_is_unwrapped_and_its_meta_kept(tmp_path):
     tensors = make_checkpoint("v4")
     torch.save({"meta": {"epoch": 3, "config": "x"}, "state_dict": tensors}, tmp_path / "wrapped.pth")
-    opened = checkpoint.open_checkpoint(tmp_path / "wrapped.pth")
+    opened = checkpoint.open_file(tmp_path / "wrapped.pth")
     assert opened.meta == {"epoch": 3, "config": "x"}
     assert opened.tensors.keys() == tensors.keys()
-    assert checkpoint.open_checkpoint(save_checkpoint(tensors, tmp_path / "plain.pth")).meta == {}
+    assert checkpoint.open_file(save_checkpoint(tensors, tmp_path / "plain.pth")).meta == {}

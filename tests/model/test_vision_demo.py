@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rwkv_edge.model import VISION_DEMO_CHECKPOINT, VisionRWKV, load_vision_checkpoint
-from rwkv_edge.model.checkpoint import open_checkpoint
+from rwkv_edge.model.sources import open_checkpoint
 from rwkv_edge.model.demo.train_vision import (
     CLASSES, HELD_OUT_SEED, SAMPLES, accuracy, batch, bi_wkv_dense, initial_tensors, render,
 )

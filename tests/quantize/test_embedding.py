@@ -50,7 +50,7 @@ def test_quantizing_in_place_writes_the_same_numbers_into_the_checkpoints_copy(m
     import hashlib
 
     from rwkv_edge.model import model_from_state_dict
-    from rwkv_edge.model.checkpoint import open_checkpoint
+    from rwkv_edge.model.sources import open_checkpoint
 
     path = make_ckpt("v7")
     before = hashlib.sha256(path.read_bytes()).hexdigest()
