@@ -107,7 +107,7 @@ def test_a_missing_path_resolves_to_a_bundled_model_only_by_its_hash():
     (["compile", "{tmp}/missing.pth", "--target", "x86_64-host", "-o", "{tmp}/out"], "missing.pth: no such"),
     (["compile", "--target", "x86_64-host", "--stateful", "-o", "{tmp}/out"], "--stateful applies to Core ML targets"),
     (["compile", "--target", "raspberry-pi-5", "--weights", "fp16", "-o", "{tmp}/out"], "not fp16"),
-    (["compile", "{tmp}/full", "--target", "ios-coreml", "-o", "{tmp}/out"], "not from an ONNX export"),
+    (["compile", "{tmp}/export", "--target", "ios-coreml", "-o", "{tmp}/out"], "not from an ONNX export"),
     (["export", "onnx", "-o", "{tmp}/full"], "is not empty and holds no rwkv-edge artifact"),
     (["export", "onnx", "-o", "{tmp}/file.txt"], "is a file, not a directory"),
     (["export", "onnx", "-o", "{tmp}/out", "--weights", "fp16", "--group-size", "32"], "--group-size applies to int8"),
@@ -123,13 +123,15 @@ def test_bad_input_is_refused_before_the_heavy_imports(tmp_path, argv, message):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "thesis.tex").write_text("user data")
     (tmp_path / "file.txt").write_text("a file")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "manifest.json").write_text("{}")  # an artifact, by its manifest
     argv = [a.format(tmp=tmp_path) for a in argv]
     probe = ("import sys\nfrom rwkv_edge.cli.main import main\ncode = main(sys.argv[1:])\n"
              f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert done.stdout.splitlines()[-1] == "1 []", (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("rwkv-edge: error: ") and message in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "full"], "nothing was created"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "file.txt", "full"], "nothing was created"
 
 
 # 8. --images takes the --backend habit of --tokens: agreeing is fine, contradicting is one line
