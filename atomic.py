@@ -29,6 +29,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def check_writable(path: str | Path) -> None:
+    """ArtifactError now, not after a long run, if a file cannot be written at ``path``."""
+    path = Path(path)
+    try:
+        tempfile.NamedTemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise ArtifactError(f"cannot write {path}: {e.strerror}") from None
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

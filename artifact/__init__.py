@@ -3,7 +3,7 @@ it, and the writer that replaces one only when the new one is complete (docs/art
 
 from .manifest import MANIFEST, REPORTS, SCHEMA, CoreMLBuild, Graph, Manifest, TvmBuild, sha256_file
 from .reader import Artifact, open_artifact, read_manifest
-from .writer import ArtifactWriter
+from .writer import ArtifactWriter, check_output_directory
 
 __all__ = ["MANIFEST", "REPORTS", "SCHEMA", "Artifact", "ArtifactWriter", "CoreMLBuild", "Graph", "Manifest",
-           "TvmBuild", "open_artifact", "read_manifest", "sha256_file"]
+           "TvmBuild", "check_output_directory", "open_artifact", "read_manifest", "sha256_file"]

@@ -3,6 +3,7 @@ rollout every artifact carries, timed stages."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..model.sources import open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
 from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 from .manifest import MANIFEST, Manifest
+from .writer import ArtifactWriter
 from .reference import RecordedLogits, Reference, RoundingSpread
 
 ROLLOUT_STEPS, GREEDY_PROMPT, GREEDY_TOKENS = 64, 16, 128  # the reference rollout of every artifact
@@ -55,38 +57,46 @@ def save_initial_state(model: RWKVModel, path: Path) -> bool:
     return True
 
 
-def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None, spread: bool = False) -> Reference:
+def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None, spread: bool = False,
+                    progress: Callable[[str], None] = lambda detail: None) -> Reference:
     """What the model computes (fp32) over ROLLOUT_STEPS tokens of ROLLOUT_TEXT, feeding back its own
     state, and greedily from a prompt of its first GREEDY_PROMPT: the artifact's reference rollout.
     Single-token steps, on ``threads`` intra-op threads, or where None those ``threads_for`` picks for
-    one token (one, below ~1e9 parameters). ``spread`` (an int8-compute model): with its ``RoundingSpread``."""
+    one token (one, below ~1e9 parameters). ``spread`` (an int8-compute model): with its ``RoundingSpread``.
+    ``progress`` hears where it has got to ("40/64 steps"), e.g. a ``stage``'s."""
     tokens = rollout_tokens(tokenizer, model.config.vocab_size, ROLLOUT_STEPS)
     with torch.inference_mode(), torch_threads(threads_for(parameter_count(model), requested=threads)):
-        logits, final = _rollout(model, tokens)
+        logits, final = _rollout(model, tokens, lambda i: progress(f"rollout {i}/{len(tokens)} steps"))
         prompt = tokens[:GREEDY_PROMPT]
         out, state = model.forward(prompt)
         greedy = []
         for i in range(GREEDY_TOKENS):
+            progress(f"greedy {i}/{GREEDY_TOKENS} tokens")
             greedy.append(int(out[-1].argmax()))
             if i + 1 < GREEDY_TOKENS:
                 out, state = model.forward([greedy[-1]], state)
-        measured = _rounding_spread(model, tokens, logits, final) if spread else None
+        measured = None
+        if spread:
+            measured = _rounding_spread(model, tokens, logits, final,
+                                        lambda i: progress(f"rounding spread {i}/{len(tokens)} steps"))
     return Reference(np.asarray(tokens, np.int64), RecordedLogits.of(logits, FULL_STEPS), final,
                      np.asarray(prompt, np.int64), np.asarray(greedy, np.int64), measured)
 
 
-def _rollout(model: RWKVModel, tokens: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _rollout(model: RWKVModel, tokens: list[int],
+             done: Callable[[int], None] = lambda steps: None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The logits (T, V) after each token, the model feeding back its own state, and the final state
-    (``state_out.{layer}.{role}``)."""
+    (``state_out.{layer}.{role}``); ``done(i)`` before step i."""
     state, logits = model.init_state(), []
-    for token in tokens:
+    for i, token in enumerate(tokens):
+        done(i)
         out, state = model.step(token, state)
         logits.append(out)
     return torch.stack(logits).numpy(), {k: v.numpy() for k, v in state_to_named(state, prefix="state_out").items()}
 
 
-def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray,
-                     state: dict[str, np.ndarray]) -> RoundingSpread:
+def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray, state: dict[str, np.ndarray],
+                     done: Callable[[int], None] = lambda steps: None) -> RoundingSpread:
     """How far an int8-compute model's rollout moves when every input it rounds is nudged by one fp32 ulp.
 
     An int8-compute bundle rounds every projection's input to int8 levels (compile/tvm/intdot.py) as its
@@ -97,7 +107,7 @@ def _rounding_spread(model: RWKVModel, tokens: list[int], logits: np.ndarray,
     as far as the reference drifts under this nudge (docs/quantization.md): verify's yardstick at scale.
     Figures over whole rows: max|Δ|/std of the logits (worst step) and of the final state (worst tensor)."""
     with nudged_inputs(model, seed=0):
-        nudged, nudged_state = _rollout(model, tokens)
+        nudged, nudged_state = _rollout(model, tokens, done)
     ref = logits.astype(np.float64)
     steps = np.abs(nudged - ref).max(axis=1) / ref.std(axis=1)
     tensors = [np.abs(nudged_state[k] - v).max() / (v.std() or np.abs(v).max() or 1.0) for k, v in state.items()]
@@ -125,11 +135,16 @@ def tokenizer_name(model: RWKVModel) -> str:
         return "unknown"
 
 
-def report_commit(log: Callable[[str], None], out_dir: Path, manifest: Manifest, manifest_sha256: str) -> None:
-    """The last lines of a build: what it wrote where, and the sha256 that pins exactly this artifact."""
-    entries = list(dict.fromkeys(name.split("/")[0] for name in manifest.files))
-    log(f"wrote {', '.join(entries)} and {MANIFEST} to {out_dir}")
-    log(f"manifest sha256 {manifest_sha256} (pin it: rwkv-edge verify {out_dir} --expect-sha256 {manifest_sha256})")
+def report_commit(log: Callable[[str], None], writer: ArtifactWriter, manifest: Manifest, manifest_sha256: str) -> None:
+    """The last lines of a build: what it wrote where, and the sha256 that pins exactly this artifact; for
+    an artifact in another build's scratch directory (compile's export of a checkpoint) what it wrote, as
+    nothing there outlives that build."""
+    entries = ", ".join(dict.fromkeys(name.split("/")[0] for name in manifest.files))
+    if writer.temporary:
+        log(f"wrote {entries} and {MANIFEST} to a scratch directory (removed when this build ends)")
+        return
+    log(f"wrote {entries} and {MANIFEST} to {writer.out}")
+    log(f"manifest sha256 {manifest_sha256} (pin it: rwkv-edge verify {writer.out} --expect-sha256 {manifest_sha256})")
 
 
 def peak_memory_gb() -> float:
@@ -141,16 +156,40 @@ def peak_memory_gb() -> float:
     return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
+HEARTBEAT_S = 15.0  # a stage still running after this long says so, then every twice as long
+
+
 class stage:
-    """Log a stage's name, then its wall time and the process's peak memory so far when it ends."""
+    """Log a stage's name (and ``note``: what it does, where it reports nothing until done), then its wall
+    time and the process's peak memory so far when it ends. A stage running past ``every`` seconds says
+    so, with its progress where the work reports some (``with stage(...) as s: work(progress=s.progress)``),
+    then again every ``2 * every`` seconds: a long stage is never silent, a short one prints two lines."""
 
-    def __init__(self, log: Callable[[str], None], name: str) -> None:
-        self.log, self.name = log, name
+    def __init__(self, log: Callable[[str], None], name: str, note: str = "", every: float = HEARTBEAT_S) -> None:
+        self.log, self.name, self.note, self.every = log, name, note, every
+        self.detail = ""
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "stage":
         self.start = time.perf_counter()
-        self.log(f"{self.name} ...")
+        self.log(f"{self.name}{f' ({self.note})' if self.note else ''} ...")
+        self._done = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"stage {self.name}", daemon=True)
+        self._beat.start()
+        return self
+
+    def progress(self, detail: str) -> None:
+        """Where the work has got to, e.g. "40/64 steps": the next heartbeat line shows it."""
+        self.detail = detail
+
+    def _heartbeat(self) -> None:
+        wait = self.every
+        while not self._done.wait(wait):
+            detail = f", {self.detail}" if self.detail else ""
+            self.log(f"  {self.name}: {time.perf_counter() - self.start:.0f} s so far{detail} ...")
+            wait = 2 * self.every
 
     def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._beat.join()
         if exc[0] is None:
             self.log(f"  {self.name}: {time.perf_counter() - self.start:.1f} s, peak memory {peak_memory_gb():.2f} GB")

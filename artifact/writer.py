@@ -86,6 +86,11 @@ class ArtifactWriter:
             self._scratch = self._temporary_directory()
         return self._scratch
 
+    @property
+    def temporary(self) -> bool:
+        """Whether the artifact goes into another build's scratch directory, deleted when that build ends."""
+        return _marked(self.out.parent)
+
     def commit(self, manifest: Manifest) -> str:
         """List and hash every file in ``self.dir`` in ``manifest.files``, write the manifest, and swap
         the new artifact in; returns the manifest's sha256 (what ``verify --expect-sha256`` pins)."""
@@ -132,8 +137,28 @@ class ArtifactWriter:
         self._locks.clear()
 
 
+def check_output_directory(requested: str | Path) -> None:
+    """ArtifactError now, before any work, for an output directory the writer refuses whatever it builds:
+    a file, the current directory (or one holding it), the root, a directory holding files but no
+    manifest. Creates nothing; the writer checks again (and the rest) when it starts."""
+    out = _checked_output(Path(requested))
+    if out.is_dir():
+        _occupied(out)
+
+
 def _output_directory(requested: Path) -> Path:
-    """The real directory to write (symlinks resolved); ArtifactError for what cannot be an artifact."""
+    """The real directory to write (symlinks resolved), its parent created; ArtifactError for what
+    cannot be an artifact."""
+    out = _checked_output(requested)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {requested}: {e.strerror}") from None
+    return out
+
+
+def _checked_output(requested: Path) -> Path:
+    """``requested`` with symlinks resolved; ArtifactError for what cannot be an artifact directory."""
     out = requested.resolve()
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{requested} is a file, not a directory: give -o a directory for the artifact")
@@ -143,21 +168,24 @@ def _output_directory(requested: Path) -> Path:
                             "subdirectory, e.g. -o out/model")
     if out.parent == out:
         raise ArtifactError(f"{requested}: an artifact cannot replace the root directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"cannot write to {requested}: {e.strerror}") from None
     return out
+
+
+def _occupied(out: Path) -> bool:
+    """Whether ``out`` holds anything; ArtifactError when it holds files but no manifest."""
+    if not any(out.iterdir()):
+        return False
+    if not (out / MANIFEST).is_file():
+        raise ArtifactError(f"{out} is not empty and holds no rwkv-edge artifact (no {MANIFEST}): write to a new "
+                            "or empty directory (rwkv-edge never deletes files it did not write)")
+    return True
 
 
 def _previous_artifact(out: Path) -> Files | None:
     """The validated file list of the artifact in ``out`` (None when empty); ArtifactError when ``out``
     holds anything the writer cannot prove it wrote."""
-    if not any(out.iterdir()):
+    if not _occupied(out):
         return None
-    if not (out / MANIFEST).is_file():
-        raise ArtifactError(f"{out} is not empty and holds no rwkv-edge artifact (no {MANIFEST}): write to a new "
-                            "or empty directory (rwkv-edge never deletes files it did not write)")
     try:
         files = read_files(out)
     except ArtifactError as e:

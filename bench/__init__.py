@@ -6,7 +6,7 @@ from .bound import bound_ms, weight_bytes_per_token
 from .peer import LlamaCpp, PeerRun, llama_cpp
 from .options import BACKENDS, BenchOptions
 from .report import BackendRun, BenchReport, save_report
-from .run import check_output, run_bench
+from .run import run_bench
 
-__all__ = ["BACKENDS", "BackendRun", "BenchOptions", "BenchReport", "LlamaCpp", "PeerRun", "bound_ms", "check_output",
+__all__ = ["BACKENDS", "BackendRun", "BenchOptions", "BenchReport", "LlamaCpp", "PeerRun", "bound_ms",
            "llama_cpp", "run_bench", "save_report", "weight_bytes_per_token"]

@@ -1,7 +1,7 @@
 """llama.cpp as the bench's peer: its ``llama-bench`` on the same model, converted to GGUF, in the same run.
 
 llama.cpp runs RWKV-7 on CPUs with its own kernels and its own quantized formats; the bench runs its
-``llama-bench`` (an optional, separately built program: shared/peers/llamacpp/README.md says how)
+``llama-bench`` (an optional, separately built program: docs/llamacpp.md says how)
 on one GGUF file per weight format, F32 beside our fp32 rows, Q8_0 beside int8, Q4_0 beside int4, with
 the same thread count, the same decode length (``-n steps``) and prompt length (``-p prefill``) as our
 backends, once before them and once after, so that both sides see the same window of the machine.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +32,7 @@ import numpy as np
 
 from ..artifact import open_artifact, sha256_file
 from ..compile.tvm import PREFILL_CHUNK
+from ..bundled import source_checkpoint
 from ..errors import ArtifactError, OptionError
 from ..model import LANGUAGE_ARCHITECTURES, DEMO_CHECKPOINT, detect_version
 from ..model.checkpoint import StateDict, n_layers
@@ -177,15 +177,6 @@ def default_cuda_target(arch: str) -> str:
     return max(fits, key=lambda t: sm_number(t.arch)).name if fits else min(here, key=lambda t: sm_number(t.arch)).name
 
 
-def check_output(path: str | Path) -> None:
-    """ArtifactError now, not after a long run, if the report cannot be written at ``path``."""
-    path = Path(path)
-    try:
-        tempfile.NamedTemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        raise ArtifactError(f"cannot write {path}: {e.strerror}") from None
-
-
 def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[Path, dict[str, Path], BenchOptions]:
     """(checkpoint, {backend: artifact directory given by the user}, the options with a given
     bundle's target). OptionError for a bundle of another device or weights than ``options`` ask for."""
@@ -203,7 +194,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
         raise OptionError(f"{source}: an artifact that computes in fp16; bench compares backends computing in fp32 "
                           "or, for int8/int4 TVM bundles, int8 (export or compile without --weights fp16)")
     options = bench_row(backend).given(source, manifest, options)
-    checkpoint = Path(manifest.source["checkpoint"])
+    checkpoint = source_checkpoint(manifest.source)
     if not checkpoint.exists():
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
     if (open_checkpoint(checkpoint).sha256 if checkpoint.is_dir() else sha256_file(checkpoint)) != manifest.source["sha256"]:

@@ -14,14 +14,18 @@ from pathlib import Path
 
 from .. import __version__
 from ..architectures import IMAGE, LANGUAGE, detect
+from ..atomic import check_writable
+from ..bundled import DEMO_CHECKPOINT, SAMPLE_IMAGES, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
-from ..errors import OptionError, RwkvEdgeError, printable
+from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
+from ..targets import get_target
 from ..targets.coreml import EXECUTORS
-from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, backend_entry, takers
-from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, default_entry, takers
+from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
+BENCH_BACKENDS = tuple(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -87,10 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_trace)
 
     p = sub.add_parser("classify", help="the most probable classes of images (PNG, JPEG, ...) under a Vision-RWKV model",
-                       usage="rwkv-edge classify [-h] [--top K] [--image-size N] [--json] [CHECKPOINT] IMAGE [IMAGE ...]")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                       usage="rwkv-edge classify [-h] [--top K] [--image-size N] [--json] [--samples] [CHECKPOINT] "
+                             "[IMAGE ...]")
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="a Vision-RWKV checkpoint (.pth, .pt or .safetensors) or artifact directory (default: the "
                         "bundled demo model, which tells ten shapes and textures apart), then one or more image files")
+    p.add_argument("--samples", action="store_true",
+                   help=f"also classify the sample images installed with the demo model "
+                        f"({', '.join(p.name for p in SAMPLE_IMAGES)}, in {SAMPLE_IMAGES[0].parent})")
     p.add_argument("--top", type=_bounded_int(1, 1000), default=5, metavar="K", help="classes shown per image (default 5)")
     p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
                    help="crop size after resizing the shorter side to N * 256 / 224 (default: the model's "
@@ -182,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint, or an artifact directory: its backend runs it, the others its source checkpoint "
                         "(default: the bundled RWKV-7 demo model)")
-    rows = ",".join(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
-    p.add_argument("--backends", default=rows, metavar="LIST", help=f"comma-separated (default {rows})")
+    p.add_argument("--backends", default=",".join(BENCH_BACKENDS), metavar="LIST",
+                   help=f"comma-separated (default {','.join(BENCH_BACKENDS)})")
     p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=128, help="timed decode steps (default 128)")
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,
@@ -194,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_bounded_int(1, 4096), help="threads per backend (default: every usable core)")
     p.add_argument("--work", type=Path, metavar="DIR", help="where exports and compiled bundles are kept (default ~/.cache/rwkv-edge/bench)")
     p.add_argument("--rebuild", action="store_true", help="export and compile again even if a matching artifact is there")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="also save the whole report as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the whole report as JSON on stdout instead of the table (progress goes to stderr)")
+    p.add_argument("--json-out", type=Path, metavar="OUT.json", help="also save the whole report as JSON in this file")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: every row on this machine's NVIDIA GPU (torch eager, the TVM bundle for its CUDA "
                         "target, onnxruntime where its CUDA provider is installed) against GPU memory bandwidth "
@@ -234,8 +244,9 @@ def _source_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=list(BACKENDS), default=CHECKPOINT_BACKEND,
-                   help="; ".join(f"{e.name} runs {e.source}" for e in BACKENDS.values()))
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="; ".join(f"{e.name} runs {e.source}" for e in BACKENDS.values()) +
+                        f" (default: an artifact runs on its own backend, a checkpoint on {CHECKPOINT_BACKEND})")
 
 
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
@@ -317,17 +328,34 @@ def _token_list(text: str) -> list[int]:
     return tokens
 
 
+def _exists(path: Path | None, what: str = "checkpoint file") -> None:
+    """CheckpointError now, before torch, ONNX or TVM load, if ``path`` is given and not there."""
+    if path is not None and not path.exists():
+        raise CheckpointError(f"{path}: no such {what}")
+
+
+def _check_output(out: Path) -> None:
+    """ArtifactError now, before torch, ONNX or TVM load, for an output directory the artifact writer refuses."""
+    from ..artifact import check_output_directory  # numpy, nothing heavier
+
+    check_output_directory(out)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..model import DEMO_CHECKPOINT, open_any_model
+    _exists(args.checkpoint, "checkpoint file or model folder")
+    from ..model import open_any_model
 
     model, checkpoint = open_any_model(args.checkpoint or DEMO_CHECKPOINT)  # any form: its layout is shown
-    INFO[detect(checkpoint.tensors).family](args, model, checkpoint)
+    architecture = detect(checkpoint.tensors)
+    # every family's JSON starts alike: the family, the architecture's name (the manifest's) and its label
+    header = {"family": architecture.family, "architecture": architecture.name, "label": architecture.label}
+    INFO[architecture.family](args, model, header, checkpoint)
 
 
-def _language_info(args: argparse.Namespace, model, checkpoint) -> None:
-    from ..model import DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES
+def _language_info(args: argparse.Namespace, model, header: dict[str, str], checkpoint) -> None:
+    from ..model import LANGUAGE_ARCHITECTURES
 
-    info = {**model.describe(), "format": checkpoint.layout}
+    info = {**header, **model.describe(), "format": checkpoint.layout}  # describe() names the architecture "version" too
     spec = model.state_spec()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["state_floats"] = sum(math.prod(t.shape) for t in spec)
@@ -349,8 +377,9 @@ def _language_info(args: argparse.Namespace, model, checkpoint) -> None:
     print(f"state         per layer: {layer0}; {info['state_floats']:,} floats in all")
 
 
-def _vision_info(args: argparse.Namespace, model, checkpoint) -> None:
-    info = {**model.describe(), "parameters": sum(p.numel() for p in model.parameters()), "format": checkpoint.layout}
+def _vision_info(args: argparse.Namespace, model, header: dict[str, str], checkpoint) -> None:
+    config = {k: v for k, v in model.describe().items() if k not in header}  # describe() says "vision", "Vision-RWKV"
+    info = {**header, **config, "parameters": sum(p.numel() for p in model.parameters()), "format": checkpoint.layout}
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -359,7 +388,7 @@ def _vision_info(args: argparse.Namespace, model, checkpoint) -> None:
     print(f"architecture  Vision-RWKV [{cfg.embed_dims} x {cfg.depth}, {cfg.image_size} px, patch {cfg.patch_size}]")
     print(f"parameters    {info['parameters']:,}")
     for key, value in info.items():
-        if key not in ("family", "architecture", "parameters"):
+        if key not in (*header, "parameters"):
             print(f"  {key:<15} {printable(value)}")
     grid = cfg.image_size // cfg.patch_size
     out = f"logits (B, {cfg.num_classes})" if cfg.num_classes else f"features (B, {cfg.embed_dims}, {grid}, {grid})"
@@ -370,13 +399,18 @@ INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` 
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from ..model.tokenizer import load_tokenizer, tokenizer_for_vocab
+    _exists(args.source, "checkpoint file or artifact directory")
+    from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
     from ..runtime import Sampler, generate
     from ..runtime.registry import open_backend
 
     sampler = Sampler(args.temperature, args.top_p, args.seed)
     backend = open_backend(args.source, args.backend, args.threads)
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_for_vocab(backend.vocab_size), args.tokenizer_file)
+    name = args.tokenizer or tokenizer_for_vocab(backend.vocab_size)
+    tokenizer = load_tokenizer(name, args.tokenizer_file)
+    if tokenizer.vocab_size > backend.vocab_size:
+        raise TokenizerError(f"the {name} tokenizer's ids run to {tokenizer.vocab_size - 1:,}, past this model's "
+                             f"vocabulary of {backend.vocab_size:,}: {_tokenizer_fix(backend.vocab_size)}")
     prompt = tokenizer.encode(args.prompt)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
@@ -386,16 +420,28 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sys.stdout.write(text.decode(b"", final=True) + "\n")
 
 
+def _tokenizer_fix(vocab_size: int) -> str:
+    """What to pass for a model of ``vocab_size`` tokens instead of a tokenizer that does not fit it."""
+    from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+
+    try:
+        return f"use --tokenizer {tokenizer_for_vocab(vocab_size)}, the default for a vocabulary of {vocab_size:,}"
+    except TokenizerError:
+        return "pass --tokenizer-file with this model's own vocabulary"
+
+
 def cmd_trace(args: argparse.Namespace) -> None:
+    _exists(args.source, "checkpoint file or artifact directory")
     if args.images is not None:
         return _trace_images(args)
     from ..runtime import run_trace, save_trace
     from ..runtime.registry import open_backend
 
-    trace = run_trace(open_backend(args.source, args.backend), args.tokens)
+    backend = open_backend(args.source, args.backend)
+    trace = run_trace(backend, args.tokens)
     save_trace(trace, args.out)
     top1 = trace.logits.argmax(-1).tolist()
-    print(f"traced {len(args.tokens)} tokens on {args.backend}: logits {trace.logits.shape}, "
+    print(f"traced {len(args.tokens)} tokens on {backend.name}: logits {trace.logits.shape}, "
           f"{len(trace.state)} state tensors -> {args.out} (greedy next tokens {top1[:8]}{' ...' if len(top1) > 8 else ''})")
 
 
@@ -404,11 +450,14 @@ def _trace_images(args: argparse.Namespace) -> None:
     from ..runtime.classify import open_image_model
     from ..runtime.tracing import run_image_trace, save_arrays
 
-    if backend_entry(args.backend).kind is not None:
-        raise OptionError("--backend applies to --tokens; with --images the source decides how it runs "
-                          "(a checkpoint runs on PyTorch)")
+    own = default_entry(args.source)
+    if args.backend is not None and args.backend != own.name:  # the habit of --tokens, as long as it agrees
+        what = f"this {own.label} artifact" if own.kind else "a checkpoint"
+        raise OptionError(f"--backend {args.backend} contradicts {args.source or 'the bundled demo model'}: with "
+                          f"--images a model runs on its own backend ({own.name} for {what}); drop --backend or "
+                          f"name {own.name}")
     images = load_image_batch(args.images)  # before the model loads: a bad file fails fast
-    model = open_image_model(args.source or _vision_demo())
+    model = open_image_model(args.source or VISION_DEMO_CHECKPOINT)
     arrays = run_image_trace(model, images)
     save_arrays(arrays, args.out)
     (name, out), = arrays.items()
@@ -416,41 +465,42 @@ def _trace_images(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
+    source, images = _model_and_images(args.paths, args.samples)
+    _exists(source, "checkpoint file or artifact directory")
+    for image in images:
+        _exists(image, "file")
     from ..runtime.classify import classify, open_image_model
 
-    source, images = _model_and_images(args.paths)
-    model = open_image_model(source or _vision_demo(), classifier=True)
+    model = open_image_model(source or VISION_DEMO_CHECKPOINT, classifier=True)
     results = classify(model, images, args.top, args.image_size)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return
     size = args.image_size or model.image_size
-    print(f"classify: {printable(source or f'{_vision_demo()} (bundled demo model)')}, {size} px")
+    print(f"classify: {printable(source or f'{VISION_DEMO_CHECKPOINT} (bundled demo model)')}, {size} px")
     for r in results:  # names from the checkpoint or manifest, paths from the disk: escaped, one line each
         print(printable(r.path) + (f"  (converted: {r.converted})" if r.converted else ""))
         for g in r.top:
             print(f"  {g.probability:7.2%}  {printable(g.name)}" + (f"  [{g.index}]" if g.name != str(g.index) else ""))
 
 
-def _model_and_images(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+def _model_and_images(paths: list[Path], samples: bool) -> tuple[Path | None, list[Path]]:
     """classify's positional paths: a leading checkpoint (by its suffix) or artifact directory, if any, and
-    the images."""
-    if paths[0].suffix.lower() not in CHECKPOINT_SUFFIXES and not paths[0].is_dir():
-        return None, paths
-    if len(paths) == 1:
-        raise OptionError(f"no images to classify: give image files after the model {paths[0]}")
-    return paths[0], paths[1:]
-
-
-def _vision_demo() -> Path:
-    from ..model import VISION_DEMO_CHECKPOINT
-
-    return VISION_DEMO_CHECKPOINT
+    the images, the installed samples after them with ``samples``."""
+    model = paths[0] if paths and (paths[0].suffix.lower() in CHECKPOINT_SUFFIXES or paths[0].is_dir()) else None
+    images = [*(paths[1:] if model else paths), *(SAMPLE_IMAGES if samples else ())]
+    if not images:
+        after = f" after the model {model}" if model else ""
+        raise OptionError(f"no images to classify: give image files{after}, or --samples for the ones installed "
+                          f"with the demo model")
+    return model, images
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
+    _exists(args.checkpoint)
+    weight_format(args.weights).check_group(args.group_size)
+    _check_output(args.out)
     from ..export import OnnxOptions, export_onnx
-    from ..model import DEMO_CHECKPOINT
 
     options = OnnxOptions(args.weights, args.prefill_chunk, args.prefill_all_logits, args.dynamic_batch, args.opset,
                           args.group_size, args.image_size)
@@ -460,13 +510,16 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from ..compile import CompileRequest, compile_for
-    from ..model import DEMO_CHECKPOINT
+    from ..compile import CompileRequest, check_request, compile_for  # numpy, nothing heavier
 
+    target = get_target(args.target)
     source = args.checkpoint or DEMO_CHECKPOINT
-    print(f"compile: {source} -> {args.out}")
+    _exists(source, "checkpoint file or ONNX export")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
                              args.prefill_chunk, args.group_size, args.compute, args.image_size)
+    check_request(source, target, request)
+    _check_output(args.out)
+    print(f"compile: {source} -> {args.out}")
     compile_for(source, args.out, args.target, request)
 
 
@@ -499,18 +552,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..bench import BenchOptions, check_output, run_bench, save_report
+    _exists(args.source, "checkpoint file or artifact directory")
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    unknown = [b for b in backends if b not in BENCH_BACKENDS]  # BenchOptions checks it too, after torch loads
+    if unknown:
+        raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BENCH_BACKENDS)}")
+    if args.json_out:
+        check_writable(args.json_out)
+    from ..bench import BenchOptions, run_bench, save_report
 
-    options = BenchOptions(tuple(b.strip() for b in args.backends.split(",") if b.strip()), args.steps, args.warmup,
+    options = BenchOptions(backends, args.steps, args.warmup,
                            args.prefill, threads=args.threads, rebuild=args.rebuild, device=args.device,
                            weights=args.weights, tvm_target=args.target, onnx_prefill_chunk=args.prefill_chunk)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print  # stdout: the JSON alone
+    report = run_bench(args.source, options, work=args.work, log=log, peer=_peer(args.llama_cpp, args.gguf))
     if args.json:
-        check_output(args.json)
-    report = run_bench(args.source, options, work=args.work, peer=_peer(args.llama_cpp, args.gguf))
-    print()
-    print(report.table())
-    if args.json:
-        print(f"wrote {save_report(report, args.json)}")
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print()
+        print(report.table())
+    if args.json_out:
+        log(f"wrote {save_report(report, args.json_out)}")
     return 1 if report.failed else 0
 
 

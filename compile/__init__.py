@@ -1,8 +1,9 @@
 """Compilers from a checkpoint or an ONNX export to a deployable artifact: one per target family.
 
 A target names its family (``target.kind``); COMPILERS maps the family to the package whose
-``compile_target(source, out_dir, target, request, log)`` builds it. Adding a family is a targets/
-module, a compile/ package and one entry here.
+``compile_target(source, out_dir, target, request, log)`` builds it, and REQUEST_CHECKS to what the
+family refuses before its compiler (TVM, coremltools, torch) loads. Adding a family is a targets/
+module, a compile/ package and one entry in each.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..artifact import Manifest
-from ..model.sources import stored_format
-from ..targets import get_target
+from ..artifact import MANIFEST, Manifest
+from ..errors import OptionError
+from ..targets import CoreMLTarget, Target, get_target
+from ..weights import check_weights
 
 COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the package in compile/
 
@@ -40,10 +42,38 @@ class CompileRequest:
                 if value != getattr(defaults, name)}
 
 
+def check_request(source: Path, target: Target, request: CompileRequest) -> None:
+    """OptionError for what ``target``'s family refuses whatever the model: another family's options, a
+    source it cannot compile from, a weight format it cannot hold. Needs no compiler (the CLI calls it
+    before anything heavy loads)."""
+    REQUEST_CHECKS[target.kind](source, target, request)
+
+
+def _check_tvm(source: Path, target: Target, request: CompileRequest) -> None:
+    coreml_only = [flag for flag in request.given()
+                   if flag not in ("--weights", "--schedules", "--group-size", "--prefill-chunk", "--compute")]
+    if coreml_only:
+        raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
+    if request.weights is not None:
+        check_weights(request.weights, target.weight_formats, f"a {target.name} bundle")
+
+
+def _check_coreml(source: Path, target: CoreMLTarget, request: CompileRequest) -> None:
+    if source.suffix == ".onnx" or (source / MANIFEST).is_file():  # an export; a model folder has no manifest
+        raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
+                          f"give the .pth / .safetensors file (an export's manifest.json names it)")
+    if not request.schedules:
+        raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+
+
+REQUEST_CHECKS = {"tvm": _check_tvm, "coreml": _check_coreml}  # target family -> what it refuses before compiling
+
+
 def compile_for(source: str | Path, out_dir: str | Path, target: str, request: CompileRequest = CompileRequest(),
                 log: Callable[[str], None] = print) -> Manifest:
     """Build the artifact of ``target`` from ``source`` into ``out_dir``."""
     resolved = get_target(target)
+    check_request(Path(source), resolved, request)
     module = importlib.import_module(f"{__package__}.{COMPILERS[resolved.kind]}")
     request = _stored_weights(request, Path(source), resolved.weight_formats, log)
     return module.compile_target(Path(source), Path(out_dir), resolved, request, log)
@@ -53,6 +83,8 @@ def _stored_weights(request: CompileRequest, source: Path, held: tuple[str, ...]
                     log: Callable[[str], None]) -> CompileRequest:
     """``request`` with the weight format, where none was asked for, that holds a quantized source's matrices
     exactly (a GGUF file of Q8_0 / Q4_0 matrices: int8 / int4 in groups of 32), if the target holds it."""
+    from ..model.sources import stored_format  # torch: after the request's checks
+
     stored = stored_format(source) if request.weights is None and source.is_file() else None
     if stored is None or stored[0] not in held:
         return request

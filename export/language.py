@@ -13,6 +13,7 @@ from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.builder import (build_reference, load_source, log_spread, report_commit, save_initial_state, stage,
                                 tokenizer_name)
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
+from ..bundled import recorded_checkpoint
 from ..contract import CONTRACT_VERSION
 from ..errors import OptionError
 from ..model import RWKVModel
@@ -41,8 +42,8 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
             count = model.quantize_weights(fmt.bits, group, in_place=True)  # in the copy: no second one
             log(f"  {count} matrices and the embedding; the LoRA matrices stay fp32")
     if not compute_precision(options.reference_compute).integer:
-        with stage(log, "reference rollout (fp32 compute)"):
-            build_reference(model, tokenizer_name(model)).save(writer.dir / REFERENCE)
+        with stage(log, "reference rollout (fp32 compute)") as rollout:
+            build_reference(model, tokenizer_name(model), progress=rollout.progress).save(writer.dir / REFERENCE)
     model = model.to(WEIGHTS[options.weights])
     manifest = _manifest(model, checkpoint, sha, options, group)
     graphs = {"step": (ContractGraph(model), STEP_ONNX)}
@@ -51,14 +52,14 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
     for role, (graph, name) in graphs.items():
         export_graph(graph, writer.dir / name, manifest, options, log, role)
     if compute_precision(options.reference_compute).integer:  # after the graphs: the rounding must not be traced into them
-        with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
+        with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)") as rollout:
             round_linear_inputs(model, group)
-            reference = build_reference(model, tokenizer_name(model), spread=True)
+            reference = build_reference(model, tokenizer_name(model), spread=True, progress=rollout.progress)
             reference.save(writer.dir / REFERENCE)
             log_spread(log, reference.spread)
     if save_initial_state(model, writer.dir / INITIAL_STATE):
         manifest.initial_state = INITIAL_STATE
-    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    report_commit(log, writer, manifest, writer.commit(manifest))
     return manifest
 
 
@@ -78,7 +79,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, options: OnnxOptions
         config=model.describe(), tokenizer=tokenizer_name(model), weights=options.weights, compute=_compute(options), group_size=group,
         batch="dynamic" if options.dynamic_batch else 1,
         state=model.state_spec(),
-        source={"checkpoint": str(checkpoint.resolve()), "sha256": sha}, graphs=graphs, reference=REFERENCE,
+        source={"checkpoint": recorded_checkpoint(checkpoint), "sha256": sha}, graphs=graphs, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                "onnxscript": onnxscript.__version__, "opset": str(options.opset)},
     )

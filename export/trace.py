@@ -31,7 +31,7 @@ def export_graph(graph: ContractGraph | ImageGraph, path: Path, manifest: Manife
     batch_dim = torch.export.Dim("batch", min=1, max=4096) if options.dynamic_batch else None
     inputs = graph.example_inputs(batch=2 if batch_dim else 1)
     dynamic_shapes = graph.dynamic_shapes(batch_dim) if batch_dim else None
-    with stage(log, f"export {role} graph"), warnings.catch_warnings():
+    with stage(log, f"export {role} graph", "torch.export, then ONNX; may take a minute"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the exporter's registry logs one line per missing torchvision op: not ours to fix
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -40,7 +40,7 @@ def export_graph(graph: ContractGraph | ImageGraph, path: Path, manifest: Manife
             input_names=graph.input_names(), output_names=graph.output_names(), dynamic_shapes=dynamic_shapes,
         )
     before = len(program.model.graph)
-    with stage(log, f"clean up {role} graph"):
+    with stage(log, f"clean up {role} graph", "the onnxscript optimizer; may take a minute"):
         clean_up(program.model)
     fmt = weight_format(manifest.weights)
     if fmt.quantized:

@@ -21,6 +21,7 @@ from ..artifact import ArtifactWriter, Graph, Manifest
 from ..artifact.builder import report_commit, stage
 from ..artifact.files import REFERENCE, STEP_ONNX
 from ..artifact.reference import VisionReference
+from ..bundled import recorded_checkpoint
 from ..contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ..errors import OptionError
 from ..model import VisionRWKV
@@ -53,7 +54,7 @@ def export_vision(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter, 
     graph = ImageGraph(fixed.to(VISION_WEIGHTS[options.weights]), size)
     manifest = _manifest(model, graph, size, checkpoint, opened, options)
     export_graph(graph, writer.dir / STEP_ONNX, manifest, options, log, IMAGE_GRAPH)
-    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    report_commit(log, writer, manifest, writer.commit(manifest))
     return manifest
 
 
@@ -118,7 +119,7 @@ def _manifest(model: VisionRWKV, graph: ImageGraph, size: int, checkpoint: Path,
         kind="onnx", contract_version=CONTRACT_VERSION, architecture="vrwkv",
         config=vision_config(model, size, graph.output_names()[0], opened.meta), tokenizer=NO_TOKENIZER,
         weights=options.weights, compute=options.weights, group_size=0, batch="dynamic" if options.dynamic_batch else 1,
-        state=[], source={"checkpoint": str(checkpoint.resolve()), "sha256": opened.sha256},
+        state=[], source={"checkpoint": recorded_checkpoint(checkpoint), "sha256": opened.sha256},
         graphs={IMAGE_GRAPH: Graph(STEP_ONNX)}, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                "onnxscript": onnxscript.__version__, "opset": str(options.opset)},

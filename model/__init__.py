@@ -1,9 +1,10 @@
 """PyTorch definitions of RWKV v4-v7 in single-step RNN form, Vision-RWKV, loaders and tokenizers."""
 
+from ..bundled import DEMO_CHECKPOINT, VISION_DEMO_CHECKPOINT
 from .base import RWKVModel
 from .registry import (
-    DEMO_CHECKPOINT, LANGUAGE_ARCHITECTURES, VISION_DEMO_CHECKPOINT, detect_version, load_any_model,
-    load_checkpoint, load_model, model_from_checkpoint, model_from_state_dict, open_any_model,
+    LANGUAGE_ARCHITECTURES, detect_version, load_any_model, load_checkpoint, load_model, model_from_checkpoint,
+    model_from_state_dict, open_any_model,
 )
 from .state import LayerState, State, StateTensor, state_from_named, state_to_named
 from .vision import VisionConfig, VisionRWKV, load_vision_checkpoint, vision_model_from_state_dict

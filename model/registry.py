@@ -14,10 +14,6 @@ from .sources import open_checkpoint
 from .vision import VisionRWKV
 
 
-DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "rwkv7-demo.pth"  # trained by model/demo/train.py
-VISION_DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "vrwkv-demo.pth"  # trained by model/demo/train_vision.py
-
-
 LANGUAGE_ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in ARCHITECTURES.values() if a.family == LANGUAGE}
 
 
@@ -26,9 +22,9 @@ def detect_version(tensors: StateDict) -> str:
     architecture = detect(tensors)
     if architecture.family != LANGUAGE:
         raise UnknownArchitectureError(
-            "an image-model checkpoint (it has patch_embed or backbone. keys), not an RWKV language model; this "
-            "takes a language model (Vision-RWKV checkpoints load with load_vision_checkpoint; `rwkv-edge info` "
-            "shows their config)"
+            "an image-model checkpoint (it has patch_embed or backbone. keys), not an RWKV language model, which "
+            "this command takes: run a Vision-RWKV with `rwkv-edge classify`, `rwkv-edge trace --images`, "
+            "`rwkv-edge export onnx` or `rwkv-edge compile` (`rwkv-edge info` shows its config)"
         )
     return architecture.name
 

@@ -23,6 +23,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from ..architectures import IMAGE, LANGUAGE
+from ..bundled import source_checkpoint
 from ..errors import ArtifactError, OptionError
 
 if TYPE_CHECKING:  # numpy: imported where an artifact is opened, not by the CLI's parser
@@ -111,16 +112,16 @@ def backend_of(artifact: Artifact, **options) -> Backend:
     return entry.step_runner()(artifact, **given)
 
 
-def open_backend(source: str | Path | None, backend: str = CHECKPOINT_BACKEND, threads: int | None = None) -> Backend:
+def open_backend(source: str | Path | None, backend: str | None = None, threads: int | None = None) -> Backend:
     """``torch`` runs a checkpoint (an artifact directory stands for its source checkpoint; no
-    source: the bundled demo model); every other backend runs an artifact of its kind. ``threads``:
-    torch's and onnxruntime's intra-op threads (None: each backend's choice); OptionError for another
-    backend."""
-    entry = backend_entry(backend)
+    source: the bundled demo model); every other backend runs an artifact of its kind. ``backend``
+    None: an artifact's own (its manifest's kind), torch for a checkpoint. ``threads``: torch's and
+    onnxruntime's intra-op threads (None: each backend's choice); OptionError for another backend."""
+    source = Path(source) if source is not None else None
+    entry = backend_entry(backend) if backend is not None else default_entry(source)
     options = {"threads": threads} if threads is not None else {}
     if options and "threads" not in entry.options:
-        raise OptionError(f"--threads applies to {' and '.join(e.name for e in takers('threads'))}, not {backend}")
-    source = Path(source) if source is not None else None
+        raise OptionError(f"--threads applies to {' and '.join(e.name for e in takers('threads'))}, not {entry.name}")
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
         from ..model.huggingface import is_model_folder
@@ -128,11 +129,30 @@ def open_backend(source: str | Path | None, backend: str = CHECKPOINT_BACKEND, t
         if source is not None and source.is_dir() and not is_model_folder(source):
             from ..artifact import read_manifest
 
-            source = Path(read_manifest(source).source["checkpoint"])
+            source = source_checkpoint(read_manifest(source).source)
         return entry.step_runner()(load_model(source or DEMO_CHECKPOINT), **options)
-    directory = source.parent if source is not None and source.suffix == ".mlpackage" else source
-    if directory is None or not directory.is_dir():
-        raise OptionError(f"--backend {backend} needs {entry.source}")
+    directory = artifact_directory(source)
+    if directory is None:
+        raise OptionError(f"--backend {entry.name} needs {entry.source}")
     from ..artifact import open_artifact
 
     return entry.step_runner()(open_artifact(directory, kind=entry.kind), **options)
+
+
+def artifact_directory(source: Path | None) -> Path | None:
+    """The artifact directory ``source`` names (itself, or the one holding a ``.mlpackage``); None for a
+    checkpoint file or no source."""
+    directory = source.parent if source is not None and source.suffix == ".mlpackage" else source
+    return directory if directory is not None and directory.is_dir() else None
+
+
+def default_entry(source: Path | None) -> BackendEntry:
+    """What runs ``source`` when no backend is named: an artifact's own backend (its manifest's kind:
+    what it was built to run on), the checkpoint backend for a checkpoint (a file, or a model folder:
+    a directory without a manifest)."""
+    from ..artifact import MANIFEST, read_manifest
+
+    directory = artifact_directory(source)
+    if directory is None or not (directory / MANIFEST).exists():
+        return BACKENDS[CHECKPOINT_BACKEND]
+    return entry_of_kind(read_manifest(directory).kind)

@@ -162,8 +162,10 @@ class TvmBackend:
         here = host_triple()
         if here != triple:
             raise PlatformError(f"{self.directory} was built for {triple} ({self.manifest.target.name}); this "
-                                f"machine is {here}: run it with --rpc on a {triple} device, or "
-                                f"with the C++ runner under qemu (rwkv_edge.runtime.native_runner)")
+                                f"machine is {here}: run it on a {triple} device with `rwkv-edge verify "
+                                f"{self.directory} --rpc HOST:PORT` (start the server there with `python -m "
+                                f"rwkv_edge.runtime.rpc_server --host 0.0.0.0 --port 9090`; emulated here: add "
+                                f"--emulate-aarch64, docs/tvm.md)")
         return f"this machine ({triple})"
 
     def _library(self) -> Path:

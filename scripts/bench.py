@@ -20,7 +20,7 @@ of the same run, so an fp16 bundle is compared with fp16 PyTorch.
     python scripts/bench.py --models 0.1b --llama-cpp LLAMA/build/bin --gguf GGUF_DIR --prefill 512
 
 --llama-cpp and --gguf add llama.cpp's llama-bench (bench/peer.py) to the 0.1B-shape run: GGUF_DIR holds
-that checkpoint (--make-0.1b) converted and quantized as shared/peers/llamacpp/README.md says
+that checkpoint (--make-0.1b) converted and quantized as docs/llamacpp.md says
 (model-f32.gguf, model-q8_0.gguf, model-q4_0.gguf).
 """
 
@@ -37,7 +37,8 @@ from rwkv_edge.errors import RwkvEdgeError
 from rwkv_edge.artifact import sha256_file
 from rwkv_edge.model import DEMO_CHECKPOINT
 from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
-from rwkv_edge.bench import BenchOptions, BenchReport, check_output, run_bench, save_report
+from rwkv_edge.atomic import check_writable
+from rwkv_edge.bench import BenchOptions, BenchReport, run_bench, save_report
 from rwkv_edge.bench.peer import from_arguments
 from rwkv_edge.bench.options import WEIGHTS
 from rwkv_edge.bench.run import cuda_arch, default_work_dir
@@ -194,7 +195,7 @@ def main() -> int:
             parser.error("nothing to run: onnxruntime runs fp32 exports only (add fp32 to --weights, or another backend)")
         paths = {key: args.json_dir / _report_name(*key, args.device) for key in runs}
         for path in paths.values():
-            check_output(path)
+            check_writable(path)
         reports = {}
         for (name, w), options in runs.items():
             checkpoint = DEMO_CHECKPOINT if name == "demo" else make_shape(name, args.work / CHECKPOINTS[name])

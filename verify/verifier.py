@@ -15,6 +15,7 @@ from ..architectures import IMAGE, LANGUAGE
 from ..artifact import REPORTS, Artifact, open_artifact
 from ..artifact.lock import reading
 from ..artifact.manifest import KINDS
+from ..bundled import source_checkpoint
 from ..errors import ArtifactError, one_line
 from ..runtime.backend import Backend
 from ..runtime.registry import backend_of, entry_of_kind, resolve
@@ -137,7 +138,7 @@ def _live_reference(artifact: Artifact, checkpoint: str | Path | bool, log: Call
     from ..model import load_checkpoint
     from ..runtime.torch_backend import TorchBackend
 
-    source = Path(artifact.manifest.source["checkpoint"] if checkpoint is True else checkpoint)
+    source = source_checkpoint(artifact.manifest.source) if checkpoint is True else Path(checkpoint)
     if not source.exists():
         raise ArtifactError(f"source checkpoint {source} not found; give its path: --against-checkpoint PATH")
     log(f"loading {source} ...")

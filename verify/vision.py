@@ -21,6 +21,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..artifact.reference import VisionReference
 from ..atomic import atomic_path
+from ..bundled import source_checkpoint
 from ..errors import ArtifactError, printable
 from ..runtime.vision import open_vision
 from .report import OutputErrors, Verdict, finite_or_none, sci
@@ -148,7 +149,7 @@ def _live(artifact: Artifact, recorded: VisionReference, checkpoint: str | Path 
     from ..model.sources import open_checkpoint
     from ..model.threads import image_threads, torch_threads
 
-    source = Path(artifact.manifest.source["checkpoint"] if checkpoint is True else checkpoint)
+    source = source_checkpoint(artifact.manifest.source) if checkpoint is True else Path(checkpoint)
     if not source.is_file():
         raise ArtifactError(f"source checkpoint {source} not found; give its path: --against-checkpoint PATH")
     log(f"loading {source} ...")

@@ -29,6 +29,7 @@ from ... import __version__
 from ...artifact import ArtifactWriter, CoreMLBuild, Graph, Manifest
 from ...artifact.files import PACKAGE, REFERENCE
 from ...artifact.manifest import CORE_ML_IMAGE_FORMS
+from ...bundled import recorded_checkpoint
 from ...contract import CONTRACT_VERSION, IMAGENET_MEAN, IMAGENET_STD, IMAGE_GRAPH, NO_TOKENIZER
 from ...errors import OptionError
 from ...artifact.builder import open_source, report_commit, stage
@@ -86,7 +87,7 @@ def compile_vision_coreml(checkpoint: Path, out_dir: Path, options: CoreMLOption
             mlmodel.save(str(writer.dir / PACKAGE))
         sha256 = writer.commit(manifest)
     log(f"{PACKAGE}: {sum(meta['bytes'] for meta in manifest.files.values()) / 1e6:.1f} MB")
-    report_commit(log, writer.out, manifest, sha256)
+    report_commit(log, writer, manifest, sha256)
     return manifest
 
 
@@ -167,7 +168,7 @@ def _manifest(graph: ImageGraph, checkpoint: Path, opened, plan: CoreMLPlan, bui
     return Manifest(
         kind="coreml", contract_version=CONTRACT_VERSION, architecture="vrwkv", config=config,
         tokenizer=NO_TOKENIZER, weights=plan.weights, compute=plan.compute, group_size=plan.group_size, batch=1,
-        state=[], source={"checkpoint": str(checkpoint.resolve()), "sha256": opened.sha256},
+        state=[], source={"checkpoint": recorded_checkpoint(checkpoint), "sha256": opened.sha256},
         graphs={IMAGE_GRAPH: Graph(PACKAGE, function="main")}, target=build, reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
     )

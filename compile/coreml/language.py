@@ -33,6 +33,7 @@ from torch import nn
 from ... import __version__
 from ...artifact import ArtifactWriter, Graph, Manifest
 from ...artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
+from ...bundled import recorded_checkpoint
 from ...contract import CONTRACT_VERSION
 from ...errors import OptionError
 from ...artifact.builder import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
@@ -72,8 +73,8 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
         model, sha = load_source(checkpoint, opened or open_source(checkpoint, log), log)
         manifest = _manifest(model, checkpoint, sha, plan)
         matrices = _quantize(model, plan, log) if plan.compressed else {}
-        with stage(log, "reference rollout (fp32 compute)"):
-            build_reference(model, manifest.tokenizer).save(writer.dir / REFERENCE)
+        with stage(log, "reference rollout (fp32 compute)") as rollout:
+            build_reference(model, manifest.tokenizer, progress=rollout.progress).save(writer.dir / REFERENCE)
         parts = {}
         for function, chunk in plan.functions.items():
             with stage(log, f"convert {function}" + (f" ({chunk} tokens)" if chunk else "")):
@@ -91,7 +92,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
         sha256 = writer.commit(manifest)
     size = sum(meta["bytes"] for meta in manifest.files.values())
     log(f"{PACKAGE}: {size / 1e6:.1f} MB")
-    report_commit(log, writer.out, manifest, sha256)
+    report_commit(log, writer, manifest, sha256)
     return manifest
 
 
@@ -194,7 +195,7 @@ def _manifest(model: RWKVModel, checkpoint: Path, sha: str, plan: CoreMLPlan) ->
         kind="coreml", contract_version=CONTRACT_VERSION, architecture=model.version,
         config=model.describe(), tokenizer=tokenizer_name(model), weights=plan.weights, compute=plan.compute,
         group_size=plan.group_size, batch=1,
-        state=model.state_spec(), source={"checkpoint": str(checkpoint.resolve()), "sha256": sha},
+        state=model.state_spec(), source={"checkpoint": recorded_checkpoint(checkpoint), "sha256": sha},
         graphs=graphs, target=plan.build(), reference=REFERENCE,
         tools={"rwkv_edge": __version__, "torch": torch.__version__, "coremltools": ct.__version__},
     )

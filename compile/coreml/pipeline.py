@@ -8,10 +8,8 @@ from pathlib import Path
 
 from ...architectures import IMAGE, LANGUAGE, detect
 from ...artifact import Manifest
-from ...errors import OptionError
 from ...artifact.builder import open_source
 from ...model.checkpoint import Checkpoint
-from ...model.huggingface import is_model_folder
 from ...targets import CoreMLTarget
 from .. import CompileRequest
 from . import image, language
@@ -26,12 +24,8 @@ BUILDERS: dict[str, Callable[[Path, Path, CoreMLOptions, CompileRequest, Callabl
 
 def compile_target(source: Path, out_dir: Path, target: CoreMLTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
-    """``compile_for`` for Core ML targets: from a checkpoint only (Core ML converts the PyTorch step)."""
-    if (source.is_dir() and not is_model_folder(source)) or source.suffix == ".onnx":
-        raise OptionError(f"{target.name}: Core ML converts from the PyTorch checkpoint, not from an ONNX export; "
-                          f"give the .pth / .safetensors file (an export's manifest.json names it)")
-    if not request.schedules:
-        raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+    """``compile_for`` for Core ML targets (the request checked by ``check_request``: from a checkpoint only,
+    as Core ML converts the PyTorch step)."""
     chunk = CoreMLOptions.prefill_chunk if request.prefill_chunk is None else request.prefill_chunk
     options = CoreMLOptions(target.name, request.stateful, request.weights, request.compute_units, request.deployment,
                             chunk, request.group_size)

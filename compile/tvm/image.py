@@ -67,5 +67,5 @@ def build_image_bundle(export: OnnxExport, writer: ArtifactWriter, target: TvmTa
         tools={**m.tools, "rwkv_edge": __version__, "tvm": tvm.__version__}, reference=REFERENCE,
         target=target_record(target, options, library, counts),
     )
-    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    report_commit(log, writer, manifest, writer.commit(manifest))
     return manifest

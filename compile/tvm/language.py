@@ -13,6 +13,7 @@ from ... import __version__
 from ...artifact import Artifact, ArtifactWriter, Graph, Manifest
 from ...artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ...artifact.params import save_params
+from ...bundled import source_checkpoint
 from ...errors import ArtifactError, OptionError
 from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
@@ -59,7 +60,7 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
     if options.integer_compute and not export.int8_reference:
         _int8_reference(onnx.manifest, bundle / REFERENCE, log)
     manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
-    report_commit(log, writer.out, manifest, writer.commit(manifest))
+    report_commit(log, writer, manifest, writer.commit(manifest))
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
     if gpu:
@@ -74,16 +75,16 @@ def _int8_reference(onnx_manifest: Manifest, path: Path, log: Callable[[str], No
     from ...artifact.builder import build_reference, log_spread, tokenizer_name
     from ...model import load_checkpoint
 
-    checkpoint = Path(onnx_manifest.source["checkpoint"])
+    checkpoint = source_checkpoint(onnx_manifest.source)
     if not checkpoint.exists():
         raise ArtifactError(f"int8 compute needs the export's checkpoint for its reference rollout: {checkpoint} is "
                             "not there (compile the checkpoint itself, or --compute fp32)")
-    with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)"):
+    with stage(log, "reference rollout and rounding spread (int8 compute: activations rounded per group)") as rollout:
         model, sha = load_checkpoint(checkpoint)
         if sha != onnx_manifest.source["sha256"]:
             raise ArtifactError(f"{checkpoint} is not the checkpoint the export was made from (sha256 differs)")
         model.quantize_weights(weight_format(onnx_manifest.weights).bits, onnx_manifest.group_size, activations=True)
-        reference = build_reference(model, tokenizer_name(model), spread=True)
+        reference = build_reference(model, tokenizer_name(model), spread=True, progress=rollout.progress)
         reference.save(path)
         log_spread(log, reference.spread)
 

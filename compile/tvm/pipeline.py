@@ -53,11 +53,7 @@ def compile_tvm(source: str | Path, out_dir: str | Path, options: TvmOptions = T
 
 def compile_target(source: Path, out_dir: Path, target: TvmTarget | GpuTarget, request: CompileRequest,
                    log: Callable[[str], None] = print) -> Manifest:
-    """``compile_for`` for TVM targets: refuses the Core ML options, then ``compile_tvm``."""
-    coreml_only = [flag for flag in request.given()
-                   if flag not in ("--weights", "--schedules", "--group-size", "--prefill-chunk", "--compute")]
-    if coreml_only:
-        raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
+    """``compile_for`` for TVM targets (the request checked by ``check_request``): ``compile_tvm``."""
     options = TvmOptions(target.name, schedules=request.schedules, weights=request.weights, group_size=request.group_size,
                          prefill_chunk=request.prefill_chunk, compute=request.compute)
     return compile_tvm(source, out_dir, options, log)

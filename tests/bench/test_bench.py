@@ -177,7 +177,7 @@ def test_bad_backend_names_raise(backends, message):
 
 @pytest.mark.parametrize("argv,message", [
     (["bench", "--backends", "torch,tensorrt"], "unknown backend 'tensorrt'; choose from torch, onnxruntime, tvm"),
-    (["bench", "--json", "/nonexistent/dir/bench.json"], "cannot write /nonexistent/dir/bench.json"),
+    (["bench", "--json-out", "/nonexistent/dir/bench.json"], "cannot write /nonexistent/dir/bench.json"),
     (["bench", "/nonexistent/model.pth"], "no such checkpoint file"),
 ])
 def test_cli_errors_are_one_line(argv, message, cli):

@@ -17,7 +17,7 @@ from rwkv_edge.errors import OptionError, ToolError
 DATA = Path(__file__).parent / "data"
 # stdout of `llama-bench -m model-q8_0.gguf -p 64 -n 32 -t 2 -r 3 -ngl 0 -o json` (llama.cpp 0c1e570, vendored in
 # llama-cpp-python 0.3.36), on the 0.1B-shape random RWKV-7 of scripts/bench.py (12 x 768, vocab 65536) converted and
-# quantized as shared/peers/llamacpp/README.md says; captured on the 2-core build machine under a load average
+# quantized as docs/llamacpp.md says; captured on the 2-core build machine under a load average
 # of ~11, so its times say nothing about speed
 CAPTURED = DATA / "llama-bench-rwkv7-0.1b-q8_0.json"
 
@@ -151,7 +151,7 @@ LLAMA_CPP, GGUF = os.environ.get("RWKV_EDGE_LLAMA_CPP"), os.environ.get("RWKV_ED
 needs_llama_cpp = pytest.mark.skipif(
     not (LLAMA_CPP and GGUF and (Path(LLAMA_CPP) / "llama-bench").is_file()),
     reason="no llama.cpp here: set RWKV_EDGE_LLAMA_CPP to its build/bin and RWKV_EDGE_GGUF to a folder of GGUF files "
-           "(shared/peers/llamacpp/README.md)")
+           "(docs/llamacpp.md)")
 
 
 @needs_llama_cpp

@@ -69,7 +69,8 @@ def test_generate_sampling_depends_on_seed(cli):
         (["info", "/nonexistent/model.pth"], "no such checkpoint file"),
         (["trace", "--tokens", "1,300", "--out", "x.npz"], "token id 300 is outside the vocabulary [0, 256)"),
         (["generate", "--prompt", ""], "the prompt must contain at least one token"),
-        (["generate", "--prompt", "Hello world", "--tokenizer", "world"], "token id 33155 is outside"),
+        (["generate", "--prompt", "Hello world", "--tokenizer", "world"], "the world tokenizer's ids run to 65,535, "
+         "past this model's vocabulary of 256: use --tokenizer bytes, the default for a vocabulary of 256"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, cli, tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def test_trace_images_equals_the_model_called_directly(ckpts, tmp_path, cli, ckp
     (np.zeros((2, 1, 16, 16), np.float32), "mmcls", [], "images have shape (2, 1, 16, 16)"),
     (np.zeros((2, 3, 18, 16), np.float32), "mmcls", [], "image size 18 x 16 is not a positive multiple of the patch size 4"),
     (np.zeros((2, 3, 16, 16), np.float32), "lm", [], "language model; this command takes a Vision-RWKV"),
-    (np.zeros((2, 3, 16, 16), np.float32), "mmcls", ["--backend", "onnxruntime"], "--backend applies to --tokens"),
+    (np.zeros((2, 3, 16, 16), np.float32), "mmcls", ["--backend", "onnxruntime"], "--backend onnxruntime contradicts"),
 ])
 def test_trace_images_bad_input_is_one_line(ckpts, tmp_path, cli, array, ckpt, options, message):
     np.save(tmp_path / "images.npy", array)

@@ -189,8 +189,9 @@ def test_aarch64_gemv_loops_are_neon(onnx_export, tmp_path):
         assert kernels, f"no {kind} kernel in the library"
         for name, body in kernels.items():
             assert re.search(r"fmla\s+v\d+\.4s", body), f"{name} has no 4-lane NEON fmla"
-    with pytest.raises(PlatformError, match="aarch64-linux-gnu"):
+    with pytest.raises(PlatformError, match="aarch64-linux-gnu") as refused:
         TvmBackend(tmp_path)  # built for another architecture: refused, not loaded
+    assert f"`rwkv-edge verify {tmp_path} --rpc HOST:PORT`" in str(refused.value), "a command, not a Python module"
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
