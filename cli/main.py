@@ -498,7 +498,8 @@ def _model_and_images(paths: list[Path], samples: bool) -> tuple[Path | None, li
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
     _exists(args.checkpoint)
-    weight_format(args.weights).check_group(args.group_size)
+    if args.weights is not None:  # None: what the source stores (fp32, or a GGUF's int8/int4)
+        weight_format(args.weights).check_group(args.group_size)
     _check_output(args.out)
     from ..export import OnnxOptions, export_onnx
 
