@@ -91,6 +91,13 @@ class GreedyResult:
     candidate_tokens: list[int]
     identical: bool
     first_divergence: int | None  # index into the generated tokens of the first difference
+    # at the divergence, the candidate's logit of its token minus that of the reference's token, over the std of
+    # its logits: below the logits limit the two tokens tie within the rounding the rollout allows
+    tie_margin: float | None = None
+
+    def tied(self, limit: float) -> bool:
+        """Whether the generations agree up to a divergence at a tie within ``limit`` (max|Δ|/std)."""
+        return self.identical or (self.tie_margin is not None and self.tie_margin <= limit)
 
 
 class Verdict:
@@ -132,8 +139,9 @@ class ParityReport(Verdict):
         self.greedy = result
         n, prompt = len(result.reference_tokens), len(result.prompt)
         self.what_ran.append(f"greedy generation of {n} tokens from a {prompt}-token prompt on both backends")
-        if self.tolerance.greedy_identical and not result.identical:
-            self.failures.append(f"greedy generation diverges at generated token {result.first_divergence} of {n}")
+        if self.tolerance.greedy_identical and not result.tied(self.tolerance.logits_scaled):
+            self.failures.append(f"greedy generation diverges at generated token {result.first_divergence} of {n}"
+                                 f"{_margin(result)}")
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict; non-finite errors become null."""
@@ -262,7 +270,16 @@ def greedy_against(reference: Reference, candidate: Backend, n: int) -> GreedyRe
 def _greedy(prompt: list[int], expected: list[int], candidate: Backend) -> GreedyResult:
     generated = list(generate(candidate, prompt, len(expected), Sampler(temperature=0.0)))
     diverge = next((i for i, (a, b) in enumerate(zip(expected, generated)) if a != b), None)
-    return GreedyResult(list(prompt), expected, generated, diverge is None, diverge)
+    margin = None if diverge is None else _tie_margin(candidate, prompt + expected[:diverge], generated[diverge],
+                                                       expected[diverge])
+    return GreedyResult(list(prompt), expected, generated, diverge is None, diverge, margin)
+
+
+def _tie_margin(candidate: Backend, tokens: list[int], chosen: int, expected: int) -> float:
+    """The candidate's logit of ``chosen`` minus that of ``expected`` after ``tokens``, over its logits' std."""
+    logits, _ = candidate.prefill(tokens, candidate.init_state())
+    logits = np.asarray(logits, np.float64)
+    return float((logits[chosen] - logits[expected]) / logits.std())
 
 
 def _limits(tolerance: Tolerance | str) -> Tolerance:
@@ -374,7 +391,13 @@ def _describe_greedy(greedy: GreedyResult | None) -> str:
     n = len(greedy.reference_tokens)
     if greedy.identical:
         return f"identical over {n} tokens"
-    return f"diverges at generated token {greedy.first_divergence} of {n}"
+    return f"diverges at generated token {greedy.first_divergence} of {n}{_margin(greedy)}"
+
+
+def _margin(greedy: GreedyResult) -> str:
+    if greedy.tie_margin is None:
+        return ""
+    return f" (a tie: the candidate's logits part the two tokens by {sci(greedy.tie_margin)} std)"
 
 
 def sci(x: float) -> str:
