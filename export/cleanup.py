@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -28,12 +29,14 @@ LARGE = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT  # elements abo
 RULES = tuple(rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule._target_pattern.has_single_output_node)
 
 
-def clean_up(model: ir.Model) -> None:
-    """``onnxscript.optimizer.optimize`` minus the multi-output rules, without touching the large weights."""
+def clean_up(model: ir.Model, keep: Collection[str] = ()) -> None:
+    """``onnxscript.optimizer.optimize`` minus the multi-output rules, without touching the large weights or
+    those named in ``keep`` (the matrices that become MatMulNBits, which must stay ``MatMul(x, Transpose(W))``
+    of their own initializer however small: the optimizer folds a small ``Transpose(W)`` into a new constant)."""
     from onnx_ir.passes import common
 
     held = {name: value.const_value for name, value in model.graph.initializers.items()
-            if value.const_value is not None and value.const_value.size > LARGE}
+            if value.const_value is not None and (value.const_value.size > LARGE or name in keep)}
     for name in held:
         model.graph.initializers[name].const_value = None
     # deduplication skips the held-back weights (distinct parameters) and says so once for each

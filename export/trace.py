@@ -40,11 +40,11 @@ def export_graph(graph: ContractGraph | ImageGraph, path: Path, manifest: Manife
             input_names=graph.input_names(), output_names=graph.output_names(), dynamic_shapes=dynamic_shapes,
         )
     before = len(program.model.graph)
-    with stage(log, f"clean up {role} graph", "the onnxscript optimizer; may take a minute"):
-        clean_up(program.model)
     fmt = weight_format(manifest.weights)
+    names = quantized_weight_names(graph) if fmt.quantized else set()
+    with stage(log, f"clean up {role} graph", "the onnxscript optimizer; may take a minute"):
+        clean_up(program.model, keep=names)
     if fmt.quantized:
-        names = quantized_weight_names(graph)
         log(f"  {to_matmul_nbits(program.model, names, fmt.bits, manifest.group_size)} MatMul -> MatMulNBits ({fmt.name})")
     fold_weight_transposes(program.model.graph)
     log(f"  {role}: {before} -> {len(program.model.graph)} nodes")

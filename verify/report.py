@@ -397,7 +397,7 @@ def _describe_greedy(greedy: GreedyResult | None) -> str:
 def _margin(greedy: GreedyResult) -> str:
     if greedy.tie_margin is None:
         return ""
-    return f" (a tie: the candidate's logits part the two tokens by {sci(greedy.tie_margin)} std)"
+    return f" (where the candidate's logits part the two tokens by {sci(greedy.tie_margin)} std)"
 
 
 def sci(x: float) -> str:

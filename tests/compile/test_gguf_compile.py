@@ -26,3 +26,33 @@ def test_a_q4_0_file_compiles_to_int4_holding_its_blocks_and_verifies(tmp_path):
     report = verify_artifact(tmp_path / "out", steps=16, greedy_tokens=0, log=lambda _: None)
     assert report.passed, report.summary()
     assert read_manifest(tmp_path / "out").source["sha256"] == opened.sha256
+
+
+def test_llama_cpp_q4_0_blocks_are_the_exports_integers(tmp_path):
+    """The file llama-quantize wrote (tests/data, see tests/model/test_gguf_llamacpp.py), exported with no
+    --weights: every MatMulNBits of the ONNX export holds, read back from its packed bytes, exactly the integers
+    and scales of one of the file's Q4_0 matrices, parsed from the file's raw blocks."""
+    import numpy as np
+    import onnx
+    from gguf import GGUFReader
+    from onnx import numpy_helper
+
+    from rwkv_edge.export import OnnxOptions, export_onnx
+    from rwkv_edge.export.nbits import unpack
+    from rwkv_edge.model.gguf import stored_blocks
+
+    from ..model.test_gguf_llamacpp import GGUF
+
+    manifest = export_onnx(GGUF, tmp_path / "onnx", OnnxOptions(prefill_chunk=0), log=lambda _: None)
+    assert manifest.weights == "int4" and manifest.group_size == 32
+    blocks = {t.name: stored_blocks(t.data, "Q4_0") for t in GGUFReader(GGUF).tensors if t.tensor_type.name == "Q4_0"}
+    graph = onnx.load(tmp_path / "onnx" / "model.onnx").graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    matched = set()
+    for node in (n for n in graph.node if n.op_type == "MatMulNBits"):
+        a = {x.name: x.i for x in node.attribute}
+        q = unpack(values[node.input[1]], values[node.input[2]], a["K"], a["N"], a["bits"], a["block_size"])
+        name = next(n for n, (v, d) in blocks.items() if v.shape == q.values.shape and np.array_equal(d, q.scales))
+        np.testing.assert_array_equal(q.values, blocks[name][0])
+        matched.add(name)
+    assert matched == set(blocks) - {"token_embd.weight"}  # the 12 projections and the head; the embedding is a gather
