@@ -110,14 +110,15 @@ def test_a_cache_snapshot_of_links_reads_as_the_folder(rwkv4_folders, tmp_path):
 def test_transformers_rescale_is_not_copied(tmp_path):
     """transformers halves the residual every ``rescale_every`` layers in eval, fp32 too: then each LayerNorm's
     eps acts on a halved stream. rwkv-edge computes the exact model; the difference, measured with a rescale at
-    every layer (the most it can be): 1.5e-5 max|d|/std here (6.3e-6 for 12 layers at the default 6; tolerance 1e-3)."""
+    every layer (the most it can be): 1.5e-5 max|d|/std here (6.3e-6 for 12 layers at the default 6); the bound
+    is that with some room (random values), far below what a wrong rescale moves (O(1))."""
     model = _transformers_model(rescale_every=1)
     model.save_pretrained(tmp_path / "m")
     with torch.no_grad():
         rescaled = model(torch.tensor([TOKENS])).logits[0]
     ours, _ = load_model(tmp_path / "m")(TOKENS)
     exact = spread(ours, rescaled)
-    assert 0 < exact < 1e-3
+    assert 0 < exact < 1e-4
 
 
 def test_the_file_the_index_or_the_config_opens_the_whole_folder(rwkv4_folders):
