@@ -2,10 +2,11 @@
 computes the logits, and rwkv-edge must read the same weights and compute the same numbers.
 
 Makes a tiny RWKV-7 (2 layers x 64, head size 64, the World vocabulary of 65536) from a fixed seed with
-model/synthetic.py, maps it to the Hugging Face layout llama.cpp's converter reads
-(blink_rwkv7_to_hf.py, beside llama.cpp's README in the project's peer notes), converts it with
-convert_hf_to_gguf.py to F32, quantizes that with llama-quantize --pure to Q8_0 and Q4_0 (every matrix),
-and dumps llama.cpp's logits for the same tokens (dump_logits.cpp, built here against libllama.so). Then:
+model/synthetic.py, maps it to the Hugging Face layout llama.cpp's converter reads with rwkv7-hf's own
+converter (a test dependency; it writes the World vocabulary beside the weights), converts that with
+llama.cpp's convert_hf_to_gguf.py to F32, quantizes it with llama-quantize --pure to Q8_0 and Q4_0 (every
+matrix), and has llama.cpp compute the logits of the same tokens (scripts/llama_logits.cpp, built here
+against libllama.so; docs/llamacpp.md builds llama.cpp). Then:
 
 - the F32 GGUF opened by rwkv-edge gives back the checkpoint's tensors exactly;
 - every Q8_0 / Q4_0 matrix's blocks equal the integers and scales ``quantize.py`` gives the opened
@@ -15,10 +16,12 @@ and dumps llama.cpp's logits for the same tokens (dump_logits.cpp, built here ag
 
 With ``--golden DIR`` it copies what the CI test (tests/model/test_gguf_llamacpp.py) reads: the Q4_0 file
 and llama.cpp's logits of its first four tokens at every 16th id. CI has no llama.cpp; it regenerates the checkpoint from
-the seed. Run (about two minutes on two cores):
+the seed. (The versioned file was converted from a folder another renamer wrote; what this script makes
+has the same tensors, byte for byte, and the same llama.cpp logits, and differs only in the tokenizer's
+chat template and padding-token metadata.) Run (about two minutes on two cores):
 
-    python scripts/gguf_golden.py --llama-cpp PATH/llama.cpp --peer PATH/peers/llamacpp \\
-        --python PATH/llama-venv/bin/python --work /tmp/gguf-golden [--golden tests/data]
+    python scripts/gguf_golden.py --llama-cpp PATH/llama.cpp --python PATH/llama-venv/bin/python \\
+        --work /tmp/gguf-golden [--golden tests/data]
 """
 
 from __future__ import annotations
@@ -56,8 +59,7 @@ def build_files(args) -> dict[str, Path]:
     work, llama = args.work, args.llama_cpp
     work.mkdir(parents=True, exist_ok=True)
     pth = save_checkpoint(tiny_checkpoint(), work / "tiny.pth")
-    vocab = Path(__import__("rwkv").__file__).parent / "rwkv_vocab_v20230424.txt"
-    run([args.python, args.peer / "blink_rwkv7_to_hf.py", pth, work / "hf", "--vocab", vocab])
+    to_hugging_face(pth, work / "hf")
     files = {"F32": work / "tiny-f32.gguf"}
     run([args.python, llama / "convert_hf_to_gguf.py", work / "hf", "--outtype", "f32", "--outfile", files["F32"]],
         stdout=subprocess.DEVNULL)
@@ -65,12 +67,23 @@ def build_files(args) -> dict[str, Path]:
         files[kind] = work / f"tiny-{kind.lower()}.gguf"
         run([llama / "build/bin/llama-quantize", "--pure", files["F32"], files[kind], kind], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
-    dump = work / "dump_logits"
-    run(["g++", "-O2", "-std=c++17", args.peer / "dump_logits.cpp", "-o", dump, f"-I{llama}/include",
+    dump = work / "llama_logits"
+    run(["g++", "-O2", "-std=c++17", Path(__file__).with_name("llama_logits.cpp"), "-o", dump, f"-I{llama}/include",
          f"-I{llama}/ggml/include", f"-L{llama}/build/bin", "-lllama", f"-Wl,-rpath,{llama}/build/bin"])
-    for kind, path in files.items():
-        run([dump, path, "step", path.with_suffix(".logits"), ",".join(map(str, TOKENS)), "2"], stderr=subprocess.DEVNULL)
+    for path in files.values():
+        run([dump, path, path.with_suffix(".logits"), ",".join(map(str, TOKENS)), "2"])
     return files
+
+
+def to_hugging_face(pth: Path, out: Path) -> None:
+    """The RWKV-7 Hugging Face folder of ``pth``, by rwkv7-hf's converter, with the World vocabulary."""
+    from rwkv7_hf import converter
+
+    vocab = Path(__import__("rwkv").__file__).parent / "rwkv_vocab_v20230424.txt"
+    converter.convert(argparse.Namespace(
+        input=str(pth), output=str(out), vocab_file=str(vocab), precision="fp32", attn_mode="chunk",
+        adapter_layout="reference", runtime_package_version="0.9.0", fuse_norm=False, max_shard_size="1000GB",
+        low_memory=False))
 
 
 def compare(files: dict[str, Path], work: Path) -> dict:
@@ -146,7 +159,6 @@ def _blocks_equal(path: Path, name: str, found) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp source tree with build/bin")
-    p.add_argument("--peer", type=Path, required=True, help="folder of blink_rwkv7_to_hf.py and dump_logits.cpp")
     p.add_argument("--python", type=Path, default=Path(sys.executable), help="the Python with llama.cpp's gguf-py")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--golden", type=Path, help="copy the Q4_0 file and llama.cpp's first logits here")
