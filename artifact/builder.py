@@ -16,7 +16,7 @@ from ..model.base import nudged_inputs
 from ..model.checkpoint import Checkpoint
 from ..model.sources import open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
-from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
+from ..tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
 from .manifest import MANIFEST, Manifest
 from .writer import ArtifactWriter
 from .reference import RecordedLogits, Reference, RoundingSpread

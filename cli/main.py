@@ -236,7 +236,7 @@ def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
                         "RWKV-7 demo model)")
 
 
-# The tokenizer choices repeat model.tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
+# The tokenizer choices repeat tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
 # tests/cli checks that they agree.
 def _source_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", type=Path,
@@ -400,7 +400,7 @@ INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _exists(args.source, "checkpoint file or artifact directory")
-    from ..model.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
+    from ..tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
     from ..runtime import Sampler, generate
     from ..runtime.registry import open_backend
 
@@ -422,7 +422,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def _tokenizer_fix(vocab_size: int) -> str:
     """What to pass for a model of ``vocab_size`` tokens instead of a tokenizer that does not fit it."""
-    from ..model.tokenizer import TokenizerError, tokenizer_for_vocab
+    from ..tokenizer import TokenizerError, tokenizer_for_vocab
 
     try:
         return f"use --tokenizer {tokenizer_for_vocab(vocab_size)}, the default for a vocabulary of {vocab_size:,}"

@@ -174,7 +174,7 @@ def _vocabulary_file(tokenizer: str) -> Path | None:
         return Path(pyrwkv_tokenizer.__file__).parent / "rwkv_vocab_v20230424.txt"
     if tokenizer == "20b":
         from ...errors import TokenizerError
-        from ...model.tokenizer import find_pile_20b_json
+        from ...tokenizer import find_pile_20b_json
 
         try:
             return find_pile_20b_json()

@@ -33,7 +33,7 @@ from .. import v7
 from ..checkpoint import StateDict
 from ..registry import load_model, model_from_state_dict
 from ..synthetic import make_checkpoint
-from ..tokenizer import ByteTokenizer
+from ...tokenizer import ByteTokenizer
 
 N_LAYER, N_EMBD, HEAD_SIZE = 4, 128, 64
 BATCH, CTX, PEAK_LR, WARMUP = 16, 128, 4e-3, 30

@@ -185,7 +185,7 @@ def test_the_opset_range_is_onnx_s():
 
 def test_cli_choices_match_the_library():
     from rwkv_edge.cli.main import build_parser
-    from rwkv_edge.model.tokenizer import TOKENIZER_NAMES
+    from rwkv_edge.tokenizer import TOKENIZER_NAMES
     from rwkv_edge.runtime.registry import BACKENDS
 
     sub = build_parser()._subparsers._group_actions[0].choices

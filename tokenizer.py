@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
-from ..errors import TokenizerError, UnknownTokenizerError
+from .errors import TokenizerError, UnknownTokenizerError
 
 if TYPE_CHECKING:
     import tokenizers
