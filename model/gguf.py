@@ -182,7 +182,9 @@ class _Walk:
             item, count = self.unpack("<I", what), self.unpack("<Q", what)
             if item in _SCALARS:
                 self.take(count * _SCALARS[item], what)
-            elif item in (_STRING, _ARRAY) and count <= (len(self.data) - self.at) // 8:
+            elif item in (_STRING, _ARRAY):
+                if count > (len(self.data) - self.at) // 8:  # each item takes 8 bytes at least
+                    self.take(len(self.data), what)  # runs past the end: says so
                 for _ in range(count):
                     self.value(item, what, depth + 1)
             else:

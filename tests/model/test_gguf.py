@@ -145,6 +145,17 @@ def test_bad_files_get_one_typed_line(case, official, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_file_cut_inside_its_vocabulary_is_named_truncated(tmp_path):
+    """llama.cpp's files carry the World vocabulary (65536 strings) in the header: cut there, it is a truncated
+    file, not a strange one."""
+    from .test_gguf_llamacpp import GGUF
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(GGUF.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="truncated GGUF file: tokenizer.ggml.tokens runs past its end"):
+        open_checkpoint(cut)
+
+
 def test_a_wrong_matrix_shape_names_the_tensor(official, tmp_path):
     bad = dict(official["v7"])
     bad["blocks.1.att.key.weight"] = torch.zeros(64, 96)
