@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a checkpoint or an ONNX export for a deployment target "
                                        "(see `rwkv-edge targets`)")
     p.add_argument("checkpoint", nargs="?", type=Path,
-                   help="checkpoint (.pth / .safetensors), or for TVM targets an ONNX export (its directory or "
-                        "model.onnx); default: the bundled demo model")
+                   help="checkpoint (.pth / .safetensors, a Hugging Face model folder or a GGUF file), or for TVM "
+                        "targets an ONNX export (its directory or model.onnx); default: the bundled demo model")
     p.add_argument("--target", required=True,
                    help="target name, e.g. x86_64-host, aarch64-linux, raspberry-pi-5, cuda-sm90, apple-m-metal, ios-coreml")
     p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
@@ -232,8 +232,8 @@ def _group_size_arg(p: argparse.ArgumentParser) -> None:
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", type=Path,
-                   help=".pth or .safetensors checkpoint, or a Hugging Face model folder (default: the bundled "
-                        "RWKV-7 demo model)")
+                   help=".pth or .safetensors checkpoint, a Hugging Face model folder or a GGUF file (default: the "
+                        "bundled RWKV-7 demo model)")
 
 
 # The tokenizer choices repeat tokenizer.TOKENIZER_NAMES so that `--help` needs no torch import;
