@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifact import Manifest, open_artifact
 from ..errors import ArtifactError, OptionError, RwkvEdgeError
-from ..platforms import gpu_unavailable
+from ..platforms import gpu_unavailable, host_arch
 from ..runtime.registry import backend_entry, open_backend, resolve
 from ..weights import weight_format
 
@@ -60,6 +60,7 @@ class BenchRow:
     weights: tuple[str, ...] = ()  # the weight formats besides fp32 the row holds
     every_weight = False  # a format applies to every weight (a dtype); else to the GEMV weights alone
     prefill: str | None = None  # how it prefills, where not through its artifact's prefill graph
+    program = False  # True: measured by running a program of its own (``runner``), not a backend in the worker
 
     def weights_of(self, options: BenchOptions) -> str:
         """The format this row keeps its weights in: the run's where the row holds it, else fp32."""
@@ -277,6 +278,32 @@ class TvmRow(ArtifactRow):
 
         compile_tvm(source, out, TvmOptions(options.tvm_target, weights=self.weights_of(options),
                                             prefill_chunk=self.prefill_chunk(options)), log)
+
+
+class NativeRow(TvmRow):
+    """The embeddable C runtime (runtime/cpp) on the TVM row's bundle, measured in a process of its own
+    with no Python in it: ``rwkv-edge-runner`` (a thin client of librwkv_edge) steps and prefills, its
+    peak RSS is that program's alone (bench/workers.py ``program_decode``)."""
+
+    name = "native"
+    module = "librwkv_edge"
+    program = True  # measured by running the runner, not by opening a backend in the worker
+
+    def source(self, prep: Preparation) -> Path:
+        if prep.arch:
+            raise Unavailable("the native runtime runs CPU bundles; bench it without --device cuda")
+        from ..runtime.native_runner import runner_unavailable
+
+        if why := runner_unavailable(host_arch()):
+            raise Unavailable(why)
+        given = prep.sources.get(TvmRow.name)
+        return given if given is not None else self.prepare(prep)
+
+    def runner(self, log: Callable[[str], None] = lambda _: None) -> Path:
+        """The host runner, built (or found in its cache) now."""
+        from ..runtime.native_runner import build_runner
+
+        return build_runner(host_arch(), log=log)
 
 
 def tvm_bundle_name(target: str, weights: str) -> str:

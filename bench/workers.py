@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import multiprocessing
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def _child(work: Callable[[Any], Any], spec: Any, threads: int, send) -> None:
 
 def decode(spec: DecodeSpec) -> dict[str, Any]:
     """Decode ``spec.warmup`` + ``spec.steps`` tokens and prefill ``spec.prefill`` tokens on one backend."""
+    if bench_row(spec.backend).program:
+        return program_decode(spec)
     base_rss = _rss_mib()
     start = time.perf_counter()
     backend = _open(spec)
@@ -108,6 +111,53 @@ def decode(spec: DecodeSpec) -> dict[str, Any]:
         "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
         "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss, "steady_rss_mib": steady_rss,
         "details": _details(spec, backend),
+    }
+
+
+def program_decode(spec: DecodeSpec) -> dict[str, Any]:
+    """``decode`` for a row measured by a program of its own (the native runner): one run steps a token and
+    then ``warmup + steps`` greedy decode steps (``--repeat``), each call of the model timed by the program;
+    each prefill repeat is one more run (``--prefill``), timed over its calls. The peak RSS is the decode
+    run's (wait4's ru_maxrss: the program alone, no Python), its load time the run's wall time less its calls."""
+    import tempfile
+
+    from ..artifact import open_artifact
+
+    row = bench_row(spec.backend)
+    runner = row.runner()
+    vocab_size = open_artifact(spec.source, kind="tvm").manifest.vocab_size
+    rng = np.random.default_rng(spec.seed)
+    first = int(rng.integers(0, vocab_size))
+    prompt = rng.integers(0, vocab_size, spec.prefill).tolist()
+    with tempfile.TemporaryDirectory(prefix="rwkv-edge-bench-") as tmp:
+        def run(*args: str) -> tuple[np.ndarray, float, float]:
+            """(each call's ms, the run's wall seconds, its peak RSS in MiB)."""
+            command = [str(runner), spec.source, "--out", tmp, *args]
+            t0 = time.perf_counter()
+            with open(Path(tmp) / "log", "w+") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                _, status, usage = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+                if process.returncode != 0:
+                    log.seek(0)
+                    raise ArtifactError(f"{runner.name} failed (exit {process.returncode}): {one_line(log.read().strip())}")
+            return np.load(Path(tmp) / "step_ms.npy"), time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+        calls, wall, peak = run("--tokens", str(first), "--repeat", str(spec.warmup + spec.steps))
+        ms = calls[1 + spec.warmup:]
+        prefill_s = [float(run("--prefill", "--tokens", ",".join(map(str, prompt)))[0].sum()) / 1e3
+                     for _ in range(spec.prefill_repeats)] if prompt else []
+    return {
+        "backend": spec.backend, "status": "ok", "source": spec.source, "threads": spec.threads,
+        "load_s": wall - calls.sum() / 1e3,
+        "decode_ms": {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)),
+                      "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()), "min": float(ms.min()),
+                      "max": float(ms.max())},
+        "decode_steps": len(ms), "prefill_tokens": len(prompt),
+        "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
+        "peak_rss_mib": peak, "base_rss_mib": 0.0, "steady_rss_mib": peak,
+        "details": {"program": str(runner), "measured": "the program's own calls of the model; its ru_maxrss as "
+                    "peak and steady RSS (it reports no other), no base (no interpreter, no imports)"},
     }
 
 
