@@ -1,6 +1,6 @@
 // The sampler of the runtime: greedy, temperature, top-k, top-p (nucleus), presence and frequency
 // penalties with decay, and a SplitMix64 generator. It draws exactly what rwkv_edge.runtime.generation
-// draws for the same settings, seed and logits (the algorithm: docs/native.md).
+// draws for the same settings, seed and logits (the algorithm: sampler.cc and runtime/generation.py).
 
 #ifndef RWKV_EDGE_SAMPLER_H_
 #define RWKV_EDGE_SAMPLER_H_
