@@ -387,3 +387,46 @@ def test_aarch64_bad_state_file_exits_2_under_qemu(tvm_bundle, arm_build, tmp_pa
     state.write_bytes(bytes(16))
     done = run(arm_build, tvm_bundle("v7", "aarch64-linux"), "--prompt", "", "--state-in", str(state), arch="aarch64")
     assert_refused(done, "not a state file")
+
+
+THREADS_CHECK = r"""
+import ctypes, sys, threading
+import tvm_ffi
+
+lib = ctypes.CDLL(sys.argv[1])
+
+
+class Options(ctypes.Structure):
+    _fields_ = [("expect_sha256", ctypes.c_char_p), ("num_threads", ctypes.c_int)]
+
+
+threads = tvm_ffi.get_global_func("runtime.NumThreads")
+model, session = ctypes.c_void_p(), ctypes.c_void_p()
+assert lib.rwkv_edge_model_open(sys.argv[2].encode(), ctypes.byref(Options(None, 1)), ctypes.byref(model)) == 0
+seen = {"before": threads()}
+
+
+def step():  # TVM's pool belongs to the calling thread: the model sizes the pool of whichever thread runs it
+    assert lib.rwkv_edge_session_new(model, ctypes.byref(session)) == 0
+    assert lib.rwkv_edge_step(session, 1) == 0
+    seen["stepping thread"] = threads()
+
+
+worker = threading.Thread(target=step)
+worker.start()
+worker.join()
+print(seen)
+"""
+
+
+@needs_host
+def test_num_threads_sizes_the_pool_of_the_thread_that_runs_the_model(bundle_of, host_build, tmp_path):
+    import os
+    import sys
+
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_CHECK)
+    done = subprocess.run([sys.executable, str(script), str(host_build.shared_library), str(bundle_of("v7"))],
+                          capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'before': 2, 'stepping thread': 1}"
