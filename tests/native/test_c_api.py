@@ -75,13 +75,13 @@ def bundle_of(tvm_bundle, demo_bundle):
     return get
 
 
-def python_greedy(bundle: Path, prompt: list[int], n: int) -> list[int]:
-    """The tokens rwkv_edge.runtime.generation.generate draws greedily on the Python TVM backend."""
+def python_greedy(bundle: Path, prompt: list[int], n: int, sampler: Sampler = Sampler(temperature=0)) -> list[int]:
+    """The tokens rwkv_edge.runtime.generation.generate draws (greedily by default) on the Python TVM backend."""
     from rwkv_edge.runtime.tvm_backend import TvmBackend
 
     backend = TvmBackend(bundle)
     try:
-        return list(generate(backend, prompt, n, Sampler(temperature=0)))
+        return list(generate(backend, prompt, n, sampler))
     finally:
         backend.close()
 
@@ -119,6 +119,23 @@ def test_greedy_generation_matches_the_python_backend(name, bundle_of, host_buil
     expected = python_greedy(bundle, ByteTokenizer().encode(PROMPT), N)
     assert read_ids(ids) == expected
     assert raw(done.stdout) == bytes(expected)  # the bytes tokenizer: the text is the ids, the prompt not echoed
+
+
+SAMPLED = Sampler(temperature=0.9, top_p=0.9, top_k=40, presence_penalty=0.3, frequency_penalty=0.2,
+                  penalty_decay=0.99, seed=2**64 - 5)
+
+
+@needs_host
+@pytest.mark.parametrize("name", ["demo", "v7"])
+def test_sampled_generation_matches_the_python_backend(name, bundle_of, host_build, tmp_path):
+    """Every sampler setting, a seed past 2**63: the same draws as rwkv_edge.runtime.generation."""
+    bundle, ids, s = bundle_of(name), tmp_path / "ids", SAMPLED
+    done = run(host_build, bundle, "--prompt", PROMPT, "-n", str(N), "--temperature", str(s.temperature),
+               "--top-p", str(s.top_p), "--top-k", str(s.top_k), "--presence-penalty", str(s.presence_penalty),
+               "--frequency-penalty", str(s.frequency_penalty), "--penalty-decay", str(s.penalty_decay),
+               "--seed", str(s.seed), "--ids-out", str(ids))
+    assert done.returncode == 0, done.stderr
+    assert read_ids(ids) == python_greedy(bundle, ByteTokenizer().encode(PROMPT), N, s)
 
 
 @needs_host
