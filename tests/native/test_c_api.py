@@ -447,3 +447,20 @@ def test_num_threads_sizes_the_pool_of_the_thread_that_runs_the_model(bundle_of,
                           capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'before': 2, 'stepping thread': 1}"
+
+
+@needs_host
+def test_the_install_layout_runs_on_its_own(host_build, bundle_of, tmp_path):
+    """cmake --install lays out bin/, lib/ (the TVM libraries too) and include/; the programs find
+    their libraries through $ORIGIN/../lib, in an empty environment."""
+    deploy = tmp_path / "deploy"
+    subprocess.run(["cmake", "--install", str(host_build.run.parent), "--prefix", str(deploy)], check=True,
+                   capture_output=True)
+    assert sorted(str(p.relative_to(deploy)) for p in deploy.rglob("*") if p.is_file()) == [
+        "bin/rwkv-edge-run", "bin/rwkv-edge-runner", "include/rwkv_edge.h", "lib/librwkv_edge.a",
+        "lib/librwkv_edge.so", "lib/libtvm_ffi.so", "lib/libtvm_runtime.so"]
+    bundle = bundle_of("v7")
+    done = subprocess.run([str(deploy / "bin" / "rwkv-edge-run"), str(bundle), "--prompt", "Hi", "-n", "4",
+                           "--temperature", "0"], capture_output=True, env={})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == bytes(python_greedy(bundle, list(b"Hi"), 4))
