@@ -464,3 +464,17 @@ def test_the_install_layout_runs_on_its_own(host_build, bundle_of, tmp_path):
                            "--temperature", "0"], capture_output=True, env={})
     assert done.returncode == 0, done.stderr
     assert done.stdout == bytes(python_greedy(bundle, list(b"Hi"), 4))
+
+
+@needs_host
+def test_a_stop_sequence_ends_generation_and_is_not_printed(bundle_of, host_build, tmp_path):
+    bundle = bundle_of("v7")
+    greedy = bytes(python_greedy(bundle, list(PROMPT.encode()), N))
+    stop = greedy[9:11]
+    first = greedy.find(stop)  # the bytes tokenizer: token i is byte i
+    ids = tmp_path / "ids"
+    done = run(host_build, bundle, "--prompt", PROMPT, "-n", str(N), "--temperature", "0", "--ids-out", str(ids),
+               "--stop", stop.decode("utf-8", "surrogateescape"))
+    assert done.returncode == 0, done.stderr
+    assert raw(done.stdout) == greedy[:first]
+    assert read_ids(ids) == list(greedy[:first + len(stop)])  # the tokens that made the stop sequence were drawn
