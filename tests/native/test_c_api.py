@@ -247,8 +247,11 @@ def _written(path: Path, data: bytes) -> Path:
 
 
 BAD_STATES = {
-    "truncated": (lambda p: _written(p.with_name("t.state"), p.read_bytes()[:-4]), "truncated"),
+    "truncated": (lambda p: _written(p.with_name("t.state"), p.read_bytes()[:-4]), "truncated ("),
+    "truncated in its header": (lambda p: _written(p.with_name("h.state"), p.read_bytes()[:50]), "truncated ("),
     "not a state file": (lambda p: _written(p.with_name("x.state"), b"\x10" + bytes(40)), "not a state file"),
+    "huge header": (lambda p: _written(p.with_name("l.state"), struct.pack("<Q", 1 << 40) + bytes(8)),
+                    "not a state file (a header of 1099511627776 bytes)"),
     "wrong shape": (lambda p: _rewrite(p, _first_shape), "has shape"),
     "other architecture": (lambda p: _rewrite(p, lambda h: h["__metadata__"].update(architecture="v5")),
                            "architecture \"v5\""),
@@ -478,3 +481,12 @@ def test_a_stop_sequence_ends_generation_and_is_not_printed(bundle_of, host_buil
     assert done.returncode == 0, done.stderr
     assert raw(done.stdout) == greedy[:first]
     assert read_ids(ids) == list(greedy[:first + len(stop)])  # the tokens that made the stop sequence were drawn
+
+
+@needs_arm
+def test_aarch64_encode_under_qemu(tvm_bundle, arm_build, tmp_path):
+    text, ids = tmp_path / "text", tmp_path / "ids"
+    text.write_bytes("héllo wörld\n".encode())
+    done = run(arm_build, tvm_bundle("v7", "aarch64-linux"), "--encode", str(text), "--ids-out", str(ids), arch="aarch64")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert read_ids(ids) == list(text.read_bytes())
