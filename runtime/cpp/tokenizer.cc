@@ -224,9 +224,8 @@ class Trie {
     sorted_.shrink_to_fit();
   }
 
-  // Greedy longest match from each position: the ids of `text`; false where no token starts at
-  // some position.
-  bool Encode(std::string_view text, std::vector<int32_t>* out) const {
+  // Greedy longest match from each position: the ids of `text`. Every single byte must be a token.
+  void Encode(std::string_view text, std::vector<int32_t>* out) const {
     const auto* s = reinterpret_cast<const unsigned char*>(text.data());
     const size_t n = text.size();
     size_t pos = 0;
@@ -243,11 +242,9 @@ class Trie {
           best_len = j - pos;
         }
       }
-      if (best < 0) return false;
       out->push_back(best);
       pos += best_len;
     }
-    return true;
   }
 
  private:
@@ -360,7 +357,7 @@ class WorldTokenizer final : public Tokenizer {
   std::vector<int32_t> Encode(std::string_view text) const override {
     std::vector<int32_t> ids;
     ids.reserve(text.size() / 3 + 1);
-    trie_->Encode(text, &ids);  // every single byte is a token (checked when read): always complete
+    trie_->Encode(text, &ids);  // every single byte is a token: checked when read
     return ids;
   }
   std::string_view TokenBytes(int32_t id) const override {

@@ -58,7 +58,7 @@ def cpp_draws(text_check, tmp_path, logits: np.ndarray, sampler: Sampler) -> lis
     return np.fromfile(tmp_path / "ids", dtype="<i4").tolist()
 
 
-@pytest.mark.parametrize("vocab_size, rows", [(256, 48), (65536, 12)])
+@pytest.mark.parametrize("vocab_size, rows", [(256, 48), (1000, 24), (65536, 12)])
 def test_cpp_draws_the_python_draws(text_check, tmp_path, vocab_size, rows):
     logits = logits_rows(vocab_size, rows, seed=vocab_size)
     for settings in SETTINGS:

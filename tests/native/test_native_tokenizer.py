@@ -121,6 +121,27 @@ def test_vocabulary_literals_read_as_ast_literal_eval_reads_them(text_check, tmp
     assert ids.tolist() == [ord("z") + 1, 301, 303, 300, ord("q") + 1]  # lines are ids; b + 1 is byte b
 
 
+def test_python_reprs_of_random_strings_and_bytes_read_back(text_check, tmp_path):
+    """repr() picks the quotes and escapes (\\x, \\u, \\U, \\n, \\', ...): 3000 random str and bytes values."""
+    rng = np.random.default_rng(5)
+    pool = [*range(0, 0x80), *range(0x80, 0x800, 7), *range(0x800, 0xD800, 97), *range(0xE000, 0x10000, 89),
+            *range(0x10000, 0x110000, 4099), *map(ord, "\\'\"\t\n\r ")]
+    values = set()
+    while len(values) < 3000:
+        if rng.integers(2):
+            values.add("".join(chr(pool[i]) for i in rng.integers(len(pool), size=rng.integers(2, 12))))
+        else:
+            values.add(bytes(rng.integers(0, 256, rng.integers(2, 12)).tolist()))
+    values = sorted(values, key=repr)
+    data = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+    unique = list({d: v for d, v in reversed(list(zip(data, values)))}.items())  # a str and a bytes may agree
+    lines = BYTE_LINES + [f"{1000 + k} {v!r} {len(d)}" for k, (d, v) in enumerate(unique)]
+    (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ids = [1000 + k for k in range(len(unique))]
+    expected = b"".join(d for d, _ in unique)
+    assert decode(text_check, tmp_path, ids, vocab=tmp_path / "vocab.txt", vocab_size=5000) == expected
+
+
 @pytest.mark.parametrize("line, problem", [
     ("280 'ab 2", "does not end with its quote"),
     ("280 'ab' 3", "the token has 2 bytes, the line says 3"),
