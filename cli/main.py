@@ -20,7 +20,7 @@ from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
 from ..targets import get_target
 from ..targets.coreml import EXECUTORS
-from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, default_entry, takers
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, artifact_directory, default_entry, takers
 from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
@@ -407,7 +407,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sampler = Sampler(args.temperature, args.top_p, args.seed)
     backend = open_backend(args.source, args.backend, args.threads)
     name = args.tokenizer or tokenizer_for_vocab(backend.vocab_size)
-    tokenizer = load_tokenizer(name, args.tokenizer_file)
+    tokenizer = load_tokenizer(name, args.tokenizer_file or _carried_vocabulary(args.source, name))
     if tokenizer.vocab_size > backend.vocab_size:
         raise TokenizerError(f"the {name} tokenizer's ids run to {tokenizer.vocab_size - 1:,}, past this model's "
                              f"vocabulary of {backend.vocab_size:,}: {_tokenizer_fix(backend.vocab_size)}")
@@ -418,6 +418,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(text.decode(tokenizer.decode_bytes([token])))
         sys.stdout.flush()
     sys.stdout.write(text.decode(b"", final=True) + "\n")
+
+
+def _carried_vocabulary(source: Path | None, name: str) -> Path | None:
+    """The vocabulary file of tokenizer ``name`` the artifact ``source`` carries (checked against its
+    manifest), or None: a checkpoint, an artifact without one, or one of another tokenizer."""
+    from ..artifact import MANIFEST
+    from ..artifact.reader import read_tokenizer_file
+
+    directory = artifact_directory(source)
+    if directory is None or not (directory / MANIFEST).exists():
+        return None
+    tokenizer, path = read_tokenizer_file(directory)
+    return path if tokenizer == name else None
 
 
 def _tokenizer_fix(vocab_size: int) -> str:
