@@ -484,11 +484,9 @@ def _generate_python(args: argparse.Namespace, backend, sampler) -> None:
     start = None
     if args.state_in is not None:
         state, logits = load_state(args.state_in, backend.state_spec(), *identity, backend.vocab_size)
-        if prompt:
-            logits, state = backend.prefill(prompt, state)
-        elif logits is None:
+        if logits is None and not prompt:
             raise OptionError(f"{args.state_in} holds no logits (saved before any token): give a --prompt to go on from")
-        start, prompt = (logits, state), []
+        start = (logits, state)
     recorder = _Recorder(backend)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = _StopText(args.stop)
