@@ -144,7 +144,8 @@ def generate(backend: Backend, prompt: list[int], n: int, sampler: Sampler,
         raise OptionError("the prompt must contain at least one token (or start from a saved state)")
     if end_token is not None and not 0 <= end_token < backend.vocab_size:
         raise OptionError(f"end_token {end_token} is outside the vocabulary [0, {backend.vocab_size})")
-    check_token_ids(prompt, backend.vocab_size)
+    if prompt:
+        check_token_ids(prompt, backend.vocab_size)
     draws = sampler.start(backend.vocab_size)
     if start is None:
         logits, state = backend.prefill(prompt, backend.init_state())

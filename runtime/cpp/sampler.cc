@@ -1,16 +1,18 @@
 // The draw follows the spec's full stable sort without doing one where it can be avoided: the first
-// ids in order (probability descending, id ascending: a strict total order, so any sort gives the
-// stable sort's prefix) are sorted in a growing prefix, and the top-p cut is decided from bounds on
-// the sorted-order total (see Draw). Where the bounds cannot decide, the whole order is sorted.
+// ids of the order (probability descending, id ascending: a strict total order, so any sort gives the
+// stable sort's prefix) are sorted, and the top-p cut is decided from bounds on the sorted-order
+// total (see Draw). Where the bounds cannot decide, the rest of the order is sorted.
 
 #include "sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 
 namespace rwkv_edge {
 namespace {
@@ -25,9 +27,41 @@ void Check(bool ok, const std::string& what) {
   if (!ok) throw SamplerError(what);
 }
 
-constexpr size_t kFirstPrefix = 64;  // ids sorted first; doubled while the top-p cut lies past them
+constexpr size_t kPrefix = 256;  // ids of the order sorted first: all of them where the cut lies past
+constexpr int kDigitBits = 11;  // radix sort digits
+constexpr size_t kBuckets = size_t{1} << kDigitBits;
 
 }  // namespace
+
+// Sorts e[0, count) by probability descending, id ascending: a stable least-significant-digit radix
+// sort by id and then by the bits of p (non-negative doubles order as their bit patterns), passes
+// where every entry has the same digit skipped.
+void Sampler::SortEntries(Entry* e, size_t count, std::vector<Entry>* scratch) {
+  scratch->resize(count);
+  Entry* src = e;
+  Entry* dst = scratch->data();
+  std::vector<size_t> start(kBuckets);
+  auto pass = [&](auto digit) {
+    std::fill(start.begin(), start.end(), 0);
+    for (size_t i = 0; i < count; ++i) ++start[digit(src[i])];
+    if (start[digit(src[0])] == count) return;  // one digit for all: already in order
+    size_t at = 0;
+    for (size_t& b : start) at += std::exchange(b, at);
+    for (size_t i = 0; i < count; ++i) dst[start[digit(src[i])]++] = src[i];
+    std::swap(src, dst);
+  };
+  for (int shift = 0; shift < 32; shift += kDigitBits) {
+    pass([shift](const Entry& x) { return (static_cast<uint32_t>(x.id) >> shift) & (kBuckets - 1); });
+  }
+  for (int shift = 0; shift < 64; shift += kDigitBits) {
+    pass([shift](const Entry& x) {
+      uint64_t bits;
+      std::memcpy(&bits, &x.p, sizeof bits);
+      return static_cast<size_t>((~bits >> shift) & (kBuckets - 1));  // descending p: ascending ~bits
+    });
+  }
+  if (src != e) std::copy(src, src + count, e);
+}
 
 Sampler::Sampler(const SamplerParams& params, int32_t vocab_size)
     : params_(params), vocab_size_(vocab_size), rng_(params.seed) {
@@ -85,17 +119,18 @@ int32_t Sampler::Sample(const float* logits) {
 // cumulative sums in that order; K = the fewest ids with c[K-1] >= top_p * c[last]; the token at the
 // first c[j] > u * c[K-1], j < K (the last kept one where none).
 //
-// c[j] below the sorted prefix are exactly the full sort's. The total c[last] is a sequential sum of
-// n >= 1 non-negative terms in an order known only after a full sort; any order's sum lies within
-// gamma_{n-1} * S of the exact sum S (gamma_k = k u / (1 - k u), u = 2^-53), so the full sort's total T
-// lies in [t_lo, t_hi] = [T'(1 - d), T'(1 + d)] for T' our own sum in another order and d = 4 n u
-// (2 gamma, plus the rounding of those products). fl(x * y) is monotone in y, so:
+// First only the kPrefix first ids of the order are sorted: c[j] below them are exactly the full
+// sort's. The total c[last] is a sequential sum of n >= 1 non-negative terms in an order known only
+// after a full sort; any order's sum lies within gamma_{n-1} * S of the exact sum S (gamma_k =
+// k u / (1 - k u), u = 2^-53), so the full sort's total T lies in [t_lo, t_hi] = [T'(1 - d), T'(1 + d)]
+// for T' our own sum in another order and d = 4 n u (2 gamma, plus the rounding of those products).
+// fl(x * y) is monotone in y, so:
 //  - the threshold fl(top_p * T) lies in [thr_lo, thr_hi]: K is decided once the first c[j] >= thr_lo
 //    is also the first c[j] >= thr_hi;
 //  - with top_p = 1 the threshold is T itself and c[K-1] = T, so r = fl(u * T) lies in [r_lo, r_hi]:
 //    the token is decided once the first c[j] > r_lo is also the first c[j] > r_hi, provided
 //    r_hi < t_lo (then every c before it is < T, so it lies before K).
-// Otherwise the prefix doubles; where the bounds cannot decide, the whole order is sorted.
+// Otherwise the rest of the order is sorted (a radix sort) and the draw follows the spec to the letter.
 int32_t Sampler::Draw() {
   const size_t v = static_cast<size_t>(vocab_size_);
   const double top_p = params_.top_p;
@@ -104,61 +139,40 @@ int32_t Sampler::Draw() {
   Entry* order = order_.data();
   for (size_t i = 0; i < v; ++i) order[i] = {std::exp((l_[i] - m) / params_.temperature), static_cast<int32_t>(i)};
   auto before = [](const Entry& a, const Entry& b) { return a.p > b.p || (a.p == b.p && a.id < b.id); };
-  size_t n = v;
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < v) {
-    n = static_cast<size_t>(params_.top_k);
-    std::nth_element(order, order + n, order + v, before);  // the top_k ids first, in some order
-  }
-  double approx = 0;  // T'
-  for (size_t j = 0; j < n; ++j) approx += order[j].p;
-  const double d = 4.0 * static_cast<double>(n) * 0x1.0p-53;
-  const double t_lo = approx * (1 - d), t_hi = approx * (1 + d);
-  const double thr_lo = top_p * t_lo, thr_hi = top_p * t_hi;
-
+  const size_t n = params_.top_k > 0 ? std::min(v, static_cast<size_t>(params_.top_k)) : v;
+  const size_t first = std::min(n, kPrefix);
+  std::partial_sort(order, order + first, order + v, before);
   double* c = cum_.data();
-  size_t sorted = 0;
-  auto extend = [&](size_t to) {  // order[sorted, to) become the next ids of the sorted order
-    if (to == n) {
-      std::sort(order + sorted, order + n, before);
-    } else if (to - sorted <= kFirstPrefix) {
-      std::partial_sort(order + sorted, order + to, order + n, before);
-    } else {
-      std::nth_element(order + sorted, order + to, order + n, before);
-      std::sort(order + sorted, order + to, before);
-    }
-    for (size_t j = sorted; j < to; ++j) c[j] = (j ? c[j - 1] : 0.0) + order[j].p;
-    sorted = to;
-  };
+  for (size_t j = 0; j < first; ++j) c[j] = (j ? c[j - 1] : 0.0) + order[j].p;
   const double u = Uniform();
   auto pick = [&](size_t cut) {  // the token once K = cut is known
     const double r = u * c[cut - 1];
     const size_t j = static_cast<size_t>(std::upper_bound(c, c + cut, r) - c);
     return order[std::min(j, cut - 1)].id;
   };
-  extend(std::min(n, kFirstPrefix));
-  for (;;) {
-    if (sorted == n) {  // the whole order: the exact total
-      const size_t cut = static_cast<size_t>(std::lower_bound(c, c + n, top_p * c[n - 1]) - c) + 1;
-      return pick(std::min(cut, n));
-    }
-    bool undecided = false;
-    if (c[sorted - 1] >= thr_lo) {
-      const size_t lo = static_cast<size_t>(std::lower_bound(c, c + sorted, thr_lo) - c);
-      const size_t hi = static_cast<size_t>(std::lower_bound(c, c + sorted, thr_hi) - c);
+  if (first < n) {
+    if (n < v) std::nth_element(order + first, order + n, order + v, before);  // the rest of the top_k
+    double approx = 0;  // T'
+    for (size_t j = 0; j < n; ++j) approx += order[j].p;
+    const double d = 4.0 * static_cast<double>(n) * 0x1.0p-53;
+    const double t_lo = approx * (1 - d), t_hi = approx * (1 + d);
+    const double thr_lo = top_p * t_lo, thr_hi = top_p * t_hi;
+    if (c[first - 1] >= thr_lo) {
+      const size_t lo = static_cast<size_t>(std::lower_bound(c, c + first, thr_lo) - c);
+      const size_t hi = static_cast<size_t>(std::lower_bound(c, c + first, thr_hi) - c);
       if (lo == hi) return pick(lo + 1);
-      undecided = true;
     }
-    if (top_p == 1) {
-      const double r_lo = u * t_lo, r_hi = u * t_hi;
-      if (r_hi < t_lo && c[sorted - 1] > r_hi) {
-        const size_t lo = static_cast<size_t>(std::upper_bound(c, c + sorted, r_lo) - c);
-        const size_t hi = static_cast<size_t>(std::upper_bound(c, c + sorted, r_hi) - c);
-        if (lo == hi) return order[hi].id;
-        undecided = true;
-      }
+    const double r_lo = u * t_lo, r_hi = u * t_hi;
+    if (top_p == 1 && r_hi < t_lo && c[first - 1] > r_hi) {
+      const size_t lo = static_cast<size_t>(std::upper_bound(c, c + first, r_lo) - c);
+      const size_t hi = static_cast<size_t>(std::upper_bound(c, c + first, r_hi) - c);
+      if (lo == hi) return order[hi].id;
     }
-    extend(undecided ? n : std::min(n, 2 * sorted));
+    SortEntries(order + first, n - first, &scratch_);
+    for (size_t j = first; j < n; ++j) c[j] = c[j - 1] + order[j].p;
   }
+  const size_t cut = static_cast<size_t>(std::lower_bound(c, c + n, top_p * c[n - 1]) - c) + 1;
+  return pick(std::min(cut, n));
 }
 
 }  // namespace rwkv_edge

@@ -1,6 +1,6 @@
 // The sampler of the runtime: greedy, temperature, top-k, top-p (nucleus), presence and frequency
 // penalties with decay, and a SplitMix64 generator. It draws exactly what rwkv_edge.runtime.generation
-// draws for the same settings, seed and logits (the algorithm: docs/native.md).
+// draws for the same settings, seed and logits (the algorithm: sampler.cc and runtime/generation.py).
 
 #ifndef RWKV_EDGE_SAMPLER_H_
 #define RWKV_EDGE_SAMPLER_H_
@@ -31,17 +31,19 @@ class Sampler {
  private:
   double Uniform();  // in [0, 1): the top 53 bits of the next SplitMix64 output
   int32_t Draw();    // temperature > 0: a token from l_
+  struct Entry {
+    double p;  // probability (unnormalized)
+    int32_t id;
+  };
+  static void SortEntries(Entry* e, size_t count, std::vector<Entry>* scratch);
 
   SamplerParams params_;
   int32_t vocab_size_;
   uint64_t rng_;
   std::vector<double> counts_;  // decayed counts of the tokens drawn
-  struct Entry {
-    double p;  // probability (unnormalized)
-    int32_t id;
-  };
   std::vector<double> l_;       // penalized logits
   std::vector<Entry> order_;    // every id with its probability, a growing prefix of them sorted
+  std::vector<Entry> scratch_;  // the radix sort's second buffer
   std::vector<double> cum_;     // cumulative sums over the sorted prefix
 };
 
