@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,7 +103,7 @@ def load_library(path: str | Path | None = None, log: Callable[[str], None] = pr
     if path is None:
         from .native_runner import build_native
 
-        path = build_native(log=log).library
+        path = build_native(log=log).shared_library
     path = Path(path).resolve()
     if path not in _LIBRARIES:
         try:
@@ -368,6 +369,10 @@ class NativeSession:
             self.close()
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _token(token: int) -> int:
     """A token id as the C int32 the library takes; TokenError for what is not an integer or does not fit."""
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not -2**31 <= token < 2**31:
@@ -387,7 +392,7 @@ class NativeBackend:
         self.artifact = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, kind="tvm")
         # the library checks the bundle itself, pinned to the manifest checked here
         self.model = NativeModel(self.artifact.directory, expect_sha256=self.artifact.manifest_sha256,
-                                 threads=threads or 0, library=library)
+                                 threads=threads or 0, library=library, log=_to_stderr)  # stdout: generated text
         self.session = self.model.session()
         self.vocab_size = self.model.vocab_size
         self.spec = self.model.spec
