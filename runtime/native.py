@@ -222,7 +222,10 @@ class NativeSampler:
                 value = getattr(settings, name)
                 if name == "seed" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64):
                     raise OptionError(f"seed must be an integer in [0, 2**64), got {value!r}")
-                setattr(params, name, value)
+                try:
+                    setattr(params, name, value)
+                except TypeError:
+                    raise OptionError(f"{name} must be a number, got {value!r:.40}") from None
         handle = _sampler_p()
         _check(lib, lib.rwkv_edge_sampler_new(ctypes.byref(params), vocab_size, ctypes.byref(handle)))
         self.handle = handle

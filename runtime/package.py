@@ -20,7 +20,6 @@ is not an earlier package is refused, and an earlier package is removed only onc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -33,9 +32,9 @@ from pathlib import Path
 from ..artifact import MANIFEST, open_artifact
 from ..artifact.files import LIBRARY
 from ..errors import ArtifactError, OptionError, PlatformError, ToolError
-from ..platforms import INSTALL_SCRIPT, arm_root, host_arch
+from ..platforms import host_arch
 from ..state_file import load_state
-from .native_runner import ARCHES, build_native
+from .native_runner import ARCHES, NativeBuild, build_native
 
 RECORD = "rwkv-edge-package.json"
 FORMAT = "rwkv-edge.package/1"
@@ -74,13 +73,13 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
         load_state(state, manifest.state, manifest.architecture, manifest.source["sha256"], manifest.vocab_size)
     previous = _previous_package(out)
     build = build_native(arch, log=log)
-    runtime_lib, ffi_lib = _tvm_libraries(arch)
+    runtime_lib, ffi_lib = _tvm_libraries(build)
     strip = _strip_tool(arch)
     temporary = out.parent / f".{out.name}.rwkv-edge-package-{secrets.token_hex(4)}"
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary.mkdir()
     try:
-        copies = {"bin/rwkv-edge-run": build.run, "lib/librwkv_edge.so": build.library,
+        copies = {"bin/rwkv-edge-run": build.run, "lib/librwkv_edge.so": build.shared_library,
                   "lib/libtvm_runtime.so": runtime_lib, "lib/libtvm_ffi.so": ffi_lib}
         if dev:
             copies.update({"dev/include/rwkv_edge.h": build.include / "rwkv_edge.h",
@@ -166,22 +165,16 @@ def _remove_package(directory: Path, files: list[str]) -> None:
             pass
 
 
-def _tvm_libraries(arch: str) -> tuple[Path, Path]:
-    """libtvm_runtime.so and libtvm_ffi.so of ``arch``: the installed wheels for this machine's, the
-    aarch64 wheels ``scripts/install-arm-tools.sh`` unpacks for aarch64 on an x86-64 host."""
-    if arch == host_arch():
-        specs = [importlib.util.find_spec(name) for name in ("tvm", "tvm_ffi")]  # finds, does not import
-        roots = [Path(s.submodule_search_locations[0]) if s and s.submodule_search_locations else None for s in specs]
-        hint = "pip install -c constraints.txt apache-tvm apache-tvm-ffi"
-    else:
-        roots = [arm_root() / "site" / "tvm", arm_root() / "site" / "tvm_ffi"]
-        hint = f"run {INSTALL_SCRIPT}"
-    libraries = (roots[0] / "lib" / "libtvm_runtime.so" if roots[0] else None,
-                 roots[1] / "lib" / "libtvm_ffi.so" if roots[1] else None)
-    missing = [str(p) for p in libraries if p is None or not p.is_file()]
-    if missing:
-        raise ToolError(f"the {arch} TVM runtime libraries are missing ({', '.join(missing)}): {hint}")
-    return libraries
+def _tvm_libraries(build: NativeBuild) -> tuple[Path, Path]:
+    """libtvm_runtime.so and libtvm_ffi.so, from the TVM wheels ``build`` was linked against."""
+    found = []
+    for name in ("libtvm_runtime.so", "libtvm_ffi.so"):
+        paths = [d / name for d in build.library_dirs if (d / name).is_file()]
+        if not paths:
+            raise ToolError(f"{name} is not in {', '.join(map(str, build.library_dirs))}, which the {build.arch} "
+                            "runtime was built against")
+        found.append(paths[0])
+    return found[0], found[1]
 
 
 def _strip_tool(arch: str) -> str:

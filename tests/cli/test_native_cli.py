@@ -126,7 +126,8 @@ def test_generate_reads_the_vocabulary_the_artifact_carries(cli, world_export, t
     # --tokenizer-file names another file: the artifact's is not read
     from rwkv_edge.artifact.builder import vocabulary_file
 
-    assert generated(cli, str(copy), "--prompt", "Hello", "-n", "3", "--tokenizer-file", str(vocabulary_file("world")))
+    assert generated(cli, str(copy), "--backend", "torch", "--prompt", "Hello", "-n", "3",
+                     "--tokenizer-file", str(vocabulary_file("world")))
 
 
 @needs_native
