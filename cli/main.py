@@ -17,10 +17,10 @@ from ..architectures import IMAGE, LANGUAGE, detect
 from ..atomic import check_writable
 from ..bundled import DEMO_CHECKPOINT, SAMPLE_IMAGES, VISION_DEMO_CHECKPOINT
 from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
-from ..errors import CheckpointError, OptionError, RwkvEdgeError, printable
+from ..errors import CheckpointError, OptionError, RwkvEdgeError, StateError, printable
 from ..targets import get_target
 from ..targets.coreml import EXECUTORS
-from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, default_entry, takers
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, artifact_directory, default_entry, takers
 from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
@@ -67,12 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_bounded_int(1, MAX_TOKENS), default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=_temperature, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=_probability, default=0.85, help="nucleus sampling mass, in (0, 1] (default 0.85)")
-    p.add_argument("--seed", type=_bounded_int(0, 2**63 - 1), default=0, help="sampling seed, >= 0 (default 0)")
+    p.add_argument("--seed", type=_bounded_int(0, 2**64 - 1), default=0, help="sampling seed, 0 to 2**64-1 (default 0)")
+    p.add_argument("--top-k", type=_bounded_int(0, 2**31 - 1), default=0,
+                   help="keep at most the K most likely tokens before top-p; 0 = no limit (default 0)")
+    p.add_argument("--presence-penalty", type=_float, default=0.0,
+                   help="subtracted from the logit of every token already generated (default 0)")
+    p.add_argument("--frequency-penalty", type=_float, default=0.0,
+                   help="times a token's (decayed) count of generations, subtracted from its logit (default 0)")
+    p.add_argument("--penalty-decay", type=_probability, default=1.0,
+                   help="every count is multiplied by this at each token, in (0, 1]; 1 = no decay (default 1)")
+    p.add_argument("--stop", action="append", default=[], type=_stop_text, metavar="TEXT",
+                   help="stop where the generated text contains TEXT (repeatable); the text before it is printed")
+    p.add_argument("--state-in", type=Path, metavar="FILE",
+                   help="start from the state (and logits) of a state file saved with --state-out by this model; "
+                        "the prompt may then be empty")
+    p.add_argument("--state-out", type=_output_file, metavar="FILE",
+                   help="save the state and logits after the last generated token to a state file (docs/native.md)")
     _tokenizer_args(p)
     _backend_arg(p)
     p.add_argument("--threads", type=_bounded_int(1, 4096),
                    help=f"{' and '.join(e.name for e in takers('threads'))} intra-op threads (default: torch one per "
-                        "step of a model below ~1e9 parameters, else torch's default; onnxruntime its own)")
+                        "step of a model below ~1e9 parameters, else torch's default; onnxruntime its own; native TVM's)")
     p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("trace", help="run step over tokens from the initial state and save logits and state, or "
@@ -159,7 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), metavar="N",
                    help="Core ML, image models: the square input resolution, a multiple of the patch size "
                         "(default: the checkpoint's; ONNX exports fix theirs with `export onnx --image-size`)")
+    p.add_argument("--with-runtime", metavar="DIR", type=Path, dest="package_out",
+                   help="then package the bundle with the native runtime into DIR, as `rwkv-edge package` does")
+    _package_args(p, required=False)
     p.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("package", help="a folder that runs a TVM bundle on its device without Python: the C "
+                                       "runtime built for the bundle's architecture, TVM's runtime and the bundle")
+    p.add_argument("bundle", type=Path, help="a TVM bundle for x86_64-linux-gnu or aarch64-linux-gnu (from `compile`)")
+    _package_args(p, required=True)
+    p.set_defaults(run=cmd_package)
 
     p = sub.add_parser("targets", help="list the deployment targets and their settings")
     p.set_defaults(run=cmd_targets)
@@ -225,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _package_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """package's options; compile takes them after --with-runtime DIR (its --out is the bundle's)."""
+    if required:
+        p.add_argument("--out", required=True, type=Path, dest="package_out", metavar="DIR",
+                       help="the folder to write: new, empty, or an earlier package (replaced whole)")
+    what = "" if required else "with --with-runtime: "
+    p.add_argument("--state", type=Path, metavar="FILE",
+                   help=f"{what}a tuned initial state file for the bundle's model, copied in as initial.state")
+    p.add_argument("--dev", action="store_true",
+                   help=f"{what}also dev/include/rwkv_edge.h and dev/lib/librwkv_edge.a, to link an app")
+
+
 def _group_size_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="G",
                    help="int8/int4: weights per fp16 scale along each row's input axis (default 32)")
@@ -252,7 +288,7 @@ def _backend_arg(p: argparse.ArgumentParser) -> None:
 def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", choices=["bytes", "world", "20b"],
                    help="default: inferred from the vocabulary size (256 bytes, 65536 world, 50277 20b)")
-    p.add_argument("--tokenizer-file", type=Path, help="vocabulary file for world/20b, if not the packaged one")
+    p.add_argument("--tokenizer-file", type=Path, help="vocabulary file for world/20b (default: the one the artifact carries, else the packaged one)")
 
 
 def _bounded_int(low: int, high: int):
@@ -294,6 +330,12 @@ def _probability(text: str) -> float:
     return value
 
 
+def _stop_text(text: str) -> str:
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError("a stop sequence is non-empty text without NUL characters")
+    return text
+
+
 def _output_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
@@ -332,6 +374,12 @@ def _exists(path: Path | None, what: str = "checkpoint file") -> None:
     """CheckpointError now, before torch, ONNX or TVM load, if ``path`` is given and not there."""
     if path is not None and not path.exists():
         raise CheckpointError(f"{path}: no such {what}")
+
+
+def _state_exists(path: Path | None) -> None:
+    """StateError now, before a model loads, if a state file ``path`` is given and not there."""
+    if path is not None and not path.is_file():
+        raise StateError(f"{path}: no such state file")
 
 
 def _check_output(out: Path) -> None:
@@ -400,24 +448,164 @@ INFO = {LANGUAGE: _language_info, IMAGE: _vision_info}  # family -> what `info` 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     _exists(args.source, "checkpoint file or artifact directory")
-    from ..tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
-    from ..runtime import Sampler, generate
+    _state_exists(args.state_in)
+    if args.state_out is not None:
+        check_writable(args.state_out)
+    from ..runtime import Sampler
+    from ..runtime.native import NativeBackend
     from ..runtime.registry import open_backend
 
-    sampler = Sampler(args.temperature, args.top_p, args.seed)
+    sampler = Sampler(temperature=args.temperature, top_p=args.top_p, seed=args.seed, top_k=args.top_k,
+                      presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                      penalty_decay=args.penalty_decay)
     backend = open_backend(args.source, args.backend, args.threads)
+    try:
+        if isinstance(backend, NativeBackend):
+            _generate_native(args, backend, sampler)
+        else:
+            _generate_python(args, backend, sampler)
+    finally:
+        backend.close()
+
+
+def _generate_python(args: argparse.Namespace, backend, sampler) -> None:
+    """Tokenize in Python and generate with ``runtime.generate`` on any step backend."""
+    from ..runtime import generate
+    from ..state_file import load_state, save_state
+    from ..tokenizer import TokenizerError, load_tokenizer, tokenizer_for_vocab
+
     name = args.tokenizer or tokenizer_for_vocab(backend.vocab_size)
-    tokenizer = load_tokenizer(name, args.tokenizer_file)
+    tokenizer = load_tokenizer(name, args.tokenizer_file or _carried_vocabulary(args.source, name))
     if tokenizer.vocab_size > backend.vocab_size:
         raise TokenizerError(f"the {name} tokenizer's ids run to {tokenizer.vocab_size - 1:,}, past this model's "
                              f"vocabulary of {backend.vocab_size:,}: {_tokenizer_fix(backend.vocab_size)}")
+    identity = _model_identity(args.source) if args.state_in or args.state_out else None
     prompt = tokenizer.encode(args.prompt)
+    start = None
+    if args.state_in is not None:
+        state, logits = load_state(args.state_in, backend.state_spec(), *identity, backend.vocab_size)
+        if logits is None and not prompt:
+            raise OptionError(f"{args.state_in} holds no logits (saved before any token): give a --prompt to go on from")
+        start = (logits, state)
+    recorder = _Recorder(backend)
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = _StopText(args.stop)
+    sys.stdout.write(args.prompt)
+    tokens = []
+    for token in generate(recorder, prompt, args.n, sampler, start=start):
+        tokens.append(token)
+        released, stopped = stops.push(text.decode(tokenizer.decode_bytes([token])))
+        sys.stdout.write(released)
+        sys.stdout.flush()
+        if stopped:
+            break
+    else:
+        sys.stdout.write(stops.push(text.decode(b"", final=True))[0] + stops.flush())
+    sys.stdout.write("\n")
+    if args.state_out is not None:
+        logits, state = recorder.after(tokens, start)
+        save_state(args.state_out, state, backend.state_spec(), *identity, logits)
+
+
+def _generate_native(args: argparse.Namespace, backend, sampler) -> None:
+    """The C library's own generation: its tokenizer, sampler and stop sequences; text streamed as released."""
+    if args.tokenizer or args.tokenizer_file:
+        raise OptionError("--backend native tokenizes with the bundle's own tokenizer: drop --tokenizer and "
+                          "--tokenizer-file")
+    session = backend.session
+    if args.state_in is not None:
+        session.load(args.state_in)
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    for token in generate(backend, prompt, args.n, sampler):
-        sys.stdout.write(text.decode(tokenizer.decode_bytes([token])))
+
+    def show(token: int, data: bytes) -> None:
+        sys.stdout.write(text.decode(data))
         sys.stdout.flush()
+
+    session.generate(args.prompt, backend.sampler(sampler), args.n, stop=args.stop, callback=show)
     sys.stdout.write(text.decode(b"", final=True) + "\n")
+    if args.state_out is not None:
+        session.save(args.state_out)
+
+
+class _StopText:
+    """Generated text released as the C library releases it: held back while it may begin a stop
+    sequence; once one matched, the text before its first occurrence and nothing after."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops, self.pending = stops, ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """(the text released now, whether a stop sequence matched)."""
+        self.pending += text
+        hits = [i for stop in self.stops if (i := self.pending.find(stop)) >= 0]
+        if hits:
+            released, self.pending = self.pending[:min(hits)], ""
+            return released, True
+        held = max((k for stop in self.stops for k in range(1, len(stop)) if self.pending.endswith(stop[:k])),
+                   default=0)
+        released = self.pending[:len(self.pending) - held]
+        self.pending = self.pending[len(released):]
+        return released, False
+
+    def flush(self) -> str:
+        released, self.pending = self.pending, ""
+        return released
+
+
+class _Recorder:
+    """A step backend that remembers what its last call returned, so that the state after the last
+    generated token can be saved (``generate`` need not feed the last token it yields)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.fed, self.last = backend, 0, None
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def prefill(self, tokens, state):
+        self.last = self.backend.prefill(tokens, state)
+        return self.last
+
+    def step(self, token, state):
+        self.fed += 1
+        self.last = self.backend.step(token, state)
+        return self.last
+
+    def after(self, tokens: list[int], start):
+        """(logits, state) after the last of ``tokens``, fed now where ``generate`` did not."""
+        last = self.last or start
+        if tokens and self.fed < len(tokens):
+            last = self.backend.step(tokens[-1], last[1])
+        return last
+
+
+def _model_identity(source: Path | None) -> tuple[str, str]:
+    """(architecture, source sha256) a state file of this model records: an artifact's manifest's, or a
+    checkpoint's (an artifact and the checkpoint it was made from share them)."""
+    from ..artifact import MANIFEST, read_manifest
+
+    directory = artifact_directory(source)
+    if directory is not None and (directory / MANIFEST).exists():
+        manifest = read_manifest(directory)
+        return manifest.architecture, manifest.source["sha256"]
+    from ..model.sources import open_checkpoint
+
+    checkpoint = open_checkpoint(source or DEMO_CHECKPOINT)
+    return detect(checkpoint.tensors).name, checkpoint.sha256
+
+
+def _carried_vocabulary(source: Path | None, name: str) -> Path | None:
+    """The vocabulary file of tokenizer ``name`` the artifact ``source`` carries (checked against its
+    manifest), or None: a checkpoint, an artifact without one, or one of another tokenizer."""
+    from ..artifact import MANIFEST
+    from ..artifact.reader import read_tokenizer_file
+
+    directory = artifact_directory(source)
+    if directory is None or not (directory / MANIFEST).exists():
+        return None
+    tokenizer, path = read_tokenizer_file(directory)
+    return path if tokenizer == name else None
 
 
 def _tokenizer_fix(vocab_size: int) -> str:
@@ -520,8 +708,27 @@ def cmd_compile(args: argparse.Namespace) -> None:
                              args.prefill_chunk, args.group_size, args.compute, args.image_size)
     check_request(source, target, request)
     _check_output(args.out)
+    if args.package_out is None and (args.state or args.dev):
+        raise OptionError("--state and --dev apply with --with-runtime DIR")
+    if args.package_out is not None:
+        _state_exists(args.state)
+        from ..runtime.package import check_package_output
+
+        check_package_output(args.package_out)
     print(f"compile: {source} -> {args.out}")
     compile_for(source, args.out, args.target, request)
+    if args.package_out is not None:
+        from ..runtime.package import package_bundle
+
+        package_bundle(args.out, args.package_out, state=args.state, dev=args.dev)
+
+
+def cmd_package(args: argparse.Namespace) -> None:
+    _exists(args.bundle, "bundle directory")
+    _state_exists(args.state)
+    from ..runtime.package import package_bundle
+
+    package_bundle(args.bundle, args.package_out, state=args.state, dev=args.dev)
 
 
 def cmd_targets(args: argparse.Namespace) -> None:

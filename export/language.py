@@ -10,8 +10,8 @@ import torch
 
 from .. import __version__
 from ..artifact import ArtifactWriter, Graph, Manifest
-from ..artifact.builder import (build_reference, load_source, log_spread, report_commit, save_initial_state, stage,
-                                tokenizer_name)
+from ..artifact.builder import (build_reference, copy_tokenizer_file, load_source, log_spread, report_commit,
+                                save_initial_state, stage, tokenizer_name)
 from ..artifact.files import INITIAL_STATE, PREFILL_ONNX, REFERENCE, STEP_ONNX
 from ..bundled import recorded_checkpoint
 from ..contract import CONTRACT_VERSION
@@ -59,6 +59,7 @@ def export_language(checkpoint: Path, opened: Checkpoint, writer: ArtifactWriter
             log_spread(log, reference.spread)
     if save_initial_state(model, writer.dir / INITIAL_STATE):
         manifest.initial_state = INITIAL_STATE
+    manifest.tokenizer_file = copy_tokenizer_file(manifest.tokenizer, writer.dir)
     report_commit(log, writer, manifest, writer.commit(manifest))
     return manifest
 

@@ -5,6 +5,8 @@ build record and its checks; None for a checkpoint), its step runner (a ``Backen
 runner (``runtime/vision.py`` runs image artifacts through it), the keyword options their
 constructors take, and the hooks of the layers above: the bench's row (preparation, opening in the
 worker, how the row is described) and the checks verify adds to its kind's report.
+Several entries may run one kind: the first is that kind's own, its artifacts' default; a later one
+runs them another way when named (``--backend native``: a TVM bundle through the C library).
 
 Everything is referenced by name, ``"package.module:attribute"`` below ``rwkv_edge``, and imported on
 first use (``resolve``): onnxruntime, TVM and coremltools are heavy, and the hooks of bench/ and
@@ -65,6 +67,9 @@ BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
                  "a bundle made by `rwkv-edge compile --target x86_64-host` (or another target this machine runs)",
                  ("remote",), image="runtime.tvm_backend:TvmImage", bench="bench.rows:TvmRow",
                  verify="verify.checks:TvmChecks"),
+    # after tvm: the same kind's bundles, run by the C library (librwkv_edge.so) instead of TVM's Python
+    BackendEntry("native", "tvm", "native", "runtime.native:NativeBackend",
+                 "a TVM bundle for this machine's CPU, run by the C runtime (librwkv_edge.so)", ("threads",)),
 )}
 CHECKPOINT_BACKEND = next(e.name for e in BACKENDS.values() if e.kind is None)  # what runs a checkpoint: the default
 # An artifact of each family opened as a step backend: None, or why it cannot be
@@ -87,7 +92,8 @@ def backend_entry(name: str) -> BackendEntry:
 
 
 def entry_of_kind(kind: str) -> BackendEntry:
-    """The entry that runs artifacts of manifest kind ``kind`` (one of artifact.KINDS)."""
+    """The entry that runs artifacts of manifest kind ``kind`` (one of artifact.KINDS) by default: the first
+    of that kind (a later one runs the same artifacts another way, when named: ``--backend native``)."""
     return next(e for e in BACKENDS.values() if e.kind == kind)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module of a layer may import its own layer and the layers before it.
-LAYERS = ["errors", "contract", "architectures", "atomic", "bundled", "arrays", "images", "tokenizer", "platforms", "quantize", "weights", "targets", "model", "artifact", "export", "compile",
+LAYERS = ["errors", "contract", "architectures", "atomic", "bundled", "arrays", "state_file", "images", "tokenizer", "platforms", "quantize", "weights", "targets", "model", "artifact", "export", "compile",
           "runtime", "verify", "bench", "cli"]
 # On top of the order: what a device runs must work without the exporter and the compiler installed.
 NEVER = {(low, high) for low in ("targets", "runtime", "verify") for high in ("export", "compile")}

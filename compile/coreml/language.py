@@ -36,7 +36,7 @@ from ...artifact.files import INITIAL_STATE, PACKAGE, REFERENCE
 from ...bundled import recorded_checkpoint
 from ...contract import CONTRACT_VERSION
 from ...errors import OptionError
-from ...artifact.builder import build_reference, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
+from ...artifact.builder import build_reference, copy_tokenizer_file, load_source, open_source, report_commit, save_initial_state, stage, tokenizer_name
 from ...export.graph import ContractGraph
 from ...model import RWKVModel
 from ...model.base import quantized_linears
@@ -89,6 +89,7 @@ def compile_coreml(checkpoint: str | Path, out_dir: str | Path, options: CoreMLO
             _package(parts, writer.dir / PACKAGE)
         if save_initial_state(model, writer.dir / INITIAL_STATE):
             manifest.initial_state = INITIAL_STATE
+        manifest.tokenizer_file = copy_tokenizer_file(manifest.tokenizer, writer.dir)
         sha256 = writer.commit(manifest)
     size = sum(meta["bytes"] for meta in manifest.files.values())
     log(f"{PACKAGE}: {size / 1e6:.1f} MB")

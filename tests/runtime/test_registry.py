@@ -12,10 +12,11 @@ from rwkv_edge.errors import ArtifactError, OptionError
 from rwkv_edge.runtime.registry import BACKENDS, backend_entry, entry_of_kind, resolve, takers
 
 
-def test_every_manifest_kind_has_one_backend():
+def test_every_manifest_kind_has_its_own_backend_first():
     kinds = [e.kind for e in BACKENDS.values() if e.kind is not None]
-    assert sorted(kinds) == sorted(KINDS) and len(set(kinds)) == len(kinds)
+    assert set(kinds) == set(KINDS)
     assert all(entry_of_kind(kind).kind == kind for kind in KINDS)
+    assert entry_of_kind("tvm").name == "tvm" and BACKENDS["native"].kind == "tvm"  # native runs tvm bundles when named
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -37,7 +38,7 @@ def test_every_reference_resolves_to_its_role(name):
 def test_an_unknown_backend_names_the_choices():
     with pytest.raises(OptionError, match="unknown backend 'tensorrt'; choose one of torch, onnxruntime, coreml, tvm"):
         backend_entry("tensorrt")
-    assert [e.name for e in takers("threads")] == ["torch", "onnxruntime"]
+    assert [e.name for e in takers("threads")] == ["torch", "onnxruntime", "native"]
 
 
 @pytest.mark.parametrize("options,message", [
