@@ -1,9 +1,11 @@
-"""The C++ runner a board runs (``runtime/cpp``): build it for x86-64 or aarch64, run a bundle with it.
+"""The native runtime (``runtime/cpp``): build it for x86-64 or aarch64, run a bundle with its programs.
 
-``build_runner(arch)`` configures and builds ``rwkv-edge-runner`` with CMake against the TVM
-runtime libraries of that architecture (the installed apache-tvm / apache-tvm-ffi wheels for the
+``build_native(arch)`` configures and builds ``librwkv_edge.so`` / ``librwkv_edge.a`` (the C
+interface of ``runtime/cpp/include/rwkv_edge.h``), ``rwkv-edge-run`` and ``rwkv-edge-runner`` with
+CMake against the TVM runtime libraries of that architecture (the installed apache-tvm / apache-tvm-ffi wheels for the
 host; for aarch64 on an x86-64 host, the aarch64 wheels that ``scripts/install-arm-tools.sh``
-unpacks into ``$RWKV_EDGE_ARM_ROOT/site``). ``run_bundle`` checks a TVM bundle against its manifest,
+unpacks into ``$RWKV_EDGE_ARM_ROOT/site``); ``build_runner(arch)`` is its runner. ``run_program``
+runs one of the programs on a bundle, natively or under qemu. ``run_bundle`` checks a TVM bundle against its manifest,
 runs its tokens through the runner, natively or under ``qemu-aarch64-static -cpu <core>``, and reads
 back the logits, the final state and the step times. The runner checks the bundle again itself (the
 same rules, ``runtime/cpp/bundle_reader.h``), pinned to the manifest checked here. Nothing here
@@ -31,9 +33,25 @@ from ..artifact.files import LIBRARY
 from .backend import NamedState, check_named_state, check_token_ids
 
 SOURCES = Path(__file__).parent / "cpp"
+INCLUDE = SOURCES / "include"  # rwkv_edge.h
 RUNNER = "rwkv-edge-runner"
+RUN = "rwkv-edge-run"
+LIBRARY_NAME = "librwkv_edge"
 STAMP = "sources.sha256"  # written last into a finished build directory
 ARCHES = ("x86_64", "aarch64")  # target-triple spelling
+
+
+@dataclass(frozen=True)
+class NativeBuild:
+    """The files of one build of the native runtime."""
+
+    arch: str
+    shared_library: Path  # librwkv_edge.so: the C interface, nothing else exported
+    static_library: Path  # librwkv_edge.a
+    run: Path  # rwkv-edge-run
+    runner: Path  # rwkv-edge-runner
+    include: Path  # the folder holding rwkv_edge.h
+    library_dirs: tuple[Path, ...]  # the TVM runtime libraries it links (libtvm_runtime.so, libtvm_ffi.so)
 
 
 @dataclass(frozen=True)
@@ -77,29 +95,32 @@ def runner_unavailable(arch: str) -> str | None:
     return "; ".join(problems) or None
 
 
-def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> Path:
-    """Build ``rwkv-edge-runner`` for ``arch`` (default: this machine's); returns the binary's path.
+def build_native(arch: str | None = None, build_dir: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> NativeBuild:
+    """Build the native runtime for ``arch`` (default: this machine's): the libraries and both programs.
 
-    The build lives in ``build_dir`` (default ``~/.cache/rwkv-edge/runner-{arch}``) and is reused
+    The build lives in ``build_dir`` (default ``~/.cache/rwkv-edge/native-{arch}``) and is reused
     while the sources, the toolchain and the TVM libraries it was built against hash the same.
     """
     arch = arch or host_arch()
     reason = runner_unavailable(arch)
     if reason:
-        raise ToolError(f"cannot build {RUNNER} for {arch}: {reason}")
-    build_dir = Path(build_dir) if build_dir else _cache_root() / f"runner-{arch}"
-    binary = build_dir / RUNNER
+        raise ToolError(f"cannot build the native runtime ({LIBRARY_NAME}, {RUN}, {RUNNER}) for {arch}: {reason}")
+    build_dir = Path(build_dir) if build_dir else _cache_root() / f"native-{arch}"
     includes, libs = _tvm_dirs(arch)
+    build = NativeBuild(arch=arch, shared_library=build_dir / f"{LIBRARY_NAME}.so",
+                        static_library=build_dir / f"{LIBRARY_NAME}.a", run=build_dir / RUN, runner=build_dir / RUNNER,
+                        include=INCLUDE, library_dirs=tuple(libs))
     cross = emulation(arch)
     options = [f"-DTVM_INCLUDE_DIRS={includes}", f"-DTVM_LIB_DIRS={';'.join(map(str, libs))}"]
     if cross:
         options.append(f"-DCMAKE_TOOLCHAIN_FILE={SOURCES / cross.toolchain_file}")
     key = _build_key(options, libs)
     stamp = build_dir / STAMP
-    if binary.is_file() and stamp.is_file() and stamp.read_text().strip() == key:
-        return binary
-    log(f"building {RUNNER} for {arch}{' (cross-compiled)' if cross else ''} in {build_dir}")
+    outputs = (build.shared_library, build.static_library, build.run, build.runner)
+    if all(p.is_file() for p in outputs) and stamp.is_file() and stamp.read_text().strip() == key:
+        return build
+    log(f"building the native runtime for {arch}{' (cross-compiled)' if cross else ''} in {build_dir}")
     log(f"  TVM headers {includes}; libraries {', '.join(map(str, libs))}")
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
@@ -107,8 +128,40 @@ def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
     _run_tool(["cmake", "-S", str(SOURCES), "-B", str(build_dir), *generator, *options], "cmake configure")
     _run_tool(["cmake", "--build", str(build_dir), "--parallel"], "cmake build")
     stamp.write_text(key + "\n")
-    log(f"  built {binary}")
-    return binary
+    log(f"  built {', '.join(p.name for p in outputs)}")
+    return build
+
+
+def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """``rwkv-edge-runner`` of ``build_native(arch, build_dir)``: the binary's path."""
+    return build_native(arch, build_dir, log).runner
+
+
+def run_program(bundle_dir: str | Path, args: list[str], arch: str | None = None, program: str = RUN,
+                emulate_cpu: str | None = None, input: str | None = None, build: NativeBuild | None = None,
+                log: Callable[[str], None] = print) -> subprocess.CompletedProcess:
+    """Run ``program`` (``rwkv-edge-run`` or ``rwkv-edge-runner``) of the native build for ``arch``
+    (default: this machine's) on ``bundle_dir`` with ``args``: natively, or under qemu with ``-cpu``
+    ``emulate_cpu`` (default cortex-a53). ``stdin`` is its standard input. Returns the finished process
+    (text output; its exit status is not checked). Nothing is checked here: the programs check the bundle.
+    """
+    arch = arch or host_arch()
+    _check_arch(arch)
+    build = build or build_native(arch, log=log)
+    binary = {RUN: build.run, RUNNER: build.runner}.get(program)
+    if binary is None:
+        raise OptionError(f"unknown program {program!r}; expected {RUN} or {RUNNER}")
+    prefix: list[str] = []
+    if arch != host_arch():
+        emulated = emulation(arch)
+        if emulated is None:
+            raise PlatformError(f"{arch} programs run neither natively nor under emulation on this {host_arch()} machine")
+        prefix = emulated.program(emulate_cpu or "cortex-a53")
+    elif emulate_cpu:
+        raise OptionError(f"{arch} programs run natively on this machine; emulate_cpu applies under qemu only")
+    return subprocess.run([*prefix, str(binary), str(bundle_dir), *args], capture_output=True, text=True,
+                          input=stdin, env=_runner_env(arch))
 
 
 def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | None = None, repeat: int = 0,
@@ -204,11 +257,11 @@ def _tvm_dirs(arch: str) -> tuple[Path, list[Path]]:
 
 
 def _build_key(options: list[str], libs: list[Path]) -> str:
-    """sha256 over the runner's sources, the CMake options and the libraries it links."""
+    """sha256 over the sources (runtime/cpp and its include/), the CMake options and the libraries it links."""
     h = hashlib.sha256()
-    for path in sorted(SOURCES.iterdir()):
+    for path in sorted([*SOURCES.iterdir(), *INCLUDE.iterdir()]):
         if path.is_file() and path.suffix in (".cc", ".h", ".txt", ".cmake"):
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
+            h.update(str(path.relative_to(SOURCES)).encode() + b"\0" + path.read_bytes())
     h.update("\0".join(options).encode())
     for lib in (libs[0] / "libtvm_runtime.so", libs[1] / "libtvm_ffi.so"):
         st = lib.stat()
@@ -222,7 +275,7 @@ def _run_tool(command: list[str], what: str) -> None:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as e:
         tail = "\n".join((e.stdout + e.stderr).strip().splitlines()[-20:])
-        raise ToolError(f"{what} of {RUNNER} failed (exit {e.returncode}): {' '.join(command)}\n{tail}") from None
+        raise ToolError(f"{what} of the native runtime failed (exit {e.returncode}): {' '.join(command)}\n{tail}") from None
 
 
 def _launcher(bundle_dir: Path, target: dict, emulate_cpu: str | None) -> tuple[str, list[str]]:

@@ -280,6 +280,27 @@ void CheckGraphFiles(const json::Object& graphs, const std::map<std::string, Lis
   }
 }
 
+// What the model is: its architecture, its source's sha256, its tokenizer and the file holding it.
+// UnsupportedError for an image model, before the language fields it lacks are asked for.
+void ParseIdentity(const json::Object& manifest, const std::string& dir, const std::string& path, Manifest* out) {
+  out->architecture = Str(Field(manifest, "architecture", path), path + ": architecture");
+  auto source = As<json::Object>(Field(manifest, "source", path), path + ": source");
+  out->source_sha256 = Str(Field(source, "sha256", path + ": source"), path + ": source.sha256");
+  if (!IsHexDigest(out->source_sha256)) throw BundleError(path + ": source.sha256 is not a sha256 hex digest");
+  out->tokenizer = Str(Field(manifest, "tokenizer", path), path + ": tokenizer");
+  if (out->tokenizer == "none") {
+    throw UnsupportedError(dir + ": an image model (architecture " + Quoted(out->architecture) +
+                           "); this runtime runs language models");
+  }
+  auto file = manifest.find(ffi::String("tokenizer_file"));
+  if (file != manifest.end() && (*file).second != nullptr) {
+    out->tokenizer_file = Str((*file).second, path + ": tokenizer_file");
+    if (!out->files.count(out->tokenizer_file)) {
+      throw BundleError(path + ": tokenizer_file " + Quoted(out->tokenizer_file) + " is not one of the listed files");
+    }
+  }
+}
+
 // The fields the runtime uses: the vocabulary, the target, the state, the weights and prefill graphs.
 void ParseRuntimeFields(const json::Object& manifest, const std::string& path, Manifest* out) {
   auto config = As<json::Object>(Field(manifest, "config", path), path + ": config");
@@ -289,6 +310,7 @@ void ParseRuntimeFields(const json::Object& manifest, const std::string& path, M
   for (const json::Value& item : As<json::Array>(Field(manifest, "state", path), path + ": state")) {
     auto entry = As<json::Object>(item, path + ": state entry");
     StateSpec spec;
+    spec.input = Str(Field(entry, "input", path + ": state entry"), path + ": state input");
     spec.output = Str(Field(entry, "output", path + ": state entry"), path + ": state output");
     for (const json::Value& d : As<json::Array>(Field(entry, "shape", path + ": state entry"), path + ": shape")) {
       spec.shape.push_back(As<int64_t>(d, path + ": state shape"));
@@ -336,7 +358,11 @@ Manifest ParseManifest(const std::string& data, const std::string& dir) {
   Manifest out;
   out.files = ParseFiles(*manifest, path);
   CheckGraphFiles(As<json::Object>(Field(*manifest, "graphs", path), path + ": graphs"), out.files, path);
+  ParseIdentity(*manifest, dir, path, &out);
   ParseRuntimeFields(*manifest, path, &out);
+  if (out.tokenizer_file == kLibrary || out.tokenizer_file == out.params) {
+    throw BundleError(path + ": tokenizer_file " + Quoted(out.tokenizer_file) + " names the model's code or weights");
+  }
   if (!out.files.count(kLibrary)) {
     std::string names;
     for (const auto& kv : out.files) names += (names.empty() ? "" : ", ") + kv.first;
@@ -513,6 +539,12 @@ OpenedBundle OpenBundle(const std::string& dir, const std::string& expect_sha256
     if (name == kLibrary) {  // code: kept in memory, loaded from these very bytes
       bundle.library = ReadExactly(fd.get(), listed, path);
       digest = Sha256Hex(bundle.library.data(), bundle.library.size());
+    } else if (name == bundle.manifest.tokenizer_file) {  // the vocabulary: kept, hashed over those bytes
+      bundle.vocabulary.resize(static_cast<size_t>(listed.bytes));
+      if (ReadUpTo(fd.get(), bundle.vocabulary.data(), bundle.vocabulary.size(), path) != bundle.vocabulary.size()) {
+        throw BundleError(path + ": shorter than the manifest says (modified or partly written)");
+      }
+      digest = Sha256Hex(bundle.vocabulary.data(), bundle.vocabulary.size());
     } else if (name == bundle.manifest.params) {  // weights: mapped, hashed through the mapping
       bundle.params = MappedFile(fd.get(), static_cast<size_t>(listed.bytes), path);
       digest = Sha256Hex(bundle.params.data(), bundle.params.size());

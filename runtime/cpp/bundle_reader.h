@@ -6,12 +6,13 @@
 //     hashes as --expect-sha256 says where the user pinned it;
 //   - its schema is "rwkv-edge.artifact/2", its kind "tvm"; every listed file name is a plain relative
 //     path inside the directory with a sha256 and a byte count; the graphs name listed files only;
+//   - tokenizer_file, where present and not null, is one of the listed files;
 //   - every listed file is reached without a symlink on any component of its path, is a regular file
 //     of the listed size (all sizes first: a truncated copy fails at once) and then of the listed sha256.
 //
 // Nothing unlisted is opened. model.so is read into memory once and its sha256 taken over those
 // bytes; LoadLibrary then loads exactly them, so a library swapped on disk after the check is never
-// the one that runs. The params file is mapped and hashed through the mapping (a mapping is only as
+// the one that runs. The tokenizer file is read once and hashed over the bytes kept. The params file is mapped and hashed through the mapping (a mapping is only as
 // fixed as the file under it: docs/artifacts.md).
 //
 // Once the library is loaded, CheckInterface holds the manifest to what the library says of itself
@@ -48,6 +49,11 @@ struct BundleError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A valid bundle this runtime does not run (an image model).
+struct UnsupportedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // ---------------------------------------------------------------------------------------------
 // JSON, typed as strictly as Python's reader types it: an integer is never a boolean, nor the reverse.
 
@@ -73,6 +79,7 @@ struct ListedFile {
 };
 
 struct StateSpec {
+  std::string input;           // "state.3.wkv": the contract's name of the tensor
   std::string output;          // "state_out.3.wkv"
   std::vector<int64_t> shape;  // without the batch axis
 };
@@ -81,6 +88,10 @@ struct StateSpec {
 struct Manifest {
   std::string sha256;                       // of manifest.json's bytes: what --expect-sha256 pins
   std::map<std::string, ListedFile> files;  // every file of the bundle, by relative path
+  std::string architecture;                 // "v7", ...
+  std::string source_sha256;                // source.sha256: the checkpoint the bundle was made from
+  std::string tokenizer;                    // "bytes", "world", "20b"; "none" for an image model
+  std::string tokenizer_file;               // the listed file holding the tokenizer's vocabulary; empty: none
   int64_t vocab_size = 0;
   std::string triple;            // the LLVM target triple the library was compiled for
   std::vector<StateSpec> state;  // in the order of main's state inputs and outputs
@@ -122,6 +133,7 @@ struct OpenedBundle {
   Manifest manifest;
   std::vector<uint8_t> library;  // model.so's bytes: exactly those whose sha256 matched
   MappedFile params;             // the manifest's params file, mapped; empty where it has none
+  std::string vocabulary;        // the tokenizer file's bytes, exactly those hashed; empty where it has none
 };
 
 // Opens the bundle in `dir` as the header comment says; `expect_sha256` (64 lowercase hex digits, or
