@@ -195,7 +195,7 @@ def test_greedy_generation_matches_python(demo_bundle, jvm, python_side):
 
     logits, state = backend.prefill(prompt_ids, backend.init_state())
     np.testing.assert_array_equal(floats_of(prefill_logits[1]), logits)
-    flat = np.concatenate([np.asarray(state[t.input_name], np.float32).ravel() for t in backend.state_spec])
+    flat = np.concatenate([np.asarray(state[t.input_name], np.float32).ravel() for t in backend.state_spec()])
     np.testing.assert_array_equal(floats_of(prefill_state[1]), flat)
 
 
