@@ -325,3 +325,25 @@ def test_the_kotlin_class_generates_saves_and_throws(demo_bundle, glue, python_s
     assert lines["error"].split(" ")[:2] == [str(BUNDLE_ERROR), "RWKV_EDGE_ERR_BUNDLE"]
     assert bytes.fromhex(lines["closed"]) == b"this RwkvEdge is closed"
     assert bytes.fromhex(lines["thrown"]) == b"stop here"
+
+
+def test_swift_module_map_builds_as_a_clang_module(tmp_path):
+    """runtime/cpp/swift/module.modulemap is the Clang module Swift imports as CRwkvEdge: Clang builds it,
+    an Objective-C file imports it, and the object carries its request to link librwkv_edge (ELF's
+    .linker-options here; Mach-O's LC_LINKER_OPTION on Apple's toolchain, not checked here)."""
+    clang = shutil.which("clang") or shutil.which("clang-14")
+    if clang is None:
+        pytest.skip("clang is not installed (apt-get install clang): the module map needs Clang modules")
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf is not installed (apt-get install binutils)")
+    source = tmp_path / "use.m"
+    source.write_text("@import CRwkvEdge;\n"
+                      "int main(void) {\n"
+                      "  rwkv_edge_model* model = 0;\n"
+                      "  rwkv_edge_open_options options = rwkv_edge_default_open_options();\n"
+                      "  return rwkv_edge_model_open(\"missing\", &options, &model) == RWKV_EDGE_ERR_BUNDLE ? 0 : 1;\n"
+                      "}\n")
+    run([clang, "-fmodules", f"-fmodules-cache-path={tmp_path / 'cache'}", "-I", str(JNI.parent / "swift"),
+         "-Werror", "-c", str(source), "-o", str(tmp_path / "use.o")])
+    options = run(["readelf", "-p", ".linker-options", str(tmp_path / "use.o")]).stdout
+    assert re.search(r"\]\s+lib\n.*\]\s+rwkv_edge\n", options), options
