@@ -139,12 +139,12 @@ def build_runner(arch: str | None = None, build_dir: str | Path | None = None,
 
 
 def run_program(bundle_dir: str | Path, args: list[str], arch: str | None = None, program: str = RUN,
-                emulate_cpu: str | None = None, input: str | None = None, build: NativeBuild | None = None,
+                emulate_cpu: str | None = None, stdin: str | None = None, build: NativeBuild | None = None,
                 log: Callable[[str], None] = print) -> subprocess.CompletedProcess:
     """Run ``program`` (``rwkv-edge-run`` or ``rwkv-edge-runner``) of the native build for ``arch``
     (default: this machine's) on ``bundle_dir`` with ``args``: natively, or under qemu with ``-cpu``
     ``emulate_cpu`` (default cortex-a53). ``stdin`` is its standard input. Returns the finished process
-    (text output; its exit status is not checked). Nothing is checked here: the programs check the bundle.
+    (its output decoded as UTF-8, undecodable bytes as surrogates; its exit status is not checked). Nothing is checked here: the programs check the bundle.
     """
     arch = arch or host_arch()
     _check_arch(arch)
@@ -160,8 +160,8 @@ def run_program(bundle_dir: str | Path, args: list[str], arch: str | None = None
         prefix = emulated.program(emulate_cpu or "cortex-a53")
     elif emulate_cpu:
         raise OptionError(f"{arch} programs run natively on this machine; emulate_cpu applies under qemu only")
-    return subprocess.run([*prefix, str(binary), str(bundle_dir), *args], capture_output=True, text=True,
-                          input=stdin, env=_runner_env(arch))
+    return subprocess.run([*prefix, str(binary), str(bundle_dir), *args], capture_output=True, encoding="utf-8",
+                          errors="surrogateescape", input=stdin, env=_runner_env(arch))
 
 
 def run_bundle(bundle_dir: str | Path, tokens: list[int], emulate_cpu: str | None = None, repeat: int = 0,

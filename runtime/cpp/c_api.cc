@@ -207,9 +207,8 @@ rwkv_edge_status rwkv_edge_model_open(const char* bundle_dir, const rwkv_edge_op
     rwkv_edge::OpenedBundle bundle = rwkv_edge::OpenBundle(dir, pin);
     std::string vocabulary = std::move(bundle.vocabulary);
     auto model = std::make_unique<rwkv_edge_model>();
-    model->model = std::make_unique<rwkv_edge::Model>(std::move(bundle));
+    model->model = std::make_unique<rwkv_edge::Model>(std::move(bundle), opts.num_threads);
     rwkv_edge::LoadBundleTokenizer(model.get(), dir, std::move(vocabulary));
-    rwkv_edge::ConfigureThreads(opts.num_threads);
     *out = model.release();
   });
 }

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 
@@ -30,7 +31,7 @@ const char* const kHostTriple = "x86_64-linux-gnu";
 namespace {
 
 constexpr int kPooledAllocator = 2;  // tvm::runtime::memory::AllocatorType::kPooled
-constexpr int kAffinityBig = 1;      // tvm::runtime::threading::ThreadGroup::kBig: the fastest cores first
+constexpr int kAffinityBig = 1;      // tvm::runtime::threading::ThreadGroup::kBig
 const DLDevice kCPU{kDLCPU, 0};
 const DLDataType kF32{kDLFloat, 32, 1};
 const DLDataType kI64{kDLInt, 64, 1};
@@ -91,15 +92,8 @@ size_t Count(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-void ConfigureThreads(int num_threads) {
-  if (num_threads == 0) return;
+Model::Model(OpenedBundle bundle, int num_threads) : manifest_(bundle.manifest), num_threads_(num_threads) {
   if (num_threads < 0) throw std::invalid_argument("num_threads must be >= 0, got " + std::to_string(num_threads));
-  std::optional<ffi::Function> config = ffi::Function::GetGlobal("runtime.config_threadpool");
-  if (!config.has_value()) throw std::runtime_error("the TVM runtime has no runtime.config_threadpool");
-  (*config)(kAffinityBig, num_threads);
-}
-
-Model::Model(OpenedBundle bundle) : manifest_(bundle.manifest) {
   if (manifest_.triple != kHostTriple) {  // before any code of the bundle loads
     throw BundleError(bundle.dir + ": bundle compiled for " + manifest_.triple + "; this runtime runs " + kHostTriple +
                       " bundles (use the one built for " + manifest_.triple + ")");
@@ -131,8 +125,18 @@ Model::Model(OpenedBundle bundle) : manifest_(bundle.manifest) {
   initial_state_ = Get(vm, "initial_state", so_path);
 }
 
+void Model::UseThreads() const {
+  thread_local int configured = 0;  // what this thread's pool was last sized to by a model; 0: untouched
+  if (num_threads_ == 0 || configured == num_threads_) return;
+  std::optional<ffi::Function> config = ffi::Function::GetGlobal("runtime.config_threadpool");
+  if (!config.has_value()) throw std::runtime_error("the TVM runtime has no runtime.config_threadpool");
+  (*config)(kAffinityBig, num_threads_);  // (affinity mode, threads): the fastest cores first
+  configured = num_threads_;
+}
+
 std::vector<ffi::Tensor> Model::InitialState() const {
   std::lock_guard<std::mutex> lock(mutex_);
+  UseThreads();
   return CheckState(initial_state_().cast<ffi::Array<ffi::Any>>(), 0, "initial_state()");
 }
 
@@ -185,6 +189,7 @@ std::vector<ffi::Tensor> Model::Call(const ffi::Function& fn, const std::string&
   ffi::Any ret;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    UseThreads();
     fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
   }
   auto outputs = ret.cast<ffi::Array<ffi::Any>>();

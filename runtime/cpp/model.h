@@ -24,14 +24,13 @@ namespace rwkv_edge {
 // The target triple of the bundles this build runs ("x86_64-linux-gnu", "aarch64-linux-gnu", ...).
 extern const char* const kHostTriple;
 
-// The TVM thread pool's size (one pool per process); 0 leaves TVM's default.
-void ConfigureThreads(int num_threads);
 
 class Model {
  public:
   // Takes what OpenBundle checked. BundleError for a bundle of another triple (before its code
   // loads) or a library that disagrees with its manifest; ffi::Error where TVM fails.
-  explicit Model(OpenedBundle bundle);
+  // `num_threads` (> 0) sizes TVM's thread pool for the model's calls; 0: TVM's default.
+  explicit Model(OpenedBundle bundle, int num_threads = 0);
 
   const Manifest& manifest() const { return manifest_; }
   size_t state_size() const { return state_size_; }  // floats in all the state tensors
@@ -51,10 +50,12 @@ class Model {
                                 const std::vector<ffi::Tensor>& state, const std::vector<int64_t>& logits_shape,
                                 float* logits) const;
   std::vector<ffi::Tensor> CheckState(const ffi::Array<ffi::Any>& values, size_t first, const std::string& fn) const;
+  void UseThreads() const;  // TVM's pool belongs to the calling thread: sized before each call there
 
   Weights params_;  // first: unmapped after the functions that use it are gone
   Manifest manifest_;
   size_t state_size_ = 0;
+  int num_threads_ = 0;
   ffi::Function main_, initial_state_;
   ffi::Optional<ffi::Function> prefill_;
   mutable std::mutex mutex_;  // the VM runs one call at a time (sessions on several threads share it)

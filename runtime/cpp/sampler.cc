@@ -83,58 +83,82 @@ int32_t Sampler::Sample(const float* logits) {
 
 // The spec's draw: p = exp((l - max) / T); order = ids by p descending, ties by id; cut to top_k; c =
 // cumulative sums in that order; K = the fewest ids with c[K-1] >= top_p * c[last]; the token at the
-// first c[j] > u * c[K-1], j < K.
+// first c[j] > u * c[K-1], j < K (the last kept one where none).
 //
-// c[j] for j below the sorted prefix are exactly the full sort's. The total c[last] is a sequential
-// sum of n >= 1 non-negative terms in an order we do not know without sorting; any order's sum lies
-// within gamma_{n-1} * S of the exact sum S (gamma_k = k u / (1 - k u), u = 2^-53), so the full sort's
-// total T lies within [T'(1 - d), T'(1 + d)] for T' our own sum in id order and d = 4 n u (2 gamma
-// plus the rounding of those two products). fl(top_p * x) is monotone in x, so the threshold lies in
-// [thr_lo, thr_hi] and K is decided as soon as the first c[j] >= thr_lo is also the first >= thr_hi.
+// c[j] below the sorted prefix are exactly the full sort's. The total c[last] is a sequential sum of
+// n >= 1 non-negative terms in an order known only after a full sort; any order's sum lies within
+// gamma_{n-1} * S of the exact sum S (gamma_k = k u / (1 - k u), u = 2^-53), so the full sort's total T
+// lies in [t_lo, t_hi] = [T'(1 - d), T'(1 + d)] for T' our own sum in another order and d = 4 n u
+// (2 gamma, plus the rounding of those products). fl(x * y) is monotone in y, so:
+//  - the threshold fl(top_p * T) lies in [thr_lo, thr_hi]: K is decided once the first c[j] >= thr_lo
+//    is also the first c[j] >= thr_hi;
+//  - with top_p = 1 the threshold is T itself and c[K-1] = T, so r = fl(u * T) lies in [r_lo, r_hi]:
+//    the token is decided once the first c[j] > r_lo is also the first c[j] > r_hi, provided
+//    r_hi < t_lo (then every c before it is < T, so it lies before K).
+// Otherwise the prefix doubles; where the bounds cannot decide, the whole order is sorted.
 int32_t Sampler::Draw() {
   const size_t v = static_cast<size_t>(vocab_size_);
+  const double top_p = params_.top_p;
   double m = -std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < v; ++i) m = std::max(m, l_[i]);
-  double* p = l_.data();
-  for (size_t i = 0; i < v; ++i) p[i] = std::exp((p[i] - m) / params_.temperature);
-  std::iota(order_.begin(), order_.end(), 0);
-  auto before = [p](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
-  int32_t* order = order_.data();
+  Entry* order = order_.data();
+  for (size_t i = 0; i < v; ++i) order[i] = {std::exp((l_[i] - m) / params_.temperature), static_cast<int32_t>(i)};
+  auto before = [](const Entry& a, const Entry& b) { return a.p > b.p || (a.p == b.p && a.id < b.id); };
   size_t n = v;
   if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < v) {
     n = static_cast<size_t>(params_.top_k);
     std::nth_element(order, order + n, order + v, before);  // the top_k ids first, in some order
   }
   double approx = 0;  // T'
-  for (size_t j = 0; j < n; ++j) approx += p[order[j]];
+  for (size_t j = 0; j < n; ++j) approx += order[j].p;
   const double d = 4.0 * static_cast<double>(n) * 0x1.0p-53;
-  const double thr_lo = params_.top_p * (approx * (1 - d)), thr_hi = params_.top_p * (approx * (1 + d));
+  const double t_lo = approx * (1 - d), t_hi = approx * (1 + d);
+  const double thr_lo = top_p * t_lo, thr_hi = top_p * t_hi;
 
   double* c = cum_.data();
-  size_t sorted = 0, k = std::min(n, kFirstPrefix), cut = 0;  // cut: K, once known
-  while (cut == 0) {
-    std::partial_sort(order + sorted, order + k, order + n, before);
-    for (size_t j = sorted; j < k; ++j) c[j] = (j ? c[j - 1] : 0.0) + p[order[j]];
-    sorted = k;
+  size_t sorted = 0;
+  auto extend = [&](size_t to) {  // order[sorted, to) become the next ids of the sorted order
+    if (to == n) {
+      std::sort(order + sorted, order + n, before);
+    } else if (to - sorted <= kFirstPrefix) {
+      std::partial_sort(order + sorted, order + to, order + n, before);
+    } else {
+      std::nth_element(order + sorted, order + to, order + n, before);
+      std::sort(order + sorted, order + to, before);
+    }
+    for (size_t j = sorted; j < to; ++j) c[j] = (j ? c[j - 1] : 0.0) + order[j].p;
+    sorted = to;
+  };
+  const double u = Uniform();
+  auto pick = [&](size_t cut) {  // the token once K = cut is known
+    const double r = u * c[cut - 1];
+    const size_t j = static_cast<size_t>(std::upper_bound(c, c + cut, r) - c);
+    return order[std::min(j, cut - 1)].id;
+  };
+  extend(std::min(n, kFirstPrefix));
+  for (;;) {
     if (sorted == n) {  // the whole order: the exact total
-      const double thr = params_.top_p * c[n - 1];
-      cut = static_cast<size_t>(std::lower_bound(c, c + n, thr) - c) + 1;
-      cut = std::min(cut, n);
-    } else if (c[sorted - 1] >= thr_lo) {
+      const size_t cut = static_cast<size_t>(std::lower_bound(c, c + n, top_p * c[n - 1]) - c) + 1;
+      return pick(std::min(cut, n));
+    }
+    bool undecided = false;
+    if (c[sorted - 1] >= thr_lo) {
       const size_t lo = static_cast<size_t>(std::lower_bound(c, c + sorted, thr_lo) - c);
       const size_t hi = static_cast<size_t>(std::lower_bound(c, c + sorted, thr_hi) - c);
-      if (lo == hi) {
-        cut = lo + 1;
-      } else {
-        k = n;  // undecided by the bounds: sort the rest
-      }
-    } else {
-      k = std::min(n, 2 * k);
+      if (lo == hi) return pick(lo + 1);
+      undecided = true;
     }
+    if (top_p == 1) {
+      const double r_lo = u * t_lo, r_hi = u * t_hi;
+      if (r_hi < t_lo && c[sorted - 1] > r_hi) {
+        const size_t lo = static_cast<size_t>(std::upper_bound(c, c + sorted, r_lo) - c);
+        const size_t hi = static_cast<size_t>(std::upper_bound(c, c + sorted, r_hi) - c);
+        if (lo == hi) return order[hi].id;
+        undecided = true;
+      }
+    }
+    extend(undecided ? n : std::min(n, 2 * sorted));
   }
-  const double r = Uniform() * c[cut - 1];
-  const size_t j = static_cast<size_t>(std::upper_bound(c, c + cut, r) - c);
-  return order[std::min(j, cut - 1)];
 }
 
 }  // namespace rwkv_edge

@@ -36,8 +36,12 @@ class Sampler {
   int32_t vocab_size_;
   uint64_t rng_;
   std::vector<double> counts_;  // decayed counts of the tokens drawn
-  std::vector<double> l_;       // penalized logits, then probabilities (unnormalized)
-  std::vector<int32_t> order_;  // ids, a growing prefix of them sorted by probability
+  struct Entry {
+    double p;  // probability (unnormalized)
+    int32_t id;
+  };
+  std::vector<double> l_;       // penalized logits
+  std::vector<Entry> order_;    // every id with its probability, a growing prefix of them sorted
   std::vector<double> cum_;     // cumulative sums over the sorted prefix
 };
 

@@ -91,17 +91,19 @@ int64_t ParseCount(std::string_view s) {
   return v;
 }
 
-// The bytes of a Python string or bytes literal ('...' or "...", optional b/B or u/U prefix), as
-// ast.literal_eval gives them (a str encoded as UTF-8).
+// The bytes of a Python string or bytes literal ('...' or "...", prefix b, r, u, br or rb in either
+// case), as ast.literal_eval gives them (a str encoded as UTF-8). Adjacent literals are not joined.
 std::string ParseLiteral(std::string_view lit, size_t lineno) {
-  bool is_bytes = false;
+  bool is_bytes = false, raw = false, unicode = false;
   size_t i = 0;
-  if (!lit.empty() && (lit[0] == 'b' || lit[0] == 'B')) {
-    is_bytes = true;
-    i = 1;
-  } else if (!lit.empty() && (lit[0] == 'u' || lit[0] == 'U')) {
-    i = 1;
+  for (; i < lit.size() && i < 2; ++i) {
+    const char c = static_cast<char>(lit[i] | 0x20);  // lower case
+    if (c == 'b' && !is_bytes) is_bytes = true;
+    else if (c == 'r' && !raw) raw = true;
+    else if (c == 'u' && i == 0) unicode = true;
+    else break;
   }
+  if (unicode && i > 1) Fail(lineno, "expected a quoted str or bytes literal");
   if (i >= lit.size() || (lit[i] != '\'' && lit[i] != '"')) Fail(lineno, "expected a quoted str or bytes literal");
   const char quote = lit[i++];
   if (lit.size() < i + 1 || lit.back() != quote) Fail(lineno, "the literal does not end with its quote");
@@ -109,8 +111,15 @@ std::string ParseLiteral(std::string_view lit, size_t lineno) {
   std::string out;
   for (size_t k = 0; k < body.size();) {
     const char c = body[k];
-    if (c == quote) Fail(lineno, "an unescaped quote inside the literal");
+    if (c == quote) Fail(lineno, "an unescaped quote inside the literal (adjacent literals are not joined)");
     if (c == '\0') Fail(lineno, "a NUL byte");
+    if (c == '\\' && raw) {  // kept as written; it only stops a quote or backslash after it from ending the literal
+      if (k + 1 >= body.size()) Fail(lineno, "the literal ends with a backslash");
+      out.push_back(c);
+      if (body[k + 1] == quote || body[k + 1] == '\\') out.push_back(body[++k]);
+      ++k;
+      continue;
+    }
     if (c != '\\') {
       if (static_cast<unsigned char>(c) < 0x80) {
         out.push_back(c);
