@@ -58,7 +58,8 @@ def find_jdk() -> tuple[Jdk | None, str | None]:
                                 home / "lib" / "libjsig.so", home / "bin" / "java", home / "bin" / "javap")
                if not p.is_file()]
     if missing:
-        return None, f"the JDK at {home} lacks {', '.join(missing)} (the JDK headers: install a full JDK, set JAVA_HOME)"
+        return None, (f"the JDK at {home} lacks {', '.join(missing)} "
+                      "(the JDK headers: install a full JDK, set JAVA_HOME)")
     return Jdk(javac, str(home / "bin" / "java"), str(home / "bin" / "javap"), home / "lib" / "libjsig.so"), None
 
 
@@ -93,6 +94,11 @@ def kotlin_compiler() -> tuple[list[str], list[Path]] | None:
         return None
     return [JDK.java, "-cp", str(compiler[0]), "org.jetbrains.kotlin.cli.jvm.K2JVMCompiler", "-no-stdlib",
             "-no-reflect", "-Werror", "-cp", str(stdlib[0])], [stdlib[0]]
+
+
+KOTLIN = kotlin_compiler() if JDK is not None else None
+needs_kotlin = pytest.mark.skipif(KOTLIN is None, reason="no Kotlin compiler: kotlinc is not on PATH and "
+                                  "kotlin-jupyter-kernel (which ships one) is not installed")
 
 
 def hex_of(data: bytes) -> str:
@@ -217,6 +223,14 @@ def test_state_file_carries_a_generation_over(demo_bundle, jvm, python_side, tmp
 
 
 @needs_glue
+def test_a_long_generation_leaks_no_local_reference(demo_bundle, jvm):
+    """600 listener calls in one native call: a byte[] left undeleted per token would pass -Xcheck:jni's
+    local reference capacity (32) and be reported."""
+    answers = jvm(open_command(demo_bundle), f"sampler {GREEDY}", f"generate all 0 {hex_of(PROMPT.encode())} 600 -1")
+    assert answers[2][:2] == ["ok", "600"] and len(answers[2][2].split(",")) >= 600
+
+
+@needs_glue
 def test_bad_bundles_throw_the_exception_with_its_code(demo_bundle, jvm, tmp_path):
     missing = tmp_path / "nö-bündle-😀"
     tampered = tmp_path / "tampered"
@@ -301,12 +315,9 @@ def test_the_library_exports_every_native_function_and_nothing_else(glue):
 
 
 @needs_glue
+@needs_kotlin
 def test_the_kotlin_class_generates_saves_and_throws(demo_bundle, glue, python_side, tmp_path):
-    compiler = kotlin_compiler()
-    if compiler is None:
-        pytest.skip("no Kotlin compiler: kotlinc is not on PATH and kotlin-jupyter-kernel (which ships one) "
-                    "is not installed")
-    command, runtime = compiler
+    command, runtime = KOTLIN
     classes = tmp_path / "classes"
     run([*command, str(KOTLIN_SOURCE), str(JNI / "test" / "KotlinCheck.kt"), "-d", str(classes)])
     state, missing = tmp_path / "chat.state", tmp_path / "missing"

@@ -25,7 +25,7 @@ class RwkvEdgeException(val code: Int, message: String) : RuntimeException(messa
 
     companion object {
         const val ARGUMENT = 1 // a bad argument: a token outside the vocabulary, a sampler setting, ...
-        const val BUNDLE = 2 // the bundle fails a check: missing, truncated, tampered, another target, not the pinned one
+        const val BUNDLE = 2 // the bundle fails a check: missing, truncated, tampered, another target, unpinned
         const val STATE = 3 // a state file or array of another format, model or shape
         const val UNSUPPORTED = 4 // not in this runtime (the 20B tokenizer, an image model, another ABI)
         const val IO = 5 // a file cannot be read or written
@@ -89,9 +89,6 @@ class RwkvEdge private constructor(private var model: Long, private var session:
     val tokenizerName: String = RwkvEdgeNative.tokenizerName(model)
 
     companion object {
-        /** The C interface this class was written against (RWKV_EDGE_ABI_VERSION); open() refuses a library of another. */
-        const val ABI_VERSION = 1
-
         /**
          * Open the bundle folder [dir] (every file checked against its manifest before any code loads).
          * [threads]: the TVM thread pool's size (0: TVM's default; one pool per process, the last open sets it).
@@ -112,7 +109,8 @@ class RwkvEdge private constructor(private var model: Long, private var session:
 
         @JvmStatic
         @JvmOverloads
-        fun open(dir: File, threads: Int = 0, expectSha256: String? = null): RwkvEdge = open(dir.path, threads, expectSha256)
+        fun open(dir: File, threads: Int = 0, expectSha256: String? = null): RwkvEdge =
+            open(dir.path, threads, expectSha256)
 
         private fun utf8(text: String): ByteArray = text.toByteArray(Charsets.UTF_8)
     }
@@ -183,7 +181,10 @@ class RwkvEdge private constructor(private var model: Long, private var session:
         return String(text.toByteArray(), Charsets.UTF_8)
     }
 
-    /** generate() at the level of the C call: [listener] sees every token id and its raw bytes and may stop. Returns the tokens delivered. */
+    /**
+     * generate() at the level of the C call: [listener] sees every token id and its raw bytes and may
+     * stop. Returns the number of tokens delivered.
+     */
     fun generateTokens(prompt: ByteArray, maxTokens: Int, sampler: Sampler, stop: List<String> = emptyList(),
                        endToken: Int = -1, listener: TokenListener): Int =
         RwkvEdgeNative.generate(model(), session(), sampler.handle(), prompt, maxTokens,

@@ -115,7 +115,9 @@ jbyteArray NewBytes(JNIEnv* env, const char* data, size_t len) {
     return nullptr;
   }
   jbyteArray array = env->NewByteArray(static_cast<jsize>(len));
-  if (array != nullptr) env->SetByteArrayRegion(array, 0, static_cast<jsize>(len), reinterpret_cast<const jbyte*>(data));
+  if (array != nullptr) {
+    env->SetByteArrayRegion(array, 0, static_cast<jsize>(len), reinterpret_cast<const jbyte*>(data));
+  }
   return array;
 }
 

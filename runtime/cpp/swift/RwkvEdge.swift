@@ -18,7 +18,7 @@ import Foundation
 /// A failure of the runtime: `code` is the rwkv_edge_status, `message` one line.
 public struct RwkvEdgeError: Error, Equatable, CustomStringConvertible {
     public static let argument = 1  // a bad argument: a token outside the vocabulary, a sampler setting, ...
-    public static let bundle = 2  // the bundle fails a check: missing, truncated, tampered, another target, not the pinned one
+    public static let bundle = 2  // the bundle fails a check: missing, truncated, tampered, another target, unpinned
     public static let state = 3  // a state file or array of another format, model or shape
     public static let unsupported = 4  // not in this runtime (the 20B tokenizer, an image model, another ABI)
     public static let io = 5  // a file cannot be read or written
@@ -29,6 +29,10 @@ public struct RwkvEdgeError: Error, Equatable, CustomStringConvertible {
     public let message: String
 
     public var description: String { "rwkv-edge error \(code): \(message)" }
+
+    static func notAFile(_ url: URL) -> RwkvEdgeError {
+        RwkvEdgeError(code: argument, message: "\(url) is not a file URL")
+    }
 
     /// The error the library reported for `status` on this thread (read at once: the next call replaces it).
     static func last(_ status: rwkv_edge_status) -> RwkvEdgeError {
@@ -129,9 +133,7 @@ public final class RwkvEdge {
         options.num_threads = Int32(clamping: threads)
         var out: OpaquePointer?
         try bundle.withUnsafeFileSystemRepresentation { dir in
-            guard let dir else {
-                throw RwkvEdgeError(code: RwkvEdgeError.argument, message: "\(bundle) is not a file URL")
-            }
+            guard let dir else { throw RwkvEdgeError.notAFile(bundle) }
             if let pin = expectSha256 {
                 try pin.withCString { options.expect_sha256 = $0; try check(rwkv_edge_model_open(dir, &options, &out)) }
             } else {
@@ -161,13 +163,16 @@ public final class RwkvEdge {
     // MARK: the tokenizer
 
     public func tokenize(_ text: String) throws -> [Int32] {
-        try withUTF8(text) { bytes, len in
+        try withUTF8(text) { bytes, len -> [Int32] in
             var ids = [Int32](repeating: 0, count: len)  // every token holds at least one byte
             var count = 0
-            var status = ids.withUnsafeMutableBufferPointer { rwkv_edge_tokenize(model, bytes, len, $0.baseAddress, $0.count, &count) }
+            func call() -> rwkv_edge_status {
+                ids.withUnsafeMutableBufferPointer { rwkv_edge_tokenize(model, bytes, len, $0.baseAddress, $0.count, &count) }
+            }
+            var status = call()
             if status == RWKV_EDGE_ERR_ARGUMENT && count > ids.count {
                 ids = [Int32](repeating: 0, count: count)
-                status = ids.withUnsafeMutableBufferPointer { rwkv_edge_tokenize(model, bytes, len, $0.baseAddress, $0.count, &count) }
+                status = call()
             }
             try check(status)
             return Array(ids.prefix(count))
@@ -227,7 +232,7 @@ public final class RwkvEdge {
     /// Write the state, and the logits where there are some (written beside the file, then renamed into place).
     public func saveState(to file: URL) throws {
         try file.withUnsafeFileSystemRepresentation { path in
-            guard let path else { throw RwkvEdgeError(code: RwkvEdgeError.argument, message: "\(file) is not a file URL") }
+            guard let path else { throw RwkvEdgeError.notAFile(file) }
             try check(rwkv_edge_state_save(session, path))
         }
     }
@@ -235,7 +240,7 @@ public final class RwkvEdge {
     /// Read a state file saved from this model (RwkvEdgeError.state otherwise, the session unchanged).
     public func loadState(from file: URL) throws {
         try file.withUnsafeFileSystemRepresentation { path in
-            guard let path else { throw RwkvEdgeError(code: RwkvEdgeError.argument, message: "\(file) is not a file URL") }
+            guard let path else { throw RwkvEdgeError.notAFile(file) }
             try check(rwkv_edge_state_load(session, path))
         }
     }
@@ -276,11 +281,12 @@ public final class RwkvEdge {
     public func generateTokens(_ prompt: String, maxTokens: Int, sampler: Sampler, stop: [String] = [],
                                endToken: Int32 = -1, onToken: (Int32, [UInt8]) throws -> Bool) throws -> Int {
         if let bad = stop.first(where: { $0.utf8.contains(0) }) {
-            throw RwkvEdgeError(code: RwkvEdgeError.argument, message: "the stop sequence \(bad.debugDescription) contains a NUL byte")
+            throw RwkvEdgeError(code: RwkvEdgeError.argument,
+                                message: "the stop sequence \(bad.debugDescription) contains a NUL byte")
         }
         guard sampler.vocabSize == vocabSize else {  // it would read past the session's logits
-            throw RwkvEdgeError(code: RwkvEdgeError.argument,
-                                message: "the sampler draws from \(sampler.vocabSize) tokens; the model has \(vocabSize)")
+            throw RwkvEdgeError(code: RwkvEdgeError.argument, message: "the sampler draws from "
+                                + "\(sampler.vocabSize) tokens; the model has \(vocabSize)")
         }
         return try withoutActuallyEscaping(onToken) { onToken in
             let listener = Listener(onToken)
@@ -288,7 +294,7 @@ public final class RwkvEdge {
             defer { stops.forEach { free($0) } }
             var generated: Int32 = 0
             let status: rwkv_edge_status = withUTF8(prompt) { bytes, len in
-                stops.map { UnsafePointer($0) }.withUnsafeBufferPointer { pointers in
+                stops.map { UnsafePointer($0) }.withUnsafeBufferPointer { pointers -> rwkv_edge_status in
                     var options = rwkv_edge_default_generate_options()
                     options.max_tokens = Int32(clamping: maxTokens)
                     options.stop = pointers.isEmpty ? nil : pointers.baseAddress

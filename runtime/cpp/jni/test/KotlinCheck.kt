@@ -11,7 +11,7 @@ fun main(args: Array<String>) {
     RwkvEdge.open(bundle, threads = 1).use { model ->
         println("info ${model.vocabSize} ${model.architecture} ${model.tokenizerName}")
         val pieces = StringBuilder()
-        val text = model.generate(prompt, maxTokens = n, sampler = SamplerParams.GREEDY) { piece -> pieces.append(piece) }
+        val text = model.generate(prompt, maxTokens = n, sampler = SamplerParams.GREEDY) { pieces.append(it) }
         println("text ${hex(text)}")
         println("pieces ${hex(pieces.toString())}")
         model.saveState(statePath)
@@ -37,7 +37,9 @@ fun main(args: Array<String>) {
     RwkvEdge.open(bundle).use { model ->
         Sampler(SamplerParams.GREEDY, model.vocabSize).use { sampler ->
             try {
-                model.generateTokens(prompt.toByteArray(), n, sampler) { _, _ -> throw IllegalArgumentException("stop here") }
+                model.generateTokens(prompt.toByteArray(), n, sampler) { _, _ ->
+                    throw IllegalArgumentException("stop here")
+                }
             } catch (e: IllegalArgumentException) {
                 println("thrown ${hex(e.message ?: "")}")
             }

@@ -51,7 +51,8 @@ public final class JniCheck {
     private String run(String[] a) {
         switch (a[0]) {
             case "open":
-                model = RwkvEdgeNative.open(bytes(a[1]), Integer.parseInt(a[2]), a[3].equals("none") ? null : bytes(a[3]));
+                byte[] pin = a[3].equals("none") ? null : bytes(a[3]);
+                model = RwkvEdgeNative.open(bytes(a[1]), Integer.parseInt(a[2]), pin);
                 session = RwkvEdgeNative.newSession(model);
                 return "";
             case "info":
