@@ -42,6 +42,7 @@ def quiet(_: str) -> None:
 
 @dataclass(frozen=True)
 class Jdk:
+    home: Path
     javac: str
     java: str
     javap: str
@@ -60,7 +61,7 @@ def find_jdk() -> tuple[Jdk | None, str | None]:
     if missing:
         return None, (f"the JDK at {home} lacks {', '.join(missing)} "
                       "(the JDK headers: install a full JDK, set JAVA_HOME)")
-    return Jdk(javac, str(home / "bin" / "java"), str(home / "bin" / "javap"), home / "lib" / "libjsig.so"), None
+    return Jdk(home, javac, str(home / "bin" / "java"), str(home / "bin" / "javap"), home / "lib" / "libjsig.so"), None
 
 
 def library_unavailable() -> str | None:
@@ -140,7 +141,7 @@ def glue(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("jni-build")
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     run(["cmake", "-S", str(JNI), "-B", str(build), *generator, f"-DRWKV_EDGE_LIBRARY={library}"],
-        env={**os.environ, "JAVA_HOME": str(Path(JDK.javac).resolve().parents[1])})
+        env={**os.environ, "JAVA_HOME": str(JDK.home)})
     run(["cmake", "--build", str(build), "--parallel", "2"])
     return build
 
