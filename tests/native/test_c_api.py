@@ -75,13 +75,13 @@ def bundle_of(tvm_bundle, demo_bundle):
     return get
 
 
-def python_greedy(bundle: Path, prompt: list[int], n: int) -> list[int]:
-    """The tokens rwkv_edge.runtime.generation.generate draws greedily on the Python TVM backend."""
+def python_greedy(bundle: Path, prompt: list[int], n: int, sampler: Sampler = Sampler(temperature=0)) -> list[int]:
+    """The tokens rwkv_edge.runtime.generation.generate draws (greedily by default) on the Python TVM backend."""
     from rwkv_edge.runtime.tvm_backend import TvmBackend
 
     backend = TvmBackend(bundle)
     try:
-        return list(generate(backend, prompt, n, Sampler(temperature=0)))
+        return list(generate(backend, prompt, n, sampler))
     finally:
         backend.close()
 
@@ -119,6 +119,23 @@ def test_greedy_generation_matches_the_python_backend(name, bundle_of, host_buil
     expected = python_greedy(bundle, ByteTokenizer().encode(PROMPT), N)
     assert read_ids(ids) == expected
     assert raw(done.stdout) == bytes(expected)  # the bytes tokenizer: the text is the ids, the prompt not echoed
+
+
+SAMPLED = Sampler(temperature=0.9, top_p=0.9, top_k=40, presence_penalty=0.3, frequency_penalty=0.2,
+                  penalty_decay=0.99, seed=2**64 - 5)
+
+
+@needs_host
+@pytest.mark.parametrize("name", ["demo", "v7"])
+def test_sampled_generation_matches_the_python_backend(name, bundle_of, host_build, tmp_path):
+    """Every sampler setting, a seed past 2**63: the same draws as rwkv_edge.runtime.generation."""
+    bundle, ids, s = bundle_of(name), tmp_path / "ids", SAMPLED
+    done = run(host_build, bundle, "--prompt", PROMPT, "-n", str(N), "--temperature", str(s.temperature),
+               "--top-p", str(s.top_p), "--top-k", str(s.top_k), "--presence-penalty", str(s.presence_penalty),
+               "--frequency-penalty", str(s.frequency_penalty), "--penalty-decay", str(s.penalty_decay),
+               "--seed", str(s.seed), "--ids-out", str(ids))
+    assert done.returncode == 0, done.stderr
+    assert read_ids(ids) == python_greedy(bundle, ByteTokenizer().encode(PROMPT), N, s)
 
 
 @needs_host
@@ -430,3 +447,34 @@ def test_num_threads_sizes_the_pool_of_the_thread_that_runs_the_model(bundle_of,
                           capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'before': 2, 'stepping thread': 1}"
+
+
+@needs_host
+def test_the_install_layout_runs_on_its_own(host_build, bundle_of, tmp_path):
+    """cmake --install lays out bin/, lib/ (the TVM libraries too) and include/; the programs find
+    their libraries through $ORIGIN/../lib, in an empty environment."""
+    deploy = tmp_path / "deploy"
+    subprocess.run(["cmake", "--install", str(host_build.run.parent), "--prefix", str(deploy)], check=True,
+                   capture_output=True)
+    assert sorted(str(p.relative_to(deploy)) for p in deploy.rglob("*") if p.is_file()) == [
+        "bin/rwkv-edge-run", "bin/rwkv-edge-runner", "include/rwkv_edge.h", "lib/librwkv_edge.a",
+        "lib/librwkv_edge.so", "lib/libtvm_ffi.so", "lib/libtvm_runtime.so"]
+    bundle = bundle_of("v7")
+    done = subprocess.run([str(deploy / "bin" / "rwkv-edge-run"), str(bundle), "--prompt", "Hi", "-n", "4",
+                           "--temperature", "0"], capture_output=True, env={})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == bytes(python_greedy(bundle, list(b"Hi"), 4))
+
+
+@needs_host
+def test_a_stop_sequence_ends_generation_and_is_not_printed(bundle_of, host_build, tmp_path):
+    bundle = bundle_of("v7")
+    greedy = bytes(python_greedy(bundle, list(PROMPT.encode()), N))
+    stop = greedy[9:11]
+    first = greedy.find(stop)  # the bytes tokenizer: token i is byte i
+    ids = tmp_path / "ids"
+    done = run(host_build, bundle, "--prompt", PROMPT, "-n", str(N), "--temperature", "0", "--ids-out", str(ids),
+               "--stop", stop.decode("utf-8", "surrogateescape"))
+    assert done.returncode == 0, done.stderr
+    assert raw(done.stdout) == greedy[:first]
+    assert read_ids(ids) == list(greedy[:first + len(stop)])  # the tokens that made the stop sequence were drawn
