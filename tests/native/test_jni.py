@@ -207,6 +207,27 @@ def test_greedy_generation_matches_python(demo_bundle, jvm, python_side):
 
 
 @needs_glue
+def test_sampled_generation_and_the_end_token_match_python(demo_bundle, jvm, python_side):
+    """Every sampler setting reaches the C sampler in its place (the seed above 2**63: a Java long read as
+    unsigned): the draws equal Python's; an end token stops generation before it, as in Python."""
+    from rwkv_edge.runtime.generation import Sampler, generate
+
+    backend, greedy = python_side
+    prompt_ids = ByteTokenizer().encode(PROMPT)
+    seed = 12345678901234567890
+    sampler = Sampler(temperature=1.3, top_p=0.9, top_k=20, presence_penalty=0.3, frequency_penalty=0.2,
+                      penalty_decay=0.95, seed=seed)
+    end = greedy(prompt_ids, 48)[20]
+    answers = jvm(open_command(demo_bundle), f"sampler 1.3 0.9 20 0.3 0.2 0.95 {seed}",
+                  f"generate all 0 {hex_of(PROMPT.encode())} 40 -1", "reset", f"sampler {GREEDY}",
+                  f"generate all 0 {hex_of(PROMPT.encode())} 48 {end}")
+    sampled, ended = answers[2], answers[5]
+    assert [int(t) for t in sampled[2].split(",")] == [int(t) for t in generate(backend, prompt_ids, 40, sampler)]
+    expected = [int(t) for t in generate(backend, prompt_ids, 48, Sampler(temperature=0), end_token=end)]
+    assert int(ended[1]) == len(expected) < 48 and [int(t) for t in ended[2].split(",")] == expected
+
+
+@needs_glue
 def test_state_file_carries_a_generation_over(demo_bundle, jvm, python_side, tmp_path):
     """Save after 20 tokens, load into a fresh model, go on with an empty prompt: the 40 tokens of one
     generation. The path (not ASCII, with a character outside the BMP) reaches the C library as UTF-8."""
