@@ -184,9 +184,9 @@ LoadedState LoadStateFile(const std::string& path, const Manifest& m) {
   if (size < 8 || !ReadAll(fd.fd, length_bytes, 8)) r.Fail("not a state file (shorter than its header length)");
   uint64_t length = 0;
   for (int b = 7; b >= 0; --b) length = length << 8 | static_cast<unsigned char>(length_bytes[b]);
-  if (length > kMaxHeader || length > size - 8) {
-    r.Fail("not a state file (a header of " + std::to_string(length) + " bytes in a " + std::to_string(size) +
-           "-byte file)");
+  if (length > kMaxHeader) r.Fail("not a state file (a header of " + std::to_string(length) + " bytes)");
+  if (length > size - 8) {
+    r.Fail("truncated (a header of " + std::to_string(length) + " bytes in a " + std::to_string(size) + "-byte file)");
   }
   std::string text(static_cast<size_t>(length), '\0');
   if (!ReadAll(fd.fd, text.data(), text.size())) r.Fail("truncated");

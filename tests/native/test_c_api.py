@@ -247,8 +247,11 @@ def _written(path: Path, data: bytes) -> Path:
 
 
 BAD_STATES = {
-    "truncated": (lambda p: _written(p.with_name("t.state"), p.read_bytes()[:-4]), "truncated"),
+    "truncated": (lambda p: _written(p.with_name("t.state"), p.read_bytes()[:-4]), "truncated ("),
+    "truncated in its header": (lambda p: _written(p.with_name("h.state"), p.read_bytes()[:50]), "truncated ("),
     "not a state file": (lambda p: _written(p.with_name("x.state"), b"\x10" + bytes(40)), "not a state file"),
+    "huge header": (lambda p: _written(p.with_name("l.state"), struct.pack("<Q", 1 << 40) + bytes(8)),
+                    "not a state file (a header of 1099511627776 bytes)"),
     "wrong shape": (lambda p: _rewrite(p, _first_shape), "has shape"),
     "other architecture": (lambda p: _rewrite(p, lambda h: h["__metadata__"].update(architecture="v5")),
                            "architecture \"v5\""),
@@ -478,3 +481,46 @@ def test_a_stop_sequence_ends_generation_and_is_not_printed(bundle_of, host_buil
     assert done.returncode == 0, done.stderr
     assert raw(done.stdout) == greedy[:first]
     assert read_ids(ids) == list(greedy[:first + len(stop)])  # the tokens that made the stop sequence were drawn
+
+
+@needs_arm
+def test_aarch64_encode_under_qemu(tvm_bundle, arm_build, tmp_path):
+    text, ids = tmp_path / "text", tmp_path / "ids"
+    text.write_bytes("héllo wörld\n".encode())
+    done = run(arm_build, tvm_bundle("v7", "aarch64-linux"), "--encode", str(text), "--ids-out", str(ids), arch="aarch64")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert read_ids(ids) == list(text.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def world_bundle(make_ckpt, tmp_path_factory):
+    """A tiny v7 of the World vocabulary (65536 ids) as an x86-64 bundle, which carries its tokenizer file."""
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+    from rwkv_edge.export import OnnxOptions, export_onnx
+
+    onnx, bundle = tmp_path_factory.mktemp("world-onnx"), tmp_path_factory.mktemp("world-tvm")
+    export_onnx(make_ckpt("v7", vocab_size=65536, n_embd=64, head_size=32), onnx, OnnxOptions("fp32"), log=quiet)
+    compile_tvm(onnx, bundle, TvmOptions("x86_64-host"), log=quiet)
+    return bundle
+
+
+WORLD_VOCAB = "rwkv_vocab_v20230424.txt"
+WORLD_PROMPT = "Hello, wörld! 你好 🙂\n\n"
+
+
+@needs_host
+def test_world_tokenizer_generation_matches_python(world_bundle, host_build, tmp_path):
+    from rwkv_edge.tokenizer import WorldTokenizer
+
+    manifest = read_manifest(world_bundle)
+    assert manifest.tokenizer == "world" and manifest.tokenizer_file == WORLD_VOCAB
+    tokenizer = WorldTokenizer()
+    text, ids = tmp_path / "text", tmp_path / "ids"
+    text.write_bytes(WORLD_PROMPT.encode())
+    assert run(host_build, world_bundle, "--encode", str(text), "--ids-out", str(ids)).returncode == 0
+    assert read_ids(ids) == tokenizer.encode(WORLD_PROMPT)
+    done = run(host_build, world_bundle, "--prompt", WORLD_PROMPT, "-n", "12", "--temperature", "0", "--ids-out", str(ids))
+    assert done.returncode == 0, done.stderr
+    expected = python_greedy(world_bundle, tokenizer.encode(WORLD_PROMPT), 12)
+    assert read_ids(ids) == expected
+    assert raw(done.stdout) == tokenizer.decode_bytes(expected)
