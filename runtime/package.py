@@ -67,6 +67,8 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
     artifact = open_artifact(bundle, kind="tvm")
     manifest = artifact.manifest
     arch = bundle_arch(bundle, manifest.target.triple)
+    if manifest.target.device != "cpu":
+        raise PlatformError(f"{bundle}: a {manifest.target.device} bundle; the native runtime runs CPU bundles")
     if LIBRARY not in manifest.files:
         raise ArtifactError(f"{bundle}: holds no linked {LIBRARY}: compile it for a Linux target")
     if state is not None:  # before anything is built: a state of another model fails now
