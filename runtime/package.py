@@ -67,6 +67,8 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
     artifact = open_artifact(bundle, kind="tvm")
     manifest = artifact.manifest
     arch = bundle_arch(bundle, manifest.target.triple)
+    if manifest.target.device != "cpu":
+        raise PlatformError(f"{bundle}: a {manifest.target.device} bundle; the native runtime runs CPU bundles")
     if LIBRARY not in manifest.files:
         raise ArtifactError(f"{bundle}: holds no linked {LIBRARY}: compile it for a Linux target")
     if state is not None:  # before anything is built: a state of another model fails now
@@ -76,8 +78,12 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
     runtime_lib, ffi_lib = _tvm_libraries(build)
     strip = _strip_tool(arch)
     temporary = out.parent / f".{out.name}.rwkv-edge-package-{secrets.token_hex(4)}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir()
+    except OSError as e:
+        raise ArtifactError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+    aside = None  # where an earlier package waits while the new one is renamed into place
     try:
         copies = {"bin/rwkv-edge-run": build.run, "lib/librwkv_edge.so": build.shared_library,
                   "lib/libtvm_runtime.so": runtime_lib, "lib/libtvm_ffi.so": ffi_lib}
@@ -95,15 +101,18 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
             _copy(Path(state), temporary / STATE)
         files = sorted(p.relative_to(temporary).as_posix() for p in temporary.rglob("*") if p.is_file())
         (temporary / RECORD).write_text(json.dumps({"format": FORMAT, "arch": arch, "files": files}, indent=2) + "\n")
-        aside = None
         if previous:
             aside = out.parent / f".{out.name}.rwkv-edge-replaced-{secrets.token_hex(4)}"
             os.rename(out, aside)
         elif out.exists():
             out.rmdir()  # empty: checked above
         os.rename(temporary, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(temporary, ignore_errors=True)
+        if aside is not None and not out.exists():
+            os.rename(aside, out)  # the earlier package back
+        if isinstance(e, OSError):  # a full disk, another run that wrote --out meanwhile, ...
+            raise ArtifactError(f"cannot write the package to {out}: {e.strerror or e}") from None
         raise
     if aside is not None:
         _remove_package(aside, previous)

@@ -131,6 +131,16 @@ def test_generate_reads_the_vocabulary_the_artifact_carries(cli, world_export, t
 
 
 @needs_native
+def test_a_world_bundle_prints_the_same_text_on_both_backends(cli, world_export, tmp_path):
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+
+    compile_tvm(world_export, tmp_path / "tvm", TvmOptions(TARGET), log=quiet)
+    args = (str(tmp_path / "tvm"), "--prompt", "Grüße, 世界", "-n", "30", "--temperature", "0.7", "--seed", "9")
+    tvm = generated(cli, *args, "--backend", "tvm")
+    assert tvm.startswith("Grüße, 世界") and generated(cli, *args, "--backend", "native") == tvm
+
+
+@needs_native
 def test_compile_with_runtime_packages_the_bundle(cli, version_ckpt, tmp_path):
     code, _, err = cli("compile", str(version_ckpt("v7")), "--target", TARGET, "-o", str(tmp_path / "b"), "--dev")
     assert code == 1 and "--state and --dev apply with --with-runtime" in err and not (tmp_path / "b").exists()

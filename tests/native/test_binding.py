@@ -19,7 +19,7 @@ import pytest
 
 from rwkv_edge.artifact import MANIFEST, read_manifest
 from rwkv_edge.bundled import DEMO_CHECKPOINT
-from rwkv_edge.errors import ArtifactError, OptionError, StateError, TokenError
+from rwkv_edge.errors import ArtifactError, OptionError, StateError, TokenError, TokenizerError
 from rwkv_edge.platforms import host_arch
 from rwkv_edge.runtime.generation import Sampler, generate
 from rwkv_edge.runtime.native import NativeBackend, NativeModel, NativeSampler, load_library
@@ -214,3 +214,40 @@ def test_a_tampered_bundle_is_refused_by_the_library(bundle, library, tmp_path):
     (copy / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="params.safetensors"):
         NativeModel(copy, library=library)
+
+
+@pytest.fixture(scope="module")
+def world_bundle(tmp_path_factory) -> Path:
+    """A tiny model with the World vocabulary's 65536 rows, compiled for this machine: it carries the vocabulary."""
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+    from rwkv_edge.export import OnnxOptions, export_onnx
+    from rwkv_edge.model.synthetic import make_checkpoint, save_checkpoint
+
+    root = tmp_path_factory.mktemp("world")
+    checkpoint = save_checkpoint(make_checkpoint("v7", n_layer=1, n_embd=64, vocab_size=65536), root / "world.pth")
+    export_onnx(checkpoint, root / "onnx", OnnxOptions("fp32", prefill_chunk=0), log=quiet)
+    compile_tvm(root / "onnx", root / "tvm", TvmOptions("x86_64-host" if host_arch() == "x86_64" else "aarch64-linux"),
+                log=quiet)
+    return root / "tvm"
+
+
+def test_a_world_bundle_tokenizes_with_the_vocabulary_it_carries(world_bundle, library, tmp_path, rehash):
+    text = "Hello, wörld! 你好 \U0001F600 def f(x):\n    return x"
+    python = load_tokenizer("world")
+    with NativeModel(world_bundle, library=library) as model:
+        assert model.tokenizer == "world" and model.vocab_size == 65536
+        ids = model.tokenize(text)
+        assert ids == python.encode(text)
+        assert b"".join(model.token_bytes(i) for i in ids) == text.encode()
+        assert model.token_bytes(0) == b""  # end-of-text
+        got = native_tokens(model, text, 12, GREEDY)
+    assert got == list(generate(TvmBackend(world_bundle), python.encode(text), 12, GREEDY))
+    # a bundle of an rwkv-edge before the bundle carried its vocabulary: opens, does not tokenize
+    old = Path(shutil.copytree(world_bundle, tmp_path / "old"))
+    (old / "rwkv_vocab_v20230424.txt").unlink()
+    rehash(old, lambda data: data.pop("tokenizer_file"))
+    with NativeModel(old, library=library) as model:
+        with pytest.raises(TokenizerError, match="carries no tokenizer file"):
+            model.tokenize("Hello")
+        model.session().prefill([1, 2, 3])  # token ids still run
+
