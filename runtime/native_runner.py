@@ -126,7 +126,7 @@ def build_native(arch: str | None = None, build_dir: str | Path | None = None,
     build_dir.mkdir(parents=True)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run_tool(["cmake", "-S", str(SOURCES), "-B", str(build_dir), *generator, *options], "cmake configure")
-    _run_tool(["cmake", "--build", str(build_dir), "--parallel"], "cmake build")
+    _run_tool(["cmake", "--build", str(build_dir), "--parallel", "2"], "cmake build")
     stamp.write_text(key + "\n")
     log(f"  built {', '.join(p.name for p in outputs)}")
     return build

@@ -16,6 +16,13 @@
 #include <stdexcept>
 #include <utility>
 
+// TVM's own thread-pool controls, exported by libtvm_runtime.so (src/runtime/threading_backend.cc); the
+// wheel ships no header declaring them.
+namespace tvm::runtime::threading {
+void SetMaxConcurrency(int value);  // the calling thread's cap on its pool's workers; 0: the default
+void ResetThreadPool();             // remakes the calling thread's pool under its cap
+}  // namespace tvm::runtime::threading
+
 namespace rwkv_edge {
 
 #if defined(__aarch64__) && defined(__ANDROID__)
@@ -130,6 +137,10 @@ void Model::UseThreads() const {
   if (num_threads_ == 0 || configured == num_threads_) return;
   std::optional<ffi::Function> config = ffi::Function::GetGlobal("runtime.config_threadpool");
   if (!config.has_value()) throw std::runtime_error("the TVM runtime has no runtime.config_threadpool");
+  // A pool never grows past the cap it was made with (TVM_NUM_THREADS, else half the cores on x86-64):
+  // raise this thread's cap and remake its pool first, so that more threads than the default take effect.
+  tvm::runtime::threading::SetMaxConcurrency(num_threads_);
+  tvm::runtime::threading::ResetThreadPool();
   (*config)(kAffinityBig, num_threads_);  // (affinity mode, threads): the fastest cores first
   configured = num_threads_;
 }

@@ -422,7 +422,8 @@ class Options(ctypes.Structure):
 
 threads = tvm_ffi.get_global_func("runtime.NumThreads")
 model, session = ctypes.c_void_p(), ctypes.c_void_p()
-assert lib.rwkv_edge_model_open(sys.argv[2].encode(), ctypes.byref(Options(None, 1)), ctypes.byref(model)) == 0
+assert lib.rwkv_edge_model_open(sys.argv[2].encode(), ctypes.byref(Options(None, int(sys.argv[3]))),
+                               ctypes.byref(model)) == 0
 seen = {"before": threads()}
 
 
@@ -440,16 +441,19 @@ print(seen)
 
 
 @needs_host
-def test_num_threads_sizes_the_pool_of_the_thread_that_runs_the_model(bundle_of, host_build, tmp_path):
+@pytest.mark.parametrize("default, asked", [(2, 1), (1, 2)])
+def test_num_threads_sizes_the_pool_of_the_thread_that_runs_the_model(bundle_of, host_build, tmp_path, default, asked):
+    """Fewer threads than TVM's default, and more (a pool never grows past the cap it was made with)."""
     import os
     import sys
 
     script = tmp_path / "threads.py"
     script.write_text(THREADS_CHECK)
-    done = subprocess.run([sys.executable, str(script), str(host_build.shared_library), str(bundle_of("v7"))],
-                          capture_output=True, text=True, env={**os.environ, "TVM_NUM_THREADS": "2"})
+    done = subprocess.run([sys.executable, str(script), str(host_build.shared_library), str(bundle_of("v7")),
+                           str(asked)], capture_output=True, text=True,
+                          env={**os.environ, "TVM_NUM_THREADS": str(default)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "{'before': 2, 'stepping thread': 1}"
+    assert done.stdout.strip() == f"{{'before': {default}, 'stepping thread': {asked}}}"
 
 
 @needs_host

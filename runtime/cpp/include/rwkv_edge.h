@@ -62,8 +62,9 @@ RWKV_EDGE_API int rwkv_edge_abi_version(void);
 
 typedef struct rwkv_edge_open_options {
   const char* expect_sha256; /* 64 hex digits manifest.json must hash to, or NULL: not pinned */
-  int num_threads;           /* CPU threads of the TVM thread pool; 0: TVM's default (TVM_NUM_THREADS
-                                or the cores). The pool is one per process: the last open sets it */
+  int num_threads;           /* CPU threads a call uses; 0: TVM's default (TVM_NUM_THREADS, else
+                                OMP_NUM_THREADS, else half the cores on x86-64). TVM keeps a pool per
+                                calling thread: each call sizes the pool of the thread it runs on */
 } rwkv_edge_open_options;
 
 /* Default options: no pin, num_threads 0. */
