@@ -11,6 +11,7 @@ from ..runtime.registry import BACKENDS as REGISTRY
 from ..weights import WEIGHT_FORMATS, weight_format
 
 BACKENDS = tuple(e.name for e in REGISTRY.values() if e.bench)  # the backends with a bench row, in report order
+DEFAULT_BACKENDS = tuple(e.name for e in REGISTRY.values() if e.bench and e.bench_default)  # without --backends
 DEVICES = ("cpu", "cuda")
 WEIGHTS = tuple(WEIGHT_FORMATS)  # the rows' weight format: fp16 on a GPU; int8/int4 on the CPU, where onnxruntime and
 # TVM hold them (quantize.py, groups of 32) and torch runs fp32
@@ -18,7 +19,7 @@ WEIGHTS = tuple(WEIGHT_FORMATS)  # the rows' weight format: fp16 on a GPU; int8/
 
 @dataclass(frozen=True)
 class BenchOptions:
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     steps: int = 128  # timed decode steps
     warmup: int = 16  # untimed decode steps before them
     prefill: int = 64  # prompt tokens through backend.prefill; 0 skips the prefill measurement

@@ -186,7 +186,8 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
     if not source.is_dir() or is_model_folder(source):
         return source, {}, options
     manifest = open_artifact(source).manifest
-    backend = next((b for b, kind in ARTIFACT_KINDS.items() if kind == manifest.kind), None)
+    runs_it = [b for b, kind in ARTIFACT_KINDS.items() if kind == manifest.kind]  # tvm before native
+    backend = runs_it[0] if runs_it else None
     if backend is None:
         raise OptionError(f"{source}: a {manifest.kind} artifact; bench runs {', '.join(ARTIFACT_KINDS.values())} "
                           "artifacts, or a checkpoint")
@@ -199,7 +200,7 @@ def _resolve_source(source: str | Path | None, options: BenchOptions) -> tuple[P
         raise ArtifactError(f"{source}: its source checkpoint {checkpoint} is gone; bench needs it for torch and the bound")
     if (open_checkpoint(checkpoint).sha256 if checkpoint.is_dir() else sha256_file(checkpoint)) != manifest.source["sha256"]:
         raise ArtifactError(f"{checkpoint} is not the checkpoint {source} was made from (sha256 differs)")
-    return checkpoint, {backend: source} if backend in options.backends else {}, options
+    return checkpoint, {b: source for b in runs_it if b in options.backends}, options
 
 
 def _model_info(checkpoint: Path, sha: str, tensors: StateDict) -> dict[str, Any]:

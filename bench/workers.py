@@ -118,30 +118,29 @@ def program_decode(spec: DecodeSpec) -> dict[str, Any]:
     """``decode`` for a row measured by a program of its own (the native runner): one run steps a token and
     then ``warmup + steps`` greedy decode steps (``--repeat``), each call of the model timed by the program;
     each prefill repeat is one more run (``--prefill``), timed over its calls. The peak RSS is the decode
-    run's (wait4's ru_maxrss: the program alone, no Python), its load time the run's wall time less its calls."""
+    run's as the program reports it (its VmHWM: the program alone, no Python), its load time the run's wall
+    time less its calls."""
     import tempfile
 
     from ..artifact import open_artifact
 
     row = bench_row(spec.backend)
     runner = row.runner()
-    vocab_size = open_artifact(spec.source, kind="tvm").manifest.vocab_size
+    manifest = open_artifact(spec.source, kind="tvm").manifest
+    vocab_size = manifest.vocab_size
     rng = np.random.default_rng(spec.seed)
     first = int(rng.integers(0, vocab_size))
     prompt = rng.integers(0, vocab_size, spec.prefill).tolist()
     with tempfile.TemporaryDirectory(prefix="rwkv-edge-bench-") as tmp:
         def run(*args: str) -> tuple[np.ndarray, float, float]:
             """(each call's ms, the run's wall seconds, its peak RSS in MiB)."""
-            command = [str(runner), spec.source, "--out", tmp, *args]
             t0 = time.perf_counter()
-            with open(Path(tmp) / "log", "w+") as log:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-                _, status, usage = os.wait4(process.pid, 0)
-                process.returncode = os.waitstatus_to_exitcode(status)
-                if process.returncode != 0:
-                    log.seek(0)
-                    raise ArtifactError(f"{runner.name} failed (exit {process.returncode}): {one_line(log.read().strip())}")
-            return np.load(Path(tmp) / "step_ms.npy"), time.perf_counter() - t0, usage.ru_maxrss / 1024
+            done = subprocess.run([str(runner), spec.source, "--out", tmp, *args], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ArtifactError(f"{runner.name} failed (exit {done.returncode}): "
+                                    f"{one_line(done.stderr.strip() or done.stdout.strip())}")
+            peak = next(float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("peak RSS:"))
+            return np.load(Path(tmp) / "step_ms.npy"), time.perf_counter() - t0, peak
 
         calls, wall, peak = run("--tokens", str(first), "--repeat", str(spec.warmup + spec.steps))
         ms = calls[1 + spec.warmup:]
@@ -156,8 +155,10 @@ def program_decode(spec: DecodeSpec) -> dict[str, Any]:
         "decode_steps": len(ms), "prefill_tokens": len(prompt),
         "prefill_tok_s": len(prompt) / float(np.median(prefill_s)) if prefill_s else None, "prefill_s": prefill_s,
         "peak_rss_mib": peak, "base_rss_mib": 0.0, "steady_rss_mib": peak,
-        "details": {"program": str(runner), "measured": "the program's own calls of the model; its ru_maxrss as "
-                    "peak and steady RSS (it reports no other), no base (no interpreter, no imports)"},
+        "details": {"program": str(runner), "prefill_chunk": manifest.graphs["prefill"].chunk
+                    if "prefill" in manifest.graphs else 0,
+                    "measured": "the program's own calls of the model; its VmHWM as peak and steady RSS (it "
+                    "reports no other), no base (no interpreter, no imports)"},
     }
 
 

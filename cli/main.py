@@ -26,6 +26,7 @@ from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # classify: a leading path with one of these is the model
 BENCH_BACKENDS = tuple(e.name for e in BACKENDS.values() if e.bench)  # bench.BACKENDS, without importing the bench
+BENCH_DEFAULT = tuple(e.name for e in BACKENDS.values() if e.bench and e.bench_default)  # bench.DEFAULT_BACKENDS
 MAX_OPSET = 28  # onnx 1.23's newest (a test checks); onnxruntime 1.32 ran exports at 18 to 28 (measured)
 
 
@@ -214,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", type=Path,
                    help="checkpoint, or an artifact directory: its backend runs it, the others its source checkpoint "
                         "(default: the bundled RWKV-7 demo model)")
-    p.add_argument("--backends", default=",".join(BENCH_BACKENDS), metavar="LIST",
-                   help=f"comma-separated (default {','.join(BENCH_BACKENDS)})")
+    p.add_argument("--backends", default=",".join(BENCH_DEFAULT), metavar="LIST",
+                   help=f"comma-separated, of {','.join(BENCH_BACKENDS)} (default {','.join(BENCH_DEFAULT)})")
     p.add_argument("--steps", type=_bounded_int(1, MAX_TOKENS), default=128, help="timed decode steps (default 128)")
     p.add_argument("--warmup", type=_bounded_int(0, MAX_TOKENS), default=16, help="untimed decode steps first (default 16)")
     p.add_argument("--prefill", type=_bounded_int(0, MAX_TOKENS), default=64,

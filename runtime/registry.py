@@ -44,6 +44,7 @@ class BackendEntry:
     image: str | None = None  # the image runner: (artifact, **options) -> ``run(images)``, ``runs_on``, ``close()``
     image_refusal: str = "{option} applies to {takers} artifacts, this is {kind}"  # an option its image runner lacks
     bench: str | None = None  # its bench row (bench/rows.py); None: the bench does not run it
+    bench_default: bool = True  # whether the bench runs its row when no --backends are named
     verify: str | None = None  # what verify adds for its kind (verify/checks.py); None: the rollout alone
 
     def step_runner(self) -> type:
@@ -69,7 +70,8 @@ BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
                  verify="verify.checks:TvmChecks"),
     # after tvm: the same kind's bundles, run by the C library (librwkv_edge.so) instead of TVM's Python
     BackendEntry("native", "tvm", "native", "runtime.native:NativeBackend",
-                 "a TVM bundle for this machine's CPU, run by the C runtime (librwkv_edge.so)", ("threads",)),
+                 "a TVM bundle for this machine's CPU, run by the C runtime (librwkv_edge.so)", ("threads",),
+                 bench="bench.rows:NativeRow", bench_default=False),
 )}
 CHECKPOINT_BACKEND = next(e.name for e in BACKENDS.values() if e.kind is None)  # what runs a checkpoint: the default
 # An artifact of each family opened as a step backend: None, or why it cannot be

@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
@@ -161,6 +162,16 @@ double Median(std::vector<double> v) {
 
 int64_t ArgMax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
 
+// This process's peak resident set since it started this program (VmHWM: counted afresh at exec, unlike
+// the parent's getrusage, which also counts the forked image before the exec), 0 where /proc has none.
+double PeakRssMib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024;  // "VmHWM:   12345 kB"
+  }
+  return 0;
+}
+
 int Run(const Options& opt) {
   rwkv_edge_open_options options = rwkv_edge_default_open_options();
   if (!opt.expect_sha256.empty()) options.expect_sha256 = opt.expect_sha256.c_str();
@@ -273,6 +284,7 @@ int Run(const Options& opt) {
               static_cast<long long>(T - chunks * chunk), static_cast<long long>(V), count, rwkv_edge::kHostTriple,
               Median(timed_decode ? decode_ms : step_ms), timed_decode ? decode_ms.size() : step_ms.size(),
               timed_decode ? "decode steps after the rollout" : "rollout calls (the first includes warm-up)");
+  std::printf("peak RSS: %.1f MiB\n", PeakRssMib());
   return 0;
 }
 
