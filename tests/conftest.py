@@ -88,6 +88,20 @@ def tvm_bundle(onnx_export, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The bundled demo model (bytes tokenizer) compiled once per session for this machine's CPU, with
+    the default prefill function; shared: copy it before changing it."""
+    from rwkv_edge.bundled import DEMO_CHECKPOINT
+    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
+    from rwkv_edge.platforms import host_arch
+
+    out = tmp_path_factory.mktemp("demo") / "tvm"
+    compile_tvm(DEMO_CHECKPOINT, out, TvmOptions("x86_64-host" if host_arch() == "x86_64" else "aarch64-linux"),
+                log=lambda _: None)
+    return out
+
+
 @pytest.fixture
 def cli(capsys):
     """cli(*argv) -> (exit code, stdout, stderr) of ``rwkv-edge argv`` run in-process."""

@@ -17,6 +17,8 @@
 
 #include "rwkv_edge.h"
 
+#include "client.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -44,24 +46,10 @@ const char* kUsage =
     "[--state-in FILE] [--state-out FILE] [--threads N] [--expect-sha256 HEX] [--ids-out FILE] [--encode FILE] "
     "[--stats]";
 
-struct InputError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-struct ApiError : std::runtime_error {
-  ApiError(rwkv_edge_status s, const char* message) : std::runtime_error(message), status(s) {}
-  rwkv_edge_status status;
-};
-
-void Check(rwkv_edge_status status) {
-  if (status != RWKV_EDGE_OK) throw ApiError(status, rwkv_edge_last_error());
-}
-
-template <typename T, void (*Free)(T*)>
-struct Handle {
-  T* p = nullptr;
-  ~Handle() { Free(p); }
-};
+using rwkv_edge::ApiError;
+using rwkv_edge::Check;
+using rwkv_edge::Handle;
+using rwkv_edge::InputError;
 
 struct Options {
   std::string bundle;

@@ -26,6 +26,8 @@
 
 #include "rwkv_edge.h"
 
+#include "client.h"
+
 #include "model.h"
 #include "npy.h"
 
@@ -50,27 +52,10 @@ using rwkv_edge::NpyError;
 constexpr int kExitRuntime = 1;  // TVM failed while loading or running the model
 constexpr int kExitInput = 2;    // bad arguments, bundle or input: the user can fix it
 
-// A mistake the user can fix (exit 2).
-struct InputError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// A call of the C interface that failed: its status and message.
-struct ApiError : std::runtime_error {
-  ApiError(rwkv_edge_status s, const char* message) : std::runtime_error(message), status(s) {}
-  rwkv_edge_status status;
-};
-
-void Check(rwkv_edge_status status) {
-  if (status != RWKV_EDGE_OK) throw ApiError(status, rwkv_edge_last_error());
-}
-
-// Frees a handle of the C interface when it goes.
-template <typename T, void (*Free)(T*)>
-struct Handle {
-  T* p = nullptr;
-  ~Handle() { Free(p); }
-};
+using rwkv_edge::ApiError;
+using rwkv_edge::Check;
+using rwkv_edge::Handle;
+using rwkv_edge::InputError;
 
 struct Options {
   std::string bundle;

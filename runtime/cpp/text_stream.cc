@@ -1,5 +1,7 @@
 #include "text_stream.h"
 
+#include "utf8.h"
+
 #include <algorithm>
 #include <stdexcept>
 #include <utility>
@@ -12,25 +14,12 @@ size_t IncompleteUtf8Tail(std::string_view s) {
   for (size_t k = 1; k <= 3 && k <= s.size(); ++k) {
     const auto lead = static_cast<unsigned char>(s[s.size() - k]);
     if ((lead & 0xC0) == 0x80) continue;  // a continuation byte: the lead lies further back
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      need = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      need = 3;
-      if (lead == 0xE0) lo = 0xA0;
-      if (lead == 0xED) hi = 0x9F;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      need = 4;
-      if (lead == 0xF0) lo = 0x90;
-      if (lead == 0xF4) hi = 0x8F;
-    } else {
-      return 0;  // ASCII or a byte no character starts with
-    }
-    if (k >= need) return 0;  // complete (or too long to be a prefix)
+    const Utf8Lead character = ReadUtf8Lead(lead);
+    if (character.length == 0) return 0;  // ASCII or a byte no character starts with
+    if (k >= character.length) return 0;  // complete (or too long to be a prefix)
     if (k >= 2) {
       const auto second = static_cast<unsigned char>(s[s.size() - k + 1]);
-      if (second < lo || second > hi) return 0;
+      if (second < character.lo || second > character.hi) return 0;
     }
     return k;  // the later bytes are continuation bytes (checked by the loop)
   }

@@ -4,6 +4,8 @@
 
 #include "tokenizer.h"
 
+#include "utf8.h"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -58,21 +60,10 @@ size_t Utf8CharLength(std::string_view s, size_t i) {
   auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   const unsigned char c = at(i);
   if (c < 0x80) return 1;
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
+  const Utf8Lead lead = ReadUtf8Lead(c);
+  const size_t n = lead.length;
+  const unsigned char lo = lead.lo, hi = lead.hi;
+  if (n == 0) return 0;
   if (i + n > s.size() || at(i + 1) < lo || at(i + 1) > hi) return 0;
   for (size_t k = 2; k < n; ++k) {
     if ((at(i + k) & 0xC0) != 0x80) return 0;

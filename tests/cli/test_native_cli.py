@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from rwkv_edge.bundled import DEMO_CHECKPOINT
 from rwkv_edge.platforms import host_arch
 from rwkv_edge.runtime.native_runner import runner_unavailable
 
@@ -23,15 +22,6 @@ GREEDY = ("--temperature", "0")
 
 def quiet(_: str) -> None:
     pass
-
-
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-
-    out = tmp_path_factory.mktemp("demo") / "tvm"
-    compile_tvm(DEMO_CHECKPOINT, out, TvmOptions(TARGET), log=quiet)
-    return out
 
 
 def generated(cli, *argv: str) -> str:

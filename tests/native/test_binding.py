@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from rwkv_edge.artifact import MANIFEST, read_manifest
-from rwkv_edge.bundled import DEMO_CHECKPOINT
 from rwkv_edge.errors import ArtifactError, OptionError, StateError, TokenError, TokenizerError
 from rwkv_edge.platforms import host_arch
 from rwkv_edge.runtime.generation import Sampler, generate
@@ -50,17 +49,6 @@ def quiet(_: str) -> None:
 @pytest.fixture(scope="module")
 def library():
     return load_library(log=quiet)
-
-
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    """The bundled demo model compiled for this machine (a prefill function of 32 tokens)."""
-    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-
-    out = tmp_path_factory.mktemp("demo") / "tvm"
-    compile_tvm(DEMO_CHECKPOINT, out, TvmOptions("x86_64-host" if host_arch() == "x86_64" else "aarch64-linux"),
-                log=quiet)
-    return out
 
 
 @pytest.fixture(scope="module", params=["demo", "random-v7"])

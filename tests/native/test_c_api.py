@@ -49,19 +49,6 @@ def arm_build():
     return build_native("aarch64", log=quiet)
 
 
-@pytest.fixture(scope="session")
-def demo_bundle(tmp_path_factory):
-    """The demo model (rwkv_edge.bundled.DEMO_CHECKPOINT) as an x86-64 TVM bundle, compiled once."""
-    from rwkv_edge.bundled import DEMO_CHECKPOINT
-    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-    from rwkv_edge.export import OnnxOptions, export_onnx
-
-    onnx, bundle = tmp_path_factory.mktemp("demo-onnx"), tmp_path_factory.mktemp("demo-tvm")
-    export_onnx(DEMO_CHECKPOINT, onnx, OnnxOptions("fp32"), log=quiet)
-    compile_tvm(onnx, bundle, TvmOptions("x86_64-host"), log=quiet)
-    return bundle
-
-
 @pytest.fixture
 def bundle_of(tvm_bundle, demo_bundle):
     """bundle_of(name) -> "demo", "v4".."v7" or "v7-prefill" (a prefill function of 8 tokens)."""

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_edge.bundled import DEMO_CHECKPOINT
 from rwkv_edge.tokenizer import ByteTokenizer
 
 JNI = Path(__file__).resolve().parents[2] / "runtime" / "cpp" / "jni"
@@ -122,16 +121,6 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    """The demo model compiled for this machine (a TVM bundle, the "bytes" tokenizer)."""
-    from rwkv_edge.compile import compile_for
-
-    out = tmp_path_factory.mktemp("demo-bundle")
-    compile_for(DEMO_CHECKPOINT, out, "x86_64-host", log=quiet)
-    return out
-
-
 @pytest.fixture(scope="module")
 def glue(tmp_path_factory) -> Path:
     """The folder holding librwkv_edge_jni.so, built by runtime/cpp/jni/CMakeLists.txt against librwkv_edge.so."""

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from rwkv_edge.artifact import open_artifact, read_manifest
-from rwkv_edge.bundled import DEMO_CHECKPOINT
 from rwkv_edge.errors import ArtifactError, PlatformError, StateError
 from rwkv_edge.platforms import host_arch
 from rwkv_edge.runtime.native_runner import runner_unavailable
@@ -22,22 +21,12 @@ from rwkv_edge.state_file import save_state
 
 missing = runner_unavailable(host_arch())
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"librwkv_edge cannot be built here: {missing}")
-TARGET = {"x86_64": "x86_64-host", "aarch64": "aarch64-linux"}[host_arch()]
 PROMPT = "Once upon a time"
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}  # no LD_LIBRARY_PATH, no Python's
 
 
 def quiet(_: str) -> None:
     pass
-
-
-@pytest.fixture(scope="module")
-def demo_bundle(tmp_path_factory) -> Path:
-    from rwkv_edge.compile.tvm import TvmOptions, compile_tvm
-
-    out = tmp_path_factory.mktemp("demo") / "tvm"
-    compile_tvm(DEMO_CHECKPOINT, out, TvmOptions(TARGET), log=quiet)
-    return out
 
 
 @pytest.fixture(scope="module")
