@@ -396,6 +396,39 @@ def test_aarch64_bad_state_file_exits_2_under_qemu(tvm_bundle, arm_build, tmp_pa
     assert_refused(done, "not a state file")
 
 
+@needs_arm
+def test_aarch64_chat_state_crosses_to_python_and_back_under_qemu(tvm_bundle, arm_build, tmp_path):
+    """A chat turn on the aarch64 build under qemu saves its state; Python (the x86-64 bundle of the same
+    model) resumes it, and a state Python saved resumes on aarch64: the tokens of one uninterrupted run."""
+    from rwkv_edge.runtime.tvm_backend import TvmBackend
+    from rwkv_edge.state_file import load_state, save_state
+
+    arm, host = tvm_bundle("v7", "aarch64-linux"), tvm_bundle("v7", TARGETS[HOST])
+    manifest = read_manifest(host)
+    turn = list(b"User: hi\n\nAssistant:")
+    whole = python_greedy(host, turn, 12)
+    ids, saved = tmp_path / "ids", tmp_path / "arm.state"
+    done = run(arm_build, arm, "--chat", "-n", "6", "--temperature", "0", "--ids-out", str(ids),
+               "--state-out", str(saved), stdin="hi\n", arch="aarch64")
+    assert done.returncode == 0, done.stderr
+    assert read_ids(ids) == whole[:6]
+
+    backend = TvmBackend(host)
+    try:  # Python goes on from the aarch64 chat's state and logits
+        state, logits = load_state(saved, manifest.state, manifest.architecture, manifest.source["sha256"],
+                                   manifest.vocab_size)
+        assert list(generate(backend, [], 6, Sampler(temperature=0), start=(logits, state))) == whole[6:]
+        logits, state = backend.prefill(turn + whole[:6], backend.init_state())  # ... and the reverse
+        save_state(tmp_path / "py.state", state, manifest.state, manifest.architecture, manifest.source["sha256"],
+                   logits)
+    finally:
+        backend.close()
+    done = run(arm_build, arm, "--prompt", "", "-n", "6", "--temperature", "0", "--ids-out", str(ids),
+               "--state-in", str(tmp_path / "py.state"), arch="aarch64")
+    assert done.returncode == 0, done.stderr
+    assert read_ids(ids) == whole[6:]
+
+
 THREADS_CHECK = r"""
 import ctypes, sys, threading
 import tvm_ffi
