@@ -713,8 +713,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
         raise OptionError("--state and --dev apply with --with-runtime DIR")
     if args.package_out is not None:
         _state_exists(args.state)
-        from ..runtime.package import check_package_output
+        from ..runtime.package import check_package_output, check_packable
 
+        check_packable(target)
         check_package_output(args.package_out)
     print(f"compile: {source} -> {args.out}")
     compile_for(source, args.out, args.target, request)

@@ -124,6 +124,17 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
     return package
 
 
+def check_packable(target: object) -> None:
+    """PlatformError now, before a long build, where ``target`` (a targets.TARGETS value) makes bundles the
+    native runtime does not run: GPU, Core ML, Android (bionic) or another architecture."""
+    from ..targets import TvmTarget
+
+    if not isinstance(target, TvmTarget):
+        raise PlatformError(f"--with-runtime: {target.name} bundles do not run on the native runtime, which runs "
+                            "TVM CPU bundles for Linux")
+    bundle_arch(Path(target.name), target.triple)
+
+
 def bundle_arch(bundle: Path, triple: str) -> str:
     """x86_64 or aarch64: the architecture of a bundle for glibc Linux (its target triple's first part)."""
     arch = triple.split("-")[0]

@@ -139,6 +139,10 @@ def test_compile_with_runtime_packages_the_bundle(cli, version_ckpt, tmp_path):
     code, _, err = cli("compile", str(version_ckpt("v7")), "--target", TARGET, "-o", str(tmp_path / "b"),
                        "--with-runtime", str(tmp_path / "taken"))
     assert code == 1 and "not an rwkv-edge package" in err and not (tmp_path / "b").exists()  # refused before compiling
+    for target, words in (("android-arm64", "aarch64-linux-android"), ("ios-coreml", "do not run on the native")):
+        code, _, err = cli("compile", str(version_ckpt("v7")), "--target", target, "-o", str(tmp_path / "b"),
+                           "--with-runtime", str(tmp_path / "pkg"))
+        assert code == 1 and words in err and not (tmp_path / "b").exists(), err  # ... and so is a target it cannot run
     code, out, err = cli("compile", str(version_ckpt("v7")), "--target", TARGET, "-o", str(tmp_path / "b"),
                          "--with-runtime", str(tmp_path / "pkg"))
     assert code == 0, err
