@@ -287,6 +287,7 @@ class NativeRow(TvmRow):
 
     name = "native"
     module = "librwkv_edge"
+    weights = ("int8", "int4")  # TVM's CPU formats
     program = True  # measured by running the runner, not by opening a backend in the worker
 
     def source(self, prep: Preparation) -> Path:

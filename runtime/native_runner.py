@@ -14,6 +14,7 @@ imports TVM.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -118,16 +119,19 @@ def build_native(arch: str | None = None, build_dir: str | Path | None = None,
     key = _build_key(options, libs)
     stamp = build_dir / STAMP
     outputs = (build.shared_library, build.static_library, build.run, build.runner)
-    if all(p.is_file() for p in outputs) and stamp.is_file() and stamp.read_text().strip() == key:
-        return build
-    log(f"building the native runtime for {arch}{' (cross-compiled)' if cross else ''} in {build_dir}")
-    log(f"  TVM headers {includes}; libraries {', '.join(map(str, libs))}")
-    shutil.rmtree(build_dir, ignore_errors=True)
-    build_dir.mkdir(parents=True)
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    _run_tool(["cmake", "-S", str(SOURCES), "-B", str(build_dir), *generator, *options], "cmake configure")
-    _run_tool(["cmake", "--build", str(build_dir), "--parallel", "2"], "cmake build")
-    stamp.write_text(key + "\n")
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another rwkv-edge process building the same folder: wait for it
+        if all(p.is_file() for p in outputs) and stamp.is_file() and stamp.read_text().strip() == key:
+            return build
+        log(f"building the native runtime for {arch}{' (cross-compiled)' if cross else ''} in {build_dir}")
+        log(f"  TVM headers {includes}; libraries {', '.join(map(str, libs))}")
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir(parents=True)
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        _run_tool(["cmake", "-S", str(SOURCES), "-B", str(build_dir), *generator, *options], "cmake configure")
+        _run_tool(["cmake", "--build", str(build_dir), "--parallel", "2"], "cmake build")
+        stamp.write_text(key + "\n")
     log(f"  built {', '.join(p.name for p in outputs)}")
     return build
 

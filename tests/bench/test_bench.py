@@ -240,17 +240,19 @@ def test_gpu_options_are_checked(kwargs, message):
 
 def test_gpu_options_that_hold():
     options = BenchOptions(device="cuda", weights="fp16", tvm_target="cuda-sm80")
-    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp16", "fp32", "fp16"]  # onnxruntime: fp32
+    # onnxruntime: fp32; native: the C runtime runs CPU bundles only (its row says it is unavailable on a GPU)
+    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp16", "fp32", "fp16", "fp32"]
     assert BenchOptions().tvm_target is None and BenchOptions().device == "cpu"
+    assert BenchOptions().backends == ("torch", "onnxruntime", "tvm")  # the native row runs when named
 
 
 def test_quantized_rows_on_the_cpu():
-    """int8/int4: onnxruntime and TVM hold them (their bound counts a byte or half a byte a weight of the
-    linear layers); torch stays fp32."""
+    """int8/int4: onnxruntime, TVM and the native runtime (TVM's bundle) hold them (their bound counts a byte
+    or half a byte a weight of the linear layers); torch stays fp32."""
     from rwkv_edge.bench.bound import row_weight_bytes
 
     options = BenchOptions(weights="int4")
-    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp32", "int4", "int4"]
+    assert [bench_row(b).weights_of(options) for b in BACKENDS] == ["fp32", "int4", "int4", "int4"]
     assert rows.tvm_bundle_name("x86_64-host", "int4") == "tvm-x86_64-host-int4"
     tensors = make_checkpoint("v7")
     full, int8, int4 = (row_weight_bytes(tensors, w, rows.TvmRow.every_weight) for w in ("fp32", "int8", "int4"))
@@ -491,3 +493,24 @@ def test_bench_cli_choices_match_the_library(cli):
 def test_the_parameter_count_is_the_one_info_prints(report, cli):
     code, out, _ = cli("info", "--json")
     assert code == 0 and json.loads(out)["parameters"] == report.model["parameters"]
+
+
+def test_the_native_row_runs_the_given_bundle_in_a_program_of_its_own(demo_bundle, work):
+    """The C runtime's row measures rwkv-edge-runner on the bundle given (beside TVM's Python on the same
+    one): its own calls, its own peak RSS, the bundle's prefill chunk."""
+    from dataclasses import replace
+
+    from rwkv_edge.runtime.native_runner import host_arch, runner_unavailable
+
+    if why := runner_unavailable(host_arch()):
+        pytest.skip(f"no native runtime here: {why}")
+    result = run_bench(demo_bundle, replace(QUICK, backends=("tvm", "native"), prefill=40), work=work,
+                       log=lambda _: None)
+    tvm_run, native_run = result.runs
+    for run in (tvm_run, native_run):
+        assert run.ok and run.source == str(demo_bundle) and run.decode_steps == 6 and run.prefill_tokens == 40
+        assert 0 < run.decode_ms["min"] <= run.decode_ms["median"] and len(run.prefill_s) == 2
+        assert run.details["prefill_chunk"] == 32
+    assert native_run.peak_rss_mib > 0 and native_run.base_rss_mib == 0 and "rwkv-edge-runner" in native_run.details["program"]
+    only = run_bench(demo_bundle, replace(QUICK, backends=("native",)), work=work, log=lambda _: None)
+    assert [(r.backend, r.source) for r in only.runs] == [("native", str(demo_bundle))]  # the bundle given, not a rebuild
