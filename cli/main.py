@@ -20,7 +20,7 @@ from ..contract import MAX_CHUNK, MAX_IMAGE_SIZE
 from ..errors import CheckpointError, OptionError, RwkvEdgeError, StateError, printable
 from ..targets import get_target
 from ..targets.coreml import EXECUTORS
-from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, artifact_directory, default_entry, takers
+from ..runtime.registry import BACKENDS, CHECKPOINT_BACKEND, artifact_directory, default_entry, in_words, takers
 from ..weights import COMPUTES, GROUP_SIZES, WEIGHT_FORMATS, weight_format
 
 MAX_TOKENS = 1_000_000  # rollout, greedy and generation lengths: larger is a typo, not a request
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tokenizer_args(p)
     _backend_arg(p)
     p.add_argument("--threads", type=_bounded_int(1, 4096),
-                   help=f"{' and '.join(e.name for e in takers('threads'))} intra-op threads (default: torch one per "
+                   help=f"{in_words([e.name for e in takers('threads')])} intra-op threads (default: torch one per "
                         "step of a model below ~1e9 parameters, else torch's default; onnxruntime its own; native TVM's)")
     p.set_defaults(run=cmd_generate)
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against-checkpoint", nargs="?", const=True, default=False, metavar="PATH",
                    help="compare with the PyTorch model run live (needs torch): the checkpoint the manifest names, "
                         "or PATH; default: the reference rollout the artifact carries (no torch, no checkpoint)")
-    executor, remote = (" and ".join(e.label for e in takers(option)) for option in ("executor", "remote"))
+    executor, remote = (in_words([e.label for e in takers(option)]) for option in ("executor", "remote"))
     p.add_argument("--executor", choices=EXECUTORS,
                    help=f"{executor}: predict (macOS, Apple's runtime) or mil (coremltools value inference; "
                         "default off macOS)")

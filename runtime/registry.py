@@ -99,6 +99,12 @@ def entry_of_kind(kind: str) -> BackendEntry:
     return next(e for e in BACKENDS.values() if e.kind == kind)
 
 
+def in_words(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c": names in a sentence, each once."""
+    names = list(dict.fromkeys(names))
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def takers(option: str) -> list[BackendEntry]:
     """The entries whose runners take keyword ``option``."""
     return [e for e in BACKENDS.values() if option in e.options]
@@ -116,7 +122,7 @@ def backend_of(artifact: Artifact, **options) -> Backend:
     for name in given.keys() - set(entry.options):
         kinds = [e.kind for e in takers(name) if e.kind]
         raise OptionError(f"{artifact.directory} holds a {kind} artifact; {FLAGS.get(name, name)} applies to "
-                          f"{' and '.join(kinds)} artifacts")
+                          f"{in_words(kinds)} artifacts")
     return entry.step_runner()(artifact, **given)
 
 
@@ -129,7 +135,7 @@ def open_backend(source: str | Path | None, backend: str | None = None, threads:
     entry = backend_entry(backend) if backend is not None else default_entry(source)
     options = {"threads": threads} if threads is not None else {}
     if options and "threads" not in entry.options:
-        raise OptionError(f"--threads applies to {' and '.join(e.name for e in takers('threads'))}, not {entry.name}")
+        raise OptionError(f"--threads applies to {in_words([e.name for e in takers('threads')])}, not {entry.name}")
     if entry.kind is None:
         from ..model import DEMO_CHECKPOINT, load_model
         from ..model.huggingface import is_model_folder

@@ -94,12 +94,12 @@ def test_image_calls_count_every_patch_of_the_batch(vision_ckpt, monkeypatch, tw
     assert image_threads(vision.model, (batch, 3, 16, 16), requested=1) == 1
 
 
-def test_threads_reach_torch_and_onnxruntime_only(version_ckpt, onnx_export, tvm_bundle):
+def test_threads_reach_only_the_backends_that_take_them(version_ckpt, onnx_export, tvm_bundle):
     from rwkv_edge.runtime.registry import open_backend
 
     assert open_backend(version_ckpt("v7"), "torch", threads=3).threads == 3
     open_backend(onnx_export("v7"), "onnxruntime", threads=1)
-    with pytest.raises(OptionError, match="--threads applies to torch and onnxruntime, not tvm"):
+    with pytest.raises(OptionError, match="--threads applies to torch, onnxruntime and native, not tvm"):
         open_backend(tvm_bundle("v7"), "tvm", threads=1)
 
 
