@@ -1,12 +1,15 @@
 // What the two programs (run.cc, runner.cc) share as clients of the C interface: their two kinds of
-// failure and a handle that frees what the interface allocated.
+// failure, a handle that frees what the interface allocated, and how a failure ends the program.
 
 #ifndef RWKV_EDGE_CLIENT_H_
 #define RWKV_EDGE_CLIENT_H_
 
 #include "rwkv_edge.h"
 
+#include <cstdio>
+#include <exception>
 #include <stdexcept>
+#include <string>
 
 namespace rwkv_edge {
 
@@ -32,6 +35,31 @@ struct Handle {
   T* p = nullptr;
   ~Handle() { Free(p); }
 };
+
+constexpr int kExitRuntime = 1;  // the model failed to load or run, or memory ran out
+constexpr int kExitInput = 2;    // bad arguments, bundle, state file or input: the user can fix it
+
+// Runs a program's body; what it throws becomes one line on stderr, "PROGRAM: error: MESSAGE", and the
+// exit status: kExitInput for an InputError or an ApiError the user can fix, kExitRuntime otherwise.
+template <typename Body>
+int RunProgram(const char* program, Body&& body) {
+  std::string message;
+  int code = kExitInput;
+  try {
+    return body();
+  } catch (const ApiError& e) {
+    message = e.what();
+    code = e.status == RWKV_EDGE_ERR_RUNTIME || e.status == RWKV_EDGE_ERR_MEMORY ? kExitRuntime : kExitInput;
+  } catch (const InputError& e) {
+    message = e.what();
+  } catch (const std::exception& e) {
+    message = e.what();
+    code = kExitRuntime;
+  }
+  std::fflush(stdout);
+  std::fprintf(stderr, "%s: error: %s\n", program, message.substr(0, message.find('\n')).c_str());
+  return code;
+}
 
 }  // namespace rwkv_edge
 

@@ -9,11 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "client.h"
+
 namespace rwkv_edge {
 
 // A file that cannot be read or written, or is not the array expected: one line naming it.
-struct NpyError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct NpyError : InputError {
+  using InputError::InputError;
 };
 
 // Writes `nbytes` of `data` as an array of numpy dtype `descr` ("<f4", "<f8") and `shape`: to

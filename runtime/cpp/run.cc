@@ -36,8 +36,6 @@
 
 namespace {
 
-constexpr int kExitRuntime = 1;
-constexpr int kExitInput = 2;
 constexpr const char* kTurnEnd = "\n\n";  // the end of a chat turn (world and bytes models)
 
 const char* kUsage =
@@ -306,25 +304,8 @@ int Run(const Options& opt) {
   return 0;
 }
 
-std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string message;
-  int code = kExitInput;
-  try {
-    return Run(ParseArgs(argc, argv));
-  } catch (const ApiError& e) {
-    message = e.what();
-    code = e.status == RWKV_EDGE_ERR_RUNTIME || e.status == RWKV_EDGE_ERR_MEMORY ? kExitRuntime : kExitInput;
-  } catch (const InputError& e) {
-    message = e.what();
-  } catch (const std::exception& e) {
-    message = e.what();
-    code = kExitRuntime;
-  }
-  std::fflush(stdout);
-  std::fprintf(stderr, "rwkv-edge-run: error: %s\n", FirstLine(message).c_str());
-  return code;
+  return rwkv_edge::RunProgram("rwkv-edge-run", [&] { return Run(ParseArgs(argc, argv)); });
 }

@@ -47,10 +47,7 @@
 
 namespace {
 
-using rwkv_edge::NpyError;
 
-constexpr int kExitRuntime = 1;  // TVM failed while loading or running the model
-constexpr int kExitInput = 2;    // bad arguments, bundle or input: the user can fix it
 
 using rwkv_edge::ApiError;
 using rwkv_edge::Check;
@@ -273,27 +270,8 @@ int Run(const Options& opt) {
   return 0;
 }
 
-// The first line of a message: errors are one line on stderr.
-std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string message;
-  int code = kExitInput;
-  try {
-    return Run(ParseArgs(argc, argv));
-  } catch (const ApiError& e) {
-    message = e.what();
-    code = e.status == RWKV_EDGE_ERR_RUNTIME || e.status == RWKV_EDGE_ERR_MEMORY ? kExitRuntime : kExitInput;
-  } catch (const InputError& e) {
-    message = e.what();
-  } catch (const NpyError& e) {
-    message = e.what();
-  } catch (const std::exception& e) {
-    message = e.what();
-    code = kExitRuntime;
-  }
-  std::fprintf(stderr, "rwkv-edge-runner: error: %s\n", FirstLine(message).c_str());
-  return code;
+  return rwkv_edge::RunProgram("rwkv-edge-runner", [&] { return Run(ParseArgs(argc, argv)); });
 }
