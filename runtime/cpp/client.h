@@ -6,7 +6,10 @@
 
 #include "rwkv_edge.h"
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
@@ -35,6 +38,18 @@ struct Handle {
   T* p = nullptr;
   ~Handle() { Free(p); }
 };
+
+// `text` as a decimal integer in [lo, hi]; InputError naming `what` otherwise.
+inline int64_t ParseInt(const std::string& text, const std::string& what, int64_t lo, int64_t hi) {
+  char* end = nullptr;
+  errno = 0;
+  long long value = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE) throw InputError(what + ": not an integer: '" + text + "'");
+  if (value < lo || value > hi) {
+    throw InputError(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + text);
+  }
+  return value;
+}
 
 constexpr int kExitRuntime = 1;  // the model failed to load or run, or memory ran out
 constexpr int kExitInput = 2;    // bad arguments, bundle, state file or input: the user can fix it

@@ -48,6 +48,7 @@ using rwkv_edge::ApiError;
 using rwkv_edge::Check;
 using rwkv_edge::Handle;
 using rwkv_edge::InputError;
+using rwkv_edge::ParseInt;
 
 struct Options {
   std::string bundle;
@@ -66,17 +67,6 @@ double ParseDouble(const std::string& text, const std::string& what) {
   double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(value)) {
     throw InputError(what + ": not a finite number: '" + text + "'");
-  }
-  return value;
-}
-
-int64_t ParseInt(const std::string& text, const std::string& what, int64_t lo, int64_t hi) {
-  char* end = nullptr;
-  errno = 0;
-  long long value = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno == ERANGE) throw InputError(what + ": not an integer: '" + text + "'");
-  if (value < lo || value > hi) {
-    throw InputError(what + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + text);
   }
   return value;
 }

@@ -53,6 +53,7 @@ using rwkv_edge::ApiError;
 using rwkv_edge::Check;
 using rwkv_edge::Handle;
 using rwkv_edge::InputError;
+using rwkv_edge::ParseInt;
 
 struct Options {
   std::string bundle;
@@ -70,18 +71,6 @@ struct Options {
 const char* kUsage =
     "usage: rwkv-edge-runner BUNDLE_DIR --tokens ID[,ID...] [--prefill] [--out OUTDIR] [--state-in DIR] [--repeat K] "
     "[--expect-sha256 HEX]";
-
-int64_t ParseInt(const std::string& text, const std::string& what) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (text.empty() || used != text.size()) throw InputError(what + ": not an integer: '" + text + "'");
-  return value;
-}
 
 // The 64 hex digits of a sha256 (either case), lowercased as the reader compares them.
 std::string ParseSha256(const std::string& text) {
@@ -104,7 +93,9 @@ Options ParseArgs(int argc, char** argv) {
     };
     if (arg == "--tokens") {
       std::stringstream list(value());
-      for (std::string item; std::getline(list, item, ',');) opt.tokens.push_back(ParseInt(item, "--tokens"));
+      for (std::string item; std::getline(list, item, ',');) {
+        opt.tokens.push_back(ParseInt(item, "--tokens", INT64_MIN, INT64_MAX));  // the vocabulary is checked later
+      }
       have_tokens = true;
     } else if (arg == "--prefill") {
       opt.prefill = true;
@@ -113,9 +104,7 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--state-in") {
       opt.state_in = value();
     } else if (arg == "--repeat") {
-      int64_t k = ParseInt(value(), "--repeat");
-      if (k < 0 || k > 1000000) throw InputError("--repeat must be in [0, 1000000], got " + std::to_string(k));
-      opt.repeat = static_cast<int>(k);
+      opt.repeat = static_cast<int>(ParseInt(value(), "--repeat", 0, 1000000));
     } else if (arg == "--expect-sha256") {
       opt.expect_sha256 = ParseSha256(value());
     } else if (arg == "-h" || arg == "--help") {
