@@ -22,10 +22,12 @@ PILE_20B_JSON = "20B_tokenizer.json"
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """Text <-> token ids.  ``vocab_size`` is the model's embedding count, ids lie in [0, vocab_size)."""
+    """Text <-> token ids.  ``vocab_size`` is the model's embedding count, ids lie in [0, vocab_size);
+    ``end_of_text`` the id that ends a document (None: the tokenizer has none)."""
 
     name: str
     vocab_size: int
+    end_of_text: int | None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``."""
@@ -60,6 +62,7 @@ class ByteTokenizer:
 
     name = "bytes"
     vocab_size = 256
+    end_of_text = None  # every id is a byte
 
     def encode(self, text: str) -> list[int]:
         """UTF-8 bytes of ``text``."""
@@ -105,6 +108,7 @@ class WorldTokenizer:
 
     name = "world"
     vocab_size = 65536  # embedding rows of the World models; ids 65530.. decode to nothing
+    end_of_text = 0
 
     def __init__(self, vocab_path: str | Path | None = None) -> None:
         import pyrwkv_tokenizer
@@ -176,6 +180,7 @@ class Pile20BTokenizer:
     """
 
     name = "20b"
+    end_of_text = 0  # <|endoftext|>
 
     def __init__(self, path: str | Path | None = None) -> None:
         from tokenizers import Tokenizer as HFTokenizer

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every count is multiplied by this at each token, in (0, 1]; 1 = no decay (default 1)")
     p.add_argument("--stop", action="append", default=[], type=_stop_text, metavar="TEXT",
                    help="stop where the generated text contains TEXT (repeatable); the text before it is printed")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="go on past the tokenizer's end-of-text token (World, 20B: 0); by default generation stops there")
     p.add_argument("--state-in", type=Path, metavar="FILE",
                    help="start from the state (and logits) of a state file saved with --state-out by this model; "
                         "the prompt may then be empty")
@@ -493,7 +495,8 @@ def _generate_python(args: argparse.Namespace, backend, sampler) -> None:
     stops = _StopText(args.stop)
     sys.stdout.write(args.prompt)
     tokens = []
-    for token in generate(recorder, prompt, args.n, sampler, start=start):
+    end_token = None if args.ignore_eos else tokenizer.end_of_text
+    for token in generate(recorder, prompt, args.n, sampler, start=start, end_token=end_token):
         tokens.append(token)
         released, stopped = stops.push(text.decode(tokenizer.decode_bytes([token])))
         sys.stdout.write(released)
@@ -523,7 +526,9 @@ def _generate_native(args: argparse.Namespace, backend, sampler) -> None:
         sys.stdout.write(text.decode(data))
         sys.stdout.flush()
 
-    session.generate(args.prompt, backend.sampler(sampler), args.n, stop=args.stop, callback=show)
+    end_token = -1 if args.ignore_eos else backend.model.end_of_text
+    session.generate(args.prompt, backend.sampler(sampler), args.n, stop=args.stop, end_token=end_token,
+                     callback=show)
     sys.stdout.write(text.decode(b"", final=True) + "\n")
     if args.state_out is not None:
         session.save(args.state_out)

@@ -67,6 +67,7 @@ _SIGNATURES = {  # name -> (restype, argtypes), as rwkv_edge.h declares them
     "rwkv_edge_vocab_size": (_i32, [_model_p]),
     "rwkv_edge_architecture": (ctypes.c_char_p, [_model_p]),
     "rwkv_edge_tokenizer_name": (ctypes.c_char_p, [_model_p]),
+    "rwkv_edge_end_of_text": (ctypes.c_int32, [_model_p]),
     "rwkv_edge_state_count": (_size, [_model_p]),
     "rwkv_edge_state_size": (_size, [_model_p]),
     "rwkv_edge_state_tensor": (_status, [_model_p, _size, ctypes.POINTER(ctypes.c_char_p),
@@ -152,6 +153,7 @@ class NativeModel:
         self.vocab_size: int = lib.rwkv_edge_vocab_size(handle)
         self.architecture: str = lib.rwkv_edge_architecture(handle).decode()
         self.tokenizer: str = lib.rwkv_edge_tokenizer_name(handle).decode()
+        self.end_of_text: int = lib.rwkv_edge_end_of_text(handle)  # -1: the tokenizer has none
         self.state_size: int = lib.rwkv_edge_state_size(handle)
         self.spec = [self._state_tensor(i) for i in range(lib.rwkv_edge_state_count(handle))]
 

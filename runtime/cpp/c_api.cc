@@ -227,6 +227,10 @@ const char* rwkv_edge_tokenizer_name(const rwkv_edge_model* model) {
   return model ? model->model->manifest().tokenizer.c_str() : "";
 }
 
+int32_t rwkv_edge_end_of_text(const rwkv_edge_model* model) {
+  return model ? rwkv_edge::EndOfText(model->model->manifest().tokenizer) : -1;
+}
+
 size_t rwkv_edge_state_count(const rwkv_edge_model* model) { return model ? model->model->manifest().state.size() : 0; }
 
 size_t rwkv_edge_state_size(const rwkv_edge_model* model) { return model ? model->model->state_size() : 0; }

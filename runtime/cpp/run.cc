@@ -2,11 +2,12 @@
 //
 //   rwkv-edge-run BUNDLE --prompt TEXT [-n N] [--temperature T] [--top-p P] [--top-k K]
 //                 [--presence-penalty A] [--frequency-penalty B] [--penalty-decay D] [--seed S]
-//                 [--stop TEXT]... [--chat] [--state-in FILE] [--state-out FILE] [--threads N]
-//                 [--expect-sha256 HEX] [--ids-out FILE] [--encode FILE] [--stats]
+//                 [--stop TEXT]... [--ignore-eos] [--chat] [--state-in FILE] [--state-out FILE]
+//                 [--threads N] [--expect-sha256 HEX] [--ids-out FILE] [--encode FILE] [--stats]
 //
 // Streams the generated text to stdout as it comes (the prompt is not echoed); nothing else goes
-// there. --chat reads user lines from stdin: each turn "User: LINE\n\nAssistant:" is generated
+// there. Generation stops at the tokenizer's end-of-text token (World: 0; --ignore-eos goes on past
+// it). --chat reads user lines from stdin: each turn "User: LINE\n\nAssistant:" is generated
 // until "\n\n", the state kept across turns, to the end of stdin (--prompt, if given, is prefilled
 // first as a system text). --state-in starts from a state file (with its logits, an empty --prompt
 // goes on from there), --state-out saves the state after generation. --ids-out writes the generated
@@ -40,7 +41,7 @@ constexpr const char* kTurnEnd = "\n\n";  // the end of a chat turn (world and b
 
 const char* kUsage =
     "usage: rwkv-edge-run BUNDLE --prompt TEXT [-n N] [--temperature T] [--top-p P] [--top-k K] "
-    "[--presence-penalty A] [--frequency-penalty B] [--penalty-decay D] [--seed S] [--stop TEXT]... [--chat] "
+    "[--presence-penalty A] [--frequency-penalty B] [--penalty-decay D] [--seed S] [--stop TEXT]... [--ignore-eos] [--chat] "
     "[--state-in FILE] [--state-out FILE] [--threads N] [--expect-sha256 HEX] [--ids-out FILE] [--encode FILE] "
     "[--stats]";
 
@@ -56,7 +57,7 @@ struct Options {
   int32_t max_tokens = rwkv_edge_default_generate_options().max_tokens;
   rwkv_edge_sampler_params sampler = rwkv_edge_default_sampler_params();
   std::vector<std::string> stops;
-  bool chat = false, stats = false;
+  bool chat = false, stats = false, ignore_eos = false;
   std::string state_in, state_out, ids_out, encode, expect_sha256;
   int threads = 0;
 };
@@ -110,6 +111,8 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--stop") {
       opt.stops.push_back(value());
       if (opt.stops.back().empty()) throw InputError("--stop: an empty stop sequence");
+    } else if (arg == "--ignore-eos") {
+      opt.ignore_eos = true;
     } else if (arg == "--chat") {
       opt.chat = true;
     } else if (arg == "--stats") {
@@ -205,9 +208,9 @@ class Generator {
   Generator(const Options& opt, rwkv_edge_model* model, rwkv_edge_session* session, rwkv_edge_sampler* sampler)
       : opt_(opt), model_(model), session_(session), sampler_(sampler) {}
 
-  // Prefills `prompt` (if any), then generates with `stops`; returns whether a stop sequence or the
-  // token limit ended it before max_tokens (true: stopped early).
-  bool Turn(const std::string& prompt, const std::vector<std::string>& stops) {
+  // Prefills `prompt` (if any), then generates with `stops`; returns the bytes of the tokens it
+  // generated (all of them fed: the text the state now ends with).
+  std::string Turn(const std::string& prompt, const std::vector<std::string>& stops) {
     auto t0 = Clock::now();
     if (!prompt.empty()) {
       std::vector<int32_t> ids = Tokenize(model_, prompt);
@@ -222,15 +225,22 @@ class Generator {
     options.max_tokens = opt_.max_tokens;
     options.stop = stop_ptrs.empty() ? nullptr : stop_ptrs.data();
     options.stop_count = stop_ptrs.size();
+    options.end_token = opt_.ignore_eos ? -1 : rwkv_edge_end_of_text(model_);
     const size_t before = collected_.ids.size();
-    int32_t generated = 0;
-    Check(rwkv_edge_generate(session_, sampler_, nullptr, 0, &options, Deliver, &collected_, &generated));
+    Check(rwkv_edge_generate(session_, sampler_, nullptr, 0, &options, Deliver, &collected_, nullptr));
     const auto t2 = Clock::now();
     generate_ms_ += std::chrono::duration<double, std::milli>(t2 - t1).count();
     for (size_t i = before + 1; i < collected_.times.size(); ++i) {  // a step and a draw each
       step_ms_.push_back(std::chrono::duration<double, std::milli>(collected_.times[i] - collected_.times[i - 1]).count());
     }
-    return generated < opt_.max_tokens;
+    std::string text;
+    for (size_t i = before; i < collected_.ids.size(); ++i) {
+      const char* bytes = nullptr;
+      size_t len = 0;
+      Check(rwkv_edge_token_bytes(model_, collected_.ids[i], &bytes, &len));
+      text.append(bytes, len);
+    }
+    return text;
   }
 
   const std::vector<int32_t>& ids() const { return collected_.ids; }
@@ -282,10 +292,11 @@ int Run(const Options& opt) {
     std::vector<std::string> stops = opt.stops;
     stops.insert(stops.begin(), kTurnEnd);
     for (std::string line; std::getline(std::cin, line);) {
-      const bool ended = generator.Turn(pending + "User: " + line + "\n\nAssistant:", stops);
+      const std::string reply = generator.Turn(pending + "User: " + line + "\n\nAssistant:", stops);
       std::fputs("\n", stdout);
       std::fflush(stdout);
-      pending = ended ? "" : kTurnEnd;  // a turn cut at -n never wrote its "\n\n"
+      // a turn cut at -n, by end-of-text or by another stop sequence never wrote its "\n\n"
+      pending = reply.find(kTurnEnd) != std::string::npos ? "" : kTurnEnd;
     }
   }
   if (!opt.state_out.empty()) Check(rwkv_edge_state_save(session.p, opt.state_out.c_str()));

@@ -447,4 +447,6 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& name, std::string vo
   throw TokenizerUnsupported("unknown tokenizer \"" + shown + "\": this runtime has \"bytes\" and \"world\"");
 }
 
+int32_t EndOfText(const std::string& name) { return name == "world" || name == "20b" ? 0 : -1; }
+
 }  // namespace rwkv_edge

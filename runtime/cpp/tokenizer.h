@@ -33,6 +33,10 @@ struct TokenizerUnsupported : std::runtime_error {  // a tokenizer this runtime 
 // file (empty for "bytes"); vocab_size: the model's embedding rows (ids past the vocabulary decode to "").
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& name, std::string vocab, int32_t vocab_size);
 
+// The end-of-text id of tokenizer `name` ("world" and "20b": 0), or -1 where it has none ("bytes": every
+// id is a byte). The Python tokenizers' `end_of_text`.
+int32_t EndOfText(const std::string& name);
+
 }  // namespace rwkv_edge
 
 #endif  // RWKV_EDGE_TOKENIZER_H_

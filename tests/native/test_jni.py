@@ -182,7 +182,7 @@ def test_greedy_generation_matches_python(demo_bundle, jvm, python_side):
         open_command(demo_bundle), "info", f"tokenize {hex_of(PROMPT.encode())}", f"sampler {GREEDY}",
         f"generate all 0 {hex_of(PROMPT.encode())} 48 -1", "reset", "prefill " + " ".join(map(str, prompt_ids)),
         "logits", "state")
-    assert info[1:] == ["256", hex_of(b"v7"), hex_of(b"bytes")]
+    assert info[1:] == ["256", hex_of(b"v7"), hex_of(b"bytes"), "-1"]
     assert [int(t) for t in tokenized[1:]] == prompt_ids
     count, ids, pieces = int(generated[1]), generated[2].split(","), generated[3].split(",")
     expected = greedy(prompt_ids, 48)
@@ -312,7 +312,7 @@ def test_java_twin_declares_what_the_kotlin_class_declares(java_classes):
     java = {m.group(2): f"{m.group(1)} {m.group(2)}({m.group(3)})"
             for m in re.finditer(r"public static native (\S+) (\w+)\(([^)]*)\);", done.stdout)}
     kotlin = kotlin_externals()
-    assert len(kotlin) == 22 and java == kotlin
+    assert len(kotlin) == 23 and java == kotlin
 
 
 @needs_glue
@@ -340,7 +340,7 @@ def test_the_kotlin_class_generates_saves_and_throws(demo_bundle, glue, python_s
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
     _, greedy = python_side
     expected = ByteTokenizer().decode_bytes(greedy(ByteTokenizer().encode(PROMPT), 48))
-    assert lines["info"] == "256 v7 bytes"
+    assert lines["info"] == "256 v7 bytes -1"
     assert bytes.fromhex(lines["text"]) == bytes.fromhex(lines["pieces"]) == expected[:24]
     assert bytes.fromhex(lines["more"]) == expected[24:]
     assert bytes.fromhex(lines["detokenized"]) == PROMPT.encode()

@@ -88,6 +88,9 @@ class RwkvEdge private constructor(private var model: Long, private var session:
     /** The bundle's tokenizer ("world", "bytes"; "20b" opens but does not tokenize). */
     val tokenizerName: String = RwkvEdgeNative.tokenizerName(model)
 
+    /** The tokenizer's end-of-text token ("world": 0), or -1 where it has none ("bytes"). */
+    val endOfText: Int = RwkvEdgeNative.endOfText(model)
+
     companion object {
         /**
          * Open the bundle folder [dir] (every file checked against its manifest before any code loads).
@@ -158,18 +161,18 @@ class RwkvEdge private constructor(private var model: Long, private var session:
 
     /**
      * Prefill [prompt] (may be empty only where the session has logits: after loadState or an earlier
-     * turn), then draw up to [maxTokens] tokens until [endToken] (not delivered), a [stop] sequence (its
+     * turn), then draw up to [maxTokens] tokens until [endToken] (not delivered; -1: none), a [stop] sequence (its
      * text not delivered) or the end. [onPiece] gets the text as it is released; returns all of it.
      * The session goes on from the last token delivered. [sampler] starts afresh for this call.
      */
     @JvmOverloads
     fun generate(prompt: String, maxTokens: Int = 200, sampler: SamplerParams = SamplerParams(),
-                 stop: List<String> = emptyList(), endToken: Int = -1, onPiece: (String) -> Unit = {}): String =
+                 stop: List<String> = emptyList(), endToken: Int = endOfText, onPiece: (String) -> Unit = {}): String =
         Sampler(sampler, vocabSize).use { generate(prompt, maxTokens, it, stop, endToken, onPiece) }
 
     /** generate() with a [sampler] that goes on from its earlier draws (its random generator, its penalty counts). */
     fun generate(prompt: String, maxTokens: Int, sampler: Sampler, stop: List<String> = emptyList(),
-                 endToken: Int = -1, onPiece: (String) -> Unit = {}): String {
+                 endToken: Int = endOfText, onPiece: (String) -> Unit = {}): String {
         val text = ByteArrayOutputStream()
         generateTokens(utf8(prompt), maxTokens, sampler, stop, endToken) { _, bytes ->
             if (bytes.isNotEmpty()) {
@@ -210,6 +213,7 @@ internal object RwkvEdgeNative {
     @JvmStatic external fun vocabSize(model: Long): Int
     @JvmStatic external fun architecture(model: Long): String
     @JvmStatic external fun tokenizerName(model: Long): String
+    @JvmStatic external fun endOfText(model: Long): Int
     @JvmStatic external fun tokenize(model: Long, text: ByteArray): IntArray
     @JvmStatic external fun tokenBytes(model: Long, id: Int): ByteArray
     @JvmStatic external fun detokenize(model: Long, ids: IntArray): ByteArray

@@ -79,6 +79,9 @@ RWKV_EDGE_API int32_t rwkv_edge_vocab_size(const rwkv_edge_model* model);
 /* The manifest's architecture ("rwkv7", ...) and tokenizer name ("world", "bytes", "20b"). */
 RWKV_EDGE_API const char* rwkv_edge_architecture(const rwkv_edge_model* model);
 RWKV_EDGE_API const char* rwkv_edge_tokenizer_name(const rwkv_edge_model* model);
+/* The tokenizer's end-of-text token ("world", "20b": 0), or -1 where it has none ("bytes"): the
+ * `end_token` a generation that should stop where a document ends passes. */
+RWKV_EDGE_API int32_t rwkv_edge_end_of_text(const rwkv_edge_model* model);
 
 /* The state: `count` tensors in the manifest's order, `size` float32 values in all. */
 RWKV_EDGE_API size_t rwkv_edge_state_count(const rwkv_edge_model* model);

@@ -255,6 +255,11 @@ JNIEXPORT jstring JNICALL Java_rwkv_edge_RwkvEdgeNative_architecture(JNIEnv* env
   return Utf8String(env, name, std::strlen(name));
 }
 
+JNIEXPORT jint JNICALL Java_rwkv_edge_RwkvEdgeNative_endOfText(JNIEnv* env, jclass, jlong handle) {
+  auto* model = FromHandle<rwkv_edge_model>(handle);
+  return Present(env, model, "the model") ? rwkv_edge_end_of_text(model) : -1;
+}
+
 JNIEXPORT jstring JNICALL Java_rwkv_edge_RwkvEdgeNative_tokenizerName(JNIEnv* env, jclass, jlong handle) {
   auto* model = FromHandle<rwkv_edge_model>(handle);
   if (!Present(env, model, "the model")) return nullptr;

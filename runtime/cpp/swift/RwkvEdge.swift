@@ -124,6 +124,8 @@ public final class RwkvEdge {
     public let architecture: String
     /// The bundle's tokenizer ("world", "bytes"; "20b" opens but does not tokenize).
     public let tokenizerName: String
+    /// The tokenizer's end-of-text token ("world": 0), or -1 where it has none ("bytes").
+    public let endOfText: Int32
 
     /// Open the bundle folder (every file checked against its manifest before any code loads).
     /// `threads`: the TVM thread pool's size (0: TVM's default; one pool per process, the last open sets it).
@@ -153,6 +155,7 @@ public final class RwkvEdge {
         vocabSize = rwkv_edge_vocab_size(model)
         architecture = String(cString: rwkv_edge_architecture(model))
         tokenizerName = String(cString: rwkv_edge_tokenizer_name(model))
+        endOfText = rwkv_edge_end_of_text(model)
     }
 
     deinit {
@@ -248,12 +251,12 @@ public final class RwkvEdge {
     // MARK: generation
 
     /// Prefill `prompt` (may be empty only where the session has logits: after loadState or an earlier
-    /// turn), then draw up to `maxTokens` tokens until `endToken` (not delivered), a `stop` sequence (its
+    /// turn), then draw up to `maxTokens` tokens until `endToken` (not delivered; nil: `endOfText`; -1: none), a `stop` sequence (its
     /// text not delivered) or the end. `onPiece` gets the text as it is released; returns all of it.
     /// The session goes on from the last token delivered. `sampler` starts afresh for this call.
     @discardableResult
     public func generate(_ prompt: String, maxTokens: Int = 200, sampler: SamplerParams = SamplerParams(),
-                         stop: [String] = [], endToken: Int32 = -1,
+                         stop: [String] = [], endToken: Int32? = nil,
                          onPiece: (String) throws -> Void = { _ in }) throws -> String {
         try generate(prompt, maxTokens: maxTokens, sampler: Sampler(sampler, vocabSize: vocabSize), stop: stop,
                      endToken: endToken, onPiece: onPiece)
@@ -262,9 +265,10 @@ public final class RwkvEdge {
     /// generate() with a `sampler` that goes on from its earlier draws (its random generator, its penalty counts).
     @discardableResult
     public func generate(_ prompt: String, maxTokens: Int, sampler: Sampler, stop: [String] = [],
-                         endToken: Int32 = -1, onPiece: (String) throws -> Void = { _ in }) throws -> String {
+                         endToken: Int32? = nil, onPiece: (String) throws -> Void = { _ in }) throws -> String {
         var text = [UInt8]()
-        try generateTokens(prompt, maxTokens: maxTokens, sampler: sampler, stop: stop, endToken: endToken) { _, bytes in
+        try generateTokens(prompt, maxTokens: maxTokens, sampler: sampler, stop: stop,
+                           endToken: endToken ?? endOfText) { _, bytes in
             if !bytes.isEmpty {
                 text += bytes
                 try onPiece(String(decoding: bytes, as: UTF8.self))  // released text never ends inside a character

@@ -9,7 +9,7 @@ fun main(args: Array<String>) {
     val (bundle, prompt, count, statePath, missing) = args
     val n = count.toInt()
     RwkvEdge.open(bundle, threads = 1).use { model ->
-        println("info ${model.vocabSize} ${model.architecture} ${model.tokenizerName}")
+        println("info ${model.vocabSize} ${model.architecture} ${model.tokenizerName} ${model.endOfText}")
         val pieces = StringBuilder()
         val text = model.generate(prompt, maxTokens = n, sampler = SamplerParams.GREEDY) { pieces.append(it) }
         println("text ${hex(text)}")

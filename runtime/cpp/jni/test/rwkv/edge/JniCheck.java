@@ -57,7 +57,7 @@ public final class JniCheck {
                 return "";
             case "info":
                 return " " + RwkvEdgeNative.vocabSize(model) + " " + utf8(RwkvEdgeNative.architecture(model)) + " "
-                        + utf8(RwkvEdgeNative.tokenizerName(model));
+                        + utf8(RwkvEdgeNative.tokenizerName(model)) + " " + RwkvEdgeNative.endOfText(model);
             case "tokenize":
                 return ids(RwkvEdgeNative.tokenize(model, bytes(a[1])), " ");
             case "detokenize":

@@ -17,6 +17,7 @@ public final class RwkvEdgeNative {
     public static native int vocabSize(long model);
     public static native String architecture(long model);
     public static native String tokenizerName(long model);
+    public static native int endOfText(long model);
     public static native int[] tokenize(long model, byte[] text);
     public static native byte[] tokenBytes(long model, int id);
     public static native byte[] detokenize(long model, int[] ids);
