@@ -13,6 +13,10 @@
 - One writer per output directory (an advisory lock on it, ``artifact/lock.py``): a second one, or a
   ``verify`` of the directory, makes it fail at once.
 - Temporary directories that a killed run left behind are removed by the next run.
+
+What proves a folder is the writer's is its listing (``Listing``): an artifact's is its manifest
+(``ARTIFACT``); a folder of another kind (``rwkv-edge package``'s) brings its own and commits with
+``commit_files``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import current_umask
@@ -40,9 +45,24 @@ TEMP_INFIX = ".rwkv-edge-"  # .NAME.rwkv-edge-XXXXXXXX beside the output directo
 TEMP_SUFFIX = re.compile(r"[0-9a-f]{8}")  # the XXXXXXXX: secrets.token_hex(4)
 MARKER = ".rwkv-edge-temporary"  # inside a temporary directory while it holds nothing of value
 MAX_MARKER_BYTES = 4096
-Files = dict[str, dict]  # a manifest's files: relative name -> sha256, bytes
+Files = Collection[str]  # the relative names a listing lists (a manifest's: name -> sha256, bytes)
 
 REPORT_PARTIAL = re.compile(r"^\.(parity\.json|parity\.png)\.[A-Za-z0-9_]+\.partial")  # an interrupted report
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The file that lists a written folder's files, and so proves which of them the writer may delete."""
+
+    name: str  # the listing's own file, at the folder's top
+    read: Callable[[Path], Files]  # the validated files a folder's listing lists; ArtifactError otherwise
+    what: str  # what such a folder is called in messages
+    option: str  # the command-line option that names the folder
+    extras: tuple[str, ...] = ()  # other top-level files of the writer's (verify's reports), unlisted
+    partial: re.Pattern | None = None  # what an interrupted write of an extra leaves
+
+
+ARTIFACT = Listing(MANIFEST, read_files, "rwkv-edge artifact", "-o", REPORTS, REPORT_PARTIAL)
 
 
 class ArtifactWriter:
@@ -51,9 +71,11 @@ class ArtifactWriter:
     error or a signal, discards the new files and leaves ``out`` as it was."""
 
     def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print,
-                 reads: Iterable[str | Path] = ()) -> None:
-        """``reads``: the files the build reads (checkpoint, ONNX export), refused inside ``out_dir``."""
+                 reads: Iterable[str | Path] = (), listing: Listing = ARTIFACT) -> None:
+        """``reads``: the files the build reads (checkpoint, ONNX export), refused inside ``out_dir``;
+        ``listing``: what the folder is (an artifact, listed by its manifest, unless told otherwise)."""
         self.requested, self.log, self.reads = Path(out_dir), log, [Path(p) for p in reads]
+        self.listing = listing
         self.previous: Files | None = None  # what the artifact in `out` lists, proven ours
         self._locks: list[int] = []
         self._temporary: list[Path] = []
@@ -61,16 +83,16 @@ class ArtifactWriter:
         self._created = self._committed = False
 
     def __enter__(self) -> "ArtifactWriter":
-        self.out = _output_directory(self.requested)
+        self.out = _output_directory(self.requested, self.listing)
         for source in self.reads:
             if self.out == source.resolve() or self.out in source.resolve().parents:
-                raise ArtifactError(f"{self.requested} holds {source}, which this build reads: write the artifact "
-                                    "to another directory")
+                raise ArtifactError(f"{self.requested} holds {source}, which this build reads: write the "
+                                    f"{self.listing.what.removeprefix('rwkv-edge ')} to another directory")
         try:
             self._created = not self.out.exists()
             self._locks.append(lock_directory(self.out, create=True))
-            self.previous = _previous_artifact(self.out)
-            _remove_stale(self.out, self.log)
+            self.previous = _previous_artifact(self.out, self.listing)
+            _remove_stale(self.out, self.log, self.listing)
             self.dir = self._temporary_directory()
         except BaseException as e:
             self._clean_up()
@@ -94,25 +116,32 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest) -> str:
         """List and hash every file in ``self.dir`` in ``manifest.files``, write the manifest, and swap
         the new artifact in; returns the manifest's sha256 (what ``verify --expect-sha256`` pins)."""
+        return sha256_bytes(self.commit_files(lambda names: _manifest_bytes(manifest, self.dir, names)))
+
+    def commit_files(self, encode: Callable[[list[str]], bytes]) -> bytes:
+        """Write ``encode(the relative names of every file in self.dir)`` as the listing, flush it all to
+        disk, and swap the new folder in; returns the listing's bytes."""
+        what = self.listing.what.removeprefix("rwkv-edge ")
         try:
-            data = _finish(manifest, self.dir)
-            if _previous_artifact(self.out) != self.previous:  # changed while we built: keep what is there
-                raise ArtifactError(f"{self.out} changed while the new artifact was built; nothing was replaced")
+            data = _finish(self.dir, self.listing.name, encode)
+            if _previous_artifact(self.out, self.listing) != self.previous:  # changed meanwhile: keep it
+                raise ArtifactError(f"{self.out} changed while the new {what} was built; nothing was replaced")
             (self.dir / MARKER).unlink()
             self.dir.chmod(0o777 & ~current_umask())
             _exchange(self.dir, self.out)
         except OSError as e:
-            raise ArtifactError(f"cannot write the artifact to {self.out}: {e.strerror}; "
+            raise ArtifactError(f"cannot write the {what} to {self.out}: {e.strerror}; "
                                 "the previous one (if any) is unchanged") from None
         self._committed = True
-        _delete_artifact(self.dir, self.previous, self.log)  # self.dir now holds the previous artifact
+        _delete_artifact(self.dir, self.previous, self.log, self.listing)  # self.dir now holds the previous one
         _fsync_directory(self.out.parent)
-        return sha256_bytes(data)
+        return data
 
     def __exit__(self, kind, error, traceback) -> None:
         self._clean_up()
         if isinstance(error, OSError):  # a full disk, a file system gone read-only, ...
-            raise ArtifactError(f"writing the artifact for {self.out} failed: {error.strerror or error}; "
+            raise ArtifactError(f"writing the {self.listing.what.removeprefix('rwkv-edge ')} for {self.out} "
+                                f"failed: {error.strerror or error}; "
                                 "the previous one (if any) is unchanged") from None
 
     def _temporary_directory(self) -> Path:
@@ -137,19 +166,19 @@ class ArtifactWriter:
         self._locks.clear()
 
 
-def check_output_directory(requested: str | Path) -> None:
+def check_output_directory(requested: str | Path, listing: Listing = ARTIFACT) -> None:
     """ArtifactError now, before any work, for an output directory the writer refuses whatever it builds:
     a file, the current directory (or one holding it), the root, a directory holding files but no
-    manifest. Creates nothing; the writer checks again (and the rest) when it starts."""
-    out = _checked_output(Path(requested))
+    listing. Creates nothing; the writer checks again (and the rest) when it starts."""
+    out = _checked_output(Path(requested), listing)
     if out.is_dir():
-        _occupied(out)
+        _occupied(out, listing)
 
 
-def _output_directory(requested: Path) -> Path:
+def _output_directory(requested: Path, listing: Listing) -> Path:
     """The real directory to write (symlinks resolved), its parent created; ArtifactError for what
-    cannot be an artifact."""
-    out = _checked_output(requested)
+    cannot be such a folder."""
+    out = _checked_output(requested, listing)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -157,50 +186,51 @@ def _output_directory(requested: Path) -> Path:
     return out
 
 
-def _checked_output(requested: Path) -> Path:
-    """``requested`` with symlinks resolved; ArtifactError for what cannot be an artifact directory."""
+def _checked_output(requested: Path, listing: Listing) -> Path:
+    """``requested`` with symlinks resolved; ArtifactError for what cannot be the folder written."""
     out = requested.resolve()
+    what, option = listing.what.removeprefix("rwkv-edge "), listing.option
     if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{requested} is a file, not a directory: give -o a directory for the artifact")
+        raise ArtifactError(f"{requested} is a file, not a directory: give {option} a directory for the {what}")
     cwd = Path.cwd().resolve()
     if out == cwd or out in cwd.parents:
-        raise ArtifactError(f"{requested} is the current directory (or holds it): write the artifact to a "
-                            "subdirectory, e.g. -o out/model")
+        raise ArtifactError(f"{requested} is the current directory (or holds it): write the {what} to a "
+                            f"subdirectory, e.g. {option} out/model")
     if out.parent == out:
-        raise ArtifactError(f"{requested}: an artifact cannot replace the root directory")
+        raise ArtifactError(f"{requested}: the root directory cannot be replaced by an rwkv-edge {what}")
     return out
 
 
-def _occupied(out: Path) -> bool:
-    """Whether ``out`` holds anything; ArtifactError when it holds files but no manifest."""
+def _occupied(out: Path, listing: Listing) -> bool:
+    """Whether ``out`` holds anything; ArtifactError when it holds files but no listing."""
     if not any(out.iterdir()):
         return False
-    if not (out / MANIFEST).is_file():
-        raise ArtifactError(f"{out} is not empty and holds no rwkv-edge artifact (no {MANIFEST}): write to a new "
+    if not (out / listing.name).is_file():
+        raise ArtifactError(f"{out} is not empty and holds no {listing.what} (no {listing.name}): write to a new "
                             "or empty directory (rwkv-edge never deletes files it did not write)")
     return True
 
 
-def _previous_artifact(out: Path) -> Files | None:
-    """The validated file list of the artifact in ``out`` (None when empty); ArtifactError when ``out``
+def _previous_artifact(out: Path, listing: Listing) -> Files | None:
+    """The validated file list of the folder in ``out`` (None when empty); ArtifactError when ``out``
     holds anything the writer cannot prove it wrote."""
-    if not _occupied(out):
+    if not _occupied(out, listing):
         return None
     try:
-        files = read_files(out)
+        files = listing.read(out)
     except ArtifactError as e:
-        raise ArtifactError(f"{out} holds a manifest that rwkv-edge cannot read, so it will not replace it "
+        raise ArtifactError(f"{out} holds a {listing.name} that rwkv-edge cannot read, so it will not replace it "
                             f"(remove the directory yourself, or write elsewhere): {e}") from None
-    foreign = _foreign_entries(out, files)
+    foreign = _foreign_entries(out, files, listing)
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-        raise ArtifactError(f"{out} holds files that are not part of its rwkv-edge artifact ({shown}): move them "
+        raise ArtifactError(f"{out} holds files that are not part of its {listing.what} ({shown}): move them "
                             "away or write elsewhere (rwkv-edge never deletes files it did not write)")
     return files
 
 
-def _foreign_entries(root: Path, files: Files) -> list[str]:
-    """Paths under ``root`` (relative) that are neither the artifact's files nor rwkv-edge's own."""
+def _foreign_entries(root: Path, files: Files, listing: Listing) -> list[str]:
+    """Paths under ``root`` (relative) that are neither the listed files nor rwkv-edge's own."""
     listed = set(files)
     parents = {"/".join(name.split("/")[:i]) for name in listed for i in range(1, name.count("/") + 1)}
     foreign = []
@@ -214,34 +244,39 @@ def _foreign_entries(root: Path, files: Files) -> list[str]:
                 dirs.remove(name)
         for name in files:
             path = prefix + name
-            ours = path in listed or not prefix and (name == MANIFEST or name in REPORTS or REPORT_PARTIAL.match(name))
+            ours = path in listed or not prefix and (name == listing.name or name in listing.extras or
+                                                     _partial(listing, name))
             if not ours or Path(current, name).is_symlink():
                 foreign.append(path)
     return sorted(foreign)
 
 
-def _delete_artifact(directory: Path, files: Files | None, log: Callable[[str], None]) -> None:
-    """Delete the ``files`` of the artifact in ``directory`` and the writer's own, the manifest last
+def _partial(listing: Listing, name: str) -> bool:
+    return listing.partial is not None and listing.partial.match(name) is not None
+
+
+def _delete_artifact(directory: Path, files: Files | None, log: Callable[[str], None], listing: Listing) -> None:
+    """Delete the ``files`` of the folder in ``directory`` and the writer's own, the listing last
     (a run killed meanwhile leaves what the next run can still prove), then the directory."""
-    for name in [*(files or ()), *REPORTS]:
+    for name in [*(files or ()), *listing.extras]:
         if _is_regular_file(directory / name):
             (directory / name).unlink()
     for entry in directory.iterdir():
-        if REPORT_PARTIAL.match(entry.name) and _is_regular_file(entry):
+        if _partial(listing, entry.name) and _is_regular_file(entry):
             entry.unlink()
     for current, _, _ in sorted(os.walk(directory), key=lambda walked: -len(walked[0])):
         if Path(current) != directory:
             with contextlib.suppress(OSError):
                 os.rmdir(current)  # the empty folders of a .mlpackage
-    if _is_regular_file(directory / MANIFEST):
-        (directory / MANIFEST).unlink()
+    if _is_regular_file(directory / listing.name):
+        (directory / listing.name).unlink()
     with contextlib.suppress(OSError):
         directory.rmdir()
     if directory.exists():
         log(f"warning: left {directory}: it holds files rwkv-edge did not write")
 
 
-def _remove_stale(out: Path, log: Callable[[str], None]) -> None:
+def _remove_stale(out: Path, log: Callable[[str], None], listing: Listing) -> None:
     """Remove the temporary directories that earlier runs on ``out`` left when they were killed: only
     those ``_left_by_a_killed_run`` proves are the writer's, and only once their lock can be taken."""
     prefix = f".{out.name}{TEMP_INFIX}"
@@ -263,11 +298,11 @@ def _remove_stale(out: Path, log: Callable[[str], None]) -> None:
             os.close(fd)
         if _marked(path) or not any(path.iterdir()):
             _discard(path)
-        else:  # a complete artifact: a new one not yet swapped in, or an old one swapped out
+        else:  # a complete folder: a new one not yet swapped in, or an old one swapped out
             with contextlib.suppress(ArtifactError):
-                files = read_files(path)
-                if not _foreign_entries(path, files):
-                    _delete_artifact(path, files, log)
+                files = listing.read(path)
+                if not _foreign_entries(path, files, listing):
+                    _delete_artifact(path, files, log, listing)
 
 
 def _marker_text(directory: Path) -> str:
@@ -301,18 +336,23 @@ def _discard(directory: Path) -> None:
         directory.rmdir()
 
 
-def _finish(manifest: Manifest, directory: Path) -> bytes:
-    """List every file with its size and sha256, write manifest.json, flush it all to disk."""
-    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
-    manifest.files = {}
-    for name in names:
-        if name != MARKER:
-            path = directory / name
-            manifest.files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            _fsync_file(path)
+def _manifest_bytes(manifest: Manifest, directory: Path, names: list[str]) -> bytes:
+    """``manifest`` with every file of ``names`` listed with its size and sha256, encoded and checked."""
+    manifest.files = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+                      for name in names}
     data = manifest.encode()
     parse_manifest(data, directory / MANIFEST)  # what readers will check, checked before anything is replaced
-    with open(directory / MANIFEST, "wb") as f:
+    return data
+
+
+def _finish(directory: Path, listing_name: str, encode: Callable[[list[str]], bytes]) -> bytes:
+    """Write ``encode(every file's relative name)`` to ``listing_name``, flush it all to disk."""
+    names = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    names = [name for name in names if name != MARKER]
+    data = encode(names)
+    for name in names:
+        _fsync_file(directory / name)
+    with open(directory / listing_name, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

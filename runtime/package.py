@@ -14,23 +14,24 @@ The folder::
 
 The runtime is built for the bundle's architecture (x86_64 or aarch64, from its target triple) and
 its programs and libraries are stripped; the bundle is copied byte for byte (its files are hashed by
-the manifest). The folder is built beside ``--out`` and renamed into place: a non-empty ``--out`` that
-is not an earlier package is refused, and an earlier package is removed only once the new one is in.
+the manifest). The folder is written as artifacts are (``artifact/writer.py``, with the package record as
+its listing): built beside ``--out`` and swapped in whole, a non-empty ``--out`` that is not an earlier
+package refused, an earlier package removed only once the new one is in, what a killed run left
+removed by the next.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import MANIFEST, open_artifact
+from ..artifact import MANIFEST, ArtifactWriter, check_output_directory, open_artifact
 from ..artifact.files import LIBRARY
+from ..artifact.writer import Listing
 from ..errors import ArtifactError, OptionError, PlatformError, ToolError
 from ..platforms import host_arch
 from ..state_file import load_state
@@ -73,49 +74,28 @@ def package_bundle(bundle: str | Path, out: str | Path, state: str | Path | None
         raise ArtifactError(f"{bundle}: holds no linked {LIBRARY}: compile it for a Linux target")
     if state is not None:  # before anything is built: a state of another model fails now
         load_state(state, manifest.state, manifest.architecture, manifest.source["sha256"], manifest.vocab_size)
-    previous = _previous_package(out)
-    build = build_native(arch, log=log)
-    runtime_lib, ffi_lib = _tvm_libraries(build)
-    strip = _strip_tool(arch)
-    temporary = out.parent / f".{out.name}.rwkv-edge-package-{secrets.token_hex(4)}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary.mkdir()
-    except OSError as e:
-        raise ArtifactError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    aside = None  # where an earlier package waits while the new one is renamed into place
-    try:
+    with ArtifactWriter(out, log, reads=[bundle], listing=PACKAGE) as writer:
+        build = build_native(arch, log=log)
+        runtime_lib, ffi_lib = _tvm_libraries(build)
+        strip = _strip_tool(arch)
         copies = {"bin/rwkv-edge-run": build.run, "lib/librwkv_edge.so": build.shared_library,
                   "lib/libtvm_runtime.so": runtime_lib, "lib/libtvm_ffi.so": ffi_lib}
         if dev:
             copies.update({"dev/include/rwkv_edge.h": build.include / "rwkv_edge.h",
                            "dev/lib/librwkv_edge.a": build.static_library})
         for name, source in copies.items():
-            _copy(source, temporary / name)
+            _copy(source, writer.dir / name)
         for name in copies:
             if not name.endswith(".h"):
-                _strip(strip, temporary / name, debug_only=name.endswith(".a"))
+                _strip(strip, writer.dir / name, debug_only=name.endswith(".a"))
+        listed = sum(meta["bytes"] for meta in manifest.files.values())
+        log(f"  copy the bundle: {len(manifest.files) + 1} files, {listed / 1e6:.1f} MB")
         for name in [*manifest.files, MANIFEST]:  # the bundle as it is: listed files only, never reports or strays
-            _copy(bundle / name, temporary / "bundle" / name)
+            _copy(bundle / name, writer.dir / "bundle" / name)
         if state is not None:
-            _copy(Path(state), temporary / STATE)
-        files = sorted(p.relative_to(temporary).as_posix() for p in temporary.rglob("*") if p.is_file())
-        (temporary / RECORD).write_text(json.dumps({"format": FORMAT, "arch": arch, "files": files}, indent=2) + "\n")
-        if previous:
-            aside = out.parent / f".{out.name}.rwkv-edge-replaced-{secrets.token_hex(4)}"
-            os.rename(out, aside)
-        elif out.exists():
-            out.rmdir()  # empty: checked above
-        os.rename(temporary, out)
-    except BaseException as e:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if aside is not None and not out.exists():
-            os.rename(aside, out)  # the earlier package back
-        if isinstance(e, OSError):  # a full disk, another run that wrote --out meanwhile, ...
-            raise ArtifactError(f"cannot write the package to {out}: {e.strerror or e}") from None
-        raise
-    if aside is not None:
-        _remove_package(aside, previous)
+            _copy(Path(state), writer.dir / STATE)
+        writer.commit_files(lambda files: (json.dumps({"format": FORMAT, "arch": arch, "files": files}, indent=2)
+                                           + "\n").encode())
     sizes = {part: _size(out / part) for part in PARTS if (out / part).exists()}
     package = Package(out, arch, sizes)
     log(f"packaged {bundle} for {arch} in {out}:")
@@ -146,43 +126,22 @@ def bundle_arch(bundle: Path, triple: str) -> str:
 
 def check_package_output(out: str | Path) -> None:
     """ArtifactError now, before a long build, for an --out that ``package_bundle`` would refuse."""
-    _previous_package(Path(out))
+    check_output_directory(out, PACKAGE)
 
 
-def _previous_package(out: Path) -> list[str] | None:
-    """The files of the package in ``out`` (None: no folder, or an empty one); ArtifactError for a folder
-    holding anything else."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ArtifactError(f"{out} is a file: give --out a folder")
-    if not any(out.iterdir()):
-        return None
-    refusal = ArtifactError(f"{out} is not empty and is not an rwkv-edge package: give a new or empty folder "
-                            "(rwkv-edge never deletes files it did not write)")
+def _package_files(directory: Path) -> list[str]:
+    """The files the package record in ``directory`` lists; ArtifactError for anything else."""
     try:
-        record = json.loads((out / RECORD).read_text())
-    except (OSError, ValueError):
-        raise refusal from None
+        record = json.loads((directory / RECORD).read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{directory / RECORD}: not a package record ({e})") from None
     files = record.get("files") if isinstance(record, dict) and record.get("format") == FORMAT else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise refusal
-    found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink())
-    if found != sorted([*files, RECORD]):
-        raise ArtifactError(f"{out} holds files its package record does not list (or lacks some it does): "
-                            "move them away or give another folder (rwkv-edge never deletes files it did not write)")
+    if not isinstance(files, list) or not all(isinstance(f, str) and f != RECORD for f in files):
+        raise ArtifactError(f"{directory / RECORD}: not a {FORMAT} record")
     return files
 
 
-def _remove_package(directory: Path, files: list[str]) -> None:
-    """Delete a replaced package: its listed files, its record, then its (now empty) folders."""
-    for name in [*files, RECORD]:
-        (directory / name).unlink(missing_ok=True)
-    for current, _, _ in sorted(os.walk(directory), key=lambda walked: -len(walked[0])):
-        try:
-            os.rmdir(current)
-        except OSError:
-            pass
+PACKAGE = Listing(RECORD, _package_files, "rwkv-edge package", "--out")
 
 
 def _tvm_libraries(build: NativeBuild) -> tuple[Path, Path]:

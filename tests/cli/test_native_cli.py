@@ -138,7 +138,7 @@ def test_compile_with_runtime_packages_the_bundle(cli, version_ckpt, tmp_path):
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     code, _, err = cli("compile", str(version_ckpt("v7")), "--target", TARGET, "-o", str(tmp_path / "b"),
                        "--with-runtime", str(tmp_path / "taken"))
-    assert code == 1 and "not an rwkv-edge package" in err and not (tmp_path / "b").exists()  # refused before compiling
+    assert code == 1 and "holds no rwkv-edge package" in err and not (tmp_path / "b").exists()  # refused before compiling
     for target, words in (("android-arm64", "aarch64-linux-android"), ("ios-coreml", "do not run on the native")):
         code, _, err = cli("compile", str(version_ckpt("v7")), "--target", target, "-o", str(tmp_path / "b"),
                            "--with-runtime", str(tmp_path / "pkg"))

@@ -1,12 +1,16 @@
 """``rwkv-edge package``: the deployable folder runs its bundle with no Python and no library path, and
 produces the greedy text Python's generate does; programs and libraries stripped, the bundle copied as
-it is; a folder that is not an earlier package is never touched, an earlier one is replaced whole."""
+it is; a folder that is not an earlier package is never touched, an earlier one is replaced whole, and
+one killed mid-copy leaves the earlier package as it was and nothing the next run does not remove."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +77,7 @@ def test_a_folder_that_is_not_a_package_is_never_touched(demo_bundle, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("user data")
-    with pytest.raises(ArtifactError, match="is not an rwkv-edge package"):
+    with pytest.raises(ArtifactError, match="holds no rwkv-edge package"):
         package_bundle(demo_bundle, out, log=quiet)
     assert tree(out) == {"notes.txt": b"user data"}
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary folder left
@@ -90,8 +94,27 @@ def test_an_earlier_package_is_replaced_whole_unless_it_holds_a_stray_file(demo_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # the old one removed, nothing left aside
     (out / "lib" / "extra.so").write_bytes(b"mine")
     code, _, err = cli("package", str(demo_bundle), "--out", str(out))
-    assert code == 1 and "does not list" in err
+    assert code == 1 and "not part of its rwkv-edge package (lib/extra.so)" in err
     assert (out / "lib" / "extra.so").read_bytes() == b"mine"
+
+
+def test_a_run_killed_mid_copy_leaves_the_earlier_package_and_the_next_run_clears_up(demo_bundle, tmp_path):
+    out = tmp_path / "pkg"
+    package_bundle(demo_bundle, out, log=quiet)
+    before = tree(out)
+    proc = subprocess.Popen([sys.executable, "-m", "rwkv_edge.cli", "package", str(demo_bundle), "--out", str(out),
+                             "--dev"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.lstrip().startswith("copy the bundle"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    assert tree(out) == before
+    left = [p.name for p in tmp_path.iterdir() if p.name != "pkg"]
+    assert len(left) == 1 and left[0].startswith(".pkg.rwkv-edge-")  # the killed run's half-built folder
+    package_bundle(demo_bundle, out, dev=True, log=quiet)
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"] and (out / "dev" / "lib" / "librwkv_edge.a").is_file()
 
 
 def test_a_tuned_state_is_checked_then_carried(demo_bundle, tmp_path):
