@@ -16,6 +16,8 @@ from pathlib import Path
 from ..artifact import MANIFEST, Manifest
 from ..errors import OptionError
 from ..targets import CoreMLTarget, Target, get_target
+from ..targets.compute import resolve_compute
+from ..targets.coreml import check_compute_units
 from ..weights import check_weights
 
 COMPILERS = {"tvm": "tvm", "coreml": "coreml"}  # target family -> the package in compile/
@@ -56,6 +58,7 @@ def _check_tvm(source: Path, target: Target, request: CompileRequest) -> None:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
     if request.weights is not None:
         check_weights(request.weights, target.weight_formats, f"a {target.name} bundle")
+    resolve_compute(target, request.compute, request.weights)
 
 
 def _check_coreml(source: Path, target: CoreMLTarget, request: CompileRequest) -> None:
@@ -64,6 +67,9 @@ def _check_coreml(source: Path, target: CoreMLTarget, request: CompileRequest) -
                           f"give the .pth / .safetensors file (an export's manifest.json names it)")
     if not request.schedules:
         raise OptionError(f"{target.name} is a Core ML target: --no-schedules applies to TVM targets only")
+    target.deployment(request.stateful, request.deployment)
+    if request.compute_units is not None:
+        check_compute_units(request.compute_units)
 
 
 REQUEST_CHECKS = {"tvm": _check_tvm, "coreml": _check_coreml}  # target family -> what it refuses before compiling

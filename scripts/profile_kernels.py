@@ -44,7 +44,8 @@ def main() -> None:
     from tvm import relax
 
     from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.compile.tvm import TvmOptions, resolve_compute
+    from rwkv_edge.compile.tvm import TvmOptions
+    from rwkv_edge.targets.compute import resolve_compute
     from rwkv_edge.compile.tvm.cpu import optimise
     from rwkv_edge.compile.tvm.gather_warnings import without_gather_warnings
     from rwkv_edge.compile.tvm.gemm import GEMM_BLOCK

@@ -49,7 +49,8 @@ def main() -> int:
     from tvm import relax
 
     from rwkv_edge.artifact import open_artifact
-    from rwkv_edge.compile.tvm import TvmOptions, resolve_compute
+    from rwkv_edge.compile.tvm import TvmOptions
+    from rwkv_edge.targets.compute import resolve_compute
     from rwkv_edge.compile.tvm.cpu import optimise
     from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.targets import TvmTarget, get_target

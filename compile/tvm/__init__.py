@@ -30,7 +30,7 @@ The language model's bundle:
   get ``model.tar``.
 """
 
-from .options import COMPUTES, PREFILL_CHUNK, TvmOptions, resolve_compute
+from .options import PREFILL_CHUNK, TvmOptions
 from .pipeline import compile_target, compile_tvm
 
-__all__ = ["COMPUTES", "PREFILL_CHUNK", "TvmOptions", "compile_target", "compile_tvm", "resolve_compute"]
+__all__ = ["PREFILL_CHUNK", "TvmOptions", "compile_target", "compile_tvm"]

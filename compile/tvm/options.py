@@ -1,14 +1,12 @@
-"""What a TVM bundle is asked for (``TvmOptions``), and the compute precision it resolves to."""
+"""What a TVM bundle is asked for (``TvmOptions``); the compute precision it resolves to is ``targets.compute``'s."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ...errors import OptionError
-from ...targets import GpuTarget, TvmTarget
-from ...weights import COMPUTES as PRECISIONS, compute_precision, weight_format
-
-COMPUTES = tuple(c.name for c in PRECISIONS.values() if not c.half)  # TvmOptions.compute: fp32, int8
+from ...targets.compute import check_compute
+from ...weights import compute_precision
 PREFILL_CHUNK = 32  # tokens per prefill call of a bundle compiled from a checkpoint (docs/tvm.md: 1.4-1.6x T=16)
 
 
@@ -35,25 +33,4 @@ class TvmOptions:
     def __post_init__(self) -> None:
         if self.prefill_chunk is not None and self.prefill_chunk < 0:
             raise OptionError(f"prefill chunk must be >= 0, got {self.prefill_chunk}")
-        if self.compute not in (None, *COMPUTES):
-            raise OptionError(f"unknown compute {self.compute!r}; TVM CPU bundles compute in {' or '.join(COMPUTES)}")
-
-
-def resolve_compute(target: TvmTarget | GpuTarget, compute: str | None, weights: str | None) -> str | None:
-    """The bundle's compute precision (``TvmOptions.compute``) once the weights are known (None before);
-    OptionError where int8 compute is asked of a target without the dot instruction or of float weights."""
-    dot = target.dot_product() if isinstance(target, TvmTarget) else None
-    quantized = weights is not None and weight_format(weights).quantized
-    integer = compute is not None and compute_precision(compute).integer
-    if integer and isinstance(target, GpuTarget):
-        raise OptionError(f"{target.name} bundles compute in fp32 (int8 compute is for CPU targets with an int8 "
-                          "dot-product instruction): drop --compute int8")
-    if integer and dot is None:
-        raise OptionError(f"{target.name} has no int8 dot-product instruction (ARM +dotprod, x86 AVX-512 VNNI): "
-                          "compile with --compute fp32")
-    if integer and weights is not None and not quantized:
-        raise OptionError(f"int8 compute takes int8 or int4 weights, not {weights}: add --weights int8 (or int4), "
-                          "or drop --compute int8")
-    if weights is None:
-        return compute
-    return compute or ("int8" if quantized and dot else "fp32")
+        check_compute(self.compute)

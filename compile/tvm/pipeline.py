@@ -17,7 +17,8 @@ from .. import CompileRequest
 from .image import build_image_bundle
 from .language import build_language_bundle
 from .link import find_linker
-from .options import PREFILL_CHUNK, TvmOptions, resolve_compute
+from ...targets.compute import resolve_compute
+from .options import PREFILL_CHUNK, TvmOptions
 from .source import OnnxExport, open_export
 
 # an export's family -> its build: (export, writer, target, options, linker, log) -> the committed manifest

@@ -10,8 +10,9 @@ from pathlib import Path
 from ...artifact import Artifact, open_artifact
 from ...errors import ArtifactError
 from ...targets import GpuTarget, TvmTarget
+from ...targets.compute import resolve_compute
 from ...weights import compute_precision, weight_format
-from .options import TvmOptions, resolve_compute
+from .options import TvmOptions
 
 
 @dataclass(frozen=True)

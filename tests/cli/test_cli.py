@@ -166,13 +166,18 @@ def test_verify_fails_with_exit_1_when_the_artifact_computes_something_else(make
         (["compile", "--target", "ios-coreml", "--stateful", "--deployment", "iOS17", "-o", "out"],
          "--stateful needs Core ML states, available from iOS18"),
         (["compile", "--target", "ios-coreml", "--compute-units", "GPU", "-o", "out"], "unknown compute units 'GPU'"),
+        (["compile", "--target", "ios-coreml", "--deployment", "iOS9", "-o", "out"],
+         "deployment target 'iOS9' is not one of iOS16, iOS17, iOS18 for ios-coreml"),
+        (["compile", "--target", "raspberry-pi-4", "--weights", "int8", "--compute", "int8", "-o", "out"],
+         "raspberry-pi-4 has no int8 dot-product instruction"),
         (["trace", "--backend", "coreml", "--tokens", "1", "--out", "t.npz"], "--backend coreml needs an artifact"),
     ],
 )
 def test_artifact_errors_are_one_line(argv, message, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = cli(*argv)
+    code, out, err = cli(*argv)
     assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert out == ""  # refused before any work began
 
 
 def test_the_opset_range_is_onnx_s():
