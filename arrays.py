@@ -32,7 +32,7 @@ def read_npy(path: Path, error: type[RwkvEdgeError], check: HeaderCheck | None =
         f.seek(0)
         shape, fortran, dtype = _header(f, path, error, check, os.fstat(f.fileno()).st_size)
         array = np.fromfile(f, dtype=dtype, count=math.prod(shape))  # exactly the bytes checked
-    return np.ascontiguousarray(array.reshape(shape, order="F" if fortran else "C"))
+    return np.asarray(array.reshape(shape, order="F" if fortran else "C"), order="C")  # a 0-d array stays 0-d
 
 
 def read_npz(path: Path, error: type[RwkvEdgeError]) -> dict[str, np.ndarray]:
@@ -54,7 +54,7 @@ def read_npz(path: Path, error: type[RwkvEdgeError]) -> dict[str, np.ndarray]:
                     shape, fortran, dtype = _header(f, f"{path}[{member.filename}]", error, None, member.file_size)
                     data = f.read(math.prod(shape) * dtype.itemsize)
                 array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-                arrays[member.filename.removesuffix(".npy")] = np.ascontiguousarray(array)
+                arrays[member.filename.removesuffix(".npy")] = np.asarray(array, order="C")  # 0-d stays 0-d
             return arrays
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise error(f"{path}: not a plain .npz of arrays ({one_line(e)})") from None

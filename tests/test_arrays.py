@@ -40,6 +40,15 @@ def test_arrays_round_trip(tmp_path):
     assert all(v.flags.c_contiguous for v in loaded.values())
 
 
+def test_scalars_and_empty_arrays_keep_their_shapes(tmp_path):
+    scalar, empty = np.float32(2.5), np.zeros((0, 3), np.float32)
+    np.save(tmp_path / "s.npy", scalar)
+    np.savez(tmp_path / "se.npz", s=scalar, e=empty)
+    assert read_npy(tmp_path / "s.npy", ImageError).shape == ()
+    loaded = read_npz(tmp_path / "se.npz", ArtifactError)
+    assert loaded["s"].shape == () and loaded["s"] == scalar and loaded["e"].shape == (0, 3)
+
+
 def test_an_npy_header_claiming_terabytes_is_one_line(tmp_path):
     (tmp_path / "x.npy").write_bytes(npy_bytes(np.zeros(4, np.float32), TIB))
     with pytest.raises(ImageError, match=r"x.npy: its header says float32 \(100000, 3, 4096, 4096\).* 16 bytes follow"):
