@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 
@@ -40,6 +41,18 @@ struct Handle {
 };
 
 // `text` as a decimal integer in [lo, hi]; InputError naming `what` otherwise.
+// What an option loop does with an argument that is none of its options: --help prints `usage` and
+// exits 0; another "-..." is unknown; the first other argument is the bundle, a second one is refused.
+inline void OtherArgument(const std::string& arg, std::string& bundle, const char* usage) {
+  if (arg == "-h" || arg == "--help") {
+    std::cout << usage << "\n";
+    std::exit(0);
+  }
+  if (!arg.empty() && arg[0] == '-') throw InputError("unknown option " + arg + "; " + usage);
+  if (!bundle.empty()) throw InputError("unexpected argument '" + arg + "'; " + usage);
+  bundle = arg;
+}
+
 inline int64_t ParseInt(const std::string& text, const std::string& what, int64_t lo, int64_t hi) {
   char* end = nullptr;
   errno = 0;

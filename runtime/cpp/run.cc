@@ -129,15 +129,8 @@ Options ParseArgs(int argc, char** argv) {
       opt.threads = static_cast<int>(ParseInt(value(), arg, 0, 1024));
     } else if (arg == "--expect-sha256") {
       opt.expect_sha256 = value();
-    } else if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage << "\n";
-      std::exit(0);
-    } else if (!arg.empty() && arg[0] == '-') {
-      throw InputError("unknown option " + arg + "; " + kUsage);
-    } else if (opt.bundle.empty()) {
-      opt.bundle = arg;
     } else {
-      throw InputError("unexpected argument '" + arg + "'; " + kUsage);
+      rwkv_edge::OtherArgument(arg, opt.bundle, kUsage);
     }
   }
   if (opt.bundle.empty()) throw InputError(std::string("no bundle directory given; ") + kUsage);

@@ -39,7 +39,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -107,15 +106,8 @@ Options ParseArgs(int argc, char** argv) {
       opt.repeat = static_cast<int>(ParseInt(value(), "--repeat", 0, 1000000));
     } else if (arg == "--expect-sha256") {
       opt.expect_sha256 = ParseSha256(value());
-    } else if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage << "\n";
-      std::exit(0);
-    } else if (!arg.empty() && arg[0] == '-') {
-      throw InputError("unknown option " + arg + "; " + kUsage);
-    } else if (opt.bundle.empty()) {
-      opt.bundle = arg;
     } else {
-      throw InputError("unexpected argument '" + arg + "'; " + kUsage);
+      rwkv_edge::OtherArgument(arg, opt.bundle, kUsage);
     }
   }
   if (opt.bundle.empty()) throw InputError(std::string("no bundle directory given; ") + kUsage);

@@ -182,6 +182,15 @@ def test_chat_keeps_the_state_across_turns(bundle_of, host_build, tmp_path):
 # -- bad input: exit 2 and one line --------------------------------------------------------------------------
 
 @needs_host
+def test_the_command_line_is_checked(bundle_of, host_build):
+    bundle = bundle_of("v7")
+    assert_refused(run(host_build, bundle, "--prompt", "a", "extra"), "unexpected argument 'extra'", "usage:")
+    assert_refused(run(host_build, bundle, "--prompt", "a", "--frobnicate"), "unknown option --frobnicate")
+    done = run(host_build, bundle, "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: rwkv-edge-run BUNDLE") and done.stderr == ""
+
+
+@needs_host
 def test_tampered_bundles_are_refused(bundle_of, host_build, tmp_path, rehash):
     original = bundle_of("v7")
     flipped = shutil.copytree(original, tmp_path / "flipped")
