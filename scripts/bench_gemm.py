@@ -2,6 +2,7 @@
 
     python scripts/bench_gemm.py [--target x86_64-host] [--weights fp32|int8|int4] [--chunk 32]
                                  [--rows 2,4,8,16] [--shapes 768x768,768x3072,3072x768] [--rounds 5]
+                                 [--streamed]
 
 fp32: ``packed_gemm`` + ``schedule_gemm`` (compile/tvm/gemm.py); int8/int4: the int8-compute product
 (compile/tvm/intdot.py ``intdot`` + ``schedule_intdot``, the target's dot instruction and its tuned tile
@@ -9,7 +10,10 @@ for the format; rows 1 = row by row). Builds the kernel for the projections' sha
 0.1B shape's) at T = ``--chunk`` rows, checks each against numpy (fp32) or against rows 1 bit for bit
 (int8/int4), then times every (rows, shape) in turn for ``--rounds`` rounds with TVM's time_evaluator
 (best of 3 x 20 calls; the weights stay in cache) and prints the median per candidate with GFLOP/s
-(GOP/s) and the load average. Runs on this machine's CPU: host targets only.
+(GOP/s) and the load average. ``--streamed``: each call takes the next of enough copies of the
+weights to fill 128 MB (more than this machine's last-level cache), as a prefill call meets its
+weights, first from memory; seconds per call over one pass (wall clock). Runs on this machine's CPU:
+host targets only.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 
 import numpy as np
 
@@ -30,6 +35,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="768x768,768x3072,3072x768", help="K x N of the projections")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--streamed", action="store_true", help="weights from memory: rotate over 128 MB of copies")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -60,16 +66,41 @@ def main() -> None:
             else:
                 np.testing.assert_array_equal(out, reference)
             kernels[rows, k, n] = kernel
+    copies = {key: weight_copies(arrays, 128e6, device, rng) if args.streamed else [arrays]
+              for key, arrays in data.items()}
     seconds = {key: [] for key in kernels}
     for _ in range(args.rounds):
         for (rows, k, n), kernel in kernels.items():
-            timer = kernel.time_evaluator(kernel.entry_name, device, number=20, repeat=3)
-            seconds[rows, k, n].append(timer(*data[k, n]).min)
+            if args.streamed:
+                start = time.perf_counter()
+                for arrays in copies[k, n]:
+                    kernel(*arrays)
+                seconds[rows, k, n].append((time.perf_counter() - start) / len(copies[k, n]))
+            else:
+                timer = kernel.time_evaluator(kernel.entry_name, device, number=20, repeat=3)
+                seconds[rows, k, n].append(timer(*data[k, n]).min)
     for rows in sorted({key[0] for key in kernels}):
         cells = [f"{k}x{n} {np.median(seconds[rows, k, n]) * 1e3:.3f} ms "
                  f"({2 * t * k * n / np.median(seconds[rows, k, n]) / 1e9:.0f} GFLOP/s)" for k, n in shapes]
         print(f"rows {rows:2d}: " + ", ".join(cells))
-    print(f"{args.weights}, T = {t}, tile {base.tile}, {args.threads} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"{args.weights}, T = {t}, tile {base.tile}, {args.threads} threads, weights "
+          f"{'streamed from memory' if args.streamed else 'in cache'}, load average {os.getloadavg()[0]:.1f}")
+
+
+def weight_copies(arrays: list, total: float, device, rng) -> list[list]:
+    """``arrays`` (a kernel's arguments) with their weights (every argument but the activations and the
+    output: the ones larger than the activations) replaced by fresh copies, as many as fill ``total`` bytes."""
+    import tvm
+
+    weights = [i for i, a in enumerate(arrays[:-1]) if a.numpy().nbytes > arrays[0].numpy().nbytes]
+    size = sum(arrays[i].numpy().nbytes for i in weights)
+    out = []
+    for _ in range(max(2, int(total // size))):
+        copy = list(arrays)
+        for i in weights:
+            copy[i] = tvm.runtime.tensor(rng.permutation(arrays[i].numpy().reshape(-1)).reshape(arrays[i].shape), device)
+        out.append(copy)
+    return out
 
 
 def dense_kernel(k: int, n: int, t: int, rows: int, base, target, weights: str, rng):
