@@ -27,12 +27,16 @@ The schedule is the quantized GEMV's (``compile/tvm/quantized.py``): tiles of ``
 parallel, per row and group the int32 sums in vector registers, each (lanes, 4) block one
 instruction (tensorized with the intrinsics below), the group's sum scaled into fp32 accumulators,
 the epilogue per tile. The prefill GEMM is the same kernel over T rows, each row rounded on its own,
-blocked in registers: inside a tile, ``rows`` rows (the ISA's, or the largest divisor of T below it)
-by 2 x lanes columns, whose int32 and fp32 accumulators stay in registers over the K loop, so that
-each (lanes, 4) block of weights loaded serves ``rows`` instructions (one row at a time loaded a
-block per instruction: the weights' L1/L2 traffic bounded it, and int8, twice int4's bytes, ran
-slower than int4). Each output still sums its groups in the GEMV's order with the GEMV's arithmetic:
-prefill computes what T steps compute, bit for bit.
+blocked in registers: inside a tile, blocks of rows (as many as the ISA's ``accumulators`` hold for
+a whole tile: 2 for AVX-512 VNNI at tile 64; the largest divisor of T up to it) whose int32 and fp32
+accumulators stay in registers over the K loop, so that each (lanes, 4) block of weights loaded
+serves one instruction per row (one row at a time loaded a block per instruction: the weights'
+L1/L2 traffic bounded it, and int8, twice int4's bytes, ran slower than int4). Each block reads
+the tile's weights front to back, as the GEMV does, so that the first block streams them from
+memory in order (blocks of half a tile, half of each 256-byte row at a time, took as long as row
+by row once the weights came from memory: ``scripts/bench_gemm.py --streamed``). Each output
+still sums its groups in the GEMV's order with the GEMV's arithmetic: prefill computes what T
+steps compute, bit for bit.
 """
 
 from __future__ import annotations
@@ -61,17 +65,17 @@ class DotIsa:
     weight_dtype: str  # the instruction's weight operand: uint8 (vpdpbusd) or int8 (sdot)
     int8_zero: int  # added to int8 weights to fit weight_dtype
     intrin: str  # the registered TensorIntrin
-    rows: int  # GEMM rows per register block, each summing 2 x lanes columns (lanes where the tile is one vector)
+    accumulators: int  # int32 sum vectors per GEMM register block (as many fp32 totals beside them)
 
     @property
     def instruction(self) -> str:
         return "sdot" if self.name == "sdot" else "vpdpbusd"
 
 
-DOT_ISAS = {  # rows: 4 x 2 int32 + 4 x 2 fp32 accumulators of 32 registers (zmm, NEON), 2 x 2 + 2 x 2 of ymm's 16
-    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4", rows=4),  # AVX-512 VNNI, zmm
-    "avxvnni": DotIsa("avxvnni", 8, "uint8", 128, "rwkv_edge_vpdpbusd_8x4", rows=2),  # AVX-VNNI, ymm
-    "sdot": DotIsa("sdot", 4, "int8", 0, "rwkv_edge_sdot_4x4", rows=4),
+DOT_ISAS = {  # accumulators: 8 int32 + 8 fp32 of 32 registers (zmm, NEON), 4 + 4 of ymm's 16
+    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4", accumulators=8),  # AVX-512 VNNI, zmm
+    "avxvnni": DotIsa("avxvnni", 8, "uint8", 128, "rwkv_edge_vpdpbusd_8x4", accumulators=4),  # AVX-VNNI, ymm
+    "sdot": DotIsa("sdot", 4, "int8", 0, "rwkv_edge_sdot_4x4", accumulators=8),
 }
 
 
@@ -186,15 +190,14 @@ def schedule_intdot(func: tirx.PrimFunc, params, rows: int | None = None) -> s_t
         n_outer, n_inner = sch.split(n, [None, tile])
         t = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         t_len = int(sch.get(t).extent)
-        block = max(r for r in range(1, (rows or spec.rows) + 1) if t_len % r == 0)  # rows per register block
-        cols = 2 * spec.lanes if tile % (2 * spec.lanes) == 0 else spec.lanes
-        if block > 1:  # GEMM: blocks of block x cols outputs
+        most = rows or max(1, spec.accumulators * spec.lanes // tile)  # rows whose sums fit the registers
+        block = max(r for r in range(1, most + 1) if t_len % r == 0)  # rows per register block
+        if block > 1:  # GEMM: blocks of block rows x the tile
             t_outer, t_inner = sch.split(t, [None, block])
-            n_mid, n_inner = sch.split(n_inner, [None, cols])
-            sch.reorder(n_outer, t_outer, n_mid, g, t_inner, n_inner)
-            accumulate_with_epilogue(sch, total, n_mid)
+            sch.reorder(n_outer, t_outer, g, t_inner, n_inner)
+            accumulate_with_epilogue(sch, total, t_outer)
             sch.unroll(t_inner)
-        else:  # GEMV: one row, the whole tile
+        else:  # GEMV, or row by row
             sch.reorder(n_outer, t, g, n_inner)
             accumulate_with_epilogue(sch, total, t)
         sch.compute_at(partial, g)
