@@ -137,13 +137,17 @@ def time_per_call(call, number: int, clock) -> float:
 
 
 def has_block(func, name: str) -> bool:
+    """Whether ``func`` has a block ``name`` (or, scheduled, its update block ``name_update``)."""
     from tvm import s_tir
 
-    try:
-        s_tir.Schedule(func).get_sblock(name)
-        return True
-    except (RuntimeError, ValueError):
-        return False
+    sch = s_tir.Schedule(func)
+    for candidate in (name, f"{name}_update"):
+        try:
+            sch.get_sblock(candidate)
+            return True
+        except (RuntimeError, ValueError):
+            continue
+    return False
 
 
 if __name__ == "__main__":
