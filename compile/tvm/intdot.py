@@ -33,8 +33,9 @@ accumulators stay in registers over the K loop, so that each (lanes, 4) block of
 serves one instruction per row (one row at a time loaded a block per instruction: the weights'
 L1/L2 traffic bounded it, and int8, twice int4's bytes, ran slower than int4). Each block reads
 the tile's weights front to back, as the GEMV does, so that the first block streams them from
-memory in order (blocks of half a tile, half of each 256-byte row at a time, took as long as row
-by row once the weights came from memory: ``scripts/bench_gemm.py --streamed``). Each output
+memory in order (blocks of half a tile, half of each 256-byte row at a time, were timed too: as
+fast in cache, but no faster than row by row once the weights came from memory, as
+``scripts/bench_gemm.py --streamed`` streams them). Each output
 still sums its groups in the GEMV's order with the GEMV's arithmetic: prefill computes what T
 steps compute, bit for bit.
 """
