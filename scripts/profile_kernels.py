@@ -52,6 +52,7 @@ def main() -> None:
     from rwkv_edge.compile.tvm.gemv import GEMV_BLOCK
     from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.compile.tvm.intdot import IGEMV_BLOCK
+    from rwkv_edge.compile.tvm.params import WeightTable
     from rwkv_edge.targets import get_target
 
     onnx = open_artifact(args.onnx_dir, kind="onnx")
@@ -61,8 +62,10 @@ def main() -> None:
     weights = onnx.manifest.weights
     options = TvmOptions(args.target, weights=weights, group_size=onnx.manifest.group_size or None,
                          compute=resolve_compute(target, None, weights))
+    table = WeightTable()  # the export's weights as parameters (an int8/int4 export's MatMulNBits too)
     with without_gather_warnings():
-        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print, slices=not args.gathers), target, options, print)
+        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print, slices=not args.gathers, table=table),
+                                        target, options, print, table=table)
 
     calls: Counter = Counter()
 
@@ -104,7 +107,7 @@ def main() -> None:
     shape = (1, chunk) if args.graph == "prefill" else (1,)
     tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, shape).astype(np.int64), device)
     state_args = [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in spec]
-    params = [tvm.runtime.tensor(w, device) for w in weights]
+    params = [tvm.runtime.tensor(np.asarray(w), device) for w in weights]
     clock = time.thread_time if args.cpu_time else time.perf_counter
     whole = [time_per_call(lambda: vm["main"](tokens, *state_args, *params), 1, clock) for _ in range(5)]
     whole_ms = float(np.median(whole)) * 1e3
@@ -135,13 +138,17 @@ def time_per_call(call, number: int, clock) -> float:
 
 
 def has_block(func, name: str) -> bool:
+    """Whether ``func`` has a block ``name`` (or, scheduled, its update block ``name_update``)."""
     from tvm import s_tir
 
-    try:
-        s_tir.Schedule(func).get_sblock(name)
-        return True
-    except (RuntimeError, ValueError):
-        return False
+    sch = s_tir.Schedule(func)
+    for candidate in (name, f"{name}_update"):
+        try:
+            sch.get_sblock(candidate)
+            return True
+        except (RuntimeError, ValueError):
+            continue
+    return False
 
 
 if __name__ == "__main__":

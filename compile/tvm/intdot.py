@@ -26,9 +26,18 @@ instructions read them:
 The schedule is the quantized GEMV's (``compile/tvm/quantized.py``): tiles of ``tile`` columns in
 parallel, per row and group the int32 sums in vector registers, each (lanes, 4) block one
 instruction (tensorized with the intrinsics below), the group's sum scaled into fp32 accumulators,
-the epilogue per tile. The prefill GEMM is the same kernel over T rows (the row loop inside the
-tile, so the tile's weights are read from cache T - 1 times), each row rounded on its own: prefill
-computes what T steps compute.
+the epilogue per tile. The prefill GEMM is the same kernel over T rows, each row rounded on its own,
+blocked in registers: inside a tile, blocks of rows (as many as the ISA's ``accumulators`` hold for
+a whole tile: 2 for AVX-512 VNNI at tile 64; the largest divisor of T up to it) whose int32 and fp32
+accumulators stay in registers over the K loop, so that each (lanes, 4) block of weights loaded
+serves one instruction per row (one row at a time loaded a block per instruction: the weights'
+L1/L2 traffic bounded it, and int8, twice int4's bytes, ran slower than int4). Each block reads
+the tile's weights front to back, as the GEMV does, so that the first block streams them from
+memory in order (blocks of half a tile, half of each 256-byte row at a time, were timed too: as
+fast in cache, but no faster than row by row once the weights came from memory, as
+``scripts/bench_gemm.py --streamed`` streams them). Each output
+still sums its groups in the GEMV's order with the GEMV's arithmetic: prefill computes what T
+steps compute, bit for bit.
 """
 
 from __future__ import annotations
@@ -57,16 +66,17 @@ class DotIsa:
     weight_dtype: str  # the instruction's weight operand: uint8 (vpdpbusd) or int8 (sdot)
     int8_zero: int  # added to int8 weights to fit weight_dtype
     intrin: str  # the registered TensorIntrin
+    accumulators: int  # int32 sum vectors per GEMM register block (as many fp32 totals beside them)
 
     @property
     def instruction(self) -> str:
         return "sdot" if self.name == "sdot" else "vpdpbusd"
 
 
-DOT_ISAS = {
-    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4"),  # AVX-512 VNNI, zmm
-    "avxvnni": DotIsa("avxvnni", 8, "uint8", 128, "rwkv_edge_vpdpbusd_8x4"),  # AVX-VNNI, ymm
-    "sdot": DotIsa("sdot", 4, "int8", 0, "rwkv_edge_sdot_4x4"),
+DOT_ISAS = {  # accumulators: 8 int32 + 8 fp32 of 32 registers (zmm, NEON), 4 + 4 of ymm's 16
+    "vnni": DotIsa("vnni", 16, "uint8", 128, "rwkv_edge_vpdpbusd_16x4", accumulators=8),  # AVX-512 VNNI, zmm
+    "avxvnni": DotIsa("avxvnni", 8, "uint8", 128, "rwkv_edge_vpdpbusd_8x4", accumulators=4),  # AVX-VNNI, ymm
+    "sdot": DotIsa("sdot", 4, "int8", 0, "rwkv_edge_sdot_4x4", accumulators=8),
 }
 
 
@@ -158,9 +168,11 @@ def intdot(xq: te.Tensor, dx: te.Tensor, xsum: te.Tensor, values: te.Tensor, sca
     return te.compute((*lead, n), lambda *i: te.sum(term(*i[:-1], g, i[-1]), axis=g), name=IGEMV_BLOCK)
 
 
-def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
-    """Tiles in parallel; per row and group, the (lanes, 4) blocks of the int32 sums tensorized onto the
-    dot instruction, the group's sum scaled into the tile's fp32 accumulators; epilogue per row."""
+def schedule_intdot(func: tirx.PrimFunc, params, rows: int | None = None) -> s_tir.Schedule | None:
+    """Tiles in parallel; per row (GEMV) or block of rows (GEMM) and group, the (lanes, 4) blocks of the
+    int32 sums tensorized onto the dot instruction, the group's sum scaled into fp32 accumulators;
+    the epilogue per row or block. ``rows``: rows per block in place of the ISA's (1: row by row;
+    ``scripts/bench_gemm.py`` compares them)."""
     if not params.dot:
         return None
     sch = s_tir.Schedule(func)
@@ -177,16 +189,30 @@ def schedule_intdot(func: tirx.PrimFunc, params) -> s_tir.Schedule | None:
         if int(sch.get(n).extent) % tile or tile % spec.lanes:
             return None
         n_outer, n_inner = sch.split(n, [None, tile])
-        sch.reorder(n_outer, *lead, g, n_inner)
-        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-        accumulate_with_epilogue(sch, total, rows)
+        t = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        t_len = int(sch.get(t).extent)
+        most = rows or max(1, spec.accumulators * spec.lanes // tile)  # rows whose sums fit the registers
+        block = max(r for r in range(1, most + 1) if t_len % r == 0)  # rows per register block
+        if block > 1:  # GEMM: blocks of block rows x the tile
+            t_outer, t_inner = sch.split(t, [None, block])
+            sch.reorder(n_outer, t_outer, g, t_inner, n_inner)
+            accumulate_with_epilogue(sch, total, t_outer)
+            sch.unroll(t_inner)
+        else:  # GEMV, or row by row
+            sch.reorder(n_outer, t, g, n_inner)
+            accumulate_with_epilogue(sch, total, t)
         sch.compute_at(partial, g)
         sch.set_scope(partial, 0, "local")
-        pn, k4, r = sch.get_loops(partial)[-3:]
+        pt, pn, k4, r = sch.get_loops(partial)[-4:]  # pt: the block's rows (GEMM), else a loop above
         lanes_outer, lanes = sch.split(pn, [None, spec.lanes])
-        sch.reorder(k4, lanes_outer, lanes, r)
+        if block > 1:
+            sch.reorder(k4, pt, lanes_outer, lanes, r)  # one block of weights for all the rows
+            sch.unroll(pt)
+            sch.unroll(lanes_outer)
+        else:
+            sch.reorder(k4, lanes_outer, lanes, r)
         if unpack is not None:
-            sch.compute_at(unpack, lanes_outer)
+            sch.compute_at(unpack, k4 if block > 1 else lanes_outer)
             sch.set_scope(unpack, 0, "local")
             sch.vectorize(sch.fuse(*sch.get_loops(unpack)[-2:]))
         sch.unroll(k4)

@@ -244,3 +244,60 @@ def test_the_dot_kernel_alone_on_each_x86_isa(isa, mcpu, register, bits, tmp_pat
     built["main"](*[tvm.runtime.tensor(a) for a in (x, dx, xsum, values, scales)], out)
     expected = (x * np.repeat(dx, 32, -1)) @ found.dequantize().T
     assert np.abs(out.numpy() - expected).max() <= 1e-5 * expected.std()
+
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_the_prefill_dot_kernel_blocks_rows_in_registers_and_equals_the_gemv(bits, tmp_path):
+    """The int8-compute GEMM (T = 12 rows, tile 64, vnni) keeps blocks of rows in registers: each zmm of
+    weights it loads serves a vpdpbusd per row of the block (row by row: int8 one, int4 two; the other
+    loads, the epilogue's, count against it); and each of its rows equals the one-row GEMV's result
+    bit for bit, so that prefill computes what the steps compute."""
+    import tvm
+    from tvm.target import Target, codegen
+
+    from rwkv_edge.compile.tvm.intdot import pack_intdot
+    from rwkv_edge.quantize import quantize
+
+    rng = np.random.default_rng(bits)
+    k, n, rows = 256, 192, 12
+    found = quantize(rng.standard_normal((n, k)).astype(np.float32), bits, 32)
+    values, scales = pack_intdot(found, 64, "vnni")
+    _dot_kernel(rows, values, scales, bits, Target({"kind": "llvm", "mcpu": "cascadelake"})).export_library(
+        str(tmp_path / "k.so"))
+    text = _disassemble("objdump", tmp_path / "k.so")
+    dots = len(re.findall(r"\bvpdpbusd\s+%zmm", text))
+    loads = len(re.findall(r"\bvmov\w+\s+-?(?:0x[0-9a-f]+)?\([^)]*\),%zmm", text))  # zmm loads from memory
+    by_row = 1 if bits == 8 else 2  # row by row: a vpdpbusd per zmm of int8 weights, two per unpacked int4 zmm
+    assert dots >= 1.25 * by_row * loads, f"{dots} vpdpbusd for {loads} zmm loads"
+    host = Target({"kind": "llvm", "mcpu": get_target("x86_64-host").tvm_target()["mcpu"]})
+    if not codegen.llvm_cpu_has_features("avx512vnni", host):
+        pytest.skip("this CPU has no AVX-512 VNNI: built and disassembled only")
+    x = rng.integers(-127, 128, (rows, k)).astype(np.int8)
+    dx = rng.random((rows, k // 32)).astype(np.float32)
+    xsum = x.reshape(rows, -1, 32).astype(np.int32).sum(-1).astype(np.int32)
+    weights = [tvm.runtime.tensor(a) for a in (values, scales)]
+    gemm, gemv = _dot_kernel(rows, values, scales, bits, host), _dot_kernel(1, values, scales, bits, host)
+    out = tvm.runtime.tensor(np.zeros((rows, n), np.float32))
+    gemm["main"](*[tvm.runtime.tensor(a) for a in (x, dx, xsum)], *weights, out)
+    for t in range(rows):
+        row = tvm.runtime.tensor(np.zeros((1, n), np.float32))
+        gemv["main"](*[tvm.runtime.tensor(a[t:t + 1]) for a in (x, dx, xsum)], *weights, row)
+        np.testing.assert_array_equal(out.numpy()[t], row.numpy()[0])
+
+
+def _dot_kernel(rows: int, values: np.ndarray, scales: np.ndarray, bits: int, target):
+    """The int8-compute product of ``rows`` rows by packed (tile 64, vnni) weights, scheduled and built."""
+    import tvm
+    from tvm import te
+
+    from rwkv_edge.compile.tvm.intdot import intdot, schedule_intdot
+    from rwkv_edge.compile.tvm.tuning import ScheduleParams
+
+    k, n = values.shape[1] * (4 if bits == 8 else 8), values.shape[0] * values.shape[2]
+    xq = te.placeholder((rows, k), "int8"), te.placeholder((rows, k // 32), "float32"), te.placeholder((rows, k // 32), "int32")
+    weights = te.placeholder(values.shape, values.dtype), te.placeholder(scales.shape, "float16")
+    sch = schedule_intdot(te.create_prim_func([*xq, *weights, intdot(*xq, *weights, n, bits, "vnni")]),
+                          ScheduleParams(tile=64, vector=8, dot="vnni"))
+    return tvm.compile(sch.mod, target)
