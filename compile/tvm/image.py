@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ... import __version__
 from ...artifact import ArtifactWriter, Graph, Manifest
@@ -25,16 +27,38 @@ from ...errors import OptionError
 from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
 from ...weights import weight_format
+from .bi_wkv import splice_bi_wkvs
+from .bi_wkv_graph import BiWkvCut, cut_bi_wkvs
 from .cpu import build
 from .gpu import build_gpu
 from .importer import import_graph
 from .link import export_library
 from .options import TvmOptions
+from .patches import patches_as_matmul
 from .record import target_record
 from .source import OnnxExport
+from .tuning import ScheduleParams
+
+if TYPE_CHECKING:
+    import tvm
 
 
 FUSE = False  # one kernel per op (the module docstring says why)
+
+
+def cpu_image_module(path: Path, target: TvmTarget, options: TvmOptions,
+                     log: Callable[[str], None]) -> tuple[tvm.IRModule, dict[str, int]]:
+    """The image graph at ``path`` in Relax as the CPU build takes it: with the project's schedules, each
+    Bi-WKV one kernel (``bi_wkv.py``) and the patch convolution a matmul (``patches.py``); returns the
+    module and those counts."""
+    if not options.schedules:
+        return import_graph(path, log), {}
+    cuts: list[BiWkvCut] = []
+    mod = import_graph(path, log, rewrite=lambda proto: cuts.extend(cut_bi_wkvs(proto)))
+    vector = ScheduleParams(**target.schedule_data(options.weights)["params"]).vector
+    mod = splice_bi_wkvs(mod, cuts, vector)
+    mod, patches = patches_as_matmul(mod)
+    return mod, {"bi-wkv kernels": len(cuts), "patch matmul": patches}
 
 
 def build_image_bundle(export: OnnxExport, writer: ArtifactWriter, target: TvmTarget | GpuTarget, options: TvmOptions,
@@ -48,11 +72,13 @@ def build_image_bundle(export: OnnxExport, writer: ArtifactWriter, target: TvmTa
         raise OptionError(f"image models compile with fp32 weights, not {options.weights}")
     log(f"target {target.name}: {target.tvm_target()}, image graph {onnx.manifest.config['image_size']} px, "
         f"schedules {'on' if options.schedules else 'off (TVM default lowering)'}")
-    mod = import_graph(onnx.graph(IMAGE_GRAPH), log)
     if isinstance(target, GpuTarget):
+        mod = import_graph(onnx.graph(IMAGE_GRAPH), log)
         executable, counts, params = build_gpu(mod, target, options.weights, writer.dir, log, image=True)
     else:
+        mod, kernels = cpu_image_module(onnx.graph(IMAGE_GRAPH), target, options, log)
         executable, counts, params = build(mod, target, options, log, fuse=FUSE)
+        counts = {**kernels, **counts}
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
         export_library(executable, writer.dir / library, linker)
