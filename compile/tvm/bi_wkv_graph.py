@@ -1,7 +1,7 @@
 """The Bi-WKV scans of an image graph, found in the ONNX export and cut out of it (CPU image builds).
 
 ``model/vision.py`` ``bi_wkv`` exports as two doubling scans of elementwise ops, shifts (Slice + Pad) and
-a combination: ~230 nodes per layer, ceil(log2 T) passes over (T, C) each way. The compiler puts one
+a combination: ~250 nodes per layer, ceil(log2 T) passes over (T, C) each way. The compiler puts one
 O(T) kernel in their place (``compile/tvm/bi_wkv.py``). Here each scan is recognised node by node,
 as ``_scan`` and ``bi_wkv`` write it (shift distances 1, 2, 4, ... below T, the decay constants d * w
 of one w, the fills 0 and -1e38), and cut: its result becomes a graph input, its k and v graph

@@ -2,13 +2,21 @@
 
 What differs from the language models' step bundle (compile/tvm/language.py; the import, optimisation,
 build, link and params pieces this reuses): one function, ``main(images (1, 3, H, W) float32,
-weights...) -> logits (1, classes)`` (or features), no state, no prefill, no vocabulary. The
-projections of all T tokens are matrix-matrix products and get the project's packed GEMMs
-(compile/tvm/gemm.py); the elementwise ops of the Bi-WKV scans and the Q-shift get the CPU schedules'
-elementwise rule (compile/tvm/schedules.py); norms, the patch convolution and the head are TVM's default
-lowering. Nothing is fused: fused, the scans became the epilogue of the k/v GEMMs, whose schedule
-inlines its producers, and each doubling step's two reads recomputed the steps before it (VRWKV-T:
-9.05 s per image instead of 0.51 s; docs/vision.md).
+weights...) -> logits (1, classes)`` (or features), no state, no prefill, no vocabulary. On CPU
+targets with the project's schedules (``cpu_image_module``):
+
+- each layer's Bi-WKV (two doubling scans, ~250 graph nodes) is cut out of the ONNX graph
+  (``bi_wkv_graph.py``) and computed by one O(T) kernel (``bi_wkv.py``);
+- the patch convolution becomes a matmul over the patches (``patches.py``);
+- the projections of all T tokens, and that matmul, get the project's packed GEMMs (``gemm.py``); the
+  Q-shift, mixes and gates get the CPU schedules' elementwise rule (``schedules.py``); norms and the
+  head are TVM's default lowering.
+
+Nothing is fused (``FUSE``): with the scans as graph ops, fusion made them the epilogue of the k/v
+GEMMs, whose schedule inlines its producers, and each doubling step's two reads recomputed the steps
+before it (VRWKV-T: 9.05 s per image instead of 0.51 s); with the kernel, fusing the rest measured
+slower than not (0.056 s vs 0.047 s; docs/vision.md). VRWKV-T at 224 px: 0.050 s per image against
+onnxruntime's 0.079 s, one thread (was 0.19 s). GPU targets take the graph as it is.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ def cpu_image_module(path: Path, target: TvmTarget, options: TvmOptions,
     vector = ScheduleParams(**target.schedule_data(options.weights)["params"]).vector
     mod = splice_bi_wkvs(mod, cuts, vector)
     mod, patches = patches_as_matmul(mod)
+    log(f"  Bi-WKV: {len(cuts)} cut from the graph, one kernel each; patch convolution: {patches} matmul")
     return mod, {"bi-wkv kernels": len(cuts), "patch matmul": patches}
 
 
