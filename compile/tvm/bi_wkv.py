@@ -20,6 +20,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
+from ...errors import ArtifactError, ShapeError
 from .bi_wkv_graph import NO_WEIGHT, BiWkvCut
 
 KERNEL = "bi_wkv"  # the PrimFunc's name in the module
@@ -103,7 +104,7 @@ def splice_bi_wkvs(mod: tvm.IRModule, cuts: list[BiWkvCut], vector: int) -> tvm.
     splicer = _Splice(mod, [(names[c.result], values(c.key), values(c.value), c) for c in cuts], vector)
     body = splicer.visit_expr(func.body)
     if splicer.waiting:
-        raise ValueError(f"Bi-WKV {splicer.waiting[0][3].result}: its k and v are never ready")
+        raise ArtifactError(f"image graph: the inputs of Bi-WKV {splicer.waiting[0][3].result}'s k and v are never bound")
     first = relax.TupleGetItem(body.body, 0)
     params = [p for p in func.params if p.name not in {c.result for c in cuts}]
     new = relax.Function(params, relax.SeqExpr(body.blocks, first), fields[0].ty, func.is_pure, func.attrs)
@@ -130,21 +131,21 @@ class _Splice(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, holes: list, vector: int) -> None:
         super().__init__(mod)
         self.waiting = list(holes)  # (input, k's value, v's value, cut)
-        self.bound: list = []  # the variables bound so far (Relax variables compare by identity: same_as)
+        self.bound: set = set()  # the variables bound so far (Relax variables hash by identity)
         self.vector = vector
 
     def visit_var_binding_(self, binding) -> None:
         super().visit_var_binding_(binding)
-        self.bound.append(binding.var)
-        bound = lambda x: any(x.same_as(b) for b in self.bound)  # noqa: E731
-        ready = [h for h in self.waiting if all(bound(x) for e in h[1:3] for x in relax.analysis.free_vars(e))]
+        self.bound.add(binding.var)
+        ready = [h for h in self.waiting if all(x in self.bound for e in h[1:3] for x in relax.analysis.free_vars(e))]
+        self.waiting = [h for h in self.waiting if not any(h is r for r in ready)]
         for hole in ready:
-            self.waiting.remove(hole)
             hole_input, key, value, cut = hole
             shape = [int(d) for d in hole_input.ty.shape]
             if [int(d) for d in key.ty.shape] != shape or [int(d) for d in value.ty.shape] != shape or len(shape) != 3 \
                     or shape[-1] != cut.w.shape[0]:
-                raise ValueError(f"Bi-WKV {cut.result}: k {key.ty}, v {value.ty} and result {hole_input.ty} disagree")
+                raise ShapeError(f"image graph: Bi-WKV {cut.result}'s k {key.ty}, v {value.ty}, result {hole_input.ty} "
+                                 f"and w ({cut.w.shape[0]},) disagree; expected (B, T, C) each and w (C,)")
             batch, tokens, channels = shape
             lanes = self.vector if channels % self.vector == 0 else 1
             gvar = self.builder_.add_func(bi_wkv_kernel(batch, tokens, channels, lanes), KERNEL)
