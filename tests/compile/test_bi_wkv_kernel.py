@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.compile.tvm import TvmOptions
-from rwkv_edge.compile.tvm.bi_wkv import bi_wkv_kernel
+from rwkv_edge.compile.tvm.bi_wkv import EXP_FLOOR, _exp, bi_wkv_kernel
 from rwkv_edge.compile.tvm.bi_wkv_graph import INPUT_PREFIX, cut_bi_wkvs
 from rwkv_edge.compile.tvm.cpu import optimise
 from rwkv_edge.compile.tvm.image import cpu_image_module
@@ -56,6 +56,30 @@ def test_kernel_is_bi_wkv(shape, lanes, k_scale):
     want = bi_wkv(*(torch.from_numpy(a).double() for a in (w, u, k, v))).numpy()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_exp_is_within_two_ulp():
+    """Measured max relative error 7.7e-8 (one fp32 ulp is 6e-8 to 1.2e-7)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    n = 1 << 16
+
+    @T.prim_func
+    def exp(x: T.Buffer((n,), "float32"), y: T.Buffer((n,), "float32")):
+        for g in range(n // 8):
+            for i in T.vectorized(8):
+                y[g * 8 + i] = _exp(x[g * 8 + i])
+
+    x = -np.abs(np.random.default_rng(0).normal(0, 20, n)).astype(np.float32)
+    x[:4] = [0.0, -1e38, EXP_FLOOR, -0.5 * np.log(2)]
+    built = tvm.compile(tvm.IRModule({"main": exp}), tvm.target.Target(get_target("x86_64-host").tvm_target()))
+    y = tvm.runtime.tensor(np.zeros(n, np.float32), tvm.cpu())
+    built["main"](tvm.runtime.tensor(x, tvm.cpu()), y)
+    got, want = y.numpy(), np.exp(x.astype(np.float64))
+    normal = x >= EXP_FLOOR
+    assert np.abs(got[normal] / want[normal] - 1).max() < 1.2e-7
+    assert got[0] == 1.0 and 0 < got[1] < 2e-38
 
 
 def scaled_graph(vision_export) -> onnx.ModelProto:
