@@ -35,14 +35,11 @@ from ...errors import OptionError
 from ...artifact.builder import report_commit, stage
 from ...targets import GpuTarget, TvmTarget
 from ...weights import weight_format
-from .bi_wkv import splice_bi_wkvs
-from .bi_wkv_graph import BiWkvCut, cut_bi_wkvs
 from .cpu import build
 from .gpu import build_gpu
 from .importer import import_graph
 from .link import export_library
 from .options import TvmOptions
-from .patches import patches_as_matmul
 from .record import target_record
 from .source import OnnxExport
 from .tuning import ScheduleParams
@@ -59,6 +56,10 @@ def cpu_image_module(path: Path, target: TvmTarget, options: TvmOptions,
     """The image graph at ``path`` in Relax as the CPU build takes it: with the project's schedules, each
     Bi-WKV one kernel (``bi_wkv.py``) and the patch convolution a matmul (``patches.py``); returns the
     module and those counts."""
+    from .bi_wkv import splice_bi_wkvs
+    from .bi_wkv_graph import BiWkvCut, cut_bi_wkvs
+    from .patches import patches_as_matmul
+
     if not options.schedules:
         return import_graph(path, log), {}
     cuts: list[BiWkvCut] = []
