@@ -3,8 +3,8 @@
 ``model/vision.py`` ``bi_wkv``, y_t = (sum_{i != t} e^{-(|t-i|-1) w + k_i} v_i + e^{u + k_t} v_t) / (the
 same sums without v), computed by one pass each way over the tokens instead of two doubling scans
 (~250 graph nodes per layer, each a pass over (T, C); 35 exponentials per element, here 5, each a
-vectorised polynomial, ``_exp``). Each channel keeps its sums as [num | den] scaled by e^{-top}, top
-the largest exponent, as the graph does; the decay is carried in the exponents, z_i = k_i + i w
+vectorised polynomial, ``vector_exp``). Each channel keeps its sums as [num | den] scaled by e^{-top},
+top the largest exponent, as the graph does; the decay is carried in the exponents, z_i = k_i + i w
 leftwards (k_i - i w rightwards), so no rounding builds up step by step (lowering the running top by
 w per token drifted by 1.8e-5 over 196 tokens), and each update takes one exponential (of minus the
 gap between the old top and the new exponent; the larger one's factor is exactly 1). Channels run in
@@ -25,10 +25,10 @@ from ...errors import ArtifactError, ShapeError
 from .bi_wkv_graph import NO_WEIGHT, BiWkvCut
 
 KERNEL = "bi_wkv"  # the PrimFunc's name in the module
-EXP_FLOOR = -87.0  # _exp's smallest argument: 2^-126 (fp32's smallest normal) and above stay exact in form
+EXP_FLOOR = -87.0  # vector_exp's smallest argument: e^-87 ~ 1.6e-38 is just above fp32's smallest normal 2^-126
 
 
-def _exp(x):
+def vector_exp(x: tvm.ir.expr.Expr) -> tvm.ir.expr.Expr:
     """e^x for x <= 0, vectorisable (TVM's exp is a libm call per lane: the kernel took 5x as long):
     x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts), e^r by its Taylor series to r^7 (truncation
     < 6e-9), 2^n from the exponent bits. Max relative error 7.7e-8 against fp64, about one fp32 ulp
@@ -71,7 +71,7 @@ def bi_wkv_kernel(batch: int, tokens: int, channels: int, lanes: int) -> tirx.Pr
                         left[2, b, t, g * V + c] = s[2, c]
                         x[0, c] = k[b, t, g * V + c] + T.Cast("float32", t) * w[g * V + c]  # z_t
                         x[1, c] = s[2, c] - x[0, c]  # gap: old top - z_t
-                        x[2, c] = _exp(T.float32(0) - T.fabs(x[1, c]))
+                        x[2, c] = vector_exp(T.float32(0) - T.fabs(x[1, c]))
                         x[3, c] = T.Select(x[1, c] > T.float32(0), T.float32(1), x[2, c])  # factor of the old sums
                         x[4, c] = T.Select(x[1, c] > T.float32(0), x[2, c], T.float32(1))  # factor of token t
                         s[0, c] = x[3, c] * s[0, c] + x[4, c] * v[b, t, g * V + c]
@@ -88,15 +88,15 @@ def bi_wkv_kernel(batch: int, tokens: int, channels: int, lanes: int) -> tirx.Pr
                         x[1, c] = s[2, c] + T.Cast("float32", L - r) * w[g * V + c]
                         x[2, c] = u[g * V + c] + k[b, L - 1 - r, g * V + c]
                         x[3, c] = T.max(T.max(x[0, c], x[1, c]), x[2, c])
-                        x[0, c] = _exp(x[0, c] - x[3, c])
-                        x[1, c] = _exp(x[1, c] - x[3, c])
-                        x[2, c] = _exp(x[2, c] - x[3, c])
+                        x[0, c] = vector_exp(x[0, c] - x[3, c])
+                        x[1, c] = vector_exp(x[1, c] - x[3, c])
+                        x[2, c] = vector_exp(x[2, c] - x[3, c])
                         y[b, L - 1 - r, g * V + c] = (
                             x[0, c] * left[0, b, L - 1 - r, g * V + c] + x[1, c] * s[0, c] + x[2, c] * v[b, L - 1 - r, g * V + c]
                         ) / (x[0, c] * left[1, b, L - 1 - r, g * V + c] + x[1, c] * s[1, c] + x[2, c])
                         x[0, c] = k[b, L - 1 - r, g * V + c] - T.Cast("float32", L - 1 - r) * w[g * V + c]  # z_t
                         x[1, c] = s[2, c] - x[0, c]
-                        x[2, c] = _exp(T.float32(0) - T.fabs(x[1, c]))
+                        x[2, c] = vector_exp(T.float32(0) - T.fabs(x[1, c]))
                         x[3, c] = T.Select(x[1, c] > T.float32(0), T.float32(1), x[2, c])
                         x[4, c] = T.Select(x[1, c] > T.float32(0), x[2, c], T.float32(1))
                         s[0, c] = x[3, c] * s[0, c] + x[4, c] * v[b, L - 1 - r, g * V + c]

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from rwkv_edge.artifact import open_artifact
 from rwkv_edge.compile.tvm import TvmOptions
-from rwkv_edge.compile.tvm.bi_wkv import EXP_FLOOR, _exp, bi_wkv_kernel
+from rwkv_edge.compile.tvm.bi_wkv import EXP_FLOOR, bi_wkv_kernel, vector_exp
 from rwkv_edge.compile.tvm.bi_wkv_graph import INPUT_PREFIX, cut_bi_wkvs
 from rwkv_edge.compile.tvm.cpu import optimise
 from rwkv_edge.compile.tvm.image import cpu_image_module
@@ -69,7 +69,7 @@ def test_exp_is_within_two_ulp():
     def exp(x: T.Buffer((n,), "float32"), y: T.Buffer((n,), "float32")):
         for g in range(n // 8):
             for i in T.vectorized(8):
-                y[g * 8 + i] = _exp(x[g * 8 + i])
+                y[g * 8 + i] = vector_exp(x[g * 8 + i])
 
     x = -np.abs(np.random.default_rng(0).normal(0, 20, n)).astype(np.float32)
     x[:4] = [0.0, -1e38, EXP_FLOOR, -0.5 * np.log(2)]
