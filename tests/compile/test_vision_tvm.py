@@ -25,7 +25,8 @@ def quiet(_: str) -> None:
 
 
 def test_x86_bundle_matches_pytorch(vision_bundle, vision_export):
-    """The odd 5 x 5 grid with key_norm, layer scale and post-norm. Measured max|Δ|/std 1.5e-6, top-1/5 8/8."""
+    """The odd 5 x 5 grid with key_norm, layer scale and post-norm. Measured max|Δ|/std 2.1e-6 (the scans as
+    graph ops, before the Bi-WKV kernel: 1.5e-6), top-1/5 8/8."""
     bundle = vision_bundle("scaled")
     manifest = open_artifact(bundle).manifest
     assert manifest.kind == "tvm" and list(manifest.graphs) == ["image"] and manifest.state == []
