@@ -16,7 +16,7 @@ Nothing is fused (``FUSE``): with the scans as graph ops, fusion made them the e
 GEMMs, whose schedule inlines its producers, and each doubling step's two reads recomputed the steps
 before it (VRWKV-T: 9.05 s per image instead of 0.51 s); with the kernel, fusing the rest measured
 slower than not (0.056 s vs 0.047 s). VRWKV-T at 224 px, one thread: 0.030 s per image against
-onnxruntime's 0.056 s (the build before the kernel: 0.121 s; docs/vision.md, "The bench"). GPU targets
+onnxruntime's 0.053 s (the build before the kernel: 0.116 s; docs/vision.md, "The bench"). GPU targets
 take the graph as it is.
 """
 
