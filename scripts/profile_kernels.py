@@ -1,11 +1,13 @@
-"""Where a prefill call's (or a decode step's) time goes: every kernel of the compiled function timed alone.
+"""Where a prefill call's (or a decode step's, or an image's) time goes: every kernel of the compiled function timed alone.
 
-    python scripts/profile_kernels.py ONNX_DIR [--graph prefill|step] [--target x86_64-host] [--threads 2]
-                                      [--number 20] [--cpu-time] [--gathers]
+    python scripts/profile_kernels.py ONNX_DIR [--graph prefill|step|image] [--target x86_64-host] [--threads 2]
+                                      [--number 20] [--cpu-time] [--gathers] [--as-ops]
 
 Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm/cpu.py optimise``; an
 int8/int4 export in the compute ``compile`` chooses for the target; ``--gathers``: without the
-compiler's Gather rewrite, ``compile/tvm/slices.py``, for comparison), counts the calls of each kernel
+compiler's Gather rewrite, ``compile/tvm/slices.py``, for comparison; an image export's graph as the
+image build takes it, ``compile/tvm/image.py``, or with ``--as-ops`` its Bi-WKV scans and patch
+convolution left as the exporter wrote them), counts the calls of each kernel
 (PrimFunc), builds each distinct kernel alone (kernels equal up to their name are built once), times it
 with TVM's time_evaluator on random inputs (median of 3 repeats of ``--number`` calls) and prints the
 time per call by kind (GEMM, GEMV, int8 dot, elementwise, other) and the slowest kernels, beside the
@@ -28,7 +30,7 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx_dir")
-    parser.add_argument("--graph", choices=["prefill", "step"], default="prefill")
+    parser.add_argument("--graph", choices=["prefill", "step", "image"], default="prefill")
     parser.add_argument("--target", default="x86_64-host")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--number", type=int, default=20, help="calls per timing")
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--cpu-time", action="store_true", help="the calling thread's CPU time, not wall time")
     parser.add_argument("--gathers", action="store_true",
                         help="import the position Gathers as they are (compile/tvm/slices.py not applied), for comparison")
+    parser.add_argument("--as-ops", action="store_true",
+                        help="image: the Bi-WKV scans and the patch convolution as exported (no compile/tvm/bi_wkv.py, patches.py)")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -50,22 +54,27 @@ def main() -> None:
     from rwkv_edge.compile.tvm.gather_warnings import without_gather_warnings
     from rwkv_edge.compile.tvm.gemm import GEMM_BLOCK
     from rwkv_edge.compile.tvm.gemv import GEMV_BLOCK
+    from rwkv_edge.compile.tvm.image import cpu_image_module
     from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.compile.tvm.intdot import IGEMV_BLOCK
     from rwkv_edge.compile.tvm.params import WeightTable
     from rwkv_edge.targets import get_target
 
     onnx = open_artifact(args.onnx_dir, kind="onnx")
+    image = args.graph == "image"
     chunk = onnx.manifest.graphs["prefill"].chunk if args.graph == "prefill" else 1
     target = get_target(args.target)
     tvm_target = tvm.target.Target(target.tvm_target())
     weights = onnx.manifest.weights
     options = TvmOptions(args.target, weights=weights, group_size=onnx.manifest.group_size or None,
                          compute=resolve_compute(target, None, weights))
-    table = WeightTable()  # the export's weights as parameters (an int8/int4 export's MatMulNBits too)
+    table = None if image else WeightTable()  # language exports' weights as parameters (MatMulNBits too)
     with without_gather_warnings():
-        mod, counts, weights = optimise(import_graph(onnx.graph(args.graph), print, slices=not args.gathers, table=table),
-                                        target, options, print, table=table)
+        if image and not args.as_ops:
+            graph = cpu_image_module(onnx.graph(args.graph), target, options, print)[0]
+        else:
+            graph = import_graph(onnx.graph(args.graph), print, slices=not args.gathers, table=table)
+        mod, counts, weights = optimise(graph, target, options, print, fuse=not image, table=table)  # images: unfused
 
     calls: Counter = Counter()
 
@@ -102,19 +111,23 @@ def main() -> None:
     with without_gather_warnings():
         executable = tvm.compile(mod, tvm_target)
     vm = relax.VirtualMachine(executable, device)
-    state = onnx.initial_state()
-    spec = onnx.manifest.state
-    shape = (1, chunk) if args.graph == "prefill" else (1,)
-    tokens = tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, shape).astype(np.int64), device)
-    state_args = [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in spec]
+    if image:
+        inputs = [tvm.runtime.tensor(onnx.vision_reference().images[:1].astype(np.float32), device)]
+    else:
+        state = onnx.initial_state()
+        shape = (1, chunk) if args.graph == "prefill" else (1,)
+        inputs = [tvm.runtime.tensor(rng.integers(0, onnx.manifest.vocab_size, shape).astype(np.int64), device)]
+        inputs += [tvm.runtime.tensor(np.asarray(state[t.input_name], np.float32)[None], device) for t in onnx.manifest.state]
     params = [tvm.runtime.tensor(np.asarray(w), device) for w in weights]
     clock = time.thread_time if args.cpu_time else time.perf_counter
-    whole = [time_per_call(lambda: vm["main"](tokens, *state_args, *params), 1, clock) for _ in range(5)]
+    whole = [time_per_call(lambda: vm["main"](*inputs, *params), 1, clock) for _ in range(5)]
     whole_ms = float(np.median(whole)) * 1e3
 
     total = sum(r[0] for r in rows) * 1e3
-    print(f"\n{args.graph}, T = {chunk}, {options.compute} compute, {args.threads} threads, {args.target}, {'CPU' if args.cpu_time else 'wall'} time: whole function {whole_ms:.2f} ms "
-          f"({chunk / whole_ms * 1e3:.0f} tok/s); kernels timed alone sum to {total:.2f} ms; "
+    what = f"image, {onnx.manifest.config['image_size']} px" if image else f"{args.graph}, T = {chunk}"
+    rate = f"{1e3 / whole_ms:.1f} images/s" if image else f"{chunk / whole_ms * 1e3:.0f} tok/s"
+    print(f"\n{what}, {options.compute} compute, {args.threads} threads, {args.target}, {'CPU' if args.cpu_time else 'wall'} time: whole function {whole_ms:.2f} ms "
+          f"({rate}); kernels timed alone sum to {total:.2f} ms; "
           f"{sum(calls.values())} calls of {len(calls)} kernels ({len(built)} distinct)")
     by_kind = defaultdict(lambda: [0.0, 0])
     for seconds, _, n, kind in rows:
