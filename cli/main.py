@@ -712,8 +712,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     _exists(source, "checkpoint file or ONNX export")
     request = CompileRequest(args.weights, not args.no_schedules, args.stateful, args.compute_units, args.deployment,
                              args.prefill_chunk, args.group_size, args.compute, args.image_size)
-    check_request(source, target, request)
     _check_output(args.out)
+    check_request(source, target, request)
     if args.package_out is None and (args.state or args.dev):
         raise OptionError("--state and --dev apply with --with-runtime DIR")
     if args.package_out is not None:

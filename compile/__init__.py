@@ -58,7 +58,8 @@ def _check_tvm(source: Path, target: Target, request: CompileRequest) -> None:
         raise OptionError(f"{target.name} is a TVM target: {', '.join(coreml_only)} applies to Core ML targets only")
     if request.weights is not None:
         check_weights(request.weights, target.weight_formats, f"a {target.name} bundle")
-    resolve_compute(target, request.compute, request.weights)
+    if request.compute is not None:  # only a requested compute can be refused (x86 asks LLVM: TVM loads)
+        resolve_compute(target, request.compute, request.weights)
 
 
 def _check_coreml(source: Path, target: CoreMLTarget, request: CompileRequest) -> None:
