@@ -246,7 +246,6 @@ def test_the_dot_kernel_alone_on_each_x86_isa(isa, mcpu, register, bits, tmp_pat
     assert np.abs(out.numpy() - expected).max() <= 1e-5 * expected.std()
 
 
-
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
 @pytest.mark.parametrize("bits", [8, 4])
 def test_the_prefill_dot_kernel_blocks_rows_in_registers_and_equals_the_gemv(bits, tmp_path):
