@@ -4,10 +4,11 @@
                                       [--number 20] [--cpu-time] [--gathers] [--as-ops]
 
 Optimises the export's prefill (or step) graph as ``compile_tvm`` does (``compile/tvm/cpu.py optimise``; an
-int8/int4 export in the compute ``compile`` chooses for the target; ``--gathers``: without the
-compiler's Gather rewrite, ``compile/tvm/slices.py``, for comparison; an image export's graph as the
-image build takes it, ``compile/tvm/image.py``, or with ``--as-ops`` its Bi-WKV scans and patch
-convolution left as the exporter wrote them), counts the calls of each kernel
+int8/int4 export in the compute ``compile`` chooses for the target; a prefill graph's RWKV-7 recurrences
+one kernel per layer, ``compile/tvm/wkv7.py``, or with ``--as-ops`` the chains the exporter unrolled;
+``--gathers``: those chains, without the compiler's Gather rewrite, ``compile/tvm/slices.py``, for
+comparison; an image export's graph as the image build takes it, ``compile/tvm/image.py``, or with
+``--as-ops`` its Bi-WKV scans and patch convolution left as the exporter wrote them), counts the calls of each kernel
 (PrimFunc), builds each distinct kernel alone (kernels equal up to their name are built once), times it
 with TVM's time_evaluator on random inputs (median of 3 repeats of ``--number`` calls) and prints the
 time per call by kind (GEMM, GEMV, int8 dot, elementwise, other) and the slowest kernels, beside the
@@ -39,7 +40,8 @@ def main() -> None:
     parser.add_argument("--gathers", action="store_true",
                         help="import the position Gathers as they are (compile/tvm/slices.py not applied), for comparison")
     parser.add_argument("--as-ops", action="store_true",
-                        help="image: the Bi-WKV scans and the patch convolution as exported (no compile/tvm/bi_wkv.py, patches.py)")
+                        help="the recurrences as exported: an image's Bi-WKV scans and patch convolution (no "
+                             "compile/tvm/bi_wkv.py, patches.py), a prefill graph's WKV-7 chains (no compile/tvm/wkv7.py)")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -57,6 +59,7 @@ def main() -> None:
     from rwkv_edge.compile.tvm.image import cpu_image_module
     from rwkv_edge.compile.tvm.importer import import_graph
     from rwkv_edge.compile.tvm.intdot import IGEMV_BLOCK
+    from rwkv_edge.compile.tvm.language import prefill_module
     from rwkv_edge.compile.tvm.params import WeightTable
     from rwkv_edge.targets import get_target
 
@@ -72,6 +75,8 @@ def main() -> None:
     with without_gather_warnings():
         if image and not args.as_ops:
             graph = cpu_image_module(onnx.graph(args.graph), target, options, print)[0]
+        elif args.graph == "prefill" and not (args.as_ops or args.gathers):
+            graph = prefill_module(onnx.graph(args.graph), target, options, table, print)[0]
         else:
             graph = import_graph(onnx.graph(args.graph), print, slices=not args.gathers, table=table)
         mod, counts, weights = optimise(graph, target, options, print, fuse=not image, table=table)  # images: unfused

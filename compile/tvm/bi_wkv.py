@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax, tirx
-from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
-from ...errors import ArtifactError, ShapeError
+from ...errors import ShapeError
 from .bi_wkv_graph import NO_WEIGHT, BiWkvCut
+from .splice import Hole, splice
 
 KERNEL = "bi_wkv"  # the PrimFunc's name in the module
 EXP_FLOOR = -87.0  # vector_exp's smallest argument: e^-87 ~ 1.6e-38 is just above fp32's smallest normal 2^-126
@@ -110,63 +110,22 @@ def splice_bi_wkvs(mod: tvm.IRModule, cuts: list[BiWkvCut], vector: int) -> tvm.
     """``mod`` (imported from a graph ``cut_bi_wkvs`` cut) with each cut's result computed by the kernel
     from its k and v, and ``main`` back to ``(images) -> its first output``; ``vector``: the target's
     vector width (floats)."""
-    if not cuts:
-        return mod
-    func = mod["main"]
-    names = {p.name: p for p in func.params}
-    fields = _bound_value(func.body, func.body.body).fields  # the outputs: (logits, k_0, v_0, k_1, ...)
-    # the importer binds an output where it returns it, at the end: the kernel takes k and v as their
-    # values (the projections), computed again where their inputs are ready; the late copies go unused
-    values = lambda i: _bound_value(func.body, fields[i])  # noqa: E731
-    splicer = _Splice(mod, [(names[c.result], values(c.key), values(c.value), c) for c in cuts], vector)
-    body = splicer.visit_expr(func.body)
-    if splicer.waiting:
-        raise ArtifactError(f"image graph: the inputs of Bi-WKV {splicer.waiting[0][3].result}'s k and v are never bound")
-    first = relax.TupleGetItem(body.body, 0)
-    params = [p for p in func.params if p.name not in {c.result for c in cuts}]
-    new = relax.Function(params, relax.SeqExpr(body.blocks, first), fields[0].ty, func.is_pure, func.attrs)
-    new = new.with_attr("num_input", len(params))
-    builder = splicer.builder_
-    builder.update_func(builder.get().get_global_var("main"), new)
-    out = builder.get()
-    return tvm.ir.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])(out)
+    holes = [Hole((c.result,), (("output", c.key), ("output", c.value)), _emitter(c, vector), f"Bi-WKV {c.result}")
+             for c in cuts]
+    return splice(mod, holes, 1)
 
 
-def _bound_value(seq: relax.SeqExpr, var: relax.Var):
-    for block in seq.blocks:
-        for binding in block.bindings:
-            if binding.var.same_as(var):
-                return binding.value
-    raise ValueError(f"{var.name} is not bound in the function body")
+def _emitter(cut: BiWkvCut, vector: int):
+    def emit(builder: relax.BlockBuilder, args: list[relax.Expr]) -> list[relax.Expr]:
+        key, value = args
+        shape = [int(d) for d in key.ty.shape]
+        if [int(d) for d in value.ty.shape] != shape or len(shape) != 3 or shape[-1] != cut.w.shape[0]:
+            raise ShapeError(f"image graph: Bi-WKV {cut.result}'s k {key.ty}, v {value.ty} and w ({cut.w.shape[0]},) "
+                             "disagree; expected (B, T, C) each and w (C,)")
+        batch, tokens, channels = shape
+        lanes = vector if channels % vector == 0 else 1
+        gvar = builder.add_func(bi_wkv_kernel(batch, tokens, channels, lanes), KERNEL)
+        args = [relax.const(np.ascontiguousarray(cut.w)), relax.const(np.ascontiguousarray(cut.u)), key, value]
+        return [builder.emit(relax.call_tir(gvar, args, relax.TensorType(shape, "float32")))]
 
-
-@mutator
-class _Splice(PyExprMutator):
-    """Emits each hole's k, v and kernel call once what k and v read is bound, and reads the kernel's
-    result where the hole's input was read."""
-
-    def __init__(self, mod: tvm.IRModule, holes: list, vector: int) -> None:
-        super().__init__(mod)
-        self.waiting = list(holes)  # (input, k's value, v's value, cut)
-        self.bound: set = set()  # the variables bound so far (Relax variables hash by identity)
-        self.vector = vector
-
-    def visit_var_binding_(self, binding) -> None:
-        super().visit_var_binding_(binding)
-        self.bound.add(binding.var)
-        ready = [h for h in self.waiting if all(x in self.bound for e in h[1:3] for x in relax.analysis.free_vars(e))]
-        self.waiting = [h for h in self.waiting if not any(h is r for r in ready)]
-        for hole in ready:
-            hole_input, key, value, cut = hole
-            shape = [int(d) for d in hole_input.ty.shape]
-            if [int(d) for d in key.ty.shape] != shape or [int(d) for d in value.ty.shape] != shape or len(shape) != 3 \
-                    or shape[-1] != cut.w.shape[0]:
-                raise ShapeError(f"image graph: Bi-WKV {cut.result}'s k {key.ty}, v {value.ty}, result {hole_input.ty} "
-                                 f"and w ({cut.w.shape[0]},) disagree; expected (B, T, C) each and w (C,)")
-            batch, tokens, channels = shape
-            lanes = self.vector if channels % self.vector == 0 else 1
-            gvar = self.builder_.add_func(bi_wkv_kernel(batch, tokens, channels, lanes), KERNEL)
-            args = [relax.const(np.ascontiguousarray(cut.w)), relax.const(np.ascontiguousarray(cut.u)),
-                    self.builder_.emit(self.visit_expr(key)), self.builder_.emit(self.visit_expr(value))]
-            out = self.builder_.emit(relax.call_tir(gvar, args, relax.TensorType(shape, "float32")))
-            self.set_var_remap(hole_input, out)
+    return emit

@@ -42,8 +42,10 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
     mod = _add_initial_state(import_graph(step, log, table=table), onnx.initial_state(), onnx.manifest)
     rows = _embedding_rows(step)
     prefill = _prefill_graph(onnx, options, gpu, log)
+    recurrences = 0
     if prefill is not None:
-        mod = _add_prefill(mod, import_graph(onnx.graph("prefill"), log, table=table))
+        prefill_mod, recurrences = prefill_module(onnx.graph("prefill"), target, options, table, log)
+        mod = _add_prefill(mod, prefill_mod)
     bundle = writer.dir
     if gpu:
         with without_gather_warnings():
@@ -51,6 +53,8 @@ def build_language_bundle(export: OnnxExport, writer: ArtifactWriter, target: Tv
                                                    group=options.group_size or 0, vocab_size=rows, table=table)
     else:
         executable, counts, params = build(mod, target, options, log, vocab_size=rows, table=table)
+    if recurrences:
+        counts["wkv7 kernels"] = recurrences
     library = LIBRARY if linker is not None else OBJECTS
     with stage(log, f"link {library}"):
         export_library(executable, bundle / library, linker)
@@ -110,6 +114,23 @@ def _prefill_graph(onnx: Artifact, options: TvmOptions, gpu: bool, log: Callable
         raise OptionError(f"{onnx.directory}'s prefill graph takes {graph.chunk} tokens, not {options.prefill_chunk}: "
                           f"export it again with --prefill-chunk {options.prefill_chunk}, or leave the chunk to the export")
     return graph
+
+
+def prefill_module(path: Path, target: TvmTarget, options: TvmOptions, table, log: Callable[[str], None]) -> tuple:
+    """The prefill graph in Relax and how many of its recurrences run as one kernel each (``wkv7.py``: RWKV-7
+    with the project's schedules; without them, or another family, the graph's unrolled ops and 0)."""
+    from .tuning import ScheduleParams
+    from .wkv7 import splice_wkv7s
+    from .wkv7_graph import Wkv7Cut, cut_wkv7s
+
+    if not options.schedules:
+        return import_graph(path, log, table=table), 0
+    cuts: list[Wkv7Cut] = []
+    mod = import_graph(path, log, table=table, rewrite=lambda proto: cuts.extend(cut_wkv7s(proto)))
+    if cuts:
+        mod = splice_wkv7s(mod, cuts, ScheduleParams(**target.schedule_data(options.weights)["params"]).vector)
+        log(f"  prefill: {len(cuts)} WKV-7 recurrences cut from the graph, one kernel each")
+    return mod, len(cuts)
 
 
 def _add_prefill(mod, prefill):
