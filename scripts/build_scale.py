@@ -6,7 +6,7 @@ shapes (RWKV-7, random weights, scripts/bench.py's SHAPES), each build a process
 Peak memory is the build process's maximum resident set (``wait4``'s ``ru_maxrss``: its largest moment,
 the checkpoint's private copy and mapped files included), beside the checkpoint's bytes. The 1.5B shape
 writes a 6 GB checkpoint and needs about 12 GB free; run it by hand, never in CI. Prints one Markdown
-row per build; ``--log DIR`` keeps each build's output.
+row per build; ``--log DIR`` keeps each build's output, ``--keep DIR`` each bundle.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--targets", default="x86_64-host")
     parser.add_argument("--work", type=Path, default=Path("bench-work"), help="where the checkpoints are kept")
     parser.add_argument("--log", type=Path, help="keep each build's output here")
+    parser.add_argument("--keep", type=Path, help="keep each bundle here, as SHAPE-WEIGHTS-TARGET (for the benches)")
     args = parser.parse_args()
     logs = args.log or Path(tempfile.mkdtemp(prefix="build-scale-"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -54,9 +55,10 @@ def main() -> None:
         checkpoint = make_shape(shape, args.work / CHECKPOINTS[shape])
         for weights in args.weights.split(","):
             for target in args.targets.split(","):
+                name = f"{shape}-{weights}-{target}"
                 with tempfile.TemporaryDirectory(dir=args.work) as scratch:
-                    name = f"{shape}-{weights}-{target}"
-                    wall, peak, size = build(checkpoint, target, weights, Path(scratch) / "bundle", logs / f"{name}.log")
+                    out = args.keep / name if args.keep else Path(scratch) / "bundle"
+                    wall, peak, size = build(checkpoint, target, weights, out, logs / f"{name}.log")
                 ckpt = checkpoint.stat().st_size
                 print(f"| {shape} | {weights} | {target} | {wall:.0f} s | {peak / 2**30:.2f} GiB | "
                       f"{ckpt / 2**30:.2f} GiB | {peak / ckpt:.2f}x | {size / 1e6:.0f} MB |", flush=True)

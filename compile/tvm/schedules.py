@@ -10,7 +10,9 @@ gives each projection a packed kernel; the rules here schedule them:
 - quantized GEMV (``quantized.py``) and int8 dot (``intdot.py``): the same nest over int8/int4 tiles;
 - elementwise kernels (``elementwise.py``: the WKV state update, interpolations): every intermediate
   inlined, the output loops fused, split across threads and vectorised;
-- anything else (norms over one row of C, small reductions) keeps the default lowering.
+- row-wise kernels of a prefill call (``rows.py``: the layer norms, the activation rounding): one
+  parallel loop over the rows, every block computed inside it;
+- anything else (a decode step's norms over its one row, small reductions) keeps the default lowering.
 
 Tile width and unroll depth are per target (``targets/tuned/*.json``, ``tuning.ScheduleParams``).
 """
@@ -24,6 +26,7 @@ from .elementwise import schedule_elementwise
 from .gemv import schedule_gemv
 from .intdot import schedule_intdot
 from .quantized import schedule_quantized_gemv
+from .rows import schedule_rows
 from .tuning import ScheduleParams
 
 
@@ -42,7 +45,7 @@ class ApplyCpuSchedules:
                 continue  # scheduled already (the GEMMs, compile/tvm/gemm.py)
             for name, rule in (("gemv", schedule_gemv), ("quantized gemv", schedule_quantized_gemv),
                                ("int8 dot", schedule_intdot),
-                               ("elementwise", schedule_elementwise)):
+                               ("elementwise", schedule_elementwise), ("rows", schedule_rows)):
                 sch = rule(func, self.params)
                 if sch is not None:
                     scheduled[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
