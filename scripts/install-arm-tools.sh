@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything needed to run aarch64 code on an x86-64 Debian 12 machine:
 #   1. Debian packages: qemu-user-static (user-mode emulator), the aarch64 GNU cross compilers,
-#      mmdebstrap (builds the arm64 root filesystem), and cmake and g++ (the native runtime in
-#      runtime/cpp is built with them, for the host and cross-compiled for aarch64).
+#      mmdebstrap (builds the arm64 root filesystem), cmake and g++ (the native runtime in
+#      runtime/cpp is built with them, for the host and cross-compiled for aarch64), and clang (a
+#      test builds the Swift layer's module map as a Clang module).
 #   2. $RWKV_EDGE_ARM_ROOT/site/     aarch64 wheels of TVM's runtime and its Python dependencies,
 #                                    unpacked (site/tvm/lib/libtvm_runtime.so, site/tvm_ffi/lib/...).
 #   3. $RWKV_EDGE_ARM_ROOT/sysroot/  an arm64 Debian bookworm root with CPython 3.11, the `-L`
@@ -16,7 +17,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 arm_root="${RWKV_EDGE_ARM_ROOT:-$HOME/.cache/rwkv-edge/aarch64}"
 python="${PYTHON:-python3.11}"
 suite=bookworm
-apt_packages=(qemu-user-static gcc-aarch64-linux-gnu g++-aarch64-linux-gnu mmdebstrap python3.11-venv cmake g++)
+apt_packages=(qemu-user-static gcc-aarch64-linux-gnu g++-aarch64-linux-gnu mmdebstrap python3.11-venv cmake g++ clang)
 debian_includes=python3.11,libpython3.11-stdlib,libstdc++6,libgcc-s1,libc6,zlib1g
 
 say() { printf '[install-arm-tools] %s\n' "$*"; }

@@ -355,7 +355,7 @@ def test_swift_module_map_builds_as_a_clang_module(tmp_path):
     .linker-options here; Mach-O's LC_LINKER_OPTION on Apple's toolchain, not checked here)."""
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is None:
-        pytest.skip("clang is not installed (apt-get install clang): the module map needs Clang modules")
+        pytest.skip("clang is not installed (scripts/install-arm-tools.sh installs it): the module map needs Clang modules")
     if shutil.which("readelf") is None:
         pytest.skip("readelf is not installed (apt-get install binutils)")
     source = tmp_path / "use.m"
